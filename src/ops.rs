@@ -1,0 +1,288 @@
+//! Host-slice conveniences over any [`Backend`]: they check the input once (shapes, finite
+//! values, code ranges), upload, run the kernels and download the results.
+//!
+//! For iterative work, [`DeviceKMeans`] keeps the points and every working buffer on the
+//! device between steps and reads back only `k` counts and `k` distance sums per step.
+
+use crate::backend::{Backend, EmaParams, Shape, check_len};
+use crate::error::{Error, Result};
+
+/// Errors on NaN or infinity; `what` names the input in the message.
+pub fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            what,
+            index,
+            value: v[index],
+        }),
+    }
+}
+
+/// The number of rows of width `d` in `v`, or an error if `d = 0` or `v` is ragged.
+pub fn rows(what: &'static str, v: &[f32], d: usize) -> Result<usize> {
+    if d == 0 {
+        return Err(Error::ZeroDimension);
+    }
+    if v.len() % d != 0 {
+        return Err(Error::RaggedRows {
+            what,
+            len: v.len(),
+            d,
+        });
+    }
+    Ok(v.len() / d)
+}
+
+/// Errors on a code outside `0..k`.
+pub fn check_codes(idx: &[u32], k: usize) -> Result<()> {
+    match idx.iter().position(|&j| j as usize >= k) {
+        None => Ok(()),
+        Some(row) => Err(Error::CodeOutOfRange {
+            row,
+            code: idx[row],
+            k,
+        }),
+    }
+}
+
+/// Nearest codewords of a set of points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    /// `indices[i]`: the codeword nearest to point `i`.
+    pub indices: Vec<u32>,
+    /// `distances[i]`: its squared Euclidean distance.
+    pub distances: Vec<f32>,
+}
+
+impl Assignment {
+    /// Mean squared distance (0 for no points).
+    pub fn mse(&self) -> f64 {
+        if self.distances.is_empty() {
+            return 0.0;
+        }
+        self.distances.iter().map(|&v| v as f64).sum::<f64>() / self.distances.len() as f64
+    }
+}
+
+/// `out[i] = argmin_j |x_i - c_j|^2` for points `x` (n x d) and codebook (k x d).
+pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Result<Assignment> {
+    let n = rows("points", x, d)?;
+    let k = rows("codebook", codebook, d)?;
+    let shape = Shape::new(n, k, d);
+    shape.validate()?;
+    check_finite("points", x)?;
+    check_finite("codebook", codebook)?;
+    let xb = b.upload(x)?;
+    let cb = b.upload(codebook)?;
+    let mut norms = b.zeros::<f32>(k)?;
+    b.codeword_norms(&cb, k, d, &mut norms)?;
+    let mut idx = b.zeros::<u32>(n)?;
+    let mut dist = b.zeros::<f32>(n)?;
+    b.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
+    let out = Assignment {
+        indices: b.download(&idx)?,
+        distances: b.download(&dist)?,
+    };
+    check_overflow(&out.distances)?;
+    Ok(out)
+}
+
+/// Finite inputs can still give infinite squared distances; say so rather than return them.
+fn check_overflow(dist: &[f32]) -> Result<()> {
+    match dist.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(row) => Err(Error::Overflow { row }),
+    }
+}
+
+/// What one Lloyd step reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// Sum of squared distances of the points to their centroid before the update.
+    pub inertia: f64,
+    /// Codes no point was assigned to; their centroids were left unchanged.
+    pub empty: Vec<u32>,
+    /// Points per code.
+    pub counts: Vec<u32>,
+}
+
+/// k-means state on the device: the points, the centroids and every working buffer stay
+/// there between steps.
+pub struct DeviceKMeans<'a, B: Backend> {
+    backend: &'a B,
+    shape: Shape,
+    x: B::Buf<f32>,
+    centroids: B::Buf<f32>,
+    norms: B::Buf<f32>,
+    idx: B::Buf<u32>,
+    dist: B::Buf<f32>,
+    sums: B::Buf<f32>,
+    counts: B::Buf<u32>,
+    dist_sums: B::Buf<f32>,
+}
+
+impl<'a, B: Backend> DeviceKMeans<'a, B> {
+    /// Uploads the points and initial centroids, after checking them.
+    pub fn new(backend: &'a B, x: &[f32], centroids: &[f32], d: usize) -> Result<Self> {
+        let n = rows("points", x, d)?;
+        let k = rows("centroids", centroids, d)?;
+        let shape = Shape::new(n, k, d);
+        shape.validate()?;
+        check_finite("points", x)?;
+        check_finite("centroids", centroids)?;
+        Ok(DeviceKMeans {
+            backend,
+            shape,
+            x: backend.upload(x)?,
+            centroids: backend.upload(centroids)?,
+            norms: backend.zeros(k)?,
+            idx: backend.zeros(n)?,
+            dist: backend.zeros(n)?,
+            sums: backend.zeros(k * d)?,
+            counts: backend.zeros(k)?,
+            dist_sums: backend.zeros(k)?,
+        })
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Assigns every point to its nearest centroid (without updating the centroids).
+    pub fn assign(&mut self) -> Result<()> {
+        let b = self.backend;
+        let Shape { k, d, .. } = self.shape;
+        b.codeword_norms(&self.centroids, k, d, &mut self.norms)?;
+        b.distance_argmin(
+            &self.x,
+            &self.centroids,
+            &self.norms,
+            self.shape,
+            &mut self.idx,
+            &mut self.dist,
+        )
+    }
+
+    /// One Lloyd iteration: assign, accumulate, update. Reads back `2k` numbers.
+    pub fn step(&mut self) -> Result<StepReport> {
+        self.assign()?;
+        let b = self.backend;
+        let Shape { k, d, .. } = self.shape;
+        b.cluster_sums(
+            &self.x,
+            &self.idx,
+            &self.dist,
+            self.shape,
+            &mut self.sums,
+            &mut self.counts,
+            &mut self.dist_sums,
+        )?;
+        b.kmeans_update(&self.sums, &self.counts, k, d, &mut self.centroids)?;
+        let counts = b.download(&self.counts)?;
+        let dist_sums = b.download(&self.dist_sums)?;
+        let inertia: f64 = dist_sums.iter().map(|&v| v as f64).sum();
+        if !inertia.is_finite() {
+            return Err(Error::Overflow { row: 0 });
+        }
+        let empty = (0..k as u32).filter(|&j| counts[j as usize] == 0).collect();
+        Ok(StepReport {
+            inertia,
+            empty,
+            counts,
+        })
+    }
+
+    /// The current centroids.
+    pub fn centroids(&self) -> Result<Vec<f32>> {
+        self.backend.download(&self.centroids)
+    }
+
+    /// Replaces the centroids (after a host-side repair of empty clusters, say).
+    pub fn set_centroids(&mut self, centroids: &[f32]) -> Result<()> {
+        check_len("centroids", centroids.len(), self.shape.k * self.shape.d)?;
+        check_finite("centroids", centroids)?;
+        self.centroids = self.backend.upload(centroids)?;
+        Ok(())
+    }
+
+    /// The latest assignment (codes and squared distances).
+    pub fn assignment(&self) -> Result<Assignment> {
+        Ok(Assignment {
+            indices: self.backend.download(&self.idx)?,
+            distances: self.backend.download(&self.dist)?,
+        })
+    }
+}
+
+/// One Lloyd step on host slices: `centroids` is updated in place.
+pub fn kmeans_step<B: Backend>(
+    b: &B,
+    x: &[f32],
+    centroids: &mut [f32],
+    d: usize,
+) -> Result<StepReport> {
+    let mut km = DeviceKMeans::new(b, x, centroids, d)?;
+    let report = km.step()?;
+    centroids.copy_from_slice(&km.centroids()?);
+    Ok(report)
+}
+
+/// EMA codebook state on the host: cluster sizes, running sums and the codebook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmaState {
+    pub cluster_size: Vec<f32>,
+    pub embed_sum: Vec<f32>,
+    pub codebook: Vec<f32>,
+}
+
+impl EmaState {
+    /// A fresh state for a `k x d` codebook: sizes start at zero and running sums at the
+    /// codewords themselves.
+    pub fn with_dim(codebook: Vec<f32>, d: usize) -> Result<Self> {
+        let k = rows("codebook", &codebook, d)?;
+        Ok(EmaState {
+            cluster_size: vec![0.0; k],
+            embed_sum: codebook.clone(),
+            codebook,
+        })
+    }
+}
+
+/// One EMA step on host slices for the points `x` assigned to `idx`.
+pub fn ema_update<B: Backend>(
+    b: &B,
+    x: &[f32],
+    idx: &[u32],
+    d: usize,
+    params: EmaParams,
+    state: &mut EmaState,
+) -> Result<()> {
+    let n = rows("points", x, d)?;
+    let k = rows("codebook", &state.codebook, d)?;
+    Shape::new(n, k, d).validate()?;
+    params.validate()?;
+    check_len("indices", idx.len(), n)?;
+    check_len("cluster_size", state.cluster_size.len(), k)?;
+    check_len("embed_sum", state.embed_sum.len(), k * d)?;
+    check_finite("points", x)?;
+    check_codes(idx, k)?;
+    let xb = b.upload(x)?;
+    let ib = b.upload(idx)?;
+    let mut size = b.upload(&state.cluster_size)?;
+    let mut esum = b.upload(&state.embed_sum)?;
+    let mut code = b.upload(&state.codebook)?;
+    b.ema_update(
+        &xb,
+        &ib,
+        Shape::new(n, k, d),
+        params,
+        &mut size,
+        &mut esum,
+        &mut code,
+    )?;
+    state.cluster_size = b.download(&size)?;
+    state.embed_sum = b.download(&esum)?;
+    state.codebook = b.download(&code)?;
+    Ok(())
+}
