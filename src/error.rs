@@ -74,14 +74,14 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
+    pub fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidParameter {
             name,
             reason: reason.into(),
         }
     }
 
-    pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+    pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Format {
             path: path.into(),
             reason: reason.into(),

@@ -100,10 +100,16 @@ impl Default for EmaParams {
 impl EmaParams {
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.decay) {
-            return Err(Error::invalid("decay", format!("{} is not in [0, 1]", self.decay)));
+            return Err(Error::invalid(
+                "decay",
+                format!("{} is not in [0, 1]", self.decay),
+            ));
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::invalid("eps", format!("{} is not a positive number", self.eps)));
+            return Err(Error::invalid(
+                "eps",
+                format!("{} is not a positive number", self.eps),
+            ));
         }
         Ok(())
     }

@@ -16,16 +16,21 @@ pub fn parse(bytes: &[u8]) -> Result<Matrix, String> {
     let mut rows = 0;
     let mut at = 0;
     while at < bytes.len() {
-        let head = bytes
-            .get(at..at + 4)
-            .ok_or_else(|| format!("truncated: {} stray bytes after vector {rows}", bytes.len() - at))?;
+        let head = bytes.get(at..at + 4).ok_or_else(|| {
+            format!(
+                "truncated: {} stray bytes after vector {rows}",
+                bytes.len() - at
+            )
+        })?;
         let d = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         if d <= 0 {
             return Err(format!("vector {rows} declares dimension {d}"));
         }
         let d = d as usize;
         if let Some(prev) = dim.filter(|&p| p != d) {
-            return Err(format!("vector {rows} has dimension {d}, the first had {prev}"));
+            return Err(format!(
+                "vector {rows} has dimension {d}, the first had {prev}"
+            ));
         }
         dim = Some(d);
         let body = bytes
@@ -75,6 +80,10 @@ mod tests {
         ragged.extend(to_bytes(&[1.0, 2.0, 3.0], 3));
         assert!(parse(&ragged).unwrap_err().contains("dimension 3"));
         assert!(parse(&[]).unwrap_err().contains("no vectors"));
-        assert!(parse(&(-1i32).to_le_bytes()).unwrap_err().contains("dimension -1"));
+        assert!(
+            parse(&(-1i32).to_le_bytes())
+                .unwrap_err()
+                .contains("dimension -1")
+        );
     }
 }

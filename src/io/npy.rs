@@ -94,10 +94,22 @@ impl Array {
         };
         match self.dtype {
             Dtype::U8 => b.iter().map(|&v| v as i128).collect(),
-            Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128).collect(),
-            Dtype::U32 => b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128).collect(),
-            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(w(c)) as i128).collect(),
-            Dtype::U64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(w(c)) as i128).collect(),
+            Dtype::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128)
+                .collect(),
+            Dtype::U32 => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128)
+                .collect(),
+            Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(w(c)) as i128)
+                .collect(),
+            Dtype::U64 => b
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(w(c)) as i128)
+                .collect(),
             Dtype::F16 | Dtype::F32 | Dtype::F64 => Vec::new(),
         }
     }
@@ -149,7 +161,9 @@ pub fn parse(bytes: &[u8]) -> Result<Array, String> {
     let (dtype, big) = Dtype::parse(descr)?;
     match dict_value(header, "fortran_order") {
         Some("False") => {}
-        Some("True") => return Err("Fortran-order arrays are not supported: save with C order".into()),
+        Some("True") => {
+            return Err("Fortran-order arrays are not supported: save with C order".into());
+        }
         _ => return Err("the .npy header has no valid 'fortran_order'".into()),
     }
     let shape_text = dict_value(header, "shape").ok_or("the .npy header has no 'shape'")?;
@@ -158,7 +172,9 @@ pub fn parse(bytes: &[u8]) -> Result<Array, String> {
         .iter()
         .try_fold(1usize, |a, &s| a.checked_mul(s))
         .ok_or("the .npy shape overflows")?;
-    let nbytes = count.checked_mul(dtype.size()).ok_or("the .npy shape overflows")?;
+    let nbytes = count
+        .checked_mul(dtype.size())
+        .ok_or("the .npy shape overflows")?;
     let body = &bytes[start + header_len..];
     if body.len() < nbytes {
         return Err(format!(
@@ -184,7 +200,10 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let at = header
         .find(&format!("'{key}'"))
         .or_else(|| header.find(&format!("\"{key}\"")))?;
-    let rest = header[at + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
+    let rest = header[at + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
     } else {
@@ -236,7 +255,10 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
 pub fn read_codes(path: &Path) -> Result<(Vec<usize>, Vec<u32>)> {
     let a = read(path)?;
     if matches!(a.dtype, Dtype::F16 | Dtype::F32 | Dtype::F64) {
-        return Err(Error::format(path, format!("expected integer codes, got {:?}", a.dtype)));
+        return Err(Error::format(
+            path,
+            format!("expected integer codes, got {:?}", a.dtype),
+        ));
     }
     let v = a.to_i128();
     if let Some(bad) = v.iter().find(|&&c| !(0..=u32::MAX as i128).contains(&c)) {
@@ -316,7 +338,11 @@ mod tests {
     #[test]
     fn rejects_bad_files() {
         let good = f32_bytes(&[2, 2], &[1.0, 2.0, 3.0, 4.0]);
-        assert!(parse(&good[..good.len() - 2]).unwrap_err().contains("truncated"));
+        assert!(
+            parse(&good[..good.len() - 2])
+                .unwrap_err()
+                .contains("truncated")
+        );
         assert!(parse(b"hello world").unwrap_err().contains("magic"));
         assert!(parse(&good[..20]).unwrap_err().contains("truncated"));
         let fortran = String::from_utf8_lossy(&good).replace("False", "True ");

@@ -77,7 +77,11 @@ pub(crate) fn grouped_sums(parallel: bool, g: &Grouped, x: &[f32], d: usize, sum
 /// `dist_sums[j] = sum of dist over the rows of code j`, in f64, row order.
 pub(crate) fn grouped_dist_sums(g: &Grouped, dist: &[f32], dist_sums: &mut [f32]) {
     for (j, out) in dist_sums.iter_mut().enumerate() {
-        *out = g.rows(j).iter().map(|&i| dist[i as usize] as f64).sum::<f64>() as f32;
+        *out = g
+            .rows(j)
+            .iter()
+            .map(|&i| dist[i as usize] as f64)
+            .sum::<f64>() as f32;
     }
 }
 

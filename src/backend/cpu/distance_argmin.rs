@@ -115,7 +115,11 @@ pub(crate) fn distance_argmin(
     };
     let chunks = idx.chunks_mut(TASK_ROWS).zip(dist.chunks_mut(TASK_ROWS));
     if parallel {
-        chunks.collect::<Vec<_>>().into_par_iter().enumerate().for_each(task);
+        chunks
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .enumerate()
+            .for_each(task);
     } else {
         chunks.enumerate().for_each(task);
     }

@@ -6,7 +6,7 @@ mod distance_argmin;
 
 pub(crate) use distance_argmin::sq_norm;
 
-use super::{Backend, EmaParams, Element, Shape, check_len};
+use super::{Backend, Element, EmaParams, Shape, check_len};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -158,7 +158,10 @@ impl Backend for CpuBackend {
         self.run(k * d, |par| {
             let one = |(o, c): (&mut f32, &[f32])| *o = sq_norm(c);
             if par {
-                norms.par_iter_mut().zip(codebook.par_chunks(d)).for_each(one);
+                norms
+                    .par_iter_mut()
+                    .zip(codebook.par_chunks(d))
+                    .for_each(one);
             } else {
                 norms.iter_mut().zip(codebook.chunks(d)).for_each(one);
             }
@@ -249,7 +252,9 @@ impl Backend for CpuBackend {
         check_len("codebook", codebook.len(), k * d)?;
         let g = cluster_sums::Grouped::new(idx, k);
         let mut batch = vec![0.0f32; k * d];
-        self.run(n * d, |par| cluster_sums::grouped_sums(par, &g, x, d, &mut batch));
+        self.run(n * d, |par| {
+            cluster_sums::grouped_sums(par, &g, x, d, &mut batch)
+        });
         cluster_sums::ema_apply(
             params.decay,
             params.eps,
