@@ -98,6 +98,7 @@ pub(crate) fn kmeans_update(sums: &[f32], counts: &[u32], d: usize, centroids: &
 }
 
 /// The EMA step of [`crate::backend::EmaParams`] given this batch's counts and sums.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn ema_apply(
     decay: f32,
     eps: f32,

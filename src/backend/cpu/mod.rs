@@ -3,6 +3,7 @@
 
 mod cluster_sums;
 mod distance_argmin;
+pub mod peak;
 
 pub(crate) use distance_argmin::sq_norm;
 
