@@ -53,7 +53,8 @@ fn kernels(c: &mut Criterion) {
             g.throughput(throughput(Op::Assign, shape));
             g.bench_function(BenchmarkId::from_parameter(&id), |bench| {
                 bench.iter(|| {
-                    b.distance_argmin(&xb, &cbuf, &norms, shape, &mut idx, &mut dist).unwrap();
+                    b.distance_argmin(&xb, &cbuf, &norms, shape, &mut idx, &mut dist)
+                        .unwrap();
                     b.synchronize().unwrap();
                 })
             });
@@ -68,7 +69,8 @@ fn kernels(c: &mut Criterion) {
             g.bench_function(BenchmarkId::from_parameter(&id), |bench| {
                 bench.iter(|| {
                     let p = EmaParams::default();
-                    b.ema_update(&xb, &idx, shape, p, &mut size, &mut esum, &mut code).unwrap();
+                    b.ema_update(&xb, &idx, shape, p, &mut size, &mut esum, &mut code)
+                        .unwrap();
                     b.synchronize().unwrap();
                 })
             });

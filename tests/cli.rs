@@ -33,7 +33,10 @@ fn last_json(o: &Output) -> serde_json::Value {
 fn fails_with(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "expected failure, got success");
-    assert!(err.contains("error:") && err.contains(needle), "stderr: {err}");
+    assert!(
+        err.contains("error:") && err.contains(needle),
+        "stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "stderr: {err}");
 }
 
@@ -46,10 +49,22 @@ fn assign_npy_and_fvecs_agree_with_the_reference() {
     let (xp, cp, out) = (tmp("x.npy"), tmp("c.fvecs"), tmp("codes.npy"));
     npy::write_f32(&xp, &[n, d], &x).unwrap();
     std::fs::write(&cp, fvecs::to_bytes(&c, d)).unwrap();
-    let o = vqkit(&["assign", "-i", s(&xp), "-c", s(&cp), "-o", s(&out), "--json"]);
+    let o = vqkit(&[
+        "assign",
+        "-i",
+        s(&xp),
+        "-c",
+        s(&cp),
+        "-o",
+        s(&out),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j = last_json(&o);
-    assert_eq!((j["n"].as_u64(), j["k"].as_u64(), j["d"].as_u64()), (Some(300), Some(17), Some(9)));
+    assert_eq!(
+        (j["n"].as_u64(), j["k"].as_u64(), j["d"].as_u64()),
+        (Some(300), Some(17), Some(9))
+    );
     assert!(j["seconds"].as_f64().unwrap() >= 0.0);
     let (shape, codes) = npy::read_codes(&out).unwrap();
     assert_eq!(shape, vec![n]);
@@ -91,10 +106,28 @@ fn assign_reads_f16_and_u8_points() {
     let (a, b, c) = (tmp("px.npy"), tmp("px16.npy"), tmp("cb.npy"));
     std::fs::write(&a, u8_file).unwrap();
     std::fs::write(&b, f16_file).unwrap();
-    npy::write_f32(&c, &[3, d], &[0.0; 4].iter().chain(&[128.0; 4]).chain(&[255.0; 4]).cloned().collect::<Vec<f32>>()).unwrap();
+    npy::write_f32(
+        &c,
+        &[3, d],
+        &[0.0; 4]
+            .iter()
+            .chain(&[128.0; 4])
+            .chain(&[255.0; 4])
+            .cloned()
+            .collect::<Vec<f32>>(),
+    )
+    .unwrap();
     let (oa, ob) = (tmp("ca.npy"), tmp("cb16.npy"));
-    assert!(vqkit(&["assign", "-i", s(&a), "-c", s(&c), "-o", s(&oa)]).status.success());
-    assert!(vqkit(&["assign", "-i", s(&b), "-c", s(&c), "-o", s(&ob)]).status.success());
+    assert!(
+        vqkit(&["assign", "-i", s(&a), "-c", s(&c), "-o", s(&oa)])
+            .status
+            .success()
+    );
+    assert!(
+        vqkit(&["assign", "-i", s(&b), "-c", s(&c), "-o", s(&ob)])
+            .status
+            .success()
+    );
     assert_eq!(npy::read_codes(&oa).unwrap(), npy::read_codes(&ob).unwrap());
 }
 
@@ -141,19 +174,42 @@ fn unavailable_backend_suggests_the_cpu() {
     if cfg!(feature = "cuda") {
         return; // this build has CUDA compiled in: covered by the CUDA tests
     }
-    let o = vqkit(&["bench", "--backend", "cuda", "--n", "10", "--k", "2", "--d", "2"]);
+    let o = vqkit(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--n",
+        "10",
+        "--k",
+        "2",
+        "--d",
+        "2",
+    ]);
     fails_with(&o, "--backend cpu");
 }
 
 #[test]
 fn bench_prints_json_lines() {
     let o = vqkit(&[
-        "bench", "--n", "500", "--k", "16", "--d", "8", "--seconds", "0.01", "--threads", "1", "--json",
+        "bench",
+        "--n",
+        "500",
+        "--k",
+        "16",
+        "--d",
+        "8",
+        "--seconds",
+        "0.01",
+        "--threads",
+        "1",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
-    let lines: Vec<serde_json::Value> =
-        out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     assert_eq!(lines.len(), 4, "three ops and a summary: {out}");
     for (l, op) in lines.iter().zip(["assign", "ema", "kmeans"]) {
         assert_eq!(l["op"], op);
@@ -169,6 +225,12 @@ fn info_lists_backends_and_isa() {
     let o = vqkit(&["info", "--json"]);
     assert!(o.status.success());
     let j = last_json(&o);
-    assert!(j["backends_compiled"].as_array().unwrap().iter().any(|b| b == "cpu"));
+    assert!(
+        j["backends_compiled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "cpu")
+    );
     assert!(j["cpu"]["isa_used"].is_string());
 }

@@ -311,8 +311,9 @@ mod x86 {
         const NR: usize = AVX512_NR;
         let d = p.d;
         let xp = x.as_ptr();
-        let mut best_v = [[_mm512_set1_ps(f32::INFINITY); 2]; MR];
-        let mut best_i = [[_mm512_setzero_si512(); 2]; MR];
+        // Per row, per lane: the best score so far and its codeword.
+        let mut best_v = [_mm512_set1_ps(f32::INFINITY); MR];
+        let mut best_i = [_mm512_setzero_si512(); MR];
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let minus_two = _mm512_set1_ps(-2.0);
         for panel in 0..p.panels {
@@ -338,23 +339,22 @@ mod x86 {
             let i0 = _mm512_add_epi32(lane, _mm512_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm512_add_epi32(i0, _mm512_set1_epi32(16))];
             for r in 0..MR {
-                for h in 0..2 {
-                    let s = _mm512_fmadd_ps(acc[r][h], minus_two, norms[h]);
-                    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r][h]);
-                    best_v[r][h] = _mm512_mask_blend_ps(lt, best_v[r][h], s);
-                    best_i[r][h] = _mm512_mask_blend_epi32(lt, best_i[r][h], ids[h]);
-                }
+                // Fold the panel's two halves first (the first half has the lower indices,
+                // so a strict < keeps ties there), then fold into the running best.
+                let s0 = _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                let s1 = _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let take1 = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s1, s0);
+                let s = _mm512_mask_blend_ps(take1, s0, s1);
+                let i = _mm512_mask_blend_epi32(take1, ids[0], ids[1]);
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r]);
+                best_v[r] = _mm512_mask_blend_ps(lt, best_v[r], s);
+                best_i[r] = _mm512_mask_blend_epi32(lt, best_i[r], i);
             }
         }
         for r in 0..MR {
-            let [v0, v1] = best_v[r];
-            let [i0, i1] = best_i[r];
-            // Fold the two halves, then the 16 lanes, branch-free: the lowest score, and
-            // among lanes holding it, the lowest index.
-            let take1 = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v1, v0)
-                | (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v1, v0) & _mm512_cmplt_epu32_mask(i1, i0));
-            let v = _mm512_mask_blend_ps(take1, v0, v1);
-            let i = _mm512_mask_blend_epi32(take1, i0, i1);
+            // Fold the 16 lanes branch-free: the lowest score, and among the lanes holding
+            // it, the lowest index.
+            let (v, i) = (best_v[r], best_i[r]);
             let m = _mm512_reduce_min_ps(v);
             let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m));
             val[r] = m;
