@@ -251,8 +251,9 @@ mod x86 {
         const NR: usize = AVX2_NR;
         let d = p.d;
         let xp = x.as_ptr();
-        let mut best_v = [[_mm256_set1_ps(f32::INFINITY); 2]; MR];
-        let mut best_i = [[_mm256_setzero_si256(); 2]; MR];
+        // Per row, per lane: the best score so far and its codeword.
+        let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
+        let mut best_i = [_mm256_setzero_si256(); MR];
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let minus_two = _mm256_set1_ps(-2.0);
         for panel in 0..p.panels {
@@ -278,30 +279,39 @@ mod x86 {
             let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
-                for h in 0..2 {
-                    let s = _mm256_fmadd_ps(acc[r][h], minus_two, norms[h]);
-                    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r][h]);
-                    best_v[r][h] = _mm256_blendv_ps(best_v[r][h], s, lt);
-                    best_i[r][h] = _mm256_castps_si256(_mm256_blendv_ps(
-                        _mm256_castsi256_ps(best_i[r][h]),
-                        _mm256_castsi256_ps(ids[h]),
-                        lt,
-                    ));
-                }
+                // Fold the panel's halves (strict <: a tie keeps the lower first half),
+                // then fold into the running best.
+                let s0 = _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                let s1 = _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let take1 = _mm256_cmp_ps::<_CMP_LT_OQ>(s1, s0);
+                let s = _mm256_blendv_ps(s0, s1, take1);
+                let i = blend_epi32(ids[0], ids[1], take1);
+                let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
+                best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
+                best_i[r] = blend_epi32(best_i[r], i, lt);
             }
         }
         for r in 0..MR {
-            let mut v = [0.0f32; NR];
-            let mut i = [0u32; NR];
-            // SAFETY: v and i hold NR = 16 elements, two vectors of 8.
+            let mut v = [0.0f32; 8];
+            let mut i = [0u32; 8];
+            // SAFETY: v and i hold one vector of 8 lanes each.
             unsafe {
-                _mm256_storeu_ps(v.as_mut_ptr(), best_v[r][0]);
-                _mm256_storeu_ps(v.as_mut_ptr().add(8), best_v[r][1]);
-                _mm256_storeu_si256(i.as_mut_ptr().cast(), best_i[r][0]);
-                _mm256_storeu_si256(i.as_mut_ptr().add(8).cast(), best_i[r][1]);
+                _mm256_storeu_ps(v.as_mut_ptr(), best_v[r]);
+                _mm256_storeu_si256(i.as_mut_ptr().cast(), best_i[r]);
             }
             (val[r], idx[r]) = reduce_lanes(&v, &i);
         }
+    }
+
+    /// Lanes of `b` where `mask` is set, of `a` elsewhere (AVX2 has no integer blendv on
+    /// float masks: go through the float domain, a pure bit move).
+    #[target_feature(enable = "avx2")]
+    fn blend_epi32(a: __m256i, b: __m256i, mask: __m256) -> __m256i {
+        _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(a),
+            _mm256_castsi256_ps(b),
+            mask,
+        ))
     }
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
