@@ -77,8 +77,8 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// Runs the micro-kernel for exactly `mr` rows of x (`x.len() == mr * d`), writing each
-/// row's best score (without |x|^2) and index.
+/// Runs the micro-kernel for `mr` rows of x packed t-major (`x[t * mr + r]`, length
+/// `mr * d`), writing each row's best score (without |x|^2) and index.
 type RowsKernel = fn(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]);
 
 fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
@@ -130,8 +130,9 @@ pub(crate) fn distance_argmin(
     }
 }
 
-/// One task's rows: whole MR blocks straight from x, the remainder through a zero-padded
-/// copy, then `dist = max(score + |x|^2, 0)`.
+/// One task's rows, MR at a time: each block is packed t-major (`xt[t * MR + r]`, zero rows
+/// past the end), so the micro-kernel broadcasts from one contiguous run per step of d
+/// whatever d is; then `dist = max(score + |x|^2, 0)`.
 fn rows_block(
     kernel: RowsKernel,
     mr: usize,
@@ -142,24 +143,24 @@ fn rows_block(
 ) {
     let d = p.d;
     let rows = idx.len();
-    let full = rows / mr * mr;
-    for r0 in (0..full).step_by(mr) {
-        kernel(
-            &x[r0 * d..(r0 + mr) * d],
-            p,
-            &mut dist[r0..r0 + mr],
-            &mut idx[r0..r0 + mr],
-        );
-    }
-    if full < rows {
-        let rem = rows - full;
-        let mut xpad = vec![0.0f32; mr * d];
-        xpad[..rem * d].copy_from_slice(&x[full * d..]);
-        let mut val = vec![0.0f32; mr];
-        let mut ix = vec![0u32; mr];
-        kernel(&xpad, p, &mut val, &mut ix);
-        dist[full..].copy_from_slice(&val[..rem]);
-        idx[full..].copy_from_slice(&ix[..rem]);
+    let mut xt = vec![0.0f32; mr * d];
+    let mut val = vec![0.0f32; mr];
+    let mut ix = vec![0u32; mr];
+    for r0 in (0..rows).step_by(mr) {
+        let m = mr.min(rows - r0);
+        for (r, row) in x[r0 * d..(r0 + m) * d].chunks_exact(d).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                xt[t * mr + r] = v;
+            }
+        }
+        if m < mr {
+            for t in 0..d {
+                xt[t * mr + m..(t + 1) * mr].fill(0.0);
+            }
+        }
+        kernel(&xt, p, &mut val, &mut ix);
+        dist[r0..r0 + m].copy_from_slice(&val[..m]);
+        idx[r0..r0 + m].copy_from_slice(&ix[..m]);
     }
     for (r, out) in dist.iter_mut().enumerate() {
         *out = (*out + sq_norm(&x[r * d..(r + 1) * d])).max(0.0);
@@ -193,7 +194,7 @@ fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
         let mut acc = [[0.0f32; NR]; MR];
         for (t, c) in pd.chunks_exact(NR).enumerate() {
             for r in 0..MR {
-                let xv = x[r * d + t];
+                let xv = x[t * MR + r];
                 for l in 0..NR {
                     acc[r][l] += xv * c[l];
                 }
@@ -269,7 +270,7 @@ mod x86 {
                     )
                 };
                 for r in 0..MR {
-                    let xv = unsafe { _mm256_broadcast_ss(&*xp.add(r * d + t)) };
+                    let xv = unsafe { _mm256_broadcast_ss(&*xp.add(t * MR + r)) };
                     acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
                 }
@@ -339,7 +340,7 @@ mod x86 {
                     )
                 };
                 for r in 0..MR {
-                    let xv = _mm512_set1_ps(unsafe { *xp.add(r * d + t) });
+                    let xv = _mm512_set1_ps(unsafe { *xp.add(t * MR + r) });
                     acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
                 }
