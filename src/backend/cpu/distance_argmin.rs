@@ -10,10 +10,14 @@
 //!
 //! Fusion: a register tile of MR rows x NR codewords is computed over the whole of d, turned
 //! into scores, and folded into per-lane running minima before the next tile; the n x k
-//! distance matrix never exists, not even as a cache-sized block. The codebook is packed
-//! once per call into panels of NR codewords, stored d-major (`panel[t][lane]`), so the
-//! micro-kernel reads one contiguous run of NR floats per step of d and broadcasts one
-//! x value per row. A padded codeword has norm +inf and so never wins.
+//! distance matrix never exists, not even as a cache-sized block. Layout: the codebook is
+//! packed once per call into panels of NR codewords, d-major (`panel[t][lane]`), and each
+//! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
+//! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
+//! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
+//! lane, then folded into the row's running (score, index); after the last panel, one
+//! branch-free horizontal reduction per row. A padded codeword has norm +inf: never chosen.
+//! Rows are independent, so the result does not depend on the thread count.
 //!
 //! Variants, all checked against [`crate::reference`]:
 //! - v1 `portable`: the same tiling in plain Rust (MR = 4, NR = 16); the compiler vectorizes
