@@ -8,6 +8,9 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use vqkit::nn::gemm::{MatRef, Parallelism, default_isa, sgemm_with};
+use vqkit::nn::{
+    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Tensor, Window, mse_loss,
+};
 use vqkit::rng::Rng;
 
 /// (label, m, n, k, A transposed, B transposed)
@@ -57,5 +60,108 @@ fn bench_gemm(cr: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_gemm);
+/// Forward + backward of single layers at the model's shapes: 3 GEMMs of `2 m n k` flops
+/// each, plus im2col/col2im and layout transposes (counted as overhead, not flops).
+fn bench_conv(cr: &mut Criterion) {
+    let mut g = cr.benchmark_group("cpu");
+    g.sample_size(10);
+    let mut rng = Rng::new(3);
+    let down = Window {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    let same = Window {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    // (label, cin, cout, window, input h = w, transposed)
+    let cases = [
+        ("enc2", 64, 128, down, 14, false),
+        ("enc3", 128, 128, same, 7, false),
+        ("dec1", 128, 64, down, 7, true),
+    ];
+    let batch = 32;
+    for (label, cin, cout, win, hw, transposed) in cases {
+        let x = Tensor::randn([batch, cin, hw, hw], 1.0, &mut rng);
+        let kk = win.kernel * win.kernel;
+        if transposed {
+            let mut conv = ConvTranspose2d::new(cin, cout, win, 0, true, &mut rng).unwrap();
+            let y = conv.forward(&x).unwrap();
+            let flops = 3 * 2 * cin * cout * kk * batch * hw * hw;
+            g.throughput(Throughput::Elements(flops as u64));
+            let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+            g.bench_function(
+                format!("convT_fwd_bwd/{label}/{batch}x{cin}x{hw}x{hw}"),
+                |b| {
+                    b.iter(|| {
+                        conv.forward(black_box(&x)).unwrap();
+                        conv.backward(black_box(&dy)).unwrap()
+                    })
+                },
+            );
+        } else {
+            let mut conv = Conv2d::new(cin, cout, win, true, &mut rng).unwrap();
+            let y = conv.forward(&x).unwrap();
+            let flops = 3 * 2 * cin * cout * kk * batch * y.h() * y.w();
+            g.throughput(Throughput::Elements(flops as u64));
+            let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+            g.bench_function(
+                format!("conv_fwd_bwd/{label}/{batch}x{cin}x{hw}x{hw}"),
+                |b| {
+                    b.iter(|| {
+                        conv.forward(black_box(&x)).unwrap();
+                        conv.backward(black_box(&dy)).unwrap()
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+/// One Adam training step of the autoencoder (no quantizer) at the yardstick's default
+/// configuration, in images/s: compare with `scripts/vqvae_torch.py` at the same threads.
+fn bench_train_step(cr: &mut Criterion) {
+    let mut g = cr.benchmark_group("cpu");
+    g.sample_size(10);
+    let cfg = ConvNetConfig {
+        in_channels: 1,
+        hidden_dims: vec![64, 128],
+        num_residual_layers: 2,
+        residual_hidden: 32,
+        embedding_dim: 64,
+    };
+    let mut rng = Rng::new(5);
+    let mut enc = Encoder::new(&cfg, &mut rng).unwrap();
+    let mut dec = Decoder::new(&cfg, &mut rng).unwrap();
+    let mut opt = Adam::new(2e-4);
+    let batch = 32;
+    let x = Tensor {
+        shape: [batch, 1, 28, 28],
+        data: (0..batch * 784).map(|_| rng.uniform() as f32).collect(),
+    };
+    g.throughput(Throughput::Elements(batch as u64));
+    g.bench_function(
+        format!("ae_train_step/b{batch}/{}t", rayon::current_num_threads()),
+        |b| {
+            b.iter(|| {
+                let z = enc.forward(&x).unwrap();
+                let xh = dec.forward(&z).unwrap();
+                let (_, dxh) = mse_loss(&xh, &x).unwrap();
+                enc.zero_grad();
+                dec.zero_grad();
+                let dz = dec.backward(&dxh).unwrap();
+                enc.backward(&dz).unwrap();
+                let mut params = enc.params_mut();
+                params.extend(dec.params_mut());
+                opt.step(&mut params).unwrap();
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench_gemm, bench_conv, bench_train_step);
 criterion_main!(benches);

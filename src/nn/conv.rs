@@ -61,6 +61,23 @@ impl Window {
     }
 }
 
+/// The output positions `lo..hi` (of `out_len`) whose input index `o s + off - pad` falls
+/// inside `0..in_len`, so the inner loops of im2col/col2im run without a bounds branch.
+fn valid_range(out_len: usize, s: usize, off: usize, pad: usize, in_len: usize) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(s)
+    } else {
+        0
+    }
+    .min(out_len);
+    let hi = if in_len + pad > off {
+        (in_len + pad - off).div_ceil(s).min(out_len)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
 /// col (C k k, N oh ow) from an image batch (N, C, H, W): `col[(ci, ky, kx)][(b, oy, ox)] =
 /// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image.
 fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
@@ -80,13 +97,19 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
                     continue;
                 }
                 let src = &img[iy as usize * w..][..w];
-                for (ox, v) in o.iter_mut().enumerate() {
-                    let ix = (ox * s + kx) as isize - p;
-                    *v = if ix >= 0 && ix < w as isize {
-                        src[ix as usize]
-                    } else {
-                        0.0
-                    };
+                let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
+                o[..lo].fill(0.0);
+                o[hi..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * s + kx - g.padding;
+                if s == 1 {
+                    o[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (t, v) in o[lo..hi].iter_mut().enumerate() {
+                        *v = src[first + t * s];
+                    }
                 }
             }
         }
@@ -117,10 +140,19 @@ fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
                             continue;
                         }
                         let dst = &mut img[iy as usize * w..][..w];
-                        for (ox, &v) in src[oy * ow..][..ow].iter().enumerate() {
-                            let ix = (ox * s + kx) as isize - p;
-                            if ix >= 0 && ix < w as isize {
-                                dst[ix as usize] += v;
+                        let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
+                        if lo == hi {
+                            continue;
+                        }
+                        let first = lo * s + kx - g.padding;
+                        let row = &src[oy * ow..][lo..hi];
+                        if s == 1 {
+                            for (d, &v) in dst[first..first + row.len()].iter_mut().zip(row) {
+                                *d += v;
+                            }
+                        } else {
+                            for (t, &v) in row.iter().enumerate() {
+                                dst[first + t * s] += v;
                             }
                         }
                     }

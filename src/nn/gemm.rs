@@ -217,7 +217,7 @@ fn spec_for(isa: Isa) -> Spec {
             kernel: x86::kernel_avx512,
             mr: x86::AVX512_MR,
             nr: x86::AVX512_NR,
-            kc: 256,
+            kc: 128,
             mc: 128,
             nc: 3072,
         },
@@ -241,6 +241,13 @@ fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, o
                     out[p * mr + i] = 0.0;
                 }
             }
+        }
+    } else if a.rs == 1 {
+        // Columns of A are contiguous (a transposed operand): one slice copy per step.
+        for p in 0..kc {
+            let o = &mut out[p * mr..(p + 1) * mr];
+            o[..rows].copy_from_slice(&a.data[(p0 + p) * a.cs + i0..][..rows]);
+            o[rows..].fill(0.0);
         }
     } else {
         for p in 0..kc {
