@@ -513,10 +513,10 @@ mod x86 {
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
                 let ap = a.add(p * MR);
-                for r in 0..MR {
+                for (r, t) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(&*ap.add(r));
-                    acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+                    t[0] = _mm256_fmadd_ps(av, b0, t[0]);
+                    t[1] = _mm256_fmadd_ps(av, b1, t[1]);
                 }
             }
             for (r, row) in acc.iter().enumerate() {
@@ -557,11 +557,11 @@ mod x86 {
                 let b1 = _mm512_loadu_ps(bp.add(16));
                 let b2 = _mm512_loadu_ps(bp.add(32));
                 let ap = a.add(p * MR);
-                for r in 0..MR {
+                for (r, t) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*ap.add(r));
-                    acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-                    acc[r][2] = _mm512_fmadd_ps(av, b2, acc[r][2]);
+                    t[0] = _mm512_fmadd_ps(av, b0, t[0]);
+                    t[1] = _mm512_fmadd_ps(av, b1, t[1]);
+                    t[2] = _mm512_fmadd_ps(av, b2, t[2]);
                 }
             }
             for (r, row) in acc.iter().enumerate() {
