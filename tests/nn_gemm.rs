@@ -7,6 +7,7 @@ use vqkit::nn::gemm::{MatRef, Parallelism, sgemm, sgemm_with};
 use vqkit::nn::reference;
 use vqkit::rng::Rng;
 
+#[allow(clippy::too_many_arguments)] // one GEMM case: its ISA, parallelism, shape and flags
 fn check(isa: Isa, par: Parallelism, m: usize, n: usize, k: usize, ta: bool, tb: bool, acc: bool) {
     let mut rng = Rng::new((m * 1_000_003 + n * 1009 + k) as u64);
     let a = rng.normal_vec(m * k);

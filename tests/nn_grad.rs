@@ -78,8 +78,10 @@ fn bias64(b: &Option<Param>) -> Vec<f64> {
     b.as_ref().map(|p| f64v(&p.value)).unwrap_or_default()
 }
 
-// conv2d: (n, cin, h, w, cout, kernel, stride, padding, bias)
-const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize, bool)] = &[
+/// conv2d: (n, cin, h, w, cout, kernel, stride, padding, bias)
+type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize, bool);
+
+const CONV_CASES: &[ConvCase] = &[
     (2, 3, 7, 5, 4, 3, 2, 1, true), // odd sizes, stride 2: the last window is cut short
     (1, 2, 6, 6, 3, 4, 2, 1, true), // the encoder's 4x4 stride-2 window
     (3, 1, 5, 8, 2, 1, 1, 0, true), // 1x1 projection
@@ -137,8 +139,8 @@ fn conv2d_backward_matches_finite_differences() {
     }
 }
 
-// conv_transpose2d: (n, cin, h, w, cout, kernel, stride, padding, output_padding)
-const CONVT_CASES: &[(
+/// conv_transpose2d: (n, cin, h, w, cout, kernel, stride, padding, output_padding)
+type ConvTCase = (
     usize,
     usize,
     usize,
@@ -148,7 +150,9 @@ const CONVT_CASES: &[(
     usize,
     usize,
     usize,
-)] = &[
+);
+
+const CONVT_CASES: &[ConvTCase] = &[
     (2, 3, 3, 4, 2, 4, 2, 1, 0), // the decoder's 4x4 stride-2 window
     (1, 2, 3, 3, 3, 3, 2, 1, 1), // output_padding fills the last row and column
     (2, 2, 2, 3, 2, 3, 3, 2, 2), // stride 3, heavy cropping
@@ -489,12 +493,10 @@ fn adam_and_sgd_follow_pytorch_update_rules() {
             let vh = v[i] / (1.0 - 0.999f64.powi(t));
             w[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
         }
-        for i in 0..3 {
+        for (&got, &want) in p.value.iter().zip(&w) {
             assert!(
-                (p.value[i] as f64 - w[i]).abs() < 1e-6,
-                "adam step {t}: {} vs {}",
-                p.value[i],
-                w[i]
+                (got as f64 - want).abs() < 1e-6,
+                "adam step {t}: {got} vs {want}"
             );
         }
     }
