@@ -194,7 +194,7 @@ impl WgpuBackend {
             groups_per_dim,
             buffer_bytes: limits.max_buffer_size,
         };
-        if caps.bind_elems < 1024 || groups_per_dim < 4 {
+        if caps.bind_elems < 2 * 256 || groups_per_dim < 4 {
             return Err(unavailable(format!(
                 "adapter {} has unusably small limits ({} bytes per storage binding, \
                  {groups_per_dim} workgroups per dimension)",
