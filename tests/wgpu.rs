@@ -99,7 +99,13 @@ fn chunked_and_whole_agree_on_argmin_indices() {
     let split = common::run_argmin(&t, &x, &c, s).unwrap();
     // Same kernel, same per-pair arithmetic: chunking the codebook must not change a bit.
     assert_eq!(whole.0, split.0);
-    assert!(whole.1.iter().zip(&split.1).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(
+        whole
+            .1
+            .iter()
+            .zip(&split.1)
+            .all(|(p, q)| p.to_bits() == q.to_bits())
+    );
 }
 
 #[test]
@@ -132,7 +138,12 @@ fn codes_out_of_range_are_ignored() {
     .unwrap();
     let (ws, wc, wd) = reference::cluster_sums(&x, &idx, &dist, k, d);
     assert_eq!(b.download(&counts).unwrap(), wc);
-    let got: Vec<f64> = b.download(&sums).unwrap().iter().map(|&v| v as f64).collect();
+    let got: Vec<f64> = b
+        .download(&sums)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
     assert_eq!(got, ws, "small exact sums");
     let got: Vec<f64> = b.download(&ds).unwrap().iter().map(|&v| v as f64).collect();
     assert_eq!(got, wd);
@@ -142,7 +153,10 @@ fn codes_out_of_range_are_ignored() {
 fn adapter_report_and_timing() {
     let Some(b) = shared() else { return };
     let info = b.adapter_info();
-    eprintln!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    eprintln!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
     if std::env::var("WGPU_BACKEND").as_deref() == Ok("vulkan") {
         assert_eq!(info.backend, wgpu::Backend::Vulkan);
     }
@@ -154,14 +168,14 @@ fn adapter_report_and_timing() {
     let (n, k, d) = (256, 64, 16);
     let x = common::data(&mut rng, n * d);
     let c = common::data(&mut rng, k * d);
-    let (a, t) = b
-        .timed(|b| vqkit::ops::assign(b, &x, &c, d))
-        .unwrap();
+    let (a, t) = b.timed(|b| vqkit::ops::assign(b, &x, &c, d)).unwrap();
     assert_eq!(a.indices.len(), n);
     assert!(t.host_seconds > 0.0);
     eprintln!("timing: {t:?} (timestamps: {})", b.has_timestamps());
     if b.has_timestamps() {
-        let gpu = t.gpu_seconds.expect("timestamps supported, so GPU time is reported");
+        let gpu = t
+            .gpu_seconds
+            .expect("timestamps supported, so GPU time is reported");
         assert!(gpu > 0.0 && gpu <= t.host_seconds, "{t:?}");
     } else {
         assert_eq!(t.gpu_seconds, None);

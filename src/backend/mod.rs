@@ -268,9 +268,9 @@ pub fn dispatch<W: WithBackend>(
 
 fn not_compiled(kind: BackendKind) -> Error {
     Error::BackendUnavailable {
-            backend: kind.as_str(),
-            reason: format!(
-                "this build of vqkit has no {kind} backend; rebuild with `--features {kind}`, \
+        backend: kind.as_str(),
+        reason: format!(
+            "this build of vqkit has no {kind} backend; rebuild with `--features {kind}`, \
                  or use `--backend cpu`"
         ),
     }

@@ -88,7 +88,11 @@ impl Kernels {
                 "init_keys",
                 &[(0, Uniform), (1, Read), (4, ReadWrite), (5, ReadWrite)],
             ),
-            sort_hist: k(&sums, "sort_hist", &[(0, Uniform), (2, Read), (6, ReadWrite)]),
+            sort_hist: k(
+                &sums,
+                "sort_hist",
+                &[(0, Uniform), (2, Read), (6, ReadWrite)],
+            ),
             scan: k(&sums, "scan", &[(0, Uniform), (6, ReadWrite)]),
             sort_scatter: k(
                 &sums,
@@ -132,7 +136,11 @@ impl Kernels {
                     (4, ReadWrite),
                 ],
             ),
-            ema_total: k(&ema, "ema_total", &[(0, Uniform), (5, Read), (6, ReadWrite)]),
+            ema_total: k(
+                &ema,
+                "ema_total",
+                &[(0, Uniform), (5, Read), (6, ReadWrite)],
+            ),
             ema_codebook: k(
                 &ema,
                 "ema_codebook",

@@ -151,17 +151,20 @@ impl WgpuBackend {
 
     pub fn with_options(opts: WgpuOptions) -> Result<Self> {
         let instance = instance();
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::from_env()
-                .unwrap_or(wgpu::PowerPreference::HighPerformance),
-            ..Default::default()
-        }))
-        .map_err(|e| {
-            unavailable(format!(
-                "no GPU adapter found ({e}); install a Vulkan, Metal or DX12 driver \
+        let adapter =
+            pollster::block_on(
+                instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                }),
+            )
+            .map_err(|e| {
+                unavailable(format!(
+                    "no GPU adapter found ({e}); install a Vulkan, Metal or DX12 driver \
                  (on Debian: mesa-vulkan-drivers libvulkan1)"
-            ))
-        })?;
+                ))
+            })?;
         let info = adapter.get_info();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let limits = adapter.limits();

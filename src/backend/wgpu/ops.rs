@@ -282,13 +282,7 @@ fn record_sums(
                 enc,
                 &k_.sort_scatter,
                 p,
-                &[
-                    (2, cur.0),
-                    (3, cur.1),
-                    (4, other.0),
-                    (5, other.1),
-                    (6, &tw),
-                ],
+                &[(2, cur.0), (3, cur.1), (4, other.0), (5, other.1), (6, &tw)],
                 nblocks,
             )?;
             std::mem::swap(&mut cur, &mut other);
