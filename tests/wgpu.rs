@@ -65,7 +65,7 @@ fn backends() -> Vec<WgpuBackend> {
     }
 }
 
-backend_suite!(backends, 129, 12);
+backend_suite!(backends, 257, 32);
 
 #[test]
 fn chunked_paths_match_reference() {
