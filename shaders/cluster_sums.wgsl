@@ -26,16 +26,22 @@
 //      scan          exclusive prefix sum of table, in place                1 wg
 //      sort_scatter  key goes to table[digit][block] + its rank among the   nblocks wgs
 //                    earlier keys of its block with the same digit (stable)
-//   3. segment_sums  one workgroup per code: binary-search its run in the   k wgs
-//                    sorted keys, lanes over the d columns (plus one for dist), Kahan
-//                    sums over the run in row order. Flag ACCUMULATE adds the chunk's
+//   3. tile_partials one workgroup per tile of `tile` sorted positions: the   ceil(n/tile)
+//                    column sums (lanes over d + 1 columns, Kahan, row order) of
+//                    each code's run inside the tile -> partials
+//   4. segment_sums  one workgroup per code: binary-search its run, sum its   k wgs
+//                    tiles' partials in tile order (Kahan); flag ACCUMULATE adds the
 //                    result to what earlier row chunks left (a fixed order too).
 //   kmeans_update    one invocation per element of (k, d)                   ceil(k d/256) wgs
 //
-// Variants: v1 only. Known limit, unverified on real hardware: a code holding most of the
-// rows is reduced by one workgroup, serially over its run; a fixed split of long runs into
-// tiles (partials, then a second fixed-order pass) would balance that at the cost of a
-// scratch buffer.
+// The tile size depends on d alone (the host picks it so one invocation's loops stay
+// bounded), so the order of additions is fixed by the data, d and the row chunking (which
+// depends on the adapter's binding limit), never by scheduling; a code holding most rows
+// is spread over ceil(count / tile) workgroups.
+//
+// Variants: v1 only (v0, one workgroup serially over each code's whole run, was replaced:
+// a dominant code serialised the reduction, and llvmpipe stops any invocation's loops
+// after 65535 iterations in total, which long runs exceeded).
 //
 // Windows: the host binds aligned windows of each buffer; the *_base fields locate the
 // dispatch's first element inside its window. Dispatches wider than
@@ -55,7 +61,7 @@ struct Params {
     out_base: u32, // element offset of code j0's row in the (k, d) windows
     cnt_base: u32, // element offset of code j0 in the (k) windows
     flags: u32,
-    _pad0: u32,
+    tile: u32,     // positions of the sorted order per tile_partials workgroup
     _pad1: u32,
     _pad2: u32,
 }
@@ -78,6 +84,10 @@ const WITH_DIST: u32 = 2u;  // also reduce dist into dist_sums
 @group(0) @binding(12) var<storage, read> sums_in: array<f32>;
 @group(0) @binding(13) var<storage, read> counts_in: array<u32>;
 @group(0) @binding(14) var<storage, read_write> centroids: array<f32>;
+@group(0) @binding(15) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(16) var<storage, read> partials_in: array<f32>;
+@group(0) @binding(17) var<storage, read_write> first_slot: array<u32>;
+@group(0) @binding(18) var<storage, read> first_slot_in: array<u32>;
 
 fn group_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
@@ -205,8 +215,85 @@ fn lower_bound(j: u32) -> u32 {
     return lo;
 }
 
-// Bindings: 0 params, 2 keys_in (sorted), 3 vals_in (rows), 7 x, 8 dist, 9 sums, 10 counts,
-// 11 dist_sums. Dispatch: kc workgroups of 64.
+// Sums rows [a, b) of the sorted order into column `c` (c = d: the dist column), with
+// Kahan summation: f32 with a compensation term, so the error stays near one rounding
+// instead of growing with the run length.
+fn run_sum(a: u32, b: u32, c: u32) -> f32 {
+    var s = 0.0;
+    var comp = 0.0;
+    for (var r = a; r < b; r++) {
+        let row = vals_in[r];
+        var v: f32;
+        if c < p.d {
+            v = x[p.x_base + row * p.d + c];
+        } else {
+            v = dist[p.row_base + row];
+        }
+        let y = v - comp;
+        let t = s + y;
+        comp = (t - s) - y;
+        s = t;
+    }
+    return s;
+}
+
+fn columns() -> u32 {
+    if (p.flags & WITH_DIST) != 0u {
+        return p.d + 1u; // column d is dist
+    }
+    return p.d;
+}
+
+// Stage 1 of the per-code reduction. The sorted order is cut into fixed tiles of `tile`
+// positions; the workgroup of tile t walks its runs (one per code present) in order and
+// writes each run's column sums to partials[slot], slot = t * tile + (run's index within
+// the tile), rows of d + 1 floats. A run that starts in this tile records its slot in
+// first_slot[code]; a run continued from an earlier tile always has index 0. Tiles bound
+// every invocation's work whatever the distribution of codes, so one dominant code is
+// spread over many workgroups (and lavapipe's per-invocation loop limit is never hit).
+// Bindings: 0 params, 2 keys_in (sorted), 3 vals_in (rows), 7 x, 8 dist, 15 partials,
+// 17 first_slot. Dispatch: ceil(n / tile) workgroups of 64.
+@compute @workgroup_size(64)
+fn tile_partials(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let a0 = group_id(wid, nwg) * p.tile;
+    if a0 >= p.n {
+        return;
+    }
+    let tile_end = min(a0 + p.tile, p.n);
+    let width = p.d + 1u;
+    let cols = columns();
+    var pos = a0;
+    var seg = 0u;
+    loop {
+        if pos >= tile_end {
+            break;
+        }
+        let key = keys_in[pos];
+        if key >= p.k {
+            break; // ignored rows (code >= k) sort last: nothing left to sum
+        }
+        let run_end = min(lower_bound(key + 1u), tile_end);
+        let slot = a0 + seg;
+        for (var c = lid; c < cols; c += 64u) {
+            partials[slot * width + c] = run_sum(pos, run_end, c);
+        }
+        if lid == 0u && (pos == 0u || keys_in[pos - 1u] != key) {
+            first_slot[key] = slot;
+        }
+        pos = run_end;
+        seg += 1u;
+    }
+}
+
+// Stage 2: one workgroup per code sums its run's tile partials in tile order (Kahan
+// again) and writes sums, dist_sums and counts; flag ACCUMULATE adds to what earlier row
+// chunks left (a fixed order too).
+// Bindings: 0 params, 2 keys_in (sorted), 16 partials_in, 18 first_slot_in, 9 sums,
+// 10 counts, 11 dist_sums. Dispatch: kc workgroups of 64.
 @compute @workgroup_size(64)
 fn segment_sums(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -221,27 +308,24 @@ fn segment_sums(
     let start = lower_bound(j);
     let end = lower_bound(j + 1u);
     let acc = (p.flags & ACCUMULATE) != 0u;
-    var cols = p.d;
-    if (p.flags & WITH_DIST) != 0u {
-        cols = p.d + 1u; // column d is dist
-    }
+    let width = p.d + 1u;
+    let cols = columns();
     for (var c = lid; c < cols; c += 64u) {
-        // Kahan summation: f32 with a compensation term, so the error stays near one
-        // rounding instead of growing with the run length.
         var s = 0.0;
         var comp = 0.0;
-        for (var r = start; r < end; r++) {
-            let row = vals_in[r];
-            var v: f32;
-            if c < p.d {
-                v = x[p.x_base + row * p.d + c];
-            } else {
-                v = dist[p.row_base + row];
+        if start < end {
+            let first = start / p.tile;
+            let last = (end - 1u) / p.tile;
+            for (var t = first; t <= last; t++) {
+                var slot = t * p.tile;
+                if t == first {
+                    slot = first_slot_in[j];
+                }
+                let y = partials_in[slot * width + c] - comp;
+                let u = s + y;
+                comp = (u - s) - y;
+                s = u;
             }
-            let y = v - comp;
-            let t = s + y;
-            comp = (t - s) - y;
-            s = t;
         }
         if c < p.d {
             let o = p.out_base + g * p.d + c;

@@ -181,3 +181,19 @@ fn adapter_report_and_timing() {
         assert_eq!(t.gpu_seconds, None);
     }
 }
+
+#[test]
+fn long_loops_are_split_across_dispatches() {
+    // llvmpipe silently ends an invocation's loops after 65535 iterations in total: an
+    // unsplit v1 gets 1 x 257 x 257 wrong (k d > 65535), and a single workgroup summing
+    // one code's 70,000 rows would too. Both must match the reference.
+    let Some(b) = shared() else { return };
+    for v in [ArgminVariant::V1Naive, ArgminVariant::V2Tiled] {
+        let b = b.with_variant(v);
+        common::check_argmin(&b, 3, 257, 257, 0).unwrap();
+        common::check_argmin(&b, 70, 4096, 256, 1).unwrap();
+    }
+    // k = 1: every row in one run, spread over ~41 tiles.
+    common::check_cluster_sums(&b, 70_000, 1, 2, 2).unwrap();
+    common::check_ema(&b, 70_000, 1, 2, 3).unwrap();
+}

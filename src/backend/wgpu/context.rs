@@ -44,6 +44,7 @@ pub(crate) struct Kernels {
     pub sort_hist: Kernel,
     pub scan: Kernel,
     pub sort_scatter: Kernel,
+    pub tile_partials: Kernel,
     pub segment_sums: Kernel,
     pub kmeans_update: Kernel,
     pub ema_decay: Kernel,
@@ -106,15 +107,27 @@ impl Kernels {
                     (6, ReadWrite),
                 ],
             ),
-            segment_sums: k(
+            tile_partials: k(
                 &sums,
-                "segment_sums",
+                "tile_partials",
                 &[
                     (0, Uniform),
                     (2, Read),
                     (3, Read),
                     (7, Read),
                     (8, Read),
+                    (15, ReadWrite),
+                    (17, ReadWrite),
+                ],
+            ),
+            segment_sums: k(
+                &sums,
+                "segment_sums",
+                &[
+                    (0, Uniform),
+                    (2, Read),
+                    (16, Read),
+                    (18, Read),
                     (9, ReadWrite),
                     (10, ReadWrite),
                     (11, ReadWrite),

@@ -57,11 +57,15 @@ pub const DISTANCE_ARGMIN_WGSL: &str = include_str!("../../../shaders/distance_a
 /// | `sort_hist` | 256 | 2 keys_in (r), 6 table (rw) | `ceil(n/256)` |
 /// | `scan` | 256 | 6 table (rw) | 1 |
 /// | `sort_scatter` | 256 | 2 keys_in, 3 vals_in (r), 4 keys_out, 5 vals_out, 6 table (rw) | `ceil(n/256)` |
-/// | `segment_sums` | 64 | 2 keys, 3 rows (r), 7 x, 8 dist (r), 9 sums, 10 counts, 11 dist_sums (rw) | `k` |
+/// | `tile_partials` | 64 | 2 keys, 3 rows, 7 x, 8 dist (r), 15 partials, 17 first_slot (rw) | `ceil(n/tile)` |
+/// | `segment_sums` | 64 | 2 keys, 16 partials, 18 first_slot (r), 9 sums, 10 counts, 11 dist_sums (rw) | `k` |
 /// | `kmeans_update` | 256 | 12 sums, 13 counts (r), 14 centroids (rw) | `ceil(k d/256)` |
 ///
 /// One radix pass (`sort_hist`, `scan`, `sort_scatter`, ping-ponging keys/vals) per 8 bits
-/// of `k` (keys are `min(code, k)`); `table` holds `256 * ceil(n/256)` `u32`s.
+/// of `k` (keys are `min(code, k)`); `table` holds `256 * ceil(n/256)` `u32`s, `partials`
+/// `n (d + 1)` floats, `first_slot` `k` `u32`s. `tile` (sorted positions per
+/// `tile_partials` workgroup) is any value >= 1; vqkit uses `60000 / (ceil((d+1)/64) + 34)`
+/// to bound each invocation's loops.
 pub const CLUSTER_SUMS_WGSL: &str = include_str!("../../../shaders/cluster_sums.wgsl");
 
 /// The EMA codebook step given this batch's counts and sums from [`CLUSTER_SUMS_WGSL`].
@@ -443,13 +447,9 @@ impl Backend for WgpuBackend {
         check_len("norms", norms.len, k)?;
         check_len("idx", idx.len, n)?;
         check_len("dist", dist.len, n)?;
-        let kernel = match self.variant {
-            ArgminVariant::V1Naive => &self.ctx.kernels.argmin_v1,
-            ArgminVariant::V2Tiled => &self.ctx.kernels.argmin_v2,
-        };
         ops::distance_argmin(
             &self.ctx,
-            kernel,
+            self.variant,
             &x.buf,
             &codebook.buf,
             &norms.buf,

@@ -6,10 +6,31 @@
 //! split into row chunks, code-indexed ones (codebook, norms, sums, ...) into code chunks;
 //! each chunk binds aligned windows of the whole buffers, so no data is copied.
 
-use super::context::{Context, Kernel, device_error};
+use super::ArgminVariant;
+use super::context::{Context, device_error};
 use crate::backend::{EmaParams, Shape};
 use crate::error::{Error, Result};
 use bytemuck::{Pod, Zeroable};
+
+/// Loop iterations one invocation may run. llvmpipe (lavapipe) ends every invocation's
+/// loops after 65535 iterations in total, silently; on real GPUs short dispatches also stay
+/// clear of the OS's GPU watchdog. Work is chunked so no kernel exceeds this, which costs
+/// nothing in bits: a codebook split into chunks gives bit-identical argmin results.
+const LOOP_BUDGET: usize = 60_000;
+
+/// Codewords one argmin dispatch may scan within [`LOOP_BUDGET`].
+fn argmin_codes_per_dispatch(variant: ArgminVariant, d: usize) -> usize {
+    match variant {
+        // k * d multiply-adds in one loop nest, then d for |x|^2.
+        ArgminVariant::V1Naive => (LOOP_BUDGET.saturating_sub(d) / (d + 1)).max(1),
+        // Per 64-code tile: 2 x 16 setup iterations plus, per 16-dim step, 4 staging and
+        // 16 x (4 + 16) micro-tile iterations when nothing is unrolled; once more for |x|^2.
+        ArgminVariant::V2Tiled => {
+            let per_tile = 32 + d.div_ceil(16) * 324;
+            (LOOP_BUDGET.saturating_sub(d) / per_tile).max(1) * ARGMIN_ROWS
+        }
+    }
+}
 
 /// `(start, len)` of consecutive chunks of at most `step` covering `0..total`.
 fn chunks(total: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -102,7 +123,7 @@ const ARGMIN_ROWS: usize = 64;
 #[allow(clippy::too_many_arguments)]
 pub(super) fn distance_argmin(
     ctx: &Context,
-    kernel: &Kernel,
+    variant: ArgminVariant,
     x: &wgpu::Buffer,
     codebook: &wgpu::Buffer,
     norms: &wgpu::Buffer,
@@ -116,7 +137,11 @@ pub(super) fn distance_argmin(
     }
     let per = per_binding(ctx, d)?;
     let row_step = per.min(ctx.caps.max_groups().saturating_mul(ARGMIN_ROWS));
-    let code_step = per;
+    let code_step = per.min(argmin_codes_per_dispatch(variant, d));
+    let kernel = match variant {
+        ArgminVariant::V1Naive => &ctx.kernels.argmin_v1,
+        ArgminVariant::V2Tiled => &ctx.kernels.argmin_v2,
+    };
     let d32 = u32_of(d, "d")?;
     u32_of(k, "k")?;
     let code_chunks = k.div_ceil(code_step);
@@ -179,7 +204,8 @@ struct SumsParams {
     out_base: u32,
     cnt_base: u32,
     flags: u32,
-    _pad: [u32; 3],
+    tile: u32,
+    _pad: [u32; 2],
 }
 
 const ACCUMULATE: u32 = 1;
@@ -212,15 +238,36 @@ fn record_sums(
         return Ok(());
     }
     let caps = ctx.caps;
-    let per = per_binding(ctx, d)?;
-    // Row chunks: x fits a binding, the radix table (256 per block) too, and the block
-    // dispatches stay within the workgroup limit.
-    let row_step = per
-        .min(caps.bind_elems / BLOCK * BLOCK)
-        .min(caps.max_groups().saturating_mul(BLOCK));
-    let code_step = per.min(caps.max_groups());
     let k32 = u32_of(k, "k")?;
     let d32 = u32_of(d, "d")?;
+    if k > caps.bind_elems {
+        return Err(Error::invalid(
+            "k",
+            format!(
+                "{k} codes exceed one storage binding ({} elements)",
+                caps.bind_elems
+            ),
+        ));
+    }
+    // Each lane of tile_partials handles ceil((d + 1) / 64) columns; a tile of `tile` rows
+    // costs at most that many iterations per row plus a binary search (~32) per run.
+    let lane_cols = (d + 1).div_ceil(64);
+    let tile = (LOOP_BUDGET / (lane_cols + 34)).max(1);
+    // Row chunks: x and the partials ((d + 1) per row) fit a binding, as does the radix
+    // table (256 per block); the block, tile and scan loops stay within the dispatch and
+    // loop limits; segment_sums visits at most LOOP_BUDGET / lane_cols tiles per code.
+    let row_step = per_binding(ctx, d + 1)?
+        .min(caps.bind_elems / BLOCK * BLOCK)
+        .min(caps.max_groups().saturating_mul(BLOCK))
+        .min(caps.max_groups().saturating_mul(tile))
+        .min((LOOP_BUDGET / 2 - 16) * BLOCK)
+        .min(
+            (LOOP_BUDGET.saturating_sub(80) / lane_cols)
+                .saturating_sub(1)
+                .max(1)
+                * tile,
+        );
+    let code_step = per_binding(ctx, d)?.min(caps.max_groups());
     // Keys are 0..=k (k marks an ignored row): one 8-bit pass per byte of k.
     let passes = (32 - k32.leading_zeros()).div_ceil(8).max(1);
 
@@ -237,6 +284,14 @@ fn record_sums(
         scratch.get(&ctx.device, "vals_b", bytes, usage),
     ];
     let table = scratch.get(&ctx.device, "table", (blocks_max * BLOCK) as u64 * 4, usage);
+    let partials = scratch.get(
+        &ctx.device,
+        "partials",
+        (rows_max * (d + 1)) as u64 * 4,
+        usage,
+    );
+    let first_slot = scratch.get(&ctx.device, "first_slot", k as u64 * 4, usage);
+    let fw = ctx.win(&first_slot, 0, k);
     let k_ = &ctx.kernels;
 
     for (c, (r0, rn)) in chunks(n, row_step).enumerate() {
@@ -256,6 +311,8 @@ fn record_sums(
             row_base: iw.base,
             nblocks: nblocks as u32,
             len: (nblocks * BLOCK) as u32,
+            tile: tile as u32,
+            flags: if dist.is_some() { WITH_DIST } else { 0 },
             ..Default::default()
         };
         let (ka, kb) = (ctx.win(&keys[0], 0, rn), ctx.win(&keys[1], 0, rn));
@@ -287,24 +344,35 @@ fn record_sums(
             )?;
             std::mem::swap(&mut cur, &mut other);
         }
+        let pw = ctx.win(&partials, 0, rn * (d + 1));
+        let p = SumsParams {
+            row_base: dw.base,
+            ..base
+        };
+        ctx.dispatch(
+            enc,
+            &k_.tile_partials,
+            bytemuck::bytes_of(&p),
+            &[
+                (2, cur.0),
+                (3, cur.1),
+                (7, &xw),
+                (8, &dw),
+                (15, &pw),
+                (17, &fw),
+            ],
+            rn.div_ceil(tile),
+        )?;
         for (j0, kn) in chunks(k, code_step) {
             let sw = ctx.win(sums, j0 * d, kn * d);
             let cw = ctx.win(counts, j0, kn);
             let dsw = ctx.win(dist_sums, j0, kn);
-            let mut flags = 0;
-            if c > 0 {
-                flags |= ACCUMULATE;
-            }
-            if dist.is_some() {
-                flags |= WITH_DIST;
-            }
             let p = SumsParams {
-                row_base: dw.base,
                 j0: j0 as u32,
                 kc: kn as u32,
                 out_base: sw.base,
                 cnt_base: cw.base,
-                flags,
+                flags: base.flags | if c > 0 { ACCUMULATE } else { 0 },
                 ..base
             };
             ctx.dispatch(
@@ -313,9 +381,8 @@ fn record_sums(
                 bytemuck::bytes_of(&p),
                 &[
                     (2, cur.0),
-                    (3, cur.1),
-                    (7, &xw),
-                    (8, &dw),
+                    (16, &pw),
+                    (18, &fw),
                     (9, &sw),
                     (10, &cw),
                     (11, &dsw),
