@@ -25,8 +25,11 @@
 //   (one per tx) are reduced through workgroup memory in tx order, lowest index winning a
 //   tie. Dispatch ceil(n / 64) workgroups.
 //
-// Chunking (both variants): when the codebook exceeds one storage binding, the host calls
-// the kernel once per codebook chunk. Flag HAS_PREV seeds each row's running minimum from
+// Chunking (both variants): when the codebook exceeds one storage binding, or would make
+// one invocation loop more than ~60,000 times (llvmpipe silently ends an invocation's
+// loops after 65535 iterations in total; real GPUs' watchdogs also favour short
+// dispatches), the host calls the kernel once per codebook chunk. Each pair's arithmetic
+// is unchanged, so the results are bit-identical to a single call. Flag HAS_PREV seeds each row's running minimum from
 // idx/dist (where the previous chunk left its best score, not yet a distance); flag LAST
 // turns the best score into the distance. `j0` is the global index of the chunk's first
 // codeword. The *_base fields locate the dispatch's first element inside each bound window

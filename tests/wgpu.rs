@@ -34,7 +34,8 @@ fn cached(
         Ok(b) => Some(b.clone()),
         Err(e) if required() => panic!("VQKIT_REQUIRE_WGPU=1 but the wgpu backend failed: {e}"),
         Err(e) => {
-            eprintln!("wgpu tests skipped: {e}");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("wgpu tests skipped: {e}"));
             None
         }
     }
@@ -196,4 +197,17 @@ fn long_loops_are_split_across_dispatches() {
     // k = 1: every row in one run, spread over ~41 tiles.
     common::check_cluster_sums(&b, 70_000, 1, 2, 2).unwrap();
     common::check_ema(&b, 70_000, 1, 2, 3).unwrap();
+}
+
+#[test]
+fn oversized_buffers_are_errors_not_panics() {
+    let Some(b) = shared() else { return };
+    // Beyond max_buffer_size (2 GiB on lavapipe), and beyond usize arithmetic.
+    for len in [1usize << 40, usize::MAX / 2] {
+        let r = b.zeros::<f32>(len);
+        assert!(matches!(r, Err(vqkit::Error::Device { .. })), "{len}");
+    }
+    // The device is still usable afterwards.
+    let v = b.upload(&[1.0f32, 2.0, 3.0]).unwrap();
+    assert_eq!(b.download(&v).unwrap(), [1.0, 2.0, 3.0]);
 }

@@ -534,3 +534,47 @@ impl Backend for WgpuBackend {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::context::Win;
+    use super::*;
+
+    #[test]
+    fn device_errors_in_a_scope_are_typed_errors() {
+        let b = match WgpuBackend::new() {
+            Ok(b) => b,
+            Err(e) if std::env::var("VQKIT_REQUIRE_WGPU").as_deref() == Ok("1") => {
+                panic!("VQKIT_REQUIRE_WGPU=1 but {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        let ctx = &b.ctx;
+        let r = ctx.scoped(|| {
+            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            // A 64-byte binding of a 4-byte buffer: wgpu reports a validation error.
+            let w = Win {
+                buf: &buf,
+                offset: 0,
+                size: 64,
+                base: 0,
+            };
+            let mut enc = ctx.encoder("invalid on purpose");
+            ctx.dispatch(&mut enc, &ctx.kernels.norms, &[0u8; 16], &[(1, &w)], 1)?;
+            ctx.queue.submit([enc.finish()]);
+            Ok(())
+        });
+        assert!(matches!(r, Err(Error::Device { .. })), "{r:?}");
+        // The device still works.
+        let v = b.upload(&[7u32, 8]).unwrap();
+        assert_eq!(b.download(&v).unwrap(), [7, 8]);
+    }
+}

@@ -428,7 +428,10 @@ pub(super) fn cluster_sums(
 /// Codes per chunk of an elementwise `(k, d)` kernel with 256-invocation workgroups.
 fn elementwise_step(ctx: &Context, d: usize) -> Result<usize> {
     let per = per_binding(ctx, d)?;
-    Ok(per.min((ctx.caps.max_groups().saturating_mul(256) / d).max(1)))
+    Ok(per
+        .min((ctx.caps.max_groups().saturating_mul(256) / d).max(1))
+        // ema_total: each of 256 lanes loops over kc / 256 sizes.
+        .min(LOOP_BUDGET * 256))
 }
 
 pub(super) fn kmeans_update(
