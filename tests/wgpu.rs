@@ -194,7 +194,7 @@ fn long_loops_are_split_across_dispatches() {
         common::check_argmin(&b, 3, 257, 257, 0).unwrap();
         common::check_argmin(&b, 70, 4096, 256, 1).unwrap();
     }
-    // k = 1: every row in one run, spread over ~41 tiles.
+    // k = 1: every row in one run, spread over ~42 tiles of 1666.
     common::check_cluster_sums(&b, 70_000, 1, 2, 2).unwrap();
     common::check_ema(&b, 70_000, 1, 2, 3).unwrap();
 }

@@ -64,7 +64,7 @@ pub const DISTANCE_ARGMIN_WGSL: &str = include_str!("../../../shaders/distance_a
 /// One radix pass (`sort_hist`, `scan`, `sort_scatter`, ping-ponging keys/vals) per 8 bits
 /// of `k` (keys are `min(code, k)`); `table` holds `256 * ceil(n/256)` `u32`s, `partials`
 /// `n (d + 1)` floats, `first_slot` `k` `u32`s. `tile` (sorted positions per
-/// `tile_partials` workgroup) is any value >= 1; vqkit uses `60000 / (ceil((d+1)/64) + 34)`
+/// `tile_partials` workgroup) is any value >= 1; vqkit uses `60000 / (2 ceil((d+1)/64) + 34)`
 /// to bound each invocation's loops.
 pub const CLUSTER_SUMS_WGSL: &str = include_str!("../../../shaders/cluster_sums.wgsl");
 

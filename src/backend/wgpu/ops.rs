@@ -23,10 +23,11 @@ fn argmin_codes_per_dispatch(variant: ArgminVariant, d: usize) -> usize {
     match variant {
         // k * d multiply-adds in one loop nest, then d for |x|^2.
         ArgminVariant::V1Naive => (LOOP_BUDGET.saturating_sub(d) / (d + 1)).max(1),
-        // Per 64-code tile: 2 x 16 setup iterations plus, per 16-dim step, 4 staging and
-        // 16 x (4 + 16) micro-tile iterations when nothing is unrolled; once more for |x|^2.
+        // Per 64-code tile, counting every loop as if nothing were unrolled: 16 + 20 for
+        // clearing and folding the 4 x 4 accumulators, and per 16-dim step 4 staging plus
+        // 16 x (1 + 4 + 4 + 16) micro-tile iterations (rounded up); d more for |x|^2.
         ArgminVariant::V2Tiled => {
-            let per_tile = 32 + d.div_ceil(16) * 324;
+            let per_tile = 36 + d.div_ceil(16) * 420;
             (LOOP_BUDGET.saturating_sub(d) / per_tile).max(1) * ARGMIN_ROWS
         }
     }
@@ -250,9 +251,10 @@ fn record_sums(
         ));
     }
     // Each lane of tile_partials handles ceil((d + 1) / 64) columns; a tile of `tile` rows
-    // costs at most that many iterations per row plus a binary search (~32) per run.
+    // costs at most that many iterations per row, plus per run (at worst one per row) a
+    // binary search (~32), the column loop and the run loop itself.
     let lane_cols = (d + 1).div_ceil(64);
-    let tile = (LOOP_BUDGET / (lane_cols + 34)).max(1);
+    let tile = (LOOP_BUDGET / (2 * lane_cols + 34)).max(1);
     // Row chunks: x and the partials ((d + 1) per row) fit a binding, as does the radix
     // table (256 per block); the block, tile and scan loops stay within the dispatch and
     // loop limits; segment_sums visits at most LOOP_BUDGET / lane_cols tiles per code.
