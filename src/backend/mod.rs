@@ -18,6 +18,8 @@
 //! - `ema_update`: see [`EmaParams`].
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use crate::error::{Error, Result};
 
@@ -256,12 +258,20 @@ pub fn dispatch<W: WithBackend>(
 ) -> Result<W::Output> {
     match kind {
         BackendKind::Cpu => job.run(&cpu::CpuBackend::new(opts.threads)?),
-        BackendKind::Wgpu | BackendKind::Cuda => Err(Error::BackendUnavailable {
-            backend: kind.as_str(),
-            reason: format!(
-                "this build of vqkit has no {kind} backend; rebuild with `--features {kind}`, \
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => job.run(&self::wgpu::WgpuBackend::new()?),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(not_compiled(kind)),
+        BackendKind::Cuda => Err(not_compiled(kind)),
+    }
+}
+
+fn not_compiled(kind: BackendKind) -> Error {
+    Error::BackendUnavailable {
+        backend: kind.as_str(),
+        reason: format!(
+            "this build of vqkit has no {kind} backend; rebuild with `--features {kind}`, \
                  or use `--backend cpu`"
-            ),
-        }),
+        ),
     }
 }

@@ -1,0 +1,580 @@
+//! The WGPU backend: hand-written WGSL compute shaders (`shaders/*.wgsl`) on any adapter wgpu
+//! finds (Vulkan, Metal, DX12, GL), lavapipe's software Vulkan included.
+//!
+//! One [`WgpuBackend`] owns one context, built once: instance, adapter, device, queue,
+//! every pipeline and bind-group layout. Buffers are [`WgpuBuf`]s (a `wgpu::Buffer` plus its
+//! length); scratch and staging buffers are reused across calls. Every wgpu call that can
+//! fail runs inside error scopes, so a device error is an [`Error::Device`], never a panic,
+//! and work is split to respect the adapter's limits (`max_storage_buffer_binding_size`,
+//! `max_compute_workgroups_per_dimension`).
+//!
+//! `WGPU_BACKEND` (e.g. `vulkan`) and `WGPU_POWER_PREF` choose the adapter, as in every wgpu
+//! program. Each shader is public below with its bindings and dispatch geometry, so another
+//! engine can take it as it is.
+
+mod context;
+mod ops;
+
+use super::{Backend, Element, EmaParams, Shape, check_len};
+use crate::error::{Error, Result};
+use context::{Caps, Context, TIMER_QUERIES, Timer, device_error};
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `norms[j] = |c_j|^2`. Entry point `codeword_norms_v1`, `@workgroup_size(64)`.
+///
+/// Bindings (group 0): 0 uniform `Params { k, d, c_base, out_base: u32 }`; 1 codebook
+/// `array<f32>` (read); 2 norms `array<f32>` (read_write). Dispatch: one workgroup per
+/// codeword, `k` workgroups, folded as `(x, y)` with `x * y >= k` when `k` exceeds the
+/// per-dimension limit (the kernel reads its index as `x + y * num_workgroups.x`). The
+/// `*_base` fields are the element offsets of the first codeword / norm in the bound range
+/// (0 when binding whole buffers).
+pub const CODEWORD_NORMS_WGSL: &str = include_str!("../../../shaders/codeword_norms.wgsl");
+
+/// Fused `idx[i] = argmin_j |x_i - c_j|^2` (lowest `j` on a tie) and
+/// `dist[i] = max(|x_i|^2 - 2 x_i.c_j + |c_j|^2, 0)`.
+///
+/// Entry points: `distance_argmin_v1` (naive, `@workgroup_size(64)`, one row per
+/// invocation) and `distance_argmin_v2` (tiled, `@workgroup_size(16, 16)`, 64 rows per
+/// workgroup, 64-codeword tiles in workgroup memory, 12.4 KiB of it). Both dispatch
+/// `ceil(n / 64)` workgroups, folded into 2-D as for the norms.
+///
+/// Bindings (group 0): 0 uniform `Params { n, k, d, x_base, c_base, nrm_base, out_base, j0,
+/// flags, 3 x pad: u32 }` (48 bytes); 1 x `array<f32>` (read); 2 codebook (read); 3 norms
+/// (read); 4 idx `array<u32>` (read_write); 5 dist `array<f32>` (read_write). For a
+/// single-dispatch call set every `*_base` and `j0` to 0 and `flags = 2` (LAST); `flags = 1`
+/// (HAS_PREV) continues from a previous codebook chunk's partial result.
+pub const DISTANCE_ARGMIN_WGSL: &str = include_str!("../../../shaders/distance_argmin.wgsl");
+
+/// Deterministic k-means accumulation (stable radix sort by code, then a per-code reduction
+/// in row order) and the centroid update. Entry points, all on one 64-byte uniform
+/// `Params` at binding 0 (see the file for its fields):
+///
+/// | entry | workgroup | bindings (besides 0) | workgroups |
+/// |---|---|---|---|
+/// | `init_keys` | 256 | 1 idx (r), 4 keys_out (rw), 5 vals_out (rw) | `ceil(n/256)` |
+/// | `sort_hist` | 256 | 2 keys_in (r), 6 table (rw) | `ceil(n/256)` |
+/// | `scan` | 256 | 6 table (rw) | 1 |
+/// | `sort_scatter` | 256 | 2 keys_in, 3 vals_in (r), 4 keys_out, 5 vals_out, 6 table (rw) | `ceil(n/256)` |
+/// | `tile_partials` | 64 | 2 keys, 3 rows, 7 x, 8 dist (r), 15 partials, 17 first_slot (rw) | `ceil(n/tile)` |
+/// | `segment_sums` | 64 | 2 keys, 16 partials, 18 first_slot (r), 9 sums, 10 counts, 11 dist_sums (rw) | `k` |
+/// | `kmeans_update` | 256 | 12 sums, 13 counts (r), 14 centroids (rw) | `ceil(k d/256)` |
+///
+/// One radix pass (`sort_hist`, `scan`, `sort_scatter`, ping-ponging keys/vals) per 8 bits
+/// of `k` (keys are `min(code, k)`); `table` holds `256 * ceil(n/256)` `u32`s, `partials`
+/// `n (d + 1)` floats, `first_slot` `k` `u32`s. `tile` (sorted positions per
+/// `tile_partials` workgroup) is any value >= 1; vqkit uses `60000 / (2 ceil((d+1)/64) + 34)`
+/// to bound each invocation's loops.
+pub const CLUSTER_SUMS_WGSL: &str = include_str!("../../../shaders/cluster_sums.wgsl");
+
+/// The EMA codebook step given this batch's counts and sums from [`CLUSTER_SUMS_WGSL`].
+/// Uniform `Params { kc, k, d, out_base, cnt_base, flags: u32, decay, eps: f32 }` at 0.
+///
+/// | entry | workgroup | bindings (besides 0) | workgroups |
+/// |---|---|---|---|
+/// | `ema_decay` | 256 | 1 counts, 2 batch (r), 3 cluster_size, 4 embed_sum (rw) | `ceil(k d/256)` |
+/// | `ema_total` | 256 | 5 cluster_size (r), 6 total `array<f32, 1>` (rw) | 1 |
+/// | `ema_codebook` | 256 | 5 cluster_size, 7 embed_sum, 8 total (r), 9 codebook (rw) | `ceil(k d/256)` |
+pub const EMA_UPDATE_WGSL: &str = include_str!("../../../shaders/ema_update.wgsl");
+
+/// A device buffer of `len` elements of `T`. The underlying `wgpu::Buffer` is never smaller
+/// than 4 bytes (wgpu rejects empty bindings), whatever `len`.
+pub struct WgpuBuf<T: Element> {
+    buf: wgpu::Buffer,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> WgpuBuf<T> {
+    /// The raw buffer (usage `STORAGE | COPY_SRC | COPY_DST`), for interop.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buf
+    }
+}
+
+/// Which `distance_argmin` kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArgminVariant {
+    /// v1: one row per invocation, no tiling: the readable reference.
+    V1Naive,
+    /// v2: codebook tiles in workgroup memory, 4 x 4 register micro-tiles (shipped).
+    #[default]
+    V2Tiled,
+}
+
+/// Options for [`WgpuBackend::with_options`].
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    pub variant: ArgminVariant,
+    /// Caps the storage binding size below the adapter's (at least 4 KiB), so tests can
+    /// exercise the chunked paths with small inputs.
+    pub max_binding_bytes: Option<u64>,
+    /// Caps `max_compute_workgroups_per_dimension` below the adapter's (at least 4), so tests
+    /// can exercise 2-D dispatch with small inputs.
+    pub max_workgroups_per_dim: Option<u32>,
+}
+
+/// Timing of one [`WgpuBackend::timed`] region.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// Wall time from before the region to after a full synchronize.
+    pub host_seconds: f64,
+    /// The sum of the compute passes' durations from timestamp queries, when the adapter
+    /// supports `TIMESTAMP_QUERY` and the region recorded at most 2048 passes.
+    pub gpu_seconds: Option<f64>,
+}
+
+/// The WGPU backend. Cloning shares the context (device, pipelines, scratch buffers).
+#[derive(Clone)]
+pub struct WgpuBackend {
+    ctx: Arc<Context>,
+    variant: ArgminVariant,
+}
+
+fn unavailable(reason: String) -> Error {
+    Error::BackendUnavailable {
+        backend: "wgpu",
+        reason: format!("{reason}; use `--backend cpu` instead"),
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    // `WGPU_BACKEND` and friends are read here, so CI can pin lavapipe with
+    // WGPU_BACKEND=vulkan.
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+impl WgpuBackend {
+    /// The default adapter (`WGPU_BACKEND` / `WGPU_POWER_PREF` respected) with the tiled
+    /// kernels. No adapter, or a device that cannot be created, is
+    /// [`Error::BackendUnavailable`].
+    pub fn new() -> Result<Self> {
+        Self::with_options(WgpuOptions::default())
+    }
+
+    pub fn with_options(opts: WgpuOptions) -> Result<Self> {
+        let instance = instance();
+        let adapter =
+            pollster::block_on(
+                instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::from_env()
+                        .unwrap_or(wgpu::PowerPreference::HighPerformance),
+                    ..Default::default()
+                }),
+            )
+            .map_err(|e| {
+                unavailable(format!(
+                    "no GPU adapter found ({e}); install a Vulkan, Metal or DX12 driver \
+                 (on Debian: mesa-vulkan-drivers libvulkan1)"
+                ))
+            })?;
+        let info = adapter.get_info();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("vqkit"),
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
+            // The adapter's own limits: larger bindings mean fewer chunks.
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| unavailable(format!("adapter {} failed to open: {e}", info.name)))?;
+
+        let align_elems = (limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        // Elements are indexed with u32 in the shaders: keep bindings below 2 GiB.
+        let mut bind_bytes = limits.max_storage_buffer_binding_size.min(1 << 31);
+        if let Some(cap) = opts.max_binding_bytes {
+            bind_bytes = bind_bytes.min(cap.max(4096));
+        }
+        let mut groups_per_dim = limits.max_compute_workgroups_per_dimension;
+        if let Some(cap) = opts.max_workgroups_per_dim {
+            groups_per_dim = groups_per_dim.min(cap.max(4));
+        }
+        let caps = Caps {
+            bind_elems: (bind_bytes as usize / 4).saturating_sub(align_elems),
+            align_elems,
+            groups_per_dim,
+            buffer_bytes: limits.max_buffer_size,
+        };
+        if caps.bind_elems < 2 * 256 || groups_per_dim < 4 {
+            return Err(unavailable(format!(
+                "adapter {} has unusably small limits ({} bytes per storage binding, \
+                 {groups_per_dim} workgroups per dimension)",
+                info.name, limits.max_storage_buffer_binding_size
+            )));
+        }
+        let ctx = Context::new(device, queue, info, caps, timestamps)
+            .map_err(|e| unavailable(format!("cannot build the compute pipelines: {e}")))?;
+        Ok(WgpuBackend {
+            ctx: Arc::new(ctx),
+            variant: opts.variant,
+        })
+    }
+
+    /// The same context running another `distance_argmin` variant.
+    pub fn with_variant(&self, variant: ArgminVariant) -> Self {
+        WgpuBackend {
+            ctx: self.ctx.clone(),
+            variant,
+        }
+    }
+
+    pub fn variant(&self) -> ArgminVariant {
+        self.variant
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.ctx.info
+    }
+
+    /// Whether [`Self::timed`] reports GPU time from timestamp queries.
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.timestamps
+    }
+
+    /// Runs `f` and times it: host wall time around `f` plus a synchronize, and, where the
+    /// adapter offers `TIMESTAMP_QUERY`, the GPU time of every compute pass recorded while
+    /// `f` runs (on any thread using this context) from timestamp queries. Warm up before
+    /// timing: the first call of a kernel may include pipeline compilation on some drivers.
+    pub fn timed<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<(R, Timing)> {
+        let ctx = &self.ctx;
+        self.synchronize()?;
+        if ctx.timestamps {
+            let set = ctx.scoped(|| {
+                Ok(ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("vqkit timer"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: TIMER_QUERIES,
+                }))
+            })?;
+            *ctx.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(Timer {
+                set,
+                next: 0,
+                capacity: TIMER_QUERIES,
+                overflowed: false,
+            });
+        }
+        let t0 = Instant::now();
+        let out = f(self).and_then(|r| self.synchronize().map(|_| r));
+        let host_seconds = t0.elapsed().as_secs_f64();
+        let timer = ctx.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let r = out?;
+        let gpu_seconds = match timer {
+            Some(t) if !t.overflowed => Some(self.resolve_timer(&t)?),
+            _ => None,
+        };
+        Ok((
+            r,
+            Timing {
+                host_seconds,
+                gpu_seconds,
+            },
+        ))
+    }
+
+    fn resolve_timer(&self, t: &Timer) -> Result<f64> {
+        if t.next == 0 {
+            return Ok(0.0);
+        }
+        let ctx = &self.ctx;
+        let bytes = t.next as u64 * 8;
+        let resolve = ctx.scoped(|| {
+            let resolve = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("vqkit timer resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let mut enc = ctx.encoder("resolve timestamps");
+            enc.resolve_query_set(&t.set, 0..t.next, &resolve, 0);
+            ctx.queue.submit([enc.finish()]);
+            Ok(resolve)
+        })?;
+        let raw = ctx.read_back(&resolve, bytes)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period_ns = ctx.queue.get_timestamp_period() as f64;
+        let total: u64 = ticks
+            .chunks_exact(2)
+            .map(|p| p[1].saturating_sub(p[0]))
+            .sum();
+        Ok(total as f64 * period_ns * 1e-9)
+    }
+
+    fn new_buffer<T: Element>(&self, len: usize) -> Result<WgpuBuf<T>> {
+        let bytes = len
+            .checked_mul(4)
+            .map(|b| b as u64)
+            .filter(|&b| b <= self.ctx.caps.buffer_bytes)
+            .ok_or_else(|| {
+                device_error(format!(
+                    "a buffer of {len} elements exceeds the adapter's max_buffer_size of {} bytes",
+                    self.ctx.caps.buffer_bytes
+                ))
+            })?;
+        let buf = self.ctx.scoped(|| {
+            Ok(self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes.max(4),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }))
+        })?;
+        Ok(WgpuBuf {
+            buf,
+            len,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A report of every adapter wgpu finds (honouring `WGPU_BACKEND`): name, backend, device
+/// type, driver, the limits vqkit's chunking depends on, and timestamp-query support. For
+/// `vqkit info`.
+pub fn describe() -> String {
+    let instance = instance();
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    if adapters.is_empty() {
+        return "wgpu: no adapter found (install a Vulkan driver, e.g. Debian's \
+                mesa-vulkan-drivers and libvulkan1; or use --backend cpu)"
+            .to_string();
+    }
+    let mut out = String::new();
+    for a in adapters {
+        let i = a.get_info();
+        let l = a.limits();
+        let ts = a.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        out.push_str(&format!(
+            "wgpu: {} ({:?}, {:?}, driver {} {})\n  max_storage_buffer_binding_size {} B, \
+             max_buffer_size {} B, max_compute_workgroups_per_dimension {}, \
+             max_compute_workgroup_storage_size {} B, max_compute_invocations_per_workgroup {}, \
+             timestamp queries: {}\n",
+            i.name,
+            i.backend,
+            i.device_type,
+            i.driver,
+            i.driver_info,
+            l.max_storage_buffer_binding_size,
+            l.max_buffer_size,
+            l.max_compute_workgroups_per_dimension,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup,
+            if ts { "yes" } else { "no" },
+        ));
+    }
+    out
+}
+
+impl Backend for WgpuBackend {
+    type Buf<T: Element> = WgpuBuf<T>;
+
+    fn name(&self) -> String {
+        let v = match self.variant {
+            ArgminVariant::V1Naive => "v1",
+            ArgminVariant::V2Tiled => "v2",
+        };
+        format!(
+            "wgpu ({}, {:?}, argmin {v})",
+            self.ctx.info.name, self.ctx.info.backend
+        )
+    }
+
+    fn upload<T: Element>(&self, host: &[T]) -> Result<WgpuBuf<T>> {
+        let b = self.new_buffer(host.len())?;
+        if !host.is_empty() {
+            self.ctx.scoped(|| {
+                self.ctx
+                    .queue
+                    .write_buffer(&b.buf, 0, bytemuck::cast_slice(host));
+                Ok(())
+            })?;
+        }
+        Ok(b)
+    }
+
+    fn zeros<T: Element>(&self, len: usize) -> Result<WgpuBuf<T>> {
+        // WebGPU zero-initialises new buffers.
+        self.new_buffer(len)
+    }
+
+    fn download<T: Element>(&self, buf: &WgpuBuf<T>) -> Result<Vec<T>> {
+        let raw = self.ctx.read_back(&buf.buf, buf.len as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
+    fn buf_len<T: Element>(&self, buf: &WgpuBuf<T>) -> usize {
+        buf.len
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.wait()
+    }
+
+    fn codeword_norms(
+        &self,
+        codebook: &WgpuBuf<f32>,
+        k: usize,
+        d: usize,
+        norms: &mut WgpuBuf<f32>,
+    ) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("codebook", codebook.len, k * d)?;
+        check_len("norms", norms.len, k)?;
+        ops::codeword_norms(&self.ctx, &codebook.buf, k, d, &norms.buf)
+    }
+
+    fn distance_argmin(
+        &self,
+        x: &WgpuBuf<f32>,
+        codebook: &WgpuBuf<f32>,
+        norms: &WgpuBuf<f32>,
+        shape: Shape,
+        idx: &mut WgpuBuf<u32>,
+        dist: &mut WgpuBuf<f32>,
+    ) -> Result<()> {
+        shape.validate()?;
+        let Shape { n, k, d } = shape;
+        check_len("x", x.len, n * d)?;
+        check_len("codebook", codebook.len, k * d)?;
+        check_len("norms", norms.len, k)?;
+        check_len("idx", idx.len, n)?;
+        check_len("dist", dist.len, n)?;
+        ops::distance_argmin(
+            &self.ctx,
+            self.variant,
+            &x.buf,
+            &codebook.buf,
+            &norms.buf,
+            shape,
+            &idx.buf,
+            &dist.buf,
+        )
+    }
+
+    fn cluster_sums(
+        &self,
+        x: &WgpuBuf<f32>,
+        idx: &WgpuBuf<u32>,
+        dist: &WgpuBuf<f32>,
+        shape: Shape,
+        sums: &mut WgpuBuf<f32>,
+        counts: &mut WgpuBuf<u32>,
+        dist_sums: &mut WgpuBuf<f32>,
+    ) -> Result<()> {
+        shape.validate()?;
+        let Shape { n, k, d } = shape;
+        check_len("x", x.len, n * d)?;
+        check_len("idx", idx.len, n)?;
+        check_len("dist", dist.len, n)?;
+        check_len("sums", sums.len, k * d)?;
+        check_len("counts", counts.len, k)?;
+        check_len("dist_sums", dist_sums.len, k)?;
+        ops::cluster_sums(
+            &self.ctx,
+            &x.buf,
+            &idx.buf,
+            &dist.buf,
+            shape,
+            &sums.buf,
+            &counts.buf,
+            &dist_sums.buf,
+        )
+    }
+
+    fn kmeans_update(
+        &self,
+        sums: &WgpuBuf<f32>,
+        counts: &WgpuBuf<u32>,
+        k: usize,
+        d: usize,
+        centroids: &mut WgpuBuf<f32>,
+    ) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("sums", sums.len, k * d)?;
+        check_len("counts", counts.len, k)?;
+        check_len("centroids", centroids.len, k * d)?;
+        ops::kmeans_update(&self.ctx, &sums.buf, &counts.buf, k, d, &centroids.buf)
+    }
+
+    fn ema_update(
+        &self,
+        x: &WgpuBuf<f32>,
+        idx: &WgpuBuf<u32>,
+        shape: Shape,
+        params: EmaParams,
+        cluster_size: &mut WgpuBuf<f32>,
+        embed_sum: &mut WgpuBuf<f32>,
+        codebook: &mut WgpuBuf<f32>,
+    ) -> Result<()> {
+        shape.validate()?;
+        params.validate()?;
+        let Shape { n, k, d } = shape;
+        check_len("x", x.len, n * d)?;
+        check_len("idx", idx.len, n)?;
+        check_len("cluster_size", cluster_size.len, k)?;
+        check_len("embed_sum", embed_sum.len, k * d)?;
+        check_len("codebook", codebook.len, k * d)?;
+        ops::ema_update(
+            &self.ctx,
+            &x.buf,
+            &idx.buf,
+            shape,
+            params,
+            &cluster_size.buf,
+            &embed_sum.buf,
+            &codebook.buf,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::context::Win;
+    use super::*;
+
+    #[test]
+    fn device_errors_in_a_scope_are_typed_errors() {
+        let b = match WgpuBackend::new() {
+            Ok(b) => b,
+            Err(e) if std::env::var("VQKIT_REQUIRE_WGPU").as_deref() == Ok("1") => {
+                panic!("VQKIT_REQUIRE_WGPU=1 but {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        let ctx = &b.ctx;
+        let r = ctx.scoped(|| {
+            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            // A 64-byte binding of a 4-byte buffer: wgpu reports a validation error.
+            let w = Win {
+                buf: &buf,
+                offset: 0,
+                size: 64,
+                base: 0,
+            };
+            let mut enc = ctx.encoder("invalid on purpose");
+            ctx.dispatch(&mut enc, &ctx.kernels.norms, &[0u8; 16], &[(1, &w)], 1)?;
+            ctx.queue.submit([enc.finish()]);
+            Ok(())
+        });
+        assert!(matches!(r, Err(Error::Device { .. })), "{r:?}");
+        // The device still works.
+        let v = b.upload(&[7u32, 8]).unwrap();
+        assert_eq!(b.download(&v).unwrap(), [7, 8]);
+    }
+}
