@@ -73,6 +73,9 @@ pub struct BenchResult {
     pub repeats: usize,
     pub median_s: f64,
     pub min_s: f64,
+    /// `device` when the times come from the device's timestamp queries, `host` when from
+    /// the host clock around a synchronize.
+    pub timer: &'static str,
     pub gflops: Option<f64>,
     pub gbps: Option<f64>,
     /// Achieved / ceiling, for the metric that applies.
@@ -102,22 +105,31 @@ impl Default for Timing {
     }
 }
 
-/// Times `f` (which must synchronize before returning) and returns the sorted run times.
-pub fn time_runs(timing: Timing, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// Times `f` (which must synchronize before returning) on `b` and returns the sorted run
+/// times: the device's own timestamps where it has them, the host clock otherwise, and
+/// whether the device timed them.
+pub fn time_runs<B: Backend>(
+    b: &B,
+    timing: Timing,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, bool)> {
     for _ in 0..timing.warmup {
         f()?;
     }
     let mut times = Vec::new();
+    let mut on_device = true;
     let start = Instant::now();
     while times.len() < timing.min_repeats
         || (start.elapsed().as_secs_f64() < timing.min_seconds && times.len() < timing.max_repeats)
     {
         let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
+        let device = b.device_seconds(&mut f)?;
+        let host = t.elapsed().as_secs_f64();
+        on_device &= device.is_some();
+        times.push(device.unwrap_or(host));
     }
     times.sort_by(f64::total_cmp);
-    Ok(times)
+    Ok((times, on_device))
 }
 
 /// The seeded benchmark inputs for a shape: clustered points (k/4 true clusters, so the
@@ -149,7 +161,7 @@ pub fn run<B: Backend>(
     let Shape { n, k, d } = shape;
     let (x, c) = inputs(shape, 42);
     let mut km = DeviceKMeans::new(b, &x, &c, d)?;
-    let times = match op {
+    let (times, on_device) = match op {
         Op::Assign => {
             let xb = b.upload(&x)?;
             let cb = b.upload(&c)?;
@@ -157,7 +169,7 @@ pub fn run<B: Backend>(
             b.codeword_norms(&cb, k, d, &mut norms)?;
             let mut idx = b.zeros::<u32>(n)?;
             let mut dist = b.zeros::<f32>(n)?;
-            time_runs(timing, || {
+            time_runs(b, timing, || {
                 b.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
                 b.synchronize()
             })?
@@ -170,12 +182,12 @@ pub fn run<B: Backend>(
             let mut esum = b.upload(&c)?;
             let mut code = b.upload(&c)?;
             let params = EmaParams::default();
-            time_runs(timing, || {
+            time_runs(b, timing, || {
                 b.ema_update(&xb, &idx, shape, params, &mut size, &mut esum, &mut code)?;
                 b.synchronize()
             })?
         }
-        Op::Kmeans => time_runs(timing, || km.step().map(|_| ()))?,
+        Op::Kmeans => time_runs(b, timing, || km.step().map(|_| ()))?,
     };
     let median_s = times[times.len() / 2];
     let gflops = op.flops(shape).map(|f| f / median_s / 1e9);
@@ -191,6 +203,7 @@ pub fn run<B: Backend>(
         repeats: times.len(),
         median_s,
         min_s: times[0],
+        timer: if on_device { "device" } else { "host" },
         gflops,
         gbps,
         ceiling_fraction,

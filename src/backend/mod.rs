@@ -141,6 +141,14 @@ pub trait Backend: Send + Sync {
     /// Waits until all submitted work is complete.
     fn synchronize(&self) -> Result<()>;
 
+    /// Runs `work` and returns the seconds the device itself spent on what it submitted,
+    /// where the device can measure that (GPU timestamp queries); `None` where it cannot,
+    /// and callers then time on the host around [`Backend::synchronize`].
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        work()?;
+        Ok(None)
+    }
+
     /// `norms[j] = |c_j|^2` for a codebook of `k` rows of `d`.
     fn codeword_norms(
         &self,

@@ -60,5 +60,14 @@ fn gpu_lines() -> Vec<(&'static str, String)> {
 
 /// What a compiled-in GPU backend's probe reports (adapters or devices found).
 fn describe(kind: BackendKind) -> String {
-    format!("{kind} compiled in")
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            let text = vqkit::backend::wgpu::describe();
+            text.strip_prefix("wgpu: ")
+                .map(str::to_string)
+                .unwrap_or(text)
+        }
+        _ => format!("{kind} compiled in"),
+    }
 }

@@ -418,6 +418,11 @@ impl Backend for WgpuBackend {
         self.ctx.wait()
     }
 
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        let ((), t) = self.timed(|_| work())?;
+        Ok(t.gpu_seconds)
+    }
+
     fn codeword_norms(
         &self,
         codebook: &WgpuBuf<f32>,
