@@ -18,6 +18,9 @@
 //! - `ema_update`: see [`EmaParams`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod ptx;
 
 use crate::error::{Error, Result};
 
@@ -256,6 +259,9 @@ pub fn dispatch<W: WithBackend>(
 ) -> Result<W::Output> {
     match kind {
         BackendKind::Cpu => job.run(&cpu::CpuBackend::new(opts.threads)?),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => job.run(&cuda::CudaBackend::new(0)?),
+        #[allow(unreachable_patterns)]
         BackendKind::Wgpu | BackendKind::Cuda => Err(Error::BackendUnavailable {
             backend: kind.as_str(),
             reason: format!(
