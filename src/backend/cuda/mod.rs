@@ -138,7 +138,10 @@ fn to_u32(name: &'static str, v: usize) -> Result<u32> {
         Ok(u) if u <= i32::MAX as u32 - 2 * SEG_CHUNK => Ok(u),
         _ => Err(Error::invalid(
             name,
-            format!("{v} is too large for the CUDA backend (at most {})", i32::MAX as u32 - 2 * SEG_CHUNK),
+            format!(
+                "{v} is too large for the CUDA backend (at most {})",
+                i32::MAX as u32 - 2 * SEG_CHUNK
+            ),
         )),
     }
 }
@@ -288,7 +291,13 @@ impl CudaBackend {
 
     /// Exclusive scan: `out[i] = sum_{i' < i} ceil(input[i'] / divisor)`, `out[len]` the
     /// total; `out` has `len + 1` entries.
-    fn scan<T>(&self, input: &CudaSlice<T>, len: u32, divisor: u32, out: &mut CudaSlice<u32>) -> Result<()> {
+    fn scan<T>(
+        &self,
+        input: &CudaSlice<T>,
+        len: u32,
+        divisor: u32,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<()> {
         let blocks = len.div_ceil(SCAN_CHUNK).max(1);
         let mut sums = self.alloc::<u32>(blocks as usize)?;
         let mut offs = self.alloc::<u32>(blocks as usize + 1)?;
@@ -375,7 +384,12 @@ impl CudaBackend {
 
     /// Groups rows by code (codes >= k are left out) and writes `counts[j]` (k entries).
     fn group<C: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-        &self, idx: &CudaSlice<u8>, n: u32, k: u32, counts: &mut CudaSlice<C>) -> Result<Grouping> {
+        &self,
+        idx: &CudaSlice<u8>,
+        n: u32,
+        k: u32,
+        counts: &mut CudaSlice<C>,
+    ) -> Result<Grouping> {
         let mut offsets = self.alloc::<u32>(k as usize + 1)?;
         let mut chunk_offsets = self.alloc::<u32>(k as usize + 1)?;
         let mut ka = self.alloc::<u32>(n as usize)?;
@@ -401,7 +415,15 @@ impl CudaBackend {
             };
             self.radix_pass(idx, None, pass(0), &mut hist, &mut hoff, &mut ka, &mut va)?;
             for i in 1..passes {
-                self.radix_pass(&ka, Some(&va), pass(i), &mut hist, &mut hoff, &mut kb, &mut vb)?;
+                self.radix_pass(
+                    &ka,
+                    Some(&va),
+                    pass(i),
+                    &mut hist,
+                    &mut hoff,
+                    &mut kb,
+                    &mut vb,
+                )?;
                 std::mem::swap(&mut ka, &mut kb);
                 std::mem::swap(&mut va, &mut vb);
             }
