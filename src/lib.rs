@@ -17,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod io;
+pub mod nn;
 pub mod ops;
 pub mod reference;
 pub mod rng;

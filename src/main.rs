@@ -1,1 +1,15 @@
-fn main() {}
+//! `vqkit`: benchmark, inspect and run the vector-quantization kernels from the shell.
+
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

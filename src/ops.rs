@@ -24,7 +24,7 @@ pub fn rows(what: &'static str, v: &[f32], d: usize) -> Result<usize> {
     if d == 0 {
         return Err(Error::ZeroDimension);
     }
-    if v.len() % d != 0 {
+    if !v.len().is_multiple_of(d) {
         return Err(Error::RaggedRows {
             what,
             len: v.len(),

@@ -3,6 +3,7 @@
 //! file: missing, unreadable, truncated, wrong dtype or shape.
 
 pub mod fvecs;
+pub mod idx;
 pub mod npy;
 
 use crate::error::{Error, Result};

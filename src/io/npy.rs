@@ -322,7 +322,8 @@ mod tests {
         let c = parse(&u32_bytes(&[3], &[0, 5, u32::MAX])).unwrap();
         assert_eq!(c.shape, vec![3]);
         assert_eq!(c.to_i128(), vec![0, 5, u32::MAX as i128]);
-        assert_eq!(f32_bytes(&[2, 3], &v).len() % 64, 24 % 64);
+        // The header pads the data to a 64-byte boundary: 24 bytes of data follow.
+        assert_eq!(f32_bytes(&[2, 3], &v).len() % 64, 24);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub fn sides(max: usize) -> Vec<usize> {
     .collect()
 }
 
+/// `|got - want| <= tol`, false for NaN (so an unwritten, poisoned output fails).
+pub fn within(got: f64, want: f64, tol: f64) -> bool {
+    (got - want).abs() <= tol
+}
+
 /// Seeded N(0, 1) data, plus a shared offset so points are not all near the origin.
 pub fn data(rng: &mut Rng, len: usize) -> Vec<f32> {
     let offset = rng.normal() as f32;
@@ -74,7 +79,7 @@ pub fn check_argmin<B: Backend>(
                 best[i]
             ));
         }
-        if !((dist[i] as f64 - exact).abs() <= tol) || dist[i] < 0.0 {
+        if !within(dist[i] as f64, exact, tol) || dist[i] < 0.0 {
             return Err(format!(
                 "{}: {n}x{k}x{d} row {i}: reported distance {} for exact {exact} (tol {tol})",
                 b.name(),
@@ -103,7 +108,7 @@ pub fn run_argmin<B: Backend>(
         .zip(reference::codeword_norms(c, d))
         .enumerate()
     {
-        if !((g as f64 - want).abs() <= 1e-5 * want + 1e-6) {
+        if !within(g as f64, want, 1e-5 * want + 1e-6) {
             return Err(Error::invalid(
                 "norms",
                 format!("norm {j}: got {g}, want {want}"),
@@ -119,7 +124,7 @@ pub fn run_argmin<B: Backend>(
 fn close(what: &str, got: &[f32], want: &[f64], scale: &[f64], rtol: f64) -> Result<(), String> {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let tol = rtol * scale[i] + 1e-6;
-        if !((g as f64 - w).abs() <= tol) {
+        if !within(g as f64, w, tol) {
             return Err(format!("{what}[{i}]: got {g}, want {w} (tol {tol})"));
         }
     }

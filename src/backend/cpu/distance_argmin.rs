@@ -10,10 +10,14 @@
 //!
 //! Fusion: a register tile of MR rows x NR codewords is computed over the whole of d, turned
 //! into scores, and folded into per-lane running minima before the next tile; the n x k
-//! distance matrix never exists, not even as a cache-sized block. The codebook is packed
-//! once per call into panels of NR codewords, stored d-major (`panel[t][lane]`), so the
-//! micro-kernel reads one contiguous run of NR floats per step of d and broadcasts one
-//! x value per row. A padded codeword has norm +inf and so never wins.
+//! distance matrix never exists, not even as a cache-sized block. Layout: the codebook is
+//! packed once per call into panels of NR codewords, d-major (`panel[t][lane]`), and each
+//! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
+//! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
+//! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
+//! lane, then folded into the row's running (score, index); after the last panel, one
+//! branch-free horizontal reduction per row. A padded codeword has norm +inf: never chosen.
+//! Rows are independent, so the result does not depend on the thread count.
 //!
 //! Variants, all checked against [`crate::reference`]:
 //! - v1 `portable`: the same tiling in plain Rust (MR = 4, NR = 16); the compiler vectorizes
@@ -23,6 +27,10 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
+
+// Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
+// structure that an iterator chain would hide.
+#![allow(clippy::needless_range_loop)]
 
 use super::Isa;
 use crate::backend::Shape;
@@ -73,8 +81,8 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// Runs the micro-kernel for exactly `mr` rows of x (`x.len() == mr * d`), writing each
-/// row's best score (without |x|^2) and index.
+/// Runs the micro-kernel for `mr` rows of x packed t-major (`x[t * mr + r]`, length
+/// `mr * d`), writing each row's best score (without |x|^2) and index.
 type RowsKernel = fn(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]);
 
 fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
@@ -92,6 +100,7 @@ fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
 const TASK_ROWS: usize = 384;
 
 /// The CPU distance-argmin. Shapes are checked by the caller.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn distance_argmin(
     isa: Isa,
     parallel: bool,
@@ -125,8 +134,9 @@ pub(crate) fn distance_argmin(
     }
 }
 
-/// One task's rows: whole MR blocks straight from x, the remainder through a zero-padded
-/// copy, then `dist = max(score + |x|^2, 0)`.
+/// One task's rows, MR at a time: each block is packed t-major (`xt[t * MR + r]`, zero rows
+/// past the end), so the micro-kernel broadcasts from one contiguous run per step of d
+/// whatever d is; then `dist = max(score + |x|^2, 0)`.
 fn rows_block(
     kernel: RowsKernel,
     mr: usize,
@@ -137,24 +147,24 @@ fn rows_block(
 ) {
     let d = p.d;
     let rows = idx.len();
-    let full = rows / mr * mr;
-    for r0 in (0..full).step_by(mr) {
-        kernel(
-            &x[r0 * d..(r0 + mr) * d],
-            p,
-            &mut dist[r0..r0 + mr],
-            &mut idx[r0..r0 + mr],
-        );
-    }
-    if full < rows {
-        let rem = rows - full;
-        let mut xpad = vec![0.0f32; mr * d];
-        xpad[..rem * d].copy_from_slice(&x[full * d..]);
-        let mut val = vec![0.0f32; mr];
-        let mut ix = vec![0u32; mr];
-        kernel(&xpad, p, &mut val, &mut ix);
-        dist[full..].copy_from_slice(&val[..rem]);
-        idx[full..].copy_from_slice(&ix[..rem]);
+    let mut xt = vec![0.0f32; mr * d];
+    let mut val = vec![0.0f32; mr];
+    let mut ix = vec![0u32; mr];
+    for r0 in (0..rows).step_by(mr) {
+        let m = mr.min(rows - r0);
+        for (r, row) in x[r0 * d..(r0 + m) * d].chunks_exact(d).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                xt[t * mr + r] = v;
+            }
+        }
+        if m < mr {
+            for t in 0..d {
+                xt[t * mr + m..(t + 1) * mr].fill(0.0);
+            }
+        }
+        kernel(&xt, p, &mut val, &mut ix);
+        dist[r0..r0 + m].copy_from_slice(&val[..m]);
+        idx[r0..r0 + m].copy_from_slice(&ix[..m]);
     }
     for (r, out) in dist.iter_mut().enumerate() {
         *out = (*out + sq_norm(&x[r * d..(r + 1) * d])).max(0.0);
@@ -188,7 +198,7 @@ fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
         let mut acc = [[0.0f32; NR]; MR];
         for (t, c) in pd.chunks_exact(NR).enumerate() {
             for r in 0..MR {
-                let xv = x[r * d + t];
+                let xv = x[t * MR + r];
                 for l in 0..NR {
                     acc[r][l] += xv * c[l];
                 }
@@ -213,6 +223,7 @@ fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Packed, reduce_lanes};
+
     use std::arch::x86_64::*;
 
     pub(super) const AVX2_MR: usize = 6;
@@ -245,8 +256,9 @@ mod x86 {
         const NR: usize = AVX2_NR;
         let d = p.d;
         let xp = x.as_ptr();
-        let mut best_v = [[_mm256_set1_ps(f32::INFINITY); 2]; MR];
-        let mut best_i = [[_mm256_setzero_si256(); 2]; MR];
+        // Per row, per lane: the best score so far and its codeword.
+        let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
+        let mut best_i = [_mm256_setzero_si256(); MR];
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let minus_two = _mm256_set1_ps(-2.0);
         for panel in 0..p.panels {
@@ -262,7 +274,7 @@ mod x86 {
                     )
                 };
                 for r in 0..MR {
-                    let xv = unsafe { _mm256_broadcast_ss(&*xp.add(r * d + t)) };
+                    let xv = unsafe { _mm256_broadcast_ss(&*xp.add(t * MR + r)) };
                     acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
                 }
@@ -272,30 +284,39 @@ mod x86 {
             let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
-                for h in 0..2 {
-                    let s = _mm256_fmadd_ps(acc[r][h], minus_two, norms[h]);
-                    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r][h]);
-                    best_v[r][h] = _mm256_blendv_ps(best_v[r][h], s, lt);
-                    best_i[r][h] = _mm256_castps_si256(_mm256_blendv_ps(
-                        _mm256_castsi256_ps(best_i[r][h]),
-                        _mm256_castsi256_ps(ids[h]),
-                        lt,
-                    ));
-                }
+                // Fold the panel's halves (strict <: a tie keeps the lower first half),
+                // then fold into the running best.
+                let s0 = _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                let s1 = _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let take1 = _mm256_cmp_ps::<_CMP_LT_OQ>(s1, s0);
+                let s = _mm256_blendv_ps(s0, s1, take1);
+                let i = blend_epi32(ids[0], ids[1], take1);
+                let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
+                best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
+                best_i[r] = blend_epi32(best_i[r], i, lt);
             }
         }
         for r in 0..MR {
-            let mut v = [0.0f32; NR];
-            let mut i = [0u32; NR];
-            // SAFETY: v and i hold NR = 16 elements, two vectors of 8.
+            let mut v = [0.0f32; 8];
+            let mut i = [0u32; 8];
+            // SAFETY: v and i hold one vector of 8 lanes each.
             unsafe {
-                _mm256_storeu_ps(v.as_mut_ptr(), best_v[r][0]);
-                _mm256_storeu_ps(v.as_mut_ptr().add(8), best_v[r][1]);
-                _mm256_storeu_si256(i.as_mut_ptr().cast(), best_i[r][0]);
-                _mm256_storeu_si256(i.as_mut_ptr().add(8).cast(), best_i[r][1]);
+                _mm256_storeu_ps(v.as_mut_ptr(), best_v[r]);
+                _mm256_storeu_si256(i.as_mut_ptr().cast(), best_i[r]);
             }
             (val[r], idx[r]) = reduce_lanes(&v, &i);
         }
+    }
+
+    /// Lanes of `b` where `mask` is set, of `a` elsewhere (AVX2 has no integer blendv on
+    /// float masks: go through the float domain, a pure bit move).
+    #[target_feature(enable = "avx2")]
+    fn blend_epi32(a: __m256i, b: __m256i, mask: __m256) -> __m256i {
+        _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(a),
+            _mm256_castsi256_ps(b),
+            mask,
+        ))
     }
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
@@ -305,8 +326,9 @@ mod x86 {
         const NR: usize = AVX512_NR;
         let d = p.d;
         let xp = x.as_ptr();
-        let mut best_v = [[_mm512_set1_ps(f32::INFINITY); 2]; MR];
-        let mut best_i = [[_mm512_setzero_si512(); 2]; MR];
+        // Per row, per lane: the best score so far and its codeword.
+        let mut best_v = [_mm512_set1_ps(f32::INFINITY); MR];
+        let mut best_i = [_mm512_setzero_si512(); MR];
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let minus_two = _mm512_set1_ps(-2.0);
         for panel in 0..p.panels {
@@ -322,7 +344,7 @@ mod x86 {
                     )
                 };
                 for r in 0..MR {
-                    let xv = _mm512_set1_ps(unsafe { *xp.add(r * d + t) });
+                    let xv = _mm512_set1_ps(unsafe { *xp.add(t * MR + r) });
                     acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
                 }
@@ -332,25 +354,26 @@ mod x86 {
             let i0 = _mm512_add_epi32(lane, _mm512_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm512_add_epi32(i0, _mm512_set1_epi32(16))];
             for r in 0..MR {
-                for h in 0..2 {
-                    let s = _mm512_fmadd_ps(acc[r][h], minus_two, norms[h]);
-                    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r][h]);
-                    best_v[r][h] = _mm512_mask_blend_ps(lt, best_v[r][h], s);
-                    best_i[r][h] = _mm512_mask_blend_epi32(lt, best_i[r][h], ids[h]);
-                }
+                // Fold the panel's two halves first (the first half has the lower indices,
+                // so a strict < keeps ties there), then fold into the running best.
+                let s0 = _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                let s1 = _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let take1 = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s1, s0);
+                let s = _mm512_mask_blend_ps(take1, s0, s1);
+                let i = _mm512_mask_blend_epi32(take1, ids[0], ids[1]);
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r]);
+                best_v[r] = _mm512_mask_blend_ps(lt, best_v[r], s);
+                best_i[r] = _mm512_mask_blend_epi32(lt, best_i[r], i);
             }
         }
         for r in 0..MR {
-            let mut v = [0.0f32; NR];
-            let mut i = [0u32; NR];
-            // SAFETY: v and i hold NR = 32 elements, two vectors of 16.
-            unsafe {
-                _mm512_storeu_ps(v.as_mut_ptr(), best_v[r][0]);
-                _mm512_storeu_ps(v.as_mut_ptr().add(16), best_v[r][1]);
-                _mm512_storeu_si512(i.as_mut_ptr().cast(), best_i[r][0]);
-                _mm512_storeu_si512(i.as_mut_ptr().add(16).cast(), best_i[r][1]);
-            }
-            (val[r], idx[r]) = reduce_lanes(&v, &i);
+            // Fold the 16 lanes branch-free: the lowest score, and among the lanes holding
+            // it, the lowest index.
+            let (v, i) = (best_v[r], best_i[r]);
+            let m = _mm512_reduce_min_ps(v);
+            let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m));
+            val[r] = m;
+            idx[r] = _mm512_mask_reduce_min_epu32(at_min, i);
         }
     }
 }

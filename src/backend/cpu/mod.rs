@@ -3,6 +3,7 @@
 
 mod cluster_sums;
 mod distance_argmin;
+pub mod peak;
 
 pub(crate) use distance_argmin::sq_norm;
 
@@ -209,10 +210,9 @@ impl Backend for CpuBackend {
         check_len("sums", sums.len(), k * d)?;
         check_len("counts", counts.len(), k)?;
         check_len("dist_sums", dist_sums.len(), k)?;
-        let g = cluster_sums::Grouped::new(idx, k);
-        self.run(n * d, |par| cluster_sums::grouped_sums(par, &g, x, d, sums));
-        cluster_sums::grouped_dist_sums(&g, dist, dist_sums);
-        counts.copy_from_slice(&g.counts);
+        self.run(n * d, |par| cluster_sums::sums(par, x, idx, k, d, sums));
+        cluster_sums::dist_sums(idx, dist, dist_sums);
+        counts.copy_from_slice(&cluster_sums::counts(idx, k));
         Ok(())
     }
 
@@ -250,15 +250,14 @@ impl Backend for CpuBackend {
         check_len("cluster_size", cluster_size.len(), k)?;
         check_len("embed_sum", embed_sum.len(), k * d)?;
         check_len("codebook", codebook.len(), k * d)?;
-        let g = cluster_sums::Grouped::new(idx, k);
         let mut batch = vec![0.0f32; k * d];
         self.run(n * d, |par| {
-            cluster_sums::grouped_sums(par, &g, x, d, &mut batch)
+            cluster_sums::sums(par, x, idx, k, d, &mut batch)
         });
         cluster_sums::ema_apply(
             params.decay,
             params.eps,
-            &g.counts,
+            &cluster_sums::counts(idx, k),
             &batch,
             d,
             cluster_size,

@@ -1,0 +1,50 @@
+//! Runs autoencoder training steps (batch 32, the yardstick's default configuration) on
+//! random images and prints images/s: a plain loop for `perf record`.
+//! `cargo run --release --example ae_step -- [steps]`
+
+use std::time::Instant;
+use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, mse_loss};
+use vqkit::rng::Rng;
+
+fn main() -> vqkit::Result<()> {
+    let steps: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let cfg = ConvNetConfig {
+        in_channels: 1,
+        hidden_dims: vec![64, 128],
+        num_residual_layers: 2,
+        residual_hidden: 32,
+        embedding_dim: 64,
+    };
+    let mut rng = Rng::new(5);
+    let mut enc = Encoder::new(&cfg, &mut rng)?;
+    let mut dec = Decoder::new(&cfg, &mut rng)?;
+    let mut opt = Adam::new(2e-4);
+    let batch = 32;
+    let x = Tensor::from_vec(
+        [batch, 1, 28, 28],
+        (0..batch * 784).map(|_| rng.uniform() as f32).collect(),
+    )?;
+    let t0 = Instant::now();
+    for _ in 0..steps {
+        let z = enc.forward(&x)?;
+        let xh = dec.forward(&z)?;
+        let (_, dxh) = mse_loss(&xh, &x)?;
+        enc.zero_grad();
+        dec.zero_grad();
+        let dz = dec.backward(&dxh)?;
+        enc.backward(&dz)?;
+        let mut params = enc.params_mut();
+        params.extend(dec.params_mut());
+        opt.step(&mut params)?;
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "{:.1} images/s ({} threads)",
+        (steps * batch) as f64 / s,
+        rayon::current_num_threads()
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""PyTorch (CPU) yardstick for vqkit's hand-written encoder/decoder.
+
+The same architecture as `vqkit::nn::{Encoder, Decoder}` (src/nn/model.rs), PyTorch's
+default initialisation (which vqkit reproduces in distribution), the same IDX data, batch
+size, epochs, learning rate, seed and thread count. Prints training images/s and test
+MSE / PSNR, so a run of vqkit with the same options can be compared line for line.
+
+    python3 scripts/vqvae_torch.py --data /usr/share/datasets/fashion-mnist \
+        --epochs 1 --batch-size 32 --threads 2 --limit 10000
+
+Structure: `build_model` returns the modules in order; the quantizer (VQ or residual VQ,
+with its codebook/commitment losses and straight-through estimator) slots in as a module
+between `encoder` and `decoder`: only `Model.forward` and `loss_fn` change.
+"""
+
+import argparse
+import gzip
+import math
+import os
+import struct
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def read_idx(path, limit=None):
+    """uint8 array from an IDX file (gzipped or not); images (n, rows, cols)."""
+    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    with opener(path, "rb") as f:
+        magic = struct.unpack(">I", f.read(4))[0]
+        if magic not in (0x801, 0x803):
+            raise ValueError(f"{path}: not an IDX u8 file (magic {magic:#x})")
+        ndim = magic & 0xFF
+        dims = list(struct.unpack(">" + "I" * ndim, f.read(4 * ndim)))
+        if limit is not None:
+            dims[0] = min(dims[0], limit)
+        count = int(np.prod(dims))
+        data = np.frombuffer(f.read(count), dtype=np.uint8)
+        if data.size != count:
+            raise ValueError(f"{path}: truncated")
+        return data.reshape(dims)
+
+
+def load_split(data_dir, prefix, limit):
+    name = f"{prefix}-images-idx3-ubyte"
+    for cand in (name, name + ".gz"):
+        p = os.path.join(data_dir, cand)
+        if os.path.isfile(p):
+            x = read_idx(p, limit).astype(np.float32) / 255.0
+            return torch.from_numpy(x).unsqueeze(1)  # (n, 1, 28, 28) in [0, 1]
+    raise FileNotFoundError(os.path.join(data_dir, name))
+
+
+class Residual(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), convolutions without bias."""
+
+    def __init__(self, channels, hidden):
+        super().__init__()
+        self.conv3 = nn.Conv2d(channels, hidden, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(hidden, channels, 1, 1, 0, bias=False)
+
+    def forward(self, x):
+        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+
+
+class ResidualStack(nn.Module):
+    def __init__(self, channels, hidden, layers):
+        super().__init__()
+        self.blocks = nn.ModuleList(Residual(channels, hidden) for _ in range(layers))
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return F.relu(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_ch, hidden_dims, n_res, res_hidden, emb_dim):
+        super().__init__()
+        downs, c = [], in_ch
+        for h in hidden_dims:
+            downs.append(nn.Conv2d(c, h, 4, 2, 1))
+            c = h
+        self.downs = nn.ModuleList(downs)
+        self.conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.stack = ResidualStack(c, res_hidden, n_res)
+        self.proj = nn.Conv2d(c, emb_dim, 1)
+
+    def forward(self, x):
+        for d in self.downs:
+            x = F.relu(d(x))
+        return self.proj(self.stack(self.conv(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, in_ch, hidden_dims, n_res, res_hidden, emb_dim):
+        super().__init__()
+        last = hidden_dims[-1]
+        self.conv = nn.Conv2d(emb_dim, last, 3, 1, 1)
+        self.stack = ResidualStack(last, res_hidden, n_res)
+        ups, c = [], last
+        for i in reversed(range(len(hidden_dims))):
+            out = in_ch if i == 0 else hidden_dims[i - 1]
+            ups.append(nn.ConvTranspose2d(c, out, 4, 2, 1))
+            c = out
+        self.ups = nn.ModuleList(ups)
+
+    def forward(self, z):
+        x = self.stack(self.conv(z))
+        for i, u in enumerate(self.ups):
+            x = u(x)
+            if i < len(self.ups) - 1:
+                x = F.relu(x)
+        return x
+
+
+class Model(nn.Module):
+    """encoder -> (quantizer: to be added) -> decoder."""
+
+    def __init__(self, args):
+        super().__init__()
+        cfg = (1, args.hidden_dims, args.num_residual_layers, args.residual_hidden,
+               args.embedding_dim)
+        self.encoder = Encoder(*cfg)
+        self.quantizer = None  # VQ / RQ goes here; returns (z_q, aux_loss)
+        self.decoder = Decoder(*cfg)
+
+    def forward(self, x):
+        z = self.encoder(x)
+        aux = torch.zeros((), dtype=x.dtype)
+        if self.quantizer is not None:
+            z, aux = self.quantizer(z)
+        return self.decoder(z), aux
+
+
+def loss_fn(x_hat, x, aux):
+    recon = F.mse_loss(x_hat, x)
+    return recon + aux, recon
+
+
+def psnr(mse):
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))  # images in [0, 1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--hidden-dims", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--num-residual-layers", type=int, default=2)
+    ap.add_argument("--residual-hidden", type=int, default=32)
+    ap.add_argument("--embedding-dim", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    train = load_split(args.data, "train", args.limit)
+    test = load_split(args.data, "t10k", args.limit)
+    model = Model(args)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"torch {torch.__version__}, {args.threads} threads, {n_params} parameters, "
+          f"train {tuple(train.shape)}, test {tuple(test.shape)}")
+
+    gen = torch.Generator().manual_seed(args.seed)
+    bs = args.batch_size
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(train.shape[0], generator=gen)
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        for s in range(0, train.shape[0] - bs + 1, bs):  # whole batches only
+            x = train[perm[s:s + bs]]
+            x_hat, aux = model(x)
+            loss, recon = loss_fn(x_hat, x, aux)
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            opt.step()
+            seen += bs
+            total += recon.item() * bs
+        dt = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            se = 0.0
+            for s in range(0, test.shape[0], 256):
+                x = test[s:s + 256]
+                x_hat, _ = model(x)
+                se += F.mse_loss(x_hat, x, reduction="sum").item()
+            mse = se / test.numel()
+        print(f"epoch {epoch + 1}: train mse {total / seen:.5f}, {seen / dt:.1f} images/s, "
+              f"test mse {mse:.5f}, test psnr {psnr(mse):.2f} dB")
+
+
+if __name__ == "__main__":
+    main()

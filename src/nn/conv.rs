@@ -1,0 +1,551 @@
+//! Convolutions through im2col and [`super::gemm`].
+//!
+//! Conv2d, x: (n, cin, h, w), weight: (cout, cin, k, k), out: (n, cout, oh, ow):
+//! ```text
+//! col  (cin k k, n oh ow) = im2col(x)          rows (ci, ky, kx), columns (image, oy, ox)
+//! y'   (cout, n oh ow)    = W (cout, cin k k) . col
+//! dW  += dy' . col^T      dcol = W^T . dy'     dx = col2im(dcol)
+//! ```
+//! ConvTranspose2d is the same pair of maps run the other way (its forward is conv2d's data
+//! gradient), with weight (cin, cout, k, k) as PyTorch stores it:
+//! ```text
+//! col (cout k k, n h w) = W^T . x'             y = col2im(col)
+//! dcol = im2col(dy)     dW += x' . dcol^T      dx' = W . dcol
+//! ```
+//! The whole batch is one GEMM: its columns run over (image, pixel), so the n dimension is
+//! n * oh * ow, large enough for the parallel blocked GEMM even at 7 x 7 latents. The price is
+//! a transpose between NCHW and (C, N * P) on each side (`'` above), a copy that costs a few
+//! percent of the GEMM it feeds.
+
+use super::gemm::{MatRef, sgemm};
+use super::tensor::{Param, Tensor};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use rayon::prelude::*;
+
+/// Below this many elements, im2col/col2im and transposes stay on the calling thread.
+const MIN_PARALLEL_ELEMS: usize = 1 << 16;
+
+/// The geometry of a square convolution window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Window {
+    fn validate(&self) -> Result<()> {
+        if self.kernel == 0 {
+            return Err(Error::invalid("kernel", "must be at least 1"));
+        }
+        if self.stride == 0 {
+            return Err(Error::invalid("stride", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Conv output size along one axis, or an error if the window does not fit.
+    fn out_size(&self, size: usize) -> Result<usize> {
+        let padded = size + 2 * self.padding;
+        if padded < self.kernel {
+            return Err(Error::invalid(
+                "input size",
+                format!(
+                    "{size} (+ 2 x padding {}) is smaller than the kernel {}",
+                    self.padding, self.kernel
+                ),
+            ));
+        }
+        Ok((padded - self.kernel) / self.stride + 1)
+    }
+}
+
+/// The output positions `lo..hi` (of `out_len`) whose input index `o s + off - pad` falls
+/// inside `0..in_len`, so the inner loops of im2col/col2im run without a bounds branch.
+fn valid_range(out_len: usize, s: usize, off: usize, pad: usize, in_len: usize) -> (usize, usize) {
+    let lo = if pad > off {
+        (pad - off).div_ceil(s)
+    } else {
+        0
+    }
+    .min(out_len);
+    let hi = if in_len + pad > off {
+        (in_len + pad - off).div_ceil(s).min(out_len)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
+/// col (C k k, N oh ow) from an image batch (N, C, H, W): `col[(ci, ky, kx)][(b, oy, ox)] =
+/// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image.
+fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
+    let [n, c, h, w] = xs;
+    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let np = n * oh * ow;
+    debug_assert_eq!(col.len(), c * k * k * np);
+    let row = |(r, out): (usize, &mut [f32])| {
+        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        for b in 0..n {
+            let img = &x[(b * c + ci) * h * w..][..h * w];
+            for oy in 0..oh {
+                let o = &mut out[(b * oh + oy) * ow..][..ow];
+                let iy = (oy * s + ky) as isize - p;
+                if iy < 0 || iy >= h as isize {
+                    o.fill(0.0);
+                    continue;
+                }
+                let src = &img[iy as usize * w..][..w];
+                let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
+                o[..lo].fill(0.0);
+                o[hi..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * s + kx - g.padding;
+                if s == 1 {
+                    o[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                } else {
+                    for (t, v) in o[lo..hi].iter_mut().enumerate() {
+                        *v = src[first + t * s];
+                    }
+                }
+            }
+        }
+    };
+    if col.len() >= MIN_PARALLEL_ELEMS {
+        col.par_chunks_mut(np.max(1)).enumerate().for_each(row);
+    } else {
+        col.chunks_mut(np.max(1)).enumerate().for_each(row);
+    }
+}
+
+/// The adjoint of [`im2col`]: `x = sum over windows of col`, overwriting x (N, C, H, W).
+fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
+    let [n, c, h, w] = xs;
+    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let np = n * oh * ow;
+    let image = |(b, xb): (usize, &mut [f32])| {
+        xb.fill(0.0);
+        for ci in 0..c {
+            let img = &mut xb[ci * h * w..][..h * w];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let r = (ci * k + ky) * k + kx;
+                    let src = &col[r * np + b * oh * ow..][..oh * ow];
+                    for oy in 0..oh {
+                        let iy = (oy * s + ky) as isize - p;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let dst = &mut img[iy as usize * w..][..w];
+                        let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
+                        if lo == hi {
+                            continue;
+                        }
+                        let first = lo * s + kx - g.padding;
+                        let row = &src[oy * ow..][lo..hi];
+                        if s == 1 {
+                            for (d, &v) in dst[first..first + row.len()].iter_mut().zip(row) {
+                                *d += v;
+                            }
+                        } else {
+                            for (t, &v) in row.iter().enumerate() {
+                                dst[first + t * s] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let chunk = (c * h * w).max(1);
+    if x.len() >= MIN_PARALLEL_ELEMS {
+        x.par_chunks_mut(chunk).enumerate().for_each(image);
+    } else {
+        x.chunks_mut(chunk).enumerate().for_each(image);
+    }
+}
+
+/// NCHW (N, C, P) -> (C, N P).
+pub(crate) fn nchw_to_cnp(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    let row = |(ci, o): (usize, &mut [f32])| {
+        for b in 0..n {
+            o[b * p..(b + 1) * p].copy_from_slice(&x[(b * c + ci) * p..][..p]);
+        }
+    };
+    if x.len() >= MIN_PARALLEL_ELEMS {
+        out.par_chunks_mut((n * p).max(1)).enumerate().for_each(row);
+    } else {
+        out.chunks_mut((n * p).max(1)).enumerate().for_each(row);
+    }
+    out
+}
+
+/// (C, N P) -> NCHW (N, C, P), adding `bias[ci]` when given.
+pub(crate) fn cnp_to_nchw(
+    y: &[f32],
+    n: usize,
+    c: usize,
+    p: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; y.len()];
+    let image = |(b, o): (usize, &mut [f32])| {
+        for ci in 0..c {
+            let src = &y[ci * n * p + b * p..][..p];
+            let dst = &mut o[ci * p..(ci + 1) * p];
+            match bias {
+                Some(bv) => {
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = s + bv[ci];
+                    }
+                }
+                None => dst.copy_from_slice(src),
+            }
+        }
+    };
+    if y.len() >= MIN_PARALLEL_ELEMS {
+        out.par_chunks_mut((c * p).max(1))
+            .enumerate()
+            .for_each(image);
+    } else {
+        out.chunks_mut((c * p).max(1)).enumerate().for_each(image);
+    }
+    out
+}
+
+/// `db[c] += sum over (n, p) of dy[n, c, p]`.
+fn bias_grad(db: &mut [f32], dy: &Tensor) {
+    let [n, c, h, w] = dy.shape;
+    let p = h * w;
+    for (ci, g) in db.iter_mut().enumerate().take(c) {
+        let mut s = 0.0f64;
+        for b in 0..n {
+            s += dy.data[(b * c + ci) * p..][..p]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
+        }
+        *g += s as f32;
+    }
+}
+
+/// PyTorch's default initialisation: kaiming_uniform(a = sqrt 5) for the weight, which is
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
+fn init(len: usize, fan_in: usize, bias: Option<usize>, rng: &mut Rng) -> (Param, Option<Param>) {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let w = Param::uniform(len, bound, rng);
+    let b = bias.map(|c| Param::uniform(c, bound, rng));
+    (w, b)
+}
+
+struct ConvCache {
+    col: Vec<f32>,
+    xshape: [usize; 4],
+    oh: usize,
+    ow: usize,
+}
+
+/// 2-d convolution (PyTorch's `Conv2d`, square kernel, no dilation or groups).
+/// weight: (cout, cin, k, k), bias: (cout).
+pub struct Conv2d {
+    pub cin: usize,
+    pub cout: usize,
+    pub window: Window,
+    pub weight: Param,
+    pub bias: Option<Param>,
+    cache: Option<ConvCache>,
+}
+
+impl Conv2d {
+    /// A convolution initialised as PyTorch's default, from `rng`.
+    pub fn new(cin: usize, cout: usize, window: Window, bias: bool, rng: &mut Rng) -> Result<Self> {
+        window.validate()?;
+        if cin == 0 || cout == 0 {
+            return Err(Error::invalid("channels", "must be at least 1"));
+        }
+        let kk = window.kernel * window.kernel;
+        let (weight, bias) = init(cout * cin * kk, cin * kk, bias.then_some(cout), rng);
+        Ok(Conv2d {
+            cin,
+            cout,
+            window,
+            weight,
+            bias,
+            cache: None,
+        })
+    }
+
+    /// The 1 x 1 linear projection (per-pixel `y = W x + b`), e.g. before a quantizer.
+    pub fn linear_1x1(cin: usize, cout: usize, rng: &mut Rng) -> Result<Self> {
+        let window = Window {
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        };
+        Conv2d::new(cin, cout, window, true, rng)
+    }
+
+    /// Output shape for input shape `xs`, or an error.
+    pub fn out_shape(&self, xs: [usize; 4]) -> Result<[usize; 4]> {
+        if xs[1] != self.cin {
+            return Err(Error::ShapeMismatch {
+                what: "conv2d input channels",
+                expected: self.cin,
+                got: xs[1],
+            });
+        }
+        Ok([
+            xs[0],
+            self.cout,
+            self.window.out_size(xs[2])?,
+            self.window.out_size(xs[3])?,
+        ])
+    }
+
+    /// y = conv(x) + b; caches im2col(x) for the backward.
+    pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let [n, cout, oh, ow] = self.out_shape(x.shape)?;
+        let k = self.window.kernel;
+        let ck = self.cin * k * k;
+        let np = n * oh * ow;
+        let mut col = vec![0.0f32; ck * np];
+        im2col(&mut col, &x.data, x.shape, self.window, oh, ow);
+        let mut y = vec![0.0f32; cout * np];
+        sgemm(
+            cout,
+            np,
+            ck,
+            MatRef::row_major(&self.weight.value, ck),
+            MatRef::row_major(&col, np),
+            &mut y,
+            np,
+            false,
+        )?;
+        let bias = self.bias.as_ref().map(|b| b.value.as_slice());
+        let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(&y, n, cout, oh * ow, bias))?;
+        self.cache = Some(ConvCache {
+            col,
+            xshape: x.shape,
+            oh,
+            ow,
+        });
+        Ok(out)
+    }
+
+    /// dx from dy; `dW += dy' col^T`, `db += sum dy`.
+    pub fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let cache = self.cache.as_ref().ok_or_else(no_forward)?;
+        let [n, _, _, _] = cache.xshape;
+        let (oh, ow) = (cache.oh, cache.ow);
+        dy.expect_shape("conv2d output gradient", [n, self.cout, oh, ow])?;
+        let k = self.window.kernel;
+        let ck = self.cin * k * k;
+        let np = n * oh * ow;
+        let dyp = nchw_to_cnp(&dy.data, n, self.cout, oh * ow);
+        if let Some(b) = &mut self.bias {
+            bias_grad(&mut b.grad, dy);
+        }
+        sgemm(
+            self.cout,
+            ck,
+            np,
+            MatRef::row_major(&dyp, np),
+            MatRef::row_major(&cache.col, np).t(),
+            &mut self.weight.grad,
+            ck,
+            true,
+        )?;
+        let mut dcol = vec![0.0f32; ck * np];
+        sgemm(
+            ck,
+            np,
+            self.cout,
+            MatRef::row_major(&self.weight.value, ck).t(),
+            MatRef::row_major(&dyp, np),
+            &mut dcol,
+            np,
+            false,
+        )?;
+        let mut dx = Tensor::zeros(cache.xshape);
+        col2im(&mut dx.data, &dcol, cache.xshape, self.window, oh, ow);
+        Ok(dx)
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.weight];
+        if let Some(b) = &mut self.bias {
+            v.push(b);
+        }
+        v
+    }
+}
+
+fn no_forward() -> Error {
+    Error::invalid("backward", "called before forward")
+}
+
+struct ConvTCache {
+    xp: Vec<f32>,
+    xshape: [usize; 4],
+    oh: usize,
+    ow: usize,
+}
+
+/// 2-d transposed convolution (PyTorch's `ConvTranspose2d`, square kernel, no dilation or
+/// groups). weight: (cin, cout, k, k), bias: (cout);
+/// `oh = (h - 1) stride - 2 padding + k + output_padding`.
+pub struct ConvTranspose2d {
+    pub cin: usize,
+    pub cout: usize,
+    pub window: Window,
+    pub output_padding: usize,
+    pub weight: Param,
+    pub bias: Option<Param>,
+    cache: Option<ConvTCache>,
+}
+
+impl ConvTranspose2d {
+    /// Initialised as PyTorch's default; as in PyTorch, fan_in is taken from weight
+    /// dimension 1, so it is `cout k k`.
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        window: Window,
+        output_padding: usize,
+        bias: bool,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        window.validate()?;
+        if cin == 0 || cout == 0 {
+            return Err(Error::invalid("channels", "must be at least 1"));
+        }
+        if output_padding >= window.stride {
+            return Err(Error::invalid(
+                "output_padding",
+                format!(
+                    "{output_padding} must be smaller than the stride {}",
+                    window.stride
+                ),
+            ));
+        }
+        let kk = window.kernel * window.kernel;
+        let (weight, bias) = init(cin * cout * kk, cout * kk, bias.then_some(cout), rng);
+        Ok(ConvTranspose2d {
+            cin,
+            cout,
+            window,
+            output_padding,
+            weight,
+            bias,
+            cache: None,
+        })
+    }
+
+    /// Output shape for input shape `xs`, or an error.
+    pub fn out_shape(&self, xs: [usize; 4]) -> Result<[usize; 4]> {
+        if xs[1] != self.cin {
+            return Err(Error::ShapeMismatch {
+                what: "conv_transpose2d input channels",
+                expected: self.cin,
+                got: xs[1],
+            });
+        }
+        let g = self.window;
+        let size = |h: usize| -> Result<usize> {
+            let full = (h.max(1) - 1) * g.stride + g.kernel + self.output_padding;
+            if h == 0 || full <= 2 * g.padding {
+                return Err(Error::invalid(
+                    "input size",
+                    format!("{h} gives an empty transposed-convolution output"),
+                ));
+            }
+            Ok(full - 2 * g.padding)
+        };
+        Ok([xs[0], self.cout, size(xs[2])?, size(xs[3])?])
+    }
+
+    pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let ys = self.out_shape(x.shape)?;
+        let [n, _, h, w] = x.shape;
+        let k = self.window.kernel;
+        let ck = self.cout * k * k;
+        let nhw = n * h * w;
+        let xp = nchw_to_cnp(&x.data, n, self.cin, h * w);
+        let mut col = vec![0.0f32; ck * nhw];
+        sgemm(
+            ck,
+            nhw,
+            self.cin,
+            MatRef::row_major(&self.weight.value, ck).t(),
+            MatRef::row_major(&xp, nhw),
+            &mut col,
+            nhw,
+            false,
+        )?;
+        let mut y = Tensor::zeros(ys);
+        col2im(&mut y.data, &col, ys, self.window, h, w);
+        if let Some(b) = &self.bias {
+            let p = ys[2] * ys[3];
+            for (t, plane) in y.data.chunks_mut(p).enumerate() {
+                let bv = b.value[t % self.cout];
+                plane.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+        self.cache = Some(ConvTCache {
+            xp,
+            xshape: x.shape,
+            oh: ys[2],
+            ow: ys[3],
+        });
+        Ok(y)
+    }
+
+    pub fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let cache = self.cache.as_ref().ok_or_else(no_forward)?;
+        let [n, _, h, w] = cache.xshape;
+        let ys = [n, self.cout, cache.oh, cache.ow];
+        dy.expect_shape("conv_transpose2d output gradient", ys)?;
+        let k = self.window.kernel;
+        let ck = self.cout * k * k;
+        let nhw = n * h * w;
+        if let Some(b) = &mut self.bias {
+            bias_grad(&mut b.grad, dy);
+        }
+        let mut dcol = vec![0.0f32; ck * nhw];
+        im2col(&mut dcol, &dy.data, ys, self.window, h, w);
+        sgemm(
+            self.cin,
+            ck,
+            nhw,
+            MatRef::row_major(&cache.xp, nhw),
+            MatRef::row_major(&dcol, nhw).t(),
+            &mut self.weight.grad,
+            ck,
+            true,
+        )?;
+        let mut dxp = vec![0.0f32; self.cin * nhw];
+        sgemm(
+            self.cin,
+            nhw,
+            ck,
+            MatRef::row_major(&self.weight.value, ck),
+            MatRef::row_major(&dcol, nhw),
+            &mut dxp,
+            nhw,
+            false,
+        )?;
+        Tensor::from_vec(cache.xshape, cnp_to_nchw(&dxp, n, self.cin, h * w, None))
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.weight];
+        if let Some(b) = &mut self.bias {
+            v.push(b);
+        }
+        v
+    }
+}

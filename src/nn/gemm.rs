@@ -1,0 +1,580 @@
+//! Single-precision GEMM for the convolution layers.
+//!
+//! ```text
+//! C (m, n) = op(A) (m, k) . op(B) (k, n)          (accumulate = false)
+//! C (m, n) += op(A) (m, k) . op(B) (k, n)         (accumulate = true)
+//! ```
+//!
+//! A and B are read through a row stride and a column stride ([`MatRef`]), so a transposed
+//! operand is the same buffer with its strides swapped: conv forward (`W . col`), the weight
+//! gradient (`dY . col^T`) and the data gradient (`W^T . dY`) are all one call. C is
+//! row-major with leading dimension `ldc`.
+//!
+//! Blocking in the BLIS manner: for each slab of NC columns and each slice of KC steps of k,
+//! A (m x KC) is packed into panels of MR rows and B (KC x NC) into panels of NR columns,
+//! both k-major, zero-padded at the edges; then the C slab is cut into tiles of up to MC rows
+//! by a run of B panels and the tiles run in parallel. Inside a tile the loop is B panel
+//! outer, A panel inner: the B micro-panel (KC x NR) stays in L1 while the tile's A block
+//! (MC x KC) stays in L2. The micro-kernel holds an MR x NR tile of C in registers over the
+//! whole KC slice, reading NR/lanes vectors of B and broadcasting MR values of A per step,
+//! the register tiling of `backend/cpu/distance_argmin.rs` without the argmin epilogue.
+//! Edge tiles go through a small buffer, so the kernel only ever writes whole tiles.
+//!
+//! Variants, all checked against [`super::reference::gemm`]:
+//! - v1 `portable`: plain Rust, MR = 4, NR = 16; the compiler vectorizes for the target.
+//! - v2 `avx2`: AVX2 + FMA, MR = 6, NR = 16: 12 ymm accumulators + 2 B vectors + broadcast.
+//! - v3 `avx512`: AVX-512F, MR = 8, NR = 48: 24 zmm accumulators + 3 B vectors + broadcast;
+//!   11 loads per 24 FMAs. MR = 8 divides every channel count of the models exactly.
+//!   Shipped wherever the CPU has AVX-512F.
+
+use crate::backend::cpu::Isa;
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// A read-only strided view of a matrix: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn row_major(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose: the same buffer with rows and columns swapped.
+    pub fn t(self) -> Self {
+        MatRef {
+            data: self.data,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    fn check(&self, what: &'static str, rows: usize, cols: usize) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let need = (rows - 1) * self.rs + (cols - 1) * self.cs + 1;
+        if self.data.len() < need {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: need,
+                got: self.data.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether a GEMM may use rayon. Below [`MIN_PARALLEL_WORK`] multiply-adds it never does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parallelism {
+    /// The calling thread only.
+    None,
+    /// rayon's current pool.
+    Rayon,
+}
+
+/// Below this many multiply-adds a GEMM runs on the calling thread: entering rayon costs
+/// microseconds, more than a small product takes.
+pub const MIN_PARALLEL_WORK: usize = 1 << 18;
+
+/// The best instruction set of this CPU, detected once.
+pub fn default_isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}
+
+/// `C = op(A) op(B)` (or `+=`), on the best ISA, in parallel when large enough.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> Result<()> {
+    sgemm_with(
+        default_isa(),
+        Parallelism::Rayon,
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        ldc,
+        accumulate,
+    )
+}
+
+/// [`sgemm`] on a chosen instruction set and parallelism, for tests and benchmarks.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> Result<()> {
+    if !Isa::available().contains(&isa) {
+        return Err(Error::BackendUnavailable {
+            backend: "cpu",
+            reason: format!("this CPU does not support {}", isa.as_str()),
+        });
+    }
+    a.check("gemm A", m, k)?;
+    b.check("gemm B", k, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if ldc < n {
+        return Err(Error::invalid(
+            "ldc",
+            format!("leading dimension {ldc} is below n = {n}"),
+        ));
+    }
+    let need = (m - 1) * ldc + n;
+    if c.len() < need {
+        return Err(Error::ShapeMismatch {
+            what: "gemm C",
+            expected: need,
+            got: c.len(),
+        });
+    }
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return Ok(());
+    }
+    let parallel = par == Parallelism::Rayon
+        && m * n * k >= MIN_PARALLEL_WORK
+        && rayon::current_num_threads() > 1;
+    let spec = spec_for(isa);
+    blocked(&spec, parallel, m, n, k, a, b, c, ldc, accumulate);
+    Ok(())
+}
+
+/// A micro-kernel: `C[0..MR][0..NR] (+)= sum_p a[p][0..MR] (x) b[p][0..NR]` over `kc` steps,
+/// C at `c` with row stride `ldc`.
+type Kernel =
+    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
+
+struct Spec {
+    kernel: Kernel,
+    mr: usize,
+    nr: usize,
+    kc: usize,
+    mc: usize,
+    nc: usize,
+}
+
+fn spec_for(isa: Isa) -> Spec {
+    match isa {
+        Isa::Portable => Spec {
+            kernel: kernel_portable,
+            mr: PORTABLE_MR,
+            nr: PORTABLE_NR,
+            kc: 256,
+            mc: 128,
+            nc: 3072,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Spec {
+            kernel: x86::kernel_avx2,
+            mr: x86::AVX2_MR,
+            nr: x86::AVX2_NR,
+            kc: 256,
+            mc: 120,
+            nc: 3072,
+        },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Spec {
+            kernel: x86::kernel_avx512,
+            mr: x86::AVX512_MR,
+            nr: x86::AVX512_NR,
+            kc: 128,
+            mc: 128,
+            nc: 3072,
+        },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => spec_for(Isa::Portable),
+    }
+}
+
+/// Packs rows `i0..i0+mr_rows` x steps `p0..p0+kc` of op(A) into one MR-row panel, k-major.
+fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+    if a.cs == 1 {
+        // Rows of A are contiguous along k: read each row once, scatter with stride MR.
+        for i in 0..mr {
+            if i < rows {
+                let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
+                for (p, &v) in row.iter().enumerate() {
+                    out[p * mr + i] = v;
+                }
+            } else {
+                for p in 0..kc {
+                    out[p * mr + i] = 0.0;
+                }
+            }
+        }
+    } else if a.rs == 1 {
+        // Columns of A are contiguous (a transposed operand): one slice copy per step.
+        for p in 0..kc {
+            let o = &mut out[p * mr..(p + 1) * mr];
+            o[..rows].copy_from_slice(&a.data[(p0 + p) * a.cs + i0..][..rows]);
+            o[rows..].fill(0.0);
+        }
+    } else {
+        for p in 0..kc {
+            let o = &mut out[p * mr..(p + 1) * mr];
+            for (i, v) in o.iter_mut().enumerate() {
+                *v = if i < rows { a.at(i0 + i, p0 + p) } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Packs steps `p0..p0+kc` x columns `j0..j0+cols` of op(B) into one NR-column panel.
+fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
+    if b.cs == 1 {
+        for p in 0..kc {
+            let o = &mut out[p * nr..(p + 1) * nr];
+            let src = &b.data[(p0 + p) * b.rs + j0..][..cols];
+            o[..cols].copy_from_slice(src);
+            o[cols..].fill(0.0);
+        }
+    } else {
+        // Columns of B are contiguous along k (a transposed operand): read each once.
+        for j in 0..nr {
+            if j < cols {
+                let col = &b.data[(j0 + j) * b.cs + p0 * b.rs..];
+                if b.rs == 1 {
+                    for (p, &v) in col[..kc].iter().enumerate() {
+                        out[p * nr + j] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        out[p * nr + j] = col[p * b.rs];
+                    }
+                }
+            } else {
+                for p in 0..kc {
+                    out[p * nr + j] = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// C's base pointer, shared by the tasks; each writes a disjoint tile.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: tasks write disjoint tiles of C (distinct row blocks or column panels), and the
+// caller's `&mut [f32]` is held for the whole parallel section.
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+impl CPtr {
+    /// A method, not a field access, so closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blocked(
+    s: &Spec,
+    parallel: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (mr, nr) = (s.mr, s.nr);
+    let a_panels = m.div_ceil(mr);
+    let kc_max = s.kc.min(k);
+    let mut apack = vec![0.0f32; a_panels * mr * kc_max];
+    let nc_max = s.nc.min(n.div_ceil(nr) * nr);
+    let mut bpack = vec![0.0f32; nc_max * kc_max];
+    let cptr = CPtr(c.as_mut_ptr());
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    for j0 in (0..n).step_by(s.nc) {
+        let nc = s.nc.min(n - j0);
+        let b_panels = nc.div_ceil(nr);
+        for p0 in (0..k).step_by(s.kc) {
+            let kc = s.kc.min(k - p0);
+            let acc = accumulate || p0 > 0;
+            let apack = &mut apack[..a_panels * mr * kc];
+            let bpack = &mut bpack[..b_panels * nr * kc];
+            let pa = |(ip, out): (usize, &mut [f32])| {
+                let i0 = ip * mr;
+                pack_a(&a, i0, mr.min(m - i0), p0, kc, mr, out)
+            };
+            let pb = |(jp, out): (usize, &mut [f32])| {
+                let jj = jp * nr;
+                pack_b(&b, p0, kc, j0 + jj, nr.min(nc - jj), nr, out)
+            };
+            if parallel {
+                apack.par_chunks_mut(mr * kc).enumerate().for_each(pa);
+                bpack.par_chunks_mut(nr * kc).enumerate().for_each(pb);
+            } else {
+                apack.chunks_mut(mr * kc).enumerate().for_each(pa);
+                bpack.chunks_mut(nr * kc).enumerate().for_each(pb);
+            }
+            // Tiles: row blocks of up to MC rows x runs of B panels; enough of them to keep
+            // every thread busy with some slack for imbalance.
+            let row_blocks = m.div_ceil(s.mc);
+            let want = 4 * threads;
+            let splits = want.div_ceil(row_blocks).clamp(1, b_panels);
+            let per_split = b_panels.div_ceil(splits);
+            let splits = b_panels.div_ceil(per_split);
+            let (apack, bpack) = (&*apack, &*bpack);
+            let tile = |t: usize| {
+                let (rb, sp) = (t / splits, t % splits);
+                let ip0 = rb * s.mc / mr;
+                let ip1 = ((rb + 1) * s.mc).min(m).div_ceil(mr);
+                let jp0 = sp * per_split;
+                let jp1 = (jp0 + per_split).min(b_panels);
+                for jp in jp0..jp1 {
+                    let bp = &bpack[jp * nr * kc..(jp + 1) * nr * kc];
+                    let cols = nr.min(nc - jp * nr);
+                    for ip in ip0..ip1 {
+                        let ap = &apack[ip * mr * kc..(ip + 1) * mr * kc];
+                        let rows = mr.min(m - ip * mr);
+                        let (ci, cj) = (ip * mr, j0 + jp * nr);
+                        // SAFETY: ci + rows <= m and cj + cols <= n, and C holds
+                        // (m - 1) * ldc + n elements (checked by `sgemm_with`), so the tile
+                        // is in bounds; tiles of distinct tasks are disjoint.
+                        unsafe {
+                            let cp = cptr.get().add(ci * ldc + cj);
+                            micro(s, kc, ap, bp, cp, ldc, rows, cols, acc);
+                        }
+                    }
+                }
+            };
+            let tasks = row_blocks * splits;
+            if parallel && tasks > 1 {
+                (0..tasks).into_par_iter().for_each(tile);
+            } else {
+                (0..tasks).for_each(tile);
+            }
+        }
+    }
+}
+
+/// Runs the micro-kernel on one tile of `rows x cols` (at most MR x NR) at `c`.
+///
+/// # Safety
+/// `c` must point to a `rows x cols` region with row stride `ldc` that no one else touches;
+/// `ap` and `bp` hold `kc * MR` and `kc * NR` floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro(
+    s: &Spec,
+    kc: usize,
+    ap: &[f32],
+    bp: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    acc: bool,
+) {
+    debug_assert!(ap.len() >= kc * s.mr && bp.len() >= kc * s.nr);
+    if rows == s.mr && cols == s.nr {
+        // SAFETY: a whole tile, in bounds by the caller's contract; the kernel's ISA was
+        // detected before this spec was chosen.
+        unsafe { (s.kernel)(kc, ap.as_ptr(), bp.as_ptr(), c, ldc, acc) };
+        return;
+    }
+    let mut tmp = [0.0f32; MAX_TILE];
+    // SAFETY: tmp holds MR x NR <= MAX_TILE floats with row stride NR.
+    unsafe { (s.kernel)(kc, ap.as_ptr(), bp.as_ptr(), tmp.as_mut_ptr(), s.nr, false) };
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: i < rows, j < cols: inside the caller's region.
+            unsafe {
+                let d = c.add(i * ldc + j);
+                *d = if acc {
+                    *d + tmp[i * s.nr + j]
+                } else {
+                    tmp[i * s.nr + j]
+                };
+            }
+        }
+    }
+}
+
+/// The largest MR x NR of any variant.
+const MAX_TILE: usize = 8 * 48;
+
+const PORTABLE_MR: usize = 4;
+const PORTABLE_NR: usize = 16;
+
+/// v1: plain Rust; fixed-size arrays let the compiler keep the tile in vector registers.
+///
+/// # Safety
+/// `a`: kc x MR floats, `b`: kc x NR floats, `c`: an MR x NR tile with row stride `ldc`.
+unsafe fn kernel_portable(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    const MR: usize = PORTABLE_MR;
+    const NR: usize = PORTABLE_NR;
+    // SAFETY: the caller guarantees the lengths above.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(a, kc * MR),
+            std::slice::from_raw_parts(b, kc * NR),
+        )
+    };
+    let mut t = [[0.0f32; NR]; MR];
+    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for r in 0..MR {
+            for l in 0..NR {
+                t[r][l] += ap[r] * bp[l];
+            }
+        }
+    }
+    for (r, row) in t.iter().enumerate() {
+        // SAFETY: row r < MR of the caller's tile, NR wide.
+        let cr = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), NR) };
+        for (o, &v) in cr.iter_mut().zip(row) {
+            *o = if acc { *o + v } else { v };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    pub(super) const AVX2_MR: usize = 6;
+    pub(super) const AVX2_NR: usize = 16;
+    pub(super) const AVX512_MR: usize = 8;
+    pub(super) const AVX512_NR: usize = 48;
+
+    /// v2: 6 rows x 16 columns (two ymm).
+    ///
+    /// # Safety
+    /// AVX2 and FMA detected; `a`: kc x 6, `b`: kc x 16 floats, `c`: a 6 x 16 tile.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_avx2(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc_c: bool,
+    ) {
+        const MR: usize = AVX2_MR;
+        const NR: usize = AVX2_NR;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        // SAFETY (all pointer accesses): p < kc, r < MR, h < 2: inside the caller's buffers.
+        unsafe {
+            for p in 0..kc {
+                let bp = b.add(p * NR);
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                let ap = a.add(p * MR);
+                for (r, t) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(r));
+                    t[0] = _mm256_fmadd_ps(av, b0, t[0]);
+                    t[1] = _mm256_fmadd_ps(av, b1, t[1]);
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    let cp = c.add(r * ldc + h * 8);
+                    let v = if acc_c {
+                        _mm256_add_ps(_mm256_loadu_ps(cp), v)
+                    } else {
+                        v
+                    };
+                    _mm256_storeu_ps(cp, v);
+                }
+            }
+        }
+    }
+
+    /// v3: 8 rows x 48 columns (three zmm).
+    ///
+    /// # Safety
+    /// AVX-512F detected; `a`: kc x 8, `b`: kc x 48 floats, `c`: an 8 x 48 tile.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_avx512(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc_c: bool,
+    ) {
+        const MR: usize = AVX512_MR;
+        const NR: usize = AVX512_NR;
+        let mut acc = [[_mm512_setzero_ps(); 3]; MR];
+        // SAFETY (all pointer accesses): p < kc, r < MR, h < 3: inside the caller's buffers.
+        unsafe {
+            for p in 0..kc {
+                let bp = b.add(p * NR);
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                let b2 = _mm512_loadu_ps(bp.add(32));
+                let ap = a.add(p * MR);
+                for (r, t) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(r));
+                    t[0] = _mm512_fmadd_ps(av, b0, t[0]);
+                    t[1] = _mm512_fmadd_ps(av, b1, t[1]);
+                    t[2] = _mm512_fmadd_ps(av, b2, t[2]);
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    let cp = c.add(r * ldc + h * 16);
+                    let v = if acc_c {
+                        _mm512_add_ps(_mm512_loadu_ps(cp), v)
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(cp, v);
+                }
+            }
+        }
+    }
+}

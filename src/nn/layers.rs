@@ -1,0 +1,207 @@
+//! ReLU, the VQ-VAE residual block and stack, and the MSE loss.
+
+use super::conv::{Conv2d, Window};
+use super::tensor::{Param, Tensor};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// The interface every trainable block shares, so tests and optimisers can treat them alike.
+pub trait Layer {
+    /// y = f(x); caches what [`Layer::backward`] needs.
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor>;
+    /// dx from dy (for the last forward); parameter gradients accumulate with `+=`.
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor>;
+    /// The parameters, always in the same order.
+    fn params_mut(&mut self) -> Vec<&mut Param>;
+    /// Sets every parameter gradient to zero.
+    fn zero_grad(&mut self) {
+        self.params_mut().into_iter().for_each(Param::zero_grad);
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        Conv2d::forward(self, x)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        Conv2d::backward(self, dy)
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Conv2d::params_mut(self)
+    }
+}
+
+impl Layer for super::conv::ConvTranspose2d {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        super::conv::ConvTranspose2d::forward(self, x)
+    }
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        super::conv::ConvTranspose2d::backward(self, dy)
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        super::conv::ConvTranspose2d::params_mut(self)
+    }
+}
+
+/// `y = max(x, 0)`; caches y, since `dx = dy * [y > 0]`.
+#[derive(Default)]
+pub struct Relu {
+    y: Option<Tensor>,
+}
+
+impl Layer for Relu {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let y = Tensor {
+            shape: x.shape,
+            data: x.data.iter().map(|&v| v.max(0.0)).collect(),
+        };
+        self.y = Some(y.clone());
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let y = self
+            .y
+            .as_ref()
+            .ok_or_else(|| Error::invalid("backward", "called before forward"))?;
+        dy.expect_shape("relu output gradient", y.shape)?;
+        Ok(Tensor {
+            shape: dy.shape,
+            data: dy
+                .data
+                .iter()
+                .zip(&y.data)
+                .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
+                .collect(),
+        })
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+}
+
+/// The VQ-VAE paper's residual block: `y = x + conv1x1(relu(conv3x3(relu(x))))`, channels
+/// c -> hidden -> c, convolutions without bias (as the common PyTorch VQ-VAE has them).
+pub struct ResidualBlock {
+    pub relu1: Relu,
+    pub conv3: Conv2d,
+    pub relu2: Relu,
+    pub conv1: Conv2d,
+}
+
+impl ResidualBlock {
+    pub fn new(channels: usize, hidden: usize, rng: &mut Rng) -> Result<Self> {
+        let w3 = Window {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let w1 = Window {
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+        };
+        Ok(ResidualBlock {
+            relu1: Relu::default(),
+            conv3: Conv2d::new(channels, hidden, w3, false, rng)?,
+            relu2: Relu::default(),
+            conv1: Conv2d::new(hidden, channels, w1, false, rng)?,
+        })
+    }
+}
+
+impl Layer for ResidualBlock {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let h = self.relu1.forward(x)?;
+        let h = self.conv3.forward(&h)?;
+        let h = self.relu2.forward(&h)?;
+        let mut y = self.conv1.forward(&h)?;
+        y.expect_shape("residual branch", x.shape)?;
+        y.data.iter_mut().zip(&x.data).for_each(|(a, &b)| *a += b);
+        Ok(y)
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let dh = self.conv1.backward(dy)?;
+        let dh = self.relu2.backward(&dh)?;
+        let dh = self.conv3.backward(&dh)?;
+        let mut dx = self.relu1.backward(&dh)?;
+        dx.data.iter_mut().zip(&dy.data).for_each(|(a, &b)| *a += b);
+        Ok(dx)
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = self.conv3.params_mut();
+        v.extend(self.conv1.params_mut());
+        v
+    }
+}
+
+/// `layers` residual blocks followed by a ReLU.
+pub struct ResidualStack {
+    pub blocks: Vec<ResidualBlock>,
+    pub relu: Relu,
+}
+
+impl ResidualStack {
+    pub fn new(channels: usize, hidden: usize, layers: usize, rng: &mut Rng) -> Result<Self> {
+        let blocks = (0..layers)
+            .map(|_| ResidualBlock::new(channels, hidden, rng))
+            .collect::<Result<_>>()?;
+        Ok(ResidualStack {
+            blocks,
+            relu: Relu::default(),
+        })
+    }
+}
+
+impl Layer for ResidualStack {
+    fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for b in &mut self.blocks {
+            h = b.forward(&h)?;
+        }
+        self.relu.forward(&h)
+    }
+
+    fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        let mut d = self.relu.backward(dy)?;
+        for b in self.blocks.iter_mut().rev() {
+            d = b.backward(&d)?;
+        }
+        Ok(d)
+    }
+
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| b.params_mut())
+            .collect()
+    }
+}
+
+/// Mean squared error and its gradient: `loss = mean((x - t)^2)`, `dx = 2 (x - t) / len`.
+/// The sum runs in f64.
+pub fn mse_loss(x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
+    target.expect_shape("mse target", x.shape)?;
+    let inv = 1.0 / x.len().max(1) as f64;
+    let mut sum = 0.0f64;
+    let data = x
+        .data
+        .iter()
+        .zip(&target.data)
+        .map(|(&a, &b)| {
+            let d = a - b;
+            sum += d as f64 * d as f64;
+            (2.0 * d as f64 * inv) as f32
+        })
+        .collect();
+    Ok((
+        (sum * inv) as f32,
+        Tensor {
+            shape: x.shape,
+            data,
+        },
+    ))
+}

@@ -1,0 +1,236 @@
+//! The `vqkit` binary end to end: real files in, files and JSON out, and every bad input a
+//! clear error with a non-zero exit, never a panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use vqkit::io::{fvecs, npy};
+use vqkit::rng::Rng;
+
+fn vqkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vqkit"))
+        .args(args)
+        .output()
+        .expect("the vqkit binary runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vqkit-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The last stdout line parsed as JSON.
+fn last_json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?} is not JSON: {e}"))
+}
+
+fn fails_with(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, got success");
+    assert!(
+        err.contains("error:") && err.contains(needle),
+        "stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "stderr: {err}");
+}
+
+#[test]
+fn assign_npy_and_fvecs_agree_with_the_reference() {
+    let (n, k, d) = (300, 17, 9);
+    let mut rng = Rng::new(11);
+    let x = rng.normal_vec(n * d);
+    let c = rng.normal_vec(k * d);
+    let (xp, cp, out) = (tmp("x.npy"), tmp("c.fvecs"), tmp("codes.npy"));
+    npy::write_f32(&xp, &[n, d], &x).unwrap();
+    std::fs::write(&cp, fvecs::to_bytes(&c, d)).unwrap();
+    let o = vqkit(&[
+        "assign",
+        "-i",
+        s(&xp),
+        "-c",
+        s(&cp),
+        "-o",
+        s(&out),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j = last_json(&o);
+    assert_eq!(
+        (j["n"].as_u64(), j["k"].as_u64(), j["d"].as_u64()),
+        (Some(300), Some(17), Some(9))
+    );
+    assert!(j["seconds"].as_f64().unwrap() >= 0.0);
+    let (shape, codes) = npy::read_codes(&out).unwrap();
+    assert_eq!(shape, vec![n]);
+    let (want, best) = vqkit::reference::distance_argmin(&x, &c, d);
+    let mse = best.iter().sum::<f64>() / n as f64;
+    assert!((j["mse"].as_f64().unwrap() - mse).abs() < 1e-4 * mse);
+    // Random normal data has no near-ties at this size: the codes agree exactly.
+    assert_eq!(codes, want);
+}
+
+#[test]
+fn assign_reads_f16_and_u8_points() {
+    // u8 pixels and their f16 encoding (exact for small integers) give the same codes.
+    let (n, d) = (40, 4);
+    let mut rng = Rng::new(3);
+    let pix: Vec<u8> = (0..n * d).map(|_| rng.below(256) as u8).collect();
+    let mut u8_file = b"\x93NUMPY\x01\x00".to_vec();
+    let header = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': ({n}, {d}), }}");
+    let header = format!("{header:<117}\n");
+    u8_file.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    u8_file.extend_from_slice(header.as_bytes());
+    u8_file.extend_from_slice(&pix);
+    let mut f16_file = b"\x93NUMPY\x01\x00".to_vec();
+    let header = format!("{{'descr': '<f2', 'fortran_order': False, 'shape': ({n}, {d}), }}");
+    let header = format!("{header:<117}\n");
+    f16_file.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    f16_file.extend_from_slice(header.as_bytes());
+    for &p in &pix {
+        // An integer 0..=255 in f16: exponent and mantissa by hand.
+        let h: u16 = if p == 0 {
+            0
+        } else {
+            let e = 15 + (7 - p.leading_zeros() as u16);
+            let m = ((p as u32) << (10 - (e - 15))) as u16 & 0x3ff;
+            (e << 10) | m
+        };
+        f16_file.extend_from_slice(&h.to_le_bytes());
+    }
+    let (a, b, c) = (tmp("px.npy"), tmp("px16.npy"), tmp("cb.npy"));
+    std::fs::write(&a, u8_file).unwrap();
+    std::fs::write(&b, f16_file).unwrap();
+    npy::write_f32(
+        &c,
+        &[3, d],
+        &[0.0; 4]
+            .iter()
+            .chain(&[128.0; 4])
+            .chain(&[255.0; 4])
+            .cloned()
+            .collect::<Vec<f32>>(),
+    )
+    .unwrap();
+    let (oa, ob) = (tmp("ca.npy"), tmp("cb16.npy"));
+    assert!(
+        vqkit(&["assign", "-i", s(&a), "-c", s(&c), "-o", s(&oa)])
+            .status
+            .success()
+    );
+    assert!(
+        vqkit(&["assign", "-i", s(&b), "-c", s(&c), "-o", s(&ob)])
+            .status
+            .success()
+    );
+    assert_eq!(npy::read_codes(&oa).unwrap(), npy::read_codes(&ob).unwrap());
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let c = tmp("ok_c.npy");
+    npy::write_f32(&c, &[2, 3], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let out = tmp("never.npy");
+    let run = |x: &Path| vqkit(&["assign", "-i", s(x), "-c", s(&c), "-o", s(&out)]);
+
+    fails_with(&run(&tmp("missing.npy")), "missing.npy");
+
+    let trunc = tmp("trunc.npy");
+    let full = npy::f32_bytes(&[4, 3], &[1.0; 12]);
+    std::fs::write(&trunc, &full[..full.len() - 5]).unwrap();
+    fails_with(&run(&trunc), "truncated");
+
+    let codes = tmp("ints.npy");
+    npy::write_u32(&codes, &[4, 3], &[1; 12]).unwrap();
+    fails_with(&run(&codes), "expected f32");
+
+    let wrong_d = tmp("d4.npy");
+    npy::write_f32(&wrong_d, &[2, 4], &[1.0; 8]).unwrap();
+    fails_with(&run(&wrong_d), "d = 4");
+
+    let nan = tmp("nan.npy");
+    npy::write_f32(&nan, &[2, 3], &[1.0, f32::NAN, 0.0, 1.0, 2.0, 3.0]).unwrap();
+    fails_with(&run(&nan), "non-finite");
+
+    let fv = tmp("trunc.fvecs");
+    let b = fvecs::to_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3);
+    std::fs::write(&fv, &b[..b.len() - 2]).unwrap();
+    fails_with(&run(&fv), "truncated");
+
+    let txt = tmp("points.csv");
+    std::fs::write(&txt, "1,2,3\n").unwrap();
+    fails_with(&run(&txt), "unknown file type");
+
+    assert!(!out.exists(), "no output is written when the input is bad");
+}
+
+#[test]
+fn unavailable_backend_suggests_the_cpu() {
+    if cfg!(feature = "cuda") {
+        return; // this build has CUDA compiled in: covered by the CUDA tests
+    }
+    let o = vqkit(&[
+        "bench",
+        "--backend",
+        "cuda",
+        "--n",
+        "10",
+        "--k",
+        "2",
+        "--d",
+        "2",
+    ]);
+    fails_with(&o, "--backend cpu");
+}
+
+#[test]
+fn bench_prints_json_lines() {
+    let o = vqkit(&[
+        "bench",
+        "--n",
+        "500",
+        "--k",
+        "16",
+        "--d",
+        "8",
+        "--seconds",
+        "0.01",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "three ops and a summary: {out}");
+    for (l, op) in lines.iter().zip(["assign", "ema", "kmeans"]) {
+        assert_eq!(l["op"], op);
+        assert!(l["median_s"].as_f64().unwrap() > 0.0);
+        assert!(l["ceiling_fraction"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(lines[3]["command"], "bench");
+    assert!(lines[3]["seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn info_lists_backends_and_isa() {
+    let o = vqkit(&["info", "--json"]);
+    assert!(o.status.success());
+    let j = last_json(&o);
+    assert!(
+        j["backends_compiled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "cpu")
+    );
+    assert!(j["cpu"]["isa_used"].is_string());
+}
