@@ -60,5 +60,11 @@ fn gpu_lines() -> Vec<(&'static str, String)> {
 
 /// What a compiled-in GPU backend's probe reports (adapters or devices found).
 fn describe(kind: BackendKind) -> String {
-    format!("{kind} compiled in")
+    match kind {
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => vqkit::backend::cuda::describe()
+            .trim_end()
+            .replace('\n', "\n  "),
+        _ => format!("{kind} compiled in"),
+    }
 }
