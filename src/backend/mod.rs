@@ -18,6 +18,9 @@
 //! - `ema_update`: see [`EmaParams`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod ptx;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -270,10 +273,14 @@ pub fn dispatch<W: WithBackend>(
         BackendKind::Wgpu => job.run(&self::wgpu::WgpuBackend::new()?),
         #[cfg(not(feature = "wgpu"))]
         BackendKind::Wgpu => Err(not_compiled(kind)),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => job.run(&cuda::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(not_compiled(kind)),
     }
 }
 
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
 fn not_compiled(kind: BackendKind) -> Error {
     Error::BackendUnavailable {
         backend: kind.as_str(),

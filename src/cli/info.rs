@@ -68,6 +68,10 @@ fn describe(kind: BackendKind) -> String {
                 .map(str::to_string)
                 .unwrap_or(text)
         }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => vqkit::backend::cuda::describe()
+            .trim_end()
+            .replace('\n', "\n  "),
         _ => format!("{kind} compiled in"),
     }
 }
