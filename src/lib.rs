@@ -18,6 +18,7 @@ pub mod bench;
 pub mod error;
 pub mod io;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod rng;
 
