@@ -32,6 +32,9 @@ pub struct Args {
     /// Train on at most k times this many points (0: all).
     #[arg(long, default_value_t = 256)]
     max_points_per_centroid: usize,
+    /// Progressive-dimension steps (0: off; see the library docs).
+    #[arg(long, default_value_t = 0)]
+    progressive_dim_steps: usize,
     /// Output model (safetensors).
     #[arg(short, long)]
     output: PathBuf,
@@ -96,6 +99,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
         restarts: args.restarts,
         tol: args.tol,
         max_points_per_centroid: args.max_points_per_centroid,
+        progressive_dim_steps: args.progressive_dim_steps,
     };
     let progress = Progress::new((args.iters * args.restarts) as u64, "k-means");
     let out = dispatch(

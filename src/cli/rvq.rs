@@ -42,6 +42,12 @@ pub struct RqArgs {
     /// One codebook shared by every stage.
     #[arg(long)]
     shared: bool,
+    /// Progressive-dimension k-means steps per stage (0: off).
+    #[arg(long, default_value_t = 10)]
+    progressive_dim_steps: usize,
+    /// Stage-wise refinement rounds after training (0: plain RQ-K-means).
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
     #[command(flatten)]
     km: KmArgs,
     /// Output model (safetensors).
@@ -102,6 +108,8 @@ pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
         shared: args.shared,
         shared_rounds: 5,
         max_points_per_centroid: args.km.max_points_per_centroid,
+        refine_rounds: args.refine,
+        progressive_dim_steps: args.progressive_dim_steps,
     };
     let progress = Progress::new(args.stages as u64, "rq-kmeans");
     let (model, codes, seconds, backend) = dispatch(
@@ -127,7 +135,7 @@ pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
         &args.output,
         args.common.json,
         serde_json::json!({"stages": args.stages, "k": args.k, "beam": args.beam,
-            "shared": args.shared, "per_stage": stats}),
+            "shared": args.shared, "refine": args.refine, "per_stage": stats}),
     );
     Ok(())
 }

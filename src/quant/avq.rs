@@ -106,6 +106,8 @@ impl Avq {
             beam: 1,
             shared: false,
             shared_rounds: 0,
+            refine_rounds: 0,
+            progressive_dim_steps: 10,
             max_points_per_centroid: cfg.max_points_per_centroid,
         };
         let rvq = Rvq::fit(b, x, d, &rcfg, &mut |_| {})?;

@@ -3,20 +3,26 @@
 //! code, beam search needs the best B), and the small dense solves of least-squares
 //! codebook updates.
 //!
-//! `dots` is a register-tiled 4 x 4 inner-product kernel in plain Rust, compiled three
-//! times (AVX-512F, AVX2 + FMA, portable) and chosen at run time, so that the compiler can
-//! vectorise it for the CPU it runs on; rayon splits rows above a work threshold.
+//! `dots` is a register-tiled (8 rows x 16 packed columns) inner-product kernel in plain
+//! Rust, compiled three times (AVX-512F, AVX2 + FMA, portable) and chosen at run time, so
+//! that the compiler vectorises it for the CPU it runs on; rayon splits rows above a work
+//! threshold.
 
-// The tile loops index `acc[r][c][l]`: the index form states the 4 x 4 x LANES structure.
+// The tile loops index `acc[r][l]`: the index form states the MR x NR structure.
 #![allow(clippy::needless_range_loop)]
 
 use rayon::prelude::*;
 
-const LANES: usize = 16;
-const MR: usize = 4;
-const NR: usize = 4;
+/// Codewords per packed panel (one AVX-512 vector of f32).
+const NR: usize = 16;
+/// Rows of `a` per register tile: MR accumulators of NR lanes.
+const MR: usize = 8;
 
 /// `out[i * k + j] = a_i . b_j` for `a` (m, d) and `b` (k, d), row-major.
+///
+/// `b` is packed once into panels of NR rows stored d-major (`panel[t][lane]`); the
+/// micro-kernel broadcasts one value of each of MR rows of `a` per step of d and multiplies
+/// it into one contiguous NR-wide slice of the panel, keeping MR x NR sums in registers.
 pub fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     if d == 0 {
         out.fill(0.0);
@@ -25,14 +31,21 @@ pub fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     let m = a.len() / d;
     let k = b.len() / d;
     debug_assert_eq!(out.len(), m * k);
-    let rows_per_task = MR * 8;
-    let work = m * k * d;
+    let panels = k.div_ceil(NR);
+    let mut packed = vec![0.0f32; panels * NR * d];
+    for (j, row) in b.chunks_exact(d).enumerate() {
+        let p = &mut packed[(j / NR) * NR * d..];
+        for (t, &v) in row.iter().enumerate() {
+            p[t * NR + j % NR] = v;
+        }
+    }
+    let rows_per_task = MR * 4;
     let body = |(blk, o): (usize, &mut [f32])| {
         let r0 = blk * rows_per_task;
         let r1 = (r0 + rows_per_task).min(m);
-        dots_rows(&a[r0 * d..r1 * d], b, d, k, o);
+        dots_rows(&a[r0 * d..r1 * d], &packed, d, k, o);
     };
-    if work >= 1 << 20 {
+    if m * k * d >= 1 << 20 {
         out.par_chunks_mut(rows_per_task * k)
             .enumerate()
             .for_each(body);
@@ -41,77 +54,65 @@ pub fn dots(a: &[f32], b: &[f32], d: usize, out: &mut [f32]) {
     }
 }
 
-fn dots_rows(a: &[f32], b: &[f32], d: usize, k: usize, out: &mut [f32]) {
+fn dots_rows(a: &[f32], packed: &[f32], d: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { dots_avx512(a, b, d, k, out) };
+            return unsafe { dots_avx512(a, packed, d, k, out) };
         }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { dots_avx2(a, b, d, k, out) };
+            return unsafe { dots_avx2(a, packed, d, k, out) };
         }
     }
-    dots_generic::<false>(a, b, d, k, out)
+    dots_generic::<false>(a, packed, d, k, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn dots_avx512(a: &[f32], b: &[f32], d: usize, k: usize, out: &mut [f32]) {
-    dots_generic::<true>(a, b, d, k, out)
+unsafe fn dots_avx512(a: &[f32], packed: &[f32], d: usize, k: usize, out: &mut [f32]) {
+    dots_generic::<true>(a, packed, d, k, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(a: &[f32], b: &[f32], d: usize, k: usize, out: &mut [f32]) {
-    dots_generic::<true>(a, b, d, k, out)
+unsafe fn dots_avx2(a: &[f32], packed: &[f32], d: usize, k: usize, out: &mut [f32]) {
+    dots_generic::<true>(a, packed, d, k, out)
 }
 
 /// `FMA`: use fused multiply-add (only where the target feature makes it an instruction;
 /// elsewhere `mul_add` would be a slow library call).
 #[inline(always)]
-fn dots_generic<const FMA: bool>(a: &[f32], b: &[f32], d: usize, k: usize, out: &mut [f32]) {
+fn dots_generic<const FMA: bool>(a: &[f32], packed: &[f32], d: usize, k: usize, out: &mut [f32]) {
     let m = a.len() / d;
-    let full = d / LANES * LANES;
+    let panels = k.div_ceil(NR);
     let mut i = 0;
     while i < m {
         let mr = MR.min(m - i);
-        let mut j = 0;
-        while j < k {
-            let nr = NR.min(k - j);
-            let ar: [&[f32]; MR] =
-                std::array::from_fn(|r| &a[(i + r.min(mr - 1)) * d..(i + r.min(mr - 1) + 1) * d]);
-            let br: [&[f32]; NR] =
-                std::array::from_fn(|c| &b[(j + c.min(nr - 1)) * d..(j + c.min(nr - 1) + 1) * d]);
-            let mut acc = [[[0.0f32; LANES]; NR]; MR];
-            let mut t = 0;
-            while t < full {
+        // Short tiles repeat their last row; the copies are computed and dropped.
+        let rows: [&[f32]; MR] =
+            std::array::from_fn(|r| &a[(i + r.min(mr - 1)) * d..(i + r.min(mr - 1) + 1) * d]);
+        for p in 0..panels {
+            let panel = &packed[p * NR * d..(p + 1) * NR * d];
+            let mut acc = [[0.0f32; NR]; MR];
+            for (t, pv) in panel.chunks_exact(NR).enumerate() {
                 for r in 0..MR {
-                    let av = &ar[r][t..t + LANES];
-                    for c in 0..NR {
-                        let bv = &br[c][t..t + LANES];
-                        for l in 0..LANES {
-                            acc[r][c][l] = if FMA {
-                                av[l].mul_add(bv[l], acc[r][c][l])
-                            } else {
-                                acc[r][c][l] + av[l] * bv[l]
-                            };
-                        }
+                    let av = rows[r][t];
+                    for l in 0..NR {
+                        acc[r][l] = if FMA {
+                            av.mul_add(pv[l], acc[r][l])
+                        } else {
+                            acc[r][l] + av * pv[l]
+                        };
                     }
                 }
-                t += LANES;
             }
+            let j0 = p * NR;
+            let nr = NR.min(k - j0);
             for r in 0..mr {
-                for c in 0..nr {
-                    let mut s: f32 = acc[r][c].iter().sum();
-                    for u in full..d {
-                        s += ar[r][u] * br[c][u];
-                    }
-                    out[(i + r) * k + j + c] = s;
-                }
+                out[(i + r) * k + j0..(i + r) * k + j0 + nr].copy_from_slice(&acc[r][..nr]);
             }
-            j += NR;
         }
         i += MR;
     }

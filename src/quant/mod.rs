@@ -14,6 +14,7 @@ pub mod linalg;
 pub mod model;
 pub mod model_io;
 pub mod nsvq;
+pub mod pca;
 pub mod pvq;
 pub mod rvq;
 pub mod vq;

@@ -50,6 +50,7 @@ impl PvqConfig {
             restarts: 1,
             tol: 0.0,
             max_points_per_centroid: self.max_points_per_centroid,
+            progressive_dim_steps: 0,
         }
     }
 }

@@ -51,6 +51,15 @@ pub struct RvqConfig {
     pub shared_rounds: usize,
     /// k-means subsampling (see [`KMeansConfig::max_points_per_centroid`]).
     pub max_points_per_centroid: usize,
+    /// Refinement rounds after stage-wise training: each stage's codebook in turn gets
+    /// Lloyd iterations on `x - sum_{t != s} C_t[a_t]`, the other stages' codes fixed, then
+    /// every vector is re-encoded. 0 is plain RQ-K-means.
+    #[serde(default)]
+    pub refine_rounds: usize,
+    /// Progressive-dimension k-means per stage (see
+    /// [`KMeansConfig::progressive_dim_steps`]; FAISS's residual quantizer uses 10).
+    #[serde(default)]
+    pub progressive_dim_steps: usize,
 }
 
 impl RvqConfig {
@@ -65,6 +74,8 @@ impl RvqConfig {
             shared: false,
             shared_rounds: 5,
             max_points_per_centroid: 256,
+            refine_rounds: 0,
+            progressive_dim_steps: 10,
         }
     }
 
@@ -90,6 +101,7 @@ impl RvqConfig {
             restarts: 1,
             tol: 0.0,
             max_points_per_centroid: self.max_points_per_centroid,
+            progressive_dim_steps: self.progressive_dim_steps,
         }
     }
 }
@@ -180,7 +192,45 @@ impl Rvq {
             }
             on_stage(s);
         }
+        for round in 0..cfg.refine_rounds {
+            model.refine_round(b, x, cfg, round)?;
+        }
         Ok(model)
+    }
+
+    /// One round of stage-wise refinement (see [`RvqConfig::refine_rounds`]). Lloyd runs on
+    /// the backend; the partial residuals are formed on the host.
+    fn refine_round<B: Backend>(
+        &mut self,
+        b: &B,
+        x: &[f32],
+        cfg: &RvqConfig,
+        round: usize,
+    ) -> Result<()> {
+        let (d, k, st) = (self.d, self.k, self.stages);
+        let n = x.len() / d;
+        let mut codes = self.encode(b, x, cfg.beam)?;
+        // r = x - x^, the residual after every stage.
+        let mut r = x.to_vec();
+        for s in 0..st {
+            let col: Vec<u32> = (0..n).map(|i| codes[i * st + s]).collect();
+            subtract_codewords(&mut r, self.codebook(s), &col, d);
+        }
+        for s in 0..st {
+            let col: Vec<u32> = (0..n).map(|i| codes[i * st + s]).collect();
+            add_codewords(&mut r, self.codebook(s), &col, d);
+            let mut kc = cfg.kmeans(s);
+            kc.seed = sub_seed(cfg.seed, (1000 + round * st + s) as u64);
+            let old = self.codebook(s).to_vec();
+            let (km, _) = KMeans::refine(b, &r, d, &old, &kc, &mut |_| {})?;
+            let a = km.assign(b, &r)?;
+            subtract_codewords(&mut r, &km.centroids, &a.indices, d);
+            self.codebooks[s * k * d..(s + 1) * k * d].copy_from_slice(&km.centroids);
+            for (i, &c) in a.indices.iter().enumerate() {
+                codes[i * st + s] = c;
+            }
+        }
+        Ok(())
     }
 
     /// Codes (n, stages): greedy on the backend when `beam` is 1, beam search otherwise.
@@ -417,6 +467,15 @@ pub(crate) fn subtract_codewords(r: &mut [f32], c: &[f32], idx: &[u32], d: usize
                 }
             }
         });
+}
+
+/// `r_i += c[idx_i]` on the host.
+fn add_codewords(r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
+    for (ri, &j) in r.chunks_exact_mut(d).zip(idx) {
+        for (a, &b) in ri.iter_mut().zip(&c[j as usize * d..(j as usize + 1) * d]) {
+            *a += b;
+        }
+    }
 }
 
 /// `(exp(entropy), fraction used)` of a code histogram over `k` codes.
