@@ -247,3 +247,44 @@ fn models_round_trip_and_reject_corrupt_files() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn minibatch_streams_a_file_and_matches_full_kmeans() {
+    use vqkit::quant::minibatch::{MiniBatchConfig, RowStream, fit_stream};
+    let b = cpu();
+    let d = 6;
+    let centres = separated_centres(5, d, 13);
+    let x = blobs(&centres, d, 400, 0.2, 14);
+    let dir = std::env::temp_dir().join(format!("vqkit-mb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let npy = dir.join("x.npy");
+    vqkit::io::npy::write_f32(&npy, &[2000, d], &x).unwrap();
+    let fv = dir.join("x.fvecs");
+    std::fs::write(&fv, vqkit::io::fvecs::to_bytes(&x, d)).unwrap();
+    let (_, full) = KMeans::fit(&b, &x, d, &KMeansConfig::new(5)).unwrap();
+    for path in [&npy, &fv] {
+        let mut s = RowStream::open(path).unwrap();
+        assert_eq!((s.rows, s.d), (2000, d));
+        let mut cfg = MiniBatchConfig::new(5);
+        cfg.batch = 128;
+        cfg.init_rows = 200;
+        cfg.epochs = 3;
+        let mut batches = 0;
+        let (m, rep) = fit_stream(&b, &mut s, &cfg, &mut |_, _, _| batches += 1).unwrap();
+        assert_eq!(batches, 3 * 2000usize.div_ceil(128));
+        assert!(rep.mse < full.mse * 1.05, "{} vs {}", rep.mse, full.mse);
+        for t in centres.chunks_exact(d) {
+            assert!(nearest(t, &m.centroids, d) < 0.05);
+        }
+    }
+    // k > n, and a truncated file.
+    let mut s = RowStream::open(&npy).unwrap();
+    assert!(matches!(
+        fit_stream(&b, &mut s, &MiniBatchConfig::new(3000), &mut |_, _, _| {}),
+        Err(Error::KLargerThanN { .. })
+    ));
+    let bytes = std::fs::read(&npy).unwrap();
+    std::fs::write(&npy, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(RowStream::open(&npy), Err(Error::Format { .. })));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -7,6 +7,7 @@ use vqkit::backend::{Backend, WithBackend, dispatch};
 use vqkit::io::{self, Matrix};
 use vqkit::quant::kmeans::{Init, KMeans, KMeansConfig};
 use vqkit::quant::mean_sq_norm;
+use vqkit::quant::minibatch::{MiniBatchConfig, RowStream, StreamReport, fit_stream};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,6 +36,15 @@ pub struct Args {
     /// Progressive-dimension steps (0: off; see the library docs).
     #[arg(long, default_value_t = 0)]
     progressive_dim_steps: usize,
+    /// Mini-batch k-means streaming the file in batches (never loaded whole).
+    #[arg(long)]
+    stream: bool,
+    /// Rows per mini-batch (with --stream).
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    /// Passes over the file (with --stream).
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
     /// Output model (safetensors).
     #[arg(short, long)]
     output: PathBuf,
@@ -89,7 +99,85 @@ impl WithBackend for Job<'_> {
     }
 }
 
+struct StreamJob<'a> {
+    args: &'a Args,
+    progress: &'a Progress,
+}
+
+impl WithBackend for StreamJob<'_> {
+    type Output = (KMeans, StreamReport, f64, String, usize, usize);
+    fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
+        let a = self.args;
+        let mut stream = RowStream::open(&a.input)?;
+        let cfg = MiniBatchConfig {
+            k: a.k,
+            batch: a.batch_size,
+            epochs: a.epochs,
+            init: a.init,
+            seed: a.seed,
+            init_rows: (16 * a.k).max(a.batch_size),
+        };
+        self.progress
+            .set_len((a.epochs * stream.rows.div_ceil(a.batch_size.max(1))) as u64);
+        let t = Instant::now();
+        let (model, rep) = fit_stream(b, &mut stream, &cfg, &mut |e, i, m| {
+            if i == 0 {
+                self.progress
+                    .line(&format!("epoch {e} first batch inertia {m:.6}"));
+            }
+            self.progress.inc();
+        })?;
+        Ok((
+            model,
+            rep,
+            t.elapsed().as_secs_f64(),
+            b.name(),
+            stream.rows,
+            stream.d,
+        ))
+    }
+}
+
+fn run_stream(args: Args) -> vqkit::Result<()> {
+    let progress = Progress::new(0, "mini-batch k-means");
+    let (model, rep, seconds, backend, n, d) = dispatch(
+        args.common.backend,
+        &args.common.options(),
+        StreamJob {
+            args: &args,
+            progress: &progress,
+        },
+    )?;
+    progress.finish();
+    for (e, m) in rep.epoch_mse.iter().enumerate() {
+        println!("epoch {e}  mean batch inertia {m:.6}");
+    }
+    let mut f = model.to_file(None);
+    f.set("trained_with", "minibatch");
+    f.write(&args.output)?;
+    if args.common.json {
+        let v = serde_json::json!({
+            "command": "kmeans", "mode": "stream", "backend": backend, "n": n, "d": d,
+            "k": args.k, "batch_size": args.batch_size, "epochs": args.epochs,
+            "mse": rep.mse, "reassigned": rep.reassigned, "seconds": seconds,
+            "output": args.output,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "mini-batch k-means: n = {n}, d = {d}, k = {} on {backend} in {seconds:.3} s",
+            args.k
+        );
+        println!("mse {:.6}", rep.mse);
+        println!("model written to {}", args.output.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> vqkit::Result<()> {
+    if args.stream {
+        return run_stream(args);
+    }
     let x = io::read_points(&args.input)?;
     let cfg = KMeansConfig {
         k: args.k,

@@ -113,6 +113,10 @@ impl Progress {
         self.bar.suspend(|| println!("{s}"));
     }
 
+    pub fn set_len(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
     pub fn inc(&self) {
         self.bar.inc(1);
     }

@@ -11,6 +11,7 @@ pub mod avq;
 pub mod complexity;
 pub mod kmeans;
 pub mod linalg;
+pub mod minibatch;
 pub mod model;
 pub mod model_io;
 pub mod nsvq;
