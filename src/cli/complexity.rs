@@ -43,10 +43,13 @@ pub fn run(a: Args) -> vqkit::Result<()> {
         ("multiplications", c.multiplications),
         ("moves", c.moves),
         ("branches", c.branches),
-        ("weighted ops (WMOPS)", c.weighted),
+        ("weighted ops", c.weighted),
     ] {
         println!("{name:<22}{v:>16.0}");
     }
+    println!(
+        "weights: 1 per addition, multiplication, move (2 in double), 4 per branch (ITU-T WMOPS)"
+    );
     println!("(all S stages counted; the published calculator counts S - 1 for RVQ and PVQ)");
     Ok(())
 }

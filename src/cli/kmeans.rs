@@ -36,6 +36,9 @@ pub struct Args {
     /// Progressive-dimension steps (0: off; see the library docs).
     #[arg(long, default_value_t = 0)]
     progressive_dim_steps: usize,
+    /// k-means++ seeds from at most k times this many points (0: all).
+    #[arg(long, default_value_t = 32)]
+    seed_points_per_centroid: usize,
     /// Mini-batch k-means streaming the file in batches (never loaded whole).
     #[arg(long)]
     stream: bool,
@@ -188,6 +191,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
         tol: args.tol,
         max_points_per_centroid: args.max_points_per_centroid,
         progressive_dim_steps: args.progressive_dim_steps,
+        seed_points_per_centroid: args.seed_points_per_centroid,
     };
     let progress = Progress::new((args.iters * args.restarts) as u64, "k-means");
     let out = dispatch(

@@ -76,6 +76,12 @@ pub struct KMeansConfig {
     /// spectrum (images, residuals) lands in better minima this way. 0: off.
     #[serde(default)]
     pub progressive_dim_steps: usize,
+    /// k-means++ draws its centres from a random subset of at most
+    /// `k * seed_points_per_centroid` training points (0: from all of them). D^2 sampling is
+    /// `k` sequential passes over its points, memory-bound on every backend; on a
+    /// representative subset it picks centres of the same quality at a fraction of the cost.
+    #[serde(default)]
+    pub seed_points_per_centroid: usize,
 }
 
 impl KMeansConfig {
@@ -91,6 +97,7 @@ impl KMeansConfig {
             tol: 0.0,
             max_points_per_centroid: 256,
             progressive_dim_steps: 0,
+            seed_points_per_centroid: 32,
         }
     }
 
@@ -202,7 +209,7 @@ impl KMeans {
                 Some(p) => progressive_init(b, train, p, cfg, restart, &mut rng, on_iter)?,
                 None => match cfg.init {
                     Init::Random => random_init(train, d, k, &mut rng),
-                    Init::KMeansPlusPlus => kmeans_pp(b, km.points(), train, d, k, &mut rng)?,
+                    Init::KMeansPlusPlus => plus_plus(b, km.points(), train, d, cfg, &mut rng)?,
                 },
             };
             km.set_centroids(&init)?;
@@ -314,7 +321,7 @@ fn progressive_init<B: Backend>(
             let mut km0 = DeviceKMeans::new(b, &xs, &xs[..k * di], di)?;
             let c = match cfg.init {
                 Init::Random => random_init(&xs, di, k, rng),
-                Init::KMeansPlusPlus => kmeans_pp(b, km0.points(), &xs, di, k, rng)?,
+                Init::KMeansPlusPlus => plus_plus(b, km0.points(), &xs, di, cfg, rng)?,
             };
             km0.set_centroids(&c)?;
             c
@@ -480,6 +487,25 @@ pub(crate) fn kmeans_pp<B: Backend>(
         };
     }
     Ok(centroids)
+}
+
+/// k-means++ on the points, or on a random subset of them (see
+/// [`KMeansConfig::seed_points_per_centroid`]).
+fn plus_plus<B: Backend>(
+    b: &B,
+    xb: &B::Buf<f32>,
+    x: &[f32],
+    d: usize,
+    cfg: &KMeansConfig,
+    rng: &mut Rng,
+) -> Result<Vec<f32>> {
+    let (n, k, per) = (x.len() / d, cfg.k, cfg.seed_points_per_centroid);
+    if per > 0 && n > k.saturating_mul(per) {
+        let s = subsample(x, d, k * per, rng);
+        let sb = b.upload(&s)?;
+        return kmeans_pp(b, &sb, &s, d, k, rng);
+    }
+    kmeans_pp(b, xb, x, d, k, rng)
 }
 
 /// Relative perturbation of a split centroid (FAISS uses the same 1/1024).

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The centre update is the running mean over every point a centre has been given, the
-//! batched form of Sculley's per-point rate `1 / v_j`. The start is k-means++ and a few
-//! Lloyd steps on the first rows of the file. After each epoch a centre that has received
+//! batched form of Sculley's per-point rate `1 / v_j`. The start is the best of three k-means++
+//! starts with a few Lloyd steps on the first rows of the file. After each epoch a centre that has received
 //! no point is moved onto a random row of the last batch (seeded). Rows are visited in file
 //! order: a stream cannot be shuffled, so a file sorted by cluster should be shuffled once
 //! beforehand. The reported error is a last streaming pass with the final centres.
@@ -290,6 +290,9 @@ pub fn fit_stream<B: Backend>(
     check_finite("points", &xb)?;
     let mut kc = KMeansConfig::new(k);
     kc.iters = 5;
+    // Three cheap restarts on the first rows: a missed cluster here is hard to recover
+    // from with per-centre rates that shrink as 1 / v_j.
+    kc.restarts = 3;
     kc.init = cfg.init;
     kc.seed = cfg.seed;
     let (km, _) = KMeans::fit(b, &xb, d, &kc)?;
