@@ -89,8 +89,13 @@ impl WithBackend for Job<'_> {
             self.progress.inc();
         })?;
         let seconds = t.elapsed().as_secs_f64();
-        // The reported figure is over every point, also when training used a subsample.
-        let mse = model.assign(b, &self.x.data)?.mse();
+        // The reported figure is over every point, also when training used a subsample
+        // (without one, the fit's own final figure is that already).
+        let mse = if rep.n_train == self.x.rows {
+            rep.mse
+        } else {
+            model.assign(b, &self.x.data)?.mse()
+        };
         Ok(Out {
             model,
             train_mse: rep.mse,
