@@ -120,7 +120,14 @@ impl RowStream {
                     return Err(bad(format!("expected a 2-D array, got shape {dims:?}")));
                 };
                 let start = hstart + hlen as u64;
-                let need = start + (n as u64) * layout.row_bytes(d) as u64;
+                let need = d
+                    .checked_mul(8)
+                    .and_then(|_| (n as u64).checked_mul(layout.row_bytes(d) as u64))
+                    .and_then(|b| b.checked_add(start))
+                    .ok_or_else(|| bad(format!("the shape ({n}, {d}) overflows")))?;
+                if d == 0 {
+                    return Err(bad("rows of dimension 0".into()));
+                }
                 if len < need {
                     return Err(bad(format!(
                         "truncated: the header promises {need} bytes, the file has {len}"

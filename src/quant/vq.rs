@@ -515,8 +515,10 @@ impl VectorQuantizer {
         if f.get::<usize>("k")? != k || f.get::<usize>("d")? != d {
             return Err(f.err("metadata k, d disagree with `vqkit.config`"));
         }
+        // Check the tensors against k and d before allocating anything of that size.
+        let codebook = f.tensor("codebook", &[k, d])?.to_vec();
         let mut q = VectorQuantizer::new(cfg)?;
-        q.codebook = f.tensor("codebook", &[k, d])?.to_vec();
+        q.codebook = codebook;
         q.cluster_size = f.tensor("cluster_size", &[k])?.to_vec();
         q.embed_sum = f.tensor("embed_sum", &[k, d])?.to_vec();
         q.initialised = f.get("initialised")?;
