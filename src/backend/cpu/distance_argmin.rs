@@ -20,6 +20,8 @@
 //! Rows are independent, so the result does not depend on the thread count.
 //!
 //! Variants, all checked against [`crate::reference`]:
+//! - v0 `narrow`, for k <= 4 (k-means++ seeding asks for one codeword at a time): rows
+//!   streamed against each codeword, 16-lane dot products; a panel would be mostly padding.
 //! - v1 `portable`: the same tiling in plain Rust (MR = 4, NR = 16); the compiler vectorizes
 //!   it for whatever the target offers. The fallback on CPUs with neither AVX2 nor AVX-512.
 //! - v2 `avx2`: AVX2 + FMA intrinsics, MR = 6, NR = 16: 12 ymm accumulators + 2 codeword
@@ -115,6 +117,23 @@ pub(crate) fn distance_argmin(
     if n == 0 {
         return;
     }
+    if k <= NARROW_K {
+        let task = |(t, (idx, dist)): (usize, (&mut [u32], &mut [f32]))| {
+            let xs = &x[t * TASK_ROWS * d..][..idx.len() * d];
+            rows_narrow(xs, codebook, norms, d, idx, dist);
+        };
+        let chunks = idx.chunks_mut(TASK_ROWS).zip(dist.chunks_mut(TASK_ROWS));
+        if parallel {
+            chunks
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .enumerate()
+                .for_each(task);
+        } else {
+            chunks.enumerate().for_each(task);
+        }
+        return;
+    }
     let (kernel, mr, nr) = kernel_for(isa);
     let packed = Packed::new(codebook, norms, k, d, nr);
     let task = |(t, (idx, dist)): (usize, (&mut [u32], &mut [f32]))| {
@@ -132,6 +151,48 @@ pub(crate) fn distance_argmin(
     } else {
         chunks.enumerate().for_each(task);
     }
+}
+
+/// Up to this many codewords, a panel of NR would be mostly padding (k-means++ seeding
+/// asks for one codeword at a time): rows are streamed against each codeword instead.
+const NARROW_K: usize = 4;
+
+/// v0 `narrow`, for k <= NARROW_K: per row, a 16-lane dot product with each codeword; the
+/// same score, tie rule and clamp as the tiled kernels. Memory-bound, as it should be.
+fn rows_narrow(
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    d: usize,
+    idx: &mut [u32],
+    dist: &mut [f32],
+) {
+    for ((row, i), out) in x.chunks_exact(d).zip(idx.iter_mut()).zip(dist.iter_mut()) {
+        let mut best = (f32::INFINITY, 0u32);
+        for (j, (c, &nj)) in codebook.chunks_exact(d).zip(norms).enumerate() {
+            let s = nj - 2.0 * dot(row, c);
+            if s < best.0 {
+                best = (s, j as u32);
+            }
+        }
+        (*i, *out) = (best.1, (best.0 + sq_norm(row)).max(0.0));
+    }
+}
+
+/// `a.b` in f32 with 16 independent partial sums (vectorizes; order fixed by d alone).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (p, q) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += p[l] * q[l];
+        }
+    }
+    for (l, (&p, &q)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += p * q;
+    }
+    acc.iter().sum()
 }
 
 /// One task's rows, MR at a time: each block is packed t-major (`xt[t * MR + r]`, zero rows
