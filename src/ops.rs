@@ -6,17 +6,29 @@
 
 use crate::backend::{Backend, EmaParams, Shape, check_len};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 /// Errors on NaN or infinity; `what` names the input in the message.
 pub fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        None => Ok(()),
-        Some(index) => Err(Error::NonFinite {
-            what,
-            index,
-            value: v[index],
-        }),
-    }
+    // A branch-free fold per chunk vectorizes (an early-exit search does not); chunks run
+    // in parallel, and only a failing chunk is searched for the first bad index.
+    const CHUNK: usize = 1 << 14;
+    let finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
+    let bad_chunk = if v.len() >= 16 * CHUNK {
+        v.par_chunks(CHUNK).position_first(|c| !finite(c))
+    } else {
+        v.chunks(CHUNK).position(|c| !finite(c))
+    };
+    let Some(chunk) = bad_chunk else {
+        return Ok(());
+    };
+    let start = chunk * CHUNK;
+    let index = start + v[start..].iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(Error::NonFinite {
+        what,
+        index,
+        value: v[index],
+    })
 }
 
 /// The number of rows of width `d` in `v`, or an error if `d = 0` or `v` is ragged.
@@ -73,17 +85,8 @@ pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Resul
     shape.validate()?;
     check_finite("points", x)?;
     check_finite("codebook", codebook)?;
-    let xb = b.upload(x)?;
-    let cb = b.upload(codebook)?;
-    let mut norms = b.zeros::<f32>(k)?;
-    b.codeword_norms(&cb, k, d, &mut norms)?;
-    let mut idx = b.zeros::<u32>(n)?;
-    let mut dist = b.zeros::<f32>(n)?;
-    b.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
-    let out = Assignment {
-        indices: b.download(&idx)?,
-        distances: b.download(&dist)?,
-    };
+    let (indices, distances) = b.assign_host(x, codebook, shape)?;
+    let out = Assignment { indices, distances };
     check_overflow(&out.distances)?;
     Ok(out)
 }

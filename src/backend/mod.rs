@@ -152,6 +152,26 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
+    /// Norms and distance-argmin on host slices, returning `(idx, dist)`. The default
+    /// uploads, runs [`Backend::codeword_norms`] and [`Backend::distance_argmin`] and
+    /// downloads; a backend whose memory is the host's (the CPU) runs in place instead.
+    fn assign_host(
+        &self,
+        x: &[f32],
+        codebook: &[f32],
+        shape: Shape,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let Shape { n, k, d } = shape;
+        let xb = self.upload(x)?;
+        let cb = self.upload(codebook)?;
+        let mut norms = self.zeros::<f32>(k)?;
+        self.codeword_norms(&cb, k, d, &mut norms)?;
+        let mut idx = self.zeros::<u32>(n)?;
+        let mut dist = self.zeros::<f32>(n)?;
+        self.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
+        Ok((self.download(&idx)?, self.download(&dist)?))
+    }
+
     /// `norms[j] = |c_j|^2` for a codebook of `k` rows of `d`.
     fn codeword_norms(
         &self,

@@ -50,6 +50,21 @@ pub fn check_argmin<B: Backend>(
         c[(k - 1) * d..].copy_from_slice(&first);
     }
     let (idx, dist) = run_argmin(b, &x, &c, Shape::new(n, k, d)).map_err(|e| e.to_string())?;
+    // The host-slice path (in place on the CPU) must give exactly the device path's bits.
+    let (hidx, hdist) = b
+        .assign_host(&x, &c, Shape::new(n, k, d))
+        .map_err(|e| e.to_string())?;
+    if hidx != idx
+        || hdist
+            .iter()
+            .zip(&dist)
+            .any(|(p, q)| p.to_bits() != q.to_bits())
+    {
+        return Err(format!(
+            "{}: {n}x{k}x{d}: assign_host differs from the device path",
+            b.name()
+        ));
+    }
     let cn = reference::codeword_norms(&c, d);
     let cmax = cn.iter().cloned().fold(0.0, f64::max);
     let (_, best) = reference::distance_argmin(&x, &c, d);

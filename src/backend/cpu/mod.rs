@@ -146,6 +146,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn assign_host(
+        &self,
+        x: &[f32],
+        codebook: &[f32],
+        shape: Shape,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        // Host memory is this backend's memory: no copies of x.
+        shape.validate()?;
+        let Shape { n, k, d } = shape;
+        check_len("x", x.len(), n * d)?;
+        check_len("codebook", codebook.len(), k * d)?;
+        let norms: Vec<f32> = codebook.chunks_exact(d).map(sq_norm).collect();
+        let mut idx = vec![0u32; n];
+        let mut dist = vec![0.0f32; n];
+        self.run(n * k * d, |par| {
+            distance_argmin::distance_argmin(
+                self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
+            )
+        });
+        Ok((idx, dist))
+    }
+
     fn codeword_norms(
         &self,
         codebook: &Vec<f32>,
