@@ -43,6 +43,9 @@ pub enum Error {
     /// A code index outside 0..k.
     #[error("code {code} at row {row} is out of range for a codebook of k = {k}")]
     CodeOutOfRange { row: usize, code: u32, k: usize },
+    /// Data whose vector dimension differs from the model's.
+    #[error("the model expects vectors of d = {expected}, the data has d = {got}")]
+    WrongDimension { expected: usize, got: usize },
     /// A parameter outside its valid range.
     #[error("invalid parameter {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },

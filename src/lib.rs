@@ -19,6 +19,7 @@ pub mod error;
 pub mod io;
 pub mod nn;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod rng;
 

@@ -149,6 +149,12 @@ impl<'a, B: Backend> DeviceKMeans<'a, B> {
         self.shape
     }
 
+    /// The points on the device, for algorithms that run other kernels on them (k-means++
+    /// seeding measures distances to each new centre with `distance_argmin`).
+    pub fn points(&self) -> &B::Buf<f32> {
+        &self.x
+    }
+
     /// Assigns every point to its nearest centroid (without updating the centroids).
     pub fn assign(&mut self) -> Result<()> {
         let b = self.backend;

@@ -1,8 +1,13 @@
 //! Command-line parsing and one module per command.
 
 mod assign;
+mod avq;
 mod bench;
+mod complexity;
+mod encode;
 mod info;
+mod kmeans;
+mod rvq;
 
 use clap::{Parser, Subcommand};
 use vqkit::backend::{BackendKind, BackendOptions};
@@ -27,6 +32,24 @@ enum Command {
     Bench(bench::Args),
     /// Nearest codeword for each point of a file; prints the mean squared distance.
     Assign(assign::Args),
+    /// Fit k-means; prints the inertia per iteration and saves the centroids (safetensors).
+    Kmeans(kmeans::Args),
+    /// Fit a residual quantizer (RQ-K-means): S stages of k codewords, greedy or beam search.
+    #[command(name = "rq-kmeans")]
+    RqKmeans(rvq::RqArgs),
+    /// Fit a product quantizer: M sub-vectors, one k-means codebook each.
+    Pvq(rvq::PvqArgs),
+    /// Fit an additive quantizer: M full-dimensional codebooks, beam-search encoding,
+    /// least-squares codebook refinement.
+    Avq(avq::AvqArgs),
+    /// Train RVQ, PVQ or AVQ codebooks with noise substitution (NSVQ) and SGD or Adam.
+    Nsvq(avq::NsvqArgs),
+    /// Bits per vector and operations per encoded vector for VQ, RVQ, PVQ, AVQ.
+    Complexity(complexity::Args),
+    /// Codes of a file of points under any trained model.
+    Encode(encode::EncodeArgs),
+    /// Reconstructions from codes under any trained model.
+    Decode(encode::DecodeArgs),
 }
 
 /// Options shared by every command that computes.
@@ -56,5 +79,45 @@ pub fn main() -> vqkit::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Assign(a) => assign::run(a),
+        Command::Kmeans(a) => kmeans::run(a),
+        Command::RqKmeans(a) => rvq::rq_kmeans(a),
+        Command::Pvq(a) => rvq::pvq(a),
+        Command::Avq(a) => avq::avq(a),
+        Command::Nsvq(a) => avq::nsvq(a),
+        Command::Complexity(a) => complexity::run(a),
+        Command::Encode(a) => encode::encode(a),
+        Command::Decode(a) => encode::decode(a),
+    }
+}
+
+/// A progress bar on a terminal's stderr, and per-step lines on stdout. When stderr is not a
+/// terminal indicatif draws nothing, so piped output holds only the lines.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(len: u64, what: &str) -> Self {
+        let bar = indicatif::ProgressBar::new(len);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Progress { bar }
+    }
+
+    /// Prints a line to stdout without tearing the bar.
+    pub fn line(&self, s: &str) {
+        self.bar.suspend(|| println!("{s}"));
+    }
+
+    pub fn inc(&self) {
+        self.bar.inc(1);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }

@@ -1,0 +1,254 @@
+//! Every training command, `encode` and `decode`, end to end on small files, and the errors
+//! users get for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vqkit::io::npy;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vqkit");
+
+fn dir(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("vqkit-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(BIN).args(args).output().expect("run vqkit");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("JSON last line")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write_points(path: &Path, n: usize, d: usize) -> Vec<f32> {
+    let x = vqkit::rng::clustered(n, d, 10, 0.3, 1);
+    npy::write_f32(path, &[n, d], &x).unwrap();
+    x
+}
+
+#[test]
+fn every_training_command_then_encode_and_decode() {
+    let t = dir("train");
+    let x = t.join("x.npy");
+    write_points(&x, 400, 8);
+    let cases: Vec<(&str, Vec<&str>, usize)> = vec![
+        ("kmeans", vec!["kmeans", "-k", "6", "--iters", "5"], 1),
+        (
+            "rq",
+            vec!["rq-kmeans", "--stages", "3", "-k", "8", "--beam", "2"],
+            3,
+        ),
+        (
+            "rq-shared",
+            vec!["rq-kmeans", "--stages", "2", "-k", "8", "--shared"],
+            2,
+        ),
+        ("pvq", vec!["pvq", "-m", "4", "-k", "8"], 4),
+        ("avq", vec!["avq", "-m", "2", "-k", "8", "--beam", "3"], 2),
+        (
+            "nsvq-rvq",
+            vec![
+                "nsvq", "--method", "rvq", "--stages", "2", "-k", "8", "--epochs", "2",
+            ],
+            2,
+        ),
+        (
+            "nsvq-pvq",
+            vec![
+                "nsvq", "--method", "pvq", "--stages", "2", "-k", "8", "--epochs", "2",
+            ],
+            2,
+        ),
+        (
+            "nsvq-avq",
+            vec![
+                "nsvq",
+                "--method",
+                "avq",
+                "--stages",
+                "2",
+                "-k",
+                "8",
+                "--epochs",
+                "1",
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.01",
+            ],
+            2,
+        ),
+    ];
+    for (name, args, width) in cases {
+        let model = t.join(format!("{name}.safetensors"));
+        let mut a = args.clone();
+        a.extend(["-i", s(&x), "-o", s(&model), "--json", "--seed", "3"]);
+        let (ok, out, err) = run(&a);
+        assert!(ok, "{name}: {err}");
+        let v = last_json(&out);
+        assert!(v["mse"].as_f64().unwrap() >= 0.0, "{name}: {v}");
+        assert!(v["seconds"].as_f64().is_some(), "{name}: {v}");
+        if name != "kmeans" {
+            let rel = v["relative_error"].as_f64().unwrap();
+            assert!(rel > 0.0 && rel < 1.0, "{name}: {v}");
+        }
+        let codes = t.join(format!("{name}-codes.npy"));
+        let (ok, out, err) = run(&[
+            "encode",
+            "-m",
+            s(&model),
+            "-i",
+            s(&x),
+            "-o",
+            s(&codes),
+            "--json",
+        ]);
+        assert!(ok, "{name} encode: {err}");
+        let enc = last_json(&out);
+        let (shape, c) = npy::read_codes(&codes).unwrap();
+        assert_eq!(shape, vec![400, width], "{name}");
+        assert_eq!(c.len(), 400 * width);
+        let back = t.join(format!("{name}-x.npy"));
+        let (ok, _, err) = run(&["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&back)]);
+        assert!(ok, "{name} decode: {err}");
+        let y = npy::read_matrix(&back).unwrap();
+        assert_eq!((y.rows, y.cols), (400, 8));
+        let xm = npy::read_matrix(&x).unwrap();
+        let e = vqkit::quant::mse(&xm.data, &y.data, 8);
+        assert!(
+            (e - enc["mse"].as_f64().unwrap()).abs() < 1e-6 * (1.0 + e),
+            "{name}"
+        );
+    }
+    // Per-iteration inertia lines precede the JSON line.
+    let (ok, out, _) = run(&[
+        "kmeans",
+        "-k",
+        "4",
+        "--iters",
+        "3",
+        "-i",
+        s(&x),
+        "-o",
+        s(&t.join("k.safetensors")),
+    ]);
+    assert!(ok);
+    assert_eq!(out.lines().filter(|l| l.contains("inertia")).count(), 3);
+    std::fs::remove_dir_all(&t).ok();
+}
+
+#[test]
+fn complexity_prints_the_table() {
+    let (ok, out, err) = run(&[
+        "complexity",
+        "--method",
+        "rvq",
+        "--d",
+        "128",
+        "--stages",
+        "4",
+        "--bits",
+        "8",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("multiplications") && out.contains("32"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&[
+        "complexity",
+        "--method",
+        "avq",
+        "--d",
+        "16",
+        "--stages",
+        "3",
+        "--bits",
+        "4",
+        "--beam",
+        "2",
+        "--json",
+    ]);
+    assert!(ok);
+    assert_eq!(last_json(&out)["bits_per_vector"].as_f64(), Some(12.0));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let t = dir("bad");
+    let x = t.join("x.npy");
+    write_points(&x, 20, 4);
+    let model = t.join("m.safetensors");
+    let (ok, _, err) = run(&["kmeans", "-k", "30", "-i", s(&x), "-o", s(&model)]);
+    assert!(
+        !ok && err.contains("larger than the number of points"),
+        "{err}"
+    );
+    // NaN in the data.
+    let nan = t.join("nan.npy");
+    let mut v = vec![0.5f32; 40];
+    v[9] = f32::NAN;
+    npy::write_f32(&nan, &[10, 4], &v).unwrap();
+    let (ok, _, err) = run(&[
+        "rq-kmeans",
+        "--stages",
+        "2",
+        "-k",
+        "2",
+        "-i",
+        s(&nan),
+        "-o",
+        s(&model),
+    ]);
+    assert!(!ok && err.contains("non-finite"), "{err}");
+    // A model used on data of another dimension.
+    let (ok, _, err) = run(&["kmeans", "-k", "3", "-i", s(&x), "-o", s(&model)]);
+    assert!(ok, "{err}");
+    let x5 = t.join("x5.npy");
+    write_points(&x5, 20, 5);
+    let codes = t.join("c.npy");
+    let (ok, _, err) = run(&["encode", "-m", s(&model), "-i", s(&x5), "-o", s(&codes)]);
+    assert!(!ok && err.contains("expects vectors of d = 4"), "{err}");
+    // Codes out of range, and codes of the wrong width.
+    npy::write_u32(&codes, &[2], &[0, 7]).unwrap();
+    let (ok, _, err) = run(&[
+        "decode",
+        "-m",
+        s(&model),
+        "-i",
+        s(&codes),
+        "-o",
+        s(&t.join("y.npy")),
+    ]);
+    assert!(!ok && err.contains("out of range"), "{err}");
+    npy::write_u32(&codes, &[2, 2], &[0, 1, 1, 0]).unwrap();
+    let (ok, _, err) = run(&[
+        "decode",
+        "-m",
+        s(&model),
+        "-i",
+        s(&codes),
+        "-o",
+        s(&t.join("y.npy")),
+    ]);
+    assert!(!ok && err.contains("codes per vector"), "{err}");
+    // A truncated model file.
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, err) = run(&["encode", "-m", s(&model), "-i", s(&x), "-o", s(&codes)]);
+    assert!(!ok && err.contains("safetensors"), "{err}");
+    // PVQ with M not dividing d.
+    let (ok, _, err) = run(&["pvq", "-m", "3", "-k", "2", "-i", s(&x), "-o", s(&model)]);
+    assert!(!ok && err.contains("do not divide"), "{err}");
+    std::fs::remove_dir_all(&t).ok();
+}
