@@ -12,6 +12,7 @@ pub mod tensor;
 pub use tensor::{Param, Tensor};
 pub mod conv;
 pub mod layers;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod vqvae;

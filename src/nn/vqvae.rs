@@ -282,6 +282,14 @@ impl VqVae {
         })
     }
 
+    /// Copies the gradient-trained codebooks (which the optimiser updates) into the
+    /// quantizer layers that encode and decode with them.
+    fn sync_codebooks(&mut self) {
+        for (q, p) in self.quantizers.iter_mut().zip(&self.codebooks) {
+            q.codebook.copy_from_slice(&p.value);
+        }
+    }
+
     /// Levels S.
     pub fn levels(&self) -> usize {
         self.cfg.num_quantizers
@@ -320,6 +328,7 @@ impl VqVae {
         b: &B,
         x: &Tensor,
     ) -> Result<(Vec<Vec<u32>>, [usize; 4])> {
+        self.sync_codebooks();
         let z = self.encode(x)?;
         let mut r = nchw_to_rows(&z);
         let d = self.cfg.embedding_dim;
@@ -363,6 +372,7 @@ impl VqVae {
 
     /// x^ from the codes of every level (latent `shape` as [`Self::encode_to_indices`] gave).
     pub fn decode_from_indices(&mut self, codes: &[Vec<u32>], shape: [usize; 4]) -> Result<Tensor> {
+        self.sync_codebooks();
         let z = self.latent_from_indices(codes, codes.len(), shape)?;
         self.decoder.forward(&z)
     }
@@ -387,11 +397,7 @@ impl VqVae {
         let d = self.cfg.embedding_dim;
         let n = rows.len() / d;
         let gradient_codebooks = !self.codebooks.is_empty();
-        if gradient_codebooks {
-            for (q, p) in self.quantizers.iter_mut().zip(&self.codebooks) {
-                q.codebook.copy_from_slice(&p.value);
-            }
-        }
+        self.sync_codebooks();
         let mut residuals = Vec::with_capacity(self.levels());
         let mut outs = Vec::with_capacity(self.levels());
         let mut r = rows.clone();
@@ -530,6 +536,7 @@ impl VqVae {
     /// order), and per codebook `vq.{s}.codebook` (K, D), `vq.{s}.cluster_size`,
     /// `vq.{s}.embed_sum`.
     pub fn to_file(&mut self) -> Result<TensorFile> {
+        self.sync_codebooks();
         let mut f = TensorFile::new("vqvae");
         let cfg = serde_json::to_string(&self.cfg)
             .map_err(|e| Error::invalid("config", e.to_string()))?;
