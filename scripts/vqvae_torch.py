@@ -120,12 +120,12 @@ class Decoder(nn.Module):
 
 class EmaVQ(nn.Module):
     """The VQ layer of vqkit's `VectorQuantizer` in EMA mode (src/quant/vq.rs): k-means
-    initialisation on the first training batch, EMA codebook (decay 0.99, Laplace-smoothed
+    initialisation on the first training batch, EMA codebook (decay 0.8 as vqkit's default, Laplace-smoothed
     counts, eps 1e-5), commitment beta mean (z - sg(q))^2, straight-through estimator, and
     dead-code replacement: a code whose EMA cluster size falls below `threshold` becomes a
     random vector of the batch (size reset to `threshold`)."""
 
-    def __init__(self, k, d, beta=0.25, decay=0.99, eps=1e-5, threshold=1.0, kmeans_iters=10):
+    def __init__(self, k, d, beta=0.25, decay=0.8, eps=1e-5, threshold=1.0, kmeans_iters=10):
         super().__init__()
         self.k, self.d, self.beta, self.decay, self.eps = k, d, beta, decay, eps
         self.threshold, self.kmeans_iters = threshold, kmeans_iters
@@ -221,7 +221,8 @@ class Model(nn.Module):
         self.quantizer = None
         if args.codebook > 0:
             self.quantizer = ResidualEmaVQ(args.levels, args.codebook, args.embedding_dim,
-                                           beta=args.beta, threshold=args.dead_code_threshold)
+                                           beta=args.beta, decay=args.decay,
+                                           threshold=args.dead_code_threshold)
         self.decoder = Decoder(*cfg)
         self.perplexity = []
 
@@ -255,6 +256,7 @@ def main():
     ap.add_argument("--codebook", type=int, default=512, help="K per level; 0: no quantizer")
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--beta", type=float, default=0.25)
+    ap.add_argument("--decay", type=float, default=0.8)
     ap.add_argument("--dead-code-threshold", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

@@ -44,6 +44,10 @@ pub struct TrainArgs {
     levels: Option<usize>,
     #[arg(long, value_enum, default_value_t = QuantizerKind::Ema)]
     quantizer: QuantizerKind,
+    /// EMA decay of the codebooks (0.8 as vector-quantize-pytorch: at 0.99 the codebook
+    /// trails the moving encoder and most codes die in the first epoch).
+    #[arg(long, default_value_t = 0.8)]
+    decay: f32,
     /// One codebook for every RQ level.
     #[arg(long)]
     shared_codebook: bool,
@@ -372,6 +376,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 num_embeddings: args.codebook,
                 commitment_cost: args.beta,
                 quantizer: args.quantizer,
+                ema_decay: args.decay,
                 num_quantizers: levels,
                 shared_codebook: args.shared_codebook,
                 dead_code_threshold: args.dead_code_threshold,

@@ -70,6 +70,9 @@ pub struct VqVaeConfig {
     /// beta.
     pub commitment_cost: f32,
     pub quantizer: QuantizerKind,
+    /// EMA decay of the codebooks (EMA mode) and of the usage counts dead codes are
+    /// judged by.
+    pub ema_decay: f32,
     /// S, residual levels (1 for a VQ-VAE).
     pub num_quantizers: usize,
     /// One codebook for every level.
@@ -82,7 +85,7 @@ pub struct VqVaeConfig {
 
 impl VqVaeConfig {
     /// The VQ-VAE paper's settings scaled to 28 x 28 images: hidden (64, 128), two residual
-    /// layers of 32 channels, D = 64, beta = 0.25, EMA, dead-code threshold 1.
+    /// layers of 32 channels, D = 64, beta = 0.25, EMA with decay 0.8, dead-code threshold 1.
     pub fn new(in_channels: usize, num_embeddings: usize, num_quantizers: usize) -> Self {
         VqVaeConfig {
             in_channels,
@@ -93,6 +96,7 @@ impl VqVaeConfig {
             num_embeddings,
             commitment_cost: 0.25,
             quantizer: QuantizerKind::Ema,
+            ema_decay: 0.8,
             num_quantizers,
             shared_codebook: false,
             dead_code_threshold: 1.0,
@@ -137,7 +141,12 @@ impl VqVaeConfig {
             }
         };
         match self.quantizer {
-            QuantizerKind::Ema => {}
+            QuantizerKind::Ema => {
+                c.update = CodebookUpdate::Ema {
+                    decay: self.ema_decay,
+                    eps: 1e-5,
+                }
+            }
             QuantizerKind::Codebook => c.update = CodebookUpdate::Loss,
             QuantizerKind::Nsvq => {
                 c.update = CodebookUpdate::Loss;
