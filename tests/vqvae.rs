@@ -135,7 +135,11 @@ fn vqvae_and_rqvae_loss_falls_on_real_fashion_mnist() {
         return;
     };
     let b = CpuBackend::new(None).unwrap();
-    for (levels, q) in [(1, QuantizerKind::Ema), (2, QuantizerKind::Codebook)] {
+    for (levels, q) in [
+        (1, QuantizerKind::Ema),
+        (2, QuantizerKind::Codebook),
+        (2, QuantizerKind::Nsvq),
+    ] {
         let mut cfg = tiny(levels, q);
         cfg.num_embeddings = 32;
         let mut m = VqVae::new(cfg).unwrap();
