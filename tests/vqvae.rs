@@ -311,3 +311,44 @@ fn cli_trains_resumes_and_reconstructs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("train-images-idx3-ubyte"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ssim_psnr_and_png_are_sane() {
+    use vqkit::nn::metrics::{psnr, ssim};
+    let mut rng = Rng::new(9);
+    let a: Vec<f32> = (0..28 * 28).map(|_| rng.uniform() as f32).collect();
+    assert!((ssim(&a, &a, 28, 28) - 1.0).abs() < 1e-12);
+    let small: Vec<f32> = a.iter().map(|v| v + 0.02 * rng.normal() as f32).collect();
+    let large: Vec<f32> = a.iter().map(|v| v + 0.2 * rng.normal() as f32).collect();
+    let (s1, s2) = (ssim(&a, &small, 28, 28), ssim(&a, &large, 28, 28));
+    assert!(1.0 > s1 && s1 > s2 && s2 > 0.0, "{s1} {s2}");
+    // A constant offset: luminance term only, 2 mu1 mu2 + C1 over mu1^2 + mu2^2 + C1.
+    let flat = vec![0.5f32; 15 * 15];
+    let up = vec![0.6f32; 15 * 15];
+    let c1 = 1e-4;
+    let want = (2.0 * 0.5 * 0.6 + c1) / (0.25 + 0.36 + c1);
+    assert!((ssim(&flat, &up, 15, 15) - want).abs() < 1e-6);
+    assert!((psnr(0.01) - 20.0).abs() < 1e-12);
+
+    // PNG: signature, IHDR, and an IDAT whose zlib payload inflates to the filtered rows.
+    let px: Vec<u8> = (0..6 * 4).map(|i| (i * 10) as u8).collect();
+    let png = vqkit::io::png::encode_gray(6, 4, &px).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
+    assert_eq!(&png[37..41], b"IDAT");
+    let mut raw = Vec::new();
+    use std::io::Read;
+    flate2::read::ZlibDecoder::new(&png[41..41 + idat_len])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let want: Vec<u8> = px
+        .chunks(6)
+        .flat_map(|r| std::iter::once(0).chain(r.iter().copied()))
+        .collect();
+    assert_eq!(raw, want);
+    let mut crc = flate2::Crc::new();
+    crc.update(&png[37..41 + idat_len]);
+    assert_eq!(crc.sum().to_be_bytes(), png[41 + idat_len..45 + idat_len]);
+    assert!(vqkit::io::png::encode_gray(6, 4, &px[..5]).is_err());
+}

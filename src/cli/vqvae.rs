@@ -74,7 +74,10 @@ pub struct TrainArgs {
     /// Model and checkpoint (safetensors), rewritten after every epoch.
     #[arg(short, long)]
     output: PathBuf,
-    /// Continue from a checkpoint written by this command (up to `--epochs` in total).
+    /// Continue from a checkpoint written by this command (up to `--epochs` in total). The
+    /// architecture, quantizer and learning rate come from the checkpoint; the random
+    /// stream of dead-code replacement restarts, so a resumed run is not bit-identical to
+    /// an uninterrupted one.
     #[arg(long)]
     resume: Option<PathBuf>,
     #[command(flatten)]
