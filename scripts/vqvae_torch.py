@@ -118,22 +118,119 @@ class Decoder(nn.Module):
         return x
 
 
+class EmaVQ(nn.Module):
+    """The VQ layer of vqkit's `VectorQuantizer` in EMA mode (src/quant/vq.rs): k-means
+    initialisation on the first training batch, EMA codebook (decay 0.8 as vqkit's default, Laplace-smoothed
+    counts, eps 1e-5), commitment beta mean (z - sg(q))^2, straight-through estimator, and
+    dead-code replacement: a code whose EMA cluster size falls below `threshold` becomes a
+    random vector of the batch (size reset to `threshold`)."""
+
+    def __init__(self, k, d, beta=0.25, decay=0.8, eps=1e-5, threshold=1.0, kmeans_iters=10):
+        super().__init__()
+        self.k, self.d, self.beta, self.decay, self.eps = k, d, beta, decay, eps
+        self.threshold, self.kmeans_iters = threshold, kmeans_iters
+        self.register_buffer("codebook", torch.randn(k, d))
+        self.register_buffer("cluster_size", torch.zeros(k))
+        self.register_buffer("embed_sum", self.codebook.clone())
+        self.initialised = False
+
+    def assign(self, r):
+        dist = (r * r).sum(1, keepdim=True) - 2 * r @ self.codebook.t() \
+            + (self.codebook * self.codebook).sum(1)[None]
+        return dist.argmin(1)
+
+    @torch.no_grad()
+    def kmeans_init(self, r):
+        # k-means++ seeding, then Lloyd steps; empty clusters keep their centre.
+        n = r.shape[0]
+        c = r[torch.randint(n, (1,))]
+        for _ in range(1, self.k):
+            d2 = torch.cdist(r, c).min(1).values ** 2
+            c = torch.cat([c, r[torch.multinomial(d2 / d2.sum(), 1)]])
+        for _ in range(self.kmeans_iters):
+            a = torch.cdist(r, c).argmin(1)
+            counts = torch.bincount(a, minlength=self.k).float()
+            sums = torch.zeros_like(c).index_add_(0, a, r)
+            keep = counts > 0
+            c[keep] = sums[keep] / counts[keep, None]
+        self.codebook.copy_(c)
+        a = self.assign(r)
+        self.cluster_size.copy_(torch.bincount(a, minlength=self.k).float())
+        self.embed_sum.copy_(c * self.cluster_size[:, None])
+        self.initialised = True
+
+    def forward(self, r):
+        """r: (n, d) rows -> (q, indices, commitment loss, perplexity)."""
+        if self.training and not self.initialised:
+            self.kmeans_init(r.detach())
+        a = self.assign(r.detach())
+        q = self.codebook[a]
+        commit = self.beta * F.mse_loss(r, q.detach())
+        counts = torch.bincount(a, minlength=self.k).float()
+        p = counts / counts.sum()
+        perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+        if self.training:
+            with torch.no_grad():
+                rd = r.detach()
+                self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+                sums = torch.zeros_like(self.embed_sum).index_add_(0, a, rd)
+                self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+                total = self.cluster_size.sum()
+                smoothed = (self.cluster_size + self.eps) / (total + self.k * self.eps) * total
+                self.codebook.copy_(self.embed_sum / smoothed[:, None])
+                dead = (self.cluster_size < self.threshold).nonzero().flatten()
+                if dead.numel() > 0:
+                    pick = rd[torch.randint(rd.shape[0], (dead.numel(),))]
+                    self.codebook[dead] = pick
+                    self.embed_sum[dead] = pick * self.threshold
+                    self.cluster_size[dead] = self.threshold
+        return q, a, commit, perplexity
+
+
+class ResidualEmaVQ(nn.Module):
+    """S levels, each quantizing the residual of the last; straight-through on the sum."""
+
+    def __init__(self, levels, k, d, **kw):
+        super().__init__()
+        self.levels = nn.ModuleList(EmaVQ(k, d, **kw) for _ in range(levels))
+
+    def forward(self, z):
+        n, d, h, w = z.shape
+        rows = z.permute(0, 2, 3, 1).reshape(-1, d)
+        r, qsum = rows, torch.zeros_like(rows)
+        aux = torch.zeros((), dtype=z.dtype)
+        perps = []
+        for vq in self.levels:
+            q, _, commit, perp = vq(r)
+            qsum = qsum + q
+            r = r - q.detach()
+            aux = aux + commit
+            perps.append(perp.item())
+        zq = rows + (qsum - rows).detach()
+        return zq.reshape(n, h, w, d).permute(0, 3, 1, 2), aux, perps
+
+
 class Model(nn.Module):
-    """encoder -> (quantizer: to be added) -> decoder."""
+    """encoder -> residual EMA VQ (one level: VQ-VAE) -> decoder."""
 
     def __init__(self, args):
         super().__init__()
         cfg = (1, args.hidden_dims, args.num_residual_layers, args.residual_hidden,
                args.embedding_dim)
         self.encoder = Encoder(*cfg)
-        self.quantizer = None  # VQ / RQ goes here; returns (z_q, aux_loss)
+        self.quantizer = None
+        if args.codebook > 0:
+            self.quantizer = ResidualEmaVQ(args.levels, args.codebook, args.embedding_dim,
+                                           beta=args.beta, decay=args.decay,
+                                           threshold=args.dead_code_threshold)
         self.decoder = Decoder(*cfg)
+        self.perplexity = []
 
     def forward(self, x):
         z = self.encoder(x)
         aux = torch.zeros((), dtype=x.dtype)
         if self.quantizer is not None:
-            z, aux = self.quantizer(z)
+            z, aux, self.perplexity = self.quantizer(z)
         return self.decoder(z), aux
 
 
@@ -155,7 +252,12 @@ def main():
     ap.add_argument("--embedding-dim", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--codebook", type=int, default=512, help="K per level; 0: no quantizer")
+    ap.add_argument("--levels", type=int, default=1)
+    ap.add_argument("--beta", type=float, default=0.25)
+    ap.add_argument("--decay", type=float, default=0.8)
+    ap.add_argument("--dead-code-threshold", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--limit", type=int, default=None, help="at most this many images per split")
@@ -195,8 +297,17 @@ def main():
                 x_hat, _ = model(x)
                 se += F.mse_loss(x_hat, x, reduction="sum").item()
             mse = se / test.numel()
+            usage = []
+            if model.quantizer is not None:
+                z = torch.cat([model.encoder(test[s:s + 256]) for s in range(0, test.shape[0], 256)])
+                r = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                for vq in model.quantizer.levels:
+                    a = vq.assign(r)
+                    r = r - vq.codebook[a]
+                    usage.append(torch.unique(a).numel() / vq.k)
         print(f"epoch {epoch + 1}: train mse {total / seen:.5f}, {seen / dt:.1f} images/s, "
-              f"test mse {mse:.5f}, test psnr {psnr(mse):.2f} dB")
+              f"test mse {mse:.5f}, test psnr {psnr(mse):.2f} dB, "
+              f"perplexity {model.perplexity}, test usage {usage}")
 
 
 if __name__ == "__main__":

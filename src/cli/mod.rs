@@ -8,6 +8,7 @@ mod encode;
 mod info;
 mod kmeans;
 mod rvq;
+mod vqvae;
 
 use clap::{Parser, Subcommand};
 use vqkit::backend::{BackendKind, BackendOptions};
@@ -50,6 +51,12 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Reconstructions from codes under any trained model.
     Decode(encode::DecodeArgs),
+    /// Train a VQ-VAE or RQ-VAE on MNIST-style IDX images; test-set MSE, PSNR, SSIM,
+    /// perplexity and usage per level, bits per image; safetensors checkpoints.
+    #[command(name = "train-vqvae")]
+    TrainVqvae(vqvae::TrainArgs),
+    /// A PNG grid of images above their reconstructions (one row per RQ level).
+    Reconstruct(vqvae::ReconstructArgs),
 }
 
 /// Options shared by every command that computes.
@@ -87,6 +94,8 @@ pub fn main() -> vqkit::Result<()> {
         Command::Complexity(a) => complexity::run(a),
         Command::Encode(a) => encode::encode(a),
         Command::Decode(a) => encode::decode(a),
+        Command::TrainVqvae(a) => vqvae::train(a),
+        Command::Reconstruct(a) => vqvae::reconstruct(a),
     }
 }
 

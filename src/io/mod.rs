@@ -5,6 +5,7 @@
 pub mod fvecs;
 pub mod idx;
 pub mod npy;
+pub mod png;
 
 use crate::error::{Error, Result};
 use std::path::Path;

@@ -12,10 +12,13 @@ pub mod tensor;
 pub use tensor::{Param, Tensor};
 pub mod conv;
 pub mod layers;
+pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod vqvae;
 
 pub use conv::{Conv2d, ConvTranspose2d, Window};
 pub use layers::{Layer, Relu, ResidualBlock, ResidualStack, mse_loss};
 pub use model::{ConvNetConfig, Decoder, Encoder};
 pub use optim::{Adam, Sgd};
+pub use vqvae::{QuantizerKind, RqVae, VqVae, VqVaeConfig, VqVaeOutput};

@@ -58,6 +58,23 @@ impl Adam {
         }
     }
 
+    /// The step count and the first and second moments, for checkpoints.
+    pub fn state(&self) -> (i32, &[Vec<f32>], &[Vec<f32>]) {
+        (self.t, &self.m, &self.v)
+    }
+
+    /// Restores [`Self::state`]; the next [`Self::step`] checks the moments against the
+    /// parameters.
+    pub fn set_state(&mut self, t: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
+        if m.len() != v.len() || m.iter().zip(&v).any(|(a, b)| a.len() != b.len()) || t < 0 {
+            return Err(Error::invalid("adam state", "moments disagree in shape"));
+        }
+        self.t = t;
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
     /// One update from the accumulated gradients (which it leaves in place).
     pub fn step(&mut self, params: &mut [&mut Param]) -> Result<()> {
         check_state(&mut self.m, params)?;

@@ -1,0 +1,552 @@
+//! `vqkit train-vqvae` (train a VQ-VAE or RQ-VAE on MNIST-style IDX images, evaluate on the
+//! test split, save a safetensors checkpoint that also holds the optimiser state) and
+//! `vqkit reconstruct` (a PNG grid: originals above their reconstructions, one row per RQ
+//! level).
+
+use super::Common;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
+use vqkit::nn::metrics::{psnr, ssim};
+use vqkit::nn::{Adam, QuantizerKind, Tensor, VqVae, VqVaeConfig};
+use vqkit::quant::model_io::TensorFile;
+use vqkit::rng::Rng;
+use vqkit::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelKind {
+    /// One quantizer.
+    Vqvae,
+    /// A residual stack of `--levels` quantizers.
+    Rqvae,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Directory with `train-images-idx3-ubyte[.gz]` and `t10k-images-idx3-ubyte[.gz]`.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value_t = ModelKind::Vqvae)]
+    model: ModelKind,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Codewords per level (K).
+    #[arg(long, default_value_t = 512)]
+    codebook: usize,
+    /// Residual levels (RQ-VAE; default 4). A VQ-VAE has one.
+    #[arg(long)]
+    levels: Option<usize>,
+    #[arg(long, value_enum, default_value_t = QuantizerKind::Ema)]
+    quantizer: QuantizerKind,
+    /// EMA decay of the codebooks (0.8 as vector-quantize-pytorch: at 0.99 the codebook
+    /// trails the moving encoder and most codes die in the first epoch).
+    #[arg(long, default_value_t = 0.8)]
+    decay: f32,
+    /// One codebook for every RQ level.
+    #[arg(long)]
+    shared_codebook: bool,
+    /// Replace codes whose EMA usage per batch falls below this (0: never).
+    #[arg(long, default_value_t = 1.0)]
+    dead_code_threshold: f32,
+    /// Commitment cost beta.
+    #[arg(long, default_value_t = 0.25)]
+    beta: f32,
+    #[arg(long, num_args = 1.., default_values_t = [64, 128])]
+    hidden_dims: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    residual_layers: usize,
+    #[arg(long, default_value_t = 32)]
+    residual_hidden: usize,
+    /// Latent channels D (the codeword dimension).
+    #[arg(long, default_value_t = 64)]
+    embedding_dim: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// At most this many images of each split.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Model and checkpoint (safetensors), rewritten after every epoch.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Continue from a checkpoint written by this command (up to `--epochs` in total). The
+    /// architecture, quantizer and learning rate come from the checkpoint; the random
+    /// stream of dead-code replacement restarts, so a resumed run is not bit-identical to
+    /// an uninterrupted one.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct ReconstructArgs {
+    /// A model written by `train-vqvae`.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// An IDX image file (gzipped or not), or an MNIST-style directory (its t10k split).
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Images in the grid.
+    #[arg(short, default_value_t = 16)]
+    n: usize,
+    /// Pixel magnification.
+    #[arg(long, default_value_t = 2)]
+    scale: usize,
+    /// Output PNG.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Runs `f` on a rayon pool of `threads` workers (the convolutions use rayon's current pool).
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    match threads {
+        None => Ok(f()),
+        Some(t) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(t.max(1))
+                .build()
+                .map_err(|e| Error::invalid("threads", e.to_string()))?;
+            Ok(pool.install(f))
+        }
+    }
+}
+
+/// Images `idx` of `x` as one batch.
+fn gather(x: &Tensor, idx: &[usize]) -> Result<Tensor> {
+    let per = x.c() * x.h() * x.w();
+    let mut data = Vec::with_capacity(idx.len() * per);
+    for &i in idx {
+        data.extend_from_slice(&x.data[i * per..(i + 1) * per]);
+    }
+    Tensor::from_vec([idx.len(), x.c(), x.h(), x.w()], data)
+}
+
+/// Test-set figures.
+#[derive(Debug, serde::Serialize)]
+struct Metrics {
+    mse: f64,
+    psnr: f64,
+    ssim: f64,
+    perplexity: Vec<f64>,
+    usage: Vec<f64>,
+    bits_per_image: f64,
+    compression_ratio: f64,
+}
+
+/// MSE, PSNR and mean SSIM of the reconstructions, perplexity and usage of every level's
+/// codes over the whole set, in batches of 256 without training.
+fn evaluate<B: Backend>(b: &B, m: &mut VqVae, x: &Tensor) -> Result<Metrics> {
+    let n = x.n();
+    let (h, w) = (x.h(), x.w());
+    let per = x.c() * h * w;
+    let mut se = 0.0f64;
+    let mut ssim_sum = 0.0f64;
+    let mut codes: Vec<Vec<u32>> = vec![Vec::new(); m.levels()];
+    let mut latent = 0;
+    for start in (0..n).step_by(256) {
+        let idx: Vec<usize> = (start..(start + 256).min(n)).collect();
+        let batch = gather(x, &idx)?;
+        let out = m.forward(b, &batch, false)?;
+        se += out.recon_loss as f64 * batch.len() as f64;
+        for (a, r) in batch
+            .data
+            .chunks_exact(per)
+            .zip(out.recon.data.chunks_exact(per))
+        {
+            // Channels are averaged for SSIM (the datasets here have one).
+            for c in 0..x.c() {
+                let p = c * h * w..(c + 1) * h * w;
+                ssim_sum += ssim(&a[p.clone()], &r[p], h, w) / x.c() as f64;
+            }
+        }
+        latent = out.indices[0].len() / idx.len();
+        for (all, lvl) in codes.iter_mut().zip(out.indices) {
+            all.extend(lvl);
+        }
+    }
+    let mse = se / (n * per).max(1) as f64;
+    let stats = m.code_stats(&codes);
+    let bits = (m.levels() * latent) as f64 * (m.cfg.num_embeddings as f64).log2();
+    Ok(Metrics {
+        mse,
+        psnr: psnr(mse),
+        ssim: ssim_sum / n.max(1) as f64,
+        perplexity: stats.iter().map(|s| s.0).collect(),
+        usage: stats.iter().map(|s| s.1).collect(),
+        bits_per_image: bits,
+        compression_ratio: (per * 8) as f64 / bits.max(f64::MIN_POSITIVE),
+    })
+}
+
+/// The model, the optimiser state and the epochs done, in one safetensors file.
+fn save_checkpoint(m: &mut VqVae, opt: &Adam, epoch: usize, path: &Path) -> Result<()> {
+    let mut f = m.to_file()?;
+    let (t, mm, vv) = opt.state();
+    f.set("train.epoch", epoch);
+    f.set("train.lr", opt.lr);
+    f.set("adam.t", t);
+    f.set("adam.tensors", mm.len());
+    for (i, (a, b)) in mm.iter().zip(vv).enumerate() {
+        f.put(&format!("adam.m.{i}"), vec![a.len()], a.clone());
+        f.put(&format!("adam.v.{i}"), vec![b.len()], b.clone());
+    }
+    f.write(path)
+}
+
+fn load_checkpoint(path: &Path) -> Result<(VqVae, Adam, usize)> {
+    let f = TensorFile::read(path)?;
+    let mut m = VqVae::from_file(&f)?;
+    let mut opt = Adam::new(f.get("train.lr")?);
+    let count: usize = f.get("adam.tensors")?;
+    let lens: Vec<usize> = m.params_mut().iter().map(|p| p.value.len()).collect();
+    if count != 0 && count != lens.len() {
+        return Err(f.err(format!(
+            "{count} optimiser tensors for {} parameters",
+            lens.len()
+        )));
+    }
+    let mut mm = Vec::with_capacity(count);
+    let mut vv = Vec::with_capacity(count);
+    for (i, &len) in lens.iter().enumerate().take(count) {
+        mm.push(f.tensor(&format!("adam.m.{i}"), &[len])?.to_vec());
+        vv.push(f.tensor(&format!("adam.v.{i}"), &[len])?.to_vec());
+    }
+    opt.set_state(f.get("adam.t")?, mm, vv)?;
+    Ok((m, opt, f.get("train.epoch")?))
+}
+
+struct TrainJob<'a> {
+    args: &'a TrainArgs,
+    train: &'a Tensor,
+    test: &'a Tensor,
+    model: VqVae,
+    opt: Adam,
+    start_epoch: usize,
+}
+
+struct TrainOut {
+    model: VqVae,
+    metrics: Metrics,
+    train_loss: f64,
+    images_per_second: f64,
+    train_seconds: f64,
+    backend: String,
+}
+
+fn fmt_list(v: &[f64], prec: usize) -> String {
+    let s: Vec<String> = v.iter().map(|x| format!("{x:.prec$}")).collect();
+    s.join(" ")
+}
+
+impl WithBackend for TrainJob<'_> {
+    type Output = TrainOut;
+    fn run<B: Backend>(self, b: &B) -> Result<TrainOut> {
+        let TrainJob {
+            args,
+            train,
+            test,
+            mut model,
+            mut opt,
+            start_epoch,
+        } = self;
+        let n = train.n();
+        let bs = args.batch;
+        let batches = n / bs;
+        let (mut seen, mut train_seconds, mut train_loss) = (0usize, 0.0f64, f64::NAN);
+        for epoch in start_epoch..args.epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            Rng::new(vqkit::rng::Rng::new(args.seed).next_u64() ^ epoch as u64).shuffle(&mut order);
+            let bar = indicatif::ProgressBar::new(batches as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+            let t0 = Instant::now();
+            let (mut loss_sum, mut recon_sum) = (0.0f64, 0.0f64);
+            let mut perp_sum = vec![0.0f64; model.levels()];
+            let mut replaced = 0;
+            for (step, idx) in order.chunks_exact(bs).enumerate() {
+                let x = gather(train, idx)?;
+                model.zero_grad();
+                let out = model.forward(b, &x, true)?;
+                model.backward()?;
+                opt.step(&mut model.params_mut())?;
+                if !out.loss().is_finite() {
+                    return Err(Error::invalid(
+                        "training",
+                        format!(
+                            "the loss diverged at epoch {} step {step}; lower --lr",
+                            epoch + 1
+                        ),
+                    ));
+                }
+                loss_sum += out.loss() as f64;
+                recon_sum += out.recon_loss as f64;
+                for (a, &p) in perp_sum.iter_mut().zip(&out.perplexity) {
+                    *a += p as f64;
+                }
+                replaced += out.replaced;
+                bar.inc(1);
+                if step % 10 == 0 {
+                    let ips = ((step + 1) * bs) as f64 / t0.elapsed().as_secs_f64();
+                    let perp: Vec<String> =
+                        out.perplexity.iter().map(|p| format!("{p:.0}")).collect();
+                    bar.set_message(format!(
+                        "loss {:.4} perplexity {} {:.0} img/s",
+                        out.loss(),
+                        perp.join("/"),
+                        ips
+                    ));
+                }
+            }
+            let dt = t0.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+            train_seconds += dt;
+            seen += batches * bs;
+            let steps = batches.max(1) as f64;
+            train_loss = loss_sum / steps;
+            let perp: Vec<f64> = perp_sum.iter().map(|p| p / steps).collect();
+            println!(
+                "epoch {}/{}: loss {:.5}  recon {:.5}  perplexity {}  replaced codes {}  {:.1} images/s",
+                epoch + 1,
+                args.epochs,
+                train_loss,
+                recon_sum / steps,
+                fmt_list(&perp, 1),
+                replaced,
+                (batches * bs) as f64 / dt
+            );
+            save_checkpoint(&mut model, &opt, epoch + 1, &args.output)?;
+        }
+        let metrics = evaluate(b, &mut model, test)?;
+        Ok(TrainOut {
+            model,
+            metrics,
+            train_loss,
+            images_per_second: seen as f64 / train_seconds.max(f64::MIN_POSITIVE),
+            train_seconds,
+            backend: b.name(),
+        })
+    }
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    let t = Instant::now();
+    if args.batch == 0 {
+        return Err(Error::invalid("batch", "must be at least 1"));
+    }
+    let levels = match (args.model, args.levels) {
+        (ModelKind::Vqvae, None | Some(1)) => 1,
+        (ModelKind::Vqvae, Some(l)) => {
+            return Err(Error::invalid(
+                "levels",
+                format!("a VQ-VAE has one level, got {l}; use --model rqvae"),
+            ));
+        }
+        (ModelKind::Rqvae, l) => l.unwrap_or(4),
+    };
+    let (train, test) = idx::load_dataset(&args.data, args.limit)?;
+    let (train, test) = (train.images, test.images);
+    if train.n() < args.batch {
+        return Err(Error::invalid(
+            "batch",
+            format!(
+                "{} training images, fewer than one batch of {}",
+                train.n(),
+                args.batch
+            ),
+        ));
+    }
+    let (model, opt, start_epoch) = match &args.resume {
+        Some(p) => load_checkpoint(p)?,
+        None => {
+            let cfg = VqVaeConfig {
+                in_channels: train.c(),
+                hidden_dims: args.hidden_dims.clone(),
+                num_residual_layers: args.residual_layers,
+                residual_hidden: args.residual_hidden,
+                embedding_dim: args.embedding_dim,
+                num_embeddings: args.codebook,
+                commitment_cost: args.beta,
+                quantizer: args.quantizer,
+                ema_decay: args.decay,
+                num_quantizers: levels,
+                shared_codebook: args.shared_codebook,
+                dead_code_threshold: args.dead_code_threshold,
+                seed: args.seed,
+            };
+            (VqVae::new(cfg)?, Adam::new(args.lr), 0)
+        }
+    };
+    // k-means initialisation fits K codewords to the first batch's latent rows.
+    let down = 1usize << model.cfg.hidden_dims.len();
+    let rows = args.batch * (train.h() / down) * (train.w() / down);
+    if model.cfg.num_embeddings > rows {
+        return Err(Error::invalid(
+            "codebook",
+            format!(
+                "K = {} codewords need at least as many latent rows per batch ({rows} at --batch {})",
+                model.cfg.num_embeddings, args.batch
+            ),
+        ));
+    }
+    let threads = args.common.threads;
+    let job = TrainJob {
+        args: &args,
+        train: &train,
+        test: &test,
+        model,
+        opt,
+        start_epoch,
+    };
+    let out = with_threads(threads, || {
+        dispatch(args.common.backend, &args.common.options(), job)
+    })??;
+    let mut model = out.model;
+    if start_epoch >= args.epochs {
+        // Nothing trained: still leave a model file where asked.
+        model.to_file()?.write(&args.output)?;
+    }
+    let m = &out.metrics;
+    let seconds = t.elapsed().as_secs_f64();
+    if args.common.json {
+        let v = serde_json::json!({
+            "command": "train-vqvae",
+            "model": if levels > 1 { "rqvae" } else { "vqvae" },
+            "quantizer": model.cfg.quantizer.as_str(),
+            "backend": out.backend,
+            "threads": threads,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "lr": args.lr,
+            "codebook": model.cfg.num_embeddings,
+            "levels": model.levels(),
+            "n_train": train.n(),
+            "n_test": test.n(),
+            "train_loss": out.train_loss,
+            "images_per_second": out.images_per_second,
+            "train_seconds": out.train_seconds,
+            "test_mse": m.mse,
+            "test_psnr": m.psnr,
+            "test_ssim": m.ssim,
+            "perplexity": m.perplexity,
+            "usage": m.usage,
+            "bits_per_image": m.bits_per_image,
+            "compression_ratio": m.compression_ratio,
+            "seconds": seconds,
+            "output": args.output,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "test ({} images): mse {:.5}  psnr {:.2} dB  ssim {:.4}",
+            test.n(),
+            m.mse,
+            m.psnr,
+            m.ssim
+        );
+        println!(
+            "codes per level: perplexity {}  usage {}",
+            fmt_list(&m.perplexity, 1),
+            fmt_list(&m.usage, 3)
+        );
+        println!(
+            "{:.0} bits per image, compression ratio {:.1}; training {:.1} images/s; {:.1} s in all",
+            m.bits_per_image, m.compression_ratio, out.images_per_second, seconds
+        );
+        println!("model written to {}", args.output.display());
+    }
+    Ok(())
+}
+
+struct ReconJob<'a> {
+    model: &'a mut VqVae,
+    x: &'a Tensor,
+}
+
+impl WithBackend for ReconJob<'_> {
+    type Output = Vec<Tensor>;
+    fn run<B: Backend>(self, b: &B) -> Result<Vec<Tensor>> {
+        self.model.reconstruct_levels(b, self.x)
+    }
+}
+
+pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
+    if args.n == 0 || args.scale == 0 || args.scale > 16 {
+        return Err(Error::invalid(
+            "-n / --scale",
+            "n >= 1 and 1 <= scale <= 16",
+        ));
+    }
+    let mut model = VqVae::from_file(&TensorFile::read(&args.model)?)?;
+    let x = if args.input.is_dir() {
+        idx::load_split(&args.input, "t10k", Some(args.n))?.images
+    } else {
+        idx::read_images(&args.input, Some(args.n))?.to_tensor()
+    };
+    if x.c() != model.cfg.in_channels {
+        return Err(Error::WrongDimension {
+            expected: model.cfg.in_channels,
+            got: x.c(),
+        });
+    }
+    let levels = with_threads(args.common.threads, || {
+        dispatch(
+            args.common.backend,
+            &args.common.options(),
+            ReconJob {
+                model: &mut model,
+                x: &x,
+            },
+        )
+    })??;
+    // Rows: originals, then the reconstruction after each level (the last is the model's).
+    let (h, w) = (x.h(), x.w());
+    let first_channel = |t: &Tensor| -> Vec<f32> {
+        t.data
+            .chunks_exact(t.c() * h * w)
+            .flat_map(|img| img[..h * w].iter().copied())
+            .collect()
+    };
+    let mut rows = vec![first_channel(&x)];
+    rows.extend(levels.iter().map(first_channel));
+    let s = args.scale;
+    let up: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            r.chunks_exact(h * w)
+                .flat_map(|img| {
+                    (0..h * s)
+                        .flat_map(move |y| (0..w * s).map(move |xx| img[(y / s) * w + xx / s]))
+                })
+                .collect()
+        })
+        .collect();
+    let (gw, gh, px) = vqkit::io::png::grid(&up, x.n(), h * s, w * s, 2);
+    vqkit::io::png::write_gray(&args.output, gw, gh, &px)?;
+    if args.common.json {
+        let v = serde_json::json!({
+            "command": "reconstruct", "images": x.n(), "levels": model.levels(),
+            "width": gw, "height": gh, "output": args.output,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} images, {} reconstruction row(s): {gw} x {gh} grid written to {}",
+            x.n(),
+            model.levels(),
+            args.output.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! VQ-VAE / RQ-VAE: safetensors round trip (bit-exact), corrupt checkpoints as typed errors,
+//! a training smoke test on a small real Fashion-MNIST subset, and `vqkit train-vqvae` /
+//! `vqkit reconstruct` end to end. The whole-model gradient check is in `nn_grad.rs`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use vqkit::Error;
+use vqkit::backend::cpu::CpuBackend;
+use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
+use vqkit::nn::{Adam, QuantizerKind, Tensor, VqVae, VqVaeConfig};
+use vqkit::quant::model_io::TensorFile;
+use vqkit::rng::Rng;
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vqkit-vqvae-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tiny(levels: usize, q: QuantizerKind) -> VqVaeConfig {
+    let mut c = VqVaeConfig::new(1, 16, levels);
+    c.hidden_dims = vec![8, 16];
+    c.num_residual_layers = 1;
+    c.residual_hidden = 4;
+    c.embedding_dim = 8;
+    c.quantizer = q;
+    c.seed = 3;
+    c
+}
+
+fn params(m: &mut VqVae) -> Vec<Vec<f32>> {
+    m.params_mut().iter().map(|p| p.value.clone()).collect()
+}
+
+#[test]
+fn save_load_is_bit_exact_for_every_quantizer() {
+    let b = CpuBackend::new(Some(1)).unwrap();
+    let dir = tmp("roundtrip");
+    let mut rng = Rng::new(5);
+    let x = Tensor::randn([4, 1, 12, 12], 0.5, &mut rng);
+    for (levels, q, shared) in [
+        (1, QuantizerKind::Ema, false),
+        (3, QuantizerKind::Codebook, false),
+        (2, QuantizerKind::Nsvq, false),
+        (2, QuantizerKind::Ema, true),
+    ] {
+        let mut cfg = tiny(levels, q);
+        cfg.shared_codebook = shared;
+        let mut m = VqVae::new(cfg.clone()).unwrap();
+        // Train two steps so codebooks and EMA state differ from their initial values.
+        let mut opt = Adam::new(1e-3);
+        for _ in 0..2 {
+            m.zero_grad();
+            m.forward(&b, &x, true).unwrap();
+            m.backward().unwrap();
+            opt.step(&mut m.params_mut()).unwrap();
+        }
+        let path = dir.join(format!("m{levels}{}.safetensors", q.as_str()));
+        m.to_file().unwrap().write(&path).unwrap();
+        let mut back = VqVae::from_file(&TensorFile::read(&path).unwrap()).unwrap();
+        assert_eq!(back.cfg, cfg);
+        assert!(params(&mut back) == params(&mut m), "parameters differ");
+        for (a, c) in back.quantizers.iter().zip(&m.quantizers) {
+            assert_eq!(a, c, "quantizer state");
+        }
+        // The same reconstructions, bit for bit.
+        let r1 = m.forward(&b, &x, false).unwrap();
+        let r2 = back.forward(&b, &x, false).unwrap();
+        assert!(r1.recon.data == r2.recon.data, "reconstructions differ");
+        assert_eq!(r1.indices, r2.indices);
+        // encode_to_indices / decode_from_indices agree with the forward pass.
+        let (codes, shape) = back.encode_to_indices(&b, &x).unwrap();
+        assert_eq!(codes, r1.indices);
+        let dec = back.decode_from_indices(&codes, shape).unwrap();
+        assert!(dec.data == r1.recon.data, "decode_from_indices differs");
+        let lv = back.reconstruct_levels(&b, &x).unwrap();
+        assert_eq!(lv.len(), levels);
+        assert!(lv[levels - 1].data == r1.recon.data, "last level differs");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_are_typed_errors() {
+    let dir = tmp("corrupt");
+    let mut m = VqVae::new(tiny(2, QuantizerKind::Ema)).unwrap();
+    let f = m.to_file().unwrap();
+    let good = f.to_bytes().unwrap();
+    let expect_format = |bytes: &[u8], needle: &str| {
+        let p = dir.join("bad.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        match TensorFile::read(&p).and_then(|f| VqVae::from_file(&f)) {
+            Err(Error::Format { reason, path }) => {
+                assert!(reason.contains(needle), "{reason}");
+                assert_eq!(path, p);
+            }
+            Err(e) => panic!("expected a format error with '{needle}', got {e}"),
+            Ok(_) => panic!("corrupt file '{needle}' was accepted"),
+        }
+    };
+    expect_format(&good[..good.len() / 2], "safetensors");
+    expect_format(b"not a model", "safetensors");
+    let mut g = f.clone();
+    g.tensors.remove("decoder.3");
+    expect_format(&g.to_bytes().unwrap(), "decoder.3");
+    let mut g = f.clone();
+    g.put("vq.1.codebook", vec![3, 8], vec![0.0; 24]);
+    expect_format(&g.to_bytes().unwrap(), "vq.1.codebook");
+    let mut g = f.clone();
+    g.set("vqkit.config", "{broken");
+    expect_format(&g.to_bytes().unwrap(), "vqkit.config");
+    let mut g = f.clone();
+    g.set("vqkit.kind", "kmeans");
+    expect_format(&g.to_bytes().unwrap(), "not a vqvae");
+    let mut g = f.clone();
+    if let Some((_, data)) = g.tensors.get_mut("encoder.0") {
+        data[0] = f32::NAN;
+    }
+    expect_format(&g.to_bytes().unwrap(), "non-finite");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn real_subset(n: usize) -> Option<Tensor> {
+    let dir = Path::new(DEFAULT_DATA_DIR);
+    if !dir.is_dir() {
+        println!("skipped: {DEFAULT_DATA_DIR} is absent (apt install dataset-fashion-mnist)");
+        return None;
+    }
+    Some(idx::load_split(dir, "t10k", Some(n)).unwrap().images)
+}
+
+#[test]
+fn vqvae_and_rqvae_loss_falls_on_real_fashion_mnist() {
+    let Some(data) = real_subset(256) else {
+        return;
+    };
+    let b = CpuBackend::new(None).unwrap();
+    for (levels, q) in [
+        (1, QuantizerKind::Ema),
+        (2, QuantizerKind::Codebook),
+        (2, QuantizerKind::Nsvq),
+    ] {
+        let mut cfg = tiny(levels, q);
+        cfg.num_embeddings = 32;
+        let mut m = VqVae::new(cfg).unwrap();
+        let mut opt = Adam::new(3e-3);
+        let batch = 32;
+        let img = 28 * 28;
+        let mut losses = Vec::new();
+        for step in 0..16 {
+            let s = (step % (256 / batch)) * batch;
+            let x = Tensor::from_vec(
+                [batch, 1, 28, 28],
+                data.data[s * img..(s + batch) * img].to_vec(),
+            )
+            .unwrap();
+            m.zero_grad();
+            let out = m.forward(&b, &x, true).unwrap();
+            assert!(out.loss().is_finite());
+            assert_eq!(out.recon.shape, x.shape);
+            assert_eq!(out.perplexity.len(), levels);
+            losses.push(out.recon_loss);
+            m.backward().unwrap();
+            opt.step(&mut m.params_mut()).unwrap();
+        }
+        let first: f32 = losses[..4].iter().sum::<f32>() / 4.0;
+        let last: f32 = losses[12..].iter().sum::<f32>() / 4.0;
+        println!("levels {levels} {}: {losses:?}", q.as_str());
+        assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
+    }
+}
+
+fn vqkit(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vqkit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_trains_resumes_and_reconstructs() {
+    if real_subset(1).is_none() {
+        return;
+    }
+    let dir = tmp("cli");
+    let model = dir.join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let common = [
+        "train-vqvae",
+        "--model",
+        "rqvae",
+        "--levels",
+        "2",
+        "--limit",
+        "64",
+        "--batch",
+        "16",
+        "--codebook",
+        "16",
+        "--hidden-dims",
+        "8",
+        "16",
+        "--residual-layers",
+        "1",
+        "--residual-hidden",
+        "4",
+        "--embedding-dim",
+        "8",
+        "--threads",
+        "2",
+        "--json",
+        "-o",
+        m,
+    ];
+    let out = vqkit(&[&common[..], &["--epochs", "1"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["levels"], 2);
+    assert_eq!(v["usage"].as_array().unwrap().len(), 2);
+    assert!(v["test_psnr"].as_f64().unwrap() > 5.0, "{last}");
+    assert!(v["test_ssim"].as_f64().unwrap().is_finite());
+    assert_eq!(v["bits_per_image"].as_f64().unwrap(), 2.0 * 49.0 * 4.0);
+    assert_eq!(
+        v["compression_ratio"].as_f64().unwrap(),
+        784.0 * 8.0 / 392.0
+    );
+    assert!(stdout.contains("epoch 1/1"));
+    // Piped output: no progress-bar escape sequences.
+    assert!(!stdout.contains('\u{1b}'));
+
+    // Resume for a second epoch from the checkpoint.
+    let model2 = dir.join("m2.safetensors");
+    let mut resumed: Vec<&str> = common.to_vec();
+    let at = resumed.len() - 1;
+    resumed[at] = model2.to_str().unwrap();
+    let out = vqkit(&[&resumed[..], &["--epochs", "2", "--resume", m]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("epoch 2/2") && !stdout.contains("epoch 1/2"),
+        "{stdout}"
+    );
+    let f = TensorFile::read(&model2).unwrap();
+    assert_eq!(f.get::<usize>("train.epoch").unwrap(), 2);
+
+    // Reconstruction grid: originals + 2 levels, 8 images at scale 1 with 2 px padding.
+    let png = dir.join("grid.png");
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        m,
+        "-i",
+        DEFAULT_DATA_DIR,
+        "-n",
+        "8",
+        "--scale",
+        "1",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((w, h), (8 * 30 + 2, 3 * 30 + 2));
+
+    // Bad inputs: a corrupt checkpoint, a non-IDX image file, a VQ-VAE with levels.
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"\x00\x00\x08\x03garbage").unwrap();
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        junk.to_str().unwrap(),
+        "-i",
+        m,
+        "-o",
+        "x.png",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("safetensors"));
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        m,
+        "-i",
+        junk.to_str().unwrap(),
+        "-o",
+        "x.png",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
+    let out = vqkit(&["train-vqvae", "--levels", "3", "-o", m]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("levels"));
+    let out = vqkit(&["train-vqvae", "--data", dir.to_str().unwrap(), "-o", m]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("train-images-idx3-ubyte"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ssim_psnr_and_png_are_sane() {
+    use vqkit::nn::metrics::{psnr, ssim};
+    let mut rng = Rng::new(9);
+    let a: Vec<f32> = (0..28 * 28).map(|_| rng.uniform() as f32).collect();
+    assert!((ssim(&a, &a, 28, 28) - 1.0).abs() < 1e-12);
+    let small: Vec<f32> = a.iter().map(|v| v + 0.02 * rng.normal() as f32).collect();
+    let large: Vec<f32> = a.iter().map(|v| v + 0.2 * rng.normal() as f32).collect();
+    let (s1, s2) = (ssim(&a, &small, 28, 28), ssim(&a, &large, 28, 28));
+    assert!(1.0 > s1 && s1 > s2 && s2 > 0.0, "{s1} {s2}");
+    // A constant offset: luminance term only, 2 mu1 mu2 + C1 over mu1^2 + mu2^2 + C1.
+    let flat = vec![0.5f32; 15 * 15];
+    let up = vec![0.6f32; 15 * 15];
+    let c1 = 1e-4;
+    let want = (2.0 * 0.5 * 0.6 + c1) / (0.25 + 0.36 + c1);
+    assert!((ssim(&flat, &up, 15, 15) - want).abs() < 1e-6);
+    assert!((psnr(0.01) - 20.0).abs() < 1e-12);
+
+    // PNG: signature, IHDR, and an IDAT whose zlib payload inflates to the filtered rows.
+    let px: Vec<u8> = (0..6 * 4).map(|i| (i * 10) as u8).collect();
+    let png = vqkit::io::png::encode_gray(6, 4, &px).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    let idat_len = u32::from_be_bytes(png[33..37].try_into().unwrap()) as usize;
+    assert_eq!(&png[37..41], b"IDAT");
+    let mut raw = Vec::new();
+    use std::io::Read;
+    flate2::read::ZlibDecoder::new(&png[41..41 + idat_len])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let want: Vec<u8> = px
+        .chunks(6)
+        .flat_map(|r| std::iter::once(0).chain(r.iter().copied()))
+        .collect();
+    assert_eq!(raw, want);
+    let mut crc = flate2::Crc::new();
+    crc.update(&png[37..41 + idat_len]);
+    assert_eq!(crc.sum().to_be_bytes(), png[41 + idat_len..45 + idat_len]);
+    assert!(vqkit::io::png::encode_gray(6, 4, &px[..5]).is_err());
+}
