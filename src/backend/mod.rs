@@ -75,6 +75,83 @@ pub fn check_len(what: &'static str, got: usize, expected: usize) -> Result<()> 
     }
 }
 
+/// The input checks every backend runs first, one per operation, on its buffers' lengths:
+/// all backends reject exactly the same inputs with the same typed errors.
+pub mod check {
+    use super::{EmaParams, Shape, check_len};
+    use crate::error::Result;
+
+    /// `codeword_norms`: codebook (k, d), norms (k).
+    pub fn norms(k: usize, d: usize, codebook: usize, norms: usize) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("codebook", codebook, k * d)?;
+        check_len("norms", norms, k)
+    }
+
+    /// `distance_argmin`: x (n, d), codebook (k, d), norms (k), idx and dist (n).
+    pub fn argmin(
+        s: Shape,
+        x: usize,
+        codebook: usize,
+        norms: usize,
+        idx: usize,
+        dist: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("codebook", codebook, s.k * s.d)?;
+        check_len("norms", norms, s.k)?;
+        check_len("idx", idx, s.n)?;
+        check_len("dist", dist, s.n)
+    }
+
+    /// `cluster_sums`: x (n, d), idx and dist (n), sums (k, d), counts and dist_sums (k).
+    pub fn cluster_sums(
+        s: Shape,
+        x: usize,
+        idx: usize,
+        dist: usize,
+        sums: usize,
+        counts: usize,
+        dist_sums: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("idx", idx, s.n)?;
+        check_len("dist", dist, s.n)?;
+        check_len("sums", sums, s.k * s.d)?;
+        check_len("counts", counts, s.k)?;
+        check_len("dist_sums", dist_sums, s.k)
+    }
+
+    /// `kmeans_update`: sums and centroids (k, d), counts (k).
+    pub fn update(k: usize, d: usize, sums: usize, counts: usize, centroids: usize) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("sums", sums, k * d)?;
+        check_len("counts", counts, k)?;
+        check_len("centroids", centroids, k * d)
+    }
+
+    /// `ema_update`: x (n, d), idx (n), cluster_size (k), embed_sum and codebook (k, d).
+    pub fn ema(
+        s: Shape,
+        params: EmaParams,
+        x: usize,
+        idx: usize,
+        cluster_size: usize,
+        embed_sum: usize,
+        codebook: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        params.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("idx", idx, s.n)?;
+        check_len("cluster_size", cluster_size, s.k)?;
+        check_len("embed_sum", embed_sum, s.k * s.d)?;
+        check_len("codebook", codebook, s.k * s.d)
+    }
+}
+
 /// Parameters of the exponential-moving-average codebook update (VQ-VAE, van den Oord et
 /// al. 2017, appendix A.1; the same smoothing as vector-quantize-pytorch):
 ///

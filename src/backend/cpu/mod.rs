@@ -7,7 +7,7 @@ pub mod peak;
 
 pub(crate) use distance_argmin::sq_norm;
 
-use super::{Backend, Element, EmaParams, Shape, check_len};
+use super::{Backend, Element, EmaParams, Shape, check, check_len};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -175,9 +175,7 @@ impl Backend for CpuBackend {
         d: usize,
         norms: &mut Vec<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("codebook", codebook.len(), k * d)?;
-        check_len("norms", norms.len(), k)?;
+        check::norms(k, d, codebook.len(), norms.len())?;
         self.run(k * d, |par| {
             let one = |(o, c): (&mut f32, &[f32])| *o = sq_norm(c);
             if par {
@@ -201,13 +199,15 @@ impl Backend for CpuBackend {
         idx: &mut Vec<u32>,
         dist: &mut Vec<f32>,
     ) -> Result<()> {
-        shape.validate()?;
+        check::argmin(
+            shape,
+            x.len(),
+            codebook.len(),
+            norms.len(),
+            idx.len(),
+            dist.len(),
+        )?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len(), n * d)?;
-        check_len("codebook", codebook.len(), k * d)?;
-        check_len("norms", norms.len(), k)?;
-        check_len("idx", idx.len(), n)?;
-        check_len("dist", dist.len(), n)?;
         self.run(n * k * d, |par| {
             distance_argmin::distance_argmin(self.isa, par, x, codebook, norms, shape, idx, dist)
         });
@@ -224,14 +224,9 @@ impl Backend for CpuBackend {
         counts: &mut Vec<u32>,
         dist_sums: &mut Vec<f32>,
     ) -> Result<()> {
-        shape.validate()?;
+        let (xl, il, dl) = (x.len(), idx.len(), dist.len());
+        check::cluster_sums(shape, xl, il, dl, sums.len(), counts.len(), dist_sums.len())?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len(), n * d)?;
-        check_len("idx", idx.len(), n)?;
-        check_len("dist", dist.len(), n)?;
-        check_len("sums", sums.len(), k * d)?;
-        check_len("counts", counts.len(), k)?;
-        check_len("dist_sums", dist_sums.len(), k)?;
         self.run(n * d, |par| cluster_sums::sums(par, x, idx, k, d, sums));
         cluster_sums::dist_sums(idx, dist, dist_sums);
         counts.copy_from_slice(&cluster_sums::counts(idx, k));
@@ -246,10 +241,7 @@ impl Backend for CpuBackend {
         d: usize,
         centroids: &mut Vec<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("sums", sums.len(), k * d)?;
-        check_len("counts", counts.len(), k)?;
-        check_len("centroids", centroids.len(), k * d)?;
+        check::update(k, d, sums.len(), counts.len(), centroids.len())?;
         cluster_sums::kmeans_update(sums, counts, d, centroids);
         Ok(())
     }
@@ -264,14 +256,17 @@ impl Backend for CpuBackend {
         embed_sum: &mut Vec<f32>,
         codebook: &mut Vec<f32>,
     ) -> Result<()> {
-        shape.validate()?;
-        params.validate()?;
+        let (xl, il) = (x.len(), idx.len());
+        check::ema(
+            shape,
+            params,
+            xl,
+            il,
+            cluster_size.len(),
+            embed_sum.len(),
+            codebook.len(),
+        )?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len(), n * d)?;
-        check_len("idx", idx.len(), n)?;
-        check_len("cluster_size", cluster_size.len(), k)?;
-        check_len("embed_sum", embed_sum.len(), k * d)?;
-        check_len("codebook", codebook.len(), k * d)?;
         let mut batch = vec![0.0f32; k * d];
         self.run(n * d, |par| {
             cluster_sums::sums(par, x, idx, k, d, &mut batch)

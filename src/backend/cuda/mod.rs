@@ -10,7 +10,7 @@
 use super::ptx::{
     CLUSTER_SUMS_PTX, DISTANCE_ARGMIN_PTX, EMA_UPDATE_PTX, PTX_COMPILER, PTX_ISA, PTX_TARGET,
 };
-use super::{Backend, Element, EmaParams, Shape, check_len};
+use super::{Backend, Element, EmaParams, Shape, check};
 use crate::error::{Error, Result};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
@@ -545,9 +545,7 @@ impl Backend for CudaBackend {
         d: usize,
         norms: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("codebook", codebook.len, k * d)?;
-        check_len("norms", norms.len, k)?;
+        check::norms(k, d, codebook.len, norms.len)?;
         let (k, d) = (to_u32("k", k)?, to_u32("d", d)?);
         // SAFETY: codeword_norms(const f32* codebook, u32 k, u32 d, f32* norms): thread j < k
         // reads codebook[j*d..(j+1)*d) (k*d f32, checked) and writes norms[j] (k f32, checked).
@@ -573,13 +571,8 @@ impl Backend for CudaBackend {
         idx: &mut CudaBuf<u32>,
         dist: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
+        check::argmin(shape, x.len, codebook.len, norms.len, idx.len, dist.len)?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("codebook", codebook.len, k * d)?;
-        check_len("norms", norms.len, k)?;
-        check_len("idx", idx.len, n)?;
-        check_len("dist", dist.len, n)?;
         if n == 0 {
             return Ok(());
         }
@@ -621,14 +614,16 @@ impl Backend for CudaBackend {
         counts: &mut CudaBuf<u32>,
         dist_sums: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
+        check::cluster_sums(
+            shape,
+            x.len,
+            idx.len,
+            dist.len,
+            sums.len,
+            counts.len,
+            dist_sums.len,
+        )?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("idx", idx.len, n)?;
-        check_len("dist", dist.len, n)?;
-        check_len("sums", sums.len, k * d)?;
-        check_len("counts", counts.len, k)?;
-        check_len("dist_sums", dist_sums.len, k)?;
         let (n, k, d) = (to_u32("n", n)?, to_u32("k", k)?, to_u32("d", d)?);
         let g = self.group(&idx.bytes, n, k, &mut counts.bytes)?;
         let s = SegShape { k, d };
@@ -659,10 +654,7 @@ impl Backend for CudaBackend {
         d: usize,
         centroids: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("sums", sums.len, k * d)?;
-        check_len("counts", counts.len, k)?;
-        check_len("centroids", centroids.len, k * d)?;
+        check::update(k, d, sums.len, counts.len, centroids.len)?;
         let s = SegShape {
             k: to_u32("k", k)?,
             d: to_u32("d", d)?,
@@ -693,14 +685,16 @@ impl Backend for CudaBackend {
         embed_sum: &mut CudaBuf<f32>,
         codebook: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
-        params.validate()?;
+        check::ema(
+            shape,
+            params,
+            x.len,
+            idx.len,
+            cluster_size.len,
+            embed_sum.len,
+            codebook.len,
+        )?;
         let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("idx", idx.len, n)?;
-        check_len("cluster_size", cluster_size.len, k)?;
-        check_len("embed_sum", embed_sum.len, k * d)?;
-        check_len("codebook", codebook.len, k * d)?;
         let (n, k, d) = (to_u32("n", n)?, to_u32("k", k)?, to_u32("d", d)?);
         let mut counts = self.alloc::<u32>(k as usize)?;
         let g = self.group(&idx.bytes, n, k, &mut counts)?;

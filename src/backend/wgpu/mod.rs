@@ -15,7 +15,7 @@
 mod context;
 mod ops;
 
-use super::{Backend, Element, EmaParams, Shape, check_len};
+use super::{Backend, Element, EmaParams, Shape, check};
 use crate::error::{Error, Result};
 use context::{Caps, Context, TIMER_QUERIES, Timer, device_error};
 use std::marker::PhantomData;
@@ -430,9 +430,7 @@ impl Backend for WgpuBackend {
         d: usize,
         norms: &mut WgpuBuf<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("codebook", codebook.len, k * d)?;
-        check_len("norms", norms.len, k)?;
+        check::norms(k, d, codebook.len, norms.len)?;
         ops::codeword_norms(&self.ctx, &codebook.buf, k, d, &norms.buf)
     }
 
@@ -445,13 +443,7 @@ impl Backend for WgpuBackend {
         idx: &mut WgpuBuf<u32>,
         dist: &mut WgpuBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
-        let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("codebook", codebook.len, k * d)?;
-        check_len("norms", norms.len, k)?;
-        check_len("idx", idx.len, n)?;
-        check_len("dist", dist.len, n)?;
+        check::argmin(shape, x.len, codebook.len, norms.len, idx.len, dist.len)?;
         ops::distance_argmin(
             &self.ctx,
             self.variant,
@@ -474,14 +466,15 @@ impl Backend for WgpuBackend {
         counts: &mut WgpuBuf<u32>,
         dist_sums: &mut WgpuBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
-        let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("idx", idx.len, n)?;
-        check_len("dist", dist.len, n)?;
-        check_len("sums", sums.len, k * d)?;
-        check_len("counts", counts.len, k)?;
-        check_len("dist_sums", dist_sums.len, k)?;
+        check::cluster_sums(
+            shape,
+            x.len,
+            idx.len,
+            dist.len,
+            sums.len,
+            counts.len,
+            dist_sums.len,
+        )?;
         ops::cluster_sums(
             &self.ctx,
             &x.buf,
@@ -502,10 +495,7 @@ impl Backend for WgpuBackend {
         d: usize,
         centroids: &mut WgpuBuf<f32>,
     ) -> Result<()> {
-        Shape::new(0, k, d).validate()?;
-        check_len("sums", sums.len, k * d)?;
-        check_len("counts", counts.len, k)?;
-        check_len("centroids", centroids.len, k * d)?;
+        check::update(k, d, sums.len, counts.len, centroids.len)?;
         ops::kmeans_update(&self.ctx, &sums.buf, &counts.buf, k, d, &centroids.buf)
     }
 
@@ -519,14 +509,15 @@ impl Backend for WgpuBackend {
         embed_sum: &mut WgpuBuf<f32>,
         codebook: &mut WgpuBuf<f32>,
     ) -> Result<()> {
-        shape.validate()?;
-        params.validate()?;
-        let Shape { n, k, d } = shape;
-        check_len("x", x.len, n * d)?;
-        check_len("idx", idx.len, n)?;
-        check_len("cluster_size", cluster_size.len, k)?;
-        check_len("embed_sum", embed_sum.len, k * d)?;
-        check_len("codebook", codebook.len, k * d)?;
+        check::ema(
+            shape,
+            params,
+            x.len,
+            idx.len,
+            cluster_size.len,
+            embed_sum.len,
+            codebook.len,
+        )?;
         ops::ema_update(
             &self.ctx,
             &x.buf,
