@@ -355,7 +355,8 @@ fn project_rows(p: &Pca, x: &[f32], top: usize) -> Vec<f32> {
     out
 }
 
-/// Lloyd iterations with empty-cluster repair and the relative-improvement stop. Returns
+/// Lloyd iterations with empty-cluster repair, stopping at a fixed point or on the
+/// relative-improvement test. Returns
 /// the inertia per point at each iteration and the number of clusters repaired.
 fn lloyd<B: Backend>(
     km: &mut DeviceKMeans<'_, B>,
@@ -367,6 +368,7 @@ fn lloyd<B: Backend>(
     let Shape { n, d, .. } = km.shape();
     let mut hist = Vec::with_capacity(cfg.iters);
     let mut repaired_total = 0;
+    let mut prev_counts: Option<Vec<u32>> = None;
     for iter in 0..cfg.iters {
         let rep = km.step()?;
         let mse = rep.inertia / n.max(1) as f64;
@@ -385,6 +387,17 @@ fn lloyd<B: Backend>(
         });
         let prev = hist.last().copied();
         hist.push(mse);
+        // A fixed point: the same inertia, bit for bit, and the same cluster sizes as the
+        // step before, with no repair in either. The centroids did not move, so every
+        // further step would repeat this one exactly (FAISS stops on the same objective).
+        let counts = (repaired == 0).then_some(rep.counts);
+        if prev.is_some_and(|p| p.to_bits() == mse.to_bits())
+            && counts.is_some()
+            && counts == prev_counts
+        {
+            break;
+        }
+        prev_counts = counts;
         // A repair moves centroids, so the next inertia is not comparable: never stop there.
         if let Some(p) = prev
             && cfg.tol > 0.0
