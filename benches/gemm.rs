@@ -7,43 +7,23 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use vqkit::nn::gemm::{MatRef, Parallelism, default_isa, sgemm_with};
+use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
 use vqkit::nn::{
     Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Tensor, Window, mse_loss,
 };
 use vqkit::rng::Rng;
 
-/// (label, m, n, k, A transposed, B transposed)
-const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
-    ("square", 1024, 1024, 1024, false, false),
-    ("enc1_fwd", 64, 6272, 16, false, false),
-    ("enc2_fwd", 128, 1568, 1024, false, false),
-    ("enc2_dw", 128, 1024, 1568, false, true),
-    ("enc2_dx", 1024, 1568, 128, true, false),
-    ("enc3_fwd", 128, 1568, 1152, false, false),
-    ("res3_fwd", 32, 1568, 1152, false, false),
-    ("res3_dx", 1152, 1568, 32, true, false),
-];
-
 fn bench_gemm(cr: &mut Criterion) {
     let isa = default_isa();
     let mut g = cr.benchmark_group("cpu");
     g.sample_size(20);
-    for &(label, m, n, k, ta, tb) in SHAPES {
+    for &(label, m, n, k, ta, tb) in MODEL_SHAPES {
         let mut rng = Rng::new(7);
         let a = rng.normal_vec(m * k);
         let b = rng.normal_vec(k * n);
         let mut c = rng.normal_vec(m * n);
-        let am = if ta {
-            MatRef::row_major(&a, m).t()
-        } else {
-            MatRef::row_major(&a, k)
-        };
-        let bm = if tb {
-            MatRef::row_major(&b, k).t()
-        } else {
-            MatRef::row_major(&b, n)
-        };
+        let am = MatRef::operand(&a, m, k, ta);
+        let bm = MatRef::operand(&b, k, n, tb);
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         for (threads, par) in [
             (1, Parallelism::None),

@@ -13,16 +13,8 @@ fn check(isa: Isa, par: Parallelism, m: usize, n: usize, k: usize, ta: bool, tb:
     let a = rng.normal_vec(m * k);
     let b = rng.normal_vec(k * n);
     // Stored layouts: A as (m, k) or (k, m); B as (k, n) or (n, k).
-    let am = if ta {
-        MatRef::row_major(&a, m).t()
-    } else {
-        MatRef::row_major(&a, k)
-    };
-    let bm = if tb {
-        MatRef::row_major(&b, k).t()
-    } else {
-        MatRef::row_major(&b, n)
-    };
+    let am = MatRef::operand(&a, m, k, ta);
+    let bm = MatRef::operand(&b, k, n, tb);
     let a64: Vec<f64> = (0..m * k)
         .map(|t| am.data[(t / k) * am.rs + (t % k) * am.cs] as f64)
         .collect();

@@ -32,6 +32,20 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
+/// The GEMMs of the default VQ-VAE's convolutions at batch 32 (forward, weight gradient,
+/// input gradient), as `(label, m, n, k, A transposed, B transposed)`: the shapes the
+/// GEMM benchmarks time.
+pub const MODEL_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
+    ("square", 1024, 1024, 1024, false, false),
+    ("enc1_fwd", 64, 6272, 16, false, false),
+    ("enc2_fwd", 128, 1568, 1024, false, false),
+    ("enc2_dw", 128, 1024, 1568, false, true),
+    ("enc2_dx", 1024, 1568, 128, true, false),
+    ("enc3_fwd", 128, 1568, 1152, false, false),
+    ("res3_fwd", 32, 1568, 1152, false, false),
+    ("res3_dx", 1152, 1568, 32, true, false),
+];
+
 /// A read-only strided view of a matrix: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -47,6 +61,16 @@ impl<'a> MatRef<'a> {
             data,
             rs: cols,
             cs: 1,
+        }
+    }
+
+    /// A `rows x cols` operand stored row-major, or, when `transposed`, stored as its
+    /// row-major `cols x rows` transpose.
+    pub fn operand(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            MatRef::row_major(data, rows).t()
+        } else {
+            MatRef::row_major(data, cols)
         }
     }
 
