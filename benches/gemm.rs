@@ -9,7 +9,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
 use vqkit::nn::{
-    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Tensor, Window, mse_loss,
+    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Tensor, Window,
+    autoencoder_step,
 };
 use vqkit::rng::Rng;
 
@@ -125,20 +126,7 @@ fn bench_train_step(cr: &mut Criterion) {
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(
         format!("ae_train_step/b{batch}/{}t", rayon::current_num_threads()),
-        |b| {
-            b.iter(|| {
-                let z = enc.forward(&x).unwrap();
-                let xh = dec.forward(&z).unwrap();
-                let (_, dxh) = mse_loss(&xh, &x).unwrap();
-                enc.zero_grad();
-                dec.zero_grad();
-                let dz = dec.backward(&dxh).unwrap();
-                enc.backward(&dz).unwrap();
-                let mut params = enc.params_mut();
-                params.extend(dec.params_mut());
-                opt.step(&mut params).unwrap();
-            })
-        },
+        |b| b.iter(|| autoencoder_step(&mut enc, &mut dec, &mut opt, &x).unwrap()),
     );
     g.finish();
 }

@@ -3,7 +3,7 @@
 //! `cargo run --release --example ae_step -- [steps]`
 
 use std::time::Instant;
-use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, mse_loss};
+use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Tensor, autoencoder_step};
 use vqkit::rng::Rng;
 
 fn main() -> vqkit::Result<()> {
@@ -29,16 +29,7 @@ fn main() -> vqkit::Result<()> {
     )?;
     let t0 = Instant::now();
     for _ in 0..steps {
-        let z = enc.forward(&x)?;
-        let xh = dec.forward(&z)?;
-        let (_, dxh) = mse_loss(&xh, &x)?;
-        enc.zero_grad();
-        dec.zero_grad();
-        let dz = dec.backward(&dxh)?;
-        enc.backward(&dz)?;
-        let mut params = enc.params_mut();
-        params.extend(dec.params_mut());
-        opt.step(&mut params)?;
+        autoencoder_step(&mut enc, &mut dec, &mut opt, &x)?;
     }
     let s = t0.elapsed().as_secs_f64();
     println!(

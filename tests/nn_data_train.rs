@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vqkit::Error;
 use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
-use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, mse_loss};
+use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, autoencoder_step};
 use vqkit::rng::Rng;
 
 fn tmp_dir(tag: &str) -> PathBuf {
@@ -152,22 +152,13 @@ fn autoencoder_loss_falls_on_real_fashion_mnist() {
         )
         .unwrap()
     };
+    // Two stride-2 convolutions take 28 x 28 images to 7 x 7 latents.
+    assert_eq!(enc.forward(&batch_at(0)).unwrap().shape, [batch, 8, 7, 7]);
     let mut losses = Vec::new();
     for step in 0..16 {
-        let x = batch_at(step);
-        let z = enc.forward(&x).unwrap();
-        assert_eq!(z.shape, [batch, 8, 7, 7]);
-        let xh = dec.forward(&z).unwrap();
-        let (loss, dxh) = mse_loss(&xh, &x).unwrap();
+        let loss = autoencoder_step(&mut enc, &mut dec, &mut opt, &batch_at(step)).unwrap();
         assert!(loss.is_finite());
         losses.push(loss);
-        enc.zero_grad();
-        dec.zero_grad();
-        let dz = dec.backward(&dxh).unwrap();
-        enc.backward(&dz).unwrap();
-        let mut params = enc.params_mut();
-        params.extend(dec.params_mut());
-        opt.step(&mut params).unwrap();
     }
     let first: f32 = losses[..4].iter().sum::<f32>() / 4.0;
     let last: f32 = losses[losses.len() - 4..].iter().sum::<f32>() / 4.0;

@@ -19,6 +19,6 @@ pub mod vqvae;
 
 pub use conv::{Conv2d, ConvTranspose2d, Window};
 pub use layers::{Layer, Relu, ResidualBlock, ResidualStack, mse_loss};
-pub use model::{ConvNetConfig, Decoder, Encoder};
+pub use model::{ConvNetConfig, Decoder, Encoder, autoencoder_step};
 pub use optim::{Adam, Sgd};
 pub use vqvae::{QuantizerKind, RqVae, VqVae, VqVaeConfig, VqVaeOutput};

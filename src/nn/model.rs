@@ -14,7 +14,8 @@
 //! For 28 x 28 inputs and two hidden dims the latents are 7 x 7.
 
 use super::conv::{Conv2d, ConvTranspose2d, Window};
-use super::layers::{Layer, Relu, ResidualStack};
+use super::layers::{Layer, Relu, ResidualStack, mse_loss};
+use super::optim::Adam;
 use super::tensor::{Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -193,4 +194,25 @@ impl Layer for Decoder {
         v.extend(self.ups.iter_mut().flat_map(|u| u.params_mut()));
         v
     }
+}
+
+/// One Adam step of the plain autoencoder (encoder -> decoder, MSE against the input), with
+/// the layers' backward passes in reverse order; returns the loss before the step.
+pub fn autoencoder_step(
+    enc: &mut Encoder,
+    dec: &mut Decoder,
+    opt: &mut Adam,
+    x: &Tensor,
+) -> Result<f32> {
+    let z = enc.forward(x)?;
+    let xh = dec.forward(&z)?;
+    let (loss, dxh) = mse_loss(&xh, x)?;
+    enc.zero_grad();
+    dec.zero_grad();
+    let dz = dec.backward(&dxh)?;
+    enc.backward(&dz)?;
+    let mut params = enc.params_mut();
+    params.extend(dec.params_mut());
+    opt.step(&mut params)?;
+    Ok(loss)
 }
