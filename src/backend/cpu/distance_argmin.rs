@@ -118,38 +118,41 @@ pub(crate) fn distance_argmin(
         return;
     }
     if k <= NARROW_K {
-        let task = |(t, (idx, dist)): (usize, (&mut [u32], &mut [f32]))| {
-            let xs = &x[t * TASK_ROWS * d..][..idx.len() * d];
-            rows_narrow(xs, codebook, norms, d, idx, dist);
-        };
-        let chunks = idx.chunks_mut(TASK_ROWS).zip(dist.chunks_mut(TASK_ROWS));
-        if parallel {
-            chunks
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .enumerate()
-                .for_each(task);
-        } else {
-            chunks.enumerate().for_each(task);
-        }
+        for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
+            rows_narrow(xs, codebook, norms, d, idx, dist)
+        });
         return;
     }
     let (kernel, mr, nr) = kernel_for(isa);
     let packed = Packed::new(codebook, norms, k, d, nr);
+    for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
+        rows_block(kernel, mr, xs, &packed, idx, dist)
+    });
+}
+
+/// Splits the rows into fixed tasks of `TASK_ROWS` (independent of the thread count) and
+/// runs `f(x rows, idx, dist)` on each, in parallel or in order.
+fn for_each_task(
+    parallel: bool,
+    x: &[f32],
+    d: usize,
+    idx: &mut [u32],
+    dist: &mut [f32],
+    f: impl Fn(&[f32], &mut [u32], &mut [f32]) + Sync,
+) {
     let task = |(t, (idx, dist)): (usize, (&mut [u32], &mut [f32]))| {
-        let rows = idx.len();
-        let xs = &x[t * TASK_ROWS * d..][..rows * d];
-        rows_block(kernel, mr, xs, &packed, idx, dist);
+        f(&x[t * TASK_ROWS * d..][..idx.len() * d], idx, dist)
     };
-    let chunks = idx.chunks_mut(TASK_ROWS).zip(dist.chunks_mut(TASK_ROWS));
     if parallel {
-        chunks
-            .collect::<Vec<_>>()
-            .into_par_iter()
+        idx.par_chunks_mut(TASK_ROWS)
+            .zip(dist.par_chunks_mut(TASK_ROWS))
             .enumerate()
             .for_each(task);
     } else {
-        chunks.enumerate().for_each(task);
+        idx.chunks_mut(TASK_ROWS)
+            .zip(dist.chunks_mut(TASK_ROWS))
+            .enumerate()
+            .for_each(task);
     }
 }
 
