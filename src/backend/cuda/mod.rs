@@ -106,10 +106,10 @@ fn device(e: DriverError) -> Error {
     }
 }
 
-fn unavailable(reason: impl Into<String>) -> Error {
+fn unavailable(reason: impl std::fmt::Display) -> Error {
     Error::BackendUnavailable {
         backend: "cuda",
-        reason: reason.into(),
+        reason: format!("{reason}; use `--backend cpu` instead"),
     }
 }
 
