@@ -10,14 +10,18 @@
 //! gradient (`dY . col^T`) and the data gradient (`W^T . dY`) are all one call. C is
 //! row-major with leading dimension `ldc`.
 //!
-//! Blocking in the BLIS manner: for each slab of NC columns and each slice of KC steps of k,
-//! A (m x KC) is packed into panels of MR rows and B (KC x NC) into panels of NR columns,
-//! both k-major, zero-padded at the edges; then the C slab is cut into tiles of up to MC rows
-//! by a run of B panels and the tiles run in parallel. Inside a tile the loop is B panel
-//! outer, A panel inner: the B micro-panel (KC x NR) stays in L1 while the tile's A block
-//! (MC x KC) stays in L2. The micro-kernel holds an MR x NR tile of C in registers over the
-//! whole KC slice, reading NR/lanes vectors of B and broadcasting MR values of A per step,
-//! the register tiling of `backend/cpu/distance_argmin.rs` without the argmin epilogue.
+//! Blocking in the BLIS manner: op(A) is packed once, slice by slice of KC steps of k, into
+//! panels of MR rows, k-major and zero-padded. The product is then one parallel region: a
+//! grid of tasks, each owning a range of whole NR-column panels of C (and, only when there
+//! are too few column panels to go round, a range of row panels). A task packs the
+//! KC x NR panels of B for its own columns, slice by slice, and runs the micro-kernel over
+//! them: B panel outer, A panel inner within a block of MC rows, so the B micro-panel stays
+//! in L1 while the A block (MC x KC) stays in L2. One fork-join per GEMM: packing B inside
+//! the tasks instead of in a parallel pass of its own saves two joins per KC slice, which on
+//! the model's small GEMMs cost more than the packing. The micro-kernel holds an MR x NR tile
+//! of C in registers over the whole KC slice, reading NR/lanes vectors of B and broadcasting
+//! MR values of A per step, the register tiling of `backend/cpu/distance_argmin.rs` without
+//! the argmin epilogue.
 //! Edge tiles go through a small buffer, so the kernel only ever writes whole tiles.
 //!
 //! Variants, all checked against [`super::reference::gemm`]:
@@ -345,78 +349,108 @@ fn blocked(
 ) {
     let (mr, nr) = (s.mr, s.nr);
     let a_panels = m.div_ceil(mr);
-    let kc_max = s.kc.min(k);
-    let mut apack = vec![0.0f32; a_panels * mr * kc_max];
-    let nc_max = s.nc.min(n.div_ceil(nr) * nr);
-    let mut bpack = vec![0.0f32; nc_max * kc_max];
-    let cptr = CPtr(c.as_mut_ptr());
+    let b_panels = n.div_ceil(nr);
+    // All of op(A), packed once: KC slice after KC slice, each slice `a_panels` panels of
+    // MR rows, k-major. Slice `p0` starts at `a_panels * mr * p0`.
+    let mut apack = vec![0.0f32; a_panels * mr * k];
+    {
+        let slices: Vec<(usize, &mut [f32])> = (0..k)
+            .step_by(s.kc)
+            .zip(chunks_by(&mut apack, a_panels * mr, k, s.kc))
+            .collect();
+        let pack_slice = |(p0, out): (usize, &mut [f32])| {
+            let kc = s.kc.min(k - p0);
+            for (ip, panel) in out.chunks_mut(mr * kc).enumerate() {
+                let i0 = ip * mr;
+                pack_a(&a, i0, mr.min(m - i0), p0, kc, mr, panel);
+            }
+        };
+        if parallel && m * k >= MIN_PARALLEL_PACK {
+            slices.into_par_iter().for_each(pack_slice);
+        } else {
+            slices.into_iter().for_each(pack_slice);
+        }
+    }
+    // Tasks: a grid of row ranges (whole MR panels) x column ranges (whole NR panels), one
+    // parallel region for the whole product. Each task packs the B panels of its own
+    // columns, so tasks in one row of the grid never pack the same B; rows of the grid are
+    // only added when there are too few column panels to go round (then they re-pack B,
+    // which is small exactly then).
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
         1
     };
-    for j0 in (0..n).step_by(s.nc) {
-        let nc = s.nc.min(n - j0);
-        let b_panels = nc.div_ceil(nr);
-        for p0 in (0..k).step_by(s.kc) {
-            let kc = s.kc.min(k - p0);
-            let acc = accumulate || p0 > 0;
-            let apack = &mut apack[..a_panels * mr * kc];
-            let bpack = &mut bpack[..b_panels * nr * kc];
-            let pa = |(ip, out): (usize, &mut [f32])| {
-                let i0 = ip * mr;
-                pack_a(&a, i0, mr.min(m - i0), p0, kc, mr, out)
-            };
-            let pb = |(jp, out): (usize, &mut [f32])| {
-                let jj = jp * nr;
-                pack_b(&b, p0, kc, j0 + jj, nr.min(nc - jj), nr, out)
-            };
-            if parallel {
-                apack.par_chunks_mut(mr * kc).enumerate().for_each(pa);
-                bpack.par_chunks_mut(nr * kc).enumerate().for_each(pb);
-            } else {
-                apack.chunks_mut(mr * kc).enumerate().for_each(pa);
-                bpack.chunks_mut(nr * kc).enumerate().for_each(pb);
-            }
-            // Tiles: row blocks of up to MC rows x runs of B panels; enough of them to keep
-            // every thread busy with some slack for imbalance.
-            let row_blocks = m.div_ceil(s.mc);
-            let want = 4 * threads;
-            let splits = want.div_ceil(row_blocks).clamp(1, b_panels);
-            let per_split = b_panels.div_ceil(splits);
-            let splits = b_panels.div_ceil(per_split);
-            let (apack, bpack) = (&*apack, &*bpack);
-            let tile = |t: usize| {
-                let (rb, sp) = (t / splits, t % splits);
-                let ip0 = rb * s.mc / mr;
-                let ip1 = ((rb + 1) * s.mc).min(m).div_ceil(mr);
-                let jp0 = sp * per_split;
-                let jp1 = (jp0 + per_split).min(b_panels);
-                for jp in jp0..jp1 {
-                    let bp = &bpack[jp * nr * kc..(jp + 1) * nr * kc];
-                    let cols = nr.min(nc - jp * nr);
-                    for ip in ip0..ip1 {
-                        let ap = &apack[ip * mr * kc..(ip + 1) * mr * kc];
-                        let rows = mr.min(m - ip * mr);
-                        let (ci, cj) = (ip * mr, j0 + jp * nr);
-                        // SAFETY: ci + rows <= m and cj + cols <= n, and C holds
-                        // (m - 1) * ldc + n elements (checked by `sgemm_with`), so the tile
-                        // is in bounds; tiles of distinct tasks are disjoint.
-                        unsafe {
-                            let cp = cptr.get().add(ci * ldc + cj);
-                            micro(s, kc, ap, bp, cp, ldc, rows, cols, acc);
+    let want = if threads > 1 { 4 * threads } else { 1 };
+    let col_tasks = want.min(b_panels);
+    let row_tasks = want.div_ceil(col_tasks).min(a_panels);
+    let (cols_per, rows_per) = (b_panels.div_ceil(col_tasks), a_panels.div_ceil(row_tasks));
+    let (col_tasks, row_tasks) = (b_panels.div_ceil(cols_per), a_panels.div_ceil(rows_per));
+    let cptr = CPtr(c.as_mut_ptr());
+    let apack = &apack[..];
+    let task = |bpack: &mut Vec<f32>, t: usize| {
+        let (rt, ct) = (t / col_tasks, t % col_tasks);
+        let (ip0, ip1) = (rt * rows_per, ((rt + 1) * rows_per).min(a_panels));
+        let (jp0, jp1) = (ct * cols_per, ((ct + 1) * cols_per).min(b_panels));
+        let row_block = (s.mc / mr).max(1);
+        for jc in (jp0..jp1).step_by(s.nc / nr) {
+            let jc1 = (jc + s.nc / nr).min(jp1);
+            for p0 in (0..k).step_by(s.kc) {
+                let kc = s.kc.min(k - p0);
+                let acc = accumulate || p0 > 0;
+                bpack.resize((jc1 - jc) * nr * kc, 0.0);
+                for (q, out) in bpack.chunks_mut(nr * kc).enumerate() {
+                    let j0 = (jc + q) * nr;
+                    pack_b(&b, p0, kc, j0, nr.min(n - j0), nr, out);
+                }
+                let aslice = &apack[a_panels * mr * p0..][..a_panels * mr * kc];
+                // A block of MC rows stays in L2 while the B panels of this task pass by;
+                // each B micro-panel stays in L1 across the block's A panels.
+                for ib in (ip0..ip1).step_by(row_block) {
+                    let ib1 = (ib + row_block).min(ip1);
+                    for jp in jc..jc1 {
+                        let bp = &bpack[(jp - jc) * nr * kc..][..nr * kc];
+                        let cj = jp * nr;
+                        let cols = nr.min(n - cj);
+                        for ip in ib..ib1 {
+                            let ap = &aslice[ip * mr * kc..][..mr * kc];
+                            let ci = ip * mr;
+                            let rows = mr.min(m - ci);
+                            // SAFETY: ci + rows <= m and cj + cols <= n, and C holds
+                            // (m - 1) * ldc + n elements (checked by `sgemm_with`), so the
+                            // tile is in bounds; tasks own disjoint (row, column) ranges.
+                            unsafe {
+                                let cp = cptr.get().add(ci * ldc + cj);
+                                micro(s, kc, ap, bp, cp, ldc, rows, cols, acc);
+                            }
                         }
                     }
                 }
-            };
-            let tasks = row_blocks * splits;
-            if parallel && tasks > 1 {
-                (0..tasks).into_par_iter().for_each(tile);
-            } else {
-                (0..tasks).for_each(tile);
             }
         }
+    };
+    let tasks = row_tasks * col_tasks;
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+    } else {
+        let mut bpack = Vec::new();
+        (0..tasks).for_each(|t| task(&mut bpack, t));
     }
+}
+
+/// Below this many elements of A, packing it stays on the calling thread.
+const MIN_PARALLEL_PACK: usize = 1 << 15;
+
+/// `buf` (rows x k, slice-major) cut into its KC slices: `rows * min(kc, k - p0)` each.
+fn chunks_by(buf: &mut [f32], rows: usize, k: usize, kc: usize) -> Vec<&mut [f32]> {
+    let mut out = Vec::with_capacity(k.div_ceil(kc));
+    let mut rest = buf;
+    for p0 in (0..k).step_by(kc) {
+        let (head, tail) = rest.split_at_mut(rows * kc.min(k - p0));
+        out.push(head);
+        rest = tail;
+    }
+    out
 }
 
 /// Runs the micro-kernel on one tile of `rows x cols` (at most MR x NR) at `c`.
