@@ -87,6 +87,11 @@ const CONV_CASES: &[ConvCase] = &[
     (3, 1, 5, 8, 2, 1, 1, 0, true), // 1x1 projection
     (1, 2, 8, 7, 2, 3, 3, 0, false), // stride 3: remainder columns never read
     (2, 2, 4, 3, 3, 2, 1, 2, true), // padding larger than half the kernel
+    // Stride 1 with cout <= cin: dx through the flipped-kernel convolution of dy.
+    (2, 4, 5, 6, 3, 3, 1, 1, true), // the residual block's 3x3 (channels shrink)
+    (1, 3, 6, 5, 3, 3, 1, 0, false), // no padding: dy is padded by k - 1
+    (2, 5, 4, 4, 2, 2, 1, 1, true), // even kernel: dy is not padded, output grows by one
+    (2, 4, 3, 3, 2, 1, 1, 0, true), // 1x1 projection down
 ];
 
 #[test]
@@ -754,4 +759,75 @@ fn whole_rqvae_backward_matches_finite_differences() {
     }
     // The codebook gradients must be nonzero somewhere (the check above is not vacuous).
     assert!(grads[n_enc + n_dec].iter().any(|&g| g != 0.0));
+}
+
+/// Layers keep buffers between steps: a layer run on batches of changing size must give
+/// exactly what a fresh copy of it gives on each batch.
+#[test]
+fn reused_layers_match_fresh_ones_bit_for_bit() {
+    let convs: &[(usize, usize, Window)] = &[
+        (
+            4,
+            3,
+            Window {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+        ), // flipped-kernel dx
+        (
+            3,
+            4,
+            Window {
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+        ), // col2im dx
+        (
+            2,
+            3,
+            Window {
+                kernel: 4,
+                stride: 2,
+                padding: 1,
+            },
+        ),
+    ];
+    for (case, &(cin, cout, win)) in convs.iter().enumerate() {
+        let seed = 300 + case as u64;
+        let mut reused = Conv2d::new(cin, cout, win, true, &mut Rng::new(seed)).unwrap();
+        let mut reused_t =
+            ConvTranspose2d::new(cin, cout, win, 0, true, &mut Rng::new(seed)).unwrap();
+        let mut rng = Rng::new(seed + 1);
+        for n in [3usize, 1, 2] {
+            let x = Tensor::randn([n, cin, 6, 5], 1.0, &mut rng);
+            let mut fresh = Conv2d::new(cin, cout, win, true, &mut Rng::new(seed)).unwrap();
+            let mut fresh_t =
+                ConvTranspose2d::new(cin, cout, win, 0, true, &mut Rng::new(seed)).unwrap();
+            let (y, yf) = (reused.forward(&x).unwrap(), fresh.forward(&x).unwrap());
+            assert_eq!(y.data, yf.data, "conv {case} forward, batch {n}");
+            let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+            reused.zero_grad();
+            let (dx, dxf) = (reused.backward(&dy).unwrap(), fresh.backward(&dy).unwrap());
+            assert_eq!(dx.data, dxf.data, "conv {case} dx, batch {n}");
+            assert_eq!(
+                reused.weight.grad, fresh.weight.grad,
+                "conv {case} dW, batch {n}"
+            );
+            let (y, yf) = (reused_t.forward(&x).unwrap(), fresh_t.forward(&x).unwrap());
+            assert_eq!(y.data, yf.data, "conv_t {case} forward, batch {n}");
+            let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+            reused_t.zero_grad();
+            let (dx, dxf) = (
+                reused_t.backward(&dy).unwrap(),
+                fresh_t.backward(&dy).unwrap(),
+            );
+            assert_eq!(dx.data, dxf.data, "conv_t {case} dx, batch {n}");
+            assert_eq!(
+                reused_t.weight.grad, fresh_t.weight.grad,
+                "conv_t {case} dW, batch {n}"
+            );
+        }
+    }
 }

@@ -121,13 +121,13 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     }
 }
 
-/// The adjoint of [`im2col`]: `x = sum over windows of col`, overwriting x (N, C, H, W).
+/// The adjoint of [`im2col`]: `x += sum over windows of col`, x (N, C, H, W) (callers pass
+/// zeros: a fresh tensor is already zeroed, so clearing it again would be a wasted pass).
 fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
     let [n, c, h, w] = xs;
     let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
     let np = n * oh * ow;
     let image = |(b, xb): (usize, &mut [f32])| {
-        xb.fill(0.0);
         for ci in 0..c {
             let img = &mut xb[ci * h * w..][..h * w];
             for ky in 0..k {
@@ -168,9 +168,9 @@ fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     }
 }
 
-/// NCHW (N, C, P) -> (C, N P).
-pub(crate) fn nchw_to_cnp(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
+/// NCHW (N, C, P) -> (C, N P), into `out` (reused; every element is written).
+fn nchw_to_cnp_into(out: &mut Vec<f32>, x: &[f32], n: usize, c: usize, p: usize) {
+    let out = scratch(out, x.len());
     let row = |(ci, o): (usize, &mut [f32])| {
         for b in 0..n {
             o[b * p..(b + 1) * p].copy_from_slice(&x[(b * c + ci) * p..][..p]);
@@ -181,7 +181,13 @@ pub(crate) fn nchw_to_cnp(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
     } else {
         out.chunks_mut((n * p).max(1)).enumerate().for_each(row);
     }
-    out
+}
+
+/// `buf` as a slice of `len` elements, reusing its allocation. Elements it already held
+/// keep their stale values: for outputs that are overwritten in full.
+fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
 }
 
 /// (C, N P) -> NCHW (N, C, P), adding `bias[ci]` when given.
@@ -249,6 +255,17 @@ struct ConvCache {
     ow: usize,
 }
 
+/// Buffers a layer keeps between steps, so a training step does not allocate (and zero)
+/// its large temporaries again each time.
+#[derive(Default)]
+struct Scratch {
+    /// The GEMM output of the forward (C, N P) and the gradient dy' of the backward.
+    cnp: Vec<f32>,
+    /// The column matrix of the transposed convolution's forward, the column gradient of
+    /// the convolution's backward.
+    dcol: Vec<f32>,
+}
+
 /// 2-d convolution (PyTorch's `Conv2d`, square kernel, no dilation or groups).
 /// weight: (cout, cin, k, k), bias: (cout).
 pub struct Conv2d {
@@ -258,6 +275,7 @@ pub struct Conv2d {
     pub weight: Param,
     pub bias: Option<Param>,
     cache: Option<ConvCache>,
+    scratch: Scratch,
 }
 
 impl Conv2d {
@@ -276,6 +294,7 @@ impl Conv2d {
             weight,
             bias,
             cache: None,
+            scratch: Scratch::default(),
         })
     }
 
@@ -312,21 +331,29 @@ impl Conv2d {
         let k = self.window.kernel;
         let ck = self.cin * k * k;
         let np = n * oh * ow;
-        let mut col = vec![0.0f32; ck * np];
-        im2col(&mut col, &x.data, x.shape, self.window, oh, ow);
-        let mut y = vec![0.0f32; cout * np];
+        // The previous step's column matrix is this one's buffer.
+        let mut col = self.cache.take().map(|c| c.col).unwrap_or_default();
+        im2col(
+            scratch(&mut col, ck * np),
+            &x.data,
+            x.shape,
+            self.window,
+            oh,
+            ow,
+        );
+        let y = scratch(&mut self.scratch.cnp, cout * np);
         sgemm(
             cout,
             np,
             ck,
             MatRef::row_major(&self.weight.value, ck),
             MatRef::row_major(&col, np),
-            &mut y,
+            y,
             np,
             false,
         )?;
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
-        let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(&y, n, cout, oh * ow, bias))?;
+        let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(y, n, cout, oh * ow, bias))?;
         self.cache = Some(ConvCache {
             col,
             xshape: x.shape,
@@ -345,7 +372,8 @@ impl Conv2d {
         let k = self.window.kernel;
         let ck = self.cin * k * k;
         let np = n * oh * ow;
-        let dyp = nchw_to_cnp(&dy.data, n, self.cout, oh * ow);
+        let dyp = &mut self.scratch.cnp;
+        nchw_to_cnp_into(dyp, &dy.data, n, self.cout, oh * ow);
         if let Some(b) = &mut self.bias {
             bias_grad(&mut b.grad, dy);
         }
@@ -353,25 +381,62 @@ impl Conv2d {
             self.cout,
             ck,
             np,
-            MatRef::row_major(&dyp, np),
+            MatRef::row_major(dyp, np),
             MatRef::row_major(&cache.col, np).t(),
             &mut self.weight.grad,
             ck,
             true,
         )?;
-        let mut dcol = vec![0.0f32; ck * np];
+        let g = self.window;
+        if g.stride == 1 && g.padding < k && self.cout <= self.cin {
+            // dx is the full convolution of dy with the flipped kernels: im2col of dy has
+            // cout k k rows, no more than the cin k k rows that col2im would scatter.
+            let [_, cin, h, w] = cache.xshape;
+            let kk = k * k;
+            let mut wf = vec![0.0f32; cin * self.cout * kk];
+            for (co, wc) in self.weight.value.chunks_exact(cin * kk).enumerate() {
+                for (ci, taps) in wc.chunks_exact(kk).enumerate() {
+                    let row = &mut wf[(ci * self.cout + co) * kk..][..kk];
+                    row.iter_mut()
+                        .zip(taps.iter().rev())
+                        .for_each(|(d, &v)| *d = v);
+                }
+            }
+            let full = Window {
+                kernel: k,
+                stride: 1,
+                padding: k - 1 - g.padding,
+            };
+            let (rows, nhw) = (self.cout * kk, n * h * w);
+            let dycol = scratch(&mut self.scratch.dcol, rows * nhw);
+            im2col(dycol, &dy.data, dy.shape, full, h, w);
+            // dy' is no longer needed: its buffer takes dx'.
+            let dxp = scratch(&mut self.scratch.cnp, cin * nhw);
+            sgemm(
+                cin,
+                nhw,
+                rows,
+                MatRef::row_major(&wf, rows),
+                MatRef::row_major(dycol, nhw),
+                dxp,
+                nhw,
+                false,
+            )?;
+            return Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, cin, h * w, None));
+        }
+        let dcol = scratch(&mut self.scratch.dcol, ck * np);
         sgemm(
             ck,
             np,
             self.cout,
             MatRef::row_major(&self.weight.value, ck).t(),
-            MatRef::row_major(&dyp, np),
-            &mut dcol,
+            MatRef::row_major(dyp, np),
+            dcol,
             np,
             false,
         )?;
         let mut dx = Tensor::zeros(cache.xshape);
-        col2im(&mut dx.data, &dcol, cache.xshape, self.window, oh, ow);
+        col2im(&mut dx.data, dcol, cache.xshape, g, oh, ow);
         Ok(dx)
     }
 
@@ -406,6 +471,7 @@ pub struct ConvTranspose2d {
     pub weight: Param,
     pub bias: Option<Param>,
     cache: Option<ConvTCache>,
+    scratch: Scratch,
 }
 
 impl ConvTranspose2d {
@@ -442,6 +508,7 @@ impl ConvTranspose2d {
             weight,
             bias,
             cache: None,
+            scratch: Scratch::default(),
         })
     }
 
@@ -474,20 +541,21 @@ impl ConvTranspose2d {
         let k = self.window.kernel;
         let ck = self.cout * k * k;
         let nhw = n * h * w;
-        let xp = nchw_to_cnp(&x.data, n, self.cin, h * w);
-        let mut col = vec![0.0f32; ck * nhw];
+        let mut xp = self.cache.take().map(|c| c.xp).unwrap_or_default();
+        nchw_to_cnp_into(&mut xp, &x.data, n, self.cin, h * w);
+        let col = scratch(&mut self.scratch.dcol, ck * nhw);
         sgemm(
             ck,
             nhw,
             self.cin,
             MatRef::row_major(&self.weight.value, ck).t(),
             MatRef::row_major(&xp, nhw),
-            &mut col,
+            col,
             nhw,
             false,
         )?;
         let mut y = Tensor::zeros(ys);
-        col2im(&mut y.data, &col, ys, self.window, h, w);
+        col2im(&mut y.data, col, ys, self.window, h, w);
         if let Some(b) = &self.bias {
             let p = ys[2] * ys[3];
             for (t, plane) in y.data.chunks_mut(p).enumerate() {
@@ -515,30 +583,30 @@ impl ConvTranspose2d {
         if let Some(b) = &mut self.bias {
             bias_grad(&mut b.grad, dy);
         }
-        let mut dcol = vec![0.0f32; ck * nhw];
-        im2col(&mut dcol, &dy.data, ys, self.window, h, w);
+        let dcol = scratch(&mut self.scratch.dcol, ck * nhw);
+        im2col(dcol, &dy.data, ys, self.window, h, w);
         sgemm(
             self.cin,
             ck,
             nhw,
             MatRef::row_major(&cache.xp, nhw),
-            MatRef::row_major(&dcol, nhw).t(),
+            MatRef::row_major(dcol, nhw).t(),
             &mut self.weight.grad,
             ck,
             true,
         )?;
-        let mut dxp = vec![0.0f32; self.cin * nhw];
+        let dxp = scratch(&mut self.scratch.cnp, self.cin * nhw);
         sgemm(
             self.cin,
             nhw,
             ck,
             MatRef::row_major(&self.weight.value, ck),
-            MatRef::row_major(&dcol, nhw),
-            &mut dxp,
+            MatRef::row_major(dcol, nhw),
+            dxp,
             nhw,
             false,
         )?;
-        Tensor::from_vec(cache.xshape, cnp_to_nchw(&dxp, n, self.cin, h * w, None))
+        Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, self.cin, h * w, None))
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
