@@ -79,36 +79,37 @@ fn valid_range(out_len: usize, s: usize, off: usize, pad: usize, in_len: usize) 
 }
 
 /// col (C k k, N oh ow) from an image batch (N, C, H, W): `col[(ci, ky, kx)][(b, oy, ox)] =
-/// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image.
+/// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image. Every element of `col`
+/// is written.
 fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
     let [n, c, h, w] = xs;
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
+    let (k, s, pad) = (g.kernel, g.stride, g.padding);
     let np = n * oh * ow;
     debug_assert_eq!(col.len(), c * k * k * np);
     let row = |(r, out): (usize, &mut [f32])| {
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        for b in 0..n {
+        // The output rows and columns whose input falls inside the image, for this tap.
+        let (ylo, yhi) = valid_range(oh, s, ky, pad, h);
+        let (lo, hi) = valid_range(ow, s, kx, pad, w);
+        for (b, o) in out.chunks_exact_mut(oh * ow).enumerate() {
             let img = &x[(b * c + ci) * h * w..][..h * w];
-            for oy in 0..oh {
-                let o = &mut out[(b * oh + oy) * ow..][..ow];
-                let iy = (oy * s + ky) as isize - p;
-                if iy < 0 || iy >= h as isize {
-                    o.fill(0.0);
-                    continue;
-                }
-                let src = &img[iy as usize * w..][..w];
-                let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
+            o[..ylo * ow].fill(0.0);
+            o[yhi * ow..].fill(0.0);
+            for oy in ylo..yhi {
+                let o = &mut o[oy * ow..][..ow];
                 o[..lo].fill(0.0);
                 o[hi..].fill(0.0);
                 if lo == hi {
                     continue;
                 }
-                let first = lo * s + kx - g.padding;
+                let src = &img[(oy * s + ky - pad) * w..][..w];
+                let first = lo * s + kx - pad;
                 if s == 1 {
                     o[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
                 } else {
+                    let src = &src[first..];
                     for (t, v) in o[lo..hi].iter_mut().enumerate() {
-                        *v = src[first + t * s];
+                        *v = src[t * s];
                     }
                 }
             }
@@ -124,35 +125,31 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
 /// The adjoint of [`im2col`]: `x += sum over windows of col`, x (N, C, H, W) (callers pass
 /// zeros: a fresh tensor is already zeroed, so clearing it again would be a wasted pass).
 fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
-    let [n, c, h, w] = xs;
-    let (k, s, p) = (g.kernel, g.stride, g.padding as isize);
-    let np = n * oh * ow;
+    let [_, c, h, w] = xs;
+    let (k, s, pad) = (g.kernel, g.stride, g.padding);
+    let np = xs[0] * oh * ow;
     let image = |(b, xb): (usize, &mut [f32])| {
-        for ci in 0..c {
-            let img = &mut xb[ci * h * w..][..h * w];
+        for (ci, img) in xb.chunks_exact_mut(h * w).enumerate() {
             for ky in 0..k {
+                let (ylo, yhi) = valid_range(oh, s, ky, pad, h);
                 for kx in 0..k {
+                    let (lo, hi) = valid_range(ow, s, kx, pad, w);
+                    if lo == hi {
+                        continue;
+                    }
                     let r = (ci * k + ky) * k + kx;
                     let src = &col[r * np + b * oh * ow..][..oh * ow];
-                    for oy in 0..oh {
-                        let iy = (oy * s + ky) as isize - p;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let dst = &mut img[iy as usize * w..][..w];
-                        let (lo, hi) = valid_range(ow, s, kx, g.padding, w);
-                        if lo == hi {
-                            continue;
-                        }
-                        let first = lo * s + kx - g.padding;
-                        let row = &src[oy * ow..][lo..hi];
+                    let first = lo * s + kx - pad;
+                    for oy in ylo..yhi {
+                        let dst = &mut img[(oy * s + ky - pad) * w + first..];
+                        let row = &src[oy * ow + lo..oy * ow + hi];
                         if s == 1 {
-                            for (d, &v) in dst[first..first + row.len()].iter_mut().zip(row) {
+                            for (d, &v) in dst[..row.len()].iter_mut().zip(row) {
                                 *d += v;
                             }
                         } else {
                             for (t, &v) in row.iter().enumerate() {
-                                dst[first + t * s] += v;
+                                dst[t * s] += v;
                             }
                         }
                     }
