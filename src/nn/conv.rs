@@ -362,6 +362,17 @@ impl Conv2d {
 
     /// dx from dy; `dW += dy' col^T`, `db += sum dy`.
     pub fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        self.backward_inner(dy, true)
+            .and_then(|dx| dx.ok_or_else(|| Error::invalid("backward", "no input gradient")))
+    }
+
+    /// The parameter gradients only (`dW`, `db`), for a first layer whose input needs none:
+    /// saves the data-gradient GEMM and col2im.
+    pub fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        self.backward_inner(dy, false).map(|_| ())
+    }
+
+    fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
         let cache = self.cache.as_ref().ok_or_else(no_forward)?;
         let [n, _, _, _] = cache.xshape;
         let (oh, ow) = (cache.oh, cache.ow);
@@ -384,6 +395,9 @@ impl Conv2d {
             ck,
             true,
         )?;
+        if !want_dx {
+            return Ok(None);
+        }
         let g = self.window;
         if g.stride == 1 && g.padding < k && self.cout <= self.cin {
             // dx is the full convolution of dy with the flipped kernels: im2col of dy has
@@ -419,7 +433,7 @@ impl Conv2d {
                 nhw,
                 false,
             )?;
-            return Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, cin, h * w, None));
+            return Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, cin, h * w, None)).map(Some);
         }
         let dcol = scratch(&mut self.scratch.dcol, ck * np);
         sgemm(
@@ -434,7 +448,7 @@ impl Conv2d {
         )?;
         let mut dx = Tensor::zeros(cache.xshape);
         col2im(&mut dx.data, dcol, cache.xshape, g, oh, ow);
-        Ok(dx)
+        Ok(Some(dx))
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {

@@ -96,6 +96,29 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// The parameter gradients of a backward pass, without the gradient of the input
+    /// images (which nothing trains): the first convolution skips its data gradient.
+    pub fn backward_params(&mut self, dy: &Tensor) -> Result<()> {
+        self.backward_inner(dy, false).map(|_| ())
+    }
+
+    fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
+        let d = self.proj.backward(dy)?;
+        let d = self.stack.backward(&d)?;
+        let mut d = self.conv.backward(&d)?;
+        for (i, (conv, relu)) in self.downs.iter_mut().zip(&mut self.relus).enumerate().rev() {
+            let dr = relu.backward(&d)?;
+            if i == 0 && !want_dx {
+                conv.backward_params(&dr)?;
+                return Ok(None);
+            }
+            d = conv.backward(&dr)?;
+        }
+        Ok(Some(d))
+    }
+}
+
 impl Layer for Encoder {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
@@ -108,13 +131,8 @@ impl Layer for Encoder {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let d = self.proj.backward(dy)?;
-        let d = self.stack.backward(&d)?;
-        let mut d = self.conv.backward(&d)?;
-        for (conv, relu) in self.downs.iter_mut().zip(&mut self.relus).rev() {
-            d = conv.backward(&relu.backward(&d)?)?;
-        }
-        Ok(d)
+        self.backward_inner(dy, true)
+            .and_then(|dx| dx.ok_or_else(|| Error::invalid("backward", "no input gradient")))
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -210,7 +228,7 @@ pub fn autoencoder_step(
     enc.zero_grad();
     dec.zero_grad();
     let dz = dec.backward(&dxh)?;
-    enc.backward(&dz)?;
+    enc.backward_params(&dz)?;
     let mut params = enc.params_mut();
     params.extend(dec.params_mut());
     opt.step(&mut params)?;

@@ -528,7 +528,7 @@ impl VqVae {
             }
         }
         let dz = rows_to_nchw(&dz, c.latent_shape)?;
-        self.encoder.backward(&dz)?;
+        self.encoder.backward_params(&dz)?;
         Ok(())
     }
 
