@@ -209,8 +209,15 @@ pub fn sgemm_with(
 
 /// A micro-kernel: `C[0..MR][0..NR] (+)= sum_p a[p][0..MR] (x) b[p][0..NR]` over `kc` steps,
 /// C at `c` with row stride `ldc`.
-type Kernel =
-    unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, acc: bool);
+type Kernel = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+);
 
 struct Spec {
     kernel: Kernel,
@@ -398,10 +405,17 @@ fn blocked(
             for p0 in (0..k).step_by(s.kc) {
                 let kc = s.kc.min(k - p0);
                 let acc = accumulate || p0 > 0;
+                // A row-major B is read in place, NR columns of KC rows with its own row
+                // stride: with few A panels to share it (small m) packing would cost as much
+                // as the product. Partial panels and other layouts are packed.
+                let direct = b.cs == 1;
                 bpack.resize((jc1 - jc) * nr * kc, 0.0);
                 for (q, out) in bpack.chunks_mut(nr * kc).enumerate() {
                     let j0 = (jc + q) * nr;
-                    pack_b(&b, p0, kc, j0, nr.min(n - j0), nr, out);
+                    let cols = nr.min(n - j0);
+                    if !direct || cols < nr {
+                        pack_b(&b, p0, kc, j0, cols, nr, out);
+                    }
                 }
                 let aslice = &apack[a_panels * mr * p0..][..a_panels * mr * kc];
                 // A block of MC rows stays in L2 while the B panels of this task pass by;
@@ -409,9 +423,13 @@ fn blocked(
                 for ib in (ip0..ip1).step_by(row_block) {
                     let ib1 = (ib + row_block).min(ip1);
                     for jp in jc..jc1 {
-                        let bp = &bpack[(jp - jc) * nr * kc..][..nr * kc];
                         let cj = jp * nr;
                         let cols = nr.min(n - cj);
+                        let (bp, ldb) = if direct && cols == nr {
+                            (&b.data[p0 * b.rs + cj..][..(kc - 1) * b.rs + nr], b.rs)
+                        } else {
+                            (&bpack[(jp - jc) * nr * kc..][..nr * kc], nr)
+                        };
                         for ip in ib..ib1 {
                             let ap = &aslice[ip * mr * kc..][..mr * kc];
                             let ci = ip * mr;
@@ -421,7 +439,7 @@ fn blocked(
                             // tile is in bounds; tasks own disjoint (row, column) ranges.
                             unsafe {
                                 let cp = cptr.get().add(ci * ldc + cj);
-                                micro(s, kc, ap, bp, cp, ldc, rows, cols, acc);
+                                micro(s, kc, ap, bp, ldb, cp, ldc, rows, cols, acc);
                             }
                         }
                     }
@@ -457,29 +475,40 @@ fn chunks_by(buf: &mut [f32], rows: usize, k: usize, kc: usize) -> Vec<&mut [f32
 ///
 /// # Safety
 /// `c` must point to a `rows x cols` region with row stride `ldc` that no one else touches;
-/// `ap` and `bp` hold `kc * MR` and `kc * NR` floats.
+/// `ap` holds `kc * MR` floats, `bp` KC rows of NR floats `ldb` apart.
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro(
     s: &Spec,
     kc: usize,
     ap: &[f32],
     bp: &[f32],
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
     acc: bool,
 ) {
-    debug_assert!(ap.len() >= kc * s.mr && bp.len() >= kc * s.nr);
+    debug_assert!(ap.len() >= kc * s.mr && bp.len() >= (kc - 1) * ldb + s.nr);
     if rows == s.mr && cols == s.nr {
         // SAFETY: a whole tile, in bounds by the caller's contract; the kernel's ISA was
         // detected before this spec was chosen.
-        unsafe { (s.kernel)(kc, ap.as_ptr(), bp.as_ptr(), c, ldc, acc) };
+        unsafe { (s.kernel)(kc, ap.as_ptr(), bp.as_ptr(), ldb, c, ldc, acc) };
         return;
     }
     let mut tmp = [0.0f32; MAX_TILE];
     // SAFETY: tmp holds MR x NR <= MAX_TILE floats with row stride NR.
-    unsafe { (s.kernel)(kc, ap.as_ptr(), bp.as_ptr(), tmp.as_mut_ptr(), s.nr, false) };
+    unsafe {
+        (s.kernel)(
+            kc,
+            ap.as_ptr(),
+            bp.as_ptr(),
+            ldb,
+            tmp.as_mut_ptr(),
+            s.nr,
+            false,
+        )
+    };
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: i < rows, j < cols: inside the caller's region.
@@ -504,11 +533,13 @@ const PORTABLE_NR: usize = 16;
 /// v1: plain Rust; fixed-size arrays let the compiler keep the tile in vector registers.
 ///
 /// # Safety
-/// `a`: kc x MR floats, `b`: kc x NR floats, `c`: an MR x NR tile with row stride `ldc`.
+/// `a`: kc x MR floats, `b`: kc rows of NR floats `ldb` apart, `c`: an MR x NR tile with row
+/// stride `ldc`.
 unsafe fn kernel_portable(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     c: *mut f32,
     ldc: usize,
     acc: bool,
@@ -519,11 +550,12 @@ unsafe fn kernel_portable(
     let (a, b) = unsafe {
         (
             std::slice::from_raw_parts(a, kc * MR),
-            std::slice::from_raw_parts(b, kc * NR),
+            std::slice::from_raw_parts(b, (kc - 1) * ldb + NR),
         )
     };
     let mut t = [[0.0f32; NR]; MR];
-    for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+    for (p, ap) in a.chunks_exact(MR).enumerate() {
+        let bp: &[f32; NR] = b[p * ldb..][..NR].try_into().expect("NR floats");
         for r in 0..MR {
             for l in 0..NR {
                 t[r][l] += ap[r] * bp[l];
@@ -551,23 +583,25 @@ mod x86 {
     /// v2: 6 rows x 16 columns (two ymm).
     ///
     /// # Safety
-    /// AVX2 and FMA detected; `a`: kc x 6, `b`: kc x 16 floats, `c`: a 6 x 16 tile.
+    /// AVX2 and FMA detected; `a`: kc x 6 floats, `b`: kc rows of 16 floats `ldb` apart,
+    /// `c`: a 6 x 16 tile.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_avx2(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         acc_c: bool,
     ) {
         const MR: usize = AVX2_MR;
-        const NR: usize = AVX2_NR;
+        const _: () = assert!(AVX2_NR == 2 * 8);
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         // SAFETY (all pointer accesses): p < kc, r < MR, h < 2: inside the caller's buffers.
         unsafe {
             for p in 0..kc {
-                let bp = b.add(p * NR);
+                let bp = b.add(p * ldb);
                 let b0 = _mm256_loadu_ps(bp);
                 let b1 = _mm256_loadu_ps(bp.add(8));
                 let ap = a.add(p * MR);
@@ -594,23 +628,25 @@ mod x86 {
     /// v3: 8 rows x 48 columns (three zmm).
     ///
     /// # Safety
-    /// AVX-512F detected; `a`: kc x 8, `b`: kc x 48 floats, `c`: an 8 x 48 tile.
+    /// AVX-512F detected; `a`: kc x 8 floats, `b`: kc rows of 48 floats `ldb` apart,
+    /// `c`: an 8 x 48 tile.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn kernel_avx512(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         acc_c: bool,
     ) {
         const MR: usize = AVX512_MR;
-        const NR: usize = AVX512_NR;
+        const _: () = assert!(AVX512_NR == 3 * 16);
         let mut acc = [[_mm512_setzero_ps(); 3]; MR];
         // SAFETY (all pointer accesses): p < kc, r < MR, h < 3: inside the caller's buffers.
         unsafe {
             for p in 0..kc {
-                let bp = b.add(p * NR);
+                let bp = b.add(p * ldb);
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
                 let b2 = _mm512_loadu_ps(bp.add(32));
