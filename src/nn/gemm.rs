@@ -264,11 +264,20 @@ fn spec_for(isa: Isa) -> Spec {
 /// Packs rows `i0..i0+mr_rows` x steps `p0..p0+kc` of op(A) into one MR-row panel, k-major.
 fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
     if a.cs == 1 {
-        // Rows of A are contiguous along k: read each row once, scatter with stride MR.
+        // Rows of A are contiguous along k: a transpose. By 8 x 8 blocks in registers for
+        // whole 8-row panels, then row by row, scattering with stride MR.
+        let mut p_start = 0;
+        if mr == 8 && rows == 8 && kc >= 8 && transpose8_available() {
+            p_start = kc / 8 * 8;
+            for pb in (0..p_start).step_by(8) {
+                let src = &a.data[i0 * a.rs + p0 + pb..];
+                transpose8(src, a.rs, &mut out[pb * mr..], mr);
+            }
+        }
         for i in 0..mr {
             if i < rows {
                 let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
-                for (p, &v) in row.iter().enumerate() {
+                for (p, &v) in row.iter().enumerate().skip(p_start) {
                     out[p * mr + i] = v;
                 }
             } else {
@@ -304,24 +313,68 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, o
             o[cols..].fill(0.0);
         }
     } else {
-        // Columns of B are contiguous along k (a transposed operand): read each once.
-        for j in 0..nr {
+        // Columns of B are contiguous along k (a transposed operand): a transpose, by 8 x 8
+        // blocks in registers where the CPU has AVX, element by element at the edges.
+        let mut j = 0;
+        if b.rs == 1 {
+            let (j8, k8) = (cols / 8 * 8, kc / 8 * 8);
+            if j8 > 0 && k8 > 0 && transpose8_available() {
+                for jb in (0..j8).step_by(8) {
+                    for pb in (0..k8).step_by(8) {
+                        let src = &b.data[(j0 + jb) * b.cs + p0 + pb..];
+                        transpose8(src, b.cs, &mut out[pb * nr + jb..], nr);
+                    }
+                }
+                // Rows p >= k8 of the first j8 columns are left for the loop below.
+                for jj in 0..j8 {
+                    let col = &b.data[(j0 + jj) * b.cs + p0..];
+                    for p in k8..kc {
+                        out[p * nr + jj] = col[p];
+                    }
+                }
+                j = j8;
+            }
+        }
+        for j in j..nr {
             if j < cols {
                 let col = &b.data[(j0 + j) * b.cs + p0 * b.rs..];
-                if b.rs == 1 {
-                    for (p, &v) in col[..kc].iter().enumerate() {
-                        out[p * nr + j] = v;
-                    }
-                } else {
-                    for p in 0..kc {
-                        out[p * nr + j] = col[p * b.rs];
-                    }
+                for p in 0..kc {
+                    out[p * nr + j] = col[p * b.rs];
                 }
             } else {
                 for p in 0..kc {
                     out[p * nr + j] = 0.0;
                 }
             }
+        }
+    }
+}
+
+/// Whether [`transpose8`] runs in registers (x86-64 with AVX).
+fn transpose8_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for r, c < 8: one 8 x 8 transpose.
+/// Callers check [`transpose8_available`] first; elsewhere it is element by element.
+fn transpose8(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    assert!(src.len() > 7 * src_stride + 7 && dst.len() > 7 * dst_stride + 7);
+    #[cfg(target_arch = "x86_64")]
+    if transpose8_available() {
+        // SAFETY: AVX detected; the assert above keeps all 8 rows of 8 in both slices.
+        unsafe { x86::transpose8_avx(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) };
+        return;
+    }
+    for r in 0..8 {
+        for c in 0..8 {
+            dst[r * dst_stride + c] = src[c * src_stride + r];
         }
     }
 }
@@ -574,6 +627,48 @@ unsafe fn kernel_portable(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// 8 x 8 transpose: rows of `src` (8 floats, `ss` apart) become columns of `dst`.
+    ///
+    /// # Safety
+    /// AVX detected; `src` and `dst` hold 8 rows of 8 floats at strides `ss` and `ds`.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: rows r < 8 of 8 floats each, inside both buffers by the caller's contract.
+        unsafe {
+            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+            // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in out.iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * ds), *v);
+            }
+        }
+    }
 
     pub(super) const AVX2_MR: usize = 6;
     pub(super) const AVX2_NR: usize = 16;
