@@ -93,6 +93,22 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
         let (lo, hi) = valid_range(ow, s, kx, pad, w);
         for (b, o) in out.chunks_exact_mut(oh * ow).enumerate() {
             let img = &x[(b * c + ci) * h * w..][..h * w];
+            if s == 1 && (oh, ow) == (h, w) && ylo < yhi && lo < hi {
+                // A "same" convolution: the tap's plane is the image shifted by
+                // (ky - p, kx - p). One copy of the flat run from the first valid element
+                // to the last, then zero what the shift wrapped across row ends.
+                let (start, end) = (ylo * ow + lo, (yhi - 1) * ow + hi);
+                let from = (ylo + ky - pad) * w + lo + kx - pad;
+                o[start..end].copy_from_slice(&img[from..from + (end - start)]);
+                o[..start].fill(0.0);
+                o[end..].fill(0.0);
+                for oy in ylo..yhi {
+                    let row = &mut o[oy * ow..][..ow];
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                }
+                continue;
+            }
             o[..ylo * ow].fill(0.0);
             o[yhi * ow..].fill(0.0);
             for oy in ylo..yhi {
