@@ -1,6 +1,7 @@
 //! GEMM GFLOP/s per CPU-second of the calling thread (from /proc/thread-self/schedstat), for
 //! shared machines where wall-clock benchmarks measure the neighbours as much as the code.
-//! Single-threaded. `cargo run --release --example gemm_cputime`
+//! Single-threaded, against the measured single-core FMA ceiling.
+//! `cargo run --release --example gemm_cputime`
 
 use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
 use vqkit::rng::Rng;
@@ -14,6 +15,8 @@ fn cpu_ns() -> u64 {
 }
 
 fn main() {
+    let ceiling = vqkit::backend::cpu::peak::fma_gflops(default_isa(), 1);
+    println!("single-core FMA ceiling: {ceiling:.1} GFLOP/s");
     for &(label, m, n, k, ta, tb) in MODEL_SHAPES {
         let mut rng = Rng::new(7);
         let a = rng.normal_vec(m * k);
@@ -43,9 +46,10 @@ fn main() {
             run(&mut c);
         }
         let s = (cpu_ns() - t0) as f64 * 1e-9;
+        let gflops = (2 * m * n * k * reps) as f64 / s * 1e-9;
         println!(
-            "{label:10} {m}x{n}x{k}: {:6.1} GFLOP/s per CPU-second",
-            (2 * m * n * k * reps) as f64 / s * 1e-9
+            "{label:10} {m}x{n}x{k}: {gflops:6.1} GFLOP/s per CPU-second, {:3.0}% of the ceiling",
+            100.0 * gflops / ceiling
         );
     }
 }

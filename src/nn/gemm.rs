@@ -36,9 +36,10 @@ use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// The GEMMs of the default VQ-VAE's convolutions at batch 32 (forward, weight gradient,
-/// input gradient), as `(label, m, n, k, A transposed, B transposed)`: the shapes the
-/// GEMM benchmarks time.
+/// The largest GEMMs of the default VQ-VAE's convolutions at batch 32, as
+/// `(label, m, n, k, A transposed, B transposed)`: forward (`fwd`), weight gradient (`dw`)
+/// and input gradient (`dx`; the 3x3 residual convolution takes it as the flipped-kernel
+/// convolution of dy). The shapes the GEMM benchmarks time.
 pub const MODEL_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("square", 1024, 1024, 1024, false, false),
     ("enc1_fwd", 64, 6272, 16, false, false),
@@ -47,7 +48,8 @@ pub const MODEL_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("enc2_dx", 1024, 1568, 128, true, false),
     ("enc3_fwd", 128, 1568, 1152, false, false),
     ("res3_fwd", 32, 1568, 1152, false, false),
-    ("res3_dx", 1152, 1568, 32, true, false),
+    ("res3_dw", 32, 1152, 1568, false, true),
+    ("res3_dx", 128, 1568, 288, false, false),
 ];
 
 /// A read-only strided view of a matrix: element (i, j) is `data[i * rs + j * cs]`.

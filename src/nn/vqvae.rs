@@ -39,7 +39,7 @@ use crate::rng::Rng;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum QuantizerKind {
-    /// Straight-through estimator, EMA codebooks (decay 0.99).
+    /// Straight-through estimator, EMA codebooks (decay `ema_decay`, 0.8 by default).
     Ema,
     /// Straight-through estimator, codebooks trained by the codebook loss.
     Codebook,
