@@ -129,6 +129,7 @@ class EmaVQ(nn.Module):
         super().__init__()
         self.k, self.d, self.beta, self.decay, self.eps = k, d, beta, decay, eps
         self.threshold, self.kmeans_iters = threshold, kmeans_iters
+        self.replaced = 0  # dead codes replaced since the counter was last reset
         self.register_buffer("codebook", torch.randn(k, d))
         self.register_buffer("cluster_size", torch.zeros(k))
         self.register_buffer("embed_sum", self.codebook.clone())
@@ -179,6 +180,7 @@ class EmaVQ(nn.Module):
                 smoothed = (self.cluster_size + self.eps) / (total + self.k * self.eps) * total
                 self.codebook.copy_(self.embed_sum / smoothed[:, None])
                 dead = (self.cluster_size < self.threshold).nonzero().flatten()
+                self.replaced += dead.numel()
                 if dead.numel() > 0:
                     pick = rd[torch.randint(rd.shape[0], (dead.numel(),))]
                     self.codebook[dead] = pick
@@ -239,6 +241,39 @@ def loss_fn(x_hat, x, aux):
     return recon + aux, recon
 
 
+def read_safetensors_f32(path):
+    """name -> float32 array, for the F32 tensors of a safetensors file (read by hand: the
+    format is an 8-byte header length, a JSON header, then the raw little-endian data)."""
+    import json
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__" or t["dtype"] != "F32":
+            continue
+        a, b = t["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32)
+    return out
+
+
+def compare_init(model, path):
+    """Standard deviation of every initial parameter here and in the vqkit model, in
+    parameter order (vqkit's `encoder.i` / `decoder.i` follow the same layer order)."""
+    theirs = read_safetensors_f32(path)
+    for part in ("encoder", "decoder"):
+        ours = [(n, p.detach().numpy().ravel()) for n, p in getattr(model, part).named_parameters()]
+        names = sorted((k for k in theirs if k.startswith(part + ".") and k.split(".")[1].isdigit()),
+                       key=lambda k: int(k.split(".")[1]))
+        if len(names) != len(ours):
+            raise ValueError(f"{path}: {len(names)} {part} tensors, expected {len(ours)}")
+        for (n, p), k in zip(ours, names):
+            v = theirs[k]
+            if v.size != p.size:
+                raise ValueError(f"{path}: {k} has {v.size} values, {n} has {p.size}")
+            print(f"{part}.{n:32s} {p.size:7d} values: std torch {p.std():.5f}, vqkit {v.std():.5f}")
+
+
 def psnr(mse):
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))  # images in [0, 1]
 
@@ -261,6 +296,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    ap.add_argument("--compare-init", metavar="MODEL", default=None,
+                    help="print the spread of this script's initial parameters next to those "
+                         "of a vqkit model file (`vqkit train-vqvae --epochs 0 -o MODEL`) and exit")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -273,12 +311,20 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} threads, {n_params} parameters, "
           f"train {tuple(train.shape)}, test {tuple(test.shape)}")
 
+    if args.compare_init:
+        compare_init(model, args.compare_init)
+        return
+
     gen = torch.Generator().manual_seed(args.seed)
     bs = args.batch_size
     for epoch in range(args.epochs):
         model.train()
         perm = torch.randperm(train.shape[0], generator=gen)
         t0, seen, total = time.perf_counter(), 0, 0.0
+        perp_sum, steps = 0.0, 0
+        levels = model.quantizer.levels if model.quantizer is not None else []
+        for vq in levels:
+            vq.replaced = 0
         for s in range(0, train.shape[0] - bs + 1, bs):  # whole batches only
             x = train[perm[s:s + bs]]
             x_hat, aux = model(x)
@@ -288,6 +334,9 @@ def main():
             opt.step()
             seen += bs
             total += recon.item() * bs
+            if model.perplexity:
+                perp_sum += model.perplexity[0]
+                steps += 1
         dt = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
@@ -308,6 +357,9 @@ def main():
         print(f"epoch {epoch + 1}: train mse {total / seen:.5f}, {seen / dt:.1f} images/s, "
               f"test mse {mse:.5f}, test psnr {psnr(mse):.2f} dB, "
               f"perplexity {model.perplexity}, test usage {usage}")
+        if levels:
+            print(f"  level 1: mean batch perplexity {perp_sum / max(steps, 1):.1f}, "
+                  f"dead codes replaced {[vq.replaced for vq in levels]}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+//! The no-quantizer baseline: the VQ-VAE's encoder and decoder trained as a plain
+//! autoencoder on Fashion-MNIST (Adam, lr 1e-3, batch 32, the yardstick's data), printing
+//! per epoch the mean training MSE, the test MSE and PSNR, and the first 12 step losses.
+//! The counterpart of `scripts/vqvae_torch.py --codebook 0`.
+//! `cargo run --release --example ae_train -- [seed] [images] [epochs] [data dir]`
+
+use std::path::PathBuf;
+use vqkit::io::idx;
+use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, autoencoder_step};
+use vqkit::rng::Rng;
+
+fn main() -> vqkit::Result<()> {
+    let arg = |i: usize, default: usize| -> usize {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (seed, limit, epochs) = (arg(1, 0) as u64, arg(2, 10_000), arg(3, 2));
+    let dir = std::env::args()
+        .nth(4)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    let cfg = ConvNetConfig {
+        in_channels: 1,
+        hidden_dims: vec![64, 128],
+        num_residual_layers: 2,
+        residual_hidden: 32,
+        embedding_dim: 64,
+    };
+    let mut rng = Rng::new(seed);
+    let mut enc = Encoder::new(&cfg, &mut rng)?;
+    let mut dec = Decoder::new(&cfg, &mut rng)?;
+    let mut opt = Adam::new(1e-3);
+    let train = idx::load_split(&dir, "train", Some(limit))?.images;
+    let test = idx::load_split(&dir, "t10k", Some(limit))?.images;
+    let per = train.c() * train.h() * train.w();
+    let shape = |n: usize| [n, train.c(), train.h(), train.w()];
+    let mut first = Vec::new();
+    for epoch in 0..epochs {
+        // The data order of `train-vqvae`.
+        let mut order: Vec<usize> = (0..train.n()).collect();
+        Rng::new(Rng::new(seed).next_u64() ^ epoch as u64).shuffle(&mut order);
+        let (mut sum, mut steps) = (0.0f64, 0usize);
+        for batch in order.chunks_exact(32) {
+            let data = batch
+                .iter()
+                .flat_map(|&i| train.data[i * per..(i + 1) * per].iter().copied())
+                .collect();
+            let loss = autoencoder_step(
+                &mut enc,
+                &mut dec,
+                &mut opt,
+                &Tensor::from_vec(shape(32), data)?,
+            )?;
+            if first.len() < 12 {
+                first.push(format!("{loss:.3}"));
+            }
+            sum += loss as f64;
+            steps += 1;
+        }
+        let mut se = 0.0f64;
+        for chunk in test.data.chunks(256 * per) {
+            let x = Tensor::from_vec(shape(chunk.len() / per), chunk.to_vec())?;
+            let y = dec.forward(&enc.forward(&x)?)?;
+            se += y
+                .data
+                .iter()
+                .zip(&x.data)
+                .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+                .sum::<f64>();
+        }
+        let mse = se / test.data.len().max(1) as f64;
+        println!(
+            "seed {seed} epoch {}: train mse {:.5}, test mse {mse:.5}, test psnr {:.2} dB; first steps {}",
+            epoch + 1,
+            sum / steps.max(1) as f64,
+            -10.0 * mse.log10(),
+            first.join(" ")
+        );
+    }
+    Ok(())
+}
