@@ -9,8 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
 use vqkit::nn::{
-    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Tensor, Window,
-    autoencoder_step,
+    Adam, Conv2d, ConvTranspose2d, Decoder, Encoder, Tensor, VqVaeConfig, Window, autoencoder_step,
 };
 use vqkit::rng::Rng;
 
@@ -107,13 +106,7 @@ fn bench_conv(cr: &mut Criterion) {
 fn bench_train_step(cr: &mut Criterion) {
     let mut g = cr.benchmark_group("cpu");
     g.sample_size(10);
-    let cfg = ConvNetConfig {
-        in_channels: 1,
-        hidden_dims: vec![64, 128],
-        num_residual_layers: 2,
-        residual_hidden: 32,
-        embedding_dim: 64,
-    };
+    let cfg = VqVaeConfig::new(1, 512, 1).net();
     let mut rng = Rng::new(5);
     let mut enc = Encoder::new(&cfg, &mut rng).unwrap();
     let mut dec = Decoder::new(&cfg, &mut rng).unwrap();

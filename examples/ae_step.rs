@@ -3,7 +3,7 @@
 //! `cargo run --release --example ae_step -- [steps]`
 
 use std::time::Instant;
-use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Tensor, autoencoder_step};
+use vqkit::nn::{Adam, Decoder, Encoder, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
 
 fn main() -> vqkit::Result<()> {
@@ -11,13 +11,7 @@ fn main() -> vqkit::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let cfg = ConvNetConfig {
-        in_channels: 1,
-        hidden_dims: vec![64, 128],
-        num_residual_layers: 2,
-        residual_hidden: 32,
-        embedding_dim: 64,
-    };
+    let cfg = VqVaeConfig::new(1, 512, 1).net();
     let mut rng = Rng::new(5);
     let mut enc = Encoder::new(&cfg, &mut rng)?;
     let mut dec = Decoder::new(&cfg, &mut rng)?;

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use vqkit::io::idx;
-use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, autoencoder_step};
+use vqkit::nn::{Adam, Decoder, Encoder, Layer, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
 
 fn main() -> vqkit::Result<()> {
@@ -21,13 +21,7 @@ fn main() -> vqkit::Result<()> {
         .nth(4)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
-    let cfg = ConvNetConfig {
-        in_channels: 1,
-        hidden_dims: vec![64, 128],
-        num_residual_layers: 2,
-        residual_hidden: 32,
-        embedding_dim: 64,
-    };
+    let cfg = VqVaeConfig::new(1, 512, 1).net();
     let mut rng = Rng::new(seed);
     let mut enc = Encoder::new(&cfg, &mut rng)?;
     let mut dec = Decoder::new(&cfg, &mut rng)?;
