@@ -257,21 +257,82 @@ def read_safetensors_f32(path):
     return out
 
 
-def compare_init(model, path):
-    """Standard deviation of every initial parameter here and in the vqkit model, in
-    parameter order (vqkit's `encoder.i` / `decoder.i` follow the same layer order)."""
+def vqkit_parameters(model, path):
+    """(torch parameter, vqkit array) pairs, in order, for the encoder and decoder."""
     theirs = read_safetensors_f32(path)
+    pairs = []
     for part in ("encoder", "decoder"):
-        ours = [(n, p.detach().numpy().ravel()) for n, p in getattr(model, part).named_parameters()]
+        ours = list(getattr(model, part).named_parameters())
         names = sorted((k for k in theirs if k.startswith(part + ".") and k.split(".")[1].isdigit()),
                        key=lambda k: int(k.split(".")[1]))
         if len(names) != len(ours):
             raise ValueError(f"{path}: {len(names)} {part} tensors, expected {len(ours)}")
         for (n, p), k in zip(ours, names):
-            v = theirs[k]
-            if v.size != p.size:
-                raise ValueError(f"{path}: {k} has {v.size} values, {n} has {p.size}")
-            print(f"{part}.{n:32s} {p.size:7d} values: std torch {p.std():.5f}, vqkit {v.std():.5f}")
+            if theirs[k].size != p.numel():
+                raise ValueError(f"{path}: {k} has {theirs[k].size} values, {n} has {p.numel()}")
+            pairs.append((f"{part}.{n}", p, theirs[k]))
+    return pairs
+
+
+def load_vqkit_weights(model, path):
+    """vqkit stores convolutions as PyTorch does ((out, in, k, k); transposed: (in, out, k, k))."""
+    with torch.no_grad():
+        for _, p, v in vqkit_parameters(model, path):
+            p.copy_(torch.from_numpy(v.copy()).reshape(p.shape))
+
+
+MASK64 = (1 << 64) - 1
+
+
+class VqkitRng:
+    """vqkit's `Rng` (src/rng.rs): xoshiro256++ seeded through splitmix64."""
+
+    def __init__(self, seed):
+        z, self.s = seed & MASK64, []
+        for _ in range(4):
+            z = (z + 0x9E3779B97F4A7C15) & MASK64
+            x = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+            self.s.append(x ^ (x >> 31))
+
+    @staticmethod
+    def _rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & MASK64
+
+    def next_u64(self):
+        s = self.s
+        out = (self._rotl((s[0] + s[3]) & MASK64, 23) + s[0]) & MASK64
+        t = (s[1] << 17) & MASK64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = self._rotl(s[3], 45)
+        return out
+
+    def below(self, n):
+        return (self.next_u64() * n) >> 64
+
+    def shuffle(self, v):
+        for i in range(len(v) - 1, 0, -1):
+            j = self.below(i + 1)
+            v[i], v[j] = v[j], v[i]
+
+
+def vqkit_order(seed, epoch, n):
+    """The order in which `vqkit train-vqvae --seed SEED` visits n images in an epoch."""
+    order = list(range(n))
+    VqkitRng(VqkitRng(seed).next_u64() ^ epoch).shuffle(order)
+    return order
+
+
+def compare_init(model, path):
+    """Standard deviation of every initial parameter here and in the vqkit model, in
+    parameter order (vqkit's `encoder.i` / `decoder.i` follow the same layer order)."""
+    for name, p, v in vqkit_parameters(model, path):
+        p = p.detach().numpy()
+        print(f"{name:40s} {p.size:7d} values: std torch {p.std():.5f}, vqkit {v.std():.5f}")
 
 
 def psnr(mse):
@@ -296,6 +357,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--limit", type=int, default=None, help="at most this many images per split")
+    ap.add_argument("--init-from", metavar="MODEL", default=None,
+                    help="start from a vqkit model file's encoder/decoder weights (e.g. "
+                         "`vqkit train-vqvae --epochs 0 -o MODEL`) and print the first step losses")
+    ap.add_argument("--vqkit-order", action="store_true",
+                    help="visit the training images in vqkit's order for --seed")
     ap.add_argument("--compare-init", metavar="MODEL", default=None,
                     help="print the spread of this script's initial parameters next to those "
                          "of a vqkit model file (`vqkit train-vqvae --epochs 0 -o MODEL`) and exit")
@@ -314,12 +380,18 @@ def main():
     if args.compare_init:
         compare_init(model, args.compare_init)
         return
+    if args.init_from:
+        load_vqkit_weights(model, args.init_from)
 
     gen = torch.Generator().manual_seed(args.seed)
     bs = args.batch_size
     for epoch in range(args.epochs):
         model.train()
-        perm = torch.randperm(train.shape[0], generator=gen)
+        if args.vqkit_order:
+            perm = torch.tensor(vqkit_order(args.seed, epoch, train.shape[0]))
+        else:
+            perm = torch.randperm(train.shape[0], generator=gen)
+        first = []
         t0, seen, total = time.perf_counter(), 0, 0.0
         perp_sum, steps = 0.0, 0
         levels = model.quantizer.levels if model.quantizer is not None else []
@@ -334,6 +406,8 @@ def main():
             opt.step()
             seen += bs
             total += recon.item() * bs
+            if len(first) < 12:
+                first.append(loss.item())
             if model.perplexity:
                 perp_sum += model.perplexity[0]
                 steps += 1
@@ -357,6 +431,8 @@ def main():
         print(f"epoch {epoch + 1}: train mse {total / seen:.5f}, {seen / dt:.1f} images/s, "
               f"test mse {mse:.5f}, test psnr {psnr(mse):.2f} dB, "
               f"perplexity {model.perplexity}, test usage {usage}")
+        if args.init_from and epoch == 0:
+            print("  first step losses: " + " ".join(f"{v:.3f}" for v in first))
         if levels:
             print(f"  level 1: mean batch perplexity {perp_sum / max(steps, 1):.1f}, "
                   f"dead codes replaced {[vq.replaced for vq in levels]}")
