@@ -236,11 +236,12 @@ pub(crate) fn cnp_to_nchw(
     out
 }
 
-/// `db[c] += sum over (n, p) of dy[n, c, p]`.
+/// `db[c] += sum over (n, p) of dy[n, c, p]`; channels in parallel, each summed in a fixed
+/// order, so the result does not depend on the thread count.
 fn bias_grad(db: &mut [f32], dy: &Tensor) {
     let [n, c, h, w] = dy.shape;
     let p = h * w;
-    for (ci, g) in db.iter_mut().enumerate().take(c) {
+    let channel = |(ci, g): (usize, &mut f32)| {
         let mut s = 0.0f64;
         for b in 0..n {
             s += dy.data[(b * c + ci) * p..][..p]
@@ -249,6 +250,11 @@ fn bias_grad(db: &mut [f32], dy: &Tensor) {
                 .sum::<f64>();
         }
         *g += s as f32;
+    };
+    if dy.len() >= MIN_PARALLEL_ELEMS {
+        db[..c].par_iter_mut().enumerate().for_each(channel);
+    } else {
+        db[..c].iter_mut().enumerate().for_each(channel);
     }
 }
 

@@ -4,6 +4,11 @@ use super::conv::{Conv2d, Window};
 use super::tensor::{Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use rayon::prelude::*;
+
+/// Elementwise passes split into chunks of at least this many elements across rayon's
+/// threads (a serial pass would leave the other cores idle between the parallel GEMMs).
+const MIN_CHUNK: usize = 1 << 14;
 
 /// The interface every trainable block shares, so tests and optimisers can treat them alike.
 pub trait Layer {
@@ -53,7 +58,12 @@ impl Layer for Relu {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let y = Tensor {
             shape: x.shape,
-            data: x.data.iter().map(|&v| v.max(0.0)).collect(),
+            data: x
+                .data
+                .par_iter()
+                .with_min_len(MIN_CHUNK)
+                .map(|&v| v.max(0.0))
+                .collect(),
         };
         self.y = Some(y.clone());
         Ok(y)
@@ -69,7 +79,8 @@ impl Layer for Relu {
             shape: dy.shape,
             data: dy
                 .data
-                .iter()
+                .par_iter()
+                .with_min_len(MIN_CHUNK)
                 .zip(&y.data)
                 .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
                 .collect(),
@@ -118,7 +129,7 @@ impl Layer for ResidualBlock {
         let h = self.relu2.forward(&h)?;
         let mut y = self.conv1.forward(&h)?;
         y.expect_shape("residual branch", x.shape)?;
-        y.data.iter_mut().zip(&x.data).for_each(|(a, &b)| *a += b);
+        add_into(&mut y.data, &x.data);
         Ok(y)
     }
 
@@ -127,7 +138,7 @@ impl Layer for ResidualBlock {
         let dh = self.relu2.backward(&dh)?;
         let dh = self.conv3.backward(&dh)?;
         let mut dx = self.relu1.backward(&dh)?;
-        dx.data.iter_mut().zip(&dy.data).for_each(|(a, &b)| *a += b);
+        add_into(&mut dx.data, &dy.data);
         Ok(dx)
     }
 
@@ -136,6 +147,14 @@ impl Layer for ResidualBlock {
         v.extend(self.conv1.params_mut());
         v
     }
+}
+
+/// `a += b`, elementwise.
+fn add_into(a: &mut [f32], b: &[f32]) {
+    a.par_iter_mut()
+        .with_min_len(MIN_CHUNK)
+        .zip(b)
+        .for_each(|(a, &b)| *a += b);
 }
 
 /// `layers` residual blocks followed by a ReLU.

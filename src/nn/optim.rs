@@ -4,6 +4,7 @@
 
 use super::tensor::Param;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 
 fn check_state(state: &mut Vec<Vec<f32>>, params: &[&mut Param]) -> Result<()> {
     if state.is_empty() {
@@ -87,11 +88,18 @@ impl Adam {
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
         for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-            for (((w, &g), m), v) in p.value.iter_mut().zip(&p.grad).zip(m).zip(v) {
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                *w -= step * *m / (v.sqrt() * inv_sqrt_bc2 + eps);
-            }
+            // Elementwise, so splitting it across threads changes no result.
+            p.value
+                .par_iter_mut()
+                .with_min_len(1 << 14)
+                .zip(&p.grad)
+                .zip(m)
+                .zip(v)
+                .for_each(|(((w, &g), m), v)| {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *w -= step * *m / (v.sqrt() * inv_sqrt_bc2 + eps);
+                });
         }
         Ok(())
     }
