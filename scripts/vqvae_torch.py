@@ -16,6 +16,7 @@ between `encoder` and `decoder`: only `Model.forward` and `loss_fn` change.
 
 import argparse
 import gzip
+import json
 import math
 import os
 import struct
@@ -244,7 +245,6 @@ def loss_fn(x_hat, x, aux):
 def read_safetensors_f32(path):
     """name -> float32 array, for the F32 tensors of a safetensors file (read by hand: the
     format is an 8-byte header length, a JSON header, then the raw little-endian data)."""
-    import json
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + n])

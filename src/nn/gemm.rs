@@ -269,11 +269,11 @@ fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, o
         // Rows of A are contiguous along k: a transpose. By 8 x 8 blocks in registers for
         // whole 8-row panels, then row by row, scattering with stride MR.
         let mut p_start = 0;
-        if mr == 8 && rows == 8 && kc >= 8 && transpose8_available() {
+        if let (8, 8, true, Some(t8)) = (mr, rows, kc >= 8, transpose8()) {
             p_start = kc / 8 * 8;
             for pb in (0..p_start).step_by(8) {
                 let src = &a.data[i0 * a.rs + p0 + pb..];
-                transpose8(src, a.rs, &mut out[pb * mr..], mr);
+                t8(src, a.rs, &mut out[pb * mr..], mr);
             }
         }
         for i in 0..mr {
@@ -320,11 +320,11 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, o
         let mut j = 0;
         if b.rs == 1 {
             let (j8, k8) = (cols / 8 * 8, kc / 8 * 8);
-            if j8 > 0 && k8 > 0 && transpose8_available() {
+            if let (true, Some(t8)) = (j8 > 0 && k8 > 0, transpose8()) {
                 for jb in (0..j8).step_by(8) {
                     for pb in (0..k8).step_by(8) {
                         let src = &b.data[(j0 + jb) * b.cs + p0 + pb..];
-                        transpose8(src, b.cs, &mut out[pb * nr + jb..], nr);
+                        t8(src, b.cs, &mut out[pb * nr + jb..], nr);
                     }
                 }
                 // Rows p >= k8 of the first j8 columns are left for the loop below.
@@ -352,33 +352,20 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, o
     }
 }
 
-/// Whether [`transpose8`] runs in registers (x86-64 with AVX).
-fn transpose8_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+/// One 8 x 8 transpose, `dst[r * dst_stride + c] = src[c * src_stride + r]` for r, c < 8, done
+/// in registers; `None` where the CPU cannot (then the packs go element by element).
+type Transpose8 = fn(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize);
 
-/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for r, c < 8: one 8 x 8 transpose.
-/// Callers check [`transpose8_available`] first; elsewhere it is element by element.
-fn transpose8(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-    assert!(src.len() > 7 * src_stride + 7 && dst.len() > 7 * dst_stride + 7);
+fn transpose8() -> Option<Transpose8> {
     #[cfg(target_arch = "x86_64")]
-    if transpose8_available() {
-        // SAFETY: AVX detected; the assert above keeps all 8 rows of 8 in both slices.
-        unsafe { x86::transpose8_avx(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) };
-        return;
+    if std::arch::is_x86_feature_detected!("avx") {
+        return Some(|src, src_stride, dst, dst_stride| {
+            assert!(src.len() > 7 * src_stride + 7 && dst.len() > 7 * dst_stride + 7);
+            // SAFETY: AVX detected above; the assert keeps all 8 rows of 8 in both slices.
+            unsafe { x86::transpose8_avx(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) }
+        });
     }
-    for r in 0..8 {
-        for c in 0..8 {
-            dst[r * dst_stride + c] = src[c * src_stride + r];
-        }
-    }
+    None
 }
 
 /// C's base pointer, shared by the tasks; each writes a disjoint tile.

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 /// Elementwise passes split into chunks of at least this many elements across rayon's
 /// threads (a serial pass would leave the other cores idle between the parallel GEMMs).
-const MIN_CHUNK: usize = 1 << 14;
+pub(crate) const MIN_CHUNK: usize = 1 << 14;
 
 /// The interface every trainable block shares, so tests and optimisers can treat them alike.
 pub trait Layer {
