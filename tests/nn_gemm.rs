@@ -80,6 +80,58 @@ fn gemm_large_blocks_all_transposes_parallel() {
 }
 
 #[test]
+fn gemm_split_along_k() {
+    // A small C over a long k (a weight gradient summed over the batch's pixels) is split
+    // along k into parts summed in order: parts of unequal length, every transpose.
+    for isa in Isa::available() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for par in [Parallelism::None, Parallelism::Rayon] {
+                check(isa, par, 65, 17, 1100, ta, tb, ta != tb);
+                check(isa, par, 9, 49, 3001, ta, tb, ta == tb);
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_result_does_not_depend_on_threads() {
+    // The task grid and the split along k are functions of the shape: serial and parallel
+    // runs give the same bits.
+    let mut rng = Rng::new(3);
+    for (m, n, k) in [(64, 16, 6272), (128, 1568, 300), (200, 100, 1500)] {
+        let a = rng.normal_vec(m * k);
+        let b = rng.normal_vec(k * n);
+        let run = |par| {
+            let mut c = vec![0.0f32; m * n];
+            // B stored transposed, as in a weight gradient (dY . col^T).
+            let (am, bm) = (MatRef::row_major(&a, k), MatRef::operand(&b, k, n, true));
+            sgemm_with(
+                vqkit::nn::gemm::default_isa(),
+                par,
+                m,
+                n,
+                k,
+                am,
+                bm,
+                &mut c,
+                n,
+                false,
+            )
+            .unwrap();
+            c
+        };
+        let (serial, parallel) = (run(Parallelism::None), run(Parallelism::Rayon));
+        assert!(
+            serial
+                .iter()
+                .zip(&parallel)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{m}x{n}x{k}: serial and parallel results differ"
+        );
+    }
+}
+
+#[test]
 fn gemm_k_zero_and_bad_shapes() {
     let mut c = vec![5.0f32; 6];
     sgemm(

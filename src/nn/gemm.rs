@@ -23,6 +23,10 @@
 //! MR values of A per step, the register tiling of `backend/cpu/distance_argmin.rs` without
 //! the argmin epilogue.
 //! Edge tiles go through a small buffer, so the kernel only ever writes whole tiles.
+//! A product with a small C and a long k (a weight gradient summed over all pixels of a
+//! batch) has too few tiles to share between threads; it is split along k into parts,
+//! computed in parallel and summed in a fixed order. Tasks and parts are functions of the
+//! shape alone, so a product gives the same bits on any number of threads.
 //!
 //! Variants, all checked against [`super::reference::gemm`]:
 //! - v1 `portable`: plain Rust, MR = 4, NR = 16; the compiler vectorizes for the target.
@@ -39,10 +43,12 @@ use std::sync::OnceLock;
 /// The largest GEMMs of the default VQ-VAE's convolutions at batch 32, as
 /// `(label, m, n, k, A transposed, B transposed)`: forward (`fwd`), weight gradient (`dw`)
 /// and input gradient (`dx`; the 3x3 residual convolution takes it as the flipped-kernel
-/// convolution of dy). The shapes the GEMM benchmarks time.
+/// convolution of dy), and the first layer's weight gradient, a small C over a long k that
+/// is split along k. The shapes the GEMM benchmarks time.
 pub const MODEL_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("square", 1024, 1024, 1024, false, false),
     ("enc1_fwd", 64, 6272, 16, false, false),
+    ("enc1_dw", 64, 16, 6272, false, true),
     ("enc2_fwd", 128, 1568, 1024, false, false),
     ("enc2_dw", 128, 1024, 1568, false, true),
     ("enc2_dx", 1024, 1568, 128, true, false),
@@ -77,6 +83,22 @@ impl<'a> MatRef<'a> {
             MatRef::row_major(data, rows).t()
         } else {
             MatRef::row_major(data, cols)
+        }
+    }
+
+    /// The columns from `j0` on.
+    fn cols_from(self, j0: usize) -> Self {
+        MatRef {
+            data: &self.data[j0 * self.cs..],
+            ..self
+        }
+    }
+
+    /// The rows from `i0` on.
+    fn rows_from(self, i0: usize) -> Self {
+        MatRef {
+            data: &self.data[i0 * self.rs..],
+            ..self
         }
     }
 
@@ -205,7 +227,10 @@ pub fn sgemm_with(
         && m * n * k >= MIN_PARALLEL_WORK
         && rayon::current_num_threads() > 1;
     let spec = spec_for(isa);
-    blocked(&spec, parallel, m, n, k, a, b, c, ldc, accumulate);
+    match k_parts(&spec, m, n, k) {
+        Some(parts) => split_k(&spec, parallel, parts, m, n, k, a, b, c, ldc, accumulate),
+        None => blocked(&spec, parallel, m, n, k, a, b, c, ldc, accumulate),
+    }
     Ok(())
 }
 
@@ -383,6 +408,62 @@ impl CPtr {
     }
 }
 
+/// A product whose C has at most this many MR x NR tiles, and whose k is long, is split
+/// along k instead (see [`split_k`]).
+const SPLIT_K_MAX_TILES: usize = 32;
+/// The k steps of one part of a split product, roughly.
+const SPLIT_K_STEPS: usize = 256;
+
+/// How many parts to split k into, if the product is one to split: a small C over a long
+/// k, such as a weight gradient summed over every pixel of the batch (64 x 16 over 6272),
+/// has too few tiles for the threads to share. A function of the shape alone, so the
+/// result does not depend on the thread count; a multiple of 4 parts, so 2 or 4 threads
+/// get equal shares.
+fn k_parts(s: &Spec, m: usize, n: usize, k: usize) -> Option<usize> {
+    let tiles = m.div_ceil(s.mr) * n.div_ceil(s.nr);
+    (tiles <= SPLIT_K_MAX_TILES && k >= 4 * SPLIT_K_STEPS)
+        .then(|| k.div_ceil(SPLIT_K_STEPS).next_multiple_of(4))
+}
+
+/// C (+)= the sum over `parts` near-equal ranges of k of `A[:, range] B[range, :]`: each
+/// part a serial product into a buffer of its own, the parts in parallel, then summed
+/// into C in part order.
+#[allow(clippy::too_many_arguments)]
+fn split_k(
+    s: &Spec,
+    parallel: bool,
+    parts: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut partial = vec![0.0f32; parts * m * n];
+    let part = |(q, out): (usize, &mut [f32])| {
+        let (k0, k1) = (share(q, parts, k), share(q + 1, parts, k));
+        let (a, b) = (a.cols_from(k0), b.rows_from(k0));
+        blocked(s, false, m, n, k1 - k0, a, b, out, n, false);
+    };
+    if parallel {
+        partial.par_chunks_mut(m * n).enumerate().for_each(part);
+    } else {
+        partial.chunks_mut(m * n).enumerate().for_each(part);
+    }
+    for (i, row) in c.chunks_mut(ldc).take(m).enumerate() {
+        for (j, v) in row[..n].iter_mut().enumerate() {
+            let mut sum = if accumulate { *v } else { 0.0 };
+            for p in partial.chunks_exact(m * n) {
+                sum += p[i * n + j];
+            }
+            *v = sum;
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn blocked(
     s: &Spec,
@@ -424,23 +505,38 @@ fn blocked(
     // parallel region for the whole product. Each task packs the B panels of its own
     // columns, so tasks in one row of the grid never pack the same B; rows of the grid are
     // only added when there are too few column panels to go round (then they re-pack B,
-    // which is small exactly then).
+    // which is small exactly then). Ranges differ in length by at most one panel, and there
+    // are several per thread, so the last task to finish is never much longer than the rest
+    // (33 panels in tasks of 5 left one thread with 20 of them).
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
         1
     };
-    let want = if threads > 1 { 4 * threads } else { 1 };
-    let col_tasks = want.min(b_panels);
-    let row_tasks = want.div_ceil(col_tasks).min(a_panels);
-    let (cols_per, rows_per) = (b_panels.div_ceil(col_tasks), a_panels.div_ceil(row_tasks));
-    let (col_tasks, row_tasks) = (b_panels.div_ceil(cols_per), a_panels.div_ceil(rows_per));
+    let col_tasks = if threads > 1 {
+        (TASKS_PER_THREAD * threads).min(b_panels)
+    } else {
+        1
+    };
+    let row_tasks = if threads > 1 && col_tasks < 2 * threads {
+        (TASKS_PER_THREAD * threads)
+            .div_ceil(col_tasks)
+            .min(a_panels)
+    } else {
+        1
+    };
     let cptr = CPtr(c.as_mut_ptr());
     let apack = &apack[..];
     let task = |bpack: &mut Vec<f32>, t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
-        let (ip0, ip1) = (rt * rows_per, ((rt + 1) * rows_per).min(a_panels));
-        let (jp0, jp1) = (ct * cols_per, ((ct + 1) * cols_per).min(b_panels));
+        let (ip0, ip1) = (
+            share(rt, row_tasks, a_panels),
+            share(rt + 1, row_tasks, a_panels),
+        );
+        let (jp0, jp1) = (
+            share(ct, col_tasks, b_panels),
+            share(ct + 1, col_tasks, b_panels),
+        );
         let row_block = (s.mc / mr).max(1);
         for jc in (jp0..jp1).step_by(s.nc / nr) {
             let jc1 = (jc + s.nc / nr).min(jp1);
@@ -496,6 +592,14 @@ fn blocked(
         let mut bpack = Vec::new();
         (0..tasks).for_each(|t| task(&mut bpack, t));
     }
+}
+
+/// Tasks of a parallel GEMM per thread: enough that rayon's stealing evens out the load.
+const TASKS_PER_THREAD: usize = 8;
+
+/// The start of part `i` of `parts` near-equal parts of `0..total`.
+fn share(i: usize, parts: usize, total: usize) -> usize {
+    i * total / parts
 }
 
 /// Below this many elements of A, packing it stays on the calling thread.
