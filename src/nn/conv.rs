@@ -22,6 +22,7 @@ use super::tensor::{Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many elements, im2col/col2im and transposes stay on the calling thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
@@ -211,28 +212,29 @@ pub(crate) fn cnp_to_nchw(
     p: usize,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; y.len()];
-    let image = |(b, o): (usize, &mut [f32])| {
+    let mut out = Vec::with_capacity(y.len());
+    let image = |(b, o): (usize, &mut [MaybeUninit<f32>])| {
         for ci in 0..c {
             let src = &y[ci * n * p + b * p..][..p];
-            let dst = &mut o[ci * p..(ci + 1) * p];
-            match bias {
-                Some(bv) => {
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d = s + bv[ci];
-                    }
-                }
-                None => dst.copy_from_slice(src),
+            let bv = bias.map_or(0.0, |bv| bv[ci]);
+            for (d, &s) in o[ci * p..(ci + 1) * p].iter_mut().zip(src) {
+                d.write(if bias.is_some() { s + bv } else { s });
             }
         }
     };
+    // The output is written in full, image by image, so it is not zeroed first.
+    let spare = &mut out.spare_capacity_mut()[..y.len()];
     if y.len() >= MIN_PARALLEL_ELEMS {
-        out.par_chunks_mut((c * p).max(1))
+        spare
+            .par_chunks_mut((c * p).max(1))
             .enumerate()
             .for_each(image);
     } else {
-        out.chunks_mut((c * p).max(1)).enumerate().for_each(image);
+        spare.chunks_mut((c * p).max(1)).enumerate().for_each(image);
     }
+    // SAFETY: the chunks of `c p` elements, one per image, cover all `y.len() = n c p`
+    // elements of the spare capacity, and `image` writes every element of its chunk.
+    unsafe { out.set_len(y.len()) };
     out
 }
 
