@@ -301,16 +301,15 @@ fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, o
                 t8(src, a.rs, &mut out[pb * mr..], mr);
             }
         }
-        for i in 0..mr {
-            if i < rows {
-                let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
-                for (p, &v) in row.iter().enumerate().skip(p_start) {
-                    out[p * mr + i] = v;
-                }
-            } else {
-                for p in 0..kc {
-                    out[p * mr + i] = 0.0;
-                }
+        for i in 0..rows {
+            let row = &a.data[(i0 + i) * a.rs + p0..][..kc];
+            for (p, &v) in row.iter().enumerate().skip(p_start) {
+                out[p * mr + i] = v;
+            }
+        }
+        if rows < mr {
+            for step in out[..kc * mr].chunks_exact_mut(mr) {
+                step[rows..].fill(0.0);
             }
         }
     } else if a.rs == 1 {
@@ -362,16 +361,17 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, o
                 j = j8;
             }
         }
-        for j in j..nr {
-            if j < cols {
-                let col = &b.data[(j0 + j) * b.cs + p0 * b.rs..];
-                for p in 0..kc {
-                    out[p * nr + j] = col[p * b.rs];
-                }
-            } else {
-                for p in 0..kc {
-                    out[p * nr + j] = 0.0;
-                }
+        for j in j..cols {
+            let col = &b.data[(j0 + j) * b.cs + p0 * b.rs..];
+            for p in 0..kc {
+                out[p * nr + j] = col[p * b.rs];
+            }
+        }
+        // The padding columns, row by row: column by column, each store would touch a
+        // cache line of its own, kc of them per column.
+        if cols < nr {
+            for row in out[..kc * nr].chunks_exact_mut(nr) {
+                row[cols..].fill(0.0);
             }
         }
     }
