@@ -95,8 +95,9 @@ fn gemm_split_along_k() {
 
 #[test]
 fn gemm_result_does_not_depend_on_threads() {
-    // The task grid and the split along k are functions of the shape: serial and parallel
-    // runs give the same bits.
+    // The task grid and the split along k are functions of the shape: serial runs and
+    // parallel runs on pools of 2, 3 and 4 threads (whatever this machine has) give the
+    // same bits.
     let mut rng = Rng::new(3);
     for (m, n, k) in [(64, 16, 6272), (128, 1568, 300), (200, 100, 1500)] {
         let a = rng.normal_vec(m * k);
@@ -105,29 +106,25 @@ fn gemm_result_does_not_depend_on_threads() {
             let mut c = vec![0.0f32; m * n];
             // B stored transposed, as in a weight gradient (dY . col^T).
             let (am, bm) = (MatRef::row_major(&a, k), MatRef::operand(&b, k, n, true));
-            sgemm_with(
-                vqkit::nn::gemm::default_isa(),
-                par,
-                m,
-                n,
-                k,
-                am,
-                bm,
-                &mut c,
-                n,
-                false,
-            )
-            .unwrap();
+            let isa = vqkit::nn::gemm::default_isa();
+            sgemm_with(isa, par, m, n, k, am, bm, &mut c, n, false).unwrap();
             c
         };
-        let (serial, parallel) = (run(Parallelism::None), run(Parallelism::Rayon));
-        assert!(
-            serial
-                .iter()
-                .zip(&parallel)
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{m}x{n}x{k}: serial and parallel results differ"
-        );
+        let serial = run(Parallelism::None);
+        for threads in [2, 3, 4] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let parallel = pool.install(|| run(Parallelism::Rayon));
+            assert!(
+                serial
+                    .iter()
+                    .zip(&parallel)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{n}x{k}: serial and {threads}-thread results differ"
+            );
+        }
     }
 }
 

@@ -453,13 +453,16 @@ fn split_k(
     } else {
         partial.chunks_mut(m * n).enumerate().for_each(part);
     }
+    // Row by row, each part added in turn: the same order per element as one running sum.
     for (i, row) in c.chunks_mut(ldc).take(m).enumerate() {
-        for (j, v) in row[..n].iter_mut().enumerate() {
-            let mut sum = if accumulate { *v } else { 0.0 };
-            for p in partial.chunks_exact(m * n) {
-                sum += p[i * n + j];
-            }
-            *v = sum;
+        let row = &mut row[..n];
+        if !accumulate {
+            row.fill(0.0);
+        }
+        for p in partial.chunks_exact(m * n) {
+            row.iter_mut()
+                .zip(&p[i * n..][..n])
+                .for_each(|(v, &x)| *v += x);
         }
     }
 }
