@@ -79,57 +79,155 @@ fn valid_range(out_len: usize, s: usize, off: usize, pad: usize, in_len: usize) 
     (lo, hi.max(lo))
 }
 
+/// How one tap (ky, kx) of a window meets an image plane (h, w): output position (oy, ox)
+/// reads input (oy s + ky - pad, ox s + kx - pad), which lies inside the image exactly for
+/// rows `ylo..yhi` and columns `lo..hi`.
+#[derive(Clone, Copy, Debug)]
+struct Tap {
+    s: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    ky: usize,
+    kx: usize,
+    pad: usize,
+    ylo: usize,
+    yhi: usize,
+    lo: usize,
+    hi: usize,
+}
+
+impl Tap {
+    fn new(g: Window, ky: usize, kx: usize, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Self {
+        let (s, pad) = (g.stride, g.padding);
+        let (ylo, yhi) = valid_range(oh, s, ky, pad, h);
+        let (lo, hi) = valid_range(ow, s, kx, pad, w);
+        Tap {
+            s,
+            h,
+            w,
+            oh,
+            ow,
+            ky,
+            kx,
+            pad,
+            ylo,
+            yhi,
+            lo,
+            hi,
+        }
+    }
+
+    /// The input row of output row `oy` (in `ylo..yhi`) and the input column of `lo`.
+    fn src_row(&self, oy: usize) -> usize {
+        oy * self.s + self.ky - self.pad
+    }
+
+    fn first_col(&self) -> usize {
+        self.lo * self.s + self.kx - self.pad
+    }
+}
+
+/// Copies one tap's plane of `img` into `o` (oh x ow), zero outside the image.
+type TapGather = fn(o: &mut [f32], img: &[f32], t: &Tap);
+
+/// A register version of [`gather_tap`] for strides 1 and 2 where the CPU has AVX-512F:
+/// one masked load and store per output row (a 16-lane chunk of it) in place of a copy
+/// call per row and fill calls for the borders, which dominate on 7 x 7 planes. `None`
+/// elsewhere. (The same treatment of `scatter_tap` was no faster: each tap's masked
+/// load-add-store reads what the previous tap just stored, and masked stores do not
+/// forward to loads.)
+fn gather_simd(stride: usize) -> Option<TapGather> {
+    #[cfg(target_arch = "x86_64")]
+    if (stride == 1 || stride == 2) && std::arch::is_x86_feature_detected!("avx512f") {
+        return Some(|o, img, t| {
+            assert!(o.len() >= t.oh * t.ow);
+            assert!(t.yhi <= t.ylo || img.len() >= (t.src_row(t.yhi - 1) + 1) * t.w);
+            // SAFETY: AVX-512F detected; the asserts keep every output row inside `o` and
+            // every input row read inside `img`; the kernel reads only the columns lo..hi,
+            // which `valid_range` keeps inside a row.
+            unsafe { x86::gather_avx512(o, img, t) }
+        });
+    }
+    None
+}
+
+/// The scalar [`TapGather`].
+fn gather_tap(o: &mut [f32], img: &[f32], t: &Tap) {
+    let (s, ow) = (t.s, t.ow);
+    let (ylo, yhi, lo, hi) = (t.ylo, t.yhi, t.lo, t.hi);
+    if s == 1 && (t.oh, ow) == (t.h, t.w) && ylo < yhi && lo < hi {
+        // A "same" convolution: the tap's plane is the image shifted by (ky - p, kx - p).
+        // One copy of the flat run from the first valid element to the last, then zero
+        // what the shift wrapped across row ends.
+        let (start, end) = (ylo * ow + lo, (yhi - 1) * ow + hi);
+        let from = t.src_row(ylo) * t.w + t.first_col();
+        o[start..end].copy_from_slice(&img[from..from + (end - start)]);
+        o[..start].fill(0.0);
+        o[end..t.oh * ow].fill(0.0);
+        for oy in ylo..yhi {
+            let row = &mut o[oy * ow..][..ow];
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
+        }
+        return;
+    }
+    o[..ylo * ow].fill(0.0);
+    o[yhi * ow..t.oh * ow].fill(0.0);
+    for oy in ylo..yhi {
+        let o = &mut o[oy * ow..][..ow];
+        o[..lo].fill(0.0);
+        o[hi..].fill(0.0);
+        if lo == hi {
+            continue;
+        }
+        let src = &img[t.src_row(oy) * t.w + t.first_col()..];
+        if s == 1 {
+            o[lo..hi].copy_from_slice(&src[..hi - lo]);
+        } else {
+            for (i, v) in o[lo..hi].iter_mut().enumerate() {
+                *v = src[i * s];
+            }
+        }
+    }
+}
+
+/// Adds `o` (oh x ow) into `img` at one tap's positions: the adjoint of [`gather_tap`].
+fn scatter_tap(img: &mut [f32], o: &[f32], t: &Tap) {
+    if t.lo == t.hi {
+        return;
+    }
+    let (s, ow, first) = (t.s, t.ow, t.first_col());
+    for oy in t.ylo..t.yhi {
+        let dst = &mut img[t.src_row(oy) * t.w + first..];
+        let row = &o[oy * ow + t.lo..oy * ow + t.hi];
+        if s == 1 {
+            for (d, &v) in dst[..row.len()].iter_mut().zip(row) {
+                *d += v;
+            }
+        } else {
+            for (i, &v) in row.iter().enumerate() {
+                dst[i * s] += v;
+            }
+        }
+    }
+}
+
 /// col (C k k, N oh ow) from an image batch (N, C, H, W): `col[(ci, ky, kx)][(b, oy, ox)] =
 /// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image. Every element of `col`
 /// is written.
 fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
     let [n, c, h, w] = xs;
-    let (k, s, pad) = (g.kernel, g.stride, g.padding);
+    let k = g.kernel;
     let np = n * oh * ow;
     debug_assert_eq!(col.len(), c * k * k * np);
+    let gather = gather_simd(g.stride).unwrap_or(gather_tap);
     let row = |(r, out): (usize, &mut [f32])| {
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        // The output rows and columns whose input falls inside the image, for this tap.
-        let (ylo, yhi) = valid_range(oh, s, ky, pad, h);
-        let (lo, hi) = valid_range(ow, s, kx, pad, w);
+        let tap = Tap::new(g, ky, kx, [h, w], [oh, ow]);
         for (b, o) in out.chunks_exact_mut(oh * ow).enumerate() {
-            let img = &x[(b * c + ci) * h * w..][..h * w];
-            if s == 1 && (oh, ow) == (h, w) && ylo < yhi && lo < hi {
-                // A "same" convolution: the tap's plane is the image shifted by
-                // (ky - p, kx - p). One copy of the flat run from the first valid element
-                // to the last, then zero what the shift wrapped across row ends.
-                let (start, end) = (ylo * ow + lo, (yhi - 1) * ow + hi);
-                let from = (ylo + ky - pad) * w + lo + kx - pad;
-                o[start..end].copy_from_slice(&img[from..from + (end - start)]);
-                o[..start].fill(0.0);
-                o[end..].fill(0.0);
-                for oy in ylo..yhi {
-                    let row = &mut o[oy * ow..][..ow];
-                    row[..lo].fill(0.0);
-                    row[hi..].fill(0.0);
-                }
-                continue;
-            }
-            o[..ylo * ow].fill(0.0);
-            o[yhi * ow..].fill(0.0);
-            for oy in ylo..yhi {
-                let o = &mut o[oy * ow..][..ow];
-                o[..lo].fill(0.0);
-                o[hi..].fill(0.0);
-                if lo == hi {
-                    continue;
-                }
-                let src = &img[(oy * s + ky - pad) * w..][..w];
-                let first = lo * s + kx - pad;
-                if s == 1 {
-                    o[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                } else {
-                    let src = &src[first..];
-                    for (t, v) in o[lo..hi].iter_mut().enumerate() {
-                        *v = src[t * s];
-                    }
-                }
-            }
+            gather(o, &x[(b * c + ci) * h * w..][..h * w], &tap);
         }
     };
     if col.len() >= MIN_PARALLEL_ELEMS {
@@ -139,47 +237,51 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     }
 }
 
-/// The adjoint of [`im2col`]: `x += sum over windows of col`, x (N, C, H, W) (callers pass
-/// zeros: a fresh tensor is already zeroed, so clearing it again would be a wasted pass).
-fn col2im(x: &mut [f32], col: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
-    let [_, c, h, w] = xs;
-    let (k, s, pad) = (g.kernel, g.stride, g.padding);
-    let np = xs[0] * oh * ow;
-    let image = |(b, xb): (usize, &mut [f32])| {
-        for (ci, img) in xb.chunks_exact_mut(h * w).enumerate() {
+/// The adjoint of [`im2col`]: x (N, C, H, W) `= init + sum over windows of col`, where
+/// `init` is `bias[ci]` on channel ci, or zero. Each image's planes are set and summed into
+/// by one task, so the output is not zeroed in a pass of its own; each element takes its
+/// taps in the order (ky, kx), whichever loop runs.
+fn col2im(
+    col: &[f32],
+    xs: [usize; 4],
+    g: Window,
+    oh: usize,
+    ow: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let [n, c, h, w] = xs;
+    let k = g.kernel;
+    let np = n * oh * ow;
+    let len = n * c * h * w;
+    let image = |(b, xb): (usize, &mut [MaybeUninit<f32>])| {
+        for (ci, plane) in xb.chunks_exact_mut(h * w).enumerate() {
+            let v = bias.map_or(0.0, |bv| bv[ci]);
+            plane.iter_mut().for_each(|d| {
+                d.write(v);
+            });
+            // SAFETY: every element of the plane was written just above.
+            let img = unsafe { &mut *(plane as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for ky in 0..k {
-                let (ylo, yhi) = valid_range(oh, s, ky, pad, h);
                 for kx in 0..k {
-                    let (lo, hi) = valid_range(ow, s, kx, pad, w);
-                    if lo == hi {
-                        continue;
-                    }
+                    let tap = Tap::new(g, ky, kx, [h, w], [oh, ow]);
                     let r = (ci * k + ky) * k + kx;
-                    let src = &col[r * np + b * oh * ow..][..oh * ow];
-                    let first = lo * s + kx - pad;
-                    for oy in ylo..yhi {
-                        let dst = &mut img[(oy * s + ky - pad) * w + first..];
-                        let row = &src[oy * ow + lo..oy * ow + hi];
-                        if s == 1 {
-                            for (d, &v) in dst[..row.len()].iter_mut().zip(row) {
-                                *d += v;
-                            }
-                        } else {
-                            for (t, &v) in row.iter().enumerate() {
-                                dst[t * s] += v;
-                            }
-                        }
-                    }
+                    scatter_tap(img, &col[r * np + b * oh * ow..][..oh * ow], &tap);
                 }
             }
         }
     };
+    let mut x = Vec::with_capacity(len);
+    let spare = &mut x.spare_capacity_mut()[..len];
     let chunk = (c * h * w).max(1);
-    if x.len() >= MIN_PARALLEL_ELEMS {
-        x.par_chunks_mut(chunk).enumerate().for_each(image);
+    if len >= MIN_PARALLEL_ELEMS {
+        spare.par_chunks_mut(chunk).enumerate().for_each(image);
     } else {
-        x.chunks_mut(chunk).enumerate().for_each(image);
+        spare.chunks_mut(chunk).enumerate().for_each(image);
     }
+    // SAFETY: the chunks of `c h w` elements, one per image, cover all `len` elements,
+    // and `image` writes every element of its chunk before adding to it.
+    unsafe { x.set_len(len) };
+    x
 }
 
 /// NCHW (N, C, P) -> (C, N P), into `out` (reused; every element is written).
@@ -470,9 +572,8 @@ impl Conv2d {
             np,
             false,
         )?;
-        let mut dx = Tensor::zeros(cache.xshape);
-        col2im(&mut dx.data, dcol, cache.xshape, g, oh, ow);
-        Ok(Some(dx))
+        let dx = col2im(dcol, cache.xshape, g, oh, ow, None);
+        Tensor::from_vec(cache.xshape, dx).map(Some)
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -589,15 +690,8 @@ impl ConvTranspose2d {
             nhw,
             false,
         )?;
-        let mut y = Tensor::zeros(ys);
-        col2im(&mut y.data, col, ys, self.window, h, w);
-        if let Some(b) = &self.bias {
-            let p = ys[2] * ys[3];
-            for (t, plane) in y.data.chunks_mut(p).enumerate() {
-                let bv = b.value[t % self.cout];
-                plane.iter_mut().for_each(|v| *v += bv);
-            }
-        }
+        let bias = self.bias.as_ref().map(|b| b.value.as_slice());
+        let y = Tensor::from_vec(ys, col2im(col, ys, self.window, h, w, bias))?;
         self.cache = Some(ConvTCache {
             xp,
             xshape: x.shape,
@@ -650,5 +744,122 @@ impl ConvTranspose2d {
             v.push(b);
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The register gather against the scalar one, bit for bit, on seeded geometries whose
+    /// widths leave every remainder of a 16-lane chunk (and need 1, 2 or 3 chunks).
+    #[test]
+    fn register_gather_matches_scalar_one() {
+        for stride in [1, 2] {
+            let Some(gather) = gather_simd(stride) else {
+                eprintln!("no AVX-512F here: only the scalar gather runs");
+                return;
+            };
+            let mut rng = Rng::new(11 + stride as u64);
+            for case in 0..300 {
+                let kernel = 1 + rng.below(5);
+                let g = Window {
+                    kernel,
+                    stride,
+                    padding: rng.below(kernel),
+                };
+                let (h, w) = (1 + rng.below(12), 1 + case % 40);
+                let (Ok(oh), Ok(ow)) = (g.out_size(h), g.out_size(w)) else {
+                    continue;
+                };
+                let img: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+                for (ky, kx) in (0..kernel).flat_map(|ky| (0..kernel).map(move |kx| (ky, kx))) {
+                    let t = Tap::new(g, ky, kx, [h, w], [oh, ow]);
+                    let (mut want, mut got) = (vec![f32::NAN; oh * ow], vec![1.0; oh * ow]);
+                    gather_tap(&mut want, &img, &t);
+                    gather(&mut got, &img, &t);
+                    assert_eq!(
+                        bits(&want),
+                        bits(&got),
+                        "gather {g:?} {h}x{w} tap {ky},{kx}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Tap;
+    use std::arch::x86_64::*;
+
+    /// The output columns of the 16-wide chunk at `c0` that a tap reads (`valid`), and
+    /// those that exist at all (`store`).
+    fn chunk_masks(t: &Tap, c0: usize) -> (u32, u16) {
+        let width = (t.ow - c0).min(16);
+        let a = t.lo.clamp(c0, c0 + width) - c0;
+        let b = t.hi.clamp(c0, c0 + width) - c0;
+        let valid = ((1u32 << b) - 1) & !((1u32 << a) - 1);
+        (valid, ((1u32 << width) - 1) as u16)
+    }
+
+    /// `valid` (16 lanes) spread to the even lanes of 32: stride 2 reads every other float.
+    fn even_lanes(valid: u32) -> (u16, u16) {
+        let mut m = 0u32;
+        for i in 0..16 {
+            m |= ((valid >> i) & 1) << (2 * i);
+        }
+        (m as u16, (m >> 16) as u16)
+    }
+
+    /// [`super::TapGather`] for strides 1 and 2.
+    ///
+    /// # Safety
+    /// AVX-512F detected; `o` holds oh x ow floats; `img` holds every input row that rows
+    /// `ylo..yhi` read; `lo..hi` from `valid_range` (so the columns read are in the row).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_avx512(o: &mut [f32], img: &[f32], t: &Tap) {
+        let (s, ow) = (t.s, t.ow);
+        debug_assert!(s == 1 || s == 2);
+        // SAFETY: stores are masked to the row's ow columns; loads are masked to the
+        // columns lo..hi, whose inputs lie inside row `src_row(oy)` of `img` (the
+        // pointer to the chunk's first column may lie before it: never dereferenced).
+        unsafe {
+            // Lanes 0, 2, .., 30 of a 32-lane pair.
+            let evens =
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let zero = _mm512_setzero_ps();
+            for c0 in (0..ow).step_by(16) {
+                let (valid, store) = chunk_masks(t, c0);
+                let (m0, m1) = if s == 1 {
+                    (valid as u16, 0)
+                } else {
+                    even_lanes(valid)
+                };
+                let col0 = (c0 * s + t.kx) as isize - t.pad as isize;
+                for oy in 0..t.oh {
+                    let v = if (t.ylo..t.yhi).contains(&oy) && valid != 0 {
+                        let src = img
+                            .as_ptr()
+                            .wrapping_offset((t.src_row(oy) * t.w) as isize + col0);
+                        let a = _mm512_maskz_loadu_ps(m0, src);
+                        if s == 1 {
+                            a
+                        } else {
+                            let b = _mm512_maskz_loadu_ps(m1, src.wrapping_add(16));
+                            _mm512_permutex2var_ps(a, evens, b)
+                        }
+                    } else {
+                        zero
+                    };
+                    _mm512_mask_storeu_ps(o.as_mut_ptr().add(oy * ow + c0), store, v);
+                }
+            }
+        }
     }
 }

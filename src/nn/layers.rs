@@ -65,7 +65,16 @@ impl Layer for Relu {
                 .map(|&v| v.max(0.0))
                 .collect(),
         };
-        self.y = Some(y.clone());
+        // The copy for the backward goes into last step's buffer, in parallel.
+        let mut keep = self.y.take().map_or_else(Vec::new, |t| t.data);
+        keep.resize(y.len(), 0.0);
+        keep.par_chunks_mut(MIN_CHUNK)
+            .zip(y.data.par_chunks(MIN_CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        self.y = Some(Tensor {
+            shape: y.shape,
+            data: keep,
+        });
         Ok(y)
     }
 
@@ -177,11 +186,11 @@ impl ResidualStack {
 
 impl Layer for ResidualStack {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = None;
         for b in &mut self.blocks {
-            h = b.forward(&h)?;
+            h = Some(b.forward(h.as_ref().unwrap_or(x))?);
         }
-        self.relu.forward(&h)
+        self.relu.forward(h.as_ref().unwrap_or(x))
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {

@@ -121,11 +121,11 @@ impl Encoder {
 
 impl Layer for Encoder {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = None;
         for (conv, relu) in self.downs.iter_mut().zip(&mut self.relus) {
-            h = relu.forward(&conv.forward(&h)?)?;
+            h = Some(relu.forward(&conv.forward(h.as_ref().unwrap_or(x))?)?);
         }
-        let h = self.conv.forward(&h)?;
+        let h = self.conv.forward(h.as_ref().unwrap_or(x))?;
         let h = self.stack.forward(&h)?;
         self.proj.forward(&h)
     }
@@ -195,14 +195,17 @@ impl Layer for Decoder {
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let last = self.ups.len() - 1;
-        let mut d = dy.clone();
+        let mut d = None;
         for (i, up) in self.ups.iter_mut().enumerate().rev() {
+            let mut g = d.as_ref().unwrap_or(dy);
+            let relu_grad;
             if i < last {
-                d = self.relus[i].backward(&d)?;
+                relu_grad = self.relus[i].backward(g)?;
+                g = &relu_grad;
             }
-            d = up.backward(&d)?;
+            d = Some(up.backward(g)?);
         }
-        let d = self.stack.backward(&d)?;
+        let d = self.stack.backward(d.as_ref().unwrap_or(dy))?;
         self.conv.backward(&d)
     }
 
