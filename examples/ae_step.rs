@@ -7,6 +7,7 @@ use vqkit::nn::{Adam, Decoder, Encoder, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
 
 fn main() -> vqkit::Result<()> {
+    vqkit::nn::retain_freed_memory();
     let steps: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -10,6 +10,7 @@ use vqkit::nn::{Adam, Decoder, Encoder, Layer, Tensor, VqVaeConfig, autoencoder_
 use vqkit::rng::Rng;
 
 fn main() -> vqkit::Result<()> {
+    vqkit::nn::retain_freed_memory();
     let arg = |i: usize, default: usize| -> usize {
         std::env::args()
             .nth(i)

@@ -5,6 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    vqkit::nn::retain_freed_memory();
     match cli::main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
