@@ -237,10 +237,10 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     }
 }
 
-/// The adjoint of [`im2col`]: x (N, C, H, W) `= init + sum over windows of col`, where
-/// `init` is `bias[ci]` on channel ci, or zero. Each image's planes are set and summed into
-/// by one task, so the output is not zeroed in a pass of its own; each element takes its
-/// taps in the order (ky, kx), whichever loop runs.
+/// The adjoint of [`im2col`]: x (N, C, H, W) `= sum over windows of col`, plus `bias[ci]`
+/// on channel ci when given (added last, after the taps). Each image's planes are zeroed and
+/// summed into by one task, so the output is not zeroed in a serial pass of its own; each
+/// element takes its taps in the order (ky, kx).
 fn col2im(
     col: &[f32],
     xs: [usize; 4],
@@ -255,9 +255,8 @@ fn col2im(
     let len = n * c * h * w;
     let image = |(b, xb): (usize, &mut [MaybeUninit<f32>])| {
         for (ci, plane) in xb.chunks_exact_mut(h * w).enumerate() {
-            let v = bias.map_or(0.0, |bv| bv[ci]);
             plane.iter_mut().for_each(|d| {
-                d.write(v);
+                d.write(0.0);
             });
             // SAFETY: every element of the plane was written just above.
             let img = unsafe { &mut *(plane as *mut [MaybeUninit<f32>] as *mut [f32]) };
@@ -267,6 +266,9 @@ fn col2im(
                     let r = (ci * k + ky) * k + kx;
                     scatter_tap(img, &col[r * np + b * oh * ow..][..oh * ow], &tap);
                 }
+            }
+            if let Some(bias) = bias {
+                img.iter_mut().for_each(|v| *v += bias[ci]);
             }
         }
     };
