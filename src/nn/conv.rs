@@ -119,11 +119,12 @@ impl Tap {
         }
     }
 
-    /// The input row of output row `oy` (in `ylo..yhi`) and the input column of `lo`.
+    /// The input row that output row `oy` (in `ylo..yhi`) reads.
     fn src_row(&self, oy: usize) -> usize {
         oy * self.s + self.ky - self.pad
     }
 
+    /// The input column that output column `lo` reads.
     fn first_col(&self) -> usize {
         self.lo * self.s + self.kx - self.pad
     }
