@@ -130,31 +130,41 @@ impl Tap {
     }
 }
 
-/// Copies one tap's plane of `img` into `o` (oh x ow), zero outside the image.
-type TapGather = fn(o: &mut [f32], img: &[f32], t: &Tap);
+/// Copies one tap's planes of a batch into `out` (one oh x ow plane per image), zero outside
+/// the image; image b's input plane starts at `x[b * step]`.
+type TapGather = fn(out: &mut [f32], x: &[f32], step: usize, t: &Tap);
 
-/// A register version of [`gather_tap`] for strides 1 and 2 where the CPU has AVX-512F:
+/// A register version of [`gather_taps`] for strides 1 and 2 where the CPU has AVX-512F:
 /// one masked load and store per output row (a 16-lane chunk of it) in place of a copy
-/// call per row and fill calls for the borders, which dominate on 7 x 7 planes. `None`
-/// elsewhere. (The same treatment of `scatter_tap` was no faster: each tap's masked
-/// load-add-store reads what the previous tap just stored, and masked stores do not
-/// forward to loads.)
+/// call per row and fill calls for the borders, which dominate on 7 x 7 planes; for a
+/// stride-1 "same" convolution, one per 16 elements of the whole plane, which is the image
+/// shifted. `None` elsewhere. (The same treatment of `scatter_tap` was no faster: each
+/// tap's masked load-add-store reads what the previous tap just stored, and masked stores
+/// do not forward to loads.)
 fn gather_simd(stride: usize) -> Option<TapGather> {
     #[cfg(target_arch = "x86_64")]
     if (stride == 1 || stride == 2) && std::arch::is_x86_feature_detected!("avx512f") {
-        return Some(|o, img, t| {
-            assert!(o.len() >= t.oh * t.ow);
-            assert!(t.yhi <= t.ylo || img.len() >= (t.src_row(t.yhi - 1) + 1) * t.w);
-            // SAFETY: AVX-512F detected; the asserts keep every output row inside `o` and
-            // every input row read inside `img`; the kernel reads only the columns lo..hi,
-            // which `valid_range` keeps inside a row.
-            unsafe { x86::gather_avx512(o, img, t) }
+        return Some(|out, x, step, t| {
+            let plane = t.oh * t.ow;
+            assert!(plane > 0 && out.len() % plane == 0);
+            let n = out.len() / plane;
+            assert!(n == 0 || x.len() >= (n - 1) * step + t.h * t.w);
+            // SAFETY: AVX-512F detected; the asserts keep every output plane inside `out`
+            // and every input plane inside `x`.
+            unsafe { x86::gather_avx512(out, x, step, t) }
         });
     }
     None
 }
 
 /// The scalar [`TapGather`].
+fn gather_taps(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
+    for (b, o) in out.chunks_exact_mut(t.oh * t.ow).enumerate() {
+        gather_tap(o, &x[b * step..][..t.h * t.w], t);
+    }
+}
+
+/// One plane of [`gather_taps`].
 fn gather_tap(o: &mut [f32], img: &[f32], t: &Tap) {
     let (s, ow) = (t.s, t.ow);
     let (ylo, yhi, lo, hi) = (t.ylo, t.yhi, t.lo, t.hi);
@@ -223,13 +233,11 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     let k = g.kernel;
     let np = n * oh * ow;
     debug_assert_eq!(col.len(), c * k * k * np);
-    let gather = gather_simd(g.stride).unwrap_or(gather_tap);
+    let gather = gather_simd(g.stride).unwrap_or(gather_taps);
     let row = |(r, out): (usize, &mut [f32])| {
         let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         let tap = Tap::new(g, ky, kx, [h, w], [oh, ow]);
-        for (b, o) in out.chunks_exact_mut(oh * ow).enumerate() {
-            gather(o, &x[(b * c + ci) * h * w..][..h * w], &tap);
-        }
+        gather(out, &x[ci * h * w..], c * h * w, &tap);
     };
     if col.len() >= MIN_PARALLEL_ELEMS {
         col.par_chunks_mut(np.max(1)).enumerate().for_each(row);
@@ -755,7 +763,8 @@ mod tests {
     use super::*;
 
     /// The register gather against the scalar one, bit for bit, on seeded geometries whose
-    /// widths leave every remainder of a 16-lane chunk (and need 1, 2 or 3 chunks).
+    /// widths leave every remainder of a 16-lane chunk (and need 1, 2 or 3 chunks), "same"
+    /// convolutions (the whole-plane path) among them.
     #[test]
     fn register_gather_matches_scalar_one() {
         for stride in [1, 2] {
@@ -775,12 +784,15 @@ mod tests {
                 let (Ok(oh), Ok(ow)) = (g.out_size(h), g.out_size(w)) else {
                     continue;
                 };
-                let img: Vec<f32> = (0..h * w).map(|_| rng.normal() as f32).collect();
+                // 1 to 3 images, their planes `step` apart with a gap between.
+                let (n, step) = (1 + case % 3, h * w + rng.below(3));
+                let x: Vec<f32> = (0..n * step).map(|_| rng.normal() as f32).collect();
                 for (ky, kx) in (0..kernel).flat_map(|ky| (0..kernel).map(move |kx| (ky, kx))) {
                     let t = Tap::new(g, ky, kx, [h, w], [oh, ow]);
-                    let (mut want, mut got) = (vec![f32::NAN; oh * ow], vec![1.0; oh * ow]);
-                    gather_tap(&mut want, &img, &t);
-                    gather(&mut got, &img, &t);
+                    let len = n * oh * ow;
+                    let (mut want, mut got) = (vec![f32::NAN; len], vec![1.0; len]);
+                    gather_taps(&mut want, &x, step, &t);
+                    gather(&mut got, &x, step, &t);
                     assert_eq!(
                         bits(&want),
                         bits(&got),
@@ -823,10 +835,67 @@ mod x86 {
     /// [`super::TapGather`] for strides 1 and 2.
     ///
     /// # Safety
-    /// AVX-512F detected; `o` holds oh x ow floats; `img` holds every input row that rows
-    /// `ylo..yhi` read; `lo..hi` from `valid_range` (so the columns read are in the row).
+    /// AVX-512F detected; `out` holds whole oh x ow planes; `x` holds the h x w input plane
+    /// of each, `step` apart; the tap's ranges from `valid_range`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_avx512(o: &mut [f32], img: &[f32], t: &Tap) {
+    pub(super) unsafe fn gather_avx512(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
+        let plane = t.oh * t.ow;
+        if t.s == 1 && (t.oh, t.ow) == (t.h, t.w) && plane <= 16 * 64 {
+            // SAFETY: the caller's contract.
+            return unsafe { gather_same_avx512(out, x, step, t) };
+        }
+        for (b, o) in out.chunks_exact_mut(plane).enumerate() {
+            // SAFETY: the caller's contract, for one plane.
+            unsafe { gather_rows_avx512(o, &x[b * step..][..t.h * t.w], t) };
+        }
+    }
+
+    /// A stride-1 tap of a convolution whose output has the input's size: the output plane,
+    /// read as one flat run, is the input plane shifted by `(ky - pad) w + kx - pad`, with
+    /// the positions outside the image zero. Their masks (16 lanes each) are the same for
+    /// every image, so they are built once.
+    ///
+    /// # Safety
+    /// As [`gather_avx512`], and oh x ow = h x w <= 1024.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gather_same_avx512(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
+        let plane = t.oh * t.ow;
+        let mut valid = [0u16; 64];
+        for oy in t.ylo..t.yhi {
+            for q in oy * t.ow + t.lo..oy * t.ow + t.hi {
+                valid[q / 16] |= 1 << (q % 16);
+            }
+        }
+        let shift =
+            (t.ky as isize - t.pad as isize) * t.w as isize + t.kx as isize - t.pad as isize;
+        let (full, rest) = (plane / 16, plane % 16);
+        for (b, o) in out.chunks_exact_mut(plane).enumerate() {
+            let img = x[b * step..][..plane].as_ptr();
+            // SAFETY: a lane is loaded only where its output position reads inside the
+            // image, at input index q + shift < plane; stores stay inside the plane.
+            unsafe {
+                for (c, &m) in valid[..full].iter().enumerate() {
+                    let v =
+                        _mm512_maskz_loadu_ps(m, img.wrapping_offset((16 * c) as isize + shift));
+                    _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), v);
+                }
+                if rest > 0 {
+                    let src = img.wrapping_offset((16 * full) as isize + shift);
+                    let v = _mm512_maskz_loadu_ps(valid[full], src);
+                    let store = ((1u32 << rest) - 1) as u16;
+                    _mm512_mask_storeu_ps(o.as_mut_ptr().add(16 * full), store, v);
+                }
+            }
+        }
+    }
+
+    /// One plane, row by row.
+    ///
+    /// # Safety
+    /// AVX-512F detected; `o` holds oh x ow floats; `img` the h x w input plane; the tap's
+    /// ranges from `valid_range` (so the columns read are inside a row).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gather_rows_avx512(o: &mut [f32], img: &[f32], t: &Tap) {
         let (s, ow) = (t.s, t.ow);
         debug_assert!(s == 1 || s == 2);
         // SAFETY: stores are masked to the row's ow columns; loads are masked to the
