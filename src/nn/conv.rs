@@ -16,12 +16,20 @@
 //! n * oh * ow, large enough for the parallel blocked GEMM even at 7 x 7 latents. The price is
 //! a transpose between NCHW and (C, N * P) on each side (`'` above), a copy that costs a few
 //! percent of the GEMM it feeds.
+//!
+//! Column matrices are k^2 times the size of the layer's input. No layer keeps its own:
+//! every convolution on a thread works in one shared buffer, which stays in the last-level
+//! cache, and a Conv2d keeps a copy of its input instead, from which its backward builds
+//! the column matrix again. The second im2col costs less than what it saves: the weight
+//! gradient's transposing read of the column matrix comes from cache instead of memory,
+//! and the model's peak memory halves.
 
 use super::gemm::{MatRef, sgemm};
 use super::tensor::{Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 /// Below this many elements, im2col/col2im and transposes stay on the calling thread.
@@ -295,6 +303,20 @@ fn col2im(
     x
 }
 
+thread_local! {
+    /// The column-matrix buffer that every convolution on this thread shares.
+    static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's shared column-matrix buffer, which stays in the last-level
+/// cache from layer to layer. A nested call finds it taken and works in a fresh one.
+fn with_columns<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buf = COLUMNS.take();
+    let r = f(&mut buf);
+    COLUMNS.set(buf);
+    r
+}
+
 /// NCHW (N, C, P) -> (C, N P), into `out` (reused; every element is written).
 fn nchw_to_cnp_into(out: &mut Vec<f32>, x: &[f32], n: usize, c: usize, p: usize) {
     let out = scratch(out, x.len());
@@ -310,10 +332,25 @@ fn nchw_to_cnp_into(out: &mut Vec<f32>, x: &[f32], n: usize, c: usize, p: usize)
     }
 }
 
-/// `buf` as a slice of `len` elements, reusing its allocation. Elements it already held
-/// keep their stale values: for outputs that are overwritten in full.
+/// `dst = src`, reusing `dst`'s allocation, in parallel when large.
+fn copy_par(dst: &mut Vec<f32>, src: &[f32]) {
+    let d = scratch(dst, src.len());
+    if src.len() >= MIN_PARALLEL_ELEMS {
+        d.par_chunks_mut(MIN_PARALLEL_ELEMS)
+            .zip(src.par_chunks(MIN_PARALLEL_ELEMS))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    } else {
+        d.copy_from_slice(src);
+    }
+}
+
+/// The first `len` elements of `buf`, which grows (zeroed) when shorter and never shrinks,
+/// so a buffer shared by layers of different sizes is not zeroed again at each switch.
+/// Elements it already held keep their stale values: for outputs overwritten in full.
 fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    buf.resize(len, 0.0);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
     &mut buf[..len]
 }
 
@@ -383,7 +420,8 @@ fn init(len: usize, fan_in: usize, bias: Option<usize>, rng: &mut Rng) -> (Param
 }
 
 struct ConvCache {
-    col: Vec<f32>,
+    /// A copy of the input: the backward builds the column matrix again from it.
+    x: Vec<f32>,
     xshape: [usize; 4],
     oh: usize,
     ow: usize,
@@ -395,9 +433,6 @@ struct ConvCache {
 struct Scratch {
     /// The GEMM output of the forward (C, N P) and the gradient dy' of the backward.
     cnp: Vec<f32>,
-    /// The column matrix of the transposed convolution's forward, the column gradient of
-    /// the convolution's backward.
-    dcol: Vec<f32>,
 }
 
 /// 2-d convolution (PyTorch's `Conv2d`, square kernel, no dilation or groups).
@@ -465,31 +500,28 @@ impl Conv2d {
         let k = self.window.kernel;
         let ck = self.cin * k * k;
         let np = n * oh * ow;
-        // The previous step's column matrix is this one's buffer.
-        let mut col = self.cache.take().map(|c| c.col).unwrap_or_default();
-        im2col(
-            scratch(&mut col, ck * np),
-            &x.data,
-            x.shape,
-            self.window,
-            oh,
-            ow,
-        );
         let y = scratch(&mut self.scratch.cnp, cout * np);
-        sgemm(
-            cout,
-            np,
-            ck,
-            MatRef::row_major(&self.weight.value, ck),
-            MatRef::row_major(&col, np),
-            y,
-            np,
-            false,
-        )?;
+        with_columns(|col| {
+            let col = scratch(col, ck * np);
+            im2col(col, &x.data, x.shape, self.window, oh, ow);
+            sgemm(
+                cout,
+                np,
+                ck,
+                MatRef::row_major(&self.weight.value, ck),
+                MatRef::row_major(col, np),
+                y,
+                np,
+                false,
+            )
+        })?;
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(y, n, cout, oh * ow, bias))?;
+        // The previous step's copy is this one's buffer.
+        let mut xc = self.cache.take().map(|c| c.x).unwrap_or_default();
+        copy_par(&mut xc, &x.data);
         self.cache = Some(ConvCache {
-            col,
+            x: xc,
             xshape: x.shape,
             oh,
             ow,
@@ -522,69 +554,76 @@ impl Conv2d {
         if let Some(b) = &mut self.bias {
             bias_grad(&mut b.grad, dy);
         }
-        sgemm(
-            self.cout,
-            ck,
-            np,
-            MatRef::row_major(dyp, np),
-            MatRef::row_major(&cache.col, np).t(),
-            &mut self.weight.grad,
-            ck,
-            true,
-        )?;
-        if !want_dx {
-            return Ok(None);
-        }
+        let (cout, weight) = (self.cout, &mut self.weight);
         let g = self.window;
-        if g.stride == 1 && g.padding < k && self.cout <= self.cin {
-            // dx is the full convolution of dy with the flipped kernels: im2col of dy has
-            // cout k k rows, no more than the cin k k rows that col2im would scatter.
-            let [_, cin, h, w] = cache.xshape;
-            let kk = k * k;
-            let mut wf = vec![0.0f32; cin * self.cout * kk];
-            for (co, wc) in self.weight.value.chunks_exact(cin * kk).enumerate() {
-                for (ci, taps) in wc.chunks_exact(kk).enumerate() {
-                    let row = &mut wf[(ci * self.cout + co) * kk..][..kk];
-                    row.iter_mut()
-                        .zip(taps.iter().rev())
-                        .for_each(|(d, &v)| *d = v);
-                }
-            }
-            let full = Window {
-                kernel: k,
-                stride: 1,
-                padding: k - 1 - g.padding,
-            };
-            let (rows, nhw) = (self.cout * kk, n * h * w);
-            let dycol = scratch(&mut self.scratch.dcol, rows * nhw);
-            im2col(dycol, &dy.data, dy.shape, full, h, w);
-            // dy' is no longer needed: its buffer takes dx'.
-            let dxp = scratch(&mut self.scratch.cnp, cin * nhw);
+        with_columns(|buf| {
+            // The column matrix again, from the copy of the input, into the shared buffer.
+            let col = scratch(buf, ck * np);
+            im2col(col, &cache.x, cache.xshape, g, oh, ow);
             sgemm(
-                cin,
-                nhw,
-                rows,
-                MatRef::row_major(&wf, rows),
-                MatRef::row_major(dycol, nhw),
-                dxp,
-                nhw,
+                cout,
+                ck,
+                np,
+                MatRef::row_major(dyp, np),
+                MatRef::row_major(col, np).t(),
+                &mut weight.grad,
+                ck,
+                true,
+            )?;
+            if !want_dx {
+                return Ok(None);
+            }
+            if g.stride == 1 && g.padding < k && cout <= self.cin {
+                // dx is the full convolution of dy with the flipped kernels: im2col of dy
+                // has cout k k rows, no more than the cin k k rows that col2im would scatter.
+                let [_, cin, h, w] = cache.xshape;
+                let kk = k * k;
+                let mut wf = vec![0.0f32; cin * cout * kk];
+                for (co, wc) in weight.value.chunks_exact(cin * kk).enumerate() {
+                    for (ci, taps) in wc.chunks_exact(kk).enumerate() {
+                        let row = &mut wf[(ci * cout + co) * kk..][..kk];
+                        row.iter_mut()
+                            .zip(taps.iter().rev())
+                            .for_each(|(d, &v)| *d = v);
+                    }
+                }
+                let full = Window {
+                    kernel: k,
+                    stride: 1,
+                    padding: k - 1 - g.padding,
+                };
+                let (rows, nhw) = (cout * kk, n * h * w);
+                let dycol = scratch(buf, rows * nhw);
+                im2col(dycol, &dy.data, dy.shape, full, h, w);
+                // dy' is no longer needed: its buffer takes dx'.
+                let dxp = scratch(dyp, cin * nhw);
+                sgemm(
+                    cin,
+                    nhw,
+                    rows,
+                    MatRef::row_major(&wf, rows),
+                    MatRef::row_major(dycol, nhw),
+                    dxp,
+                    nhw,
+                    false,
+                )?;
+                let dx = cnp_to_nchw(dxp, n, cin, h * w, None);
+                return Tensor::from_vec(cache.xshape, dx).map(Some);
+            }
+            let dcol = scratch(buf, ck * np);
+            sgemm(
+                ck,
+                np,
+                cout,
+                MatRef::row_major(&weight.value, ck).t(),
+                MatRef::row_major(dyp, np),
+                dcol,
+                np,
                 false,
             )?;
-            return Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, cin, h * w, None)).map(Some);
-        }
-        let dcol = scratch(&mut self.scratch.dcol, ck * np);
-        sgemm(
-            ck,
-            np,
-            self.cout,
-            MatRef::row_major(&self.weight.value, ck).t(),
-            MatRef::row_major(dyp, np),
-            dcol,
-            np,
-            false,
-        )?;
-        let dx = col2im(dcol, cache.xshape, g, oh, ow, None);
-        Tensor::from_vec(cache.xshape, dx).map(Some)
+            let dx = col2im(dcol, cache.xshape, g, oh, ow, None);
+            Tensor::from_vec(cache.xshape, dx).map(Some)
+        })
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -690,19 +729,21 @@ impl ConvTranspose2d {
         let nhw = n * h * w;
         let mut xp = self.cache.take().map(|c| c.xp).unwrap_or_default();
         nchw_to_cnp_into(&mut xp, &x.data, n, self.cin, h * w);
-        let col = scratch(&mut self.scratch.dcol, ck * nhw);
-        sgemm(
-            ck,
-            nhw,
-            self.cin,
-            MatRef::row_major(&self.weight.value, ck).t(),
-            MatRef::row_major(&xp, nhw),
-            col,
-            nhw,
-            false,
-        )?;
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
-        let y = Tensor::from_vec(ys, col2im(col, ys, self.window, h, w, bias))?;
+        let y = with_columns(|col| {
+            let col = scratch(col, ck * nhw);
+            sgemm(
+                ck,
+                nhw,
+                self.cin,
+                MatRef::row_major(&self.weight.value, ck).t(),
+                MatRef::row_major(&xp, nhw),
+                col,
+                nhw,
+                false,
+            )?;
+            Tensor::from_vec(ys, col2im(col, ys, self.window, h, w, bias))
+        })?;
         self.cache = Some(ConvTCache {
             xp,
             xshape: x.shape,
@@ -723,29 +764,31 @@ impl ConvTranspose2d {
         if let Some(b) = &mut self.bias {
             bias_grad(&mut b.grad, dy);
         }
-        let dcol = scratch(&mut self.scratch.dcol, ck * nhw);
-        im2col(dcol, &dy.data, ys, self.window, h, w);
-        sgemm(
-            self.cin,
-            ck,
-            nhw,
-            MatRef::row_major(&cache.xp, nhw),
-            MatRef::row_major(dcol, nhw).t(),
-            &mut self.weight.grad,
-            ck,
-            true,
-        )?;
         let dxp = scratch(&mut self.scratch.cnp, self.cin * nhw);
-        sgemm(
-            self.cin,
-            nhw,
-            ck,
-            MatRef::row_major(&self.weight.value, ck),
-            MatRef::row_major(dcol, nhw),
-            dxp,
-            nhw,
-            false,
-        )?;
+        with_columns(|dcol| {
+            let dcol = scratch(dcol, ck * nhw);
+            im2col(dcol, &dy.data, ys, self.window, h, w);
+            sgemm(
+                self.cin,
+                ck,
+                nhw,
+                MatRef::row_major(&cache.xp, nhw),
+                MatRef::row_major(dcol, nhw).t(),
+                &mut self.weight.grad,
+                ck,
+                true,
+            )?;
+            sgemm(
+                self.cin,
+                nhw,
+                ck,
+                MatRef::row_major(&self.weight.value, ck),
+                MatRef::row_major(dcol, nhw),
+                dxp,
+                nhw,
+                false,
+            )
+        })?;
         Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, self.cin, h * w, None))
     }
 
