@@ -342,6 +342,7 @@ fn copy_par(dst: &mut Vec<f32>, src: &[f32]) {
     } else {
         d.copy_from_slice(src);
     }
+    dst.truncate(src.len());
 }
 
 /// The first `len` elements of `buf`, which grows (zeroed) when shorter and never shrinks,
