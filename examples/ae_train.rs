@@ -5,7 +5,7 @@
 //! `cargo run --release --example ae_train -- [seed] [images] [epochs] [data dir]`
 
 use std::path::PathBuf;
-use vqkit::io::idx;
+use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
 use vqkit::nn::{Adam, Decoder, Encoder, Layer, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
 
@@ -21,7 +21,7 @@ fn main() -> vqkit::Result<()> {
     let dir = std::env::args()
         .nth(4)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let cfg = VqVaeConfig::new(1, 512, 1).net();
     let mut rng = Rng::new(seed);
     let mut enc = Encoder::new(&cfg, &mut rng)?;

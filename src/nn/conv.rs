@@ -25,6 +25,7 @@
 //! and the model's peak memory halves.
 
 use super::gemm::{MatRef, sgemm};
+use super::layers::copy_into;
 use super::tensor::{Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -332,19 +333,6 @@ fn nchw_to_cnp_into(out: &mut Vec<f32>, x: &[f32], n: usize, c: usize, p: usize)
     }
 }
 
-/// `dst = src`, reusing `dst`'s allocation, in parallel when large.
-fn copy_par(dst: &mut Vec<f32>, src: &[f32]) {
-    let d = scratch(dst, src.len());
-    if src.len() >= MIN_PARALLEL_ELEMS {
-        d.par_chunks_mut(MIN_PARALLEL_ELEMS)
-            .zip(src.par_chunks(MIN_PARALLEL_ELEMS))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-    } else {
-        d.copy_from_slice(src);
-    }
-    dst.truncate(src.len());
-}
-
 /// The first `len` elements of `buf`, which grows (zeroed) when shorter and never shrinks,
 /// so a buffer shared by layers of different sizes is not zeroed again at each switch.
 /// Elements it already held keep their stale values: for outputs overwritten in full.
@@ -520,7 +508,7 @@ impl Conv2d {
         let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(y, n, cout, oh * ow, bias))?;
         // The previous step's copy is this one's buffer.
         let mut xc = self.cache.take().map(|c| c.x).unwrap_or_default();
-        copy_par(&mut xc, &x.data);
+        copy_into(&mut xc, &x.data);
         self.cache = Some(ConvCache {
             x: xc,
             xshape: x.shape,

@@ -65,12 +65,9 @@ impl Layer for Relu {
                 .map(|&v| v.max(0.0))
                 .collect(),
         };
-        // The copy for the backward goes into last step's buffer, in parallel.
+        // The copy for the backward goes into last step's buffer.
         let mut keep = self.y.take().map_or_else(Vec::new, |t| t.data);
-        keep.resize(y.len(), 0.0);
-        keep.par_chunks_mut(MIN_CHUNK)
-            .zip(y.data.par_chunks(MIN_CHUNK))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        copy_into(&mut keep, &y.data);
         self.y = Some(Tensor {
             shape: y.shape,
             data: keep,
@@ -156,6 +153,18 @@ impl Layer for ResidualBlock {
         v.extend(self.conv1.params_mut());
         v
     }
+}
+
+/// `dst = src`, reusing `dst`'s allocation, split across the threads when large.
+pub(crate) fn copy_into(dst: &mut Vec<f32>, src: &[f32]) {
+    dst.resize(src.len(), 0.0);
+    if src.len() <= MIN_CHUNK {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(MIN_CHUNK)
+        .zip(src.par_chunks(MIN_CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// `a += b`, elementwise.
