@@ -190,6 +190,52 @@ pub fn sgemm_with(
     ldc: usize,
     accumulate: bool,
 ) -> Result<()> {
+    sgemm_masked_with(isa, par, m, n, k, a, b, c, ldc, accumulate, None)
+}
+
+/// [`sgemm`] skipping the products that `mask` marks as zero (see [`TapMask`]).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_masked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    mask: Option<&TapMask>,
+) -> Result<()> {
+    sgemm_masked_with(
+        default_isa(),
+        Parallelism::Rayon,
+        m,
+        n,
+        k,
+        a,
+        b,
+        c,
+        ldc,
+        accumulate,
+        mask,
+    )
+}
+
+/// [`sgemm_masked`] on a chosen instruction set and parallelism.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_masked_with(
+    isa: Isa,
+    par: Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    mask: Option<&TapMask>,
+) -> Result<()> {
     if !Isa::available().contains(&isa) {
         return Err(Error::BackendUnavailable {
             backend: "cpu",
@@ -198,6 +244,9 @@ pub fn sgemm_with(
     }
     a.check("gemm A", m, k)?;
     b.check("gemm B", k, n)?;
+    if let Some(mask) = mask {
+        mask.check([m, n, k])?;
+    }
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -228,11 +277,181 @@ pub fn sgemm_with(
         && rayon::current_num_threads() > 1;
     let spec = spec_for(isa);
     match k_parts(&spec, m, n, k) {
-        Some(parts) => split_k(&spec, parallel, parts, m, n, k, a, b, c, ldc, accumulate),
-        None => blocked(&spec, parallel, m, n, k, a, b, c, ldc, accumulate),
+        Some(parts) => split_k(
+            &spec, parallel, parts, m, n, k, a, b, c, ldc, accumulate, mask,
+        ),
+        None => blocked(&spec, parallel, m, n, k, a, b, c, ldc, accumulate, mask),
     }
     Ok(())
 }
+
+/// A dimension of a GEMM: rows of C (`M`), columns of C (`N`), or the summed one (`K`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    M,
+    N,
+    K,
+}
+
+/// Where a convolution's GEMM multiplies by padding, so that it can skip those products.
+///
+/// One dimension runs over (tap, channel) pairs of the window, `channels` consecutive
+/// indices per tap (taps in row-major (ky, kx) order); another over (pixel, image) pairs,
+/// `images` consecutive indices per output pixel. Bit t of `valid[pixel]` is set when tap t
+/// of that pixel reads inside the image: a product whose tap and pixel are not valid
+/// together reads a zero of the padding, and the GEMM may skip it. Three placements, one
+/// per kind of convolution GEMM:
+/// - taps on K, pixels on N (`W . col`): the result is exact;
+/// - pixels on K, taps on N (`dY . col^T`): the result is exact;
+/// - taps on M, pixels on N (`W^T . dY`, the columns that col2im folds back): entries of C
+///   at invalid (tap, pixel) pairs are left unwritten, since col2im never reads them.
+///
+/// At most 64 taps.
+#[derive(Clone, Copy, Debug)]
+pub struct TapMask<'a> {
+    taps: Dim,
+    channels: usize,
+    pixels: Dim,
+    images: usize,
+    valid: &'a [u64],
+    /// Where this GEMM's k starts in the mask's index space (a part of a split product).
+    k0: usize,
+}
+
+impl<'a> TapMask<'a> {
+    /// A mask, or an error for a placement other than the three above or a zero count.
+    pub fn new(
+        taps: Dim,
+        channels: usize,
+        pixels: Dim,
+        images: usize,
+        valid: &'a [u64],
+    ) -> Result<Self> {
+        if !matches!(
+            (taps, pixels),
+            (Dim::K, Dim::N) | (Dim::N, Dim::K) | (Dim::M, Dim::N)
+        ) {
+            return Err(Error::invalid(
+                "tap mask",
+                format!("taps on {taps:?} and pixels on {pixels:?} is not a convolution GEMM"),
+            ));
+        }
+        if channels == 0 || images == 0 {
+            return Err(Error::invalid(
+                "tap mask",
+                "channels and images must be >= 1",
+            ));
+        }
+        Ok(TapMask {
+            taps,
+            channels,
+            pixels,
+            images,
+            valid,
+            k0: 0,
+        })
+    }
+
+    /// The (pixel, tap) table for a GEMM of sizes `[m, n, k]`: it must cover every index.
+    fn check(&self, sizes: [usize; 3]) -> Result<()> {
+        let size = |d: Dim| sizes[d as usize];
+        let taps = size(self.taps).div_ceil(self.channels);
+        if taps > 64 {
+            return Err(Error::invalid(
+                "tap mask",
+                format!("{taps} taps; at most 64 fit a mask"),
+            ));
+        }
+        let pixels = size(self.pixels).div_ceil(self.images);
+        if self.valid.len() < pixels {
+            return Err(Error::ShapeMismatch {
+                what: "tap mask pixels",
+                expected: pixels,
+                got: self.valid.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The mask of part of a product split along k, which starts at step `k0`.
+    fn from_k(self, k0: usize) -> Self {
+        TapMask {
+            k0: self.k0 + k0,
+            ..self
+        }
+    }
+
+    /// The taps met by indices `lo..hi` (non-empty) of the tap dimension.
+    fn taps_in(&self, lo: usize, hi: usize) -> u64 {
+        let (lo, hi) = self.shift(self.taps, lo, hi);
+        let (t0, t1) = (lo / self.channels, (hi - 1) / self.channels);
+        (u64::MAX >> (63 - (t1 - t0))) << t0
+    }
+
+    /// The taps valid at any pixel met by indices `lo..hi` (non-empty) of the pixel
+    /// dimension.
+    fn pixels_in(&self, lo: usize, hi: usize) -> u64 {
+        let (lo, hi) = self.shift(self.pixels, lo, hi);
+        self.valid[lo / self.images..=(hi - 1) / self.images]
+            .iter()
+            .fold(0, |acc, &v| acc | v)
+    }
+
+    fn shift(&self, d: Dim, lo: usize, hi: usize) -> (usize, usize) {
+        let off = if d == Dim::K { self.k0 } else { 0 };
+        (lo + off, hi + off)
+    }
+
+    /// Whether the C tile of rows `i0..i1` and columns `j0..j1` needs computing.
+    fn tile_live(&self, (i0, i1): (usize, usize), (j0, j1): (usize, usize)) -> bool {
+        self.taps != Dim::M || self.taps_in(i0, i1) & self.pixels_in(j0, j1) != 0
+    }
+
+    /// Appends to `runs` the maximal ranges of k steps in `p0..p1` whose products with the
+    /// columns `j0..j1` of op(B) may be nonzero.
+    fn k_runs(&self, (j0, j1): (usize, usize), (p0, p1): (usize, usize), runs: &mut Vec<Run>) {
+        match self.taps {
+            Dim::K => {
+                let allowed = self.pixels_in(j0, j1);
+                self.units(self.channels, (p0, p1), |t| allowed >> t & 1 == 1, runs);
+            }
+            Dim::N => {
+                let taps = self.taps_in(j0, j1);
+                let valid = self.valid;
+                self.units(self.images, (p0, p1), |px| valid[px] & taps != 0, runs);
+            }
+            Dim::M => runs.push((p0, p1)),
+        }
+    }
+
+    /// [`TapMask::k_runs`] over a k cut into units of `unit` steps (a tap's channels or a
+    /// pixel's images), of which those with `live(u)` count.
+    fn units(
+        &self,
+        unit: usize,
+        (p0, p1): (usize, usize),
+        live: impl Fn(usize) -> bool,
+        runs: &mut Vec<Run>,
+    ) {
+        let (lo, hi) = self.shift(Dim::K, p0, p1);
+        let first = runs.len();
+        let mut u = lo / unit;
+        while u * unit < hi {
+            if live(u) {
+                let r0 = (u * unit).max(lo) - self.k0;
+                let r1 = ((u + 1) * unit).min(hi) - self.k0;
+                match runs[first..].last_mut() {
+                    Some(last) if last.1 == r0 => last.1 = r1,
+                    _ => runs.push((r0, r1)),
+                }
+            }
+            u += 1;
+        }
+    }
+}
+
+/// A range of k steps.
+type Run = (usize, usize);
 
 /// A micro-kernel: `C[0..MR][0..NR] (+)= sum_p a[p][0..MR] (x) b[p][0..NR]` over `kc` steps,
 /// C at `c` with row stride `ldc`.
@@ -441,12 +660,14 @@ fn split_k(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    mask: Option<&TapMask>,
 ) {
     let mut partial = vec![0.0f32; parts * m * n];
     let part = |(q, out): (usize, &mut [f32])| {
         let (k0, k1) = (share(q, parts, k), share(q + 1, parts, k));
         let (a, b) = (a.cols_from(k0), b.rows_from(k0));
-        blocked(s, false, m, n, k1 - k0, a, b, out, n, false);
+        let mask = mask.map(|mk| mk.from_k(k0));
+        blocked(s, false, m, n, k1 - k0, a, b, out, n, false, mask.as_ref());
     };
     if parallel {
         partial.par_chunks_mut(m * n).enumerate().for_each(part);
@@ -479,6 +700,7 @@ fn blocked(
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
+    mask: Option<&TapMask>,
 ) {
     let (mr, nr) = (s.mr, s.nr);
     let a_panels = m.div_ceil(mr);
@@ -530,7 +752,7 @@ fn blocked(
     };
     let cptr = CPtr(c.as_mut_ptr());
     let apack = &apack[..];
-    let task = |bpack: &mut Vec<f32>, t: usize| {
+    let task = |w: &mut TaskBuffers, t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let (ip0, ip1) = (
             share(rt, row_tasks, a_panels),
@@ -541,21 +763,37 @@ fn blocked(
             share(ct + 1, col_tasks, b_panels),
         );
         let row_block = (s.mc / mr).max(1);
+        let cols_of = |jp: usize| (jp * nr, (jp * nr + nr).min(n));
+        let rows_of = |ip: usize| (ip * mr, (ip * mr + mr).min(m));
         for jc in (jp0..jp1).step_by(s.nc / nr) {
             let jc1 = (jc + s.nc / nr).min(jp1);
+            // Whether each column panel has had a product written yet: with a mask, a
+            // panel's first KC slices may have nothing to add.
+            w.written.clear();
+            w.written.resize(jc1 - jc, false);
             for p0 in (0..k).step_by(s.kc) {
                 let kc = s.kc.min(k - p0);
-                let acc = accumulate || p0 > 0;
+                // The ranges of this slice that each panel multiplies: all of it, unless
+                // the mask rules some out.
+                w.runs.clear();
+                w.starts.clear();
+                for jp in jc..jc1 {
+                    w.starts.push(w.runs.len());
+                    match mask {
+                        Some(mk) => mk.k_runs(cols_of(jp), (p0, p0 + kc), &mut w.runs),
+                        None => w.runs.push((p0, p0 + kc)),
+                    }
+                }
+                w.starts.push(w.runs.len());
                 // A row-major B is read in place, NR columns of KC rows with its own row
                 // stride: with few A panels to share it (small m) packing would cost as much
                 // as the product. Partial panels and other layouts are packed.
                 let direct = b.cs == 1;
-                bpack.resize((jc1 - jc) * nr * kc, 0.0);
-                for (q, out) in bpack.chunks_mut(nr * kc).enumerate() {
-                    let j0 = (jc + q) * nr;
-                    let cols = nr.min(n - j0);
-                    if !direct || cols < nr {
-                        pack_b(&b, p0, kc, j0, cols, nr, out);
+                w.bpack.resize((jc1 - jc) * nr * kc, 0.0);
+                for (q, out) in w.bpack.chunks_mut(nr * kc).enumerate() {
+                    let (j0, j1) = cols_of(jc + q);
+                    if (!direct || j1 - j0 < nr) && w.starts[q] < w.starts[q + 1] {
+                        pack_b(&b, p0, kc, j0, j1 - j0, nr, out);
                     }
                 }
                 let aslice = &apack[a_panels * mr * p0..][..a_panels * mr * kc];
@@ -564,25 +802,50 @@ fn blocked(
                 for ib in (ip0..ip1).step_by(row_block) {
                     let ib1 = (ib + row_block).min(ip1);
                     for jp in jc..jc1 {
-                        let cj = jp * nr;
-                        let cols = nr.min(n - cj);
+                        let q = jp - jc;
+                        let runs = &w.runs[w.starts[q]..w.starts[q + 1]];
+                        let (cj, cj1) = cols_of(jp);
+                        let cols = cj1 - cj;
                         let (bp, ldb) = if direct && cols == nr {
                             (&b.data[p0 * b.rs + cj..][..(kc - 1) * b.rs + nr], b.rs)
                         } else {
-                            (&bpack[(jp - jc) * nr * kc..][..nr * kc], nr)
+                            (&w.bpack[q * nr * kc..][..nr * kc], nr)
                         };
                         for ip in ib..ib1 {
+                            if mask.is_some_and(|mk| !mk.tile_live(rows_of(ip), (cj, cj1))) {
+                                continue;
+                            }
                             let ap = &aslice[ip * mr * kc..][..mr * kc];
-                            let ci = ip * mr;
-                            let rows = mr.min(m - ci);
-                            // SAFETY: ci + rows <= m and cj + cols <= n, and C holds
-                            // (m - 1) * ldc + n elements (checked by `sgemm_with`), so the
-                            // tile is in bounds; tasks own disjoint (row, column) ranges.
-                            unsafe {
-                                let cp = cptr.get().add(ci * ldc + cj);
-                                micro(s, kc, ap, bp, ldb, cp, ldc, rows, cols, acc);
+                            let (ci, ci1) = rows_of(ip);
+                            for (r, &(r0, r1)) in runs.iter().enumerate() {
+                                let acc = r > 0 || accumulate || w.written[q];
+                                let (ap, bp) = (&ap[(r0 - p0) * mr..], &bp[(r0 - p0) * ldb..]);
+                                // SAFETY: ci1 <= m and cj1 <= n, and C holds
+                                // (m - 1) * ldc + n elements (checked by `sgemm_with`), so
+                                // the tile is in bounds; tasks own disjoint (row, column)
+                                // ranges.
+                                unsafe {
+                                    let cp = cptr.get().add(ci * ldc + cj);
+                                    micro(s, r1 - r0, ap, bp, ldb, cp, ldc, ci1 - ci, cols, acc);
+                                }
                             }
                         }
+                    }
+                }
+                for (q, written) in w.written.iter_mut().enumerate() {
+                    *written |= w.starts[q] < w.starts[q + 1];
+                }
+            }
+            // Panels the mask left without a single product are zero.
+            if !accumulate {
+                for q in (0..w.written.len()).filter(|&q| !w.written[q]) {
+                    let (cj, cj1) = cols_of(jc + q);
+                    for i in ip0 * mr..(ip1 * mr).min(m) {
+                        // SAFETY: row i < m, columns cj..cj1 <= n of this task's tiles.
+                        unsafe {
+                            std::slice::from_raw_parts_mut(cptr.get().add(i * ldc + cj), cj1 - cj)
+                                .fill(0.0)
+                        };
                     }
                 }
             }
@@ -590,11 +853,26 @@ fn blocked(
     };
     let tasks = row_tasks * col_tasks;
     if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(TaskBuffers::default, task);
     } else {
-        let mut bpack = Vec::new();
-        (0..tasks).for_each(|t| task(&mut bpack, t));
+        let mut w = TaskBuffers::default();
+        (0..tasks).for_each(|t| task(&mut w, t));
     }
+}
+
+/// What a task of [`blocked`] reuses from one KC slice to the next.
+#[derive(Default)]
+struct TaskBuffers {
+    /// The packed B panels of the task's columns.
+    bpack: Vec<f32>,
+    /// The k ranges each column panel multiplies in the current slice: panel q's are
+    /// `runs[starts[q]..starts[q + 1]]`.
+    runs: Vec<Run>,
+    starts: Vec<usize>,
+    /// Whether a product has been written into each column panel yet.
+    written: Vec<bool>,
 }
 
 /// Tasks of a parallel GEMM per thread: enough that rayon's stealing evens out the load.
