@@ -374,7 +374,7 @@ impl<'a> TapMask<'a> {
     }
 
     /// The mask of part of a product split along k, which starts at step `k0`.
-    fn from_k(self, k0: usize) -> Self {
+    fn starting_at(self, k0: usize) -> Self {
         TapMask {
             k0: self.k0 + k0,
             ..self
@@ -666,7 +666,7 @@ fn split_k(
     let part = |(q, out): (usize, &mut [f32])| {
         let (k0, k1) = (share(q, parts, k), share(q + 1, parts, k));
         let (a, b) = (a.cols_from(k0), b.rows_from(k0));
-        let mask = mask.map(|mk| mk.from_k(k0));
+        let mask = mask.map(|mk| mk.starting_at(k0));
         blocked(s, false, m, n, k1 - k0, a, b, out, n, false, mask.as_ref());
     };
     if parallel {
