@@ -112,10 +112,11 @@ fn bench_train_step(cr: &mut Criterion) {
     let mut dec = Decoder::new(&cfg, &mut rng).unwrap();
     let mut opt = Adam::new(2e-4);
     let batch = 32;
-    let x = Tensor {
-        shape: [batch, 1, 28, 28],
-        data: (0..batch * 784).map(|_| rng.uniform() as f32).collect(),
-    };
+    let x = Tensor::from_vec(
+        [batch, 1, 28, 28],
+        (0..batch * 784).map(|_| rng.uniform() as f32).collect(),
+    )
+    .unwrap();
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(
         format!("ae_train_step/b{batch}/{}t", rayon::current_num_threads()),

@@ -9,7 +9,7 @@
 
 use vqkit::nn::reference::{self, ConvGeom};
 use vqkit::nn::{
-    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Param, Relu,
+    Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Layout, Param, Relu,
     ResidualBlock, Sgd, Tensor, Window, mse_loss,
 };
 use vqkit::rng::Rng;
@@ -47,8 +47,13 @@ fn check_grad(name: &str, analytic: &[f32], x0: &[f64], idx: &[usize], f: &dyn F
     }
 }
 
+/// Every index of a small tensor, a seeded sample of a large one (seeded by its length).
 fn all(len: usize) -> Vec<usize> {
-    (0..len).collect()
+    if len <= 600 {
+        (0..len).collect()
+    } else {
+        sample(len, 150, &mut Rng::new(len as u64))
+    }
 }
 
 /// Up to `count` distinct seeded indices of `0..len`.
@@ -92,6 +97,11 @@ const CONV_CASES: &[ConvCase] = &[
     (1, 3, 6, 5, 3, 3, 1, 0, false), // no padding: dy is padded by k - 1
     (2, 5, 4, 4, 2, 2, 1, 1, true), // even kernel: dy is not padded, output grows by one
     (2, 4, 3, 3, 2, 1, 1, 0, true), // 1x1 projection down
+    // Batches of 16 on the model's planes: a GEMM column panel spans 3 pixels, so panels
+    // of border pixels skip the taps that read padding (the masks are in play).
+    (16, 5, 7, 7, 4, 3, 1, 1, true),   // flipped-kernel dx
+    (16, 3, 7, 7, 5, 3, 1, 1, false),  // col2im dx, tiles of padding left unwritten
+    (16, 3, 14, 14, 4, 4, 2, 1, true), // the encoder's 4x4 stride-2 window
 ];
 
 #[test]
@@ -158,10 +168,11 @@ type ConvTCase = (
 );
 
 const CONVT_CASES: &[ConvTCase] = &[
-    (2, 3, 3, 4, 2, 4, 2, 1, 0), // the decoder's 4x4 stride-2 window
-    (1, 2, 3, 3, 3, 3, 2, 1, 1), // output_padding fills the last row and column
-    (2, 2, 2, 3, 2, 3, 3, 2, 2), // stride 3, heavy cropping
-    (1, 3, 4, 2, 2, 1, 1, 0, 0), // 1x1
+    (2, 3, 3, 4, 2, 4, 2, 1, 0),  // the decoder's 4x4 stride-2 window
+    (1, 2, 3, 3, 3, 3, 2, 1, 1),  // output_padding fills the last row and column
+    (2, 2, 2, 3, 2, 3, 3, 2, 2),  // stride 3, heavy cropping
+    (1, 3, 4, 2, 2, 1, 1, 0, 0),  // 1x1
+    (16, 4, 7, 7, 3, 4, 2, 1, 0), // the decoder's window on a batch of 16: masks in play
 ];
 
 #[test]
@@ -830,6 +841,70 @@ fn reused_layers_match_fresh_ones_bit_for_bit() {
             );
         }
     }
+}
+
+/// The convolutions run in the batch-innermost layout and convert NCHW tensors on the way
+/// in and out: the two layouts give the same bits, forward and backward.
+#[test]
+fn layouts_give_the_same_bits() {
+    let win = Window {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let down = Window {
+        kernel: 4,
+        stride: 2,
+        padding: 1,
+    };
+    for (case, (cin, cout, win)) in [(5, 4, win), (3, 5, win), (3, 4, down)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut rng = Rng::new(900 + case as u64);
+        let x = Tensor::randn([16, cin, 7, 7], 1.0, &mut rng);
+        let xc = x.to_layout(Layout::Chwn);
+        let mut a = Conv2d::new(cin, cout, win, true, &mut Rng::new(case as u64)).unwrap();
+        let mut b = Conv2d::new(cin, cout, win, true, &mut Rng::new(case as u64)).unwrap();
+        let (y, yc) = (a.forward(&x).unwrap(), b.forward(&xc).unwrap());
+        assert_eq!((y.layout, yc.layout), (Layout::Nchw, Layout::Chwn));
+        assert_eq!(
+            y.data,
+            yc.to_layout(Layout::Nchw).data,
+            "conv {case} forward"
+        );
+        let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+        // dy in the other layout than the forward's input is an error, not a wrong answer.
+        assert!(b.backward(&dy).is_err());
+        let (dx, dxc) = (
+            a.backward(&dy).unwrap(),
+            b.backward(&dy.to_layout(Layout::Chwn)).unwrap(),
+        );
+        assert_eq!(dx.data, dxc.to_layout(Layout::Nchw).data, "conv {case} dx");
+        assert_eq!(a.weight.grad, b.weight.grad, "conv {case} dW");
+        let mut a = ConvTranspose2d::new(cin, cout, win, 0, true, &mut Rng::new(7)).unwrap();
+        let mut b = ConvTranspose2d::new(cin, cout, win, 0, true, &mut Rng::new(7)).unwrap();
+        let (y, yc) = (a.forward(&x).unwrap(), b.forward(&xc).unwrap());
+        assert_eq!(
+            y.data,
+            yc.to_layout(Layout::Nchw).data,
+            "conv_t {case} forward"
+        );
+        let dy = Tensor::randn(y.shape, 1.0, &mut rng);
+        let (dx, dxc) = (
+            a.backward(&dy).unwrap(),
+            b.backward(&dy.to_layout(Layout::Chwn)).unwrap(),
+        );
+        assert_eq!(
+            dx.data,
+            dxc.to_layout(Layout::Nchw).data,
+            "conv_t {case} dx"
+        );
+        assert_eq!(a.weight.grad, b.weight.grad, "conv_t {case} dW");
+    }
+    // A round trip through the other layout is the identity.
+    let x = Tensor::randn([3, 2, 5, 4], 1.0, &mut Rng::new(1));
+    assert_eq!(x.to_layout(Layout::Chwn).to_layout(Layout::Nchw), x);
 }
 
 /// `Encoder::backward_params` (what training calls) leaves exactly the parameter gradients

@@ -23,6 +23,7 @@ impl IdxImages {
     pub fn to_tensor(&self) -> Tensor {
         Tensor {
             shape: [self.count, 1, self.rows, self.cols],
+            layout: crate::nn::Layout::Nchw,
             data: self.pixels.iter().map(|&p| p as f32 / 255.0).collect(),
         }
     }

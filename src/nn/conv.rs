@@ -1,39 +1,46 @@
-//! Convolutions through im2col and [`super::gemm`].
+//! Convolutions through im2col and [`super::gemm`], in the batch-innermost layout.
 //!
-//! Conv2d, x: (n, cin, h, w), weight: (cout, cin, k, k), out: (n, cout, oh, ow):
+//! The convolutions work on tensors in [`Layout::Chwn`]: channel, row, column, then the
+//! image, so every pixel of a channel is a run of `n` floats. Conv2d, x: (cin, h, w, n),
+//! weight: (cout, cin, k, k), out: (cout, oh, ow, n):
 //! ```text
-//! col  (cin k k, n oh ow) = im2col(x)          rows (ci, ky, kx), columns (image, oy, ox)
-//! y'   (cout, n oh ow)    = W (cout, cin k k) . col
-//! dW  += dy' . col^T      dcol = W^T . dy'     dx = col2im(dcol)
+//! col (k k cin, oh ow n) = im2col(x)      rows (tap, ci), columns (oy, ox, image)
+//! y   (cout, oh ow n)    = W' (cout, k k cin) . col
+//! dW' += dy . col^T      dcol = W'^T . dy      dx = col2im(dcol)
 //! ```
-//! ConvTranspose2d is the same pair of maps run the other way (its forward is conv2d's data
-//! gradient), with weight (cin, cout, k, k) as PyTorch stores it:
+//! where W' is the weight with each tap's input channels contiguous (cout, ky, kx, cin), so
+//! a tap is one range of the GEMM's k. ConvTranspose2d is the same pair of maps run the
+//! other way (its forward is conv2d's data gradient), with weight (cin, cout, k, k) as
+//! PyTorch stores it:
 //! ```text
-//! col (cout k k, n h w) = W^T . x'             y = col2im(col)
-//! dcol = im2col(dy)     dW += x' . dcol^T      dx' = W . dcol
+//! col (k k cout, h w n) = W'^T . x         y = col2im(col)
+//! dcol = im2col(dy)     dW' += x . dcol^T    dx = W' . dcol
 //! ```
-//! The whole batch is one GEMM: its columns run over (image, pixel), so the n dimension is
-//! n * oh * ow, large enough for the parallel blocked GEMM even at 7 x 7 latents. The price is
-//! a transpose between NCHW and (C, N * P) on each side (`'` above), a copy that costs a few
-//! percent of the GEMM it feeds.
+//! The whole batch is one GEMM, n * oh * ow columns wide even at 7 x 7 latents, and the
+//! GEMM's C is the next layer's input as it stands: no transposes between layers. Tensors
+//! in [`Layout::Nchw`] are accepted too, converted on the way in and out.
+//!
+//! A tap of a border pixel that reads padding multiplies a zero. On 7 x 7 planes that is
+//! 18% of a 3 x 3 convolution's products; each GEMM gets a [`TapMask`] saying which (tap,
+//! pixel) pairs read inside the image, and skips what it can of the rest: a column panel
+//! of NR columns (1.5 pixels of a batch of 32) multiplies only the taps some pixel of it
+//! needs.
 //!
 //! Column matrices are k^2 times the size of the layer's input. No layer keeps its own:
 //! every convolution on a thread works in one shared buffer, which stays in the last-level
 //! cache, and a Conv2d keeps a copy of its input instead, from which its backward builds
-//! the column matrix again. The second im2col costs less than what it saves: the weight
-//! gradient's transposing read of the column matrix comes from cache instead of memory,
-//! and the model's peak memory halves.
+//! the column matrix again.
 
-use super::gemm::{MatRef, sgemm};
+use super::gemm::{Dim, MatRef, TapMask, sgemm_masked};
 use super::layers::copy_into;
-use super::tensor::{Param, Tensor};
+use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use std::cell::Cell;
-use std::mem::MaybeUninit;
 
-/// Below this many elements, im2col/col2im and transposes stay on the calling thread.
+/// Below this many elements, im2col/col2im and the weight permutations stay on the calling
+/// thread.
 const MIN_PARALLEL_ELEMS: usize = 1 << 16;
 
 /// The geometry of a square convolution window.
@@ -94,9 +101,7 @@ fn valid_range(out_len: usize, s: usize, off: usize, pad: usize, in_len: usize) 
 #[derive(Clone, Copy, Debug)]
 struct Tap {
     s: usize,
-    h: usize,
     w: usize,
-    oh: usize,
     ow: usize,
     ky: usize,
     kx: usize,
@@ -114,9 +119,7 @@ impl Tap {
         let (lo, hi) = valid_range(ow, s, kx, pad, w);
         Tap {
             s,
-            h,
             w,
-            oh,
             ow,
             ky,
             kx,
@@ -139,114 +142,54 @@ impl Tap {
     }
 }
 
-/// Copies one tap's planes of a batch into `out` (one oh x ow plane per image), zero outside
-/// the image; image b's input plane starts at `x[b * step]`.
-type TapGather = fn(out: &mut [f32], x: &[f32], step: usize, t: &Tap);
-
-/// A register version of [`gather_taps`] for strides 1 and 2 where the CPU has AVX-512F:
-/// one masked load and store per output row (a 16-lane chunk of it) in place of a copy
-/// call per row and fill calls for the borders, which dominate on 7 x 7 planes; for a
-/// stride-1 "same" convolution, one per 16 elements of the whole plane, which is the image
-/// shifted. `None` elsewhere. (The same treatment of `scatter_tap` was no faster: each
-/// tap's masked load-add-store reads what the previous tap just stored, and masked stores
-/// do not forward to loads.)
-fn gather_simd(stride: usize) -> Option<TapGather> {
-    #[cfg(target_arch = "x86_64")]
-    if (stride == 1 || stride == 2) && std::arch::is_x86_feature_detected!("avx512f") {
-        return Some(|out, x, step, t| {
-            let plane = t.oh * t.ow;
-            assert!(plane > 0 && out.len() % plane == 0);
-            let n = out.len() / plane;
-            assert!(n == 0 || x.len() >= (n - 1) * step + t.h * t.w);
-            // SAFETY: AVX-512F detected; the asserts keep every output plane inside `out`
-            // and every input plane inside `x`.
-            unsafe { x86::gather_avx512(out, x, step, t) }
-        });
+/// Which taps of window `g` read inside an (h, w) image, for each (oh, ow) output pixel:
+/// bit `ky k + kx`. `None` for windows of more than 64 taps (then nothing is skipped).
+fn tap_table(g: Window, hw: [usize; 2], ohw: [usize; 2]) -> Option<Vec<u64>> {
+    let k = g.kernel;
+    if k * k > 64 {
+        return None;
     }
-    None
-}
-
-/// The scalar [`TapGather`].
-fn gather_taps(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
-    for (b, o) in out.chunks_exact_mut(t.oh * t.ow).enumerate() {
-        gather_tap(o, &x[b * step..][..t.h * t.w], t);
-    }
-}
-
-/// One plane of [`gather_taps`].
-fn gather_tap(o: &mut [f32], img: &[f32], t: &Tap) {
-    let (s, ow) = (t.s, t.ow);
-    let (ylo, yhi, lo, hi) = (t.ylo, t.yhi, t.lo, t.hi);
-    if s == 1 && (t.oh, ow) == (t.h, t.w) && ylo < yhi && lo < hi {
-        // A "same" convolution: the tap's plane is the image shifted by (ky - p, kx - p).
-        // One copy of the flat run from the first valid element to the last, then zero
-        // what the shift wrapped across row ends.
-        let (start, end) = (ylo * ow + lo, (yhi - 1) * ow + hi);
-        let from = t.src_row(ylo) * t.w + t.first_col();
-        o[start..end].copy_from_slice(&img[from..from + (end - start)]);
-        o[..start].fill(0.0);
-        o[end..t.oh * ow].fill(0.0);
-        for oy in ylo..yhi {
-            let row = &mut o[oy * ow..][..ow];
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
-        }
-        return;
-    }
-    o[..ylo * ow].fill(0.0);
-    o[yhi * ow..t.oh * ow].fill(0.0);
-    for oy in ylo..yhi {
-        let o = &mut o[oy * ow..][..ow];
-        o[..lo].fill(0.0);
-        o[hi..].fill(0.0);
-        if lo == hi {
-            continue;
-        }
-        let src = &img[t.src_row(oy) * t.w + t.first_col()..];
-        if s == 1 {
-            o[lo..hi].copy_from_slice(&src[..hi - lo]);
-        } else {
-            for (i, v) in o[lo..hi].iter_mut().enumerate() {
-                *v = src[i * s];
+    let mut valid = vec![0u64; ohw[0] * ohw[1]];
+    for ky in 0..k {
+        for kx in 0..k {
+            let t = Tap::new(g, ky, kx, hw, ohw);
+            for oy in t.ylo..t.yhi {
+                for v in &mut valid[oy * t.ow + t.lo..oy * t.ow + t.hi] {
+                    *v |= 1 << (ky * k + kx);
+                }
             }
         }
     }
+    Some(valid)
 }
 
-/// Adds `o` (oh x ow) into `img` at one tap's positions: the adjoint of [`gather_tap`].
-fn scatter_tap(img: &mut [f32], o: &[f32], t: &Tap) {
-    if t.lo == t.hi {
-        return;
-    }
-    let (s, ow, first) = (t.s, t.ow, t.first_col());
-    for oy in t.ylo..t.yhi {
-        let dst = &mut img[t.src_row(oy) * t.w + first..];
-        let row = &o[oy * ow + t.lo..oy * ow + t.hi];
-        if s == 1 {
-            for (d, &v) in dst[..row.len()].iter_mut().zip(row) {
-                *d += v;
-            }
-        } else {
-            for (i, &v) in row.iter().enumerate() {
-                dst[i * s] += v;
-            }
-        }
-    }
+/// The mask of a GEMM with taps (of `channels` each) on `taps` and the (pixel, image)
+/// columns of `valid`'s pixels, `images` per pixel, on `pixels`.
+fn mask<'a>(
+    valid: &'a Option<Vec<u64>>,
+    taps: Dim,
+    channels: usize,
+    pixels: Dim,
+    images: usize,
+) -> Result<Option<TapMask<'a>>> {
+    valid
+        .as_deref()
+        .map(|v| TapMask::new(taps, channels, pixels, images, v))
+        .transpose()
 }
 
-/// col (C k k, N oh ow) from an image batch (N, C, H, W): `col[(ci, ky, kx)][(b, oy, ox)] =
-/// x[b, ci, oy s + ky - p, ox s + kx - p]`, zero outside the image. Every element of `col`
+/// col (k k c, oh ow n) from x (c, h, w, n): `col[(t, ci)][(oy, ox, b)] = x[ci, oy s + ky - p,
+/// ox s + kx - p, b]` for tap t = (ky, kx), zero outside the image. Every element of `col`
 /// is written.
-fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: usize) {
+fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, ohw: [usize; 2]) {
     let [n, c, h, w] = xs;
     let k = g.kernel;
-    let np = n * oh * ow;
-    debug_assert_eq!(col.len(), c * k * k * np);
-    let gather = gather_simd(g.stride).unwrap_or(gather_taps);
+    let np = ohw[0] * ohw[1] * n;
+    debug_assert_eq!(col.len(), k * k * c * np);
     let row = |(r, out): (usize, &mut [f32])| {
-        let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let tap = Tap::new(g, ky, kx, [h, w], [oh, ow]);
-        gather(out, &x[ci * h * w..], c * h * w, &tap);
+        let (t, ci) = (r / c, r % c);
+        let tap = Tap::new(g, t / k, t % k, [h, w], ohw);
+        gather(out, &x[ci * h * w * n..][..h * w * n], n, &tap);
     };
     if col.len() >= MIN_PARALLEL_ELEMS {
         col.par_chunks_mut(np.max(1)).enumerate().for_each(row);
@@ -255,53 +198,89 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, oh: usize, ow: 
     }
 }
 
-/// The adjoint of [`im2col`]: x (N, C, H, W) `= sum over windows of col`, plus `bias[ci]`
-/// on channel ci when given (added last, after the taps). Each image's planes are zeroed and
-/// summed into by one task, so the output is not zeroed in a serial pass of its own; each
-/// element takes its taps in the order (ky, kx).
+/// One row of [`im2col`]: tap `t` of one channel's plane (h, w, n) into `out` (oh, ow, n).
+/// With stride 1 each output row is one run of the input row; otherwise a run of `n` per
+/// pixel.
+fn gather(out: &mut [f32], plane: &[f32], n: usize, t: &Tap) {
+    let (ow, s) = (t.ow, t.s);
+    out[..t.ylo * ow * n].fill(0.0);
+    out[t.yhi * ow * n..].fill(0.0);
+    for oy in t.ylo..t.yhi {
+        let o = &mut out[oy * ow * n..][..ow * n];
+        o[..t.lo * n].fill(0.0);
+        o[t.hi * n..].fill(0.0);
+        let src = &plane[(t.src_row(oy) * t.w + t.first_col()) * n..];
+        let o = &mut o[t.lo * n..t.hi * n];
+        if s == 1 {
+            o.copy_from_slice(&src[..o.len()]);
+        } else {
+            for (i, px) in o.chunks_exact_mut(n).enumerate() {
+                px.copy_from_slice(&src[i * s * n..][..n]);
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: x (c, h, w, n) `= sum over taps of col`, plus `bias[ci]` on
+/// channel ci when given (added last). Each channel's plane is zeroed and summed into by one
+/// task; each element takes its taps in the order (ky, kx). Entries of `col` at taps that
+/// read padding are never read (a masked GEMM may leave them unwritten).
 fn col2im(
     col: &[f32],
     xs: [usize; 4],
     g: Window,
-    oh: usize,
-    ow: usize,
+    ohw: [usize; 2],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let [n, c, h, w] = xs;
     let k = g.kernel;
-    let np = n * oh * ow;
-    let len = n * c * h * w;
-    let image = |(b, xb): (usize, &mut [MaybeUninit<f32>])| {
-        for (ci, plane) in xb.chunks_exact_mut(h * w).enumerate() {
-            plane.iter_mut().for_each(|d| {
-                d.write(0.0);
-            });
-            // SAFETY: every element of the plane was written just above.
-            let img = unsafe { &mut *(plane as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            for ky in 0..k {
-                for kx in 0..k {
-                    let tap = Tap::new(g, ky, kx, [h, w], [oh, ow]);
-                    let r = (ci * k + ky) * k + kx;
-                    scatter_tap(img, &col[r * np + b * oh * ow..][..oh * ow], &tap);
-                }
-            }
-            if let Some(bias) = bias {
-                img.iter_mut().for_each(|v| *v += bias[ci]);
+    let np = ohw[0] * ohw[1] * n;
+    let mut x = vec![0.0f32; n * c * h * w];
+    let plane = |(ci, img): (usize, &mut [f32])| {
+        for ky in 0..k {
+            for kx in 0..k {
+                let t = Tap::new(g, ky, kx, [h, w], ohw);
+                let r = (ky * k + kx) * c + ci;
+                scatter(img, &col[r * np..][..np], n, &t);
             }
         }
+        if let Some(bias) = bias {
+            img.iter_mut().for_each(|v| *v += bias[ci]);
+        }
     };
-    let mut x = Vec::with_capacity(len);
-    let spare = &mut x.spare_capacity_mut()[..len];
-    let chunk = (c * h * w).max(1);
-    if len >= MIN_PARALLEL_ELEMS {
-        spare.par_chunks_mut(chunk).enumerate().for_each(image);
+    let chunk = (h * w * n).max(1);
+    if x.len() >= MIN_PARALLEL_ELEMS {
+        x.par_chunks_mut(chunk).enumerate().for_each(plane);
     } else {
-        spare.chunks_mut(chunk).enumerate().for_each(image);
+        x.chunks_mut(chunk).enumerate().for_each(plane);
     }
-    // SAFETY: the chunks of `c h w` elements, one per image, cover all `len` elements,
-    // and `image` writes every element of its chunk before adding to it.
-    unsafe { x.set_len(len) };
     x
+}
+
+/// Adds one tap's row of a column matrix (oh, ow, n) into a plane (h, w, n): the adjoint
+/// of [`gather`].
+fn scatter(img: &mut [f32], row: &[f32], n: usize, t: &Tap) {
+    if t.lo == t.hi {
+        return;
+    }
+    let (s, ow) = (t.s, t.ow);
+    for oy in t.ylo..t.yhi {
+        let dst = &mut img[(t.src_row(oy) * t.w + t.first_col()) * n..];
+        let src = &row[(oy * ow + t.lo) * n..(oy * ow + t.hi) * n];
+        if s == 1 {
+            dst[..src.len()]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &v)| *d += v);
+        } else {
+            for (i, px) in src.chunks_exact(n).enumerate() {
+                dst[i * s * n..][..n]
+                    .iter_mut()
+                    .zip(px)
+                    .for_each(|(d, &v)| *d += v);
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -318,21 +297,6 @@ fn with_columns<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     r
 }
 
-/// NCHW (N, C, P) -> (C, N P), into `out` (reused; every element is written).
-fn nchw_to_cnp_into(out: &mut Vec<f32>, x: &[f32], n: usize, c: usize, p: usize) {
-    let out = scratch(out, x.len());
-    let row = |(ci, o): (usize, &mut [f32])| {
-        for b in 0..n {
-            o[b * p..(b + 1) * p].copy_from_slice(&x[(b * c + ci) * p..][..p]);
-        }
-    };
-    if x.len() >= MIN_PARALLEL_ELEMS {
-        out.par_chunks_mut((n * p).max(1)).enumerate().for_each(row);
-    } else {
-        out.chunks_mut((n * p).max(1)).enumerate().for_each(row);
-    }
-}
-
 /// The first `len` elements of `buf`, which grows (zeroed) when shorter and never shrinks,
 /// so a buffer shared by layers of different sizes is not zeroed again at each switch.
 /// Elements it already held keep their stale values: for outputs overwritten in full.
@@ -343,59 +307,60 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// (C, N P) -> NCHW (N, C, P), adding `bias[ci]` when given.
-pub(crate) fn cnp_to_nchw(
-    y: &[f32],
-    n: usize,
-    c: usize,
-    p: usize,
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(y.len());
-    let image = |(b, o): (usize, &mut [MaybeUninit<f32>])| {
-        for ci in 0..c {
-            let src = &y[ci * n * p + b * p..][..p];
-            let bv = bias.map_or(0.0, |bv| bv[ci]);
-            for (d, &s) in o[ci * p..(ci + 1) * p].iter_mut().zip(src) {
-                d.write(if bias.is_some() { s + bv } else { s });
+/// A weight (a, b, k k) with its taps moved outside the channels, (a, k k, b), into `out`;
+/// `flip` takes the taps in reverse order (the kernel rotated by 180 degrees).
+fn taps_outer(out: &mut Vec<f32>, w: &[f32], [a, b, kk]: [usize; 3], flip: bool) {
+    let out = scratch(out, w.len());
+    for (wi, oi) in w.chunks_exact(b * kk).zip(out.chunks_exact_mut(kk * b)) {
+        for (j, taps) in wi.chunks_exact(kk).enumerate() {
+            for (t, &v) in taps.iter().enumerate() {
+                let t = if flip { kk - 1 - t } else { t };
+                oi[t * b + j] = v;
             }
         }
-    };
-    // The output is written in full, image by image, so it is not zeroed first.
-    let spare = &mut out.spare_capacity_mut()[..y.len()];
-    if y.len() >= MIN_PARALLEL_ELEMS {
-        spare
-            .par_chunks_mut((c * p).max(1))
-            .enumerate()
-            .for_each(image);
-    } else {
-        spare.chunks_mut((c * p).max(1)).enumerate().for_each(image);
     }
-    // SAFETY: the chunks of `c p` elements, one per image, cover all `y.len() = n c p`
-    // elements of the spare capacity, and `image` writes every element of its chunk.
-    unsafe { out.set_len(y.len()) };
-    out
+    debug_assert_eq!(w.len(), a * b * kk);
 }
 
-/// `db[c] += sum over (n, p) of dy[n, c, p]`; channels in parallel, each summed in a fixed
-/// order, so the result does not depend on the thread count.
-fn bias_grad(db: &mut [f32], dy: &Tensor) {
-    let [n, c, h, w] = dy.shape;
-    let p = h * w;
-    let channel = |(ci, g): (usize, &mut f32)| {
-        let mut s = 0.0f64;
-        for b in 0..n {
-            s += dy.data[(b * c + ci) * p..][..p]
-                .iter()
-                .map(|&v| v as f64)
-                .sum::<f64>();
+/// `grad (a, b, k k) += g (a, k k, b)`: a gradient computed with the taps outside, added to
+/// the parameter's own order.
+fn add_taps_inner(grad: &mut [f32], g: &[f32], [_, b, kk]: [usize; 3]) {
+    for (gi, oi) in grad.chunks_exact_mut(b * kk).zip(g.chunks_exact(kk * b)) {
+        for (j, taps) in gi.chunks_exact_mut(kk).enumerate() {
+            for (t, v) in taps.iter_mut().enumerate() {
+                *v += oi[t * b + j];
+            }
         }
-        *g += s as f32;
+    }
+}
+
+/// `db[c] += sum over (pixels, images) of dy[c]` for dy (c, h, w, n): channel rows in
+/// parallel, each summed in f64 in a fixed order.
+fn bias_grad(db: &mut [f32], dy: &[f32]) {
+    let len = dy.len() / db.len().max(1);
+    let channel = |(g, row): (&mut f32, &[f32])| {
+        *g += row.iter().map(|&v| v as f64).sum::<f64>() as f32;
     };
     if dy.len() >= MIN_PARALLEL_ELEMS {
-        db[..c].par_iter_mut().enumerate().for_each(channel);
+        db.par_iter_mut()
+            .zip(dy.par_chunks(len.max(1)))
+            .for_each(channel);
     } else {
-        db[..c].iter_mut().enumerate().for_each(channel);
+        db.iter_mut().zip(dy.chunks(len.max(1))).for_each(channel);
+    }
+}
+
+/// A fresh output of `rows` rows of `len`: each row filled with its bias, or zero.
+fn output(rows: usize, len: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    match bias {
+        None => vec![0.0; rows * len],
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * len);
+            for &v in &b[..rows] {
+                y.resize(y.len() + len, v);
+            }
+            y
+        }
     }
 }
 
@@ -408,20 +373,49 @@ fn init(len: usize, fan_in: usize, bias: Option<usize>, rng: &mut Rng) -> (Param
     (w, b)
 }
 
-struct ConvCache {
-    /// A copy of the input: the backward builds the column matrix again from it.
+/// What a convolution's backward needs from its forward.
+struct Cache {
+    /// A copy of the input in [`Layout::Chwn`]: Conv2d's backward builds the column matrix
+    /// again from it, ConvTranspose2d's takes it as the weight gradient's left operand.
     x: Vec<f32>,
     xshape: [usize; 4],
-    oh: usize,
-    ow: usize,
+    /// The layout the input came in: the backward takes dy and returns dx in it.
+    layout: Layout,
+    /// The output's (oh, ow).
+    ohw: [usize; 2],
 }
 
 /// Buffers a layer keeps between steps, so a training step does not allocate (and zero)
-/// its large temporaries again each time.
+/// them again each time.
 #[derive(Default)]
 struct Scratch {
-    /// The GEMM output of the forward (C, N P) and the gradient dy' of the backward.
-    cnp: Vec<f32>,
+    /// The weight with each tap's channels contiguous, as the GEMMs take it.
+    wt: Vec<f32>,
+    /// The weight gradient in that order.
+    dw: Vec<f32>,
+}
+
+/// The input's data in [`Layout::Chwn`], in the buffer of the last step's copy when it
+/// came in that layout.
+fn keep_chwn(x: &Tensor, old: Option<Cache>) -> Vec<f32> {
+    match x.layout {
+        Layout::Chwn => {
+            let mut keep = old.map(|c| c.x).unwrap_or_default();
+            copy_into(&mut keep, &x.data);
+            keep
+        }
+        Layout::Nchw => x.to_layout(Layout::Chwn).data,
+    }
+}
+
+/// A result in [`Layout::Chwn`], returned in `layout`.
+fn finish(shape: [usize; 4], data: Vec<f32>, layout: Layout) -> Tensor {
+    Tensor {
+        shape,
+        layout: Layout::Chwn,
+        data,
+    }
+    .into_layout(layout)
 }
 
 /// 2-d convolution (PyTorch's `Conv2d`, square kernel, no dilation or groups).
@@ -432,7 +426,7 @@ pub struct Conv2d {
     pub window: Window,
     pub weight: Param,
     pub bias: Option<Param>,
-    cache: Option<ConvCache>,
+    cache: Option<Cache>,
     scratch: Scratch,
 }
 
@@ -483,42 +477,44 @@ impl Conv2d {
         ])
     }
 
-    /// y = conv(x) + b; caches im2col(x) for the backward.
+    /// y = conv(x) + b, in x's layout; keeps a copy of x for the backward.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let [n, cout, oh, ow] = self.out_shape(x.shape)?;
-        let k = self.window.kernel;
-        let ck = self.cin * k * k;
-        let np = n * oh * ow;
-        let y = scratch(&mut self.scratch.cnp, cout * np);
+        let ys = self.out_shape(x.shape)?;
+        let [n, cin, h, w] = x.shape;
+        let [_, cout, oh, ow] = ys;
+        let (g, kk) = (self.window, self.window.kernel * self.window.kernel);
+        let (ck, np) = (kk * cin, oh * ow * n);
+        let keep = keep_chwn(x, self.cache.take());
+        let wt = &mut self.scratch.wt;
+        taps_outer(wt, &self.weight.value, [cout, cin, kk], false);
+        let valid = tap_table(g, [h, w], [oh, ow]);
+        let bias = self.bias.as_ref().map(|b| b.value.as_slice());
+        let mut y = output(cout, np, bias);
         with_columns(|col| {
             let col = scratch(col, ck * np);
-            im2col(col, &x.data, x.shape, self.window, oh, ow);
-            sgemm(
+            im2col(col, &keep, x.shape, g, [oh, ow]);
+            sgemm_masked(
                 cout,
                 np,
                 ck,
-                MatRef::row_major(&self.weight.value, ck),
+                MatRef::row_major(&wt[..cout * ck], ck),
                 MatRef::row_major(col, np),
-                y,
+                &mut y,
                 np,
-                false,
+                bias.is_some(),
+                mask(&valid, Dim::K, cin, Dim::N, n)?.as_ref(),
             )
         })?;
-        let bias = self.bias.as_ref().map(|b| b.value.as_slice());
-        let out = Tensor::from_vec([n, cout, oh, ow], cnp_to_nchw(y, n, cout, oh * ow, bias))?;
-        // The previous step's copy is this one's buffer.
-        let mut xc = self.cache.take().map(|c| c.x).unwrap_or_default();
-        copy_into(&mut xc, &x.data);
-        self.cache = Some(ConvCache {
-            x: xc,
+        self.cache = Some(Cache {
+            x: keep,
             xshape: x.shape,
-            oh,
-            ow,
+            layout: x.layout,
+            ohw: [oh, ow],
         });
-        Ok(out)
+        Ok(finish(ys, y, x.layout))
     }
 
-    /// dx from dy; `dW += dy' col^T`, `db += sum dy`.
+    /// dx from dy; `dW += dy col^T`, `db += sum dy`.
     pub fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         self.backward_inner(dy, true)
             .and_then(|dx| dx.ok_or_else(|| Error::invalid("backward", "no input gradient")))
@@ -531,49 +527,60 @@ impl Conv2d {
     }
 
     fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
-        let cache = self.cache.as_ref().ok_or_else(no_forward)?;
-        let [n, _, _, _] = cache.xshape;
-        let (oh, ow) = (cache.oh, cache.ow);
-        dy.expect_shape("conv2d output gradient", [n, self.cout, oh, ow])?;
-        let k = self.window.kernel;
-        let ck = self.cin * k * k;
-        let np = n * oh * ow;
-        let dyp = &mut self.scratch.cnp;
-        nchw_to_cnp_into(dyp, &dy.data, n, self.cout, oh * ow);
-        if let Some(b) = &mut self.bias {
+        let Conv2d {
+            cin,
+            cout,
+            window: g,
+            weight,
+            bias,
+            cache,
+            scratch: Scratch { wt, dw },
+        } = self;
+        let (cin, cout, g) = (*cin, *cout, *g);
+        let cache = cache.as_ref().ok_or_else(no_forward)?;
+        let [n, _, h, w] = cache.xshape;
+        let [oh, ow] = cache.ohw;
+        let ys = [n, cout, oh, ow];
+        dy.expect("conv2d output gradient", ys, cache.layout)?;
+        let dyc = dy.to_layout(Layout::Chwn);
+        let dy = &dyc.data;
+        let (k, kk) = (g.kernel, g.kernel * g.kernel);
+        let (ck, np, nhw) = (kk * cin, oh * ow * n, h * w * n);
+        if let Some(b) = bias {
             bias_grad(&mut b.grad, dy);
         }
-        let (cout, weight) = (self.cout, &mut self.weight);
-        let g = self.window;
-        with_columns(|buf| {
+        let valid = tap_table(g, [h, w], [oh, ow]);
+        let dx = with_columns(|buf| -> Result<Option<Vec<f32>>> {
             // The column matrix again, from the copy of the input, into the shared buffer.
             let col = scratch(buf, ck * np);
-            im2col(col, &cache.x, cache.xshape, g, oh, ow);
-            sgemm(
+            im2col(col, &cache.x, cache.xshape, g, [oh, ow]);
+            let dwt = scratch(dw, cout * ck);
+            sgemm_masked(
                 cout,
                 ck,
                 np,
-                MatRef::row_major(dyp, np),
+                MatRef::row_major(dy, np),
                 MatRef::row_major(col, np).t(),
-                &mut weight.grad,
+                dwt,
                 ck,
-                true,
+                false,
+                mask(&valid, Dim::N, cin, Dim::K, n)?.as_ref(),
             )?;
+            add_taps_inner(&mut weight.grad, dwt, [cout, cin, kk]);
             if !want_dx {
                 return Ok(None);
             }
-            if g.stride == 1 && g.padding < k && cout <= self.cin {
-                // dx is the full convolution of dy with the flipped kernels: im2col of dy
-                // has cout k k rows, no more than the cin k k rows that col2im would scatter.
-                let [_, cin, h, w] = cache.xshape;
-                let kk = k * k;
-                let mut wf = vec![0.0f32; cin * cout * kk];
+            let mut dx = vec![0.0f32; cin * nhw];
+            if g.stride == 1 && g.padding < k && cout <= cin {
+                // dx is the full convolution of dy with the kernels rotated by 180 degrees
+                // and their channels swapped: the im2col of dy has k k cout rows, no more
+                // than the k k cin rows that col2im would scatter.
+                let wf = scratch(wt, cin * kk * cout);
                 for (co, wc) in weight.value.chunks_exact(cin * kk).enumerate() {
                     for (ci, taps) in wc.chunks_exact(kk).enumerate() {
-                        let row = &mut wf[(ci * cout + co) * kk..][..kk];
-                        row.iter_mut()
-                            .zip(taps.iter().rev())
-                            .for_each(|(d, &v)| *d = v);
+                        for (t, &v) in taps.iter().enumerate() {
+                            wf[(ci * kk + kk - 1 - t) * cout + co] = v;
+                        }
                     }
                 }
                 let full = Window {
@@ -581,38 +588,38 @@ impl Conv2d {
                     stride: 1,
                     padding: k - 1 - g.padding,
                 };
-                let (rows, nhw) = (cout * kk, n * h * w);
-                let dycol = scratch(buf, rows * nhw);
-                im2col(dycol, &dy.data, dy.shape, full, h, w);
-                // dy' is no longer needed: its buffer takes dx'.
-                let dxp = scratch(dyp, cin * nhw);
-                sgemm(
+                let dycol = scratch(buf, kk * cout * nhw);
+                im2col(dycol, dy, ys, full, [h, w]);
+                let fvalid = tap_table(full, [oh, ow], [h, w]);
+                sgemm_masked(
                     cin,
                     nhw,
-                    rows,
-                    MatRef::row_major(&wf, rows),
+                    kk * cout,
+                    MatRef::row_major(wf, kk * cout),
                     MatRef::row_major(dycol, nhw),
-                    dxp,
+                    &mut dx,
                     nhw,
                     false,
+                    mask(&fvalid, Dim::K, cout, Dim::N, n)?.as_ref(),
                 )?;
-                let dx = cnp_to_nchw(dxp, n, cin, h * w, None);
-                return Tensor::from_vec(cache.xshape, dx).map(Some);
+                return Ok(Some(dx));
             }
+            taps_outer(wt, &weight.value, [cout, cin, kk], false);
             let dcol = scratch(buf, ck * np);
-            sgemm(
+            sgemm_masked(
                 ck,
                 np,
                 cout,
-                MatRef::row_major(&weight.value, ck).t(),
-                MatRef::row_major(dyp, np),
+                MatRef::row_major(&wt[..cout * ck], ck).t(),
+                MatRef::row_major(dy, np),
                 dcol,
                 np,
                 false,
+                mask(&valid, Dim::M, cin, Dim::N, n)?.as_ref(),
             )?;
-            let dx = col2im(dcol, cache.xshape, g, oh, ow, None);
-            Tensor::from_vec(cache.xshape, dx).map(Some)
-        })
+            Ok(Some(col2im(dcol, cache.xshape, g, [oh, ow], None)))
+        })?;
+        Ok(dx.map(|dx| finish(cache.xshape, dx, cache.layout)))
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -628,13 +635,6 @@ fn no_forward() -> Error {
     Error::invalid("backward", "called before forward")
 }
 
-struct ConvTCache {
-    xp: Vec<f32>,
-    xshape: [usize; 4],
-    oh: usize,
-    ow: usize,
-}
-
 /// 2-d transposed convolution (PyTorch's `ConvTranspose2d`, square kernel, no dilation or
 /// groups). weight: (cin, cout, k, k), bias: (cout);
 /// `oh = (h - 1) stride - 2 padding + k + output_padding`.
@@ -645,7 +645,7 @@ pub struct ConvTranspose2d {
     pub output_padding: usize,
     pub weight: Param,
     pub bias: Option<Param>,
-    cache: Option<ConvTCache>,
+    cache: Option<Cache>,
     scratch: Scratch,
 }
 
@@ -710,75 +710,101 @@ impl ConvTranspose2d {
         Ok([xs[0], self.cout, size(xs[2])?, size(xs[3])?])
     }
 
+    /// y = conv_transpose(x) + b, in x's layout; keeps a copy of x for the backward.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         let ys = self.out_shape(x.shape)?;
-        let [n, _, h, w] = x.shape;
-        let k = self.window.kernel;
-        let ck = self.cout * k * k;
-        let nhw = n * h * w;
-        let mut xp = self.cache.take().map(|c| c.xp).unwrap_or_default();
-        nchw_to_cnp_into(&mut xp, &x.data, n, self.cin, h * w);
+        let [n, cin, h, w] = x.shape;
+        let [_, cout, oh, ow] = ys;
+        let (g, kk) = (self.window, self.window.kernel * self.window.kernel);
+        let (ck, nhw) = (kk * cout, h * w * n);
+        let keep = keep_chwn(x, self.cache.take());
+        let wt = &mut self.scratch.wt;
+        taps_outer(wt, &self.weight.value, [cin, cout, kk], false);
+        // The taps of the convolution this one is the adjoint of: from y's grid to x's.
+        let valid = tap_table(g, [oh, ow], [h, w]);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
-        let y = with_columns(|col| {
+        let y = with_columns(|col| -> Result<Vec<f32>> {
             let col = scratch(col, ck * nhw);
-            sgemm(
+            sgemm_masked(
                 ck,
                 nhw,
-                self.cin,
-                MatRef::row_major(&self.weight.value, ck).t(),
-                MatRef::row_major(&xp, nhw),
+                cin,
+                MatRef::row_major(&wt[..cin * ck], ck).t(),
+                MatRef::row_major(&keep, nhw),
                 col,
                 nhw,
                 false,
+                mask(&valid, Dim::M, cout, Dim::N, n)?.as_ref(),
             )?;
-            Tensor::from_vec(ys, col2im(col, ys, self.window, h, w, bias))
+            Ok(col2im(col, ys, g, [h, w], bias))
         })?;
-        self.cache = Some(ConvTCache {
-            xp,
+        self.cache = Some(Cache {
+            x: keep,
             xshape: x.shape,
-            oh: ys[2],
-            ow: ys[3],
+            layout: x.layout,
+            ohw: [oh, ow],
         });
-        Ok(y)
+        Ok(finish(ys, y, x.layout))
     }
 
+    /// dx from dy; `dW += x dcol^T`, `db += sum dy`.
     pub fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let cache = self.cache.as_ref().ok_or_else(no_forward)?;
+        let ConvTranspose2d {
+            cin,
+            cout,
+            window: g,
+            weight,
+            bias,
+            cache,
+            scratch: Scratch { wt, dw },
+            ..
+        } = self;
+        let (cin, cout, g) = (*cin, *cout, *g);
+        let cache = cache.as_ref().ok_or_else(no_forward)?;
         let [n, _, h, w] = cache.xshape;
-        let ys = [n, self.cout, cache.oh, cache.ow];
-        dy.expect_shape("conv_transpose2d output gradient", ys)?;
-        let k = self.window.kernel;
-        let ck = self.cout * k * k;
-        let nhw = n * h * w;
-        if let Some(b) = &mut self.bias {
+        let [oh, ow] = cache.ohw;
+        let ys = [n, cout, oh, ow];
+        dy.expect("conv_transpose2d output gradient", ys, cache.layout)?;
+        let dyc = dy.to_layout(Layout::Chwn);
+        let dy = &dyc.data;
+        let kk = g.kernel * g.kernel;
+        let (ck, nhw) = (kk * cout, h * w * n);
+        if let Some(b) = bias {
             bias_grad(&mut b.grad, dy);
         }
-        let dxp = scratch(&mut self.scratch.cnp, self.cin * nhw);
-        with_columns(|dcol| {
+        taps_outer(wt, &weight.value, [cin, cout, kk], false);
+        let valid = tap_table(g, [oh, ow], [h, w]);
+        let dx = with_columns(|dcol| -> Result<Vec<f32>> {
             let dcol = scratch(dcol, ck * nhw);
-            im2col(dcol, &dy.data, ys, self.window, h, w);
-            sgemm(
-                self.cin,
+            im2col(dcol, dy, ys, g, [h, w]);
+            let dwt = scratch(dw, cin * ck);
+            sgemm_masked(
+                cin,
                 ck,
                 nhw,
-                MatRef::row_major(&cache.xp, nhw),
+                MatRef::row_major(&cache.x, nhw),
                 MatRef::row_major(dcol, nhw).t(),
-                &mut self.weight.grad,
+                dwt,
                 ck,
-                true,
+                false,
+                mask(&valid, Dim::N, cout, Dim::K, n)?.as_ref(),
             )?;
-            sgemm(
-                self.cin,
+            add_taps_inner(&mut weight.grad, dwt, [cin, cout, kk]);
+            let mut dx = vec![0.0f32; cin * nhw];
+            sgemm_masked(
+                cin,
                 nhw,
                 ck,
-                MatRef::row_major(&self.weight.value, ck),
+                MatRef::row_major(&wt[..cin * ck], ck),
                 MatRef::row_major(dcol, nhw),
-                dxp,
+                &mut dx,
                 nhw,
                 false,
-            )
+                mask(&valid, Dim::K, cout, Dim::N, n)?.as_ref(),
+            )?;
+            Ok(dx)
         })?;
-        Tensor::from_vec(cache.xshape, cnp_to_nchw(dxp, n, self.cin, h * w, None))
+        Ok(finish(cache.xshape, dx, cache.layout))
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -787,183 +813,5 @@ impl ConvTranspose2d {
             v.push(b);
         }
         v
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The register gather against the scalar one, bit for bit, on seeded geometries whose
-    /// widths leave every remainder of a 16-lane chunk (and need 1, 2 or 3 chunks), "same"
-    /// convolutions (the whole-plane path) among them.
-    #[test]
-    fn register_gather_matches_scalar_one() {
-        for stride in [1, 2] {
-            let Some(gather) = gather_simd(stride) else {
-                eprintln!("no AVX-512F here: only the scalar gather runs");
-                return;
-            };
-            let mut rng = Rng::new(11 + stride as u64);
-            for case in 0..300 {
-                let kernel = 1 + rng.below(5);
-                let g = Window {
-                    kernel,
-                    stride,
-                    padding: rng.below(kernel),
-                };
-                let (h, w) = (1 + rng.below(12), 1 + case % 40);
-                let (Ok(oh), Ok(ow)) = (g.out_size(h), g.out_size(w)) else {
-                    continue;
-                };
-                // 1 to 3 images, their planes `step` apart with a gap between.
-                let (n, step) = (1 + case % 3, h * w + rng.below(3));
-                let x: Vec<f32> = (0..n * step).map(|_| rng.normal() as f32).collect();
-                for (ky, kx) in (0..kernel).flat_map(|ky| (0..kernel).map(move |kx| (ky, kx))) {
-                    let t = Tap::new(g, ky, kx, [h, w], [oh, ow]);
-                    let len = n * oh * ow;
-                    let (mut want, mut got) = (vec![f32::NAN; len], vec![1.0; len]);
-                    gather_taps(&mut want, &x, step, &t);
-                    gather(&mut got, &x, step, &t);
-                    assert_eq!(
-                        bits(&want),
-                        bits(&got),
-                        "gather {g:?} {h}x{w} tap {ky},{kx}"
-                    );
-                }
-            }
-        }
-    }
-
-    fn bits(v: &[f32]) -> Vec<u32> {
-        v.iter().map(|x| x.to_bits()).collect()
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Tap;
-    use std::arch::x86_64::*;
-
-    /// The output columns of the 16-wide chunk at `c0` that a tap reads (`valid`), and
-    /// those that exist at all (`store`).
-    fn chunk_masks(t: &Tap, c0: usize) -> (u32, u16) {
-        let width = (t.ow - c0).min(16);
-        let a = t.lo.clamp(c0, c0 + width) - c0;
-        let b = t.hi.clamp(c0, c0 + width) - c0;
-        let valid = ((1u32 << b) - 1) & !((1u32 << a) - 1);
-        (valid, ((1u32 << width) - 1) as u16)
-    }
-
-    /// `valid` (16 lanes) spread to the even lanes of 32: stride 2 reads every other float.
-    fn even_lanes(valid: u32) -> (u16, u16) {
-        let mut m = 0u32;
-        for i in 0..16 {
-            m |= ((valid >> i) & 1) << (2 * i);
-        }
-        (m as u16, (m >> 16) as u16)
-    }
-
-    /// [`super::TapGather`] for strides 1 and 2.
-    ///
-    /// # Safety
-    /// AVX-512F detected; `out` holds whole oh x ow planes; `x` holds the h x w input plane
-    /// of each, `step` apart; the tap's ranges from `valid_range`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gather_avx512(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
-        let plane = t.oh * t.ow;
-        if t.s == 1 && (t.oh, t.ow) == (t.h, t.w) && plane <= 16 * 64 {
-            // SAFETY: the caller's contract.
-            return unsafe { gather_same_avx512(out, x, step, t) };
-        }
-        for (b, o) in out.chunks_exact_mut(plane).enumerate() {
-            // SAFETY: the caller's contract, for one plane.
-            unsafe { gather_rows_avx512(o, &x[b * step..][..t.h * t.w], t) };
-        }
-    }
-
-    /// A stride-1 tap of a convolution whose output has the input's size: the output plane,
-    /// read as one flat run, is the input plane shifted by `(ky - pad) w + kx - pad`, with
-    /// the positions outside the image zero. Their masks (16 lanes each) are the same for
-    /// every image, so they are built once.
-    ///
-    /// # Safety
-    /// As [`gather_avx512`], and oh x ow = h x w <= 1024.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn gather_same_avx512(out: &mut [f32], x: &[f32], step: usize, t: &Tap) {
-        let plane = t.oh * t.ow;
-        let mut valid = [0u16; 64];
-        for oy in t.ylo..t.yhi {
-            for q in oy * t.ow + t.lo..oy * t.ow + t.hi {
-                valid[q / 16] |= 1 << (q % 16);
-            }
-        }
-        let shift =
-            (t.ky as isize - t.pad as isize) * t.w as isize + t.kx as isize - t.pad as isize;
-        let (full, rest) = (plane / 16, plane % 16);
-        for (b, o) in out.chunks_exact_mut(plane).enumerate() {
-            let img = x[b * step..][..plane].as_ptr();
-            // SAFETY: a lane is loaded only where its output position reads inside the
-            // image, at input index q + shift < plane; stores stay inside the plane.
-            unsafe {
-                for (c, &m) in valid[..full].iter().enumerate() {
-                    let v =
-                        _mm512_maskz_loadu_ps(m, img.wrapping_offset((16 * c) as isize + shift));
-                    _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), v);
-                }
-                if rest > 0 {
-                    let src = img.wrapping_offset((16 * full) as isize + shift);
-                    let v = _mm512_maskz_loadu_ps(valid[full], src);
-                    let store = ((1u32 << rest) - 1) as u16;
-                    _mm512_mask_storeu_ps(o.as_mut_ptr().add(16 * full), store, v);
-                }
-            }
-        }
-    }
-
-    /// One plane, row by row.
-    ///
-    /// # Safety
-    /// AVX-512F detected; `o` holds oh x ow floats; `img` the h x w input plane; the tap's
-    /// ranges from `valid_range` (so the columns read are inside a row).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn gather_rows_avx512(o: &mut [f32], img: &[f32], t: &Tap) {
-        let (s, ow) = (t.s, t.ow);
-        debug_assert!(s == 1 || s == 2);
-        // SAFETY: stores are masked to the row's ow columns; loads are masked to the
-        // columns lo..hi, whose inputs lie inside row `src_row(oy)` of `img` (the
-        // pointer to the chunk's first column may lie before it: never dereferenced).
-        unsafe {
-            // Lanes 0, 2, .., 30 of a 32-lane pair.
-            let evens =
-                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            let zero = _mm512_setzero_ps();
-            for c0 in (0..ow).step_by(16) {
-                let (valid, store) = chunk_masks(t, c0);
-                let (m0, m1) = if s == 1 {
-                    (valid as u16, 0)
-                } else {
-                    even_lanes(valid)
-                };
-                let col0 = (c0 * s + t.kx) as isize - t.pad as isize;
-                for oy in 0..t.oh {
-                    let v = if (t.ylo..t.yhi).contains(&oy) && valid != 0 {
-                        let src = img
-                            .as_ptr()
-                            .wrapping_offset((t.src_row(oy) * t.w) as isize + col0);
-                        let a = _mm512_maskz_loadu_ps(m0, src);
-                        if s == 1 {
-                            a
-                        } else {
-                            let b = _mm512_maskz_loadu_ps(m1, src.wrapping_add(16));
-                            _mm512_permutex2var_ps(a, evens, b)
-                        }
-                    } else {
-                        zero
-                    };
-                    _mm512_mask_storeu_ps(o.as_mut_ptr().add(oy * ow + c0), store, v);
-                }
-            }
-        }
     }
 }

@@ -56,22 +56,17 @@ pub struct Relu {
 
 impl Layer for Relu {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let y = Tensor {
-            shape: x.shape,
-            data: x
-                .data
+        let y = x.like(
+            x.data
                 .par_iter()
                 .with_min_len(MIN_CHUNK)
                 .map(|&v| v.max(0.0))
                 .collect(),
-        };
+        );
         // The copy for the backward goes into last step's buffer.
         let mut keep = self.y.take().map_or_else(Vec::new, |t| t.data);
         copy_into(&mut keep, &y.data);
-        self.y = Some(Tensor {
-            shape: y.shape,
-            data: keep,
-        });
+        self.y = Some(y.like(keep));
         Ok(y)
     }
 
@@ -80,17 +75,15 @@ impl Layer for Relu {
             .y
             .as_ref()
             .ok_or_else(|| Error::invalid("backward", "called before forward"))?;
-        dy.expect_shape("relu output gradient", y.shape)?;
-        Ok(Tensor {
-            shape: dy.shape,
-            data: dy
-                .data
+        dy.expect("relu output gradient", y.shape, y.layout)?;
+        Ok(dy.like(
+            dy.data
                 .par_iter()
                 .with_min_len(MIN_CHUNK)
                 .zip(&y.data)
                 .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
                 .collect(),
-        })
+        ))
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -134,7 +127,7 @@ impl Layer for ResidualBlock {
         let h = self.conv3.forward(&h)?;
         let h = self.relu2.forward(&h)?;
         let mut y = self.conv1.forward(&h)?;
-        y.expect_shape("residual branch", x.shape)?;
+        y.expect("residual branch", x.shape, x.layout)?;
         add_into(&mut y.data, &x.data);
         Ok(y)
     }
@@ -221,7 +214,7 @@ impl Layer for ResidualStack {
 /// Mean squared error and its gradient: `loss = mean((x - t)^2)`, `dx = 2 (x - t) / len`.
 /// The sum runs in f64.
 pub fn mse_loss(x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
-    target.expect_shape("mse target", x.shape)?;
+    target.expect("mse target", x.shape, x.layout)?;
     let inv = 1.0 / x.len().max(1) as f64;
     let mut sum = 0.0f64;
     let data = x
@@ -234,11 +227,5 @@ pub fn mse_loss(x: &Tensor, target: &Tensor) -> Result<(f32, Tensor)> {
             (2.0 * d as f64 * inv) as f32
         })
         .collect();
-    Ok((
-        (sum * inv) as f32,
-        Tensor {
-            shape: x.shape,
-            data,
-        },
-    ))
+    Ok(((sum * inv) as f32, x.like(data)))
 }

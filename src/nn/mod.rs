@@ -9,7 +9,7 @@ pub mod gemm;
 pub mod reference;
 pub mod tensor;
 
-pub use tensor::{Param, Tensor};
+pub use tensor::{Layout, Param, Tensor};
 pub mod conv;
 pub mod layers;
 pub mod metrics;

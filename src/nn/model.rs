@@ -16,7 +16,7 @@
 use super::conv::{Conv2d, ConvTranspose2d, Window};
 use super::layers::{Layer, Relu, ResidualStack, mse_loss};
 use super::optim::Adam;
-use super::tensor::{Param, Tensor};
+use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -68,12 +68,17 @@ const SAME3: Window = Window {
 };
 
 /// x (n, in, h, w) -> z_e (n, embedding_dim, h / 2^len(hidden_dims), ...).
+///
+/// The layers run in [`Layout::Chwn`], the convolutions' own order; inputs and outputs
+/// are converted from and to the layout the input came in.
 pub struct Encoder {
     pub downs: Vec<Conv2d>,
     pub relus: Vec<Relu>,
     pub conv: Conv2d,
     pub stack: ResidualStack,
     pub proj: Conv2d,
+    /// The layout of the last forward's input.
+    layout: Layout,
 }
 
 impl Encoder {
@@ -92,6 +97,7 @@ impl Encoder {
             conv: Conv2d::new(c, c, SAME3, true, rng)?,
             stack: ResidualStack::new(c, cfg.residual_hidden, cfg.num_residual_layers, rng)?,
             proj: Conv2d::linear_1x1(c, cfg.embedding_dim, rng)?,
+            layout: Layout::Nchw,
         })
     }
 }
@@ -104,7 +110,13 @@ impl Encoder {
     }
 
     fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
-        let d = self.proj.backward(dy)?;
+        if dy.layout != self.layout {
+            return Err(Error::invalid(
+                "encoder output gradient",
+                "not in the layout of the forward's input",
+            ));
+        }
+        let d = self.proj.backward(&dy.to_layout(Layout::Chwn))?;
         let d = self.stack.backward(&d)?;
         let mut d = self.conv.backward(&d)?;
         for (i, (conv, relu)) in self.downs.iter_mut().zip(&mut self.relus).enumerate().rev() {
@@ -115,19 +127,20 @@ impl Encoder {
             }
             d = conv.backward(&dr)?;
         }
-        Ok(Some(d))
+        Ok(Some(d.into_layout(self.layout)))
     }
 }
 
 impl Layer for Encoder {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let mut h = None;
+        self.layout = x.layout;
+        let mut h = x.to_layout(Layout::Chwn);
         for (conv, relu) in self.downs.iter_mut().zip(&mut self.relus) {
-            h = Some(relu.forward(&conv.forward(h.as_ref().unwrap_or(x))?)?);
+            h = relu.forward(&conv.forward(&h)?)?;
         }
-        let h = self.conv.forward(h.as_ref().unwrap_or(x))?;
+        let h = self.conv.forward(&h)?;
         let h = self.stack.forward(&h)?;
-        self.proj.forward(&h)
+        Ok(self.proj.forward(&h)?.into_layout(self.layout))
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
@@ -151,6 +164,8 @@ pub struct Decoder {
     pub ups: Vec<ConvTranspose2d>,
     /// One per transposed convolution but the last (the output has no activation).
     pub relus: Vec<Relu>,
+    /// The layout of the last forward's input (the layers run in [`Layout::Chwn`]).
+    layout: Layout,
 }
 
 impl Decoder {
@@ -175,13 +190,15 @@ impl Decoder {
             stack,
             relus: (1..ups.len()).map(|_| Relu::default()).collect(),
             ups,
+            layout: Layout::Nchw,
         })
     }
 }
 
 impl Layer for Decoder {
     fn forward(&mut self, z: &Tensor) -> Result<Tensor> {
-        let h = self.conv.forward(z)?;
+        self.layout = z.layout;
+        let h = self.conv.forward(&z.to_layout(Layout::Chwn))?;
         let mut h = self.stack.forward(&h)?;
         let last = self.ups.len() - 1;
         for (i, up) in self.ups.iter_mut().enumerate() {
@@ -190,10 +207,17 @@ impl Layer for Decoder {
                 h = self.relus[i].forward(&h)?;
             }
         }
-        Ok(h)
+        Ok(h.into_layout(self.layout))
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
+        if dy.layout != self.layout {
+            return Err(Error::invalid(
+                "decoder output gradient",
+                "not in the layout of the forward's input",
+            ));
+        }
+        let dy = &dy.to_layout(Layout::Chwn);
         let last = self.ups.len() - 1;
         let mut d = None;
         for (i, up) in self.ups.iter_mut().enumerate().rev() {
@@ -206,7 +230,7 @@ impl Layer for Decoder {
             d = Some(up.backward(g)?);
         }
         let d = self.stack.backward(d.as_ref().unwrap_or(dy))?;
-        self.conv.backward(&d)
+        Ok(self.conv.backward(&d)?.into_layout(self.layout))
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
