@@ -203,22 +203,45 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, ohw: [usize; 2]
 /// pixel.
 fn gather(out: &mut [f32], plane: &[f32], n: usize, t: &Tap) {
     let (ow, s) = (t.ow, t.s);
-    out[..t.ylo * ow * n].fill(0.0);
-    out[t.yhi * ow * n..].fill(0.0);
+    zero(&mut out[..t.ylo * ow * n]);
+    zero(&mut out[t.yhi * ow * n..]);
     for oy in t.ylo..t.yhi {
         let o = &mut out[oy * ow * n..][..ow * n];
-        o[..t.lo * n].fill(0.0);
-        o[t.hi * n..].fill(0.0);
+        zero(&mut o[..t.lo * n]);
+        zero(&mut o[t.hi * n..]);
         let src = &plane[(t.src_row(oy) * t.w + t.first_col()) * n..];
         let o = &mut o[t.lo * n..t.hi * n];
         if s == 1 {
-            o.copy_from_slice(&src[..o.len()]);
+            copy(o, &src[..o.len()]);
         } else {
             for (i, px) in o.chunks_exact_mut(n).enumerate() {
-                px.copy_from_slice(&src[i * s * n..][..n]);
+                copy(px, &src[i * s * n..][..n]);
             }
         }
     }
+}
+
+/// `dst = src`, 16 floats at a time: the runs are a few hundred bytes at most, where a
+/// call to `memcpy` costs as much as the copy.
+fn copy(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let d: &mut [f32; 16] = d.try_into().expect("16 floats");
+        *d = *<&[f32; 16]>::try_from(s).expect("16 floats");
+    }
+    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = s;
+    }
+}
+
+/// `dst = 0`, 16 floats at a time (as [`copy`]).
+fn zero(dst: &mut [f32]) {
+    let mut d = dst.chunks_exact_mut(16);
+    for d in &mut d {
+        *<&mut [f32; 16]>::try_from(d).expect("16 floats") = [0.0; 16];
+    }
+    d.into_remainder().iter_mut().for_each(|v| *v = 0.0);
 }
 
 /// The adjoint of [`im2col`]: x (c, h, w, n) `= sum over taps of col`, plus `bias[ci]` on
@@ -408,6 +431,14 @@ fn keep_chwn(x: &Tensor, old: Option<Cache>) -> Vec<f32> {
     }
 }
 
+/// A tensor's data in [`Layout::Chwn`]: borrowed when it is in that layout already.
+fn chwn(t: &Tensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.layout {
+        Layout::Chwn => std::borrow::Cow::Borrowed(&t.data),
+        Layout::Nchw => std::borrow::Cow::Owned(t.to_layout(Layout::Chwn).data),
+    }
+}
+
 /// A result in [`Layout::Chwn`], returned in `layout`.
 fn finish(shape: [usize; 4], data: Vec<f32>, layout: Layout) -> Tensor {
     Tensor {
@@ -542,8 +573,8 @@ impl Conv2d {
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
         dy.expect("conv2d output gradient", ys, cache.layout)?;
-        let dyc = dy.to_layout(Layout::Chwn);
-        let dy = &dyc.data;
+        let dyc = chwn(dy);
+        let dy = dyc.as_ref();
         let (k, kk) = (g.kernel, g.kernel * g.kernel);
         let (ck, np, nhw) = (kk * cin, oh * ow * n, h * w * n);
         if let Some(b) = bias {
@@ -765,8 +796,8 @@ impl ConvTranspose2d {
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
         dy.expect("conv_transpose2d output gradient", ys, cache.layout)?;
-        let dyc = dy.to_layout(Layout::Chwn);
-        let dy = &dyc.data;
+        let dyc = chwn(dy);
+        let dy = dyc.as_ref();
         let kk = g.kernel * g.kernel;
         let (ck, nhw) = (kk * cout, h * w * n);
         if let Some(b) = bias {
