@@ -1,5 +1,6 @@
-//! A minimal neural-network core written by hand: an NCHW f32 tensor, convolution layers
-//! through im2col and a register-tiled GEMM, ReLU, residual blocks, MSE, Adam and SGD, and
+//! A minimal neural-network core written by hand: an f32 tensor (NCHW, or batch-innermost
+//! inside the networks), convolution layers through im2col and a register-tiled GEMM that
+//! skips the products with padding, ReLU, residual blocks, MSE, Adam and SGD, and
 //! the VQ-VAE encoder and decoder built from them. No autodiff: every layer's forward caches
 //! what its backward needs, and its backward (in llm.c's manner) returns the input gradient
 //! and accumulates the parameter gradients with `+=`. Every backward is checked against
