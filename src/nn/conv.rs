@@ -330,19 +330,17 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buf[..len]
 }
 
-/// A weight (a, b, k k) with its taps moved outside the channels, (a, k k, b), into `out`;
-/// `flip` takes the taps in reverse order (the kernel rotated by 180 degrees).
-fn taps_outer(out: &mut Vec<f32>, w: &[f32], [a, b, kk]: [usize; 3], flip: bool) {
+/// A weight (a, b, k k) with its taps moved outside the channels, (a, k k, b), into `out`.
+fn taps_outer(out: &mut Vec<f32>, w: &[f32], [a, b, kk]: [usize; 3]) {
+    debug_assert_eq!(w.len(), a * b * kk);
     let out = scratch(out, w.len());
     for (wi, oi) in w.chunks_exact(b * kk).zip(out.chunks_exact_mut(kk * b)) {
         for (j, taps) in wi.chunks_exact(kk).enumerate() {
             for (t, &v) in taps.iter().enumerate() {
-                let t = if flip { kk - 1 - t } else { t };
                 oi[t * b + j] = v;
             }
         }
     }
-    debug_assert_eq!(w.len(), a * b * kk);
 }
 
 /// `grad (a, b, k k) += g (a, k k, b)`: a gradient computed with the taps outside, added to
@@ -431,14 +429,6 @@ fn keep_chwn(x: &Tensor, old: Option<Cache>) -> Vec<f32> {
     }
 }
 
-/// A tensor's data in [`Layout::Chwn`]: borrowed when it is in that layout already.
-fn chwn(t: &Tensor) -> std::borrow::Cow<'_, [f32]> {
-    match t.layout {
-        Layout::Chwn => std::borrow::Cow::Borrowed(&t.data),
-        Layout::Nchw => std::borrow::Cow::Owned(t.to_layout(Layout::Chwn).data),
-    }
-}
-
 /// A result in [`Layout::Chwn`], returned in `layout`.
 fn finish(shape: [usize; 4], data: Vec<f32>, layout: Layout) -> Tensor {
     Tensor {
@@ -517,7 +507,7 @@ impl Conv2d {
         let (ck, np) = (kk * cin, oh * ow * n);
         let keep = keep_chwn(x, self.cache.take());
         let wt = &mut self.scratch.wt;
-        taps_outer(wt, &self.weight.value, [cout, cin, kk], false);
+        taps_outer(wt, &self.weight.value, [cout, cin, kk]);
         let valid = tap_table(g, [h, w], [oh, ow]);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let mut y = output(cout, np, bias);
@@ -573,8 +563,8 @@ impl Conv2d {
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
         dy.expect("conv2d output gradient", ys, cache.layout)?;
-        let dyc = chwn(dy);
-        let dy = dyc.as_ref();
+        let dyc = dy.in_layout(Layout::Chwn);
+        let dy = &dyc.data;
         let (k, kk) = (g.kernel, g.kernel * g.kernel);
         let (ck, np, nhw) = (kk * cin, oh * ow * n, h * w * n);
         if let Some(b) = bias {
@@ -635,7 +625,7 @@ impl Conv2d {
                 )?;
                 return Ok(Some(dx));
             }
-            taps_outer(wt, &weight.value, [cout, cin, kk], false);
+            taps_outer(wt, &weight.value, [cout, cin, kk]);
             let dcol = scratch(buf, ck * np);
             sgemm_masked(
                 ck,
@@ -750,7 +740,7 @@ impl ConvTranspose2d {
         let (ck, nhw) = (kk * cout, h * w * n);
         let keep = keep_chwn(x, self.cache.take());
         let wt = &mut self.scratch.wt;
-        taps_outer(wt, &self.weight.value, [cin, cout, kk], false);
+        taps_outer(wt, &self.weight.value, [cin, cout, kk]);
         // The taps of the convolution this one is the adjoint of: from y's grid to x's.
         let valid = tap_table(g, [oh, ow], [h, w]);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
@@ -796,14 +786,14 @@ impl ConvTranspose2d {
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
         dy.expect("conv_transpose2d output gradient", ys, cache.layout)?;
-        let dyc = chwn(dy);
-        let dy = dyc.as_ref();
+        let dyc = dy.in_layout(Layout::Chwn);
+        let dy = &dyc.data;
         let kk = g.kernel * g.kernel;
         let (ck, nhw) = (kk * cout, h * w * n);
         if let Some(b) = bias {
             bias_grad(&mut b.grad, dy);
         }
-        taps_outer(wt, &weight.value, [cin, cout, kk], false);
+        taps_outer(wt, &weight.value, [cin, cout, kk]);
         let valid = tap_table(g, [oh, ow], [h, w]);
         let dx = with_columns(|dcol| -> Result<Vec<f32>> {
             let dcol = scratch(dcol, ck * nhw);

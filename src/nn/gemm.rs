@@ -27,6 +27,9 @@
 //! batch) has too few tiles to share between threads; it is split along k into parts,
 //! computed in parallel and summed in a fixed order. Tasks and parts are functions of the
 //! shape alone, so a product gives the same bits on any number of threads.
+//! A convolution's GEMM may pass a [`TapMask`]: then each column panel multiplies only the
+//! k ranges whose products can be nonzero (taps that read inside the image for some pixel
+//! of the panel), and C tiles that are all padding are skipped.
 //!
 //! Variants, all checked against [`super::reference::gemm`]:
 //! - v1 `portable`: plain Rust, MR = 4, NR = 16; the compiler vectorizes for the target.

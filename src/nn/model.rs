@@ -110,13 +110,8 @@ impl Encoder {
     }
 
     fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
-        if dy.layout != self.layout {
-            return Err(Error::invalid(
-                "encoder output gradient",
-                "not in the layout of the forward's input",
-            ));
-        }
-        let d = self.proj.backward(&dy.to_layout(Layout::Chwn))?;
+        dy.expect_layout("encoder output gradient", self.layout)?;
+        let d = self.proj.backward(&dy.in_layout(Layout::Chwn))?;
         let d = self.stack.backward(&d)?;
         let mut d = self.conv.backward(&d)?;
         for (i, (conv, relu)) in self.downs.iter_mut().zip(&mut self.relus).enumerate().rev() {
@@ -198,7 +193,7 @@ impl Decoder {
 impl Layer for Decoder {
     fn forward(&mut self, z: &Tensor) -> Result<Tensor> {
         self.layout = z.layout;
-        let h = self.conv.forward(&z.to_layout(Layout::Chwn))?;
+        let h = self.conv.forward(&z.in_layout(Layout::Chwn))?;
         let mut h = self.stack.forward(&h)?;
         let last = self.ups.len() - 1;
         for (i, up) in self.ups.iter_mut().enumerate() {
@@ -211,13 +206,8 @@ impl Layer for Decoder {
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        if dy.layout != self.layout {
-            return Err(Error::invalid(
-                "decoder output gradient",
-                "not in the layout of the forward's input",
-            ));
-        }
-        let dy = &dy.to_layout(Layout::Chwn);
+        dy.expect_layout("decoder output gradient", self.layout)?;
+        let dy = &*dy.in_layout(Layout::Chwn);
         let last = self.ups.len() - 1;
         let mut d = None;
         for (i, up) in self.ups.iter_mut().enumerate().rev() {

@@ -82,6 +82,15 @@ impl Tensor {
         }
     }
 
+    /// This tensor in `layout`: borrowed when it is stored that way already, else converted.
+    pub fn in_layout(&self, layout: Layout) -> std::borrow::Cow<'_, Tensor> {
+        if layout == self.layout {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(self.to_layout(layout))
+        }
+    }
+
     /// [`Tensor::to_layout`], consuming `self` (no copy when it is in `layout` already).
     pub fn into_layout(self, layout: Layout) -> Tensor {
         if layout == self.layout {
@@ -134,6 +143,11 @@ impl Tensor {
     /// An error unless this tensor has shape `shape` and is stored in `layout`.
     pub fn expect(&self, what: &'static str, shape: [usize; 4], layout: Layout) -> Result<()> {
         self.expect_shape(what, shape)?;
+        self.expect_layout(what, layout)
+    }
+
+    /// An error unless this tensor is stored in `layout`.
+    pub fn expect_layout(&self, what: &'static str, layout: Layout) -> Result<()> {
         if self.layout != layout {
             return Err(Error::invalid(
                 "tensor layout",
