@@ -1,4 +1,4 @@
-//! Convolutions through im2col and [`super::gemm`], in the batch-innermost layout.
+//! Convolutions as GEMMs over column matrices, in the batch-innermost layout.
 //!
 //! The convolutions work on tensors in [`Layout::Chwn`]: channel, row, column, then the
 //! image, so every pixel of a channel is a run of `n` floats. Conv2d, x: (cin, h, w, n),
@@ -20,18 +20,20 @@
 //! GEMM's C is the next layer's input as it stands: no transposes between layers. Tensors
 //! in [`Layout::Nchw`] are accepted too, converted on the way in and out.
 //!
+//! The column matrices on the right of a GEMM (`col`, `col^T`, `dcol`, `dcol^T`) are never
+//! written out: [`Columns`] hands the GEMM each KC x NR panel packed straight from the
+//! layer's input (a pixel's batch is one run of it), so no k^2-times-larger matrix streams
+//! through memory. Only the products that col2im folds back are written, into one buffer
+//! per thread that stays in the last-level cache; a Conv2d keeps a copy of its input, from
+//! which its backward packs the column matrix again.
+//!
 //! A tap of a border pixel that reads padding multiplies a zero. On 7 x 7 planes that is
 //! 18% of a 3 x 3 convolution's products; each GEMM gets a [`TapMask`] saying which (tap,
 //! pixel) pairs read inside the image, and skips what it can of the rest: a column panel
 //! of NR columns (1.5 pixels of a batch of 32) multiplies only the taps some pixel of it
-//! needs.
-//!
-//! Column matrices are k^2 times the size of the layer's input. No layer keeps its own:
-//! every convolution on a thread works in one shared buffer, which stays in the last-level
-//! cache, and a Conv2d keeps a copy of its input instead, from which its backward builds
-//! the column matrix again.
+//! needs, and only those rows are packed.
 
-use super::gemm::{Dim, MatRef, TapMask, sgemm_masked};
+use super::gemm::{Dim, MatRef, PackB, TapMask, sgemm_masked, transpose8};
 use super::layers::copy_into;
 use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
@@ -178,6 +180,8 @@ fn mask<'a>(
         .transpose()
 }
 
+#[cfg(test)]
+/// The column matrix written out, the reference that [`Columns`] is tested against:
 /// col (k k c, oh ow n) from x (c, h, w, n): `col[(t, ci)][(oy, ox, b)] = x[ci, oy s + ky - p,
 /// ox s + kx - p, b]` for tap t = (ky, kx), zero outside the image. Every element of `col`
 /// is written.
@@ -198,6 +202,7 @@ fn im2col(col: &mut [f32], x: &[f32], xs: [usize; 4], g: Window, ohw: [usize; 2]
     }
 }
 
+#[cfg(test)]
 /// One row of [`im2col`]: tap `t` of one channel's plane (h, w, n) into `out` (oh, ow, n).
 /// With stride 1 each output row is one run of the input row; otherwise a run of `n` per
 /// pixel.
@@ -242,6 +247,200 @@ fn zero(dst: &mut [f32]) {
         *<&mut [f32; 16]>::try_from(d).expect("16 floats") = [0.0; 16];
     }
     d.into_remainder().iter_mut().for_each(|v| *v = 0.0);
+}
+
+/// The column matrix of [`im2col`] as a GEMM operand that is never written out: each
+/// packed panel is copied straight from the input, so a convolution's forward streams no
+/// k^2-times-larger matrix through memory. Rows (tap, channel), columns (pixel, image).
+#[derive(Clone, Copy)]
+struct Columns<'a> {
+    /// The input, (c, h, w, n), and h w n.
+    x: &'a [f32],
+    plane: usize,
+    c: usize,
+    n: usize,
+    /// For tap t and output pixel p, `src[t * pixels + p]`: the input pixel it reads, or
+    /// [`PADDING`].
+    src: &'a [u32],
+    pixels: usize,
+    /// The first row of the matrix that row 0 of this view is (a split product's part).
+    row0: usize,
+    /// The transpose: rows (pixel, image), columns (tap, channel), as a weight gradient
+    /// reads it.
+    transposed: bool,
+}
+
+/// An entry of [`Columns::src`] for a tap that reads padding.
+const PADDING: u32 = u32::MAX;
+
+impl<'a> Columns<'a> {
+    /// The column matrix of `x` (c, h, w, n) under `g`, given `source_pixels(g, ...)`.
+    fn new(x: &'a [f32], [n, c, h, w]: [usize; 4], src: &'a [u32], ohw: [usize; 2]) -> Self {
+        Columns {
+            x,
+            plane: h * w * n,
+            c,
+            n,
+            src,
+            pixels: ohw[0] * ohw[1],
+            row0: 0,
+            transposed: false,
+        }
+    }
+
+    /// The transpose of the column matrix.
+    fn t(self) -> Self {
+        Columns {
+            transposed: !self.transposed,
+            ..self
+        }
+    }
+
+    /// Rows `p0..p0 + kc` x columns `j0..j0 + cols` of the transposed view, (pixel, image)
+    /// x (tap, channel), into `out`: 8 x 8 register transposes where 8 rows lie in one
+    /// pixel and 8 columns are consecutive channels of one tap, element by element
+    /// elsewhere.
+    fn pack_t(&self, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
+        let (c, n) = (self.c, self.n);
+        let t8 = transpose8();
+        let mut r = self.row0 + p0;
+        let end = r + kc;
+        while r < end {
+            // Rows r..re: images b..b + (re - r) of output pixel p.
+            let (p, b) = (r / n, r % n);
+            let re = ((p + 1) * n).min(end);
+            let o = &mut out[(r - self.row0 - p0) * nr..(re - self.row0 - p0) * nr];
+            let rows = re - r;
+            let mut jj = 0;
+            while jj < cols {
+                let (t, ci) = ((j0 + jj) / c, (j0 + jj) % c);
+                let s = self.src[t * self.pixels + p];
+                // Columns jj..je: channels ci.. of tap t.
+                let je = (jj + c - ci).min(cols);
+                if s == PADDING {
+                    for row in o.chunks_exact_mut(nr) {
+                        row[jj..je].fill(0.0);
+                    }
+                    jj = je;
+                    continue;
+                }
+                let at = |ch: usize| ch * self.plane + s as usize * n + b;
+                let mut j = jj;
+                if let Some(t8) = t8 {
+                    while j + 8 <= je {
+                        let ch = ci + (j - jj);
+                        let mut i = 0;
+                        while i + 8 <= rows {
+                            t8(&self.x[at(ch) + i..], self.plane, &mut o[i * nr + j..], nr);
+                            i += 8;
+                        }
+                        for i in i..rows {
+                            for q in 0..8 {
+                                o[i * nr + j + q] = self.x[at(ch + q) + i];
+                            }
+                        }
+                        j += 8;
+                    }
+                }
+                for j in j..je {
+                    let x = &self.x[at(ci + (j - jj))..][..rows];
+                    for (i, &v) in x.iter().enumerate() {
+                        o[i * nr + j] = v;
+                    }
+                }
+                jj = je;
+            }
+            if cols < nr {
+                for row in o.chunks_exact_mut(nr) {
+                    row[cols..].fill(0.0);
+                }
+            }
+            r = re;
+        }
+    }
+}
+
+/// For each tap of window `g` and each output pixel, the input pixel read: the table of
+/// [`Columns`].
+fn source_pixels(g: Window, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<u32> {
+    let k = g.kernel;
+    let mut src = vec![PADDING; k * k * oh * ow];
+    for (t, tap) in src.chunks_exact_mut((oh * ow).max(1)).enumerate() {
+        let tp = Tap::new(g, t / k, t % k, [h, w], [oh, ow]);
+        for oy in tp.ylo..tp.yhi {
+            let first = tp.src_row(oy) * w + tp.first_col();
+            for (i, v) in tap[oy * ow + tp.lo..oy * ow + tp.hi].iter_mut().enumerate() {
+                *v = (first + i * tp.s) as u32;
+            }
+        }
+    }
+    src
+}
+
+impl PackB for Columns<'_> {
+    fn check(&self, what: &'static str, rows: usize, cols: usize) -> Result<()> {
+        let taps = self.src.len() / self.pixels.max(1);
+        let (mut have_rows, mut have_cols) = (taps * self.c, self.pixels * self.n);
+        if self.transposed {
+            (have_rows, have_cols) = (have_cols, have_rows);
+        }
+        if self.row0 + rows > have_rows || cols > have_cols {
+            return Err(Error::ShapeMismatch {
+                what,
+                expected: (self.row0 + rows) * cols,
+                got: have_rows * have_cols,
+            });
+        }
+        Ok(())
+    }
+
+    fn rows_from(self, k0: usize) -> Self {
+        Columns {
+            row0: self.row0 + k0,
+            ..self
+        }
+    }
+
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        None
+    }
+
+    fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
+        if self.transposed {
+            return self.pack_t(p0, kc, j0, cols, nr, out);
+        }
+        let (c, n) = (self.c, self.n);
+        // Row (tap t, channel ci); columns from image b of output pixel p. No divisions
+        // per row: the rows step through the channels of a tap, then the next tap.
+        let (p_first, b_first) = (j0 / n, j0 % n);
+        let (mut t, mut ci) = ((self.row0 + p0) / c, (self.row0 + p0) % c);
+        for o in out[..kc * nr].chunks_exact_mut(nr) {
+            let src = &self.src[t * self.pixels..][..self.pixels];
+            let x = &self.x[ci * self.plane..][..self.plane];
+            let (mut p, mut b, mut j) = (p_first, b_first, 0);
+            while j < cols {
+                let s = src[p];
+                let mut len = (n - b).min(cols - j);
+                let mut q = p + 1;
+                if s == PADDING {
+                    zero(&mut o[j..j + len]);
+                } else {
+                    // Pixels whose sources follow one another are one copy.
+                    while j + len < cols && src[q] == s + (q - p) as u32 {
+                        len += n.min(cols - j - len);
+                        q += 1;
+                    }
+                    copy(&mut o[j..j + len], &x[s as usize * n + b..][..len]);
+                }
+                (p, b, j) = (q, 0, j + len);
+            }
+            zero(&mut o[cols..]);
+            ci += 1;
+            if ci == c {
+                (t, ci) = (t + 1, 0);
+            }
+        }
+    }
 }
 
 /// The adjoint of [`im2col`]: x (c, h, w, n) `= sum over taps of col`, plus `bias[ci]` on
@@ -511,21 +710,18 @@ impl Conv2d {
         let valid = tap_table(g, [h, w], [oh, ow]);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let mut y = output(cout, np, bias);
-        with_columns(|col| {
-            let col = scratch(col, ck * np);
-            im2col(col, &keep, x.shape, g, [oh, ow]);
-            sgemm_masked(
-                cout,
-                np,
-                ck,
-                MatRef::row_major(&wt[..cout * ck], ck),
-                MatRef::row_major(col, np),
-                &mut y,
-                np,
-                bias.is_some(),
-                mask(&valid, Dim::K, cin, Dim::N, n)?.as_ref(),
-            )
-        })?;
+        let src = source_pixels(g, [h, w], [oh, ow]);
+        sgemm_masked(
+            cout,
+            np,
+            ck,
+            MatRef::row_major(&wt[..cout * ck], ck),
+            Columns::new(&keep, x.shape, &src, [oh, ow]),
+            &mut y,
+            np,
+            bias.is_some(),
+            mask(&valid, Dim::K, cin, Dim::N, n)?.as_ref(),
+        )?;
         self.cache = Some(Cache {
             x: keep,
             xshape: x.shape,
@@ -571,31 +767,30 @@ impl Conv2d {
             bias_grad(&mut b.grad, dy);
         }
         let valid = tap_table(g, [h, w], [oh, ow]);
-        let dx = with_columns(|buf| -> Result<Option<Vec<f32>>> {
-            // The column matrix again, from the copy of the input, into the shared buffer.
-            let col = scratch(buf, ck * np);
-            im2col(col, &cache.x, cache.xshape, g, [oh, ow]);
-            let dwt = scratch(dw, cout * ck);
-            sgemm_masked(
-                cout,
-                ck,
-                np,
-                MatRef::row_major(dy, np),
-                MatRef::row_major(col, np).t(),
-                dwt,
-                ck,
-                false,
-                mask(&valid, Dim::N, cin, Dim::K, n)?.as_ref(),
-            )?;
-            add_taps_inner(&mut weight.grad, dwt, [cout, cin, kk]);
-            if !want_dx {
-                return Ok(None);
-            }
-            let mut dx = vec![0.0f32; cin * nhw];
-            if g.stride == 1 && g.padding < k && cout <= cin {
+        let src = source_pixels(g, [h, w], [oh, ow]);
+        // The column matrix again, packed from the copy of the input.
+        let dwt = scratch(dw, cout * ck);
+        sgemm_masked(
+            cout,
+            ck,
+            np,
+            MatRef::row_major(dy, np),
+            Columns::new(&cache.x, cache.xshape, &src, [oh, ow]).t(),
+            dwt,
+            ck,
+            false,
+            mask(&valid, Dim::N, cin, Dim::K, n)?.as_ref(),
+        )?;
+        add_taps_inner(&mut weight.grad, dwt, [cout, cin, kk]);
+        if !want_dx {
+            return Ok(None);
+        }
+        let dx = with_columns(|buf| -> Result<Vec<f32>> {
+            if g.stride == 1 && g.padding < k {
                 // dx is the full convolution of dy with the kernels rotated by 180 degrees
-                // and their channels swapped: the im2col of dy has k k cout rows, no more
-                // than the k k cin rows that col2im would scatter.
+                // and their channels swapped: one GEMM over the packed columns of dy,
+                // with no column matrix to write and fold back by col2im.
+                let mut dx = vec![0.0f32; cin * nhw];
                 let wf = scratch(wt, cin * kk * cout);
                 for (co, wc) in weight.value.chunks_exact(cin * kk).enumerate() {
                     for (ci, taps) in wc.chunks_exact(kk).enumerate() {
@@ -609,21 +804,20 @@ impl Conv2d {
                     stride: 1,
                     padding: k - 1 - g.padding,
                 };
-                let dycol = scratch(buf, kk * cout * nhw);
-                im2col(dycol, dy, ys, full, [h, w]);
                 let fvalid = tap_table(full, [oh, ow], [h, w]);
+                let src = source_pixels(full, [oh, ow], [h, w]);
                 sgemm_masked(
                     cin,
                     nhw,
                     kk * cout,
                     MatRef::row_major(wf, kk * cout),
-                    MatRef::row_major(dycol, nhw),
+                    Columns::new(dy, ys, &src, [h, w]),
                     &mut dx,
                     nhw,
                     false,
                     mask(&fvalid, Dim::K, cout, Dim::N, n)?.as_ref(),
                 )?;
-                return Ok(Some(dx));
+                return Ok(dx);
             }
             taps_outer(wt, &weight.value, [cout, cin, kk]);
             let dcol = scratch(buf, ck * np);
@@ -638,9 +832,9 @@ impl Conv2d {
                 false,
                 mask(&valid, Dim::M, cin, Dim::N, n)?.as_ref(),
             )?;
-            Ok(Some(col2im(dcol, cache.xshape, g, [oh, ow], None)))
+            Ok(col2im(dcol, cache.xshape, g, [oh, ow], None))
         })?;
-        Ok(dx.map(|dx| finish(cache.xshape, dx, cache.layout)))
+        Ok(Some(finish(cache.xshape, dx, cache.layout)))
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -795,36 +989,33 @@ impl ConvTranspose2d {
         }
         taps_outer(wt, &weight.value, [cin, cout, kk]);
         let valid = tap_table(g, [oh, ow], [h, w]);
-        let dx = with_columns(|dcol| -> Result<Vec<f32>> {
-            let dcol = scratch(dcol, ck * nhw);
-            im2col(dcol, dy, ys, g, [h, w]);
-            let dwt = scratch(dw, cin * ck);
-            sgemm_masked(
-                cin,
-                ck,
-                nhw,
-                MatRef::row_major(&cache.x, nhw),
-                MatRef::row_major(dcol, nhw).t(),
-                dwt,
-                ck,
-                false,
-                mask(&valid, Dim::N, cout, Dim::K, n)?.as_ref(),
-            )?;
-            add_taps_inner(&mut weight.grad, dwt, [cin, cout, kk]);
-            let mut dx = vec![0.0f32; cin * nhw];
-            sgemm_masked(
-                cin,
-                nhw,
-                ck,
-                MatRef::row_major(&wt[..cin * ck], ck),
-                MatRef::row_major(dcol, nhw),
-                &mut dx,
-                nhw,
-                false,
-                mask(&valid, Dim::K, cout, Dim::N, n)?.as_ref(),
-            )?;
-            Ok(dx)
-        })?;
+        let src = source_pixels(g, [oh, ow], [h, w]);
+        let dcol = Columns::new(dy, ys, &src, [h, w]);
+        let dwt = scratch(dw, cin * ck);
+        sgemm_masked(
+            cin,
+            ck,
+            nhw,
+            MatRef::row_major(&cache.x, nhw),
+            dcol.t(),
+            dwt,
+            ck,
+            false,
+            mask(&valid, Dim::N, cout, Dim::K, n)?.as_ref(),
+        )?;
+        add_taps_inner(&mut weight.grad, dwt, [cin, cout, kk]);
+        let mut dx = vec![0.0f32; cin * nhw];
+        sgemm_masked(
+            cin,
+            nhw,
+            ck,
+            MatRef::row_major(&wt[..cin * ck], ck),
+            dcol,
+            &mut dx,
+            nhw,
+            false,
+            mask(&valid, Dim::K, cout, Dim::N, n)?.as_ref(),
+        )?;
         Ok(finish(cache.xshape, dx, cache.layout))
     }
 
@@ -834,5 +1025,67 @@ impl ConvTranspose2d {
             v.push(b);
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`Columns`] packs exactly the panels of the column matrix [`im2col`] writes out, in
+    /// both orientations, bit for bit: seeded geometries with kernels 1-4, strides 1-2,
+    /// paddings below the kernel, batches that do and do not divide a panel, and random
+    /// row ranges, column ranges (every remainder of NR) and split offsets.
+    #[test]
+    fn columns_pack_the_column_matrix() {
+        let mut rng = Rng::new(7);
+        for case in 0..400 {
+            let pick = |r: &mut Rng, v: &[usize]| v[r.below(v.len())];
+            let n = pick(&mut rng, &[1, 2, 3, 5, 8, 16, 32]);
+            let c = pick(&mut rng, &[1, 3, 8, 16]);
+            let (h, w) = (1 + rng.below(9), 1 + rng.below(9));
+            let kernel = 1 + rng.below(4);
+            let g = Window {
+                kernel,
+                stride: 1 + rng.below(2),
+                padding: rng.below(kernel),
+            };
+            let (Ok(oh), Ok(ow)) = (g.out_size(h), g.out_size(w)) else {
+                continue;
+            };
+            let xs = [n, c, h, w];
+            let x: Vec<f32> = rng.normal_vec(n * c * h * w);
+            let (rows, np) = (kernel * kernel * c, oh * ow * n);
+            let mut col = vec![f32::NAN; rows * np];
+            im2col(&mut col, &x, xs, g, [oh, ow]);
+            let src = source_pixels(g, [h, w], [oh, ow]);
+            let view = Columns::new(&x, xs, &src, [oh, ow]);
+            let nr = pick(&mut rng, &[16, 48]);
+            for transposed in [false, true] {
+                let (mat, cols_view) = if transposed {
+                    (MatRef::row_major(&col, np).t(), view.t())
+                } else {
+                    (MatRef::row_major(&col, np), view)
+                };
+                let (k, width) = if transposed { (np, rows) } else { (rows, np) };
+                let k0 = rng.below(k);
+                let (mat, cols_view) = (mat.rows_from(k0), cols_view.rows_from(k0));
+                let p0 = rng.below(k - k0);
+                let kc = 1 + rng.below(k - k0 - p0);
+                let j0 = rng.below(width);
+                let cols = 1 + rng.below((width - j0).min(nr));
+                let mut want = vec![f32::NAN; kc * nr];
+                let mut got = vec![f32::NAN; kc * nr];
+                mat.pack(p0, kc, j0, cols, nr, &mut want);
+                cols_view.pack(p0, kc, j0, cols, nr, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "case {case}: {xs:?} {g:?} transposed {transposed} k0 {k0} p0 {p0} \
+                     kc {kc} j0 {j0} cols {cols} nr {nr}"
+                );
+            }
+        }
     }
 }

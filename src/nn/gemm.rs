@@ -134,6 +134,41 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// The B operand of a GEMM, as the blocked loop needs it: packed KC x NR panels, or, when
+/// it is a row-major matrix in memory, read in place. [`MatRef`] is one; a convolution's
+/// column matrix, packed straight from the layer's input without being written out, is
+/// another (`conv::Columns`).
+pub trait PackB: Copy + Sync {
+    /// Whether the operand covers `rows x cols` (a typed error if not).
+    fn check(&self, what: &'static str, rows: usize, cols: usize) -> Result<()>;
+    /// The operand without its first `k0` rows.
+    fn rows_from(self, k0: usize) -> Self;
+    /// `(data, row stride)` when row `p` is `data[p * stride..]`, contiguous: the
+    /// micro-kernel then reads full panels in place.
+    fn in_place(&self) -> Option<(&[f32], usize)>;
+    /// Rows `p0..p0 + kc` x columns `j0..j0 + cols` into `out`, `kc` rows of `nr` floats,
+    /// zero beyond `cols`.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]);
+}
+
+impl PackB for MatRef<'_> {
+    fn check(&self, what: &'static str, rows: usize, cols: usize) -> Result<()> {
+        MatRef::check(self, what, rows, cols)
+    }
+
+    fn rows_from(self, k0: usize) -> Self {
+        MatRef::rows_from(self, k0)
+    }
+
+    fn in_place(&self) -> Option<(&[f32], usize)> {
+        (self.cs == 1).then_some((self.data, self.rs))
+    }
+
+    fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
+        pack_b(self, p0, kc, j0, cols, nr, out)
+    }
+}
+
 /// Whether a GEMM may use rayon. Below [`MIN_PARALLEL_WORK`] multiply-adds it never does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parallelism {
@@ -203,7 +238,7 @@ pub fn sgemm_masked(
     n: usize,
     k: usize,
     a: MatRef,
-    b: MatRef,
+    b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -233,7 +268,7 @@ pub fn sgemm_masked_with(
     n: usize,
     k: usize,
     a: MatRef,
-    b: MatRef,
+    b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -246,7 +281,7 @@ pub fn sgemm_masked_with(
         });
     }
     a.check("gemm A", m, k)?;
-    b.check("gemm B", k, n)?;
+    PackB::check(&b, "gemm B", k, n)?;
     if let Some(mask) = mask {
         mask.check([m, n, k])?;
     }
@@ -601,9 +636,9 @@ fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, o
 
 /// One 8 x 8 transpose, `dst[r * dst_stride + c] = src[c * src_stride + r]` for r, c < 8, done
 /// in registers; `None` where the CPU cannot (then the packs go element by element).
-type Transpose8 = fn(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize);
+pub(super) type Transpose8 = fn(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize);
 
-fn transpose8() -> Option<Transpose8> {
+pub(super) fn transpose8() -> Option<Transpose8> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         return Some(|src, src_stride, dst, dst_stride| {
@@ -659,7 +694,7 @@ fn split_k(
     n: usize,
     k: usize,
     a: MatRef,
-    b: MatRef,
+    b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -699,7 +734,7 @@ fn blocked(
     n: usize,
     k: usize,
     a: MatRef,
-    b: MatRef,
+    b: impl PackB,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
@@ -790,13 +825,17 @@ fn blocked(
                 w.starts.push(w.runs.len());
                 // A row-major B is read in place, NR columns of KC rows with its own row
                 // stride: with few A panels to share it (small m) packing would cost as much
-                // as the product. Partial panels and other layouts are packed.
-                let direct = b.cs == 1;
+                // as the product. Partial panels and other operands are packed, only the
+                // rows that the panel's runs multiply.
+                let direct = b.in_place();
                 w.bpack.resize((jc1 - jc) * nr * kc, 0.0);
                 for (q, out) in w.bpack.chunks_mut(nr * kc).enumerate() {
                     let (j0, j1) = cols_of(jc + q);
-                    if (!direct || j1 - j0 < nr) && w.starts[q] < w.starts[q + 1] {
-                        pack_b(&b, p0, kc, j0, j1 - j0, nr, out);
+                    if direct.is_none() || j1 - j0 < nr {
+                        for &(r0, r1) in &w.runs[w.starts[q]..w.starts[q + 1]] {
+                            let out = &mut out[(r0 - p0) * nr..(r1 - p0) * nr];
+                            b.pack(r0, r1 - r0, j0, j1 - j0, nr, out);
+                        }
                     }
                 }
                 let aslice = &apack[a_panels * mr * p0..][..a_panels * mr * kc];
@@ -809,10 +848,11 @@ fn blocked(
                         let runs = &w.runs[w.starts[q]..w.starts[q + 1]];
                         let (cj, cj1) = cols_of(jp);
                         let cols = cj1 - cj;
-                        let (bp, ldb) = if direct && cols == nr {
-                            (&b.data[p0 * b.rs + cj..][..(kc - 1) * b.rs + nr], b.rs)
-                        } else {
-                            (&w.bpack[q * nr * kc..][..nr * kc], nr)
+                        let (bp, ldb) = match direct {
+                            Some((data, rs)) if cols == nr => {
+                                (&data[p0 * rs + cj..][..(kc - 1) * rs + nr], rs)
+                            }
+                            _ => (&w.bpack[q * nr * kc..][..nr * kc], nr),
                         };
                         for ip in ib..ib1 {
                             if mask.is_some_and(|mk| !mk.tile_live(rows_of(ip), (cj, cj1))) {
