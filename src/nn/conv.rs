@@ -268,6 +268,9 @@ struct Columns<'a> {
     /// The transpose: rows (pixel, image), columns (tap, channel), as a weight gradient
     /// reads it.
     transposed: bool,
+    /// One tap that reads every pixel in place (a 1 x 1 convolution): the column matrix is
+    /// the input itself.
+    identity: bool,
 }
 
 /// An entry of [`Columns::src`] for a tap that reads padding.
@@ -285,6 +288,9 @@ impl<'a> Columns<'a> {
             pixels: ohw[0] * ohw[1],
             row0: 0,
             transposed: false,
+            identity: src.len() == h * w
+                && ohw == [h, w]
+                && src.iter().enumerate().all(|(p, &s)| s as usize == p),
         }
     }
 
@@ -402,7 +408,7 @@ impl PackB for Columns<'_> {
     }
 
     fn in_place(&self) -> Option<(&[f32], usize)> {
-        None
+        (self.identity && !self.transposed).then(|| (&self.x[self.row0 * self.plane..], self.plane))
     }
 
     fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
@@ -1079,12 +1085,20 @@ mod tests {
                 mat.pack(p0, kc, j0, cols, nr, &mut want);
                 cols_view.pack(p0, kc, j0, cols, nr, &mut got);
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&got),
-                    bits(&want),
+                let what = format!(
                     "case {case}: {xs:?} {g:?} transposed {transposed} k0 {k0} p0 {p0} \
                      kc {kc} j0 {j0} cols {cols} nr {nr}"
                 );
+                assert_eq!(bits(&got), bits(&want), "{what}");
+                // A 1 x 1 convolution's columns are read in place: the same values.
+                let identity = kernel == 1 && g.stride == 1 && g.padding == 0;
+                assert_eq!(cols_view.in_place().is_some(), identity && !transposed);
+                if let Some((data, rs)) = cols_view.in_place() {
+                    for p in 0..kc {
+                        let row = &data[(p0 + p) * rs + j0..][..cols];
+                        assert_eq!(bits(row), bits(&want[p * nr..][..cols]), "{what}");
+                    }
+                }
             }
         }
     }

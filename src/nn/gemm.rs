@@ -8,7 +8,9 @@
 //! A and B are read through a row stride and a column stride ([`MatRef`]), so a transposed
 //! operand is the same buffer with its strides swapped: conv forward (`W . col`), the weight
 //! gradient (`dY . col^T`) and the data gradient (`W^T . dY`) are all one call. C is
-//! row-major with leading dimension `ldc`.
+//! row-major with leading dimension `ldc`. B may also be anything that packs its own
+//! panels ([`PackB`]): a convolution's column matrix is packed from the layer's input
+//! without ever being written out.
 //!
 //! Blocking in the BLIS manner: op(A) is packed once, slice by slice of KC steps of k, into
 //! panels of MR rows, k-major and zero-padded. The product is then one parallel region: a

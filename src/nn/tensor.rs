@@ -12,7 +12,7 @@ pub enum Layout {
     Nchw,
     /// `data[((ci * h + y) * w + x) * n + b]`: the batch innermost, the order the
     /// convolutions work in. Each pixel of a channel is a run of `n` floats, a convolution's
-    /// column matrix is built from such runs, and its GEMM writes this order directly.
+    /// column matrix is packed from such runs, and its GEMM writes this order directly.
     Chwn,
 }
 
