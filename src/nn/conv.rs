@@ -249,7 +249,7 @@ fn zero(dst: &mut [f32]) {
     d.into_remainder().iter_mut().for_each(|v| *v = 0.0);
 }
 
-/// The column matrix of [`im2col`] as a GEMM operand that is never written out: each
+/// The column matrix of im2col as a GEMM operand that is never written out: each
 /// packed panel is copied straight from the input, so a convolution's forward streams no
 /// k^2-times-larger matrix through memory. Rows (tap, channel), columns (pixel, image).
 #[derive(Clone, Copy)]
@@ -367,8 +367,16 @@ impl<'a> Columns<'a> {
 }
 
 /// For each tap of window `g` and each output pixel, the input pixel read: the table of
-/// [`Columns`].
-fn source_pixels(g: Window, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<u32> {
+/// [`Columns`]. Planes of 2^31 pixels or more are an error (the table is 32-bit).
+fn source_pixels(g: Window, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Result<Vec<u32>> {
+    for (a, b) in [(h, w), (oh, ow)] {
+        if a.checked_mul(b).is_none_or(|pixels| pixels >= 1 << 31) {
+            return Err(Error::invalid(
+                "input size",
+                format!("{a} x {b} is too many pixels for one plane"),
+            ));
+        }
+    }
     let k = g.kernel;
     let mut src = vec![PADDING; k * k * oh * ow];
     for (t, tap) in src.chunks_exact_mut((oh * ow).max(1)).enumerate() {
@@ -380,7 +388,7 @@ fn source_pixels(g: Window, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Vec<u32
             }
         }
     }
-    src
+    Ok(src)
 }
 
 impl PackB for Columns<'_> {
@@ -716,7 +724,7 @@ impl Conv2d {
         let valid = tap_table(g, [h, w], [oh, ow]);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let mut y = output(cout, np, bias);
-        let src = source_pixels(g, [h, w], [oh, ow]);
+        let src = source_pixels(g, [h, w], [oh, ow])?;
         sgemm_masked(
             cout,
             np,
@@ -773,7 +781,7 @@ impl Conv2d {
             bias_grad(&mut b.grad, dy);
         }
         let valid = tap_table(g, [h, w], [oh, ow]);
-        let src = source_pixels(g, [h, w], [oh, ow]);
+        let src = source_pixels(g, [h, w], [oh, ow])?;
         // The column matrix again, packed from the copy of the input.
         let dwt = scratch(dw, cout * ck);
         sgemm_masked(
@@ -811,7 +819,7 @@ impl Conv2d {
                     padding: k - 1 - g.padding,
                 };
                 let fvalid = tap_table(full, [oh, ow], [h, w]);
-                let src = source_pixels(full, [oh, ow], [h, w]);
+                let src = source_pixels(full, [oh, ow], [h, w])?;
                 sgemm_masked(
                     cin,
                     nhw,
@@ -995,7 +1003,7 @@ impl ConvTranspose2d {
         }
         taps_outer(wt, &weight.value, [cin, cout, kk]);
         let valid = tap_table(g, [oh, ow], [h, w]);
-        let src = source_pixels(g, [oh, ow], [h, w]);
+        let src = source_pixels(g, [oh, ow], [h, w])?;
         let dcol = Columns::new(dy, ys, &src, [h, w]);
         let dwt = scratch(dw, cin * ck);
         sgemm_masked(
@@ -1038,6 +1046,29 @@ impl ConvTranspose2d {
 mod tests {
     use super::*;
 
+    /// The 32-bit table of source pixels refuses planes it cannot index, before allocating.
+    #[test]
+    fn huge_planes_are_typed_errors() {
+        let g = Window {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let big = [1 << 16, 1 << 15];
+        assert!(matches!(
+            source_pixels(g, big, [7, 7]),
+            Err(Error::InvalidParameter { .. })
+        ));
+        assert!(matches!(
+            source_pixels(g, [7, 7], big),
+            Err(Error::InvalidParameter { .. })
+        ));
+        assert_eq!(
+            source_pixels(g, [7, 7], [7, 7]).map(|v| v.len()).ok(),
+            Some(9 * 49)
+        );
+    }
+
     /// [`Columns`] packs exactly the panels of the column matrix [`im2col`] writes out, in
     /// both orientations, bit for bit: seeded geometries with kernels 1-4, strides 1-2,
     /// paddings below the kernel, batches that do and do not divide a panel, and random
@@ -1064,7 +1095,7 @@ mod tests {
             let (rows, np) = (kernel * kernel * c, oh * ow * n);
             let mut col = vec![f32::NAN; rows * np];
             im2col(&mut col, &x, xs, g, [oh, ow]);
-            let src = source_pixels(g, [h, w], [oh, ow]);
+            let src = source_pixels(g, [h, w], [oh, ow]).expect("small planes");
             let view = Columns::new(&x, xs, &src, [oh, ow]);
             let nr = pick(&mut rng, &[16, 48]);
             for transposed in [false, true] {
