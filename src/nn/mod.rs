@@ -1,7 +1,8 @@
 //! A minimal neural-network core written by hand: an f32 tensor (NCHW, or batch-innermost
-//! inside the networks), convolution layers as register-tiled GEMMs that pack their column
-//! matrices straight from the layer's input and skip the products with padding, ReLU, residual blocks, MSE, Adam and SGD, and
-//! the VQ-VAE encoder and decoder built from them. No autodiff: every layer's forward caches
+//! inside the networks), convolution layers as register-tiled GEMMs that pack the column
+//! matrices they multiply straight from the layer's input and skip the products with
+//! padding, ReLU, residual blocks, MSE, Adam and SGD, and the VQ-VAE encoder and decoder
+//! built from them. No autodiff: every layer's forward caches
 //! what its backward needs, and its backward (in llm.c's manner) returns the input gradient
 //! and accumulates the parameter gradients with `+=`. Every backward is checked against
 //! central finite differences through the f64 references in [`reference`].
