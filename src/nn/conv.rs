@@ -39,6 +39,7 @@ use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use rayon::prelude::*;
+use std::borrow::Cow;
 use std::cell::Cell;
 
 /// Below this many elements, col2im, the bias gradients and the weight permutations stay on
@@ -144,22 +145,18 @@ impl Tap {
     }
 }
 
-/// Which taps of window `g` read inside an (h, w) image, for each (oh, ow) output pixel:
-/// bit `ky k + kx`. `None` for windows of more than 64 taps (then nothing is skipped).
-fn tap_table(g: Window, hw: [usize; 2], ohw: [usize; 2]) -> Option<Vec<u64>> {
-    let k = g.kernel;
-    if k * k > 64 {
+/// Which taps read inside the image, for each output pixel: bit t of entry p is set when
+/// `src[t * pixels + p]` (the table of [`source_pixels`]) is not padding. `None` for
+/// windows of more than 64 taps (then nothing is skipped).
+fn tap_table(src: &[u32], pixels: usize) -> Option<Vec<u64>> {
+    let taps = src.len() / pixels.max(1);
+    if taps > 64 {
         return None;
     }
-    let mut valid = vec![0u64; ohw[0] * ohw[1]];
-    for ky in 0..k {
-        for kx in 0..k {
-            let t = Tap::new(g, ky, kx, hw, ohw);
-            for oy in t.ylo..t.yhi {
-                for v in &mut valid[oy * t.ow + t.lo..oy * t.ow + t.hi] {
-                    *v |= 1 << (ky * k + kx);
-                }
-            }
+    let mut valid = vec![0u64; pixels];
+    for (t, tap) in src.chunks_exact(pixels.max(1)).enumerate() {
+        for (v, &s) in valid.iter_mut().zip(tap) {
+            *v |= u64::from(s != PADDING) << t;
         }
     }
     Some(valid)
@@ -727,10 +724,10 @@ impl Conv2d {
         let keep = keep_chwn(x, self.cache.take());
         let wt = &mut self.scratch.wt;
         taps_outer(wt, &self.weight.value, [cout, cin, kk]);
-        let valid = tap_table(g, [h, w], [oh, ow]);
+        let src = source_pixels(g, [h, w], [oh, ow])?;
+        let valid = tap_table(&src, oh * ow);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let mut y = output(cout, np, bias);
-        let src = source_pixels(g, [h, w], [oh, ow])?;
         sgemm_masked(
             cout,
             np,
@@ -774,20 +771,15 @@ impl Conv2d {
             scratch: Scratch { wt, dw },
         } = self;
         let (cin, cout, g) = (*cin, *cout, *g);
-        let cache = cache.as_ref().ok_or_else(no_forward)?;
+        let (cache, dyc) = start_backward("conv2d output gradient", cache, dy, cout, bias)?;
+        let dy = &dyc.data;
         let [n, _, h, w] = cache.xshape;
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
-        dy.expect("conv2d output gradient", ys, cache.layout)?;
-        let dyc = dy.in_layout(Layout::Chwn);
-        let dy = &dyc.data;
         let (k, kk) = (g.kernel, g.kernel * g.kernel);
         let (ck, np, nhw) = (kk * cin, oh * ow * n, h * w * n);
-        if let Some(b) = bias {
-            bias_grad(&mut b.grad, dy);
-        }
-        let valid = tap_table(g, [h, w], [oh, ow]);
         let src = source_pixels(g, [h, w], [oh, ow])?;
+        let valid = tap_table(&src, oh * ow);
         // The column matrix again, packed from the copy of the input.
         let dwt = scratch(dw, cout * ck);
         sgemm_masked(
@@ -824,8 +816,8 @@ impl Conv2d {
                     stride: 1,
                     padding: k - 1 - g.padding,
                 };
-                let fvalid = tap_table(full, [oh, ow], [h, w]);
                 let src = source_pixels(full, [oh, ow], [h, w])?;
+                let fvalid = tap_table(&src, h * w);
                 sgemm_masked(
                     cin,
                     nhw,
@@ -868,6 +860,27 @@ impl Conv2d {
 
 fn no_forward() -> Error {
     Error::invalid("backward", "called before forward")
+}
+
+/// What every convolution's backward starts with: its forward's cache, `dy` checked against
+/// the output's shape and the input's layout and taken in the batch-innermost layout, and
+/// `db += sum dy`.
+fn start_backward<'a>(
+    what: &'static str,
+    cache: &'a Option<Cache>,
+    dy: &'a Tensor,
+    cout: usize,
+    bias: &mut Option<Param>,
+) -> Result<(&'a Cache, Cow<'a, Tensor>)> {
+    let cache = cache.as_ref().ok_or_else(no_forward)?;
+    let [n, _, _, _] = cache.xshape;
+    let [oh, ow] = cache.ohw;
+    dy.expect(what, [n, cout, oh, ow], cache.layout)?;
+    let dy = dy.in_layout(Layout::Chwn);
+    if let Some(b) = bias {
+        bias_grad(&mut b.grad, &dy.data);
+    }
+    Ok((cache, dy))
 }
 
 /// 2-d transposed convolution (PyTorch's `ConvTranspose2d`, square kernel, no dilation or
@@ -956,7 +969,7 @@ impl ConvTranspose2d {
         let wt = &mut self.scratch.wt;
         taps_outer(wt, &self.weight.value, [cin, cout, kk]);
         // The taps of the convolution this one is the adjoint of: from y's grid to x's.
-        let valid = tap_table(g, [oh, ow], [h, w]);
+        let valid = tap_table(&source_pixels(g, [oh, ow], [h, w])?, h * w);
         let bias = self.bias.as_ref().map(|b| b.value.as_slice());
         let y = with_columns(|col| -> Result<Vec<f32>> {
             let col = scratch(col, ck * nhw);
@@ -995,21 +1008,17 @@ impl ConvTranspose2d {
             ..
         } = self;
         let (cin, cout, g) = (*cin, *cout, *g);
-        let cache = cache.as_ref().ok_or_else(no_forward)?;
+        let (cache, dyc) =
+            start_backward("conv_transpose2d output gradient", cache, dy, cout, bias)?;
+        let dy = &dyc.data;
         let [n, _, h, w] = cache.xshape;
         let [oh, ow] = cache.ohw;
         let ys = [n, cout, oh, ow];
-        dy.expect("conv_transpose2d output gradient", ys, cache.layout)?;
-        let dyc = dy.in_layout(Layout::Chwn);
-        let dy = &dyc.data;
         let kk = g.kernel * g.kernel;
         let (ck, nhw) = (kk * cout, h * w * n);
-        if let Some(b) = bias {
-            bias_grad(&mut b.grad, dy);
-        }
         taps_outer(wt, &weight.value, [cin, cout, kk]);
-        let valid = tap_table(g, [oh, ow], [h, w]);
         let src = source_pixels(g, [oh, ow], [h, w])?;
+        let valid = tap_table(&src, h * w);
         let dcol = Columns::new(dy, ys, &src, [h, w]);
         let dwt = scratch(dw, cin * ck);
         sgemm_masked(
