@@ -935,3 +935,85 @@ fn encoder_backward_params_matches_backward() {
     assert_eq!(grads(&mut full), grads(&mut params_only));
     assert!(grads(&mut full).iter().flatten().any(|&g| g != 0.0));
 }
+
+/// Two steps of `forward(&x)` / `backward(&dy)` on one instance and of the owned variants on
+/// a twin (same seed): outputs, input gradients and parameter gradients bit for bit, in both
+/// layouts (the owned input is kept or worked on in place, never copied, in the
+/// batch-innermost one). The second step, of a different batch size, catches a buffer kept
+/// from the first.
+fn check_owned_twin<L: Layer>(name: &str, make: &dyn Fn(&mut Rng) -> L, cin: usize, hw: usize) {
+    for layout in [Layout::Nchw, Layout::Chwn] {
+        let (mut a, mut b) = (make(&mut Rng::new(3)), make(&mut Rng::new(3)));
+        let mut rng = Rng::new(11);
+        for n in [3, 2] {
+            let x = Tensor::randn([n, cin, hw, hw], 1.0, &mut rng).into_layout(layout);
+            let ya = a.forward(&x).unwrap();
+            let yb = b.forward_owned(x.clone()).unwrap();
+            assert_eq!(ya, yb, "{name} {layout:?} forward");
+            let dy = Tensor::randn(ya.shape, 1.0, &mut rng).into_layout(layout);
+            a.zero_grad();
+            b.zero_grad();
+            let dxa = a.backward(&dy).unwrap();
+            let dxb = b.backward_owned(dy.clone()).unwrap();
+            assert_eq!(dxa, dxb, "{name} {layout:?} backward");
+            for (pa, pb) in a.params_mut().into_iter().zip(b.params_mut()) {
+                assert_eq!(pa.grad, pb.grad, "{name} {layout:?} parameter gradient");
+            }
+        }
+    }
+}
+
+#[test]
+fn owned_passes_match_borrowed_ones() {
+    let window = |kernel, stride, padding| Window {
+        kernel,
+        stride,
+        padding,
+    };
+    check_owned_twin("relu", &|_| Relu::default(), 3, 5);
+    check_owned_twin(
+        "conv2d",
+        &|rng| Conv2d::new(3, 4, window(3, 2, 1), true, rng).unwrap(),
+        3,
+        7,
+    );
+    check_owned_twin(
+        "conv_transpose2d",
+        &|rng| ConvTranspose2d::new(3, 2, window(4, 2, 1), 1, true, rng).unwrap(),
+        3,
+        5,
+    );
+    check_owned_twin(
+        "residual block",
+        &|rng| ResidualBlock::new(4, 3, rng).unwrap(),
+        4,
+        6,
+    );
+}
+
+#[test]
+fn relu_of_special_values() {
+    let v = [
+        f32::NAN,
+        -0.0,
+        0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -1.5,
+        2.5,
+    ];
+    let x = Tensor::from_vec([1, 1, 1, v.len()], v.to_vec()).unwrap();
+    for owned in [false, true] {
+        let mut relu = Relu::default();
+        let y = if owned {
+            relu.forward_owned(x.clone())
+        } else {
+            relu.forward(&x)
+        }
+        .unwrap();
+        assert_eq!(&y.data[1..], &[0.0, 0.0, f32::INFINITY, 0.0, 0.0, 2.5]);
+        assert_eq!(y.data[0], 0.0, "NaN in, 0 out (f32::max)");
+        let dx = relu.backward(&x.like(vec![1.0; v.len()])).unwrap();
+        assert_eq!(dx.data, [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    }
+}

@@ -632,16 +632,17 @@ struct Scratch {
     dw: Vec<f32>,
 }
 
-/// The input's data in [`Layout::Chwn`], in the buffer of the last step's copy when it
-/// came in that layout.
-fn keep_chwn(x: &Tensor, old: Option<Cache>) -> Vec<f32> {
-    match x.layout {
-        Layout::Chwn => {
-            let mut keep = old.map(|c| c.x).unwrap_or_default();
+/// The input's data in [`Layout::Chwn`]: the input's own buffer when it is handed over in
+/// that layout, else a copy (into the buffer of the last step's copy when there is one).
+fn keep_chwn(x: Cow<'_, Tensor>, old: Option<Cache>) -> Vec<f32> {
+    match (x, old) {
+        (Cow::Borrowed(x), Some(old)) if x.layout == Layout::Chwn => {
+            let mut keep = old.x;
             copy_into(&mut keep, &x.data);
             keep
         }
-        Layout::Nchw => x.to_layout(Layout::Chwn).data,
+        (Cow::Borrowed(x), _) => x.to_layout(Layout::Chwn).data,
+        (Cow::Owned(x), _) => x.into_layout(Layout::Chwn).data,
     }
 }
 
@@ -716,8 +717,19 @@ impl Conv2d {
 
     /// y = conv(x) + b, in x's layout; keeps a copy of x for the backward.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.forward_cow(Cow::Borrowed(x))
+    }
+
+    /// [`Self::forward`], keeping x itself for the backward (no copy when it is in
+    /// [`Layout::Chwn`]).
+    pub fn forward_owned(&mut self, x: Tensor) -> Result<Tensor> {
+        self.forward_cow(Cow::Owned(x))
+    }
+
+    fn forward_cow(&mut self, x: Cow<'_, Tensor>) -> Result<Tensor> {
         let ys = self.out_shape(x.shape)?;
-        let [n, cin, h, w] = x.shape;
+        let (xs, layout) = (x.shape, x.layout);
+        let [n, cin, h, w] = xs;
         let [_, cout, oh, ow] = ys;
         let (g, kk) = (self.window, self.window.kernel * self.window.kernel);
         let (ck, np) = (kk * cin, oh * ow * n);
@@ -733,7 +745,7 @@ impl Conv2d {
             np,
             ck,
             MatRef::row_major(&wt[..cout * ck], ck),
-            Columns::new(&keep, x.shape, &src, [oh, ow]),
+            Columns::new(&keep, xs, &src, [oh, ow]),
             &mut y,
             np,
             bias.is_some(),
@@ -741,11 +753,11 @@ impl Conv2d {
         )?;
         self.cache = Some(Cache {
             x: keep,
-            xshape: x.shape,
-            layout: x.layout,
+            xshape: xs,
+            layout,
             ohw: [oh, ow],
         });
-        Ok(finish(ys, y, x.layout))
+        Ok(finish(ys, y, layout))
     }
 
     /// dx from dy; `dW += dy col^T`, `db += sum dy`.
@@ -960,8 +972,19 @@ impl ConvTranspose2d {
 
     /// y = conv_transpose(x) + b, in x's layout; keeps a copy of x for the backward.
     pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.forward_cow(Cow::Borrowed(x))
+    }
+
+    /// [`Self::forward`], keeping x itself for the backward (no copy when it is in
+    /// [`Layout::Chwn`]).
+    pub fn forward_owned(&mut self, x: Tensor) -> Result<Tensor> {
+        self.forward_cow(Cow::Owned(x))
+    }
+
+    fn forward_cow(&mut self, x: Cow<'_, Tensor>) -> Result<Tensor> {
         let ys = self.out_shape(x.shape)?;
-        let [n, cin, h, w] = x.shape;
+        let (xs, layout) = (x.shape, x.layout);
+        let [n, cin, h, w] = xs;
         let [_, cout, oh, ow] = ys;
         let (g, kk) = (self.window, self.window.kernel * self.window.kernel);
         let (ck, nhw) = (kk * cout, h * w * n);
@@ -988,11 +1011,11 @@ impl ConvTranspose2d {
         })?;
         self.cache = Some(Cache {
             x: keep,
-            xshape: x.shape,
-            layout: x.layout,
+            xshape: xs,
+            layout,
             ohw: [oh, ow],
         });
-        Ok(finish(ys, y, x.layout))
+        Ok(finish(ys, y, layout))
     }
 
     /// dx from dy; `dW += x dcol^T`, `db += sum dy`.

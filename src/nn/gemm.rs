@@ -43,6 +43,7 @@
 use crate::backend::cpu::Isa;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// The largest GEMMs of the default VQ-VAE's convolutions at batch 32, as
@@ -702,7 +703,13 @@ fn split_k(
     accumulate: bool,
     mask: Option<&TapMask>,
 ) {
-    let mut partial = vec![0.0f32; parts * m * n];
+    // Every element of each part is written by its product (with a mask whose taps run
+    // along m, tiles it rules out are not: then the buffer is zeroed first).
+    let mut partial = PARTIAL.take();
+    if mask.is_some_and(|mk| mk.taps == Dim::M) {
+        partial.clear();
+    }
+    partial.resize(parts * m * n, 0.0);
     let part = |(q, out): (usize, &mut [f32])| {
         let (k0, k1) = (share(q, parts, k), share(q + 1, parts, k));
         let (a, b) = (a.cols_from(k0), b.rows_from(k0));
@@ -710,9 +717,15 @@ fn split_k(
         blocked(s, false, m, n, k1 - k0, a, b, out, n, false, mask.as_ref());
     };
     if parallel {
-        partial.par_chunks_mut(m * n).enumerate().for_each(part);
+        partial[..parts * m * n]
+            .par_chunks_mut(m * n)
+            .enumerate()
+            .for_each(part);
     } else {
-        partial.chunks_mut(m * n).enumerate().for_each(part);
+        partial[..parts * m * n]
+            .chunks_mut(m * n)
+            .enumerate()
+            .for_each(part);
     }
     // Row by row, each part added in turn: the same order per element as one running sum.
     for (i, row) in c.chunks_mut(ldc).take(m).enumerate() {
@@ -720,12 +733,30 @@ fn split_k(
         if !accumulate {
             row.fill(0.0);
         }
-        for p in partial.chunks_exact(m * n) {
+        for p in partial[..parts * m * n].chunks_exact(m * n) {
             row.iter_mut()
                 .zip(&p[i * n..][..n])
                 .for_each(|(v, &x)| *v += x);
         }
     }
+    PARTIAL.set(partial);
+}
+
+thread_local! {
+    /// Buffers of [`blocked`] and [`split_k`] kept by each thread between products, so a
+    /// product does not allocate and zero them again: each is taken out while in use (a
+    /// nested use finds an empty one and allocates its own) and every element a product
+    /// reads it writes first.
+    static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PARTIAL: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static TASK_BUFFERS: Cell<TaskBuffers> = const {
+        Cell::new(TaskBuffers {
+            bpack: Vec::new(),
+            runs: Vec::new(),
+            starts: Vec::new(),
+            written: Vec::new(),
+        })
+    };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -747,11 +778,17 @@ fn blocked(
     let b_panels = n.div_ceil(nr);
     // All of op(A), packed once: KC slice after KC slice, each slice `a_panels` panels of
     // MR rows, k-major. Slice `p0` starts at `a_panels * mr * p0`.
-    let mut apack = vec![0.0f32; a_panels * mr * k];
+    let mut apack_buf = APACK.take();
+    apack_buf.resize(a_panels * mr * k, 0.0);
     {
         let slices: Vec<(usize, &mut [f32])> = (0..k)
             .step_by(s.kc)
-            .zip(chunks_by(&mut apack, a_panels * mr, k, s.kc))
+            .zip(chunks_by(
+                &mut apack_buf[..a_panels * mr * k],
+                a_panels * mr,
+                k,
+                s.kc,
+            ))
             .collect();
         let pack_slice = |(p0, out): (usize, &mut [f32])| {
             let kc = s.kc.min(k - p0);
@@ -791,7 +828,7 @@ fn blocked(
         1
     };
     let cptr = CPtr(c.as_mut_ptr());
-    let apack = &apack[..];
+    let apack = &apack_buf[..a_panels * mr * k];
     let task = |w: &mut TaskBuffers, t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let (ip0, ip1) = (
@@ -896,15 +933,18 @@ fn blocked(
             }
         }
     };
+    let task = |t: usize| {
+        let mut w = TASK_BUFFERS.take();
+        task(&mut w, t);
+        TASK_BUFFERS.set(w);
+    };
     let tasks = row_tasks * col_tasks;
     if parallel && tasks > 1 {
-        (0..tasks)
-            .into_par_iter()
-            .for_each_init(TaskBuffers::default, task);
+        (0..tasks).into_par_iter().for_each(task);
     } else {
-        let mut w = TaskBuffers::default();
-        (0..tasks).for_each(|t| task(&mut w, t));
+        (0..tasks).for_each(task);
     }
+    APACK.set(apack_buf);
 }
 
 /// What a task of [`blocked`] reuses from one KC slice to the next.

@@ -1,7 +1,7 @@
 //! ReLU, the VQ-VAE residual block and stack, and the MSE loss.
 
 use super::conv::{Conv2d, Window};
-use super::tensor::{Param, Tensor};
+use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -16,6 +16,16 @@ pub trait Layer {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor>;
     /// dx from dy (for the last forward); parameter gradients accumulate with `+=`.
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor>;
+    /// [`Layer::forward`] of an input the caller has no further use for: a layer that keeps
+    /// its input for the backward takes it over instead of copying it, and one that works
+    /// elementwise writes its output over it. The same result as `forward(&x)`.
+    fn forward_owned(&mut self, x: Tensor) -> Result<Tensor> {
+        self.forward(&x)
+    }
+    /// [`Layer::backward`] of a gradient the caller has no further use for, likewise.
+    fn backward_owned(&mut self, dy: Tensor) -> Result<Tensor> {
+        self.backward(&dy)
+    }
     /// The parameters, always in the same order.
     fn params_mut(&mut self) -> Vec<&mut Param>;
     /// Sets every parameter gradient to zero.
@@ -27,6 +37,9 @@ pub trait Layer {
 impl Layer for Conv2d {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward(self, x)
+    }
+    fn forward_owned(&mut self, x: Tensor) -> Result<Tensor> {
+        Conv2d::forward_owned(self, x)
     }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         Conv2d::backward(self, dy)
@@ -40,6 +53,9 @@ impl Layer for super::conv::ConvTranspose2d {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         super::conv::ConvTranspose2d::forward(self, x)
     }
+    fn forward_owned(&mut self, x: Tensor) -> Result<Tensor> {
+        super::conv::ConvTranspose2d::forward_owned(self, x)
+    }
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         super::conv::ConvTranspose2d::backward(self, dy)
     }
@@ -48,42 +64,58 @@ impl Layer for super::conv::ConvTranspose2d {
     }
 }
 
-/// `y = max(x, 0)`; caches y, since `dx = dy * [y > 0]`.
+/// `y = max(x, 0)`; keeps one byte per element, whether it was positive, since
+/// `dx = dy * [x > 0]`.
 #[derive(Default)]
 pub struct Relu {
-    y: Option<Tensor>,
+    /// `mask[i] = (x[i] > 0) as u8` of the last forward.
+    mask: Vec<u8>,
+    /// The last forward's shape and layout; `None` before the first.
+    seen: Option<([usize; 4], Layout)>,
 }
 
 impl Layer for Relu {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
-        let y = x.like(
-            x.data
-                .par_iter()
-                .with_min_len(MIN_CHUNK)
-                .map(|&v| v.max(0.0))
-                .collect(),
-        );
-        // The copy for the backward goes into last step's buffer.
-        let mut keep = self.y.take().map_or_else(Vec::new, |t| t.data);
-        copy_into(&mut keep, &y.data);
-        self.y = Some(y.like(keep));
-        Ok(y)
+        self.forward_owned(x.clone())
+    }
+
+    /// In place: the output is written over the input.
+    fn forward_owned(&mut self, mut x: Tensor) -> Result<Tensor> {
+        self.mask.resize(x.len(), 0);
+        let pass = |(v, m): (&mut [f32], &mut [u8])| {
+            for (v, m) in v.iter_mut().zip(m) {
+                *m = (*v > 0.0) as u8;
+                *v = v.max(0.0);
+            }
+        };
+        x.data
+            .par_chunks_mut(MIN_CHUNK)
+            .zip(self.mask.par_chunks_mut(MIN_CHUNK))
+            .for_each(pass);
+        self.seen = Some((x.shape, x.layout));
+        Ok(x)
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let y = self
-            .y
-            .as_ref()
+        self.backward_owned(dy.clone())
+    }
+
+    /// In place: dx is written over dy.
+    fn backward_owned(&mut self, mut dy: Tensor) -> Result<Tensor> {
+        let (shape, layout) = self
+            .seen
             .ok_or_else(|| Error::invalid("backward", "called before forward"))?;
-        dy.expect("relu output gradient", y.shape, y.layout)?;
-        Ok(dy.like(
-            dy.data
-                .par_iter()
-                .with_min_len(MIN_CHUNK)
-                .zip(&y.data)
-                .map(|(&g, &v)| if v > 0.0 { g } else { 0.0 })
-                .collect(),
-        ))
+        dy.expect("relu output gradient", shape, layout)?;
+        let pass = |(g, m): (&mut [f32], &[u8])| {
+            for (g, &m) in g.iter_mut().zip(m) {
+                *g = if m != 0 { *g } else { 0.0 };
+            }
+        };
+        dy.data
+            .par_chunks_mut(MIN_CHUNK)
+            .zip(self.mask.par_chunks(MIN_CHUNK))
+            .for_each(pass);
+        Ok(dy)
     }
 
     fn params_mut(&mut self) -> Vec<&mut Param> {
@@ -123,10 +155,11 @@ impl ResidualBlock {
 
 impl Layer for ResidualBlock {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        // x is needed again for the sum: ReLU's output goes into a copy.
         let h = self.relu1.forward(x)?;
-        let h = self.conv3.forward(&h)?;
-        let h = self.relu2.forward(&h)?;
-        let mut y = self.conv1.forward(&h)?;
+        let h = self.conv3.forward_owned(h)?;
+        let h = self.relu2.forward_owned(h)?;
+        let mut y = self.conv1.forward_owned(h)?;
         y.expect("residual branch", x.shape, x.layout)?;
         add_into(&mut y.data, &x.data);
         Ok(y)
@@ -134,9 +167,9 @@ impl Layer for ResidualBlock {
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
         let dh = self.conv1.backward(dy)?;
-        let dh = self.relu2.backward(&dh)?;
+        let dh = self.relu2.backward_owned(dh)?;
         let dh = self.conv3.backward(&dh)?;
-        let mut dx = self.relu1.backward(&dh)?;
+        let mut dx = self.relu1.backward_owned(dh)?;
         add_into(&mut dx.data, &dy.data);
         Ok(dx)
     }
@@ -192,11 +225,18 @@ impl Layer for ResidualStack {
         for b in &mut self.blocks {
             h = Some(b.forward(h.as_ref().unwrap_or(x))?);
         }
-        self.relu.forward(h.as_ref().unwrap_or(x))
+        match h {
+            Some(h) => self.relu.forward_owned(h),
+            None => self.relu.forward(x),
+        }
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
-        let mut d = self.relu.backward(dy)?;
+        self.backward_owned(dy.clone())
+    }
+
+    fn backward_owned(&mut self, dy: Tensor) -> Result<Tensor> {
+        let mut d = self.relu.backward_owned(dy)?;
         for b in self.blocks.iter_mut().rev() {
             d = b.backward(&d)?;
         }

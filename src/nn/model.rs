@@ -19,6 +19,7 @@ use super::optim::Adam;
 use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use std::borrow::Cow;
 
 /// The shape of an encoder/decoder pair.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,10 +113,10 @@ impl Encoder {
     fn backward_inner(&mut self, dy: &Tensor, want_dx: bool) -> Result<Option<Tensor>> {
         dy.expect_layout("encoder output gradient", self.layout)?;
         let d = self.proj.backward(&dy.in_layout(Layout::Chwn))?;
-        let d = self.stack.backward(&d)?;
+        let d = self.stack.backward_owned(d)?;
         let mut d = self.conv.backward(&d)?;
         for (i, (conv, relu)) in self.downs.iter_mut().zip(&mut self.relus).enumerate().rev() {
-            let dr = relu.backward(&d)?;
+            let dr = relu.backward_owned(d)?;
             if i == 0 && !want_dx {
                 conv.backward_params(&dr)?;
                 return Ok(None);
@@ -129,13 +130,15 @@ impl Encoder {
 impl Layer for Encoder {
     fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
         self.layout = x.layout;
+        // Each layer's input handed over to it (the convolutions keep theirs for the
+        // backward, ReLU works in place), except the residual stack's, which it adds back.
         let mut h = x.to_layout(Layout::Chwn);
         for (conv, relu) in self.downs.iter_mut().zip(&mut self.relus) {
-            h = relu.forward(&conv.forward(&h)?)?;
+            h = relu.forward_owned(conv.forward_owned(h)?)?;
         }
-        let h = self.conv.forward(&h)?;
+        let h = self.conv.forward_owned(h)?;
         let h = self.stack.forward(&h)?;
-        Ok(self.proj.forward(&h)?.into_layout(self.layout))
+        Ok(self.proj.forward_owned(h)?.into_layout(self.layout))
     }
 
     fn backward(&mut self, dy: &Tensor) -> Result<Tensor> {
@@ -193,13 +196,16 @@ impl Decoder {
 impl Layer for Decoder {
     fn forward(&mut self, z: &Tensor) -> Result<Tensor> {
         self.layout = z.layout;
-        let h = self.conv.forward(&z.in_layout(Layout::Chwn))?;
+        let h = match z.in_layout(Layout::Chwn) {
+            Cow::Owned(z) => self.conv.forward_owned(z)?,
+            Cow::Borrowed(z) => self.conv.forward(z)?,
+        };
         let mut h = self.stack.forward(&h)?;
         let last = self.ups.len() - 1;
         for (i, up) in self.ups.iter_mut().enumerate() {
-            h = up.forward(&h)?;
+            h = up.forward_owned(h)?;
             if i < last {
-                h = self.relus[i].forward(&h)?;
+                h = self.relus[i].forward_owned(h)?;
             }
         }
         Ok(h.into_layout(self.layout))
@@ -209,17 +215,12 @@ impl Layer for Decoder {
         dy.expect_layout("decoder output gradient", self.layout)?;
         let dy = &*dy.in_layout(Layout::Chwn);
         let last = self.ups.len() - 1;
-        let mut d = None;
-        for (i, up) in self.ups.iter_mut().enumerate().rev() {
-            let mut g = d.as_ref().unwrap_or(dy);
-            let relu_grad;
-            if i < last {
-                relu_grad = self.relus[i].backward(g)?;
-                g = &relu_grad;
-            }
-            d = Some(up.backward(g)?);
+        let mut d = self.ups[last].backward(dy)?;
+        for i in (0..last).rev() {
+            let g = self.relus[i].backward_owned(d)?;
+            d = self.ups[i].backward(&g)?;
         }
-        let d = self.stack.backward(d.as_ref().unwrap_or(dy))?;
+        let d = self.stack.backward_owned(d)?;
         Ok(self.conv.backward(&d)?.into_layout(self.layout))
     }
 
