@@ -6,7 +6,7 @@
 use super::Common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, BackendOptions, WithBackend, dispatch};
 use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
 use vqkit::nn::metrics::{psnr, ssim};
 use vqkit::nn::{Adam, QuantizerKind, Tensor, VqVae, VqVaeConfig};
@@ -105,13 +105,19 @@ pub struct ReconstructArgs {
     common: Common,
 }
 
+/// Options of a backend created inside [`with_threads`]: a CPU backend then runs on that
+/// pool, rayon's current one, as the convolutions do, instead of starting a second pool whose
+/// threads would contend with the first for the same cores at every quantizer call.
+const IN_POOL: BackendOptions = BackendOptions { threads: None };
+
 /// Runs `f` on a rayon pool of `threads` workers (the convolutions use rayon's current pool).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
     match threads {
         None => Ok(f()),
+        Some(0) => Err(Error::invalid("threads", "must be at least 1")),
         Some(t) => {
             let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t.max(1))
+                .num_threads(t)
                 .build()
                 .map_err(|e| Error::invalid("threads", e.to_string()))?;
             Ok(pool.install(f))
@@ -409,9 +415,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         opt,
         start_epoch,
     };
-    let out = with_threads(threads, || {
-        dispatch(args.common.backend, &args.common.options(), job)
-    })??;
+    let out = with_threads(threads, || dispatch(args.common.backend, &IN_POOL, job))??;
     let mut model = out.model;
     if start_epoch >= args.epochs {
         // Nothing trained: still leave a model file where asked.
@@ -503,7 +507,7 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
     let levels = with_threads(args.common.threads, || {
         dispatch(
             args.common.backend,
-            &args.common.options(),
+            &IN_POOL,
             ReconJob {
                 model: &mut model,
                 x: &x,
