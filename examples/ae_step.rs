@@ -22,10 +22,15 @@ fn main() -> vqkit::Result<()> {
         [batch, 1, 28, 28],
         (0..batch * 784).map(|_| rng.uniform() as f32).collect(),
     )?;
+    // The steps run on a worker of rayon's pool, as `vqkit train-vqvae` runs them: from
+    // outside it, every parallel region would hand the work over to the pool and back.
     let t0 = Instant::now();
-    for _ in 0..steps {
-        autoencoder_step(&mut enc, &mut dec, &mut opt, &x)?;
-    }
+    rayon::scope(|_| -> vqkit::Result<()> {
+        for _ in 0..steps {
+            autoencoder_step(&mut enc, &mut dec, &mut opt, &x)?;
+        }
+        Ok(())
+    })?;
     let s = t0.elapsed().as_secs_f64();
     println!(
         "{:.1} images/s ({} threads)",
