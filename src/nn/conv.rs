@@ -550,12 +550,44 @@ fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 fn taps_outer(out: &mut Vec<f32>, w: &[f32], [a, b, kk]: [usize; 3]) {
     debug_assert_eq!(w.len(), a * b * kk);
     let out = scratch(out, w.len());
-    for (wi, oi) in w.chunks_exact(b * kk).zip(out.chunks_exact_mut(kk * b)) {
+    let row = |(wi, oi): (&[f32], &mut [f32])| {
         for (j, taps) in wi.chunks_exact(kk).enumerate() {
             for (t, &v) in taps.iter().enumerate() {
                 oi[t * b + j] = v;
             }
         }
+    };
+    if w.len() >= MIN_PARALLEL_ELEMS {
+        w.par_chunks_exact(b * kk)
+            .zip(out.par_chunks_exact_mut(kk * b))
+            .for_each(row);
+    } else {
+        w.chunks_exact(b * kk)
+            .zip(out.chunks_exact_mut(kk * b))
+            .for_each(row);
+    }
+}
+
+/// A Conv2d weight (cout, cin, k k) as the weight of the full convolution that gives dx:
+/// `out[(ci, k k - 1 - t), co] = w[co, ci, t]`, the kernel rotated by 180 degrees and the
+/// channels swapped, each tap's cout channels contiguous.
+fn flipped_taps(out: &mut Vec<f32>, w: &[f32], [cout, cin, kk]: [usize; 3]) {
+    debug_assert_eq!(w.len(), cout * cin * kk);
+    let out = scratch(out, w.len());
+    // One input channel's kk x cout block of the output per task.
+    let block = |(ci, o): (usize, &mut [f32])| {
+        for (co, wc) in w.chunks_exact(cin * kk).enumerate() {
+            for (t, &v) in wc[ci * kk..][..kk].iter().enumerate() {
+                o[(kk - 1 - t) * cout + co] = v;
+            }
+        }
+    };
+    if w.len() >= MIN_PARALLEL_ELEMS {
+        out.par_chunks_exact_mut(kk * cout)
+            .enumerate()
+            .for_each(block);
+    } else {
+        out.chunks_exact_mut(kk * cout).enumerate().for_each(block);
     }
 }
 
@@ -815,14 +847,8 @@ impl Conv2d {
                 // and their channels swapped: one GEMM over the packed columns of dy,
                 // with no column matrix to write and fold back by col2im.
                 let mut dx = vec![0.0f32; cin * nhw];
-                let wf = scratch(wt, cin * kk * cout);
-                for (co, wc) in weight.value.chunks_exact(cin * kk).enumerate() {
-                    for (ci, taps) in wc.chunks_exact(kk).enumerate() {
-                        for (t, &v) in taps.iter().enumerate() {
-                            wf[(ci * kk + kk - 1 - t) * cout + co] = v;
-                        }
-                    }
-                }
+                flipped_taps(wt, &weight.value, [cout, cin, kk]);
+                let wf = &wt[..cin * kk * cout];
                 let full = Window {
                     kernel: k,
                     stride: 1,
