@@ -21,7 +21,7 @@
 //! in [`Layout::Nchw`] are accepted too, converted on the way in and out.
 //!
 //! The column matrices on the right of a GEMM (`col`, `col^T`, `dcol`, `dcol^T`) are never
-//! written out: [`Columns`] hands the GEMM each KC x NR panel packed straight from the
+//! written out: `Columns` hands the GEMM each KC x NR panel packed straight from the
 //! layer's input (a pixel's batch is one run of it), so no k^2-times-larger matrix streams
 //! through memory. Only the products that col2im folds back are written, into one buffer
 //! per thread that stays in the last-level cache; a Conv2d keeps a copy of its input, from

@@ -5,7 +5,7 @@
 //! built from them. No autodiff: every layer's forward caches
 //! what its backward needs, and its backward (in llm.c's manner) returns the input gradient
 //! and accumulates the parameter gradients with `+=`. Every backward is checked against
-//! central finite differences through the f64 references in [`reference`].
+//! central finite differences through the f64 references in [`reference`](mod@reference).
 //!
 //! The layers split their work across rayon's current pool, one parallel region per GEMM
 //! and per elementwise pass: a training step has dozens. Run the training loop on

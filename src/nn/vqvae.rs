@@ -219,7 +219,7 @@ pub struct VqVae {
     pub cfg: VqVaeConfig,
     pub encoder: Encoder,
     pub decoder: Decoder,
-    /// One layer per distinct codebook ([`VqVaeConfig::codebooks`]).
+    /// One layer per distinct codebook (`VqVaeConfig::codebooks`).
     pub quantizers: Vec<VectorQuantizer>,
     /// The gradient-trained codebooks (codebook loss, NSVQ); empty with EMA.
     pub codebooks: Vec<Param>,
