@@ -344,3 +344,40 @@ fn bad_masks_are_typed_errors() {
     let short = TapMask::new(Dim::K, 5, Dim::N, 1, &valid).unwrap();
     assert!(sgemm_masked(8, 8, 65, am, bm, &mut c, 8, false, Some(&short)).is_err());
 }
+
+#[test]
+fn split_products_leave_dead_tiles_untouched() {
+    // The split-k partial sums live in a buffer each thread keeps between products. With
+    // the taps on M a part leaves the tiles its mask rules out unwritten, so an all-dead
+    // product accumulated into C must change nothing, even right after a product (on the
+    // same thread: no parallelism) that left other sums in that buffer.
+    let (m, n, k) = (8, 40, 1100);
+    let mut rng = Rng::new(17);
+    let a = rng.normal_vec(m * k);
+    let b = rng.normal_vec(k * n);
+    let (am, bm) = (MatRef::row_major(&a, k), MatRef::row_major(&b, n));
+    let dead = vec![0u64; n / 4];
+    let mask = TapMask::new(Dim::M, 2, Dim::N, 4, &dead).unwrap();
+    for isa in Isa::available() {
+        let mut c = vec![0.0; m * n];
+        sgemm_with(isa, Parallelism::None, m, n, k, am, bm, &mut c, n, false).unwrap();
+        assert!(c.iter().all(|v| v.is_finite()) && c.iter().any(|&v| v != 0.0));
+        let init = rng.normal_vec(m * n);
+        let mut c = init.clone();
+        sgemm_masked_with(
+            isa,
+            Parallelism::None,
+            m,
+            n,
+            k,
+            am,
+            bm,
+            &mut c,
+            n,
+            true,
+            Some(&mask),
+        )
+        .unwrap();
+        assert_eq!(c, init, "{isa:?}");
+    }
+}

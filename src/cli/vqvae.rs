@@ -110,10 +110,12 @@ pub struct ReconstructArgs {
 /// threads would contend with the first for the same cores at every quantizer call.
 const IN_POOL: BackendOptions = BackendOptions { threads: None };
 
-/// Runs `f` on a rayon pool of `threads` workers (the convolutions use rayon's current pool).
+/// Runs `f` on a worker of a rayon pool of `threads` workers, or of rayon's global pool (the
+/// layers use rayon's current pool; run from a thread outside it, each of their parallel
+/// regions would be handed to the pool and back).
 fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
     match threads {
-        None => Ok(f()),
+        None => Ok(rayon::scope(|_| f())),
         Some(0) => Err(Error::invalid("threads", "must be at least 1")),
         Some(t) => {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -24,8 +24,9 @@
 //! written out: `Columns` hands the GEMM each KC x NR panel packed straight from the
 //! layer's input (a pixel's batch is one run of it), so no k^2-times-larger matrix streams
 //! through memory. Only the products that col2im folds back are written, into one buffer
-//! per thread that stays in the last-level cache; a Conv2d keeps a copy of its input, from
-//! which its backward packs the column matrix again.
+//! per thread that stays in the last-level cache; a Conv2d keeps its input (itself when
+//! handed over by `forward_owned`, else a copy), from which its backward packs the column
+//! matrix again.
 //!
 //! A tap of a border pixel that reads padding multiplies a zero. On 7 x 7 planes that is
 //! 18% of a 3 x 3 convolution's products; each GEMM gets a [`TapMask`] saying which (tap,
@@ -644,8 +645,9 @@ fn init(len: usize, fan_in: usize, bias: Option<usize>, rng: &mut Rng) -> (Param
 
 /// What a convolution's backward needs from its forward.
 struct Cache {
-    /// A copy of the input in [`Layout::Chwn`]: Conv2d's backward packs the column matrix
-    /// from it again, ConvTranspose2d's takes it as the weight gradient's left operand.
+    /// The input in [`Layout::Chwn`] (the tensor handed to `forward_owned` itself, or a
+    /// copy): Conv2d's backward packs the column matrix from it again, ConvTranspose2d's
+    /// takes it as the weight gradient's left operand.
     x: Vec<f32>,
     xshape: [usize; 4],
     /// The layout the input came in: the backward takes dy and returns dx in it.
@@ -1109,6 +1111,30 @@ impl ConvTranspose2d {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The weight permutations, serial and split across threads (above
+    /// `MIN_PARALLEL_ELEMS`), against their definitions, into buffers holding stale values.
+    #[test]
+    fn weight_permutations_match_their_definitions() {
+        let mut rng = Rng::new(4);
+        for [a, b, kk] in [[3, 2, 9], [5, 7, 16], [128, 64, 9], [64, 128, 16]] {
+            let w = rng.normal_vec(a * b * kk);
+            let mut out = vec![f32::NAN; a * b * kk + 5];
+            taps_outer(&mut out, &w, [a, b, kk]);
+            for (i, j, t) in (0..a * b * kk).map(|e| (e / (b * kk), e / kk % b, e % kk)) {
+                assert_eq!(out[(i * kk + t) * b + j], w[(i * b + j) * kk + t]);
+            }
+            // As a Conv2d weight (cout a, cin b): tap kk - 1 - t of (ci, co).
+            let mut out = vec![f32::NAN; a * b * kk + 5];
+            flipped_taps(&mut out, &w, [a, b, kk]);
+            for (co, ci, t) in (0..a * b * kk).map(|e| (e / (b * kk), e / kk % b, e % kk)) {
+                assert_eq!(
+                    out[(ci * kk + kk - 1 - t) * a + co],
+                    w[(co * b + ci) * kk + t]
+                );
+            }
+        }
+    }
 
     /// The 32-bit table of source pixels refuses planes it cannot index, before allocating.
     #[test]

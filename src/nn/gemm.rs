@@ -745,8 +745,9 @@ fn split_k(
 thread_local! {
     /// Buffers of [`blocked`] and [`split_k`] kept by each thread between products, so a
     /// product does not allocate and zero them again: each is taken out while in use (a
-    /// nested use finds an empty one and allocates its own) and every element a product
-    /// reads it writes first.
+    /// nested use finds an empty one and allocates its own). A product writes every
+    /// element it reads first, except the split-k partial sums of a mask with its taps on
+    /// M, whose dead tiles no part writes: [`split_k`] zeroes the buffer for those.
     static APACK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static PARTIAL: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static TASK_BUFFERS: Cell<TaskBuffers> = const {
