@@ -826,7 +826,7 @@ impl Conv2d {
         let (ck, np, nhw) = (kk * cin, oh * ow * n, h * w * n);
         let src = source_pixels(g, [h, w], [oh, ow])?;
         let valid = tap_table(&src, oh * ow);
-        // The column matrix again, packed from the copy of the input.
+        // The column matrix again, packed from the input the forward kept.
         let dwt = scratch(dw, cout * ck);
         sgemm_masked(
             cout,
@@ -843,34 +843,33 @@ impl Conv2d {
         if !want_dx {
             return Ok(None);
         }
+        if g.stride == 1 && g.padding < k {
+            // dx is the full convolution of dy with the kernels rotated by 180 degrees and
+            // their channels swapped: one GEMM over the packed columns of dy, with no column
+            // matrix to write and fold back by col2im.
+            let mut dx = vec![0.0f32; cin * nhw];
+            flipped_taps(wt, &weight.value, [cout, cin, kk]);
+            let full = Window {
+                kernel: k,
+                stride: 1,
+                padding: k - 1 - g.padding,
+            };
+            let src = source_pixels(full, [oh, ow], [h, w])?;
+            let fvalid = tap_table(&src, h * w);
+            sgemm_masked(
+                cin,
+                nhw,
+                kk * cout,
+                MatRef::row_major(&wt[..cin * kk * cout], kk * cout),
+                Columns::new(dy, ys, &src, [h, w]),
+                &mut dx,
+                nhw,
+                false,
+                mask(&fvalid, Dim::K, cout, Dim::N, n)?.as_ref(),
+            )?;
+            return Ok(Some(finish(cache.xshape, dx, cache.layout)));
+        }
         let dx = with_columns(|buf| -> Result<Vec<f32>> {
-            if g.stride == 1 && g.padding < k {
-                // dx is the full convolution of dy with the kernels rotated by 180 degrees
-                // and their channels swapped: one GEMM over the packed columns of dy,
-                // with no column matrix to write and fold back by col2im.
-                let mut dx = vec![0.0f32; cin * nhw];
-                flipped_taps(wt, &weight.value, [cout, cin, kk]);
-                let wf = &wt[..cin * kk * cout];
-                let full = Window {
-                    kernel: k,
-                    stride: 1,
-                    padding: k - 1 - g.padding,
-                };
-                let src = source_pixels(full, [oh, ow], [h, w])?;
-                let fvalid = tap_table(&src, h * w);
-                sgemm_masked(
-                    cin,
-                    nhw,
-                    kk * cout,
-                    MatRef::row_major(wf, kk * cout),
-                    Columns::new(dy, ys, &src, [h, w]),
-                    &mut dx,
-                    nhw,
-                    false,
-                    mask(&fvalid, Dim::K, cout, Dim::N, n)?.as_ref(),
-                )?;
-                return Ok(dx);
-            }
             taps_outer(wt, &weight.value, [cout, cin, kk]);
             let dcol = scratch(buf, ck * np);
             sgemm_masked(

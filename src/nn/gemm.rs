@@ -717,15 +717,9 @@ fn split_k(
         blocked(s, false, m, n, k1 - k0, a, b, out, n, false, mask.as_ref());
     };
     if parallel {
-        partial[..parts * m * n]
-            .par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(part);
+        partial.par_chunks_mut(m * n).enumerate().for_each(part);
     } else {
-        partial[..parts * m * n]
-            .chunks_mut(m * n)
-            .enumerate()
-            .for_each(part);
+        partial.chunks_mut(m * n).enumerate().for_each(part);
     }
     // Row by row, each part added in turn: the same order per element as one running sum.
     for (i, row) in c.chunks_mut(ldc).take(m).enumerate() {
@@ -733,7 +727,7 @@ fn split_k(
         if !accumulate {
             row.fill(0.0);
         }
-        for p in partial[..parts * m * n].chunks_exact(m * n) {
+        for p in partial.chunks_exact(m * n) {
             row.iter_mut()
                 .zip(&p[i * n..][..n])
                 .for_each(|(v, &x)| *v += x);
@@ -779,17 +773,12 @@ fn blocked(
     let b_panels = n.div_ceil(nr);
     // All of op(A), packed once: KC slice after KC slice, each slice `a_panels` panels of
     // MR rows, k-major. Slice `p0` starts at `a_panels * mr * p0`.
-    let mut apack_buf = APACK.take();
-    apack_buf.resize(a_panels * mr * k, 0.0);
+    let mut apack = APACK.take();
+    apack.resize(a_panels * mr * k, 0.0);
     {
         let slices: Vec<(usize, &mut [f32])> = (0..k)
             .step_by(s.kc)
-            .zip(chunks_by(
-                &mut apack_buf[..a_panels * mr * k],
-                a_panels * mr,
-                k,
-                s.kc,
-            ))
+            .zip(chunks_by(&mut apack, a_panels * mr, k, s.kc))
             .collect();
         let pack_slice = |(p0, out): (usize, &mut [f32])| {
             let kc = s.kc.min(k - p0);
@@ -829,7 +818,7 @@ fn blocked(
         1
     };
     let cptr = CPtr(c.as_mut_ptr());
-    let apack = &apack_buf[..a_panels * mr * k];
+    let apack_all = &apack[..];
     let task = |w: &mut TaskBuffers, t: usize| {
         let (rt, ct) = (t / col_tasks, t % col_tasks);
         let (ip0, ip1) = (
@@ -878,7 +867,7 @@ fn blocked(
                         }
                     }
                 }
-                let aslice = &apack[a_panels * mr * p0..][..a_panels * mr * kc];
+                let aslice = &apack_all[a_panels * mr * p0..][..a_panels * mr * kc];
                 // A block of MC rows stays in L2 while the B panels of this task pass by;
                 // each B micro-panel stays in L1 across the block's A panels.
                 for ib in (ip0..ip1).step_by(row_block) {
@@ -945,7 +934,7 @@ fn blocked(
     } else {
         (0..tasks).for_each(task);
     }
-    APACK.set(apack_buf);
+    APACK.set(apack);
 }
 
 /// What a task of [`blocked`] reuses from one KC slice to the next.

@@ -19,7 +19,6 @@ use super::optim::Adam;
 use super::tensor::{Layout, Param, Tensor};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use std::borrow::Cow;
 
 /// The shape of an encoder/decoder pair.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -196,10 +195,7 @@ impl Decoder {
 impl Layer for Decoder {
     fn forward(&mut self, z: &Tensor) -> Result<Tensor> {
         self.layout = z.layout;
-        let h = match z.in_layout(Layout::Chwn) {
-            Cow::Owned(z) => self.conv.forward_owned(z)?,
-            Cow::Borrowed(z) => self.conv.forward(z)?,
-        };
+        let h = self.conv.forward_owned(z.to_layout(Layout::Chwn))?;
         let mut h = self.stack.forward(&h)?;
         let last = self.ups.len() - 1;
         for (i, up) in self.ups.iter_mut().enumerate() {
