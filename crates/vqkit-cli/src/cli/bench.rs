@@ -1,0 +1,172 @@
+//! `vqkit bench`: the main job. Times every kernel on every requested backend and prints a
+//! table (or JSON lines) with GFLOP/s or GB/s and the fraction of the measured ceiling.
+
+use std::time::Instant;
+use vqkit::Choice;
+use vqkit::backend::cpu::{CpuBackend, peak};
+use vqkit::backend::{Backend, BackendKind, BackendOptions, Shape, WithBackend, dispatch};
+use vqkit::bench::{self, BenchResult, Ceilings, Op, Timing};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Backend(s) to time; `all` runs every compiled backend that finds a device.
+    #[arg(long, value_enum, default_value_t = Which::Cpu)]
+    backend: Which,
+    /// Operation to time (default: all three).
+    #[arg(long, value_parser = super::choice::<Op>())]
+    op: Option<Op>,
+    /// Points (default grid: 100,000).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Codewords (default grid: 256, 1024, 4096).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Dimensions (default grid: 32, 128).
+    #[arg(long)]
+    d: Option<usize>,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds to spend timing each kernel (at least 3 runs after a warm-up).
+    #[arg(long, default_value_t = 1.0)]
+    seconds: f64,
+    /// One JSON object per result line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Cpu,
+    Wgpu,
+    Cuda,
+    All,
+}
+
+struct Job<'a> {
+    ops: &'a [Op],
+    shapes: &'a [Shape],
+    timing: Timing,
+    json: bool,
+    ceilings: Option<Ceilings>,
+}
+
+impl WithBackend for Job<'_> {
+    type Output = Vec<BenchResult>;
+    fn run<B: Backend>(self, b: &B) -> vqkit::Result<Vec<BenchResult>> {
+        let ceilings = self.ceilings;
+        if !self.json {
+            println!("\n{}", b.name());
+            match ceilings {
+                Some(c) => println!(
+                    "measured ceilings: {:.1} GFLOP/s f32 FMA, {:.1} GB/s memory read",
+                    c.gflops, c.gbps
+                ),
+                None => println!("no measured ceiling for this device: fractions omitted"),
+            }
+            println!(
+                "{:<7} {:>9} {:>6} {:>5} {:>11} {:>10} {:>9} {:>9}",
+                "op", "n", "k", "d", "median ms", "GFLOP/s", "GB/s", "% ceil"
+            );
+        }
+        let mut out = Vec::new();
+        for &shape in self.shapes {
+            for &op in self.ops {
+                let r = bench::run(b, op, shape, self.timing, ceilings)?;
+                print_result(&r, self.json);
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn print_result(r: &BenchResult, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    println!(
+        "{:<7} {:>9} {:>6} {:>5} {:>11.3} {:>10} {:>9} {:>9}",
+        r.op.as_str(),
+        r.n,
+        r.k,
+        r.d,
+        r.median_s * 1e3,
+        opt(r.gflops, 1),
+        opt(r.gbps, 1),
+        opt(r.ceiling_fraction.map(|f| f * 100.0), 0),
+    );
+}
+
+/// The CPU's FMA and memory ceilings at the thread count the benchmark uses.
+fn cpu_ceilings(threads: Option<usize>) -> vqkit::Result<Ceilings> {
+    let cpu = CpuBackend::new(threads)?;
+    Ok(Ceilings {
+        gflops: peak::fma_gflops(cpu.isa(), cpu.threads()),
+        gbps: peak::read_gbps(cpu.threads()),
+    })
+}
+
+pub fn run(args: Args) -> vqkit::Result<()> {
+    let start = Instant::now();
+    let ops: Vec<Op> = args.op.map_or(Op::ALL.to_vec(), |o| vec![o]);
+    let shapes: Vec<Shape> = bench::default_shapes()
+        .into_iter()
+        .map(|s| {
+            Shape::new(
+                args.n.unwrap_or(s.n),
+                args.k.unwrap_or(s.k),
+                args.d.unwrap_or(s.d),
+            )
+        })
+        .fold(Vec::new(), |mut v, s| {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            v
+        });
+    let kinds: Vec<BackendKind> = match args.backend {
+        Which::Cpu => vec![BackendKind::Cpu],
+        Which::Wgpu => vec![BackendKind::Wgpu],
+        Which::Cuda => vec![BackendKind::Cuda],
+        Which::All => BackendKind::ALL.to_vec(),
+    };
+    let opts = BackendOptions {
+        threads: args.threads,
+    };
+    let timing = Timing {
+        min_seconds: args.seconds,
+        ..Timing::default()
+    };
+    let mut results = Vec::new();
+    for kind in kinds {
+        let job = Job {
+            ops: &ops,
+            shapes: &shapes,
+            timing,
+            json: args.json,
+            ceilings: match kind {
+                BackendKind::Cpu => Some(cpu_ceilings(args.threads)?),
+                // A GPU's ceilings cannot be measured from the host: fractions are omitted.
+                _ => None,
+            },
+        };
+        match dispatch(kind, &opts, job) {
+            Ok(r) => results.extend(r),
+            // With `all`, a backend without a device is reported and skipped.
+            Err(e @ vqkit::Error::BackendUnavailable { .. }) if args.backend == Which::All => {
+                eprintln!("skipping {kind}: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "command": "bench", "results": results.len(), "seconds": start.elapsed().as_secs_f64(),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}

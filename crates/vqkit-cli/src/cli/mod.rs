@@ -1,0 +1,145 @@
+//! Command-line parsing and one module per command.
+
+mod assign;
+mod avq;
+mod bench;
+mod complexity;
+mod encode;
+mod info;
+mod kmeans;
+mod rvq;
+mod vqvae;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+use vqkit::Choice;
+use vqkit::backend::{BackendKind, BackendOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "vqkit",
+    version,
+    about = "Vector-quantization kernels on CPU, WGPU and CUDA: benchmark, assign, inspect"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The backends compiled in, the devices found, and the CPU features used.
+    Info(info::Args),
+    /// Time each kernel on seeded clustered data and print GFLOP/s or GB/s against the
+    /// machine's measured ceiling.
+    Bench(bench::Args),
+    /// Nearest codeword for each point of a file; prints the mean squared distance.
+    Assign(assign::Args),
+    /// Fit k-means; prints the inertia per iteration and saves the centroids (safetensors).
+    Kmeans(kmeans::Args),
+    /// Fit a residual quantizer (RQ-K-means): S stages of k codewords, greedy or beam search.
+    #[command(name = "rq-kmeans")]
+    RqKmeans(rvq::RqArgs),
+    /// Fit a product quantizer: M sub-vectors, one k-means codebook each.
+    Pvq(rvq::PvqArgs),
+    /// Fit an additive quantizer: M full-dimensional codebooks, beam-search encoding,
+    /// least-squares codebook refinement.
+    Avq(avq::AvqArgs),
+    /// Train RVQ, PVQ or AVQ codebooks with noise substitution (NSVQ) and SGD or Adam.
+    Nsvq(avq::NsvqArgs),
+    /// Bits per vector and operations per encoded vector for VQ, RVQ, PVQ, AVQ.
+    Complexity(complexity::Args),
+    /// Codes of a file of points under any trained model.
+    Encode(encode::EncodeArgs),
+    /// Reconstructions from codes under any trained model.
+    Decode(encode::DecodeArgs),
+    /// Train a VQ-VAE or RQ-VAE on MNIST-style IDX images; test-set MSE, PSNR, SSIM,
+    /// perplexity and usage per level, bits per image; safetensors checkpoints.
+    #[command(name = "train-vqvae")]
+    TrainVqvae(vqvae::TrainArgs),
+    /// A PNG grid of images above their reconstructions (one row per RQ level).
+    Reconstruct(vqvae::ReconstructArgs),
+}
+
+/// Options shared by every command that computes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Common {
+    /// Backend to run on.
+    #[arg(long, value_parser = choice::<BackendKind>(), default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+    /// CPU worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the figures as one JSON object on the last stdout line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Common {
+    pub fn options(&self) -> BackendOptions {
+        BackendOptions {
+            threads: self.threads,
+        }
+    }
+}
+
+pub fn main() -> vqkit::Result<()> {
+    match Cli::parse().command {
+        Command::Info(a) => info::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Assign(a) => assign::run(a),
+        Command::Kmeans(a) => kmeans::run(a),
+        Command::RqKmeans(a) => rvq::rq_kmeans(a),
+        Command::Pvq(a) => rvq::pvq(a),
+        Command::Avq(a) => avq::avq(a),
+        Command::Nsvq(a) => avq::nsvq(a),
+        Command::Complexity(a) => complexity::run(a),
+        Command::Encode(a) => encode::encode(a),
+        Command::Decode(a) => encode::decode(a),
+        Command::TrainVqvae(a) => vqvae::train(a),
+        Command::Reconstruct(a) => vqvae::reconstruct(a),
+    }
+}
+
+/// A progress bar on a terminal's stderr, and per-step lines on stdout. When stderr is not a
+/// terminal indicatif draws nothing, so piped output holds only the lines.
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    pub fn new(len: u64, what: &str) -> Self {
+        let bar = indicatif::ProgressBar::new(len);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Progress { bar }
+    }
+
+    /// Prints a line to stdout without tearing the bar.
+    pub fn line(&self, s: &str) {
+        self.bar.suspend(|| println!("{s}"));
+    }
+
+    pub fn set_len(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
+    pub fn inc(&self) {
+        self.bar.inc(1);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The clap parser of a [`Choice`]: its names as the possible values (listed by `--help`
+/// and in the error for any other word), parsed into the value.
+pub fn choice<T: Choice + Clone>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::ALL.iter().map(|v| v.name()))
+        .map(|name| T::from_name(&name).expect("clap accepts only the listed names"))
+}

@@ -1,0 +1,240 @@
+//! `vqkit rq-kmeans` and `vqkit pvq`: fit residual and product quantizers.
+
+use super::{Common, Progress};
+use std::path::PathBuf;
+use std::time::Instant;
+use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::io::{self, Matrix};
+use vqkit::quant::kmeans::Init;
+use vqkit::quant::pvq::{Pvq, PvqConfig};
+use vqkit::quant::rvq::{Rvq, RvqConfig, StageStats};
+use vqkit::quant::{mse, relative_error};
+
+/// k-means options shared by the training commands.
+#[derive(clap::Args, Clone, Debug)]
+pub struct KmArgs {
+    /// Lloyd iterations per codebook.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, value_parser = super::choice::<Init>(), default_value_t = Init::KMeansPlusPlus)]
+    pub init: Init,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Train each codebook on at most k times this many points (0: all).
+    #[arg(long, default_value_t = 256)]
+    pub max_points_per_centroid: usize,
+}
+
+#[derive(clap::Args)]
+pub struct RqArgs {
+    /// Points: .npy or .fvecs, shape (n, d).
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Number of stages S.
+    #[arg(long)]
+    stages: usize,
+    /// Codewords per stage.
+    #[arg(short)]
+    k: usize,
+    /// Beam width for training and encoding (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    /// One codebook shared by every stage.
+    #[arg(long)]
+    shared: bool,
+    /// Progressive-dimension k-means steps per stage (0: off).
+    #[arg(long, default_value_t = 10)]
+    progressive_dim_steps: usize,
+    /// Stage-wise refinement rounds after training (0: plain RQ-K-means).
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    #[command(flatten)]
+    km: KmArgs,
+    /// Output model (safetensors).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+pub struct PvqArgs {
+    /// Points: .npy or .fvecs, shape (n, d).
+    #[arg(short, long)]
+    input: PathBuf,
+    /// Sub-vectors M (must divide d).
+    #[arg(short)]
+    m: usize,
+    /// Codewords per sub-space.
+    #[arg(short)]
+    k: usize,
+    #[command(flatten)]
+    km: KmArgs,
+    /// Output model (safetensors).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    common: Common,
+}
+
+struct RqJob<'a> {
+    x: &'a Matrix,
+    cfg: &'a RvqConfig,
+    progress: &'a Progress,
+}
+
+impl WithBackend for RqJob<'_> {
+    type Output = (Rvq, Vec<u32>, f64, String);
+    fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
+        let t = Instant::now();
+        let model = Rvq::fit(b, &self.x.data, self.x.cols, self.cfg, &mut |s| {
+            self.progress.line(&format!("stage {s} trained"));
+            self.progress.inc();
+        })?;
+        let codes = model.encode(b, &self.x.data, self.cfg.beam)?;
+        Ok((model, codes, t.elapsed().as_secs_f64(), b.name()))
+    }
+}
+
+pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
+    let x = io::read_points(&args.input)?;
+    let cfg = RvqConfig {
+        stages: args.stages,
+        k: args.k,
+        iters: args.km.iters,
+        init: args.km.init,
+        seed: args.km.seed,
+        beam: args.beam,
+        shared: args.shared,
+        shared_rounds: 5,
+        max_points_per_centroid: args.km.max_points_per_centroid,
+        refine_rounds: args.refine,
+        progressive_dim_steps: args.progressive_dim_steps,
+    };
+    let progress = Progress::new(args.stages as u64, "rq-kmeans");
+    let (model, codes, seconds, backend) = dispatch(
+        args.common.backend,
+        &args.common.options(),
+        RqJob {
+            x: &x,
+            cfg: &cfg,
+            progress: &progress,
+        },
+    )?;
+    progress.finish();
+    model.to_file(Some(&cfg)).write(&args.output)?;
+    let stats = model.analyse(&x.data, &codes)?;
+    report_stages(&stats, args.common.json);
+    let e = stats.last().map_or(0.0, |s| s.mse);
+    finish(
+        "rq-kmeans",
+        &backend,
+        &x,
+        e,
+        seconds,
+        &args.output,
+        args.common.json,
+        serde_json::json!({"stages": args.stages, "k": args.k, "beam": args.beam,
+            "shared": args.shared, "refine": args.refine, "per_stage": stats}),
+    );
+    Ok(())
+}
+
+fn report_stages(stats: &[StageStats], json: bool) {
+    if json {
+        return;
+    }
+    println!("stage  mse          rel.error   perplexity  usage");
+    for s in stats {
+        println!(
+            "{:5}  {:<11.6}  {:<10.6}  {:<10.2}  {:.3}",
+            s.stage, s.mse, s.relative_error, s.perplexity, s.usage
+        );
+    }
+}
+
+/// Prints the final figures: a human summary, or one JSON line with `extra` merged in.
+#[allow(clippy::too_many_arguments)]
+pub fn finish(
+    command: &str,
+    backend: &str,
+    x: &Matrix,
+    mse: f64,
+    seconds: f64,
+    output: &std::path::Path,
+    json: bool,
+    extra: serde_json::Value,
+) {
+    let rel = relative_error(mse, &x.data, x.cols);
+    if json {
+        let mut v = serde_json::json!({
+            "command": command, "backend": backend, "n": x.rows, "d": x.cols,
+            "mse": mse, "relative_error": rel, "seconds": seconds, "output": output,
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        println!("{v}");
+    } else {
+        println!(
+            "{command}: n = {}, d = {} on {backend} in {seconds:.3} s",
+            x.rows, x.cols
+        );
+        println!("mse {mse:.6}  relative error {rel:.6}");
+        println!("model written to {}", output.display());
+    }
+}
+
+struct PvqJob<'a> {
+    x: &'a Matrix,
+    cfg: &'a PvqConfig,
+    progress: &'a Progress,
+}
+
+impl WithBackend for PvqJob<'_> {
+    type Output = (Pvq, Vec<u32>, f64, String);
+    fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
+        let t = Instant::now();
+        let model = Pvq::fit(b, &self.x.data, self.x.cols, self.cfg, &mut |_| {
+            self.progress.inc()
+        })?;
+        let codes = model.encode(b, &self.x.data)?;
+        Ok((model, codes, t.elapsed().as_secs_f64(), b.name()))
+    }
+}
+
+pub fn pvq(args: PvqArgs) -> vqkit::Result<()> {
+    let x = io::read_points(&args.input)?;
+    let cfg = PvqConfig {
+        m: args.m,
+        k: args.k,
+        iters: args.km.iters,
+        init: args.km.init,
+        seed: args.km.seed,
+        max_points_per_centroid: args.km.max_points_per_centroid,
+    };
+    let progress = Progress::new(args.m as u64, "pvq");
+    let (model, codes, seconds, backend) = dispatch(
+        args.common.backend,
+        &args.common.options(),
+        PvqJob {
+            x: &x,
+            cfg: &cfg,
+            progress: &progress,
+        },
+    )?;
+    progress.finish();
+    model.to_file(Some(&cfg)).write(&args.output)?;
+    let e = mse(&x.data, &model.decode(&codes)?, x.cols);
+    finish(
+        "pvq",
+        &backend,
+        &x,
+        e,
+        seconds,
+        &args.output,
+        args.common.json,
+        serde_json::json!({"m": args.m, "k": args.k}),
+    );
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! The one place vqkit asks the CPU what it can do. Every CPU kernel (distance-argmin,
+//! the GEMM, the ceiling loops) chooses its micro-kernel from [`Isa`], detected here once
+//! per process.
+
+use std::sync::OnceLock;
+
+/// The instruction set a CPU micro-kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isa {
+    /// Plain Rust, vectorized by the compiler for the build target.
+    Portable,
+    /// AVX2 with FMA (x86-64).
+    Avx2,
+    /// AVX-512F (x86-64).
+    Avx512,
+}
+
+/// What the CPU offers, detected once.
+struct Features {
+    /// The instruction sets of [`Isa`] it supports, slowest first.
+    isas: Vec<Isa>,
+    /// AVX (the 8 x 8 register transposes of the GEMM's packing).
+    avx: bool,
+}
+
+fn features() -> &'static Features {
+    static FEATURES: OnceLock<Features> = OnceLock::new();
+    FEATURES.get_or_init(|| {
+        let mut isas = vec![Isa::Portable];
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx = false;
+        #[cfg(target_arch = "x86_64")]
+        let avx = is_x86_feature_detected!("avx");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        Features { isas, avx }
+    })
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        features().isas.last().copied().unwrap_or(Isa::Portable)
+    }
+
+    /// Every instruction set this CPU supports, slowest first.
+    pub fn available() -> Vec<Isa> {
+        features().isas.clone()
+    }
+
+    /// Whether this CPU supports `self`.
+    pub fn supported(self) -> bool {
+        features().isas.contains(&self)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Whether the CPU has AVX.
+pub fn has_avx() -> bool {
+    features().avx
+}

@@ -1,0 +1,253 @@
+//! The CPU backend: always compiled, the embedded default. rayon over row blocks and codes,
+//! with SIMD micro-kernels chosen at run time (AVX-512, AVX2 + FMA, or portable).
+//!
+//! The CPU's matrix kernels live here together, on one ISA detection ([`Isa`]):
+//! `distance_argmin.rs` (the fused argmin), `cluster_sums.rs` (the per-code reductions and
+//! the EMA step), [`gemm`] (the matrix product the convolutions and beam search use) and
+//! [`peak`] (the FMA and bandwidth ceilings the benchmarks report against).
+
+mod cluster_sums;
+mod distance_argmin;
+pub mod gemm;
+mod isa;
+pub mod peak;
+
+pub use isa::{Isa, has_avx};
+
+pub(crate) use distance_argmin::sq_norm;
+
+use super::{Backend, Element, EmaParams, Shape, check, check_len};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// Below this many multiply-adds an operation runs on the calling thread: entering rayon
+/// costs microseconds, more than a small problem takes.
+const MIN_PARALLEL_WORK: usize = 1 << 18;
+
+/// The CPU backend. Its buffers are plain `Vec`s; "device" and host memory are the same.
+pub struct CpuBackend {
+    isa: Isa,
+    /// `None`: run on the calling thread. `Some`: a pool of its own, or rayon's global pool.
+    pool: Option<Option<rayon::ThreadPool>>,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// A CPU backend with the best SIMD path and `threads` workers (`None`: all cores;
+    /// `Some(1)`: no rayon at all).
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        Self::with_isa(threads, Isa::detect())
+    }
+
+    /// A CPU backend forced onto one instruction set, for tests and benchmarks; an error if
+    /// this CPU lacks it.
+    pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
+        if !isa.supported() {
+            return Err(Error::BackendUnavailable {
+                backend: "cpu",
+                reason: format!("this CPU does not support {}", isa.as_str()),
+            });
+        }
+        let (pool, threads) = match threads {
+            Some(0) => return Err(Error::invalid("threads", "must be at least 1")),
+            Some(1) => (None, 1),
+            Some(t) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .map_err(|e| Error::BackendUnavailable {
+                        backend: "cpu",
+                        reason: format!("cannot start {t} threads: {e}"),
+                    })?;
+                (Some(Some(pool)), t)
+            }
+            None => (Some(None), rayon::current_num_threads()),
+        };
+        Ok(CpuBackend { isa, pool, threads })
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(parallel)` inside this backend's pool; `parallel` is false when the backend
+    /// is single-threaded or the work is below [`MIN_PARALLEL_WORK`].
+    fn run<R: Send>(&self, work: usize, f: impl FnOnce(bool) -> R + Send) -> R {
+        match &self.pool {
+            Some(_) if work < MIN_PARALLEL_WORK => f(false),
+            Some(Some(pool)) => pool.install(|| f(true)),
+            Some(None) => f(true),
+            None => f(false),
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf<T: Element> = Vec<T>;
+
+    fn name(&self) -> String {
+        format!("cpu ({}, {} threads)", self.isa.as_str(), self.threads)
+    }
+
+    fn upload<T: Element>(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+
+    fn zeros<T: Element>(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zeroed(); len])
+    }
+
+    fn download<T: Element>(&self, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+
+    fn buf_len<T: Element>(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn assign_host(
+        &self,
+        x: &[f32],
+        codebook: &[f32],
+        shape: Shape,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        // Host memory is this backend's memory: no copies of x.
+        shape.validate()?;
+        let Shape { n, k, d } = shape;
+        check_len("x", x.len(), n * d)?;
+        check_len("codebook", codebook.len(), k * d)?;
+        let norms: Vec<f32> = codebook.chunks_exact(d).map(sq_norm).collect();
+        let mut idx = vec![0u32; n];
+        let mut dist = vec![0.0f32; n];
+        self.run(n * k * d, |par| {
+            distance_argmin::distance_argmin(
+                self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
+            )
+        });
+        Ok((idx, dist))
+    }
+
+    fn codeword_norms(
+        &self,
+        codebook: &Vec<f32>,
+        k: usize,
+        d: usize,
+        norms: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::norms(k, d, codebook.len(), norms.len())?;
+        self.run(k * d, |par| {
+            let one = |(o, c): (&mut f32, &[f32])| *o = sq_norm(c);
+            if par {
+                norms
+                    .par_iter_mut()
+                    .zip(codebook.par_chunks(d))
+                    .for_each(one);
+            } else {
+                norms.iter_mut().zip(codebook.chunks(d)).for_each(one);
+            }
+        });
+        Ok(())
+    }
+
+    fn distance_argmin(
+        &self,
+        x: &Vec<f32>,
+        codebook: &Vec<f32>,
+        norms: &Vec<f32>,
+        shape: Shape,
+        idx: &mut Vec<u32>,
+        dist: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::argmin(
+            shape,
+            x.len(),
+            codebook.len(),
+            norms.len(),
+            idx.len(),
+            dist.len(),
+        )?;
+        let Shape { n, k, d } = shape;
+        self.run(n * k * d, |par| {
+            distance_argmin::distance_argmin(self.isa, par, x, codebook, norms, shape, idx, dist)
+        });
+        Ok(())
+    }
+
+    fn cluster_sums(
+        &self,
+        x: &Vec<f32>,
+        idx: &Vec<u32>,
+        dist: &Vec<f32>,
+        shape: Shape,
+        sums: &mut Vec<f32>,
+        counts: &mut Vec<u32>,
+        dist_sums: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (xl, il, dl) = (x.len(), idx.len(), dist.len());
+        check::cluster_sums(shape, xl, il, dl, sums.len(), counts.len(), dist_sums.len())?;
+        let Shape { n, k, d } = shape;
+        self.run(n * d, |par| cluster_sums::sums(par, x, idx, k, d, sums));
+        cluster_sums::dist_sums(idx, dist, dist_sums);
+        counts.copy_from_slice(&cluster_sums::counts(idx, k));
+        Ok(())
+    }
+
+    fn kmeans_update(
+        &self,
+        sums: &Vec<f32>,
+        counts: &Vec<u32>,
+        k: usize,
+        d: usize,
+        centroids: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::update(k, d, sums.len(), counts.len(), centroids.len())?;
+        cluster_sums::kmeans_update(sums, counts, d, centroids);
+        Ok(())
+    }
+
+    fn ema_update(
+        &self,
+        x: &Vec<f32>,
+        idx: &Vec<u32>,
+        shape: Shape,
+        params: EmaParams,
+        cluster_size: &mut Vec<f32>,
+        embed_sum: &mut Vec<f32>,
+        codebook: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (xl, il) = (x.len(), idx.len());
+        check::ema(
+            shape,
+            params,
+            xl,
+            il,
+            cluster_size.len(),
+            embed_sum.len(),
+            codebook.len(),
+        )?;
+        let Shape { n, k, d } = shape;
+        let mut batch = vec![0.0f32; k * d];
+        self.run(n * d, |par| {
+            cluster_sums::sums(par, x, idx, k, d, &mut batch)
+        });
+        cluster_sums::ema_apply(
+            params.decay,
+            params.eps,
+            &cluster_sums::counts(idx, k),
+            &batch,
+            d,
+            cluster_size,
+            embed_sum,
+            codebook,
+        );
+        Ok(())
+    }
+}

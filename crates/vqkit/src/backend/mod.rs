@@ -1,0 +1,389 @@
+//! The backend trait: the handful of operations every backend (CPU, WGPU, CUDA) implements
+//! with identical semantics, on buffers that live on the backend's device.
+//!
+//! Iterative algorithms upload their data once, then call these operations step after step
+//! with no host round trip beyond the few scalars they need (counts, distance sums). The
+//! host-slice conveniences in [`crate::ops`] sit on top.
+//!
+//! Semantics, shared by all backends and pinned down by [`crate::reference`]:
+//! - `codeword_norms`: `norms[j] = |c_j|^2`.
+//! - `distance_argmin`: `idx[i] = argmin_j |x_i - c_j|^2` (lowest `j` wins a tie) and
+//!   `dist[i] = max(|x_i|^2 - 2 x_i.c_j + |c_j|^2, 0)` for that `j`; the n x k distance
+//!   matrix is never materialised.
+//! - `cluster_sums`: per code `j`, `counts[j] = #{i : idx[i] = j}`,
+//!   `sums[j] = sum_{idx[i]=j} x_i` and `dist_sums[j] = sum_{idx[i]=j} dist[i]`, each
+//!   reduced in a fixed order, so outputs are bit-identical from run to run.
+//! - `kmeans_update`: `centroids[j] = sums[j] / counts[j]` where `counts[j] > 0`; an
+//!   empty cluster keeps its centroid (repairing it is the algorithm's choice).
+//! - `ema_update`: see [`EmaParams`].
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+
+use crate::error::{Error, Result};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for u32 {}
+}
+
+/// The element types a device buffer may hold: `f32` data and `u32` codes.
+pub trait Element: bytemuck::Pod + Send + Sync + std::fmt::Debug + sealed::Sealed {}
+impl Element for f32 {}
+impl Element for u32 {}
+
+/// The sizes of one operation: `n` points, `k` codewords, `d` dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub n: usize,
+    pub k: usize,
+    pub d: usize,
+}
+
+impl Shape {
+    pub fn new(n: usize, k: usize, d: usize) -> Self {
+        Shape { n, k, d }
+    }
+
+    /// Errors for a shape no operation accepts: `d = 0` or `k = 0`. `n = 0` is valid.
+    pub fn validate(&self) -> Result<()> {
+        if self.d == 0 {
+            return Err(Error::ZeroDimension);
+        }
+        if self.k == 0 {
+            return Err(Error::EmptyCodebook);
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a buffer has exactly `expected` elements.
+pub fn check_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// The input checks every backend runs first, one per operation, on its buffers' lengths:
+/// all backends reject exactly the same inputs with the same typed errors.
+pub mod check {
+    use super::{EmaParams, Shape, check_len};
+    use crate::error::Result;
+
+    /// `codeword_norms`: codebook (k, d), norms (k).
+    pub fn norms(k: usize, d: usize, codebook: usize, norms: usize) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("codebook", codebook, k * d)?;
+        check_len("norms", norms, k)
+    }
+
+    /// `distance_argmin`: x (n, d), codebook (k, d), norms (k), idx and dist (n).
+    pub fn argmin(
+        s: Shape,
+        x: usize,
+        codebook: usize,
+        norms: usize,
+        idx: usize,
+        dist: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("codebook", codebook, s.k * s.d)?;
+        check_len("norms", norms, s.k)?;
+        check_len("idx", idx, s.n)?;
+        check_len("dist", dist, s.n)
+    }
+
+    /// `cluster_sums`: x (n, d), idx and dist (n), sums (k, d), counts and dist_sums (k).
+    pub fn cluster_sums(
+        s: Shape,
+        x: usize,
+        idx: usize,
+        dist: usize,
+        sums: usize,
+        counts: usize,
+        dist_sums: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("idx", idx, s.n)?;
+        check_len("dist", dist, s.n)?;
+        check_len("sums", sums, s.k * s.d)?;
+        check_len("counts", counts, s.k)?;
+        check_len("dist_sums", dist_sums, s.k)
+    }
+
+    /// `kmeans_update`: sums and centroids (k, d), counts (k).
+    pub fn update(k: usize, d: usize, sums: usize, counts: usize, centroids: usize) -> Result<()> {
+        Shape::new(0, k, d).validate()?;
+        check_len("sums", sums, k * d)?;
+        check_len("counts", counts, k)?;
+        check_len("centroids", centroids, k * d)
+    }
+
+    /// `ema_update`: x (n, d), idx (n), cluster_size (k), embed_sum and codebook (k, d).
+    pub fn ema(
+        s: Shape,
+        params: EmaParams,
+        x: usize,
+        idx: usize,
+        cluster_size: usize,
+        embed_sum: usize,
+        codebook: usize,
+    ) -> Result<()> {
+        s.validate()?;
+        params.validate()?;
+        check_len("x", x, s.n * s.d)?;
+        check_len("idx", idx, s.n)?;
+        check_len("cluster_size", cluster_size, s.k)?;
+        check_len("embed_sum", embed_sum, s.k * s.d)?;
+        check_len("codebook", codebook, s.k * s.d)
+    }
+}
+
+/// Parameters of the exponential-moving-average codebook update (VQ-VAE, van den Oord et
+/// al. 2017, appendix A.1; the same smoothing as vector-quantize-pytorch):
+///
+/// ```text
+/// size[j]  = decay * size[j] + (1 - decay) * count[j]
+/// esum[j]  = decay * esum[j] + (1 - decay) * sum_{idx[i]=j} x_i
+/// total    = sum_j size[j]
+/// smooth_j = (size[j] + eps) / (total + k * eps) * total      (Laplace smoothing)
+/// code[j]  = esum[j] / smooth_j
+/// ```
+/// When `total` is 0 (nothing ever assigned) the codebook is left unchanged rather than
+/// divided by zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmaParams {
+    pub decay: f32,
+    pub eps: f32,
+}
+
+impl Default for EmaParams {
+    fn default() -> Self {
+        EmaParams {
+            decay: 0.99,
+            eps: 1e-5,
+        }
+    }
+}
+
+impl EmaParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.decay) {
+            return Err(Error::invalid(
+                "decay",
+                format!("{} is not in [0, 1]", self.decay),
+            ));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::invalid(
+                "eps",
+                format!("{} is not a positive number", self.eps),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A compute backend. Buffers are the backend's own (`Vec<T>` on the CPU, device memory on
+/// a GPU); every operation checks buffer lengths against the shape it is given and returns
+/// a typed error rather than panicking. Inputs must be finite: the host conveniences in
+/// [`crate::ops`] check that once, at upload.
+///
+/// Operations may run asynchronously on a device; `download` and `synchronize` wait.
+pub trait Backend: Send + Sync {
+    /// A device buffer of `T`.
+    type Buf<T: Element>: Send + Sync;
+
+    /// A short name: `cpu`, `wgpu`, `cuda`, with the device where that helps.
+    fn name(&self) -> String;
+
+    /// Copies host data into a new device buffer.
+    fn upload<T: Element>(&self, host: &[T]) -> Result<Self::Buf<T>>;
+    /// A new zero-filled device buffer.
+    fn zeros<T: Element>(&self, len: usize) -> Result<Self::Buf<T>>;
+    /// Copies a device buffer back to the host, waiting for pending work.
+    fn download<T: Element>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// The number of elements in a buffer.
+    fn buf_len<T: Element>(&self, buf: &Self::Buf<T>) -> usize;
+    /// Waits until all submitted work is complete.
+    fn synchronize(&self) -> Result<()>;
+
+    /// Runs `work` and returns the seconds the device itself spent on what it submitted,
+    /// where the device can measure that (GPU timestamp queries); `None` where it cannot,
+    /// and callers then time on the host around [`Backend::synchronize`].
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        work()?;
+        Ok(None)
+    }
+
+    /// Norms and distance-argmin on host slices, returning `(idx, dist)`. The default
+    /// uploads, runs [`Backend::codeword_norms`] and [`Backend::distance_argmin`] and
+    /// downloads; a backend whose memory is the host's (the CPU) runs in place instead.
+    fn assign_host(
+        &self,
+        x: &[f32],
+        codebook: &[f32],
+        shape: Shape,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
+        let Shape { n, k, d } = shape;
+        let xb = self.upload(x)?;
+        let cb = self.upload(codebook)?;
+        let mut norms = self.zeros::<f32>(k)?;
+        self.codeword_norms(&cb, k, d, &mut norms)?;
+        let mut idx = self.zeros::<u32>(n)?;
+        let mut dist = self.zeros::<f32>(n)?;
+        self.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
+        Ok((self.download(&idx)?, self.download(&dist)?))
+    }
+
+    /// `norms[j] = |c_j|^2` for a codebook of `k` rows of `d`.
+    fn codeword_norms(
+        &self,
+        codebook: &Self::Buf<f32>,
+        k: usize,
+        d: usize,
+        norms: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Nearest codeword and its squared distance for each of `shape.n` points.
+    fn distance_argmin(
+        &self,
+        x: &Self::Buf<f32>,
+        codebook: &Self::Buf<f32>,
+        norms: &Self::Buf<f32>,
+        shape: Shape,
+        idx: &mut Self::Buf<u32>,
+        dist: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Per-code sums of assigned points, counts and distance sums (k-means accumulation).
+    /// Codes outside `0..k` are ignored (the host conveniences reject them first).
+    #[allow(clippy::too_many_arguments)]
+    fn cluster_sums(
+        &self,
+        x: &Self::Buf<f32>,
+        idx: &Self::Buf<u32>,
+        dist: &Self::Buf<f32>,
+        shape: Shape,
+        sums: &mut Self::Buf<f32>,
+        counts: &mut Self::Buf<u32>,
+        dist_sums: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `centroids[j] = sums[j] / counts[j]` where `counts[j] > 0`.
+    fn kmeans_update(
+        &self,
+        sums: &Self::Buf<f32>,
+        counts: &Self::Buf<u32>,
+        k: usize,
+        d: usize,
+        centroids: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// One EMA codebook step for the assignments `idx` of the points `x` (see [`EmaParams`]).
+    #[allow(clippy::too_many_arguments)]
+    fn ema_update(
+        &self,
+        x: &Self::Buf<f32>,
+        idx: &Self::Buf<u32>,
+        shape: Shape,
+        params: EmaParams,
+        cluster_size: &mut Self::Buf<f32>,
+        embed_sum: &mut Self::Buf<f32>,
+        codebook: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+}
+
+/// The backends vqkit knows about, whether or not they are compiled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendKind {
+    /// Whether this build contains the backend (a GPU may still be absent at run time).
+    pub fn compiled(self) -> bool {
+        match self {
+            BackendKind::Cpu => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+crate::impl_choice!(BackendKind, "backend", { Cpu => "cpu", Wgpu => "wgpu", Cuda => "cuda" });
+
+/// Which `distance_argmin` kernel a GPU backend runs. Both are kept, in WGSL and CUDA alike,
+/// so that tests check both against the reference and benchmarks can compare them;
+/// [`ArgminVariant::V2Tiled`] ships.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArgminVariant {
+    /// v1: one point per invocation or thread, no tiling: the readable reference.
+    V1Naive,
+    /// v2: codebook tiles in workgroup (shared) memory, register micro-tiles, the argmin
+    /// folded in registers (shipped).
+    #[default]
+    V2Tiled,
+}
+
+crate::impl_choice!(ArgminVariant, "variant", { V1Naive => "v1", V2Tiled => "v2" });
+
+/// Options for creating a backend.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// CPU worker threads; `None` uses rayon's default (all cores).
+    pub threads: Option<usize>,
+}
+
+/// A computation generic over the backend, run by [`dispatch`] on a backend chosen at run
+/// time (a closure cannot be generic, so this trait stands in for one).
+pub trait WithBackend {
+    type Output;
+    fn run<B: Backend>(self, backend: &B) -> Result<Self::Output>;
+}
+
+/// Creates the backend `kind` and runs `job` on it. A backend that is not compiled in, or
+/// that finds no device, is a typed [`Error::BackendUnavailable`], never a panic.
+pub fn dispatch<W: WithBackend>(
+    kind: BackendKind,
+    opts: &BackendOptions,
+    job: W,
+) -> Result<W::Output> {
+    match kind {
+        BackendKind::Cpu => job.run(&cpu::CpuBackend::new(opts.threads)?),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => job.run(&self::wgpu::WgpuBackend::new()?),
+        #[cfg(not(feature = "wgpu"))]
+        BackendKind::Wgpu => Err(not_compiled(kind)),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => job.run(&cuda::CudaBackend::new(0)?),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(not_compiled(kind)),
+    }
+}
+
+#[cfg(not(all(feature = "wgpu", feature = "cuda")))]
+fn not_compiled(kind: BackendKind) -> Error {
+    Error::BackendUnavailable {
+        backend: kind.as_str(),
+        reason: format!(
+            "this build of vqkit has no {kind} backend; rebuild with `--features {kind}`, \
+                 or use `--backend cpu`"
+        ),
+    }
+}

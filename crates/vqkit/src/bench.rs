@@ -1,0 +1,215 @@
+//! The benchmark harness behind `vqkit bench`: times each kernel through the [`Backend`]
+//! trait on seeded clustered data held on the device (warm-up outside the timed region,
+//! a synchronize inside it, repeats, median) and reports GFLOP/s or GB/s with the fraction
+//! of the machine's measured ceiling.
+
+use crate::backend::{Backend, EmaParams, Shape};
+use crate::error::Result;
+use crate::ops::DeviceKMeans;
+use crate::rng::{Rng, clustered};
+use std::time::Instant;
+
+/// The operations `vqkit bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// `distance_argmin` with precomputed norms; 2nkd flops.
+    Assign,
+    /// `ema_update` for a given assignment; memory-bound, reported in GB/s.
+    Ema,
+    /// One Lloyd step: norms, assign, accumulate, update, read back 2k scalars.
+    Kmeans,
+}
+
+crate::impl_choice!(Op, "op", { Assign => "assign", Ema => "ema", Kmeans => "kmeans" });
+
+impl Op {
+    /// Floating-point work of one run (multiply-adds count 2).
+    pub fn flops(self, s: Shape) -> Option<f64> {
+        let (n, k, d) = (s.n as f64, s.k as f64, s.d as f64);
+        match self {
+            Op::Assign => Some(2.0 * n * k * d),
+            Op::Kmeans => Some(2.0 * n * k * d + n * d),
+            Op::Ema => None,
+        }
+    }
+
+    /// The bytes an EMA step must move at least: read x and the codes, read and write
+    /// sizes and running sums, write the codebook.
+    pub fn bytes(self, s: Shape) -> Option<f64> {
+        let (n, k, d) = (s.n as f64, s.k as f64, s.d as f64);
+        match self {
+            Op::Ema => Some(4.0 * (n * d + n + 2.0 * k + 3.0 * k * d)),
+            _ => None,
+        }
+    }
+}
+
+/// The machine's measured ceilings for the backend being benchmarked.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Ceilings {
+    /// f32 FMA throughput, GFLOP/s.
+    pub gflops: f64,
+    /// Memory read bandwidth, GB/s.
+    pub gbps: f64,
+}
+
+/// One timed kernel.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    pub backend: String,
+    pub op: Op,
+    pub n: usize,
+    pub k: usize,
+    pub d: usize,
+    pub repeats: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    /// `device` when the times come from the device's timestamp queries, `host` when from
+    /// the host clock around a synchronize.
+    pub timer: &'static str,
+    pub gflops: Option<f64>,
+    pub gbps: Option<f64>,
+    /// Achieved / ceiling, for the metric that applies.
+    pub ceiling_fraction: Option<f64>,
+}
+
+/// How long to time each kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Runs before timing starts.
+    pub warmup: usize,
+    /// At least this many timed runs...
+    pub min_repeats: usize,
+    /// ...and more, up to `max_repeats`, until this much time has been spent.
+    pub min_seconds: f64,
+    pub max_repeats: usize,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            warmup: 1,
+            min_repeats: 3,
+            min_seconds: 1.0,
+            max_repeats: 25,
+        }
+    }
+}
+
+/// Times `f` (which must synchronize before returning) on `b` and returns the sorted run
+/// times: the device's own timestamps where it has them, the host clock otherwise, and
+/// whether the device timed them.
+pub fn time_runs<B: Backend>(
+    b: &B,
+    timing: Timing,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(Vec<f64>, bool)> {
+    for _ in 0..timing.warmup {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let mut on_device = true;
+    let start = Instant::now();
+    while times.len() < timing.min_repeats
+        || (start.elapsed().as_secs_f64() < timing.min_seconds && times.len() < timing.max_repeats)
+    {
+        let t = Instant::now();
+        let device = b.device_seconds(&mut f)?;
+        let host = t.elapsed().as_secs_f64();
+        on_device &= device.is_some();
+        times.push(device.unwrap_or(host));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times, on_device))
+}
+
+/// The seeded benchmark inputs for a shape: clustered points (k/4 true clusters, so the
+/// argmin sees realistic near-ties) and a codebook drawn from the points.
+pub fn inputs(shape: Shape, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let Shape { n, k, d } = shape;
+    let x = clustered(n, d, (k / 4).max(1), 0.3, seed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut c = Vec::with_capacity(k * d);
+    for _ in 0..k {
+        let i = if n > 0 { rng.below(n) } else { 0 };
+        match x.get(i * d..(i + 1) * d) {
+            Some(row) => c.extend_from_slice(row),
+            None => c.extend(rng.normal_vec(d)),
+        }
+    }
+    (x, c)
+}
+
+/// Benchmarks one operation at one shape on `b`.
+pub fn run<B: Backend>(
+    b: &B,
+    op: Op,
+    shape: Shape,
+    timing: Timing,
+    ceilings: Option<Ceilings>,
+) -> Result<BenchResult> {
+    shape.validate()?;
+    let Shape { n, k, d } = shape;
+    let (x, c) = inputs(shape, 42);
+    let mut km = DeviceKMeans::new(b, &x, &c, d)?;
+    let (times, on_device) = match op {
+        Op::Assign => {
+            let xb = b.upload(&x)?;
+            let cb = b.upload(&c)?;
+            let mut norms = b.zeros::<f32>(k)?;
+            b.codeword_norms(&cb, k, d, &mut norms)?;
+            let mut idx = b.zeros::<u32>(n)?;
+            let mut dist = b.zeros::<f32>(n)?;
+            time_runs(b, timing, || {
+                b.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
+                b.synchronize()
+            })?
+        }
+        Op::Ema => {
+            km.assign()?;
+            let idx = b.upload(&km.assignment()?.indices)?;
+            let xb = b.upload(&x)?;
+            let mut size = b.zeros::<f32>(k)?;
+            let mut esum = b.upload(&c)?;
+            let mut code = b.upload(&c)?;
+            let params = EmaParams::default();
+            time_runs(b, timing, || {
+                b.ema_update(&xb, &idx, shape, params, &mut size, &mut esum, &mut code)?;
+                b.synchronize()
+            })?
+        }
+        Op::Kmeans => time_runs(b, timing, || km.step().map(|_| ()))?,
+    };
+    let median_s = times[times.len() / 2];
+    let gflops = op.flops(shape).map(|f| f / median_s / 1e9);
+    let gbps = op.bytes(shape).map(|by| by / median_s / 1e9);
+    let ceiling_fraction =
+        ceilings.and_then(|c| gflops.map(|g| g / c.gflops).or(gbps.map(|g| g / c.gbps)));
+    Ok(BenchResult {
+        backend: b.name(),
+        op,
+        n,
+        k,
+        d,
+        repeats: times.len(),
+        median_s,
+        min_s: times[0],
+        timer: if on_device { "device" } else { "host" },
+        gflops,
+        gbps,
+        ceiling_fraction,
+    })
+}
+
+/// The default grid of `vqkit bench`: n = 100,000 points, d in {32, 128}, k in
+/// {256, 1024, 4096}, the shapes of the project's speed targets.
+pub fn default_shapes() -> Vec<Shape> {
+    let mut v = Vec::new();
+    for d in [32, 128] {
+        for k in [256, 1024, 4096] {
+            v.push(Shape::new(100_000, k, d));
+        }
+    }
+    v
+}

@@ -1,0 +1,434 @@
+//! NSVQ: noise-substitution vector quantization (Vali and Backstrom; ICASSP 2023 for RVQ,
+//! PVQ and AVQ). The quantization error is replaced by a random vector of the same norm, so
+//! that gradients reach the codebooks through that norm:
+//!
+//! ```text
+//! x^ = x - |x - q| u,              u uniform on the unit sphere (v / |v|, v ~ N(0, I))
+//! dL/dq = (g . u) (x - q) / |x - q|                        g = dL/dx^
+//! dL/dx = g - (g . u) (x - q) / |x - q|
+//! ```
+//!
+//! For RVQ and AVQ, `q = sum_s C_s[a_s]` (the whole reconstruction; its error is substituted
+//! once), so `dL/dC_s[a_s] += dL/dq` for every stage; for PVQ each sub-vector is substituted
+//! on its own. Training minimises `L = mean_i |x_i - x^_i|^2` over mini-batches with SGD
+//! (momentum) or Adam, codes found with the current codebooks (greedy RVQ and PVQ on the
+//! backend, beam search for AVQ on the host), and NSVQ's codebook replacement every
+//! `num_batches` batches. Codebooks start from the k-means-based fit of the same model
+//! (`init_iters` Lloyd iterations), or from random training vectors when `init_iters` is 0.
+
+use super::avq::Avq;
+use super::kmeans::subsample;
+use super::pvq::{Pvq, PvqConfig};
+use super::rvq::{Rvq, RvqConfig};
+use super::vq::replace_unused;
+use super::{check_training, mse, sub_seed};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// `x^ = x - |x - q| u` for one vector.
+pub fn substitute(x: &[f32], q: &[f32], u: &[f32]) -> Vec<f32> {
+    let e = err_norm(x, q);
+    x.iter().zip(u).map(|(&a, &w)| a - e * w).collect()
+}
+
+fn err_norm(x: &[f32], q: &[f32]) -> f32 {
+    x.iter()
+        .zip(q)
+        .map(|(&a, &b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt()
+}
+
+/// `(dL/dx, dL/dq)` of [`substitute`] given `g = dL/dx^`. At `x = q` the norm has no
+/// gradient; the sub-gradient 0 is used for `q`.
+pub fn substitute_backward(x: &[f32], q: &[f32], u: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let e = err_norm(x, q);
+    let gu: f32 = g.iter().zip(u).map(|(a, b)| a * b).sum();
+    let dq: Vec<f32> = if e > 0.0 {
+        x.iter().zip(q).map(|(&a, &b)| gu * (a - b) / e).collect()
+    } else {
+        vec![0.0; x.len()]
+    };
+    let dx = g.iter().zip(&dq).map(|(&gi, &di)| gi - di).collect();
+    (dx, dq)
+}
+
+/// A random unit vector (`v / |v|`, v standard normal).
+pub fn unit(rng: &mut Rng, d: usize) -> Vec<f32> {
+    loop {
+        let v = rng.normal_vec(d);
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        if n > 0.0 {
+            return v.iter().map(|a| a / n).collect();
+        }
+    }
+}
+
+/// Which model NSVQ trains.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NsvqMethod {
+    Rvq,
+    Pvq,
+    Avq,
+}
+
+crate::impl_choice!(NsvqMethod, "method", { Rvq => "rvq", Pvq => "pvq", Avq => "avq" });
+
+/// First-order optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Optimizer {
+    Sgd { momentum: f32 },
+    Adam { beta1: f32, beta2: f32, eps: f32 },
+}
+
+/// Hyper-parameters of [`train`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NsvqConfig {
+    pub method: NsvqMethod,
+    /// Stages (RVQ), sub-vectors (PVQ) or codebooks (AVQ).
+    pub stages: usize,
+    pub k: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub optimizer: Optimizer,
+    pub seed: u64,
+    /// Beam width for AVQ encoding.
+    pub beam: usize,
+    /// Lloyd iterations of the k-means-based initialisation; 0: random training vectors.
+    pub init_iters: usize,
+    /// NSVQ codebook replacement: `(discard_threshold, num_batches)`.
+    pub replace: Option<(f32, usize)>,
+}
+
+impl NsvqConfig {
+    pub fn new(method: NsvqMethod, stages: usize, k: usize) -> Self {
+        NsvqConfig {
+            method,
+            stages,
+            k,
+            epochs: 5,
+            batch: 256,
+            lr: 1e-3,
+            optimizer: Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            seed: 0,
+            beam: 4,
+            init_iters: 10,
+            replace: Some((0.01, 100)),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.stages == 0 || self.batch == 0 || self.beam == 0 {
+            return Err(Error::invalid(
+                "stages, batch, beam",
+                "must each be at least 1",
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid("lr", "must be a positive number"));
+        }
+        if let Some((t, nb)) = self.replace
+            && (!(0.0..=1.0).contains(&t) || nb == 0)
+        {
+            return Err(Error::invalid(
+                "replace",
+                "discard_threshold must be in [0, 1] and num_batches >= 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A model trained by NSVQ.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trained {
+    Rvq(Rvq),
+    Pvq(Pvq),
+    Avq(Avq),
+}
+
+impl Trained {
+    fn codebooks_mut(&mut self) -> &mut Vec<f32> {
+        match self {
+            Trained::Rvq(m) => &mut m.codebooks,
+            Trained::Pvq(m) => &mut m.codebooks,
+            Trained::Avq(m) => &mut m.codebooks,
+        }
+    }
+
+    /// Codes (n, stages) with the current codebooks.
+    pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
+        match self {
+            Trained::Rvq(m) => m.encode(b, x, 1),
+            Trained::Pvq(m) => m.encode(b, x),
+            Trained::Avq(m) => m.encode(x, beam),
+        }
+    }
+
+    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+        match self {
+            Trained::Rvq(m) => m.decode(codes),
+            Trained::Pvq(m) => m.decode(codes),
+            Trained::Avq(m) => m.decode(codes),
+        }
+    }
+}
+
+/// Optimiser state over a flat parameter vector.
+struct Opt {
+    kind: Optimizer,
+    lr: f32,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Opt {
+    fn step(&mut self, p: &mut [f32], g: &[f32]) {
+        self.t += 1;
+        match self.kind {
+            Optimizer::Sgd { momentum } => {
+                for ((w, &gi), mi) in p.iter_mut().zip(g).zip(&mut self.m) {
+                    *mi = momentum * *mi + gi;
+                    *w -= self.lr * *mi;
+                }
+            }
+            Optimizer::Adam { beta1, beta2, eps } => {
+                let c1 = 1.0 - beta1.powi(self.t);
+                let c2 = 1.0 - beta2.powi(self.t);
+                for (((w, &gi), mi), vi) in p.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
+                    *mi = beta1 * *mi + (1.0 - beta1) * gi;
+                    *vi = beta2 * *vi + (1.0 - beta2) * gi * gi;
+                    *w -= self.lr * (*mi / c1) / ((*vi / c2).sqrt() + eps);
+                }
+            }
+        }
+    }
+
+    /// Forgets the moments of replaced codewords (rows of `d` at `rows`).
+    fn reset_rows(&mut self, rows: impl Iterator<Item = usize>, d: usize) {
+        for r in rows {
+            self.m[r * d..(r + 1) * d].fill(0.0);
+            self.v[r * d..(r + 1) * d].fill(0.0);
+        }
+    }
+}
+
+/// Trains a model with noise substitution; `on_epoch(epoch, train_mse)` after each epoch
+/// (the mean over its batches of `|x - x^|^2`).
+pub fn train<B: Backend>(
+    b: &B,
+    x: &[f32],
+    d: usize,
+    cfg: &NsvqConfig,
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<Trained> {
+    cfg.validate()?;
+    let n = check_training(x, d, cfg.k)?;
+    let mut rng = Rng::new(cfg.seed);
+    let s = cfg.stages;
+    let mut model = init(b, x, d, cfg)?;
+    let (width, cw_dim) = match &model {
+        Trained::Pvq(p) => (p.m, p.dsub()),
+        _ => (s, d),
+    };
+    let np = s * cfg.k * cw_dim;
+    let mut opt = Opt {
+        kind: cfg.optimizer,
+        lr: cfg.lr,
+        m: vec![0.0; np],
+        v: vec![0.0; np],
+        t: 0,
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut used = vec![0u32; s * cfg.k];
+    let mut batches_seen = 0;
+    let mut xb = Vec::with_capacity(cfg.batch * d);
+    for epoch in 0..cfg.epochs {
+        rng.shuffle(&mut order);
+        let mut loss_sum = 0.0f64;
+        let mut batches = 0usize;
+        for chunk in order.chunks(cfg.batch) {
+            xb.clear();
+            for &i in chunk {
+                xb.extend_from_slice(&x[i * d..(i + 1) * d]);
+            }
+            let codes = model.encode(b, &xb, cfg.beam)?;
+            let q = model.decode(&codes)?;
+            let mut grad = vec![0.0f32; np];
+            let rows = chunk.len();
+            let mut loss = 0.0f64;
+            // Sub-vectors substituted separately: one for RVQ/AVQ, `width` for PVQ.
+            let (parts, pd) = match &model {
+                Trained::Pvq(_) => (width, cw_dim),
+                _ => (1, d),
+            };
+            for r in 0..rows {
+                for part in 0..parts {
+                    let o = r * d + part * pd;
+                    let (xs, qs) = (&xb[o..o + pd], &q[o..o + pd]);
+                    let u = unit(&mut rng, pd);
+                    let xh = substitute(xs, qs, &u);
+                    // L = mean_rows |x - x^|^2, so g = 2 (x^ - x) / rows.
+                    let g: Vec<f32> = xh
+                        .iter()
+                        .zip(xs)
+                        .map(|(&h, &a)| 2.0 * (h - a) / rows as f32)
+                        .collect();
+                    loss += xh
+                        .iter()
+                        .zip(xs)
+                        .map(|(&h, &a)| ((h - a) as f64).powi(2))
+                        .sum::<f64>();
+                    let (_, dq) = substitute_backward(xs, qs, &u, &g);
+                    // Scatter dL/dq to every codeword that made up q.
+                    let stages: Vec<usize> = if parts == 1 {
+                        (0..s).collect()
+                    } else {
+                        vec![part]
+                    };
+                    for st in stages {
+                        let j = codes[r * width + st] as usize;
+                        let off = (st * cfg.k + j) * cw_dim;
+                        for (gw, &v) in grad[off..off + cw_dim].iter_mut().zip(&dq) {
+                            *gw += v;
+                        }
+                    }
+                }
+            }
+            loss_sum += loss / rows as f64;
+            batches += 1;
+            opt.step(model.codebooks_mut(), &grad);
+            if let Some((threshold, num_batches)) = cfg.replace {
+                for r in 0..rows {
+                    for st in 0..width {
+                        let j = codes[r * width + st] as usize;
+                        // Count each code at most once per batch.
+                        used[st * cfg.k + j] |= 1 << 31;
+                    }
+                }
+                for u in used.iter_mut() {
+                    if *u & (1 << 31) != 0 {
+                        *u = (*u & !(1 << 31)) + 1;
+                    }
+                }
+                batches_seen += 1;
+                if batches_seen == num_batches {
+                    let k = cfg.k;
+                    let cb = model.codebooks_mut();
+                    for st in 0..width {
+                        let slot = &mut cb[st * k * cw_dim..(st + 1) * k * cw_dim];
+                        let replaced = replace_unused(
+                            slot,
+                            cw_dim,
+                            &used[st * k..(st + 1) * k],
+                            num_batches,
+                            threshold,
+                            0.01,
+                            &mut rng,
+                        );
+                        opt.reset_rows(replaced.into_iter().map(|j| st * k + j), cw_dim);
+                    }
+                    used.fill(0);
+                    batches_seen = 0;
+                }
+            }
+        }
+        on_epoch(epoch, loss_sum / batches.max(1) as f64);
+    }
+    Ok(model)
+}
+
+fn init<B: Backend>(b: &B, x: &[f32], d: usize, cfg: &NsvqConfig) -> Result<Trained> {
+    let s = cfg.stages;
+    let k = cfg.k;
+    if cfg.init_iters > 0 {
+        return Ok(match cfg.method {
+            NsvqMethod::Rvq | NsvqMethod::Avq => {
+                let mut rc = RvqConfig::new(s, k);
+                rc.iters = cfg.init_iters;
+                rc.seed = cfg.seed;
+                let r = Rvq::fit(b, x, d, &rc, &mut |_| {})?;
+                if cfg.method == NsvqMethod::Rvq {
+                    Trained::Rvq(r)
+                } else {
+                    Trained::Avq(Avq::from_rvq(&r, cfg.beam))
+                }
+            }
+            NsvqMethod::Pvq => {
+                let mut pc = PvqConfig::new(s, k);
+                pc.iters = cfg.init_iters;
+                pc.seed = cfg.seed;
+                Trained::Pvq(Pvq::fit(b, x, d, &pc, &mut |_| {})?)
+            }
+        });
+    }
+    // Random training vectors, scaled by 1/S for the additive models so that the first
+    // reconstructions have the data's scale.
+    let mut rows = Vec::with_capacity(s * k * d);
+    for st in 0..s {
+        let mut r = Rng::new(sub_seed(cfg.seed, st as u64));
+        rows.extend(subsample(x, d, k, &mut r));
+    }
+    Ok(match cfg.method {
+        NsvqMethod::Pvq => {
+            if s == 0 || !d.is_multiple_of(s) {
+                return Err(Error::invalid(
+                    "stages",
+                    format!("{s} sub-vectors do not divide d = {d}"),
+                ));
+            }
+            let ds = d / s;
+            let mut cb = Vec::with_capacity(s * k * ds);
+            for st in 0..s {
+                for j in 0..k {
+                    let row = &rows[(st * k + j) * d..(st * k + j + 1) * d];
+                    cb.extend_from_slice(&row[st * ds..(st + 1) * ds]);
+                }
+            }
+            Trained::Pvq(Pvq {
+                d,
+                m: s,
+                k,
+                codebooks: cb,
+            })
+        }
+        NsvqMethod::Rvq | NsvqMethod::Avq => {
+            let scaled: Vec<f32> = rows.iter().map(|v| v / s as f32).collect();
+            let r = Rvq {
+                d,
+                k,
+                stages: s,
+                shared: false,
+                beam: 1,
+                codebooks: scaled,
+            };
+            if cfg.method == NsvqMethod::Rvq {
+                Trained::Rvq(r)
+            } else {
+                Trained::Avq(Avq::from_rvq(&r, cfg.beam))
+            }
+        }
+    })
+}
+
+/// The training error of a model on `x`: `(mse, codes)`.
+pub fn evaluate<B: Backend>(
+    b: &B,
+    model: &Trained,
+    x: &[f32],
+    d: usize,
+    beam: usize,
+) -> Result<(f64, Vec<u32>)> {
+    let codes = model.encode(b, x, beam)?;
+    Ok((mse(x, &model.decode(&codes)?, d), codes))
+}
