@@ -1,43 +1,15 @@
 //! The `vqkit` binary end to end: real files in, files and JSON out, and every bad input a
 //! clear error with a non-zero exit, never a panic.
 
+mod common;
+
+use common::{fails_with, last_json, s, scratch, vqkit};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use vqkit::io::{fvecs, npy};
 use vqkit::rng::Rng;
 
-fn vqkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vqkit"))
-        .args(args)
-        .output()
-        .expect("the vqkit binary runs")
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vqkit-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// The last stdout line parsed as JSON.
-fn last_json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    let line = out.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?} is not JSON: {e}"))
-}
-
-fn fails_with(o: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, got success");
-    assert!(
-        err.contains("error:") && err.contains(needle),
-        "stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "stderr: {err}");
+    scratch("kernels").join(name)
 }
 
 #[test]

@@ -1,33 +1,22 @@
 //! Every training command, `encode` and `decode`, end to end on small files, and the errors
 //! users get for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use common::{s, scratch as dir, text, vqkit};
+use std::path::Path;
 use vqkit::io::npy;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vqkit");
-
-fn dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("vqkit-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
+/// Runs `vqkit`: whether it succeeded, its stdout and its stderr.
 fn run(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(BIN).args(args).output().expect("run vqkit");
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let o = vqkit(args);
+    let (out, err) = text(&o);
+    (o.status.success(), out, err)
 }
 
+/// The JSON object on the last line of `stdout`.
 fn last_json(stdout: &str) -> serde_json::Value {
     serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("JSON last line")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn write_points(path: &Path, n: usize, d: usize) -> Vec<f32> {

@@ -7,17 +7,18 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
-use vqkit::nn::{
+use vqkit::backend::cpu::gemm::{MatRef, Parallelism, default_isa, sgemm_with};
+use vqkit::rng::Rng;
+use vqkit_nn::model::GEMM_SHAPES;
+use vqkit_nn::{
     Adam, Conv2d, ConvTranspose2d, Decoder, Encoder, Tensor, VqVaeConfig, Window, autoencoder_step,
 };
-use vqkit::rng::Rng;
 
 fn bench_gemm(cr: &mut Criterion) {
     let isa = default_isa();
     let mut g = cr.benchmark_group("cpu");
     g.sample_size(20);
-    for &(label, m, n, k, ta, tb) in MODEL_SHAPES {
+    for &(label, m, n, k, ta, tb) in GEMM_SHAPES {
         let mut rng = Rng::new(7);
         let a = rng.normal_vec(m * k);
         let b = rng.normal_vec(k * n);

@@ -3,11 +3,11 @@
 //! `cargo run --release --example ae_step -- [steps]`
 
 use std::time::Instant;
-use vqkit::nn::{Adam, Decoder, Encoder, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
+use vqkit_nn::{Adam, Decoder, Encoder, Tensor, VqVaeConfig, autoencoder_step};
 
 fn main() -> vqkit::Result<()> {
-    vqkit::nn::retain_freed_memory();
+    vqkit_nn::retain_freed_memory();
     let steps: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -5,12 +5,13 @@
 //! `cargo run --release --example ae_train -- [seed] [images] [epochs] [data dir]`
 
 use std::path::PathBuf;
-use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
-use vqkit::nn::{Adam, Decoder, Encoder, Layer, Tensor, VqVaeConfig, autoencoder_step};
 use vqkit::rng::Rng;
+use vqkit_nn::data::{self, DEFAULT_DATA_DIR, gather};
+use vqkit_nn::train::epoch_order;
+use vqkit_nn::{Adam, Decoder, Encoder, Layer, Tensor, VqVaeConfig, autoencoder_step};
 
 fn main() -> vqkit::Result<()> {
-    vqkit::nn::retain_freed_memory();
+    vqkit_nn::retain_freed_memory();
     let arg = |i: usize, default: usize| -> usize {
         std::env::args()
             .nth(i)
@@ -27,27 +28,17 @@ fn main() -> vqkit::Result<()> {
     let mut enc = Encoder::new(&cfg, &mut rng)?;
     let mut dec = Decoder::new(&cfg, &mut rng)?;
     let mut opt = Adam::new(1e-3);
-    let train = idx::load_split(&dir, "train", Some(limit))?.images;
-    let test = idx::load_split(&dir, "t10k", Some(limit))?.images;
+    let train = data::load_split(&dir, "train", Some(limit))?.images;
+    let test = data::load_split(&dir, "t10k", Some(limit))?.images;
     let per = train.c() * train.h() * train.w();
     let shape = |n: usize| [n, train.c(), train.h(), train.w()];
     let mut first = Vec::new();
     for epoch in 0..epochs {
         // The data order of `train-vqvae`.
-        let mut order: Vec<usize> = (0..train.n()).collect();
-        Rng::new(Rng::new(seed).next_u64() ^ epoch as u64).shuffle(&mut order);
+        let order = epoch_order(seed, epoch, train.n());
         let (mut sum, mut steps) = (0.0f64, 0usize);
         for batch in order.chunks_exact(32) {
-            let data = batch
-                .iter()
-                .flat_map(|&i| train.data[i * per..(i + 1) * per].iter().copied())
-                .collect();
-            let loss = autoencoder_step(
-                &mut enc,
-                &mut dec,
-                &mut opt,
-                &Tensor::from_vec(shape(32), data)?,
-            )?;
+            let loss = autoencoder_step(&mut enc, &mut dec, &mut opt, &gather(&train, batch)?)?;
             if first.len() < 12 {
                 first.push(format!("{loss:.3}"));
             }

@@ -3,8 +3,9 @@
 //! Single-threaded, against the measured single-core FMA ceiling.
 //! `cargo run --release --example gemm_cputime`
 
-use vqkit::nn::gemm::{MODEL_SHAPES, MatRef, Parallelism, default_isa, sgemm_with};
+use vqkit::backend::cpu::gemm::{MatRef, Parallelism, default_isa, sgemm_with};
 use vqkit::rng::Rng;
+use vqkit_nn::model::GEMM_SHAPES;
 
 fn cpu_ns() -> u64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
@@ -17,7 +18,7 @@ fn cpu_ns() -> u64 {
 fn main() {
     let ceiling = vqkit::backend::cpu::peak::fma_gflops(default_isa(), 1);
     println!("single-core FMA ceiling: {ceiling:.1} GFLOP/s");
-    for &(label, m, n, k, ta, tb) in MODEL_SHAPES {
+    for &(label, m, n, k, ta, tb) in GEMM_SHAPES {
         let mut rng = Rng::new(7);
         let a = rng.normal_vec(m * k);
         let b = rng.normal_vec(k * n);

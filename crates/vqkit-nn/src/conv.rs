@@ -36,12 +36,12 @@
 
 use crate::layers::copy_into;
 use crate::tensor::{Layout, Param, Tensor};
-use vqkit::backend::cpu::gemm::{MatRef, PackB, Run, Sparsity, sgemm_masked, transpose8};
-use vqkit::rng::Rng;
-use vqkit::{Error, Result};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::cell::Cell;
+use vqkit::backend::cpu::gemm::{MatRef, PackB, Run, Sparsity, sgemm_masked, transpose8};
+use vqkit::rng::Rng;
+use vqkit::{Error, Result};
 
 /// A dimension of a GEMM: rows of C (`M`), columns of C (`N`), or the summed one (`K`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -966,7 +966,9 @@ impl Conv2d {
             &mut y,
             np,
             bias.is_some(),
-            mask(&valid, Dim::K, cin, Dim::N, n)?.as_ref().map(|m| m as &dyn Sparsity),
+            mask(&valid, Dim::K, cin, Dim::N, n)?
+                .as_ref()
+                .map(|m| m as &dyn Sparsity),
         )?;
         self.cache = Some(Cache {
             x: keep,
@@ -1020,7 +1022,9 @@ impl Conv2d {
             dwt,
             ck,
             false,
-            mask(&valid, Dim::N, cin, Dim::K, n)?.as_ref().map(|m| m as &dyn Sparsity),
+            mask(&valid, Dim::N, cin, Dim::K, n)?
+                .as_ref()
+                .map(|m| m as &dyn Sparsity),
         )?;
         add_taps_inner(&mut weight.grad, dwt, [cout, cin, kk]);
         if !want_dx {
@@ -1048,7 +1052,9 @@ impl Conv2d {
                 &mut dx,
                 nhw,
                 false,
-                mask(&fvalid, Dim::K, cout, Dim::N, n)?.as_ref().map(|m| m as &dyn Sparsity),
+                mask(&fvalid, Dim::K, cout, Dim::N, n)?
+                    .as_ref()
+                    .map(|m| m as &dyn Sparsity),
             )?;
             return Ok(Some(finish(cache.xshape, dx, cache.layout)));
         }
@@ -1064,7 +1070,9 @@ impl Conv2d {
                 dcol,
                 np,
                 false,
-                mask(&valid, Dim::M, cin, Dim::N, n)?.as_ref().map(|m| m as &dyn Sparsity),
+                mask(&valid, Dim::M, cin, Dim::N, n)?
+                    .as_ref()
+                    .map(|m| m as &dyn Sparsity),
             )?;
             Ok(col2im(dcol, cache.xshape, g, [oh, ow], None))
         })?;
@@ -1215,7 +1223,9 @@ impl ConvTranspose2d {
                 col,
                 nhw,
                 false,
-                mask(&valid, Dim::M, cout, Dim::N, n)?.as_ref().map(|m| m as &dyn Sparsity),
+                mask(&valid, Dim::M, cout, Dim::N, n)?
+                    .as_ref()
+                    .map(|m| m as &dyn Sparsity),
             )?;
             Ok(col2im(col, ys, g, [h, w], bias))
         })?;
@@ -1263,7 +1273,9 @@ impl ConvTranspose2d {
             dwt,
             ck,
             false,
-            mask(&valid, Dim::N, cout, Dim::K, n)?.as_ref().map(|m| m as &dyn Sparsity),
+            mask(&valid, Dim::N, cout, Dim::K, n)?
+                .as_ref()
+                .map(|m| m as &dyn Sparsity),
         )?;
         add_taps_inner(&mut weight.grad, dwt, [cin, cout, kk]);
         let mut dx = vec![0.0f32; cin * nhw];
@@ -1276,7 +1288,9 @@ impl ConvTranspose2d {
             &mut dx,
             nhw,
             false,
-            mask(&valid, Dim::K, cout, Dim::N, n)?.as_ref().map(|m| m as &dyn Sparsity),
+            mask(&valid, Dim::K, cout, Dim::N, n)?
+                .as_ref()
+                .map(|m| m as &dyn Sparsity),
         )?;
         Ok(finish(cache.xshape, dx, cache.layout))
     }

@@ -2,9 +2,9 @@
 //! [`vqkit::io::idx`]) scaled to [0, 1] as NCHW tensors, and batches gathered from them.
 
 use crate::tensor::{Layout, Tensor};
+use std::path::Path;
 use vqkit::io::idx::{self, IdxImages};
 use vqkit::{Error, Result};
-use std::path::Path;
 
 pub use vqkit::io::idx::DEFAULT_DATA_DIR;
 
@@ -47,10 +47,34 @@ pub fn gather(x: &Tensor, idx: &[usize]) -> Result<Tensor> {
     let per = x.c() * x.h() * x.w();
     let mut data = Vec::with_capacity(idx.len() * per);
     for &i in idx {
-        let img = x.data.get(i * per..(i + 1) * per).ok_or_else(|| {
-            Error::invalid("batch", format!("image {i} of a set of {}", x.n()))
-        })?;
+        let img = x
+            .data
+            .get(i * per..(i + 1) * per)
+            .ok_or_else(|| Error::invalid("batch", format!("image {i} of a set of {}", x.n())))?;
         data.extend_from_slice(img);
     }
     Tensor::from_vec([idx.len(), x.c(), x.h(), x.w()], data)
+}
+
+/// The variable that turns a missing dataset from a skip into a failure (CI sets it to 1).
+pub const REQUIRE_DATA_VAR: &str = "VQKIT_REQUIRE_DATA";
+
+/// The installed Fashion-MNIST directory ([`DEFAULT_DATA_DIR`]) for tests and examples that
+/// need real images: `Ok(Some(dir))` when it is there, `Ok(None)` after printing why when it
+/// is not, and an error instead when `VQKIT_REQUIRE_DATA=1`, so that a run that must test on
+/// real data cannot pass by skipping.
+pub fn installed_dataset() -> Result<Option<&'static Path>> {
+    let dir = Path::new(DEFAULT_DATA_DIR);
+    if dir.is_dir() {
+        return Ok(Some(dir));
+    }
+    let why = format!("{DEFAULT_DATA_DIR} is absent (apt install dataset-fashion-mnist)");
+    if std::env::var(REQUIRE_DATA_VAR).is_ok_and(|v| v == "1") {
+        return Err(Error::invalid(
+            "dataset",
+            format!("{REQUIRE_DATA_VAR}=1 but {why}"),
+        ));
+    }
+    println!("skipped: {why}");
+    Ok(None)
 }

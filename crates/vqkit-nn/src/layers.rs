@@ -2,9 +2,9 @@
 
 use super::conv::{Conv2d, Window};
 use super::tensor::{Layout, Param, Tensor};
-use vqkit::{Error, Result};
-use vqkit::rng::Rng;
 use rayon::prelude::*;
+use vqkit::rng::Rng;
+use vqkit::{Error, Result};
 
 /// Elementwise passes split into chunks of at least this many elements across rayon's
 /// threads (a serial pass would leave the other cores idle between the parallel GEMMs).

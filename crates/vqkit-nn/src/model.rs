@@ -17,8 +17,8 @@ use super::conv::{Conv2d, ConvTranspose2d, Window};
 use super::layers::{Layer, Relu, ResidualStack, mse_loss};
 use super::optim::Adam;
 use super::tensor::{Layout, Param, Tensor};
-use vqkit::{Error, Result};
 use vqkit::rng::Rng;
+use vqkit::{Error, Result};
 
 /// The shape of an encoder/decoder pair.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -248,3 +248,22 @@ pub fn autoencoder_step(
     opt.step(&mut params)?;
     Ok(loss)
 }
+
+/// The largest GEMMs of the default VQ-VAE's convolutions at batch 32, as
+/// `(label, m, n, k, A transposed, B transposed)`: forward (`fwd`), weight gradient (`dw`)
+/// and input gradient (`dx`; the 3x3 residual convolution takes it as the flipped-kernel
+/// convolution of dy), and the first layer's weight gradient, a small C over a long k that
+/// is split along k; and a square product for scale. The shapes the GEMM benchmarks time
+/// (`benches/gemm.rs`, `examples/gemm_cputime.rs`).
+pub const GEMM_SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
+    ("square", 1024, 1024, 1024, false, false),
+    ("enc1_fwd", 64, 6272, 16, false, false),
+    ("enc1_dw", 64, 16, 6272, false, true),
+    ("enc2_fwd", 128, 1568, 1024, false, false),
+    ("enc2_dw", 128, 1024, 1568, false, true),
+    ("enc2_dx", 1024, 1568, 128, true, false),
+    ("enc3_fwd", 128, 1568, 1152, false, false),
+    ("res3_fwd", 32, 1568, 1152, false, false),
+    ("res3_dw", 32, 1152, 1568, false, true),
+    ("res3_dx", 128, 1568, 288, false, false),
+];

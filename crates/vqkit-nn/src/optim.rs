@@ -3,8 +3,8 @@
 //! state is matched to it by position and a changed list is an error.
 
 use super::tensor::Param;
-use vqkit::{Error, Result};
 use rayon::prelude::*;
+use vqkit::{Error, Result};
 
 fn check_state(state: &mut Vec<Vec<f32>>, params: &[&mut Param]) -> Result<()> {
     if state.is_empty() {

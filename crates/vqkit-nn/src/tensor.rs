@@ -1,8 +1,8 @@
 //! A small f32 tensor: a shape, a memory order and a flat buffer, nothing more. Layers own
 //! the arithmetic; the tensor only checks that data and shape agree.
 
-use vqkit::{Error, Result};
 use rayon::prelude::*;
+use vqkit::{Error, Result};
 
 /// The order of a tensor's elements in memory. The shape is (N, C, H, W) in both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

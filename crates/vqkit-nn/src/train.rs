@@ -260,7 +260,10 @@ pub fn reconstruction_grid(
         if t.shape[0] != x.n() || t.h() != h || t.w() != w {
             return Err(Error::invalid(
                 "reconstructions",
-                format!("shape {:?} does not match the images' {:?}", t.shape, x.shape),
+                format!(
+                    "shape {:?} does not match the images' {:?}",
+                    t.shape, x.shape
+                ),
             ));
         }
     }

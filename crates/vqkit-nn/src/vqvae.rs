@@ -26,17 +26,15 @@ use super::model::{ConvNetConfig, Decoder, Encoder};
 use super::tensor::{Param, Tensor};
 use super::{Layer, mse_loss};
 use vqkit::backend::Backend;
-use vqkit::{Error, Result};
+use vqkit::quant::code_stats;
 use vqkit::quant::model_io::TensorFile;
 use vqkit::quant::nsvq::{substitute_backward, unit};
-use vqkit::quant::code_stats;
 use vqkit::quant::vq::{CodebookUpdate, DeadCodes, VectorQuantizer, VqConfig, VqOutput};
 use vqkit::rng::Rng;
+use vqkit::{Error, Result};
 
 /// How the codebooks learn.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuantizerKind {
     /// Straight-through estimator, EMA codebooks (decay `ema_decay`, 0.8 by default).

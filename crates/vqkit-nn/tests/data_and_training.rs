@@ -7,9 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vqkit::Error;
-use vqkit::io::idx::{self, DEFAULT_DATA_DIR};
-use vqkit::nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, autoencoder_step};
+use vqkit::io::idx;
 use vqkit::rng::Rng;
+use vqkit_nn::data;
+use vqkit_nn::{Adam, ConvNetConfig, Decoder, Encoder, Layer, Tensor, autoencoder_step};
 
 fn tmp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vqkit-idx-{tag}-{}", std::process::id()));
@@ -49,9 +50,7 @@ fn idx_reads_plain_and_gzipped_with_limits() {
         let first = idx::read_images(&dir.join(name), Some(2)).unwrap();
         assert_eq!(first.pixels, pixels[..40]);
     }
-    let t = idx::read_images(&dir.join("plain.idx"), None)
-        .unwrap()
-        .to_tensor();
+    let t = data::to_tensor(&idx::read_images(&dir.join("plain.idx"), None).unwrap());
     assert_eq!(t.shape, [3, 1, 4, 5]);
     assert_eq!(t.data[1], 7.0 / 255.0);
     assert!(t.data.iter().all(|&v| (0.0..=1.0).contains(&v)));
@@ -61,10 +60,10 @@ fn idx_reads_plain_and_gzipped_with_limits() {
     write(&dir.join("train-labels-idx1-ubyte"), &lab);
     write(&dir.join("t10k-images-idx3-ubyte.gz"), &gz(&img));
     write(&dir.join("t10k-labels-idx1-ubyte.gz"), &gz(&lab));
-    let (train, test) = idx::load_dataset(&dir, None).unwrap();
+    let (train, test) = data::load_dataset(&dir, None).unwrap();
     assert_eq!(train.images, test.images);
     assert_eq!(train.labels.as_deref(), Some(&[7u8, 0, 9][..]));
-    let small = idx::load_split(&dir, "t10k", Some(1)).unwrap();
+    let small = data::load_split(&dir, "t10k", Some(1)).unwrap();
     assert_eq!(
         (small.images.shape, small.labels),
         ([1, 1, 4, 5], Some(vec![7]))
@@ -115,7 +114,7 @@ fn idx_bad_files_are_typed_errors() {
     ));
     // A directory without the standard files.
     assert!(matches!(
-        idx::load_split(&dir, "train", None),
+        data::load_split(&dir, "train", None),
         Err(Error::Io { .. })
     ));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -123,13 +122,11 @@ fn idx_bad_files_are_typed_errors() {
 
 #[test]
 fn autoencoder_loss_falls_on_real_fashion_mnist() {
-    let dir = Path::new(DEFAULT_DATA_DIR);
-    if !dir.is_dir() {
-        println!("skipped: {DEFAULT_DATA_DIR} is absent (apt install dataset-fashion-mnist)");
+    let Some(dir) = data::installed_dataset().unwrap() else {
         return;
-    }
+    };
     let t0 = Instant::now();
-    let data = idx::load_split(dir, "t10k", Some(256)).unwrap().images;
+    let data = data::load_split(dir, "t10k", Some(256)).unwrap().images;
     assert_eq!(data.shape, [256, 1, 28, 28]);
     let cfg = ConvNetConfig {
         in_channels: 1,

@@ -1,5 +1,5 @@
 //! Every backward of the neural-network core against central finite differences taken in f64
-//! through the scalar references of `vqkit::nn::reference`, on seeded random shapes whose
+//! through the scalar references of `vqkit_nn::reference`, on seeded random shapes whose
 //! strides and paddings leave remainders; then the whole encoder -> decoder with MSE.
 //! Also: forward against the references, PyTorch-default initialisation, the optimisers'
 //! update rules, and typed errors for bad shapes.
@@ -7,12 +7,12 @@
 //! The scalar loss is `L = sum(y * r)` for a fixed random r, so `dL/dy = r` and the analytic
 //! gradients come from one backward with `dy = r`.
 
-use vqkit::nn::reference::{self, ConvGeom};
-use vqkit::nn::{
+use vqkit::rng::Rng;
+use vqkit_nn::reference::{self, ConvGeom};
+use vqkit_nn::{
     Adam, Conv2d, ConvNetConfig, ConvTranspose2d, Decoder, Encoder, Layer, Layout, Param, Relu,
     ResidualBlock, Sgd, Tensor, Window, mse_loss,
 };
-use vqkit::rng::Rng;
 
 const H: f64 = 1e-5;
 
@@ -663,7 +663,7 @@ fn from_rows(v: &[f64], s: [usize; 4]) -> Vec<f64> {
 #[test]
 fn whole_rqvae_backward_matches_finite_differences() {
     use vqkit::backend::cpu::CpuBackend;
-    use vqkit::nn::{QuantizerKind, VqVae, VqVaeConfig};
+    use vqkit_nn::{QuantizerKind, VqVae, VqVaeConfig};
     let b = CpuBackend::new(Some(1)).unwrap();
     let mut cfg = VqVaeConfig::new(1, 4, 2);
     cfg.hidden_dims = vec![3, 4];

@@ -22,7 +22,10 @@ pub trait Choice: Copy + Send + Sync + 'static {
                 let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
                 Error::invalid(
                     Self::WHAT,
-                    format!("unknown value '{name}'; expected one of {}", names.join(", ")),
+                    format!(
+                        "unknown value '{name}'; expected one of {}",
+                        names.join(", ")
+                    ),
                 )
             })
     }

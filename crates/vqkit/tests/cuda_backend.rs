@@ -11,7 +11,7 @@ mod common;
 
 use vqkit::Error;
 use vqkit::backend::cuda::{self, ArgminVariant, CudaBackend};
-use vqkit::backend::ptx;
+use vqkit_kernels::ptx;
 
 fn require() -> bool {
     std::env::var("VQKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1")

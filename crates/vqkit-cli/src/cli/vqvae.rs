@@ -164,15 +164,8 @@ impl WithBackend for TrainJob<'_> {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
-            let stats = train::train_epoch(
-                b,
-                &mut model,
-                &mut opt,
-                train,
-                bs,
-                &order,
-                epoch,
-                |s| {
+            let stats =
+                train::train_epoch(b, &mut model, &mut opt, train, bs, &order, epoch, |s| {
                     bar.inc(1);
                     if s.step % 10 == 0 {
                         let perp: Vec<String> =
@@ -184,8 +177,7 @@ impl WithBackend for TrainJob<'_> {
                             s.images_per_second
                         ));
                     }
-                },
-            )?;
+                })?;
             bar.finish_and_clear();
             train_seconds += stats.seconds;
             seen += stats.images;

@@ -30,9 +30,7 @@ use crate::ops::{Assignment, DeviceKMeans, assign, check_finite, rows};
 use crate::rng::Rng;
 
 /// How the first centroids are chosen.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Init {
     /// D^2 sampling (k-means++).
     #[serde(rename = "kmeans++")]

@@ -66,9 +66,7 @@ pub fn unit(rng: &mut Rng, d: usize) -> Vec<f32> {
 }
 
 /// Which model NSVQ trains.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NsvqMethod {
     Rvq,

@@ -32,18 +32,16 @@
 //!   fewer than a fraction `discard_threshold` of those batches become copies of randomly
 //!   chosen used codes plus small Gaussian noise (relative scale `noise`).
 
+use super::code_stats;
 use super::kmeans::{KMeans, KMeansConfig};
 use super::model_io::TensorFile;
-use super::code_stats;
 use crate::backend::{Backend, EmaParams};
 use crate::error::{Error, Result};
 use crate::ops::{EmaState, assign, check_codes, check_finite, ema_update, rows};
 use crate::rng::Rng;
 
 /// How codewords are compared with inputs.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Distance {
     /// Squared Euclidean distance.

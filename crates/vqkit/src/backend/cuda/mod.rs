@@ -7,9 +7,6 @@
 //! Driver errors become [`Error::Device`]; a missing driver, device or a driver that rejects
 //! the PTX becomes [`Error::BackendUnavailable`]. Nothing here unwraps a device call.
 
-use vqkit_kernels::ptx::{
-    CLUSTER_SUMS_PTX, DISTANCE_ARGMIN_PTX, EMA_UPDATE_PTX, PTX_COMPILER, PTX_ISA, PTX_TARGET,
-};
 use super::{Backend, Element, EmaParams, Shape, check};
 use crate::error::{Error, Result};
 use cudarc::driver::{
@@ -19,6 +16,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use vqkit_kernels::ptx::{
+    CLUSTER_SUMS_PTX, DISTANCE_ARGMIN_PTX, EMA_UPDATE_PTX, PTX_COMPILER, PTX_ISA, PTX_TARGET,
+};
 
 /// Rows per partial sum in `segment_partials` (`SEG_CHUNK` in `kernels/cluster_sums.cu`).
 const SEG_CHUNK: u32 = 256;

@@ -2,11 +2,13 @@
 //! layouts, the adapter's limits as vqkit uses them, reusable scratch and staging buffers,
 //! and the optional timestamp-query timer.
 
-use vqkit_kernels::wgsl::{CLUSTER_SUMS_WGSL, CODEWORD_NORMS_WGSL, DISTANCE_ARGMIN_WGSL, EMA_UPDATE_WGSL};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Mutex, MutexGuard};
+use vqkit_kernels::wgsl::{
+    CLUSTER_SUMS_WGSL, CODEWORD_NORMS_WGSL, DISTANCE_ARGMIN_WGSL, EMA_UPDATE_WGSL,
+};
 use wgpu::util::DeviceExt;
 
 /// Converts a wgpu error into vqkit's.

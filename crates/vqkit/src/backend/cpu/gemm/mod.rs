@@ -46,10 +46,9 @@
 //!   11 loads per 24 FMAs. MR = 8 divides every channel count of the models exactly.
 //!   Shipped wherever the CPU has AVX-512F.
 
-
 mod driver;
-mod pack;
 mod micro;
+mod pack;
 
 use super::Isa;
 use crate::error::{Error, Result};

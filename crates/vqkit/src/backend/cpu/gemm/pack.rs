@@ -5,7 +5,15 @@
 use super::MatRef;
 
 /// Packs rows `i0..i0+mr_rows` x steps `p0..p0+kc` of op(A) into one MR-row panel, k-major.
-pub(super) fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, mr: usize, out: &mut [f32]) {
+pub(super) fn pack_a(
+    a: &MatRef,
+    i0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    mr: usize,
+    out: &mut [f32],
+) {
     if a.cs == 1 {
         // Rows of A are contiguous along k: a transpose. By 8 x 8 blocks in registers for
         // whole 8-row panels, then row by row, scattering with stride MR.
@@ -46,7 +54,15 @@ pub(super) fn pack_a(a: &MatRef, i0: usize, rows: usize, p0: usize, kc: usize, m
 }
 
 /// Packs steps `p0..p0+kc` x columns `j0..j0+cols` of op(B) into one NR-column panel.
-pub(super) fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, cols: usize, nr: usize, out: &mut [f32]) {
+pub(super) fn pack_b(
+    b: &MatRef,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+    nr: usize,
+    out: &mut [f32],
+) {
     if b.cs == 1 {
         for p in 0..kc {
             let o = &mut out[p * nr..(p + 1) * nr];
@@ -103,7 +119,14 @@ pub fn transpose8() -> Option<Transpose8> {
         return Some(|src, src_stride, dst, dst_stride| {
             assert!(src.len() > 7 * src_stride + 7 && dst.len() > 7 * dst_stride + 7);
             // SAFETY: AVX detected above; the assert keeps all 8 rows of 8 in both slices.
-            unsafe { super::micro::x86::transpose8_avx(src.as_ptr(), src_stride, dst.as_mut_ptr(), dst_stride) }
+            unsafe {
+                super::micro::x86::transpose8_avx(
+                    src.as_ptr(),
+                    src_stride,
+                    dst.as_mut_ptr(),
+                    dst_stride,
+                )
+            }
         });
     }
     None

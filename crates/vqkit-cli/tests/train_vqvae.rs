@@ -1,0 +1,147 @@
+//! `vqkit train-vqvae` and `vqkit reconstruct` end to end on a small real Fashion-MNIST
+//! subset: train, resume from the checkpoint, reconstruct, and the errors of bad options.
+
+mod common;
+
+use common::{fashion_mnist, s, scratch, vqkit};
+use std::path::PathBuf;
+use vqkit::quant::model_io::TensorFile;
+
+fn tmp(tag: &str) -> PathBuf {
+    scratch(&format!("vqvae-{tag}"))
+}
+
+#[test]
+fn cli_trains_resumes_and_reconstructs() {
+    let Some(data) = fashion_mnist() else {
+        return;
+    };
+    let dir = tmp("cli");
+    let model = dir.join("m.safetensors");
+    let m = model.to_str().unwrap();
+    let common = [
+        "train-vqvae",
+        "--model",
+        "rqvae",
+        "--levels",
+        "2",
+        "--limit",
+        "64",
+        "--batch",
+        "16",
+        "--codebook",
+        "16",
+        "--hidden-dims",
+        "8",
+        "16",
+        "--residual-layers",
+        "1",
+        "--residual-hidden",
+        "4",
+        "--embedding-dim",
+        "8",
+        "--threads",
+        "2",
+        "--json",
+        "-o",
+        m,
+    ];
+    let out = vqkit(&[&common[..], &["--epochs", "1"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["levels"], 2);
+    assert_eq!(v["usage"].as_array().unwrap().len(), 2);
+    assert!(v["test_psnr"].as_f64().unwrap() > 5.0, "{last}");
+    assert!(v["test_ssim"].as_f64().unwrap().is_finite());
+    assert_eq!(v["bits_per_image"].as_f64().unwrap(), 2.0 * 49.0 * 4.0);
+    assert_eq!(
+        v["compression_ratio"].as_f64().unwrap(),
+        784.0 * 8.0 / 392.0
+    );
+    assert!(stdout.contains("epoch 1/1"));
+    // Piped output: no progress-bar escape sequences.
+    assert!(!stdout.contains('\u{1b}'));
+
+    // Resume for a second epoch from the checkpoint.
+    let model2 = dir.join("m2.safetensors");
+    let mut resumed: Vec<&str> = common.to_vec();
+    let at = resumed.len() - 1;
+    resumed[at] = model2.to_str().unwrap();
+    let out = vqkit(&[&resumed[..], &["--epochs", "2", "--resume", m]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("epoch 2/2") && !stdout.contains("epoch 1/2"),
+        "{stdout}"
+    );
+    let f = TensorFile::read(&model2).unwrap();
+    assert_eq!(f.get::<usize>("train.epoch").unwrap(), 2);
+
+    // Reconstruction grid: originals + 2 levels, 8 images at scale 1 with 2 px padding.
+    let png = dir.join("grid.png");
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        m,
+        "-i",
+        s(data),
+        "-n",
+        "8",
+        "--scale",
+        "1",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert_eq!((w, h), (8 * 30 + 2, 3 * 30 + 2));
+
+    // Bad inputs: a corrupt checkpoint, a non-IDX image file, a VQ-VAE with levels.
+    let junk = dir.join("junk");
+    std::fs::write(&junk, b"\x00\x00\x08\x03garbage").unwrap();
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        junk.to_str().unwrap(),
+        "-i",
+        m,
+        "-o",
+        "x.png",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("safetensors"));
+    let out = vqkit(&[
+        "reconstruct",
+        "-m",
+        m,
+        "-i",
+        junk.to_str().unwrap(),
+        "-o",
+        "x.png",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
+    let out = vqkit(&["train-vqvae", "--levels", "3", "-o", m]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("levels"));
+    let out = vqkit(&["train-vqvae", "--data", dir.to_str().unwrap(), "-o", m]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("train-images-idx3-ubyte"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
