@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch (CPU) yardstick for vqkit's hand-written encoder/decoder.
 
-The same architecture as `vqkit::nn::{Encoder, Decoder}` (src/nn/model.rs), PyTorch's
+The same architecture as `vqkit_nn::{Encoder, Decoder}` (crates/vqkit-nn/src/model.rs), PyTorch's
 default initialisation (which vqkit reproduces in distribution), the same IDX data, batch
 size, epochs, learning rate, seed and thread count. Prints training images/s and test
 MSE / PSNR, so a run of vqkit with the same options can be compared line for line.
@@ -120,7 +120,7 @@ class Decoder(nn.Module):
 
 
 class EmaVQ(nn.Module):
-    """The VQ layer of vqkit's `VectorQuantizer` in EMA mode (src/quant/vq.rs): k-means
+    """The VQ layer of vqkit's `VectorQuantizer` in EMA mode (crates/vqkit/src/quant/vq.rs): k-means
     initialisation on the first training batch, EMA codebook (decay 0.8 as vqkit's default, Laplace-smoothed
     counts, eps 1e-5), commitment beta mean (z - sg(q))^2, straight-through estimator, and
     dead-code replacement: a code whose EMA cluster size falls below `threshold` becomes a
@@ -285,7 +285,7 @@ MASK64 = (1 << 64) - 1
 
 
 class VqkitRng:
-    """vqkit's `Rng` (src/rng.rs): xoshiro256++ seeded through splitmix64."""
+    """vqkit's `Rng` (crates/vqkit/src/rng.rs): xoshiro256++ seeded through splitmix64."""
 
     def __init__(self, seed):
         z, self.s = seed & MASK64, []

@@ -1,5 +1,5 @@
 // check.cpp: runs every kernel of kernels/*.cu under emu.h against a plain double-precision
-// reference, with the launch geometry and call sequence of src/backend/cuda/mod.rs.
+// reference, with the launch geometry and call sequence of crates/vqkit/src/backend/cuda/.
 // Build and run: kernels/emu/run.sh. Exits non-zero on the first mismatch.
 #include <algorithm>
 #include <cmath>
