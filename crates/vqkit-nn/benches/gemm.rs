@@ -1,9 +1,10 @@
 //! GEMM and convolution throughput at the shapes of the VQ-VAE (batch 32, 28 x 28 x 1
 //! input, hidden_dims [64, 128], residual_hidden 32), in GFLOP/s (2 flops per multiply-add).
-//! Compare with the sgemm ceiling of the machine (about 125 GFLOP/s per core on the Zen 4
-//! the numbers in the report came from).
+//! Compare with the f32 FMA ceiling that `vqkit bench` measures on the same machine.
 //!
-//! `cargo bench --bench gemm`; names are `cpu/{op}/{m}x{n}x{k}/{threads}t`.
+//! `cargo bench -p vqkit-nn --bench gemm`; names follow the workspace's
+//! `{backend}/{op}/{shape}`: `cpu/gemm/{m}x{n}x{k}_{label}_{threads}t`,
+//! `cpu/conv_fwd_bwd/{n}x{c}x{h}x{w}_{label}` (and `convT_fwd_bwd`), `cpu/ae_train_step/{n}x1x28x28_{threads}t`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -30,7 +31,7 @@ fn bench_gemm(cr: &mut Criterion) {
             (1, Parallelism::None),
             (rayon::current_num_threads(), Parallelism::Rayon),
         ] {
-            let id = BenchmarkId::new(format!("gemm_{label}"), format!("{m}x{n}x{k}/{threads}t"));
+            let id = BenchmarkId::new("gemm", format!("{m}x{n}x{k}_{label}_{threads}t"));
             g.bench_function(id, |bch| {
                 bch.iter(|| {
                     sgemm_with(isa, par, m, n, k, am, bm, black_box(&mut c), n, false).unwrap()
@@ -74,7 +75,7 @@ fn bench_conv(cr: &mut Criterion) {
             g.throughput(Throughput::Elements(flops as u64));
             let dy = Tensor::randn(y.shape, 1.0, &mut rng);
             g.bench_function(
-                format!("convT_fwd_bwd/{label}/{batch}x{cin}x{hw}x{hw}"),
+                format!("convT_fwd_bwd/{batch}x{cin}x{hw}x{hw}_{label}"),
                 |b| {
                     b.iter(|| {
                         conv.forward(black_box(&x)).unwrap();
@@ -89,7 +90,7 @@ fn bench_conv(cr: &mut Criterion) {
             g.throughput(Throughput::Elements(flops as u64));
             let dy = Tensor::randn(y.shape, 1.0, &mut rng);
             g.bench_function(
-                format!("conv_fwd_bwd/{label}/{batch}x{cin}x{hw}x{hw}"),
+                format!("conv_fwd_bwd/{batch}x{cin}x{hw}x{hw}_{label}"),
                 |b| {
                     b.iter(|| {
                         conv.forward(black_box(&x)).unwrap();
@@ -120,7 +121,10 @@ fn bench_train_step(cr: &mut Criterion) {
     .unwrap();
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(
-        format!("ae_train_step/b{batch}/{}t", rayon::current_num_threads()),
+        format!(
+            "ae_train_step/{batch}x1x28x28_{}t",
+            rayon::current_num_threads()
+        ),
         |b| b.iter(|| autoencoder_step(&mut enc, &mut dec, &mut opt, &x).unwrap()),
     );
     g.finish();

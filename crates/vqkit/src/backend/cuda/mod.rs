@@ -1,17 +1,23 @@
 //! The CUDA backend (cargo feature `cuda`): the hand-written kernels of `kernels/*.cu`,
-//! shipped as PTX ([`crate::backend::ptx`]) and loaded through cudarc with dynamic loading,
+//! shipped as PTX ([`vqkit_kernels::ptx`]) and loaded through cudarc with dynamic loading,
 //! so vqkit builds with no CUDA toolkit and runs, without this backend, on a machine with
 //! no NVIDIA driver.
 //!
 //! All work goes to the context's default stream, in order; buffers are device memory.
+//! The host code of each kernel family sits beside its stem: `distance_argmin.rs`,
+//! `cluster_sums.rs`, `ema_update.rs`, as in `kernels/` and `shaders/`.
 //! Driver errors become [`Error::Device`]; a missing driver, device or a driver that rejects
 //! the PTX becomes [`Error::BackendUnavailable`]. Nothing here unwraps a device call.
 
-use super::{Backend, Element, EmaParams, Shape, check};
+mod cluster_sums;
+mod distance_argmin;
+mod ema_update;
+
+use super::{Backend, Element, EmaParams, Shape};
 use crate::error::{Error, Result};
+use cluster_sums::SEG_CHUNK;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
-    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::marker::PhantomData;
@@ -20,61 +26,10 @@ use vqkit_kernels::ptx::{
     CLUSTER_SUMS_PTX, DISTANCE_ARGMIN_PTX, EMA_UPDATE_PTX, PTX_COMPILER, PTX_ISA, PTX_TARGET,
 };
 
-/// Rows per partial sum in `segment_partials` (`SEG_CHUNK` in `kernels/cluster_sums.cu`).
-const SEG_CHUNK: u32 = 256;
-/// Rows per radix tile (`TILE` in `kernels/cluster_sums.cu`).
-const RADIX_TILE: u32 = 256;
-/// Entries per scan block (`SCAN_CHUNK` in `kernels/cluster_sums.cu`).
-const SCAN_CHUNK: u32 = 4096;
-/// Points per `distance_argmin_v2` block.
-const V2_ROWS: u32 = 128;
-
 pub use super::ArgminVariant;
-
-/// `struct ArgminShape` of `kernels/distance_argmin.cu`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct ArgminShape {
-    n: u32,
-    k: u32,
-    d: u32,
-}
-
-/// `struct RadixPass` of `kernels/cluster_sums.cu`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct RadixPass {
-    n: u32,
-    k: u32,
-    shift: u32,
-    mask: u32,
-    tiles: u32,
-}
-
-/// `struct SegShape` of `kernels/cluster_sums.cu`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct SegShape {
-    k: u32,
-    d: u32,
-}
-
-/// `struct EmaShape` of `kernels/ema_update.cu`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-struct EmaShape {
-    k: u32,
-    d: u32,
-    decay: f32,
-    eps: f32,
-}
 
 // SAFETY: plain `#[repr(C)]` structs of 4-byte scalars, laid out exactly as the C structs
 // the kernels take by value.
-unsafe impl DeviceRepr for ArgminShape {}
-unsafe impl DeviceRepr for RadixPass {}
-unsafe impl DeviceRepr for SegShape {}
-unsafe impl DeviceRepr for EmaShape {}
 
 /// A device buffer of `len` elements of `T`, stored as bytes (at least 4, so an empty
 /// buffer is still a valid allocation).
@@ -166,17 +121,6 @@ struct Kernels {
     kmeans_update: CudaFunction,
     ema_sizes: CudaFunction,
     ema_codebook: CudaFunction,
-}
-
-/// A code grouping on the device: `order[offsets[j]..offsets[j + 1]]` are the rows of
-/// code j in ascending order, cut into chunks `chunk_offsets[j]..chunk_offsets[j + 1]` of
-/// at most `SEG_CHUNK` rows.
-struct Grouping {
-    order: CudaSlice<u32>,
-    offsets: CudaSlice<u32>,
-    chunk_offsets: CudaSlice<u32>,
-    /// An upper bound on the number of chunks (the device knows the exact one).
-    max_chunks: u32,
 }
 
 /// The CUDA backend on one device.
@@ -279,203 +223,6 @@ impl CudaBackend {
     ) -> Result<CudaSlice<T>> {
         self.stream.alloc_zeros::<T>(len.max(1)).map_err(device)
     }
-
-    /// Exclusive scan: `out[i] = sum_{i' < i} ceil(input[i'] / divisor)`, `out[len]` the
-    /// total; `out` has `len + 1` entries.
-    fn scan<T>(
-        &self,
-        input: &CudaSlice<T>,
-        len: u32,
-        divisor: u32,
-        out: &mut CudaSlice<u32>,
-    ) -> Result<()> {
-        let blocks = len.div_ceil(SCAN_CHUNK).max(1);
-        let mut sums = self.alloc::<u32>(blocks as usize)?;
-        let mut offs = self.alloc::<u32>(blocks as usize + 1)?;
-        let one = 1u32;
-        // SAFETY: scan_reduce(const u32* in, u32 len, u32 divisor, u32* block_sums): reads
-        // in[0..len) (input holds len u32s), writes block_sums[0..blocks).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.scan_reduce)
-                .arg(input)
-                .arg(&len)
-                .arg(&divisor)
-                .arg(&mut sums)
-                .launch(cfg(blocks, 1024))
-        }
-        .map_err(device)?;
-        // SAFETY: scan_exclusive(const u32* in, u32 len, u32 divisor, u32* out): reads
-        // sums[0..blocks), writes offs[0..=blocks).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.scan_exclusive)
-                .arg(&sums)
-                .arg(&blocks)
-                .arg(&one)
-                .arg(&mut offs)
-                .launch(cfg(1, 1024))
-        }
-        .map_err(device)?;
-        // SAFETY: scan_apply(const u32* in, u32 len, u32 divisor, const u32* block_offsets,
-        // u32* out): reads in[0..len) and offs[0..=blocks), writes out[0..=len).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.scan_apply)
-                .arg(input)
-                .arg(&len)
-                .arg(&divisor)
-                .arg(&offs)
-                .arg(out)
-                .launch(cfg(blocks, 1024))
-        }
-        .map_err(device)?;
-        Ok(())
-    }
-
-    /// One stable radix pass: histogram, scan, scatter. `vals_in = None` means row ids.
-    #[allow(clippy::too_many_arguments)]
-    fn radix_pass<K>(
-        &self,
-        keys_in: &CudaSlice<K>,
-        vals_in: Option<&CudaSlice<u32>>,
-        p: RadixPass,
-        hist: &mut CudaSlice<u32>,
-        hist_offsets: &mut CudaSlice<u32>,
-        keys_out: &mut CudaSlice<u32>,
-        vals_out: &mut CudaSlice<u32>,
-    ) -> Result<()> {
-        // SAFETY: radix_histogram(const u32* keys, RadixPass p, u32* hist): reads
-        // keys[0..p.n), writes hist[0..(p.mask + 1) * p.tiles); grid p.tiles, block 256.
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.radix_histogram)
-                .arg(keys_in)
-                .arg(&p)
-                .arg(&mut *hist)
-                .launch(cfg(p.tiles, RADIX_TILE))
-        }
-        .map_err(device)?;
-        self.scan(&*hist, (p.mask + 1) * p.tiles, 1, hist_offsets)?;
-        let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&self.kernels.radix_scatter);
-        b.arg(keys_in);
-        match vals_in {
-            Some(v) => b.arg(v),
-            None => b.arg(&null),
-        };
-        b.arg(&p).arg(&*hist_offsets).arg(keys_out).arg(vals_out);
-        // SAFETY: radix_scatter(const u32* keys_in, const u32* vals_in or null, RadixPass p,
-        // const u32* offsets, u32* keys_out, u32* vals_out): reads keys_in and vals_in
-        // [0..p.n) and offsets[0..=bins*tiles); each live row writes one distinct slot
-        // < p.n of keys_out and vals_out (the slots are a permutation of 0..p.n).
-        unsafe { b.launch(cfg(p.tiles, RADIX_TILE)) }.map_err(device)?;
-        Ok(())
-    }
-
-    /// Groups rows by code (codes >= k are left out) and writes `counts[j]` (k entries).
-    fn group<C: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-        &self,
-        idx: &CudaSlice<u8>,
-        n: u32,
-        k: u32,
-        counts: &mut CudaSlice<C>,
-    ) -> Result<Grouping> {
-        let mut offsets = self.alloc::<u32>(k as usize + 1)?;
-        let mut chunk_offsets = self.alloc::<u32>(k as usize + 1)?;
-        let mut ka = self.alloc::<u32>(n as usize)?;
-        let mut va = self.alloc::<u32>(n as usize)?;
-        let max_chunks = n.div_ceil(SEG_CHUNK) + k;
-        if n > 0 {
-            // Keys are codes clamped to k (the "ignored" bucket, sorted last).
-            let bits = 32 - k.leading_zeros();
-            let passes = bits.div_ceil(8);
-            let digit = bits.div_ceil(passes);
-            let tiles = n.div_ceil(RADIX_TILE);
-            let bins = 1u32 << digit;
-            let mut hist = self.alloc::<u32>((bins * tiles) as usize)?;
-            let mut hoff = self.alloc::<u32>((bins * tiles) as usize + 1)?;
-            let mut kb = self.alloc::<u32>(n as usize)?;
-            let mut vb = self.alloc::<u32>(n as usize)?;
-            let pass = |i: u32| RadixPass {
-                n,
-                k,
-                shift: i * digit,
-                mask: bins - 1,
-                tiles,
-            };
-            self.radix_pass(idx, None, pass(0), &mut hist, &mut hoff, &mut ka, &mut va)?;
-            for i in 1..passes {
-                self.radix_pass(
-                    &ka,
-                    Some(&va),
-                    pass(i),
-                    &mut hist,
-                    &mut hoff,
-                    &mut kb,
-                    &mut vb,
-                )?;
-                std::mem::swap(&mut ka, &mut kb);
-                std::mem::swap(&mut va, &mut vb);
-            }
-            // SAFETY: group_bounds(const u32* sorted, u32 n, u32 k, u32* offsets, u32* counts):
-            // binary searches sorted[0..n) (ka: n sorted keys), writes offsets[0..=k) and
-            // counts[0..k) (counts holds k u32s).
-            unsafe {
-                self.stream
-                    .launch_builder(&self.kernels.group_bounds)
-                    .arg(&ka)
-                    .arg(&n)
-                    .arg(&k)
-                    .arg(&mut offsets)
-                    .arg(&mut *counts)
-                    .launch(cfg(grid(k as u64 + 1, 256)?, 256))
-            }
-            .map_err(device)?;
-            self.scan(&*counts, k, SEG_CHUNK, &mut chunk_offsets)?;
-        } else {
-            // No rows: zero counts, and the zeroed offsets already say "no chunks".
-            self.stream.memset_zeros(counts).map_err(device)?;
-        }
-        Ok(Grouping {
-            order: va,
-            offsets,
-            chunk_offsets,
-            max_chunks,
-        })
-    }
-
-    /// f64 partial sums of code chunks of `[x_i, dist_i]` (or `x_i` with no dist):
-    /// `(max_chunks, cols)` with `cols = d + dist.is_some()`.
-    fn segment_partials(
-        &self,
-        x: &CudaSlice<u8>,
-        dist: Option<&CudaSlice<u8>>,
-        g: &Grouping,
-        s: SegShape,
-    ) -> Result<CudaSlice<f64>> {
-        let cols = s.d + dist.is_some() as u32;
-        let mut partials = self.alloc::<f64>(g.max_chunks as usize * cols as usize)?;
-        let block = cols.div_ceil(32).clamp(1, 8) * 32;
-        let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&self.kernels.segment_partials);
-        b.arg(x);
-        match dist {
-            Some(v) => b.arg(v),
-            None => b.arg(&null),
-        };
-        b.arg(&g.order)
-            .arg(&g.offsets)
-            .arg(&g.chunk_offsets)
-            .arg(&s)
-            .arg(&mut partials);
-        // SAFETY: segment_partials(const f32* x, const f32* dist or null, const u32* order,
-        // const u32* offsets, const u32* chunk_offsets, SegShape s, f64* partials): block c
-        // < chunk_offsets[k] <= max_chunks reads rows order[offsets[j]..offsets[j+1]) < n of
-        // x (n * d f32) and dist (n f32), writes partials[c * cols..(c + 1) * cols).
-        unsafe { b.launch(cfg(g.max_chunks, block)) }.map_err(device)?;
-        Ok(partials)
-    }
 }
 
 impl Backend for CudaBackend {
@@ -536,21 +283,7 @@ impl Backend for CudaBackend {
         d: usize,
         norms: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        check::norms(k, d, codebook.len, norms.len)?;
-        let (k, d) = (to_u32("k", k)?, to_u32("d", d)?);
-        // SAFETY: codeword_norms(const f32* codebook, u32 k, u32 d, f32* norms): thread j < k
-        // reads codebook[j*d..(j+1)*d) (k*d f32, checked) and writes norms[j] (k f32, checked).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.codeword_norms)
-                .arg(&codebook.bytes)
-                .arg(&k)
-                .arg(&d)
-                .arg(&mut norms.bytes)
-                .launch(cfg(grid(k as u64, 256)?, 256))
-        }
-        .map_err(device)?;
-        Ok(())
+        self.launch_codeword_norms(codebook, k, d, norms)
     }
 
     fn distance_argmin(
@@ -562,37 +295,7 @@ impl Backend for CudaBackend {
         idx: &mut CudaBuf<u32>,
         dist: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        check::argmin(shape, x.len, codebook.len, norms.len, idx.len, dist.len)?;
-        let Shape { n, k, d } = shape;
-        if n == 0 {
-            return Ok(());
-        }
-        let s = ArgminShape {
-            n: to_u32("n", n)?,
-            k: to_u32("k", k)?,
-            d: to_u32("d", d)?,
-        };
-        let (f, launch) = match self.variant {
-            ArgminVariant::V1Naive => (&self.kernels.argmin_v1, cfg(grid(n as u64, 256)?, 256)),
-            ArgminVariant::V2Tiled => (&self.kernels.argmin_v2, cfg(grid(n as u64, V2_ROWS)?, 256)),
-        };
-        // SAFETY: distance_argmin_v{1,2}(const f32* x, const f32* codebook, const f32* norms,
-        // ArgminShape s, u32* idx, f32* dist): reads x[0..n*d), codebook[0..k*d), norms[0..k)
-        // (lengths checked above; out-of-range tile elements are masked in the kernel),
-        // writes idx[i] and dist[i] for i < n only.
-        unsafe {
-            self.stream
-                .launch_builder(f)
-                .arg(&x.bytes)
-                .arg(&codebook.bytes)
-                .arg(&norms.bytes)
-                .arg(&s)
-                .arg(&mut idx.bytes)
-                .arg(&mut dist.bytes)
-                .launch(launch)
-        }
-        .map_err(device)?;
-        Ok(())
+        self.launch_distance_argmin(x, codebook, norms, shape, idx, dist)
     }
 
     fn cluster_sums(
@@ -605,36 +308,7 @@ impl Backend for CudaBackend {
         counts: &mut CudaBuf<u32>,
         dist_sums: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        check::cluster_sums(
-            shape,
-            x.len,
-            idx.len,
-            dist.len,
-            sums.len,
-            counts.len,
-            dist_sums.len,
-        )?;
-        let Shape { n, k, d } = shape;
-        let (n, k, d) = (to_u32("n", n)?, to_u32("k", k)?, to_u32("d", d)?);
-        let g = self.group(&idx.bytes, n, k, &mut counts.bytes)?;
-        let s = SegShape { k, d };
-        let partials = self.segment_partials(&x.bytes, Some(&dist.bytes), &g, s)?;
-        // SAFETY: finalize_sums(const f64* partials, const u32* chunk_offsets, SegShape s,
-        // f32* sums, f32* dist_sums): thread (j, t) < k * (d + 1) reads its code's chunk
-        // rows of partials (< max_chunks) and writes sums[j*d + t] (k*d f32, checked) or
-        // dist_sums[j] (k f32, checked).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.finalize_sums)
-                .arg(&partials)
-                .arg(&g.chunk_offsets)
-                .arg(&s)
-                .arg(&mut sums.bytes)
-                .arg(&mut dist_sums.bytes)
-                .launch(cfg(grid(k as u64 * (d as u64 + 1), 256)?, 256))
-        }
-        .map_err(device)?;
-        Ok(())
+        self.launch_cluster_sums(x, idx, dist, shape, sums, counts, dist_sums)
     }
 
     fn kmeans_update(
@@ -645,25 +319,7 @@ impl Backend for CudaBackend {
         d: usize,
         centroids: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        check::update(k, d, sums.len, counts.len, centroids.len)?;
-        let s = SegShape {
-            k: to_u32("k", k)?,
-            d: to_u32("d", d)?,
-        };
-        // SAFETY: kmeans_update(const f32* sums, const u32* counts, SegShape s,
-        // f32* centroids): element e < k*d reads sums[e], counts[e / d] and writes
-        // centroids[e] (lengths checked above).
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.kmeans_update)
-                .arg(&sums.bytes)
-                .arg(&counts.bytes)
-                .arg(&s)
-                .arg(&mut centroids.bytes)
-                .launch(cfg(grid(k as u64 * d as u64, 256)?, 256))
-        }
-        .map_err(device)?;
-        Ok(())
+        self.launch_kmeans_update(sums, counts, k, d, centroids)
     }
 
     fn ema_update(
@@ -676,59 +332,7 @@ impl Backend for CudaBackend {
         embed_sum: &mut CudaBuf<f32>,
         codebook: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        check::ema(
-            shape,
-            params,
-            x.len,
-            idx.len,
-            cluster_size.len,
-            embed_sum.len,
-            codebook.len,
-        )?;
-        let Shape { n, k, d } = shape;
-        let (n, k, d) = (to_u32("n", n)?, to_u32("k", k)?, to_u32("d", d)?);
-        let mut counts = self.alloc::<u32>(k as usize)?;
-        let g = self.group(&idx.bytes, n, k, &mut counts)?;
-        let partials = self.segment_partials(&x.bytes, None, &g, SegShape { k, d })?;
-        let s = EmaShape {
-            k,
-            d,
-            decay: params.decay,
-            eps: params.eps,
-        };
-        let mut total = self.alloc::<f64>(1)?;
-        // SAFETY: ema_sizes(const u32* counts, EmaShape s, f32* cluster_size, f64* total):
-        // one block reads counts[0..k), updates cluster_size[0..k) (k f32, checked) and
-        // writes total[0].
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.ema_sizes)
-                .arg(&counts)
-                .arg(&s)
-                .arg(&mut cluster_size.bytes)
-                .arg(&mut total)
-                .launch(cfg(1, 1024))
-        }
-        .map_err(device)?;
-        // SAFETY: ema_codebook(const f64* partials, const u32* chunk_offsets,
-        // const f32* cluster_size, const f64* total, EmaShape s, f32* embed_sum,
-        // f32* codebook): element e < k*d reads its code's chunk partials (< max_chunks rows
-        // of d), cluster_size[e / d], total[0]; updates embed_sum[e] and codebook[e]
-        // (k*d f32 each, checked). Ordered after ema_sizes by the stream.
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.ema_codebook)
-                .arg(&partials)
-                .arg(&g.chunk_offsets)
-                .arg(&cluster_size.bytes)
-                .arg(&total)
-                .arg(&s)
-                .arg(&mut embed_sum.bytes)
-                .arg(&mut codebook.bytes)
-                .launch(cfg(grid(k as u64 * d as u64, 256)?, 256))
-        }
-        .map_err(device)?;
-        Ok(())
+        self.launch_ema_update(x, idx, shape, params, cluster_size, embed_sum, codebook)
     }
 }
 
