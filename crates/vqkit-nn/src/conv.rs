@@ -34,8 +34,7 @@
 //! of NR columns (1.5 pixels of a batch of 32) multiplies only the taps some pixel of it
 //! needs, and only those rows are packed.
 
-use crate::layers::copy_into;
-use crate::tensor::{Layout, Param, Tensor};
+use crate::tensor::{Layout, Param, Tensor, copy_into};
 use rayon::prelude::*;
 use std::borrow::Cow;
 use std::cell::Cell;

@@ -1,14 +1,10 @@
 //! ReLU, the VQ-VAE residual block and stack, and the MSE loss.
 
 use super::conv::{Conv2d, Window};
-use super::tensor::{Layout, Param, Tensor};
+use super::tensor::{Layout, MIN_CHUNK, Param, Tensor};
 use rayon::prelude::*;
 use vqkit::rng::Rng;
 use vqkit::{Error, Result};
-
-/// Elementwise passes split into chunks of at least this many elements across rayon's
-/// threads (a serial pass would leave the other cores idle between the parallel GEMMs).
-pub(crate) const MIN_CHUNK: usize = 1 << 14;
 
 /// The interface every trainable block shares, so tests and optimisers can treat them alike.
 pub trait Layer {
@@ -179,18 +175,6 @@ impl Layer for ResidualBlock {
         v.extend(self.conv1.params_mut());
         v
     }
-}
-
-/// `dst = src`, reusing `dst`'s allocation, split across the threads when large.
-pub(crate) fn copy_into(dst: &mut Vec<f32>, src: &[f32]) {
-    dst.resize(src.len(), 0.0);
-    if src.len() <= MIN_CHUNK {
-        dst.copy_from_slice(src);
-        return;
-    }
-    dst.par_chunks_mut(MIN_CHUNK)
-        .zip(src.par_chunks(MIN_CHUNK))
-        .for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// `a += b`, elementwise.

@@ -91,7 +91,7 @@ impl Adam {
             // Elementwise, so splitting it across threads changes no result.
             p.value
                 .par_iter_mut()
-                .with_min_len(super::layers::MIN_CHUNK)
+                .with_min_len(super::tensor::MIN_CHUNK)
                 .zip(&p.grad)
                 .zip(m)
                 .zip(v)

@@ -213,3 +213,19 @@ impl Param {
         self.grad.fill(0.0);
     }
 }
+
+/// Elementwise passes split into chunks of at least this many elements across rayon's
+/// threads (a serial pass would leave the other cores idle between the parallel GEMMs).
+pub(crate) const MIN_CHUNK: usize = 1 << 14;
+
+/// `dst = src`, reusing `dst`'s allocation, split across the threads when large.
+pub(crate) fn copy_into(dst: &mut Vec<f32>, src: &[f32]) {
+    dst.resize(src.len(), 0.0);
+    if src.len() <= MIN_CHUNK {
+        dst.copy_from_slice(src);
+        return;
+    }
+    dst.par_chunks_mut(MIN_CHUNK)
+        .zip(src.par_chunks(MIN_CHUNK))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
