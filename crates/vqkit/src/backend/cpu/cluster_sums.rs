@@ -8,8 +8,8 @@
 //! the data alone and outputs are bit-identical whatever the thread count. Parallel tasks
 //! split the columns, not the rows: each owns a cache-line-aligned slice of d for all k
 //! codes and streams every row, so no partial sums are merged and no atomics are needed.
-//! (Gathering each code's rows instead visits x in random order: measured latency-bound,
-//! at about a twentieth of the memory bandwidth.)
+//! (Gathering each code's rows instead visits x in random order, bound by memory latency
+//! rather than bandwidth.)
 
 use rayon::prelude::*;
 
