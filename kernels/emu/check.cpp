@@ -9,70 +9,13 @@
 #include <functional>
 #include <random>
 #include <vector>
-#include <ucontext.h>
 
-struct emu_dim3 {
-    unsigned int x, y, z;
-};
-thread_local emu_dim3 threadIdx;
-thread_local emu_dim3 blockIdx;
-emu_dim3 blockDim;
-emu_dim3 gridDim;
+#include "launch.h"
 
-// The threads of a block are fibers on one OS thread, run round-robin: each runs until
-// __syncthreads (or its end), then the next; a barrier completes when every fiber has
-// reached it. Sequential, so the results are repeatable, and a missing barrier makes a
-// fiber read shared memory its peers have not written yet.
-static ucontext_t g_main;
-static std::vector<ucontext_t> g_fibers;
-static unsigned g_current;
-static const std::function<void()>* g_kernel;
-
-void __syncthreads() { swapcontext(&g_fibers[g_current], &g_main); }
-
-static void fiber_entry()
-{
-    (*g_kernel)();
-    threadIdx.x = ~0u;  // done
-}
-
+// One 1-D launch, as every vqkit kernel uses; a barrier mismatch ends the check.
 static void launch(unsigned grid, unsigned block, const std::function<void()>& kernel)
 {
-    if (grid == 0) return;
-    blockDim = {block, 1, 1};
-    gridDim = {grid, 1, 1};
-    g_kernel = &kernel;
-    const size_t stack = 64 * 1024;
-    static std::vector<char> stacks;  // reused: allocating per launch dominates the run time
-    if (stacks.size() < (size_t)block * stack) stacks.resize((size_t)block * stack);
-    g_fibers.assign(block, ucontext_t{});
-    std::vector<bool> done(block);
-    for (unsigned b = 0; b < grid; ++b) {
-        blockIdx = {b, 0, 0};
-        for (unsigned t = 0; t < block; ++t) {
-            getcontext(&g_fibers[t]);
-            g_fibers[t].uc_stack.ss_sp = &stacks[(size_t)t * stack];
-            g_fibers[t].uc_stack.ss_size = stack;
-            g_fibers[t].uc_link = &g_main;
-            makecontext(&g_fibers[t], fiber_entry, 0);
-            done[t] = false;
-        }
-        for (unsigned live = block; live > 0;) {
-            unsigned finished = 0, waiting = 0;
-            for (unsigned t = 0; t < block; ++t) {
-                if (done[t]) continue;
-                g_current = t;
-                threadIdx = {t, 0, 0};
-                swapcontext(&g_main, &g_fibers[t]);
-                if (threadIdx.x == ~0u) { done[t] = true; ++finished; } else ++waiting;
-            }
-            if (finished && waiting) {
-                std::fprintf(stderr, "block %u: %u threads exited while %u wait at a barrier\n", b, finished, waiting);
-                std::exit(1);
-            }
-            live -= finished;
-        }
-    }
+    if (!emu_launch(grid, 1, 1, block, kernel)) std::exit(1);
 }
 
 // Kernel signatures, as in kernels/*.cu.

@@ -2,10 +2,10 @@
 // indexing, tiling, barriers and fixed reduction orders can be tested on a machine with no
 // GPU (kernels/emu/run.sh). Force-included before each kernels/*.cu.
 //
-// A launch runs the grid's blocks one after another; the threads of a block are real OS
-// threads that meet at a std::barrier for __syncthreads, so a missing barrier shows up as
-// a data race. `__shared__` becomes `static`: one copy per kernel, which is exactly
-// block-shared memory when one block runs at a time. What it cannot show: warp-level
+// A launch (launch.h) runs the grid's blocks one after another; the threads of a block are
+// fibers that meet at __syncthreads, so a missing barrier shows up as a fiber reading what
+// its peers have not written yet. `__shared__` becomes `static`: one copy per kernel, which
+// is exactly block-shared memory when one block runs at a time. What it cannot show: warp-level
 // timing, memory coalescing, register pressure (see ptxas -v), and inter-block races.
 #pragma once
 #include <cmath>

@@ -13,5 +13,5 @@ for cu in "$here"/../*.cu; do
     "$cxx" "${flags[@]}" -x c++ -include "$here/emu.h" -c "$cu" -o "$o"
     objs+=("$o")
 done
-"$cxx" "${flags[@]}" "$here/check.cpp" "${objs[@]}" -o "$out/check"
+"$cxx" "${flags[@]}" "$here/check.cpp" "$here/launch.cpp" "${objs[@]}" -o "$out/check"
 "$out/check"
