@@ -140,3 +140,111 @@ fn repeated_ema_and_kmeans_steps_are_bit_identical_on_a_larger_problem() {
         common::check_ema(&b, n, k, d, 4).unwrap();
     }
 }
+
+/// The shipped CUDA backend and the CPU backend, or nothing (after saying why).
+fn cuda_and_cpu() -> Option<(CudaBackend, vqkit::backend::cpu::CpuBackend)> {
+    let cuda = backends().into_iter().next()?;
+    Some((cuda, vqkit::backend::cpu::CpuBackend::new(Some(2)).unwrap()))
+}
+
+fn rel_close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol * a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn kmeans_on_cuda_matches_the_cpu() {
+    use vqkit::quant::kmeans::{Init, KMeans, KMeansConfig};
+    let Some((cuda, cpu)) = cuda_and_cpu() else {
+        return;
+    };
+    let d = 8;
+    let x = vqkit::rng::clustered(3000, d, 12, 0.4, 5);
+    for init in [Init::KMeansPlusPlus, Init::Random] {
+        let mut cfg = KMeansConfig::new(16);
+        cfg.init = init;
+        cfg.iters = 8;
+        let (mg, rg) = KMeans::fit(&cuda, &x, d, &cfg).unwrap();
+        let (mc, rc) = KMeans::fit(&cpu, &x, d, &cfg).unwrap();
+        assert!(
+            rel_close(rg.mse, rc.mse, 1e-4),
+            "{init:?}: cuda {} cpu {}",
+            rg.mse,
+            rc.mse
+        );
+        let worst = mg
+            .centroids
+            .iter()
+            .zip(&mc.centroids)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "{init:?}: centroids differ by {worst}");
+    }
+}
+
+#[test]
+fn rq_kmeans_on_cuda_matches_the_cpu() {
+    use vqkit::quant::rvq::{Rvq, RvqConfig};
+    let Some((cuda, cpu)) = cuda_and_cpu() else {
+        return;
+    };
+    let d = 12;
+    let x = vqkit::rng::clustered(2000, d, 20, 0.5, 9);
+    let mut cfg = RvqConfig::new(3, 16);
+    cfg.beam = 2;
+    // Relative squared error of a model's reconstruction, encoded on backend `b`.
+    let error = |m: &Rvq, b: &dyn Fn(&Rvq) -> Vec<u32>| {
+        let y = m.decode(&b(m)).unwrap();
+        let se: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        se / x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>()
+    };
+    let gpu = Rvq::fit(&cuda, &x, d, &cfg, &mut |_| {}).unwrap();
+    let host = Rvq::fit(&cpu, &x, d, &cfg, &mut |_| {}).unwrap();
+    let eg = error(&gpu, &|m| m.encode(&cuda, &x, 2).unwrap());
+    let ec = error(&host, &|m| m.encode(&cpu, &x, 2).unwrap());
+    assert!(eg < 0.5 && rel_close(eg, ec, 1e-3), "cuda {eg} cpu {ec}");
+    // Encoding with the CPU-trained model on CUDA gives the CPU's codes (but for ties).
+    let (a, b) = (
+        host.encode(&cuda, &x, 1).unwrap(),
+        host.encode(&cpu, &x, 1).unwrap(),
+    );
+    let same = a.iter().zip(&b).filter(|(p, q)| p == q).count();
+    assert!(
+        same * 1000 >= a.len() * 999,
+        "{same} of {} codes agree",
+        a.len()
+    );
+}
+
+#[test]
+fn vq_ema_layer_on_cuda_matches_the_cpu() {
+    use vqkit::quant::vq::{DeadCodes, VectorQuantizer, VqConfig};
+    let Some((cuda, cpu)) = cuda_and_cpu() else {
+        return;
+    };
+    let (k, d) = (32, 8);
+    let mut cfg = VqConfig::new(k, d);
+    cfg.dead_codes = DeadCodes::EmaThreshold { threshold: 0.5 };
+    cfg.seed = 3;
+    let (mut g, mut c) = (
+        VectorQuantizer::new(cfg.clone()).unwrap(),
+        VectorQuantizer::new(cfg).unwrap(),
+    );
+    let mut rng = vqkit::rng::Rng::new(4);
+    for step in 0..6 {
+        let z = rng.normal_vec(256 * d);
+        let og = g.forward(&cuda, &z, true).unwrap();
+        let oc = c.forward(&cpu, &z, true).unwrap();
+        assert_eq!(og.indices, oc.indices, "step {step}");
+        let worst = g
+            .codebook
+            .iter()
+            .zip(&c.codebook)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "step {step}: codebooks differ by {worst}");
+    }
+}

@@ -45,7 +45,103 @@ pub(super) struct Grouping {
     max_chunks: u32,
 }
 
+/// The `u32` scratch buffers of the grouping.
+#[derive(Clone, Copy)]
+pub(super) enum U32 {
+    ScanSums,
+    ScanOffsets,
+    Offsets,
+    ChunkOffsets,
+    KeysA,
+    ValsA,
+    KeysB,
+    ValsB,
+    Hist,
+    HistOffsets,
+    Counts,
+}
+
+/// The `f64` scratch buffers of the reductions.
+#[derive(Clone, Copy)]
+pub(super) enum F64 {
+    Partials,
+    Total,
+}
+
+/// Device buffers reused from call to call instead of allocated and freed by each, as the
+/// WGPU backend reuses its own: one slot per use, grown to the largest size asked. A call
+/// takes what it needs out of the slots and gives it back when done (a concurrent call
+/// finds a slot empty and allocates its own). Every kernel writes what it later reads, so
+/// no buffer is cleared on reuse, except where the n = 0 path says so.
+#[derive(Default)]
+pub(super) struct Scratch {
+    u32s: [Option<CudaSlice<u32>>; 11],
+    f64s: [Option<CudaSlice<f64>>; 2],
+}
+
 impl CudaBackend {
+    /// A `u32` scratch buffer of at least `len` elements.
+    pub(super) fn take_u32(&self, slot: U32, len: usize) -> Result<CudaSlice<u32>> {
+        let kept = self
+            .scratch
+            .lock()
+            .ok()
+            .and_then(|mut s| s.u32s[slot as usize].take());
+        match kept {
+            Some(mut b) if b.len() >= len.max(1) => {
+                self.poison(&mut b, u32::MAX)?;
+                Ok(b)
+            }
+            _ => self.alloc(len),
+        }
+    }
+
+    pub(super) fn give_u32(&self, slot: U32, buf: CudaSlice<u32>) {
+        if let Ok(mut s) = self.scratch.lock() {
+            s.u32s[slot as usize] = Some(buf);
+        }
+    }
+
+    /// An `f64` scratch buffer of at least `len` elements.
+    pub(super) fn take_f64(&self, slot: F64, len: usize) -> Result<CudaSlice<f64>> {
+        let kept = self
+            .scratch
+            .lock()
+            .ok()
+            .and_then(|mut s| s.f64s[slot as usize].take());
+        match kept {
+            Some(mut b) if b.len() >= len.max(1) => {
+                self.poison(&mut b, f64::NAN)?;
+                Ok(b)
+            }
+            _ => self.alloc(len),
+        }
+    }
+
+    pub(super) fn give_f64(&self, slot: F64, buf: CudaSlice<f64>) {
+        if let Ok(mut s) = self.scratch.lock() {
+            s.f64s[slot as usize] = Some(buf);
+        }
+    }
+
+    /// In builds with debug assertions (the tests), fills a reused buffer with `v`, so that
+    /// a kernel reading what it did not write in this call fails the parity suite instead
+    /// of passing on the previous call's values.
+    fn poison<T: DeviceRepr + Copy>(&self, buf: &mut CudaSlice<T>, v: T) -> Result<()> {
+        if cfg!(debug_assertions) {
+            self.stream
+                .memcpy_htod(&vec![v; buf.len()], buf)
+                .map_err(device)?;
+        }
+        Ok(())
+    }
+
+    /// Gives a grouping's buffers back to the scratch slots.
+    pub(super) fn give_grouping(&self, g: Grouping) {
+        self.give_u32(U32::ValsA, g.order);
+        self.give_u32(U32::Offsets, g.offsets);
+        self.give_u32(U32::ChunkOffsets, g.chunk_offsets);
+    }
     /// Exclusive scan: `out[i] = sum_{i' < i} ceil(input[i'] / divisor)`, `out[len]` the
     /// total; `out` has `len + 1` entries.
     fn scan<T>(
@@ -56,8 +152,8 @@ impl CudaBackend {
         out: &mut CudaSlice<u32>,
     ) -> Result<()> {
         let blocks = len.div_ceil(SCAN_CHUNK).max(1);
-        let mut sums = self.alloc::<u32>(blocks as usize)?;
-        let mut offs = self.alloc::<u32>(blocks as usize + 1)?;
+        let mut sums = self.take_u32(U32::ScanSums, blocks as usize)?;
+        let mut offs = self.take_u32(U32::ScanOffsets, blocks as usize + 1)?;
         let one = 1u32;
         // SAFETY: scan_reduce(const u32* in, u32 len, u32 divisor, u32* block_sums): reads
         // in[0..len) (input holds len u32s), writes block_sums[0..blocks).
@@ -96,6 +192,8 @@ impl CudaBackend {
                 .launch(cfg(blocks, 1024))
         }
         .map_err(device)?;
+        self.give_u32(U32::ScanSums, sums);
+        self.give_u32(U32::ScanOffsets, offs);
         Ok(())
     }
 
@@ -147,10 +245,10 @@ impl CudaBackend {
         k: u32,
         counts: &mut CudaSlice<C>,
     ) -> Result<Grouping> {
-        let mut offsets = self.alloc::<u32>(k as usize + 1)?;
-        let mut chunk_offsets = self.alloc::<u32>(k as usize + 1)?;
-        let mut ka = self.alloc::<u32>(n as usize)?;
-        let mut va = self.alloc::<u32>(n as usize)?;
+        let mut offsets = self.take_u32(U32::Offsets, k as usize + 1)?;
+        let mut chunk_offsets = self.take_u32(U32::ChunkOffsets, k as usize + 1)?;
+        let mut ka = self.take_u32(U32::KeysA, n as usize)?;
+        let mut va = self.take_u32(U32::ValsA, n as usize)?;
         let max_chunks = n.div_ceil(SEG_CHUNK) + k;
         if n > 0 {
             // Keys are codes clamped to k (the "ignored" bucket, sorted last).
@@ -159,10 +257,10 @@ impl CudaBackend {
             let digit = bits.div_ceil(passes);
             let tiles = n.div_ceil(RADIX_TILE);
             let bins = 1u32 << digit;
-            let mut hist = self.alloc::<u32>((bins * tiles) as usize)?;
-            let mut hoff = self.alloc::<u32>((bins * tiles) as usize + 1)?;
-            let mut kb = self.alloc::<u32>(n as usize)?;
-            let mut vb = self.alloc::<u32>(n as usize)?;
+            let mut hist = self.take_u32(U32::Hist, (bins * tiles) as usize)?;
+            let mut hoff = self.take_u32(U32::HistOffsets, (bins * tiles) as usize + 1)?;
+            let mut kb = self.take_u32(U32::KeysB, n as usize)?;
+            let mut vb = self.take_u32(U32::ValsB, n as usize)?;
             let pass = |i: u32| RadixPass {
                 n,
                 k,
@@ -199,10 +297,19 @@ impl CudaBackend {
             }
             .map_err(device)?;
             self.scan(&*counts, k, SEG_CHUNK, &mut chunk_offsets)?;
+            self.give_u32(U32::Hist, hist);
+            self.give_u32(U32::HistOffsets, hoff);
+            self.give_u32(U32::KeysB, kb);
+            self.give_u32(U32::ValsB, vb);
         } else {
-            // No rows: zero counts, and the zeroed offsets already say "no chunks".
+            // No rows: zero counts, and zero offsets to say "no chunks".
             self.stream.memset_zeros(counts).map_err(device)?;
+            self.stream.memset_zeros(&mut offsets).map_err(device)?;
+            self.stream
+                .memset_zeros(&mut chunk_offsets)
+                .map_err(device)?;
         }
+        self.give_u32(U32::KeysA, ka);
         Ok(Grouping {
             order: va,
             offsets,
@@ -221,7 +328,7 @@ impl CudaBackend {
         s: SegShape,
     ) -> Result<CudaSlice<f64>> {
         let cols = s.d + dist.is_some() as u32;
-        let mut partials = self.alloc::<f64>(g.max_chunks as usize * cols as usize)?;
+        let mut partials = self.take_f64(F64::Partials, g.max_chunks as usize * cols as usize)?;
         let block = cols.div_ceil(32).clamp(1, 8) * 32;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&self.kernels.segment_partials);
@@ -283,6 +390,8 @@ impl CudaBackend {
                 .launch(cfg(grid(k as u64 * (d as u64 + 1), 256)?, 256))
         }
         .map_err(device)?;
+        self.give_f64(F64::Partials, partials);
+        self.give_grouping(g);
         Ok(())
     }
 

@@ -15,13 +15,14 @@ mod ema_update;
 
 use super::{Backend, Element, EmaParams, Shape};
 use crate::error::{Error, Result};
-use cluster_sums::SEG_CHUNK;
+use cluster_sums::{SEG_CHUNK, Scratch};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
 };
 use cudarc::nvrtc::Ptx;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vqkit_kernels::ptx::{
     CLUSTER_SUMS_PTX, DISTANCE_ARGMIN_PTX, EMA_UPDATE_PTX, PTX_COMPILER, PTX_ISA, PTX_TARGET,
 };
@@ -129,6 +130,8 @@ pub struct CudaBackend {
     kernels: Kernels,
     variant: ArgminVariant,
     name: String,
+    /// Device buffers of the grouping and reductions, kept from call to call.
+    scratch: Mutex<Scratch>,
 }
 
 impl CudaBackend {
@@ -210,6 +213,7 @@ impl CudaBackend {
             kernels,
             variant,
             name: format!("cuda ({dev}, sm_{major}{minor}{v})"),
+            scratch: Mutex::new(Scratch::default()),
         })
     }
 
@@ -274,6 +278,18 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(device)
+    }
+
+    /// The time between two CUDA events recorded on the stream before and after `work`:
+    /// what the device spent, from its own clock, not the host's around a launch.
+    fn device_seconds(&self, work: &mut dyn FnMut() -> Result<()>) -> Result<Option<f64>> {
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(timing).map_err(device)?;
+        work()?;
+        let end = self.stream.record_event(timing).map_err(device)?;
+        // elapsed_ms waits for both events.
+        let ms = start.elapsed_ms(&end).map_err(device)?;
+        Ok(Some(f64::from(ms) * 1e-3))
     }
 
     fn codeword_norms(
