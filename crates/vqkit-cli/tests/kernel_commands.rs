@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails_with, last_json, s, scratch, vqkit};
+use common::{fails_with, last_json, s, scratch, text, vqkit};
 use std::path::{Path, PathBuf};
 use vqkit::io::{fvecs, npy};
 use vqkit::rng::Rng;
@@ -210,4 +210,63 @@ fn info_lists_backends_and_isa() {
             .any(|b| b == "cpu")
     );
     assert!(j["cpu"]["isa_used"].is_string());
+}
+
+/// `vqkit info` and `vqkit bench --backend cuda` (both argmin variants) on whatever CUDA
+/// driver the loader finds: the stand-in of `kernels/emu/driver.sh` in CI, where
+/// `VQKIT_REQUIRE_CUDA=1` makes a missing driver a failure.
+#[test]
+fn cuda_info_and_bench_run_where_a_driver_is_found() {
+    let info = vqkit(&["info"]);
+    assert!(info.status.success(), "{:?}", text(&info));
+    let (out, _) = text(&info);
+    if !out.contains("cuda driver: found") {
+        let require = std::env::var("VQKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+        assert!(
+            !require,
+            "VQKIT_REQUIRE_CUDA=1 but `vqkit info` says:\n{out}"
+        );
+        println!("skipped: no CUDA driver");
+        return;
+    }
+    assert!(
+        out.contains("cuda devices: ") && out.contains("[0] "),
+        "{out}"
+    );
+    for variant in ["v1", "v2"] {
+        let o = vqkit(&[
+            "bench",
+            "--backend",
+            "cuda",
+            "--variant",
+            variant,
+            "--n",
+            "1000",
+            "--k",
+            "40",
+            "--d",
+            "12",
+            "--seconds",
+            "0.01",
+            "--json",
+        ]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let results = &lines[..lines.len() - 1];
+        let ops: Vec<&str> = results.iter().map(|r| r["op"].as_str().unwrap()).collect();
+        assert_eq!(ops, ["assign", "ema", "kmeans"]);
+        for r in results {
+            let backend = r["backend"].as_str().unwrap();
+            assert!(backend.starts_with("cuda"), "{backend}");
+            assert_eq!(backend.contains("argmin v1"), variant == "v1", "{backend}");
+            // Timed by CUDA events on the stream, not by the host clock.
+            assert_eq!(r["timer"], "device", "{r}");
+            assert!(r["median_s"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        assert_eq!(last_json(&o)["results"], 3);
+    }
 }

@@ -3,8 +3,10 @@
 
 use std::time::Instant;
 use vqkit::Choice;
-use vqkit::backend::cpu::{CpuBackend, peak};
-use vqkit::backend::{Backend, BackendKind, BackendOptions, Shape, WithBackend, dispatch};
+use vqkit::backend::cpu::{CpuBackend, Isa, peak};
+use vqkit::backend::{
+    ArgminVariant, Backend, BackendKind, BackendOptions, Shape, WithBackend, dispatch,
+};
 use vqkit::bench::{self, BenchResult, Ceilings, Op, Timing};
 
 #[derive(clap::Args)]
@@ -27,6 +29,12 @@ pub struct Args {
     /// CPU worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The GPU backends' distance_argmin kernel: v1 (naive) or v2 (tiled, shipped).
+    #[arg(long, value_parser = super::choice::<ArgminVariant>(), default_value_t = ArgminVariant::V2Tiled)]
+    variant: ArgminVariant,
+    /// The CPU micro-kernels' instruction set (default: the best this CPU has).
+    #[arg(long, value_parser = super::choice::<Isa>())]
+    isa: Option<Isa>,
     /// Seconds to spend timing each kernel (at least 3 runs after a warm-up).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
@@ -100,9 +108,13 @@ fn print_result(r: &BenchResult, json: bool) {
     );
 }
 
-/// The CPU's FMA and memory ceilings at the thread count the benchmark uses.
-fn cpu_ceilings(threads: Option<usize>) -> vqkit::Result<Ceilings> {
-    let cpu = CpuBackend::new(threads)?;
+/// The CPU's FMA and memory ceilings at the thread count and instruction set the benchmark
+/// uses.
+fn cpu_ceilings(threads: Option<usize>, isa: Option<Isa>) -> vqkit::Result<Ceilings> {
+    let cpu = match isa {
+        Some(isa) => CpuBackend::with_isa(threads, isa)?,
+        None => CpuBackend::new(threads)?,
+    };
     Ok(Ceilings {
         gflops: peak::fma_gflops(cpu.isa(), cpu.threads()),
         gbps: peak::read_gbps(cpu.threads()),
@@ -135,6 +147,8 @@ pub fn run(args: Args) -> vqkit::Result<()> {
     };
     let opts = BackendOptions {
         threads: args.threads,
+        isa: args.isa,
+        argmin_variant: args.variant,
     };
     let timing = Timing {
         min_seconds: args.seconds,
@@ -148,7 +162,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
             timing,
             json: args.json,
             ceilings: match kind {
-                BackendKind::Cpu => Some(cpu_ceilings(args.threads)?),
+                BackendKind::Cpu => Some(cpu_ceilings(args.threads, args.isa)?),
                 // A GPU's ceilings cannot be measured from the host: fractions are omitted.
                 _ => None,
             },

@@ -77,9 +77,7 @@ pub struct Common {
 
 impl Common {
     pub fn options(&self) -> BackendOptions {
-        BackendOptions {
-            threads: self.threads,
-        }
+        BackendOptions::threads(self.threads)
     }
 }
 

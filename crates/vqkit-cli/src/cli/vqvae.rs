@@ -115,7 +115,7 @@ pub struct ReconstructArgs {
 /// Options of a backend created inside [`with_threads`]: a CPU backend then runs on that
 /// pool, rayon's current one, as the convolutions do, instead of starting a second pool whose
 /// threads would contend with the first for the same cores at every quantizer call.
-const IN_POOL: BackendOptions = BackendOptions { threads: None };
+const IN_POOL: BackendOptions = BackendOptions::threads(None);
 
 struct TrainJob<'a> {
     args: &'a TrainArgs,

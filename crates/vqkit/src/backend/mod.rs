@@ -348,6 +348,21 @@ crate::impl_choice!(ArgminVariant, "variant", { V1Naive => "v1", V2Tiled => "v2"
 pub struct BackendOptions {
     /// CPU worker threads; `None` uses rayon's default (all cores).
     pub threads: Option<usize>,
+    /// The CPU micro-kernels' instruction set; `None` picks the best this CPU has.
+    pub isa: Option<cpu::Isa>,
+    /// The GPU backends' `distance_argmin` kernel.
+    pub argmin_variant: ArgminVariant,
+}
+
+impl BackendOptions {
+    /// `threads` workers, the best CPU instruction set, the shipped GPU kernels.
+    pub const fn threads(threads: Option<usize>) -> Self {
+        BackendOptions {
+            threads,
+            isa: None,
+            argmin_variant: ArgminVariant::V2Tiled,
+        }
+    }
 }
 
 /// A computation generic over the backend, run by [`dispatch`] on a backend chosen at run
@@ -365,13 +380,21 @@ pub fn dispatch<W: WithBackend>(
     job: W,
 ) -> Result<W::Output> {
     match kind {
-        BackendKind::Cpu => job.run(&cpu::CpuBackend::new(opts.threads)?),
+        BackendKind::Cpu => job.run(&match opts.isa {
+            Some(isa) => cpu::CpuBackend::with_isa(opts.threads, isa)?,
+            None => cpu::CpuBackend::new(opts.threads)?,
+        }),
         #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => job.run(&self::wgpu::WgpuBackend::new()?),
+        BackendKind::Wgpu => job.run(&self::wgpu::WgpuBackend::with_options(
+            self::wgpu::WgpuOptions {
+                variant: opts.argmin_variant,
+                ..Default::default()
+            },
+        )?),
         #[cfg(not(feature = "wgpu"))]
         BackendKind::Wgpu => Err(not_compiled(kind)),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => job.run(&cuda::CudaBackend::new(0)?),
+        BackendKind::Cuda => job.run(&cuda::CudaBackend::with_variant(0, opts.argmin_variant)?),
         #[cfg(not(feature = "cuda"))]
         BackendKind::Cuda => Err(not_compiled(kind)),
     }

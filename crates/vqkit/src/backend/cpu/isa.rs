@@ -60,15 +60,9 @@ impl Isa {
     pub fn supported(self) -> bool {
         features().isas.contains(&self)
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isa::Portable => "portable",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
-        }
-    }
 }
+
+crate::impl_choice!(Isa, "isa", { Portable => "portable", Avx2 => "avx2", Avx512 => "avx512" });
 
 /// Whether the CPU has AVX.
 pub fn has_avx() -> bool {
