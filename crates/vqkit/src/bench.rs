@@ -141,6 +141,26 @@ pub fn inputs(shape: Shape, seed: u64) -> (Vec<f32>, Vec<f32>) {
     (x, c)
 }
 
+/// The seed of every benchmark's inputs ([`inputs`]).
+pub const INPUT_SEED: u64 = 42;
+
+/// Writes the inputs [`run`] times at `shape` to `dir` as `x_{n}x{d}_k{k}.npy` (the points)
+/// and `c_{k}x{d}_n{n}.npy` (the codebook), so that other programs (`scripts/gpu_check/`) can
+/// time their formulations on the same data. Returns the two paths.
+pub fn save_inputs(
+    shape: Shape,
+    dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    shape.validate()?;
+    let Shape { n, k, d } = shape;
+    let (x, c) = inputs(shape, INPUT_SEED);
+    let xp = dir.join(format!("x_{n}x{d}_k{k}.npy"));
+    let cp = dir.join(format!("c_{k}x{d}_n{n}.npy"));
+    crate::io::npy::write_f32(&xp, &[n, d], &x)?;
+    crate::io::npy::write_f32(&cp, &[k, d], &c)?;
+    Ok((xp, cp))
+}
+
 /// Benchmarks one operation at one shape on `b`.
 pub fn run<B: Backend>(
     b: &B,
@@ -151,7 +171,7 @@ pub fn run<B: Backend>(
 ) -> Result<BenchResult> {
     shape.validate()?;
     let Shape { n, k, d } = shape;
-    let (x, c) = inputs(shape, 42);
+    let (x, c) = inputs(shape, INPUT_SEED);
     let mut km = DeviceKMeans::new(b, &x, &c, d)?;
     let (times, on_device) = match op {
         Op::Assign => {

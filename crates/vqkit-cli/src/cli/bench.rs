@@ -41,6 +41,10 @@ pub struct Args {
     /// One JSON object per result line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write each shape's inputs to this directory as .npy (points and codebook), for
+    /// timing other programs on the same data.
+    #[arg(long)]
+    save_inputs: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,6 +158,14 @@ pub fn run(args: Args) -> vqkit::Result<()> {
         min_seconds: args.seconds,
         ..Timing::default()
     };
+    if let Some(dir) = &args.save_inputs {
+        for &shape in &shapes {
+            let (x, c) = bench::save_inputs(shape, dir)?;
+            if !args.json {
+                println!("inputs written: {} {}", x.display(), c.display());
+            }
+        }
+    }
     let mut results = Vec::new();
     for kind in kinds {
         let job = Job {
