@@ -153,6 +153,10 @@ pub fn save_inputs(
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     shape.validate()?;
     let Shape { n, k, d } = shape;
+    std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let (x, c) = inputs(shape, INPUT_SEED);
     let xp = dir.join(format!("x_{n}x{d}_k{k}.npy"));
     let cp = dir.join(format!("c_{k}x{d}_n{n}.npy"));

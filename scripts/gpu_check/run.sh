@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU check: one command for the first machine with an NVIDIA GPU. Run it from the
+# bundle that scripts/gpu_check/bundle.sh built on the development machine (x86-64) and
+# carried over, on a machine with the NVIDIA driver and Python with PyTorch:
+#
+#   bash run.sh [OUT_DIR]        # default OUT_DIR: ./out beside this script
+#
+# It records the device, runs the CUDA and WGPU parity suites, `vqkit bench` on the CUDA
+# (both argmin variants), WGPU and CPU backends at n = 1,000,000, d = 128, k in {1024, 4096}
+# (assign, k-means step, EMA), PyTorch's formulations on the same inputs
+# (torch_bench.py), and writes OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md
+# (report.py). Every step has a time limit and records its output and exit code; a step
+# that fails is reported, not fatal. Budget: under 8 minutes on an H100.
+#
+# env: N (1000000), D (128), KS ("1024 4096"), SECONDS_PER (1: timing per kernel),
+#      WGPU_BACKEND (vulkan). The bundle's lib/ holds the Vulkan loader, put first on
+#      LD_LIBRARY_PATH; the NVIDIA driver supplies the Vulkan ICD and libcuda.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here/out}"
+mkdir -p "$out"
+N="${N:-1000000}"
+D="${D:-128}"
+KS="${KS:-1024 4096}"
+SECONDS_PER="${SECONDS_PER:-1}"
+export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
+export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
+start=$SECONDS
+
+# step NAME LIMIT_SECONDS COMMAND...: output to OUT/NAME.txt, exit code to OUT/NAME.rc.
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    printf '[%4ss] %s\n' "$((SECONDS - start))" "$name" | tee -a "$out/log.txt"
+    timeout "$limit" "$@" > "$out/$name.txt" 2>&1
+    echo $? > "$out/$name.rc"
+}
+
+if command -v nvidia-smi > /dev/null; then
+    step device 30 nvidia-smi \
+        --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+        --format=csv,noheader
+fi
+step info 60 "$here/vqkit" info
+step cuda_suite 240 env VQKIT_REQUIRE_CUDA=1 "$here/tests/cuda_backend"
+step wgpu_suite 240 env VQKIT_REQUIRE_WGPU=1 "$here/tests/wgpu_backend"
+bench=(--n "$N" --d "$D" --seconds "$SECONDS_PER" --json)
+for k in $KS; do
+    step "bench_cpu_k$k" 240 "$here/vqkit" bench --backend cpu --k "$k" "${bench[@]}" \
+        --save-inputs "$out/inputs"
+    step "bench_cuda_k$k" 120 "$here/vqkit" bench --backend cuda --k "$k" "${bench[@]}"
+    step "bench_cuda_v1_k$k" 120 "$here/vqkit" bench --backend cuda --variant v1 --op assign \
+        --k "$k" "${bench[@]}"
+    step "bench_wgpu_k$k" 120 "$here/vqkit" bench --backend wgpu --k "$k" "${bench[@]}"
+done
+# shellcheck disable=SC2086 # KS is a list of numbers
+step torch 300 python3 "$here/torch_bench.py" --inputs "$out/inputs" --n "$N" --d "$D" \
+    --ks $KS --seconds "$SECONDS_PER"
+rm -rf "$out/inputs"
+python3 "$here/report.py" "$out"
+printf '[%4ss] done: %s\n' "$((SECONDS - start))" "$out/gpu_check.md" | tee -a "$out/log.txt"
