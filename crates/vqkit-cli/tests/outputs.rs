@@ -38,7 +38,11 @@ fn a_write_beyond_the_file_size_limit_fails_and_keeps_the_old_file() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(std::fs::read(&out).unwrap(), good, "the old codes were damaged");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        good,
+        "the old codes were damaged"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -145,3 +145,106 @@ fn cli_trains_resumes_and_reconstructs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("train-images-idx3-ubyte"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Kills `train-vqvae` with SIGKILL at many moments (seeded, spread over a whole run, so
+/// some land while a checkpoint is being written), and after each kill checks that the
+/// checkpoint left behind, if any, loads, then resumes from it; the last resume runs to the
+/// end. A checkpoint is rewritten after every epoch, atomically.
+#[test]
+fn killed_runs_leave_loadable_checkpoints_and_resume_to_the_end() {
+    use std::time::{Duration, Instant};
+    let Some(data) = fashion_mnist() else {
+        return;
+    };
+    let dir = tmp("kill");
+    let ckpt = dir.join("ckpt.safetensors");
+    let epochs = 10;
+    let args = |resume: bool| {
+        let mut a: Vec<String> = [
+            "train-vqvae",
+            "--data",
+            s(data),
+            "--limit",
+            "64",
+            "--batch",
+            "32",
+            "--threads",
+            "2",
+            "--json",
+            "-o",
+            s(&ckpt),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        a.extend(["--epochs".to_string(), epochs.to_string()]);
+        if resume {
+            a.extend(["--resume".to_string(), s(&ckpt).to_string()]);
+        }
+        a
+    };
+    // How long a whole run takes here, to spread the kills over it.
+    let t = Instant::now();
+    let full = vqkit(&args(false).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let whole = t.elapsed();
+    std::fs::remove_file(&ckpt).unwrap();
+
+    let mut rng = vqkit::rng::Rng::new(17);
+    let (mut kills, mut mid_write, mut loaded) = (0, 0, 0);
+    for _ in 0..16 {
+        let resume = ckpt.exists();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vqkit"))
+            .args(args(resume))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = whole.mul_f64(rng.uniform());
+        std::thread::sleep(at.min(Duration::from_secs(30)));
+        let killed = child.try_wait().unwrap().is_none();
+        if killed {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // A kill between creating the temporary file and the rename leaves that file.
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name();
+            if name.to_string_lossy().contains(".tmp-") {
+                mid_write += 1;
+                std::fs::remove_file(dir.join(name)).unwrap();
+            }
+        }
+        if ckpt.exists() {
+            let c = vqkit_nn::train::load_checkpoint(&ckpt)
+                .unwrap_or_else(|e| panic!("the checkpoint left by a kill does not load: {e}"));
+            assert!((1..=epochs).contains(&c.epoch), "epoch {}", c.epoch);
+            loaded += 1;
+            if !killed {
+                // The run finished: start the next one afresh, to be killed again.
+                assert_eq!(c.epoch, epochs);
+                std::fs::remove_file(&ckpt).unwrap();
+            }
+        }
+    }
+    println!(
+        "{kills} kills over {whole:?} runs, {mid_write} during a checkpoint write, {loaded} \
+         checkpoints loaded"
+    );
+    assert!(
+        kills >= 8,
+        "only {kills} of 16 runs were still going when killed"
+    );
+    // The last resume runs to the end and reports every epoch done.
+    let resume = ckpt.exists();
+    let o = vqkit(&args(resume).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = vqkit_nn::train::load_checkpoint(&ckpt).unwrap();
+    assert_eq!(c.epoch, epochs);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -128,6 +128,7 @@ struct TrainJob<'a> {
 
 struct TrainOut {
     model: VqVae,
+    opt: Adam,
     metrics: Metrics,
     train_loss: f64,
     images_per_second: f64,
@@ -197,6 +198,7 @@ impl WithBackend for TrainJob<'_> {
         let metrics = evaluate(b, &mut model, test)?;
         Ok(TrainOut {
             model,
+            opt,
             metrics,
             train_loss,
             images_per_second: seen as f64 / train_seconds.max(f64::MIN_POSITIVE),
@@ -281,8 +283,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let out = with_threads(threads, || dispatch(args.common.backend, &IN_POOL, job))??;
     let mut model = out.model;
     if start_epoch >= args.epochs {
-        // Nothing trained: still leave a model file where asked.
-        model.to_file()?.write(&args.output)?;
+        // Nothing trained: still leave a checkpoint where asked, a whole one (optimiser
+        // state and epochs done included), so that it can be resumed from in turn.
+        save_checkpoint(&mut model, &out.opt, start_epoch, &args.output)?;
     }
     let m = &out.metrics;
     let seconds = t.elapsed().as_secs_f64();

@@ -145,7 +145,10 @@ mod tests {
         assert!(blocked.join("inside").is_dir());
         // A missing directory.
         let missing = dir.join("no/such/dir/model.bin");
-        assert!(matches!(write_atomic(&missing, b"new"), Err(Error::Io { .. })));
+        assert!(matches!(
+            write_atomic(&missing, b"new"),
+            Err(Error::Io { .. })
+        ));
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
         std::fs::remove_dir_all(&dir).unwrap();
