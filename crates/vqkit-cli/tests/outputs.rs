@@ -51,3 +51,29 @@ fn a_write_beyond_the_file_size_limit_fails_and_keeps_the_old_file() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Work whose buffers cannot fit fails before allocating, saying how much it needs.
+#[test]
+fn work_beyond_the_memory_fails_early_with_the_sizes() {
+    let o = vqkit(&[
+        "bench",
+        "--n",
+        "100000000000",
+        "--k",
+        "16",
+        "--d",
+        "128",
+        "--op",
+        "assign",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        err.contains("error:") && err.contains("needs") && err.contains("GiB"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("memory allocation"),
+        "{err}"
+    );
+}

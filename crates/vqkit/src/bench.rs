@@ -175,6 +175,14 @@ pub fn run<B: Backend>(
 ) -> Result<BenchResult> {
     shape.validate()?;
     let Shape { n, k, d } = shape;
+    // The points on the host, in the k-means state and in the assign/EMA copy (on a CPU
+    // backend all three are host memory), the codebook thrice, and per-point outputs.
+    crate::resources::ensure(
+        "the benchmark's buffers",
+        crate::resources::bytes_of::<f32>(n.saturating_mul(d)) * 3
+            + crate::resources::bytes_of::<f32>(k.saturating_mul(d)) * 3
+            + crate::resources::bytes_of::<u32>(n) * 4,
+    )?;
     let (x, c) = inputs(shape, INPUT_SEED);
     let mut km = DeviceKMeans::new(b, &x, &c, d)?;
     let (times, on_device) = match op {

@@ -49,6 +49,13 @@ pub enum Error {
     /// A parameter outside its valid range.
     #[error("invalid parameter {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
+    /// Work whose buffers would not fit in the memory available (checked before allocating).
+    #[error("{what} needs {} of memory; {} available", gib(*needed), available.map_or("less is".to_string(), |a| format!("{} is", gib(a as u128))))]
+    OutOfMemory {
+        what: &'static str,
+        needed: u128,
+        available: Option<u64>,
+    },
     /// A file that cannot be opened, read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -90,4 +97,9 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// Bytes as GiB with two decimals, for messages.
+fn gib(bytes: u128) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }

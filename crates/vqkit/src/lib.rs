@@ -21,6 +21,7 @@ pub mod io;
 pub mod ops;
 pub mod quant;
 pub mod reference;
+pub mod resources;
 pub mod rng;
 
 pub use backend::{Backend, BackendKind, EmaParams, Shape};

@@ -36,6 +36,7 @@
 
 use super::Isa;
 use crate::backend::Shape;
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// A codebook packed into panels of `nr` codewords, `d`-major within a panel.
@@ -47,9 +48,9 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    fn new(codebook: &[f32], norms: &[f32], k: usize, d: usize, nr: usize) -> Self {
+    fn new(codebook: &[f32], norms: &[f32], k: usize, d: usize, nr: usize) -> Result<Self> {
         let panels = k.div_ceil(nr);
-        let mut data = vec![0.0f32; panels * nr * d];
+        let mut data = crate::resources::zeroed::<f32>("the packed codebook", panels * nr * d)?;
         for (j, row) in codebook.chunks_exact(d).enumerate() {
             let panel = &mut data[(j / nr) * nr * d..];
             for (t, &v) in row.iter().enumerate() {
@@ -58,12 +59,12 @@ impl Packed {
         }
         let mut padded_norms = vec![f32::INFINITY; panels * nr];
         padded_norms[..k].copy_from_slice(norms);
-        Packed {
+        Ok(Packed {
             data,
             norms: padded_norms,
             panels,
             d,
-        }
+        })
     }
 }
 
@@ -112,22 +113,23 @@ pub(crate) fn distance_argmin(
     shape: Shape,
     idx: &mut [u32],
     dist: &mut [f32],
-) {
+) -> Result<()> {
     let Shape { n, k, d } = shape;
     if n == 0 {
-        return;
+        return Ok(());
     }
     if k <= NARROW_K {
         for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
             rows_narrow(xs, codebook, norms, d, idx, dist)
         });
-        return;
+        return Ok(());
     }
     let (kernel, mr, nr) = kernel_for(isa);
-    let packed = Packed::new(codebook, norms, k, d, nr);
+    let packed = Packed::new(codebook, norms, k, d, nr)?;
     for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
         rows_block(kernel, mr, xs, &packed, idx, dist)
     });
+    Ok(())
 }
 
 /// Splits the rows into fixed tasks of `TASK_ROWS` (independent of the thread count) and

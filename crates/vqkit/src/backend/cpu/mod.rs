@@ -94,11 +94,11 @@ impl Backend for CpuBackend {
     }
 
     fn upload<T: Element>(&self, host: &[T]) -> Result<Vec<T>> {
-        Ok(host.to_vec())
+        crate::resources::copied("a CPU buffer", host)
     }
 
     fn zeros<T: Element>(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zeroed(); len])
+        crate::resources::filled("a CPU buffer", len, T::zeroed())
     }
 
     fn download<T: Element>(&self, buf: &Vec<T>) -> Result<Vec<T>> {
@@ -125,13 +125,13 @@ impl Backend for CpuBackend {
         check_len("x", x.len(), n * d)?;
         check_len("codebook", codebook.len(), k * d)?;
         let norms: Vec<f32> = codebook.chunks_exact(d).map(sq_norm).collect();
-        let mut idx = vec![0u32; n];
-        let mut dist = vec![0.0f32; n];
+        let mut idx = crate::resources::zeroed::<u32>("the codes", n)?;
+        let mut dist = crate::resources::zeroed::<f32>("the distances", n)?;
         self.run(n * k * d, |par| {
             distance_argmin::distance_argmin(
                 self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
             )
-        });
+        })?;
         Ok((idx, dist))
     }
 
@@ -177,8 +177,7 @@ impl Backend for CpuBackend {
         let Shape { n, k, d } = shape;
         self.run(n * k * d, |par| {
             distance_argmin::distance_argmin(self.isa, par, x, codebook, norms, shape, idx, dist)
-        });
-        Ok(())
+        })
     }
 
     fn cluster_sums(

@@ -1,0 +1,100 @@
+//! Memory a computation needs, checked before it is allocated: work whose buffers would
+//! not fit fails at once with [`Error::OutOfMemory`], saying how much it needs and how much
+//! there is, instead of the allocator aborting the process (or the kernel's OOM killer
+//! ending it) halfway through.
+//!
+//! "Available" is Linux's `MemAvailable` (memory the kernel can hand out without swapping),
+//! lowered to the cgroup's limit where the process runs in one (containers, CI). Elsewhere
+//! nothing is known in advance and only the allocation itself can fail: [`zeroed`] and
+//! [`copied`] reserve with `try_reserve_exact`, so a refused allocation is an error too.
+
+use crate::error::{Error, Result};
+
+/// Bytes of memory the process can still allocate, where the system says.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let available = meminfo.as_deref().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    // cgroup v2: the limit of this process's group, less what the group uses.
+    let cgroup = (|| {
+        let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok();
+        let max = read("memory.max")?.trim().parse::<u64>().ok()?;
+        let current = read("memory.current")?.trim().parse::<u64>().ok()?;
+        Some(max.saturating_sub(current))
+    })();
+    match (available, cgroup) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
+/// An error unless `bytes` more fit in the memory available now.
+pub fn ensure(what: &'static str, bytes: u128) -> Result<()> {
+    match available_bytes() {
+        Some(available) if bytes > available as u128 => Err(Error::OutOfMemory {
+            what,
+            needed: bytes,
+            available: Some(available),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The bytes of `len` values of `T`, without overflow.
+pub fn bytes_of<T>(len: usize) -> u128 {
+    len as u128 * std::mem::size_of::<T>() as u128
+}
+
+fn reserve<T>(what: &'static str, len: usize) -> Result<Vec<T>> {
+    ensure(what, bytes_of::<T>(len))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        what,
+        needed: bytes_of::<T>(len),
+        available: available_bytes(),
+    })?;
+    Ok(v)
+}
+
+/// `len` copies of `value`, or an error if they do not fit.
+pub fn filled<T: Clone>(what: &'static str, len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = reserve(what, len)?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// `len` zeros (`T::default()`), or an error if they do not fit.
+pub fn zeroed<T: Clone + Default>(what: &'static str, len: usize) -> Result<Vec<T>> {
+    filled(what, len, T::default())
+}
+
+/// A copy of `src`, or an error if it does not fit.
+pub fn copied<T: Clone>(what: &'static str, src: &[T]) -> Result<Vec<T>> {
+    let mut v = reserve(what, src.len())?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_sizes_are_errors_with_the_sizes_in_them() {
+        let e = zeroed::<f32>("a test buffer", usize::MAX / 8).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::OutOfMemory { .. }), "{e:?}");
+        assert!(
+            msg.contains("a test buffer") && msg.contains("GiB"),
+            "{msg}"
+        );
+        assert!(ensure("x", u128::MAX).is_err());
+        assert_eq!(zeroed::<u32>("small", 5).unwrap(), [0; 5]);
+        assert_eq!(copied("small", &[1u8, 2]).unwrap(), [1, 2]);
+    }
+}
