@@ -26,7 +26,10 @@
 //
 // What it cannot show: anything about speed on a GPU, races between blocks (blocks run one
 // after another), warp-level behaviour, or out-of-bounds reads (those read canaries or
-// neighbouring host memory; the parity suites catch the wrong results they give).
+// neighbouring host memory; the parity suites catch the wrong results they give). The
+// canaries are 256 bytes on each side: a write that lands further out corrupts host memory
+// instead of being reported, and one that writes the canary's own byte (0xA5) goes unseen.
+// PTX is checked for its entries and parameters, not for its .version and .target.
 #include "emu.h"
 
 #include "../cluster_sums.cu"
@@ -41,6 +44,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -93,10 +97,25 @@ static size_t device_memory()
 {
     static const size_t bytes = [] {
         const char* v = std::getenv("VQKIT_STANDIN_MEMORY_MB");
-        unsigned long long mb = v && *v ? std::strtoull(v, nullptr, 10) : 4096;
+        char* end = nullptr;
+        unsigned long long mb = v && *v ? std::strtoull(v, &end, 10) : 4096;
+        if (v && *v && (*end || mb == 0 || mb > (1ull << 40))) {
+            std::fprintf(stderr, "cuda stand-in: VQKIT_STANDIN_MEMORY_MB=%s is not a size in MB; "
+                                 "using 4096\n", v);
+            mb = 4096;
+        }
         return (size_t)mb << 20;
     }();
     return bytes;
+}
+
+// Whether the device reports stream-ordered allocation (cuMemAllocAsync), as every GPU
+// vqkit targets does, so that cudarc takes that path; VQKIT_STANDIN_MEMORY_POOLS=0 turns it
+// off to exercise plain cuMemAlloc.
+static bool memory_pools()
+{
+    const char* v = std::getenv("VQKIT_STANDIN_MEMORY_POOLS");
+    return !(v && std::strcmp(v, "0") == 0);
 }
 
 static int attribute(int attr)
@@ -121,7 +140,7 @@ static int attribute(int attr)
     case 75: return 9;                         // COMPUTE_CAPABILITY_MAJOR
     case 76: return 0;                         // COMPUTE_CAPABILITY_MINOR
     case 97: return 227 * 1024;                // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-    case 115: return 0;                        // MEMORY_POOLS_SUPPORTED: plain cuMemAlloc
+    case 115: return memory_pools() ? 1 : 0;   // MEMORY_POOLS_SUPPORTED
     default: return 0;
     }
 }
@@ -158,6 +177,16 @@ static CUresult fail(CUresult code, const char* fmt, ...)
         if (g_sticky) return g_sticky;                        \
     } while (0)
 
+// What needs a context current on the calling thread, as the driver does: memory, copies,
+// modules, launches, streams and events.
+#define REQUIRE_CONTEXT                                                              \
+    do {                                                                             \
+        REQUIRE_INIT;                                                                \
+        if (!g_current)                                                              \
+            return fail(CUDA_ERROR_INVALID_CONTEXT, "%s: no context is current on this " \
+                                                    "thread", __func__);             \
+    } while (0)
+
 // Device memory: host blocks with canaries on both sides.
 static const size_t GUARD = 256;
 static const unsigned char CANARY = 0xA5;
@@ -167,6 +196,24 @@ struct Alloc {
 };
 static std::map<uintptr_t, Alloc> g_allocs;  // by the buffer's first byte
 static size_t g_used = 0;
+// Freed blocks are held back from the host allocator for a while, so that a buffer freed
+// and then used (a dangling pointer) does not find its address handed to a new buffer and
+// pass as live: the last QUARANTINE_BYTES of freed blocks stay allocated, oldest released
+// first.
+static const size_t QUARANTINE_BYTES = 256u << 20;
+static std::deque<Alloc> g_quarantine;
+static size_t g_quarantined = 0;
+
+static void quarantine(const Alloc& a)
+{
+    g_quarantine.push_back(a);
+    g_quarantined += a.size;
+    while (g_quarantined > QUARANTINE_BYTES && !g_quarantine.empty()) {
+        g_quarantined -= g_quarantine.front().size;
+        std::free(g_quarantine.front().base);
+        g_quarantine.pop_front();
+    }
+}
 
 // The allocation holding [p, p + bytes), or null.
 static Alloc* find_alloc(uintptr_t p, size_t bytes)
@@ -476,7 +523,7 @@ API CUresult cuCtxGetDevice(CUdevice* d)
 API CUresult cuCtxSynchronize()
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     return CUDA_SUCCESS;
 }
 
@@ -486,7 +533,7 @@ API CUresult cuCtxSynchronize()
 API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!free_bytes || !total) return CUDA_ERROR_INVALID_VALUE;
     *total = device_memory();
     *free_bytes = device_memory() - g_used;
@@ -496,7 +543,7 @@ API CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total)
 API CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!dptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
     if (bytes > device_memory() - g_used)
         return fail(CUDA_ERROR_OUT_OF_MEMORY, "cuMemAlloc of %zu bytes: %zu of %zu in use", bytes,
@@ -525,7 +572,7 @@ API CUresult cuMemFree_v2(CUdeviceptr dptr)
         return fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree of 0x%llx, which is not a live allocation",
                     dptr);
     bool intact = guards_intact(it->second);
-    std::free(it->second.base);
+    quarantine(it->second);
     g_used -= it->second.size;
     g_allocs.erase(it);
     if (!intact) {
@@ -536,7 +583,20 @@ API CUresult cuMemFree_v2(CUdeviceptr dptr)
     return g_sticky;
 }
 
-API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream) { return cuMemFree_v2(dptr); }
+API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream s)
+{
+    LOCK;
+    if (!stream_ok(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return cuMemFree_v2(dptr);
+}
+
+API CUresult cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream s)
+{
+    LOCK;
+    if (!memory_pools()) return CUDA_ERROR_NOT_SUPPORTED;
+    if (!stream_ok(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return cuMemAlloc_v2(dptr, bytes);
+}
 
 static CUresult copy(void* dst, const void* src, size_t bytes)
 {
@@ -555,7 +615,7 @@ static CUresult device_range(CUdeviceptr p, size_t bytes, const char* what)
 API CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (CUresult r = device_range(dst, bytes, "cuMemcpyHtoD")) return r;
     if (!src && bytes) return CUDA_ERROR_INVALID_VALUE;
     return copy((void*)dst, src, bytes);
@@ -571,7 +631,7 @@ API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes
 API CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (CUresult r = device_range(src, bytes, "cuMemcpyDtoH")) return r;
     if (!dst && bytes) return CUDA_ERROR_INVALID_VALUE;
     return copy(dst, (const void*)src, bytes);
@@ -587,7 +647,7 @@ API CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, CUst
 API CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (CUresult r = device_range(dst, bytes, "cuMemcpyDtoD")) return r;
     if (CUresult r = device_range(src, bytes, "cuMemcpyDtoD")) return r;
     return copy((void*)dst, (const void*)src, bytes);
@@ -603,7 +663,7 @@ API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes
 API CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (CUresult r = device_range(dst, n, "cuMemsetD8")) return r;
     std::memset((void*)dst, v, n);
     return CUDA_SUCCESS;
@@ -619,7 +679,7 @@ API CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstrea
 API CUresult cuMemsetD32_v2(CUdeviceptr dst, unsigned v, size_t n)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (dst % 4) return CUDA_ERROR_INVALID_VALUE;
     if (CUresult r = device_range(dst, n * 4, "cuMemsetD32")) return r;
     unsigned* p = (unsigned*)dst;
@@ -640,9 +700,8 @@ API CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, CUstream s)
 API CUresult cuModuleLoadData(CUmodule* module, const void* image)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
-    if (!g_current) return CUDA_ERROR_INVALID_CONTEXT;
     Module* m = new Module;
     if (CUresult r = load_ptx(static_cast<const char*>(image), *m)) {
         for (Function* f : m->functions) {
@@ -678,7 +737,7 @@ API CUresult cuModuleUnload(CUmodule m)
 API CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!f || !name) return CUDA_ERROR_INVALID_VALUE;
     if (!g_modules.count(m)) return CUDA_ERROR_INVALID_HANDLE;
     for (Function* fn : m->functions)
@@ -709,7 +768,7 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                             void** extra)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!g_functions.count(f)) return fail(CUDA_ERROR_INVALID_HANDLE, "cuLaunchKernel: not a function of a loaded module");
     const Kernel& k = *f->kernel;
     if (!stream_ok(s)) return CUDA_ERROR_INVALID_HANDLE;
@@ -760,7 +819,7 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
 API CUresult cuStreamCreate(CUstream* s, unsigned flags)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!s) return CUDA_ERROR_INVALID_VALUE;
     Stream* st = new Stream{flags};
     g_streams.insert(st);
@@ -784,7 +843,7 @@ API CUresult cuStreamDestroy_v2(CUstream s)
 API CUresult cuStreamSynchronize(CUstream s)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     return stream_ok(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
@@ -793,7 +852,7 @@ API CUresult cuStreamQuery(CUstream s) { return cuStreamSynchronize(s); }
 API CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!stream_ok(s) || !g_events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
     return CUDA_SUCCESS;
 }
@@ -801,7 +860,7 @@ API CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned)
 API CUresult cuEventCreate(CUevent* e, unsigned flags)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!e) return CUDA_ERROR_INVALID_VALUE;
     Event* ev = new Event{flags};
     g_events.insert(ev);
@@ -812,7 +871,7 @@ API CUresult cuEventCreate(CUevent* e, unsigned flags)
 API CUresult cuEventRecord(CUevent e, CUstream s)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!g_events.count(e) || !stream_ok(s)) return CUDA_ERROR_INVALID_HANDLE;
     e->recorded = true;
     e->seconds = now();
@@ -824,7 +883,7 @@ API CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned) { return cu
 API CUresult cuEventSynchronize(CUevent e)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     return g_events.count(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
@@ -833,7 +892,7 @@ API CUresult cuEventQuery(CUevent e) { return cuEventSynchronize(e); }
 API CUresult cuEventElapsedTime(float* ms, CUevent start, CUevent end)
 {
     LOCK;
-    REQUIRE_INIT;
+    REQUIRE_CONTEXT;
     if (!ms) return CUDA_ERROR_INVALID_VALUE;
     if (!g_events.count(start) || !g_events.count(end)) return CUDA_ERROR_INVALID_HANDLE;
     const unsigned DISABLE_TIMING = 2;

@@ -6,6 +6,8 @@
 # from PyPI (pure Python; its Triton comes with the GPU machine's PyTorch), and the
 # scripts. Prints the bundle's directory as its last line.
 #
+# The binaries need the glibc they were built against or newer (Debian 12 here: 2.36).
+#
 #   bash scripts/gpu_check/bundle.sh [DIR]      # default DIR: target/gpu-check
 #   # carry DIR over, then on the GPU machine: bash DIR/run.sh
 set -euo pipefail
@@ -43,7 +45,7 @@ fi
 # flash-kmeans, the fastest published GPU k-means, where PyPI serves it, and tqdm, which it
 # imports (both pure Python).
 tmp="$(mktemp -d)"
-for pkg in flash-kmeans tqdm; do
+for pkg in flash-kmeans==0.3.1 tqdm; do
     if pip download -q --no-deps --only-binary :all: -d "$tmp" "$pkg" 2> "$tmp/err"; then
         for whl in "$tmp"/*.whl; do python3 -m zipfile -e "$whl" "$bundle/python"; done
         rm -f "$tmp"/*.whl

@@ -26,6 +26,8 @@ SECONDS_PER="${SECONDS_PER:-1}"
 export LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
+# Triton's fp32 dot products in IEEE fp32, not TF32, so flash-kmeans is timed like for like.
+export TRITON_F32_DEFAULT="${TRITON_F32_DEFAULT:-ieee}"
 start=$SECONDS
 
 # step NAME LIMIT_SECONDS COMMAND...: output to OUT/NAME.txt, exit code to OUT/NAME.rc.
@@ -42,6 +44,7 @@ if command -v nvidia-smi > /dev/null; then
         --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
         --format=csv,noheader
 fi
+step glibc 10 ldd --version
 step info 60 "$here/vqkit" info
 step cuda_suite 240 env VQKIT_REQUIRE_CUDA=1 "$here/tests/cuda_backend"
 step wgpu_suite 240 env VQKIT_REQUIRE_WGPU=1 "$here/tests/wgpu_backend"

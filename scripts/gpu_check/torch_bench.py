@@ -13,7 +13,9 @@ For each shape (n, k, d):
 - ema: vqkit's EMA step (Laplace-smoothed, decay 0.99, eps 1e-5) with `bincount`,
   `index_add_` and `lerp_`, given the assignment.
 
-FP32 throughout, TF32 off (vqkit's kernels are exact FP32). Each timing is the median of
+FP32 throughout, TF32 off (vqkit's kernels are exact FP32): `allow_tf32 = False` for
+PyTorch, TRITON_F32_DEFAULT=ieee for flash-kmeans' Triton kernels (its rows are labelled
+with the precision they ran at). A flash-kmeans call that fails is reported as an error row. Each timing is the median of
 at least 3 runs after a warm-up, by CUDA events on a GPU, by the host clock on a CPU. Also
 measured: the device's FP32 matmul throughput (cuBLAS SGEMM, 8192^3) and its copy
 bandwidth, as ceilings. Prints one JSON object per line.
@@ -128,6 +130,11 @@ def main():
     except Exception as e:  # not installed, or no Triton/CUDA here
         info["flash_kmeans"] = f"unavailable: {type(e).__name__}: {e}"
         have_flash = False
+    # Triton computes fp32 dot products in TF32 unless TRITON_F32_DEFAULT=ieee (run.sh sets
+    # it); the rows say which they got.
+    import os
+    precision = " [TF32]" if os.environ.get("TRITON_F32_DEFAULT", "tf32") != "ieee" else " [fp32]"
+    info["triton_f32"] = os.environ.get("TRITON_F32_DEFAULT", "default (tf32)")
     emit(kind="device", **info)
 
     n, d = args.n, args.d
@@ -142,6 +149,15 @@ def main():
             emit(kind="result", op=op, impl=impl, n=n, k=k, d=d, median_s=seconds, runs=runs,
                  **{unit: work / seconds / 1e9})
 
+        def guarded(op, impl, work, timed):
+            """A third-party timing that may fail (an API that changed, a Triton error):
+            its failure is a row of its own, not the end of the run."""
+            try:
+                t, r = timed()
+                result(op, impl + precision, t, r, work, "gflops")
+            except Exception as e:
+                emit(kind="error", op=op, impl=impl, k=k, error=f"{type(e).__name__}: {e}")
+
         t, r = time_it(lambda: assign_cdist(x, c, idx), args.seconds)
         result("assign", "torch.cdist+argmin", t, r, flops, "gflops")
         t, r = time_it(lambda: assign_mm(x, c, c_sq, idx), args.seconds)
@@ -150,8 +166,8 @@ def main():
             x3, c3 = x[None], c[None]
             x_sq = (x * x).sum(dim=1)[None]
             out = torch.empty((1, n), dtype=torch.int32, device=device)
-            t, r = time_it(lambda: euclid_assign_triton(x3, c3, x_sq, out), args.seconds)
-            result("assign", "flash-kmeans euclid_assign_triton", t, r, flops, "gflops")
+            guarded("assign", "flash-kmeans euclid_assign_triton", flops, lambda: time_it(
+                lambda: euclid_assign_triton(x3, c3, x_sq=x_sq, out=out), args.seconds))
 
         def lloyd():
             assign_mm(x, c, c_sq, idx)
@@ -163,11 +179,15 @@ def main():
         result("kmeans", "torch addmm assign + index_add_ update", t, r, flops + n * d, "gflops")
         if have_flash:
             iters = 5
-            t, r = time_it(lambda: batch_kmeans_Euclid(x[None], k, max_iters=iters, tol=0.0,
-                                                       init_centroids=c[None].clone()),
-                           args.seconds)
-            result("kmeans", "flash-kmeans batch_kmeans_Euclid (per iteration)", t / iters, r,
-                   flops + n * d, "gflops")
+
+            def per_iteration():
+                t, r = time_it(lambda: batch_kmeans_Euclid(
+                    x[None], n_clusters=k, max_iters=iters, tol=0.0,
+                    init_centroids=c[None].clone()), args.seconds)
+                return t / iters, r
+
+            guarded("kmeans", "flash-kmeans batch_kmeans_Euclid (per iteration)", flops + n * d,
+                    per_iteration)
 
         assign_mm(x, c, c_sq, idx)
         decay, eps = 0.99, 1e-5

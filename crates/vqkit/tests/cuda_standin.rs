@@ -156,3 +156,26 @@ fn events_time_the_work_between_them() {
     let c = stream.record_event(None).unwrap();
     assert_eq!(code(a.elapsed_ms(&c)), E::CUDA_ERROR_INVALID_HANDLE);
 }
+
+#[test]
+fn allocation_follows_the_reported_memory_pools_and_needs_a_context() {
+    let Some(ctx) = standin() else { return };
+    let pools = std::env::var("VQKIT_STANDIN_MEMORY_POOLS").map_or(true, |v| v != "0");
+    // cudarc allocates stream-ordered (cuMemAllocAsync) where the device has memory pools,
+    // as every GPU vqkit targets does; CI runs this file both ways.
+    assert_eq!(ctx.has_async_alloc(), pools);
+    let stream = ctx.default_stream();
+    let b = stream.clone_htod(&[1u32, 2, 3]).unwrap();
+    assert_eq!(stream.clone_dtoh(&b).unwrap(), [1, 2, 3]);
+    // A thread with no context current cannot allocate.
+    let code = std::thread::spawn(|| {
+        // SAFETY: a plain allocation request; it is refused before any memory is touched.
+        unsafe { result::malloc_sync(64) }.map(|_| ())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        code.expect_err("no context").0,
+        E::CUDA_ERROR_INVALID_CONTEXT
+    );
+}

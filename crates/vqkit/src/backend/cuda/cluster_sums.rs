@@ -87,13 +87,12 @@ impl CudaBackend {
             .lock()
             .ok()
             .and_then(|mut s| s.u32s[slot as usize].take());
-        match kept {
-            Some(mut b) if b.len() >= len.max(1) => {
-                self.poison(&mut b, u32::MAX)?;
-                Ok(b)
-            }
-            _ => self.alloc(len),
-        }
+        let mut b = match kept {
+            Some(b) if b.len() >= len.max(1) => b,
+            _ => self.alloc(len)?,
+        };
+        self.poison(&mut b, u32::MAX)?;
+        Ok(b)
     }
 
     pub(super) fn give_u32(&self, slot: U32, buf: CudaSlice<u32>) {
@@ -109,13 +108,12 @@ impl CudaBackend {
             .lock()
             .ok()
             .and_then(|mut s| s.f64s[slot as usize].take());
-        match kept {
-            Some(mut b) if b.len() >= len.max(1) => {
-                self.poison(&mut b, f64::NAN)?;
-                Ok(b)
-            }
-            _ => self.alloc(len),
-        }
+        let mut b = match kept {
+            Some(b) if b.len() >= len.max(1) => b,
+            _ => self.alloc(len)?,
+        };
+        self.poison(&mut b, f64::NAN)?;
+        Ok(b)
     }
 
     pub(super) fn give_f64(&self, slot: F64, buf: CudaSlice<f64>) {
@@ -124,9 +122,9 @@ impl CudaBackend {
         }
     }
 
-    /// In builds with debug assertions (the tests), fills a reused buffer with `v`, so that
-    /// a kernel reading what it did not write in this call fails the parity suite instead
-    /// of passing on the previous call's values.
+    /// In builds with debug assertions (the tests), fills a scratch buffer, fresh or reused,
+    /// with `v`, so that a kernel reading what it did not write in this call fails the
+    /// parity suite instead of passing on zeros or on the previous call's values.
     fn poison<T: DeviceRepr + Copy>(&self, buf: &mut CudaSlice<T>, v: T) -> Result<()> {
         if cfg!(debug_assertions) {
             self.stream
