@@ -218,8 +218,12 @@ pub fn save_checkpoint(m: &mut VqVae, opt: &Adam, epoch: usize, path: &Path) -> 
 
 /// Reads a checkpoint written by [`save_checkpoint`].
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let f = TensorFile::read(path)?;
-    let mut model = VqVae::from_file(&f)?;
+    checkpoint_from_file(&TensorFile::read(path)?)
+}
+
+/// The checkpoint in a safetensors file already read (see [`load_checkpoint`]).
+pub fn checkpoint_from_file(f: &TensorFile) -> Result<Checkpoint> {
+    let mut model = VqVae::from_file(f)?;
     let mut opt = Adam::new(f.get("train.lr")?);
     let count: usize = f.get("adam.tensors")?;
     let lens: Vec<usize> = model.params_mut().iter().map(|p| p.value.len()).collect();

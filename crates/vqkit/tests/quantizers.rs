@@ -288,3 +288,20 @@ fn minibatch_streams_a_file_and_matches_full_kmeans() {
     assert!(matches!(RowStream::open(&npy), Err(Error::Format { .. })));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn avq_whose_distances_overflow_is_an_error_not_a_panic() {
+    // Found by `cargo fuzz run models`: codebooks so large that every beam candidate's
+    // distance is infinite left the beam empty, and encoding indexed into it.
+    let m = vqkit::quant::avq::Avq {
+        d: 2,
+        m: 2,
+        k: 2,
+        beam: 2,
+        codebooks: vec![3e30, -3e30, 1e30, 2e30, -3e30, 3e30, 2e30, 1e30],
+    };
+    assert!(matches!(
+        m.encode(&[0.5, 0.5], 2),
+        Err(Error::Overflow { row: 0 })
+    ));
+}

@@ -29,17 +29,25 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
 
 /// Opens a file as a byte stream, through gzip when it starts with the gzip magic.
 fn open(path: &Path) -> Result<Box<dyn Read>> {
-    let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    decompressed(f).map_err(|e| io_err(path, e))
+}
+
+/// `r` as a byte stream, through gzip when it starts with the gzip magic.
+fn decompressed<'a>(mut r: impl Read + 'a) -> std::io::Result<Box<dyn Read + 'a>> {
     let mut head = [0u8; 2];
-    let got = read_up_to(&mut f, &mut head).map_err(|e| io_err(path, e))?;
+    let got = read_up_to(&mut r, &mut head)?;
     let prefix = std::io::Cursor::new(head[..got].to_vec());
-    let stream = prefix.chain(f);
+    let stream = prefix.chain(r);
     if got == 2 && head == [0x1f, 0x8b] {
         Ok(Box::new(GzDecoder::new(stream)))
     } else {
         Ok(Box::new(stream))
     }
 }
+
+/// The name errors give to data parsed from memory.
+const IN_MEMORY: &str = "<in memory>";
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -56,15 +64,19 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Exactly `len` bytes, or a truncation error naming what was being read. A corrupt gzip
-/// stream is reported as a format error too.
+/// stream is reported as a format error too. The buffer grows with the data that arrives,
+/// so a header that claims more than the file holds costs nothing before it is refused.
 fn read_exact(r: &mut dyn Read, path: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let got = read_up_to(&mut &mut *r, &mut buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
-            Error::format(path, format!("corrupt gzip stream: {e}"))
-        }
-        _ => io_err(path, e),
-    })?;
+    let mut buf = Vec::new();
+    let got = (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut buf)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                Error::format(path, format!("corrupt gzip stream: {e}"))
+            }
+            _ => io_err(path, e),
+        })?;
     if got < len {
         return Err(Error::format(
             path,
@@ -96,7 +108,20 @@ fn header(r: &mut dyn Read, path: &Path, magic: u32, ndim: usize) -> Result<Vec<
 /// Reads an image file (magic 0x0803); at most `limit` images when given (the rest of the
 /// file is not decompressed).
 pub fn read_images(path: &Path, limit: Option<usize>) -> Result<IdxImages> {
-    let mut r = open(path)?;
+    images_from(&mut *open(path)?, path, limit)
+}
+
+/// [`read_images`] of a file's bytes held in memory (gzipped or not).
+pub fn parse_images(bytes: &[u8], limit: Option<usize>) -> Result<IdxImages> {
+    let path = Path::new(IN_MEMORY);
+    images_from(
+        &mut *decompressed(bytes).map_err(|e| io_err(path, e))?,
+        path,
+        limit,
+    )
+}
+
+fn images_from(r: &mut dyn Read, path: &Path, limit: Option<usize>) -> Result<IdxImages> {
     let dims = header(&mut *r, path, IMAGES_MAGIC, 3)?;
     let (n, rows, cols) = (dims[0], dims[1], dims[2]);
     let count = limit.map_or(n, |l| l.min(n));
@@ -115,7 +140,20 @@ pub fn read_images(path: &Path, limit: Option<usize>) -> Result<IdxImages> {
 
 /// Reads a label file (magic 0x0801); at most `limit` labels when given.
 pub fn read_labels(path: &Path, limit: Option<usize>) -> Result<Vec<u8>> {
-    let mut r = open(path)?;
+    labels_from(&mut *open(path)?, path, limit)
+}
+
+/// [`read_labels`] of a file's bytes held in memory (gzipped or not).
+pub fn parse_labels(bytes: &[u8], limit: Option<usize>) -> Result<Vec<u8>> {
+    let path = Path::new(IN_MEMORY);
+    labels_from(
+        &mut *decompressed(bytes).map_err(|e| io_err(path, e))?,
+        path,
+        limit,
+    )
+}
+
+fn labels_from(r: &mut dyn Read, path: &Path, limit: Option<usize>) -> Result<Vec<u8>> {
     let dims = header(&mut *r, path, LABELS_MAGIC, 1)?;
     let count = limit.map_or(dims[0], |l| l.min(dims[0]));
     read_exact(&mut *r, path, count, "the labels")

@@ -22,8 +22,12 @@ pub enum Dtype {
 
 impl Dtype {
     fn parse(descr: &str) -> Result<(Dtype, bool), String> {
-        // (kind+size, big-endian?)
-        let (endian, code) = descr.split_at(descr.len().min(1));
+        // (kind+size, big-endian?). The first character, whatever its width in UTF-8 (a
+        // byte index could fall inside a multi-byte one: found by fuzzing).
+        let mut chars = descr.chars();
+        let endian = chars.next().map(String::from).unwrap_or_default();
+        let code = chars.as_str();
+        let endian = endian.as_str();
         let big = match endian {
             "<" | "|" | "=" => false,
             ">" => true,
@@ -311,6 +315,18 @@ pub fn write_u32(path: &Path, shape: &[usize], data: &[u32]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_multibyte_character_in_the_dtype_is_an_error_not_a_panic() {
+        // Found by `cargo fuzz run npy`: the dtype's first character was sliced by byte.
+        let header = "{'descr': '\u{679}f8', 'fortran_order': False, 'shape': (1,), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend((header.len() as u16).to_le_bytes());
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 8]);
+        let e = super::parse(&bytes).unwrap_err();
+        assert!(e.contains("unsupported dtype"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -166,7 +166,7 @@ impl Avq {
         codes
             .par_chunks_mut(CHUNK * m)
             .enumerate()
-            .for_each(|(ci, out)| {
+            .try_for_each(|(ci, out)| {
                 let i0 = ci * CHUNK;
                 let rows = out.len() / m;
                 let xs = &x[i0 * d..(i0 + rows) * d];
@@ -175,10 +175,13 @@ impl Avq {
                 let mut search = Search::new(beam, m, k);
                 for v in 0..rows {
                     let x0: f32 = xs[v * d..(v + 1) * d].iter().map(|t| t * t).sum();
-                    let best = search.run(x0, &xc[v * mk..(v + 1) * mk], &norms, &table);
+                    let best = search
+                        .run(x0, &xc[v * mk..(v + 1) * mk], &norms, &table)
+                        .ok_or(Error::Overflow { row: i0 + v })?;
                     out[v * m..(v + 1) * m].copy_from_slice(best);
                 }
-            });
+                Ok(())
+            })?;
         Ok(codes)
     }
 
@@ -312,8 +315,10 @@ impl Search {
         }
     }
 
-    /// The best code set for one vector with `|x|^2 = x0` and `xc = x . C_all` (m k).
-    fn run(&mut self, x0: f32, xc: &[f32], norms: &[f32], table: &[f32]) -> &[u32] {
+    /// The best code set for one vector with `|x|^2 = x0` and `xc = x . C_all` (m k), or
+    /// `None` when no candidate has a finite distance (the data or the codebooks overflow
+    /// f32: found by fuzzing model files).
+    fn run(&mut self, x0: f32, xc: &[f32], norms: &[f32], table: &[f32]) -> Option<&[u32]> {
         let (m, k) = (self.m, self.k);
         let mk = m * k;
         self.dist.clear();
@@ -373,7 +378,10 @@ impl Search {
             }
             std::mem::swap(&mut self.dist, &mut self.next_dist);
             std::mem::swap(&mut self.codes, &mut self.next_codes);
+            if self.dist.is_empty() {
+                return None;
+            }
         }
-        &self.codes[..m]
+        self.codes.get(..m)
     }
 }
