@@ -248,3 +248,39 @@ fn killed_runs_leave_loadable_checkpoints_and_resume_to_the_end() {
     assert_eq!(c.epoch, epochs);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A model too large for the machine is refused before any of it is allocated.
+#[test]
+fn a_model_beyond_the_memory_is_refused_with_its_size() {
+    let Some(data) = fashion_mnist() else {
+        return;
+    };
+    let dir = tmp("huge");
+    let out = dir.join("m.safetensors");
+    for args in [
+        ["--codebook", "2000000000", "--embedding-dim", "64"],
+        ["--embedding-dim", "100000000", "--codebook", "8"],
+    ] {
+        let o = vqkit(
+            &[
+                &[
+                    "train-vqvae",
+                    "--data",
+                    s(data),
+                    "--limit",
+                    "64",
+                    "-o",
+                    s(&out),
+                ][..],
+                &args[..],
+            ]
+            .concat(),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("needs") && err.contains("GiB"), "{err}");
+        assert!(!err.contains("memory allocation of"), "{err}");
+        assert!(!out.exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

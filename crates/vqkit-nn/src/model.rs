@@ -34,6 +34,20 @@ pub struct ConvNetConfig {
 }
 
 impl ConvNetConfig {
+    /// An upper bound on the encoder's and decoder's parameters: every convolution taken
+    /// at 4 x 4 taps (the largest kernel), biases included.
+    pub fn parameter_bound(&self) -> u128 {
+        let c = |v: usize| v as u128;
+        let mut dims = vec![c(self.in_channels)];
+        dims.extend(self.hidden_dims.iter().map(|&h| c(h)));
+        let last = *dims.last().unwrap_or(&0);
+        let chain: u128 = dims.windows(2).map(|w| w[0] * w[1] * 16 + w[1]).sum();
+        let residual =
+            c(self.num_residual_layers) * (last * c(self.residual_hidden) * 16 * 2 + last * 2);
+        let latent = last * c(self.embedding_dim) * 16 + last + c(self.embedding_dim);
+        2 * (chain + residual + latent + last * last * 16)
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.hidden_dims.is_empty() {
             return Err(Error::invalid("hidden_dims", "needs at least one entry"));

@@ -255,6 +255,14 @@ pub fn rows_to_nchw(rows: &[f32], shape: [usize; 4]) -> Result<Tensor> {
 impl VqVae {
     pub fn new(cfg: VqVaeConfig) -> Result<Self> {
         cfg.validate()?;
+        // Each parameter is held four times in training (value, gradient, two Adam
+        // moments); check that before allocating any of it.
+        let codebooks =
+            cfg.codebooks() as u128 * cfg.num_embeddings as u128 * cfg.embedding_dim as u128;
+        vqkit::resources::ensure(
+            "the model's parameters",
+            (cfg.net().parameter_bound() + codebooks) * 4 * 4,
+        )?;
         let mut rng = Rng::new(cfg.seed);
         let net = cfg.net();
         let encoder = Encoder::new(&net, &mut rng)?;

@@ -234,6 +234,11 @@ impl VectorQuantizer {
     /// `kmeans_init`).
     pub fn new(cfg: VqConfig) -> Result<Self> {
         cfg.validate()?;
+        // The codebook, its EMA sums and gradient, and per-code state.
+        crate::resources::ensure(
+            "the quantizer's codebook",
+            crate::resources::bytes_of::<f32>(cfg.k.saturating_mul(cfg.d)) * 4,
+        )?;
         let mut rng = Rng::new(cfg.seed);
         let mut codebook = rng.normal_vec(cfg.k * cfg.d);
         if cfg.distance == Distance::Cosine {
