@@ -6,16 +6,25 @@ use super::Isa;
 use rayon::prelude::*;
 use std::time::Instant;
 
-/// Independent FMA chains: more than latency x throughput (4 x 2 on current x86 cores).
-const CHAINS: usize = 16;
+/// Independent FMA chains per instruction set: at least latency x throughput (4 x 2 on
+/// current x86 cores) to keep every FMA pipe busy, and few enough that the chains and the
+/// two constants stay in registers: AVX-512 has 32 vector registers, AVX2 16 (16 chains
+/// there spilled to the stack, and the "ceiling" came out below what assign reached).
+const AVX512_CHAINS: usize = 16;
+const AVX2_CHAINS: usize = 12;
+/// The portable ceiling computes as the portable micro-kernels do, `acc += b * a` unfused
+/// on arrays the compiler vectorizes for the build target: chains of PORTABLE_WIDTH floats.
+const PORTABLE_CHAINS: usize = 8;
+const PORTABLE_WIDTH: usize = 8;
 
 /// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set.
 pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
     let iters = 4_000_000usize;
+    // Floats updated per iteration, each by one multiply and one add.
     let lanes = match isa {
-        Isa::Avx512 => 16,
-        Isa::Avx2 => 8,
-        Isa::Portable => 1,
+        Isa::Avx512 => 16 * AVX512_CHAINS,
+        Isa::Avx2 => 8 * AVX2_CHAINS,
+        Isa::Portable => PORTABLE_WIDTH * PORTABLE_CHAINS,
     };
     let run = |_| {
         let t = Instant::now();
@@ -34,7 +43,7 @@ pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
             slowest
         })
         .fold(f64::INFINITY, f64::min);
-    (threads * iters * CHAINS * lanes * 2) as f64 / best / 1e9
+    (threads * iters * lanes * 2) as f64 / best / 1e9
 }
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
@@ -46,26 +55,33 @@ fn fma_chains(isa: Isa, iters: usize) -> f32 {
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::chains_avx2(iters) },
         _ => {
-            let mut a = [1.0f32; CHAINS];
-            for _ in 0..iters {
-                for v in a.iter_mut() {
-                    *v = v.mul_add(0.999_999, 1e-7);
+            // As the portable micro-kernels compute: `acc += b * a`, unfused (a scalar
+            // `mul_add` without FMA in the target would call libm and measure nothing a
+            // kernel does), with b loaded each step so that only the add is on the chain.
+            let mut acc = [[0.0f32; PORTABLE_WIDTH]; PORTABLE_CHAINS];
+            let b = [[0.999_999f32; PORTABLE_WIDTH]; 2];
+            let a = std::hint::black_box(1e-3f32);
+            for i in 0..iters {
+                let row = std::hint::black_box(&b[i & 1]);
+                for chain in acc.iter_mut() {
+                    for (v, &x) in chain.iter_mut().zip(row) {
+                        *v += x * a;
+                    }
                 }
-                a = std::hint::black_box(a);
             }
-            a.iter().sum()
+            acc.iter().flatten().sum()
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::CHAINS;
+    use super::{AVX2_CHAINS, AVX512_CHAINS};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn chains_avx512(iters: usize) -> f32 {
-        let mut a = [_mm512_set1_ps(1.0); CHAINS];
+        let mut a = [_mm512_set1_ps(1.0); AVX512_CHAINS];
         let (m, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
         for _ in 0..iters {
             for v in a.iter_mut() {
@@ -77,7 +93,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn chains_avx2(iters: usize) -> f32 {
-        let mut a = [_mm256_set1_ps(1.0); CHAINS];
+        let mut a = [_mm256_set1_ps(1.0); AVX2_CHAINS];
         let (m, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
         for _ in 0..iters {
             for v in a.iter_mut() {
