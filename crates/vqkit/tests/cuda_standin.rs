@@ -8,26 +8,12 @@
 
 #![cfg(feature = "cuda")]
 
-use cudarc::driver::sys::cudaError_enum as E;
-use cudarc::driver::{CudaContext, DriverError, LaunchConfig, PushKernelArg, result};
-use cudarc::nvrtc::Ptx;
-use std::sync::Arc;
-use vqkit_kernels::DISTANCE_ARGMIN_PTX;
+mod common;
 
-/// A context on the stand-in, or `None` (after saying why) on any other driver or none.
-fn standin() -> Option<Arc<CudaContext>> {
-    if !vqkit::backend::cuda::driver_present() {
-        println!("skipped: no CUDA driver library");
-        return None;
-    }
-    let ctx = CudaContext::new(0).expect("device 0");
-    let name = ctx.name().expect("a device name");
-    if !name.contains("stand-in") {
-        println!("skipped: {name} is not the stand-in driver");
-        return None;
-    }
-    Some(ctx)
-}
+use cudarc::driver::sys::cudaError_enum as E;
+use cudarc::driver::{DriverError, LaunchConfig, PushKernelArg, result};
+use cudarc::nvrtc::Ptx;
+use vqkit_kernels::DISTANCE_ARGMIN_PTX;
 
 fn code<T: std::fmt::Debug>(r: Result<T, DriverError>) -> E {
     r.expect_err("the driver should have refused").0
@@ -43,7 +29,9 @@ fn one_d(grid: u32, block: u32) -> LaunchConfig {
 
 #[test]
 fn launches_check_their_geometry_and_pointers() {
-    let Some(ctx) = standin() else { return };
+    let Some(ctx) = common::standin_context() else {
+        return;
+    };
     let stream = ctx.default_stream();
     let module = ctx.load_module(Ptx::from_src(DISTANCE_ARGMIN_PTX)).unwrap();
     let norms_fn = module.load_function("codeword_norms").unwrap();
@@ -100,7 +88,9 @@ fn launches_check_their_geometry_and_pointers() {
 
 #[test]
 fn memory_beyond_the_device_is_out_of_memory() {
-    let Some(ctx) = standin() else { return };
+    let Some(ctx) = common::standin_context() else {
+        return;
+    };
     let stream = ctx.default_stream();
     let (free, total) = result::mem_get_info().unwrap();
     assert!(free <= total);
@@ -117,7 +107,9 @@ fn memory_beyond_the_device_is_out_of_memory() {
 
 #[test]
 fn modules_hold_only_the_kernels_compiled_from_kernels_cu() {
-    let Some(ctx) = standin() else { return };
+    let Some(ctx) = common::standin_context() else {
+        return;
+    };
     let module = ctx.load_module(Ptx::from_src(DISTANCE_ARGMIN_PTX)).unwrap();
     assert_eq!(
         code(module.load_function("no_such_kernel")),
@@ -144,7 +136,9 @@ fn modules_hold_only_the_kernels_compiled_from_kernels_cu() {
 
 #[test]
 fn events_time_the_work_between_them() {
-    let Some(ctx) = standin() else { return };
+    let Some(ctx) = common::standin_context() else {
+        return;
+    };
     let stream = ctx.default_stream();
     let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let a = stream.record_event(timing).unwrap();
@@ -159,7 +153,9 @@ fn events_time_the_work_between_them() {
 
 #[test]
 fn allocation_follows_the_reported_memory_pools_and_needs_a_context() {
-    let Some(ctx) = standin() else { return };
+    let Some(ctx) = common::standin_context() else {
+        return;
+    };
     let pools = std::env::var("VQKIT_STANDIN_MEMORY_POOLS").map_or(true, |v| v != "0");
     // cudarc allocates stream-ordered (cuMemAllocAsync) where the device has memory pools,
     // as every GPU vqkit targets does; CI runs this file both ways.

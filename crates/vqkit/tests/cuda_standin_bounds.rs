@@ -4,23 +4,18 @@
 
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use cudarc::driver::sys::cudaError_enum as E;
-use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use vqkit_kernels::DISTANCE_ARGMIN_PTX;
 
 #[test]
 fn an_out_of_bounds_write_is_an_illegal_address() {
-    if !vqkit::backend::cuda::driver_present() {
-        println!("skipped: no CUDA driver library");
+    let Some(ctx) = common::standin_context() else {
         return;
-    }
-    let ctx = CudaContext::new(0).unwrap();
-    let name = ctx.name().unwrap();
-    if !name.contains("stand-in") {
-        println!("skipped: {name} is not the stand-in driver");
-        return;
-    }
+    };
     let stream = ctx.default_stream();
     let module = ctx.load_module(Ptx::from_src(DISTANCE_ARGMIN_PTX)).unwrap();
     let f = module.load_function("codeword_norms").unwrap();

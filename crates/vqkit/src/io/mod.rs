@@ -27,11 +27,6 @@ pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Writes `bytes` to `path` atomically, with the path in the error (see [`write_atomic`]).
-pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic(path, bytes)
-}
-
 /// Writes `bytes` to `path` so that a reader, or a run that was killed, sees the old file
 /// or the new one and never a part of either: the bytes go to a temporary file in the same
 /// directory (`.NAME.tmp-PID-N`), are flushed to the disk, and the file is renamed over

@@ -1,7 +1,7 @@
 //! NumPy `.npy`, versions 1.0 to 3.0, C order. Read: f32, f64, f16 and u8 matrices
 //! (converted to f32), and integer code arrays. Write: f32 and u32 arrays.
 
-use super::{Matrix, read_bytes, write_bytes};
+use super::{Matrix, read_bytes, write_atomic};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -305,12 +305,12 @@ pub fn u32_bytes(shape: &[usize], data: &[u32]) -> Vec<u8> {
 
 /// Writes an f32 array.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    write_bytes(path, &f32_bytes(shape, data))
+    write_atomic(path, &f32_bytes(shape, data))
 }
 
 /// Writes a u32 array.
 pub fn write_u32(path: &Path, shape: &[usize], data: &[u32]) -> Result<()> {
-    write_bytes(path, &u32_bytes(shape, data))
+    write_atomic(path, &u32_bytes(shape, data))
 }
 
 #[cfg(test)]

@@ -46,7 +46,7 @@ pub fn encode_gray(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>
 
 /// Writes a grayscale PNG to `path`.
 pub fn write_gray(path: &Path, width: usize, height: usize, pixels: &[u8]) -> Result<()> {
-    super::write_bytes(path, &encode_gray(width, height, pixels)?)
+    super::write_atomic(path, &encode_gray(width, height, pixels)?)
 }
 
 /// Tiles `rows` rows of equally sized single-channel images (values in [0, 1], clamped)

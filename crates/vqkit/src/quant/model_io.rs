@@ -108,7 +108,7 @@ impl TensorFile {
     pub fn write(&self, path: &Path) -> Result<()> {
         let mut f = self.clone();
         f.path = path.to_path_buf();
-        crate::io::write_bytes(path, &f.to_bytes()?)
+        crate::io::write_atomic(path, &f.to_bytes()?)
     }
 
     pub fn read(path: &Path) -> Result<Self> {

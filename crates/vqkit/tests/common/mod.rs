@@ -488,3 +488,26 @@ macro_rules! backend_suite {
         }
     };
 }
+
+/// A context on the CUDA stand-in driver (`kernels/emu/driver.sh`), or `None` after saying
+/// why: no driver library, or a real driver (whose limits the stand-in tests do not
+/// describe). With `VQKIT_REQUIRE_CUDA=1` (CI) a missing driver is a failure.
+#[cfg(feature = "cuda")]
+pub fn standin_context() -> Option<std::sync::Arc<cudarc::driver::CudaContext>> {
+    if !vqkit::backend::cuda::driver_present() {
+        let require = std::env::var("VQKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+        assert!(
+            !require,
+            "VQKIT_REQUIRE_CUDA=1 but no CUDA driver library was found"
+        );
+        println!("skipped: no CUDA driver library");
+        return None;
+    }
+    let ctx = cudarc::driver::CudaContext::new(0).expect("device 0");
+    let name = ctx.name().expect("a device name");
+    if !name.contains("stand-in") {
+        println!("skipped: {name} is not the stand-in driver");
+        return None;
+    }
+    Some(ctx)
+}

@@ -75,50 +75,53 @@ pub(super) enum F64 {
 /// no buffer is cleared on reuse, except where the n = 0 path says so.
 #[derive(Default)]
 pub(super) struct Scratch {
-    u32s: [Option<CudaSlice<u32>>; 11],
-    f64s: [Option<CudaSlice<f64>>; 2],
+    u32s: [Option<CudaSlice<u32>>; U32::Counts as usize + 1],
+    f64s: [Option<CudaSlice<f64>>; F64::Total as usize + 1],
+}
+
+/// A scratch slot: which buffer of which element type, and the value that poisons it.
+pub(super) trait Slot: Copy {
+    type Elem: DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy;
+    const POISON: Self::Elem;
+    fn cell(self, s: &mut Scratch) -> &mut Option<CudaSlice<Self::Elem>>;
+}
+
+impl Slot for U32 {
+    type Elem = u32;
+    const POISON: u32 = u32::MAX;
+    fn cell(self, s: &mut Scratch) -> &mut Option<CudaSlice<u32>> {
+        &mut s.u32s[self as usize]
+    }
+}
+
+impl Slot for F64 {
+    type Elem = f64;
+    const POISON: f64 = f64::NAN;
+    fn cell(self, s: &mut Scratch) -> &mut Option<CudaSlice<f64>> {
+        &mut s.f64s[self as usize]
+    }
 }
 
 impl CudaBackend {
-    /// A `u32` scratch buffer of at least `len` elements.
-    pub(super) fn take_u32(&self, slot: U32, len: usize) -> Result<CudaSlice<u32>> {
+    /// The scratch buffer of `slot`, of at least `len` elements.
+    pub(super) fn take<S: Slot>(&self, slot: S, len: usize) -> Result<CudaSlice<S::Elem>> {
         let kept = self
             .scratch
             .lock()
             .ok()
-            .and_then(|mut s| s.u32s[slot as usize].take());
+            .and_then(|mut s| slot.cell(&mut s).take());
         let mut b = match kept {
             Some(b) if b.len() >= len.max(1) => b,
             _ => self.alloc(len)?,
         };
-        self.poison(&mut b, u32::MAX)?;
+        self.poison(&mut b, S::POISON)?;
         Ok(b)
     }
 
-    pub(super) fn give_u32(&self, slot: U32, buf: CudaSlice<u32>) {
+    /// Gives a buffer back to `slot` for the next call.
+    pub(super) fn give<S: Slot>(&self, slot: S, buf: CudaSlice<S::Elem>) {
         if let Ok(mut s) = self.scratch.lock() {
-            s.u32s[slot as usize] = Some(buf);
-        }
-    }
-
-    /// An `f64` scratch buffer of at least `len` elements.
-    pub(super) fn take_f64(&self, slot: F64, len: usize) -> Result<CudaSlice<f64>> {
-        let kept = self
-            .scratch
-            .lock()
-            .ok()
-            .and_then(|mut s| s.f64s[slot as usize].take());
-        let mut b = match kept {
-            Some(b) if b.len() >= len.max(1) => b,
-            _ => self.alloc(len)?,
-        };
-        self.poison(&mut b, f64::NAN)?;
-        Ok(b)
-    }
-
-    pub(super) fn give_f64(&self, slot: F64, buf: CudaSlice<f64>) {
-        if let Ok(mut s) = self.scratch.lock() {
-            s.f64s[slot as usize] = Some(buf);
+            *slot.cell(&mut s) = Some(buf);
         }
     }
 
@@ -136,9 +139,9 @@ impl CudaBackend {
 
     /// Gives a grouping's buffers back to the scratch slots.
     pub(super) fn give_grouping(&self, g: Grouping) {
-        self.give_u32(U32::ValsA, g.order);
-        self.give_u32(U32::Offsets, g.offsets);
-        self.give_u32(U32::ChunkOffsets, g.chunk_offsets);
+        self.give(U32::ValsA, g.order);
+        self.give(U32::Offsets, g.offsets);
+        self.give(U32::ChunkOffsets, g.chunk_offsets);
     }
     /// Exclusive scan: `out[i] = sum_{i' < i} ceil(input[i'] / divisor)`, `out[len]` the
     /// total; `out` has `len + 1` entries.
@@ -150,8 +153,8 @@ impl CudaBackend {
         out: &mut CudaSlice<u32>,
     ) -> Result<()> {
         let blocks = len.div_ceil(SCAN_CHUNK).max(1);
-        let mut sums = self.take_u32(U32::ScanSums, blocks as usize)?;
-        let mut offs = self.take_u32(U32::ScanOffsets, blocks as usize + 1)?;
+        let mut sums = self.take(U32::ScanSums, blocks as usize)?;
+        let mut offs = self.take(U32::ScanOffsets, blocks as usize + 1)?;
         let one = 1u32;
         // SAFETY: scan_reduce(const u32* in, u32 len, u32 divisor, u32* block_sums): reads
         // in[0..len) (input holds len u32s), writes block_sums[0..blocks).
@@ -190,8 +193,8 @@ impl CudaBackend {
                 .launch(cfg(blocks, 1024))
         }
         .map_err(device)?;
-        self.give_u32(U32::ScanSums, sums);
-        self.give_u32(U32::ScanOffsets, offs);
+        self.give(U32::ScanSums, sums);
+        self.give(U32::ScanOffsets, offs);
         Ok(())
     }
 
@@ -243,10 +246,10 @@ impl CudaBackend {
         k: u32,
         counts: &mut CudaSlice<C>,
     ) -> Result<Grouping> {
-        let mut offsets = self.take_u32(U32::Offsets, k as usize + 1)?;
-        let mut chunk_offsets = self.take_u32(U32::ChunkOffsets, k as usize + 1)?;
-        let mut ka = self.take_u32(U32::KeysA, n as usize)?;
-        let mut va = self.take_u32(U32::ValsA, n as usize)?;
+        let mut offsets = self.take(U32::Offsets, k as usize + 1)?;
+        let mut chunk_offsets = self.take(U32::ChunkOffsets, k as usize + 1)?;
+        let mut ka = self.take(U32::KeysA, n as usize)?;
+        let mut va = self.take(U32::ValsA, n as usize)?;
         let max_chunks = n.div_ceil(SEG_CHUNK) + k;
         if n > 0 {
             // Keys are codes clamped to k (the "ignored" bucket, sorted last).
@@ -255,10 +258,10 @@ impl CudaBackend {
             let digit = bits.div_ceil(passes);
             let tiles = n.div_ceil(RADIX_TILE);
             let bins = 1u32 << digit;
-            let mut hist = self.take_u32(U32::Hist, (bins * tiles) as usize)?;
-            let mut hoff = self.take_u32(U32::HistOffsets, (bins * tiles) as usize + 1)?;
-            let mut kb = self.take_u32(U32::KeysB, n as usize)?;
-            let mut vb = self.take_u32(U32::ValsB, n as usize)?;
+            let mut hist = self.take(U32::Hist, (bins * tiles) as usize)?;
+            let mut hoff = self.take(U32::HistOffsets, (bins * tiles) as usize + 1)?;
+            let mut kb = self.take(U32::KeysB, n as usize)?;
+            let mut vb = self.take(U32::ValsB, n as usize)?;
             let pass = |i: u32| RadixPass {
                 n,
                 k,
@@ -295,10 +298,10 @@ impl CudaBackend {
             }
             .map_err(device)?;
             self.scan(&*counts, k, SEG_CHUNK, &mut chunk_offsets)?;
-            self.give_u32(U32::Hist, hist);
-            self.give_u32(U32::HistOffsets, hoff);
-            self.give_u32(U32::KeysB, kb);
-            self.give_u32(U32::ValsB, vb);
+            self.give(U32::Hist, hist);
+            self.give(U32::HistOffsets, hoff);
+            self.give(U32::KeysB, kb);
+            self.give(U32::ValsB, vb);
         } else {
             // No rows: zero counts, and zero offsets to say "no chunks".
             self.stream.memset_zeros(counts).map_err(device)?;
@@ -307,7 +310,7 @@ impl CudaBackend {
                 .memset_zeros(&mut chunk_offsets)
                 .map_err(device)?;
         }
-        self.give_u32(U32::KeysA, ka);
+        self.give(U32::KeysA, ka);
         Ok(Grouping {
             order: va,
             offsets,
@@ -326,7 +329,7 @@ impl CudaBackend {
         s: SegShape,
     ) -> Result<CudaSlice<f64>> {
         let cols = s.d + dist.is_some() as u32;
-        let mut partials = self.take_f64(F64::Partials, g.max_chunks as usize * cols as usize)?;
+        let mut partials = self.take(F64::Partials, g.max_chunks as usize * cols as usize)?;
         let block = cols.div_ceil(32).clamp(1, 8) * 32;
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&self.kernels.segment_partials);
@@ -388,7 +391,7 @@ impl CudaBackend {
                 .launch(cfg(grid(k as u64 * (d as u64 + 1), 256)?, 256))
         }
         .map_err(device)?;
-        self.give_f64(F64::Partials, partials);
+        self.give(F64::Partials, partials);
         self.give_grouping(g);
         Ok(())
     }

@@ -41,7 +41,7 @@ impl CudaBackend {
         )?;
         let Shape { n, k, d } = shape;
         let (n, k, d) = (to_u32("n", n)?, to_u32("k", k)?, to_u32("d", d)?);
-        let mut counts = self.take_u32(U32::Counts, k as usize)?;
+        let mut counts = self.take(U32::Counts, k as usize)?;
         let g = self.group(&idx.bytes, n, k, &mut counts)?;
         let partials = self.segment_partials(&x.bytes, None, &g, SegShape { k, d })?;
         let s = EmaShape {
@@ -50,7 +50,7 @@ impl CudaBackend {
             decay: params.decay,
             eps: params.eps,
         };
-        let mut total = self.take_f64(F64::Total, 1)?;
+        let mut total = self.take(F64::Total, 1)?;
         // SAFETY: ema_sizes(const u32* counts, EmaShape s, f32* cluster_size, f64* total):
         // one block reads counts[0..k), updates cluster_size[0..k) (k f32, checked) and
         // writes total[0].
@@ -82,9 +82,9 @@ impl CudaBackend {
                 .launch(cfg(grid(k as u64 * d as u64, 256)?, 256))
         }
         .map_err(device)?;
-        self.give_u32(U32::Counts, counts);
-        self.give_f64(F64::Total, total);
-        self.give_f64(F64::Partials, partials);
+        self.give(U32::Counts, counts);
+        self.give(F64::Total, total);
+        self.give(F64::Partials, partials);
         self.give_grouping(g);
         Ok(())
     }
