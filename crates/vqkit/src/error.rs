@@ -72,6 +72,10 @@ pub enum Error {
         backend: &'static str,
         reason: String,
     },
+    /// Work stopped between iterations because [`crate::interrupt`]'s hook asked for it
+    /// (Ctrl-C in the Python package); nothing was returned or written.
+    #[error("interrupted")]
+    Interrupted,
     /// An error reported by a device driver or runtime.
     #[error("{backend} device error: {message}")]
     Device {

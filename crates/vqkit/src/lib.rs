@@ -17,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod choice;
 pub mod error;
+pub mod interrupt;
 pub mod io;
 pub mod ops;
 pub mod quant;

@@ -91,6 +91,71 @@ pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Resul
     Ok(out)
 }
 
+/// One shard's share of a Lloyd step, in the form a distributed k-means reduces: per-cluster
+/// sums of the shard's points (f64), their counts, and the shard's inertia.
+///
+/// Reduced over shards, `sum_s sums_s[j] / sum_s counts_s[j]` is the next centroid `j` and
+/// `sum_s inertia_s` the objective of the current one. Every number is accumulated in a
+/// fixed order (points in row order, per cluster), so the result does not depend on the
+/// number of threads, and the sum over shards in a fixed order is reproducible.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PartialStats {
+    /// (k, d), row-major: `sums[j] = sum_{a_i = j} x_i`.
+    pub sums: Vec<f64>,
+    /// `counts[j] = |{i : a_i = j}|`.
+    pub counts: Vec<u64>,
+    /// `sum_i |x_i - c_{a_i}|^2`.
+    pub inertia: f64,
+}
+
+/// The fused assignment of `x` (n x d) to `centroids` (k x d) on the backend, then the
+/// shard's [`PartialStats`] on the host in f64.
+pub fn partial_stats<B: Backend>(
+    b: &B,
+    x: &[f32],
+    centroids: &[f32],
+    d: usize,
+) -> Result<PartialStats> {
+    let a = assign(b, x, centroids, d)?;
+    let k = centroids.len() / d;
+    let n = a.indices.len();
+    // Group the points by cluster, keeping row order within each (a counting sort), so that
+    // each cluster's sum is one sequential f64 accumulation, whichever thread runs it.
+    let mut counts = vec![0u64; k];
+    for &c in &a.indices {
+        counts[c as usize] += 1;
+    }
+    let mut start = Vec::with_capacity(k + 1);
+    start.push(0usize);
+    for &c in &counts {
+        start.push(start.last().copied().unwrap_or(0) + c as usize);
+    }
+    let mut order = crate::resources::filled("the points grouped by cluster", n, 0u32)?;
+    let mut next = start.clone();
+    for (i, &c) in a.indices.iter().enumerate() {
+        order[next[c as usize]] = i as u32;
+        next[c as usize] += 1;
+    }
+    let mut sums = crate::resources::filled("the cluster sums", k * d, 0.0f64)?;
+    sums.par_chunks_mut(d)
+        .with_min_len(16)
+        .enumerate()
+        .for_each(|(j, s)| {
+            for &i in &order[start[j]..start[j + 1]] {
+                let row = &x[i as usize * d..(i as usize + 1) * d];
+                for (acc, &v) in s.iter_mut().zip(row) {
+                    *acc += v as f64;
+                }
+            }
+        });
+    let inertia = a.distances.iter().map(|&v| v as f64).sum();
+    Ok(PartialStats {
+        sums,
+        counts,
+        inertia,
+    })
+}
+
 /// Finite inputs can still give infinite squared distances; say so rather than return them.
 fn check_overflow(dist: &[f32]) -> Result<()> {
     match dist.iter().position(|v| !v.is_finite()) {

@@ -116,6 +116,7 @@ impl Avq {
         let mut err = mse(x, &model.decode(&codes)?, d);
         on_round(0, err);
         for round in 1..=cfg.ls_rounds {
+            crate::interrupt::check()?;
             let before = model.codebooks.clone();
             model.least_squares(x, &codes)?;
             let new_codes = model.encode(x, cfg.beam)?;

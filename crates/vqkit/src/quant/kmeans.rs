@@ -359,6 +359,7 @@ fn lloyd<B: Backend>(
     let mut repaired_total = 0;
     let mut prev_counts: Option<Vec<u32>> = None;
     for iter in 0..cfg.iters {
+        crate::interrupt::check()?;
         let rep = km.step()?;
         let mse = rep.inertia / n.max(1) as f64;
         let mut repaired = 0;
@@ -449,6 +450,9 @@ pub(crate) fn kmeans_pp<B: Backend>(
     let mut pick = rng.below(n);
     for c in 0..k {
         let row = &x[pick * d..(pick + 1) * d];
+        if c % 64 == 0 {
+            crate::interrupt::check()?;
+        }
         centroids.extend_from_slice(row);
         if c + 1 == k {
             break;

@@ -311,6 +311,7 @@ pub fn fit_stream<B: Backend>(
     let mut counts = b.zeros::<u32>(k)?;
     let mut dist_sums = b.zeros::<f32>(k)?;
     for epoch in 0..cfg.epochs {
+        crate::interrupt::check()?;
         stream.rewind()?;
         let (mut total, mut batches) = (0.0f64, 0usize);
         loop {

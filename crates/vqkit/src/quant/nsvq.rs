@@ -252,10 +252,12 @@ pub fn train<B: Backend>(
     let mut batches_seen = 0;
     let mut xb = Vec::with_capacity(cfg.batch * d);
     for epoch in 0..cfg.epochs {
+        crate::interrupt::check()?;
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0f64;
         let mut batches = 0usize;
         for chunk in order.chunks(cfg.batch) {
+            crate::interrupt::check()?;
             xb.clear();
             for &i in chunk {
                 xb.extend_from_slice(&x[i * d..(i + 1) * d]);

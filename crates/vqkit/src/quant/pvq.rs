@@ -108,6 +108,7 @@ impl Pvq {
         let ds = d / cfg.m;
         let mut codebooks = Vec::with_capacity(cfg.k * d);
         for sub in 0..cfg.m {
+            crate::interrupt::check()?;
             let xs = sub_columns(x, d, sub, ds);
             let (km, _) = KMeans::fit(b, &xs, ds, &cfg.kmeans(sub))?;
             codebooks.extend_from_slice(&km.centroids);

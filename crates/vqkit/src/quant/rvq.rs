@@ -176,6 +176,7 @@ impl Rvq {
         let mut residual = x.to_vec();
         let mut beam = BeamState::new(n, cfg.beam, x);
         for s in 0..cfg.stages {
+            crate::interrupt::check()?;
             let (km, _) = KMeans::fit(b, &residual, d, &cfg.kmeans(s))?;
             model.codebooks.extend_from_slice(&km.centroids);
             model.stages = s + 1;
@@ -194,6 +195,7 @@ impl Rvq {
             on_stage(s);
         }
         for round in 0..cfg.refine_rounds {
+            crate::interrupt::check()?;
             model.refine_round(b, x, cfg, round)?;
         }
         Ok(model)

@@ -1,0 +1,448 @@
+//! Trained quantizers as one Python class, `vqkit._vqkit.Model`, over
+//! [`vqkit::quant::model::Model`]: the same safetensors files as the CLI (`vqkit rq-kmeans
+//! -o m.safetensors` loads here, and `.save` here writes what `vqkit encode` reads).
+
+use crate::{AnyBackend, Job, VqkitError, codes_u32, matrix, on_backend, to_py};
+use numpy::prelude::*;
+use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray2};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+use vqkit::Backend;
+use vqkit::Choice;
+use vqkit::quant::avq::{Avq, AvqConfig};
+use vqkit::quant::kmeans::{Init, KMeans};
+use vqkit::quant::model::Model;
+use vqkit::quant::nsvq::{self, NsvqConfig, NsvqMethod, Trained};
+use vqkit::quant::pvq::{Pvq, PvqConfig};
+use vqkit::quant::rvq::{Rvq, RvqConfig};
+use vqkit::quant::{code_stats, mean_sq_norm};
+
+/// Work on models that needs a backend.
+pub(crate) enum ModelJob<'a> {
+    Rvq(&'a [f32], usize, RvqConfig),
+    Pvq(&'a [f32], usize, PvqConfig),
+    Avq(&'a [f32], usize, AvqConfig),
+    Nsvq(&'a [f32], usize, NsvqConfig),
+    Encode(&'a Model, &'a [f32], Option<usize>),
+}
+
+pub(crate) enum ModelOut {
+    Model(Model, Vec<f64>),
+    Codes(Vec<u32>),
+}
+
+impl ModelJob<'_> {
+    pub(crate) fn run<B: Backend>(self, b: &B) -> vqkit::Result<ModelOut> {
+        Ok(match self {
+            ModelJob::Rvq(x, d, cfg) => {
+                ModelOut::Model(Model::Rvq(Rvq::fit(b, x, d, &cfg, &mut |_| {})?), vec![])
+            }
+            ModelJob::Pvq(x, d, cfg) => {
+                ModelOut::Model(Model::Pvq(Pvq::fit(b, x, d, &cfg, &mut |_| {})?), vec![])
+            }
+            ModelJob::Avq(x, d, cfg) => {
+                let mut rounds = Vec::new();
+                let m = Avq::fit(b, x, d, &cfg, &mut |_, e| rounds.push(e))?;
+                ModelOut::Model(Model::Avq(m), rounds)
+            }
+            ModelJob::Nsvq(x, d, cfg) => {
+                let mut epochs = Vec::new();
+                let m = nsvq::train(b, x, d, &cfg, &mut |_, e| epochs.push(e))?;
+                let m = match m {
+                    Trained::Rvq(r) => Model::Rvq(r),
+                    Trained::Pvq(p) => Model::Pvq(p),
+                    Trained::Avq(a) => Model::Avq(a),
+                };
+                ModelOut::Model(m, epochs)
+            }
+            ModelJob::Encode(m, x, beam) => {
+                m.check_dim(m.d())?;
+                ModelOut::Codes(m.encode(b, x, beam)?)
+            }
+        })
+    }
+}
+
+/// A trained quantizer (k-means, residual, product, additive; from vqkit's Python classes,
+/// NSVQ, or a file the CLI wrote). Codes are (n, width) arrays of indices below `k`.
+#[pyclass(name = "Model", module = "vqkit._vqkit", frozen)]
+pub struct PyModel {
+    model: Model,
+    /// The training hyper-parameters, saved as the CLI saves them (`vqkit.config`).
+    config: Option<String>,
+}
+
+fn fitted(py: Python<'_>, backend: &str, job: ModelJob<'_>) -> PyResult<(Model, Vec<f64>)> {
+    match on_backend(py, backend, Job(move |b: &dyn AnyBackend| b.model(job)))? {
+        ModelOut::Model(m, log) => Ok((m, log)),
+        ModelOut::Codes(_) => Err(VqkitError::new_err("internal: a fit returned codes")),
+    }
+}
+
+fn init(name: &str) -> PyResult<Init> {
+    Init::from_name(name).map_err(to_py)
+}
+
+fn config(c: &impl serde::Serialize) -> Option<String> {
+    serde_json::to_string(c).ok()
+}
+
+/// Residual quantizer (RQ-K-means): `stages` codebooks of `k` codewords.
+#[pyfunction]
+#[pyo3(signature = (x, stages, k, niter, seed, beam, shared, init_name, max_points_per_centroid, backend))]
+#[allow(clippy::too_many_arguments)]
+fn rq_fit(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    stages: usize,
+    k: usize,
+    niter: usize,
+    seed: u64,
+    beam: usize,
+    shared: bool,
+    init_name: &str,
+    max_points_per_centroid: usize,
+    backend: &str,
+) -> PyResult<PyModel> {
+    let (xs, _, d) = matrix("x", &x)?;
+    let cfg = RvqConfig {
+        iters: niter,
+        seed,
+        beam,
+        shared,
+        init: init(init_name)?,
+        max_points_per_centroid,
+        ..RvqConfig::new(stages, k)
+    };
+    let config = config(&cfg);
+    let (model, _) = fitted(py, backend, ModelJob::Rvq(xs, d, cfg))?;
+    Ok(PyModel { model, config })
+}
+
+/// Product quantizer: `m` sub-spaces of `d / m` dimensions, `k` codewords each.
+#[pyfunction]
+#[pyo3(signature = (x, m, k, niter, seed, init_name, max_points_per_centroid, backend))]
+#[allow(clippy::too_many_arguments)]
+fn pq_fit(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    m: usize,
+    k: usize,
+    niter: usize,
+    seed: u64,
+    init_name: &str,
+    max_points_per_centroid: usize,
+    backend: &str,
+) -> PyResult<PyModel> {
+    let (xs, _, d) = matrix("x", &x)?;
+    let cfg = PvqConfig {
+        iters: niter,
+        seed,
+        init: init(init_name)?,
+        max_points_per_centroid,
+        ..PvqConfig::new(m, k)
+    };
+    let config = config(&cfg);
+    let (model, _) = fitted(py, backend, ModelJob::Pvq(xs, d, cfg))?;
+    Ok(PyModel { model, config })
+}
+
+/// Additive quantizer: RQ-K-means start, then beam encoding and least squares; returns the
+/// model and the training error after each round.
+#[pyfunction]
+#[pyo3(signature = (x, m, k, beam, niter, seed, ls_rounds, init_name, max_points_per_centroid, backend))]
+#[allow(clippy::too_many_arguments)]
+fn aq_fit(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    m: usize,
+    k: usize,
+    beam: usize,
+    niter: usize,
+    seed: u64,
+    ls_rounds: usize,
+    init_name: &str,
+    max_points_per_centroid: usize,
+    backend: &str,
+) -> PyResult<(PyModel, Vec<f64>)> {
+    let (xs, _, d) = matrix("x", &x)?;
+    let cfg = AvqConfig {
+        beam,
+        iters: niter,
+        seed,
+        ls_rounds,
+        init: init(init_name)?,
+        max_points_per_centroid,
+        ..AvqConfig::new(m, k)
+    };
+    let config = config(&cfg);
+    let (model, rounds) = fitted(py, backend, ModelJob::Avq(xs, d, cfg))?;
+    Ok((PyModel { model, config }, rounds))
+}
+
+/// NSVQ training (noise substitution): the model and the training MSE after each epoch.
+#[pyfunction]
+#[pyo3(signature = (x, method, stages, k, epochs, batch, lr, seed, beam, init_iters, replace, backend))]
+#[allow(clippy::too_many_arguments)]
+fn nsvq_fit(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    method: &str,
+    stages: usize,
+    k: usize,
+    epochs: usize,
+    batch: usize,
+    lr: f32,
+    seed: u64,
+    beam: usize,
+    init_iters: usize,
+    replace: Option<(f32, usize)>,
+    backend: &str,
+) -> PyResult<(PyModel, Vec<f64>)> {
+    let (xs, _, d) = matrix("x", &x)?;
+    let cfg = NsvqConfig {
+        epochs,
+        batch,
+        lr,
+        seed,
+        beam,
+        init_iters,
+        replace,
+        ..NsvqConfig::new(NsvqMethod::from_name(method).map_err(to_py)?, stages, k)
+    };
+    let config = config(&cfg);
+    let (model, epochs) = fitted(py, backend, ModelJob::Nsvq(xs, d, cfg))?;
+    Ok((PyModel { model, config }, epochs))
+}
+
+/// A k-means model over given centroids (k, d), for saving.
+#[pyfunction]
+fn kmeans_model(centroids: PyReadonlyArray2<'_, f32>) -> PyResult<PyModel> {
+    let (c, _, d) = matrix("centroids", &centroids)?;
+    let m = KMeans::from_centroids(c.to_vec(), d).map_err(to_py)?;
+    Ok(PyModel {
+        model: Model::KMeans(m),
+        config: None,
+    })
+}
+
+/// Reads a model file written by `.save` or by the CLI.
+#[pyfunction]
+fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
+    let model = py.detach(|| Model::load(&path)).map_err(to_py)?;
+    Ok(PyModel {
+        model,
+        config: None,
+    })
+}
+
+/// Error and code use after each stage (RQ, AQ: cumulative; PQ: per sub-space).
+fn stage_stats(model: &Model, x: &[f32], codes: &[u32]) -> Vec<(f64, f64, f64)> {
+    let (w, k) = model.code_shape();
+    let d = model.d();
+    let n = codes.len() / w.max(1);
+    let column = |s: usize| -> Vec<u32> { (0..n).map(|i| codes[i * w + s]).collect() };
+    let mut out = Vec::with_capacity(w);
+    match model {
+        Model::Rvq(_) | Model::Avq(_) | Model::KMeans(_) | Model::Vq(_) => {
+            let mut r = x.to_vec();
+            for s in 0..w {
+                let cb = match model {
+                    Model::Rvq(m) => m.codebook(s),
+                    Model::Avq(m) => m.codebook(s),
+                    Model::KMeans(m) => &m.centroids,
+                    Model::Vq(m) => &m.codebook,
+                    Model::Pvq(_) => unreachable!(),
+                };
+                let col = column(s);
+                for (row, &c) in r.chunks_exact_mut(d).zip(&col) {
+                    for (v, &q) in row
+                        .iter_mut()
+                        .zip(&cb[c as usize * d..(c as usize + 1) * d])
+                    {
+                        *v -= q;
+                    }
+                }
+                let (perp, usage) = code_stats(&col, k);
+                out.push((mean_sq_norm(&r, d), perp, usage));
+            }
+        }
+        Model::Pvq(p) => {
+            let ds = p.dsub();
+            for s in 0..w {
+                let cb = p.codebook(s);
+                let col = column(s);
+                let err: f64 = x
+                    .chunks_exact(d)
+                    .zip(&col)
+                    .map(|(row, &c)| {
+                        row[s * ds..(s + 1) * ds]
+                            .iter()
+                            .zip(&cb[c as usize * ds..(c as usize + 1) * ds])
+                            .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    / n.max(1) as f64;
+                let (perp, usage) = code_stats(&col, k);
+                out.push((err, perp, usage));
+            }
+        }
+    }
+    out
+}
+
+#[pymethods]
+impl PyModel {
+    /// `kmeans`, `rvq`, `pvq`, `avq` or `vq`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.model.kind()
+    }
+
+    /// The vector dimension.
+    #[getter]
+    fn d(&self) -> usize {
+        self.model.d()
+    }
+
+    /// `(codes per vector, codewords per codebook)`.
+    #[getter]
+    fn code_shape(&self) -> (usize, usize) {
+        self.model.code_shape()
+    }
+
+    /// The codebooks, float32 (codebooks, k, dimension of a codeword).
+    #[getter]
+    fn codebooks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let (v, shape) = match &self.model {
+            Model::KMeans(m) => (m.centroids.clone(), [1, m.k(), m.d]),
+            Model::Rvq(m) => (m.codebooks.clone(), [m.stages, m.k, m.d]),
+            Model::Pvq(m) => (m.codebooks.clone(), [m.m, m.k, m.dsub()]),
+            Model::Avq(m) => (m.codebooks.clone(), [m.m, m.k, m.d]),
+            Model::Vq(m) => (m.codebook.clone(), [1, m.cfg.k, m.cfg.d]),
+        };
+        PyArray1::from_vec(py, v).reshape(shape)
+    }
+
+    /// Codes (n, width) as uint32; `beam` overrides the searching models' beam width.
+    #[pyo3(signature = (x, beam = None, backend = "cpu"))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+        beam: Option<usize>,
+        backend: &str,
+    ) -> PyResult<Bound<'py, PyArray2<u32>>> {
+        let (xs, n, d) = matrix("x", &x)?;
+        self.model.check_dim(d).map_err(to_py)?;
+        let model = &self.model;
+        let codes = match on_backend(
+            py,
+            backend,
+            Job(move |b: &dyn AnyBackend| b.model(ModelJob::Encode(model, xs, beam))),
+        )? {
+            ModelOut::Codes(c) => c,
+            ModelOut::Model(..) => return Err(VqkitError::new_err("internal: encode fitted")),
+        };
+        let w = self.model.code_shape().0;
+        PyArray1::from_vec(py, codes).reshape([n, w])
+    }
+
+    /// Reconstructions (n, d) float32 from int64 codes (n, width).
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        codes: PyReadonlyArray2<'py, i64>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (w, k) = self.model.code_shape();
+        let shape = codes.shape();
+        if shape[1] != w {
+            return Err(VqkitError::new_err(format!(
+                "codes: expected {w} codes per vector for this {} model, got {}",
+                self.model.kind(),
+                shape[1]
+            )));
+        }
+        let c = codes_u32(
+            codes
+                .as_slice()
+                .map_err(|e| VqkitError::new_err(format!("codes: {e}")))?,
+            k,
+        )?;
+        let model = &self.model;
+        let out = py.detach(|| model.decode(&c)).map_err(to_py)?;
+        PyArray1::from_vec(py, out).reshape([shape[0], self.model.d()])
+    }
+
+    /// Per stage (RQ, AQ: after codebooks 0..=s; PQ: sub-space s): `mse`,
+    /// `relative_error` (mse over the mean squared norm of `x`), `perplexity`, `usage`.
+    fn stage_errors<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f32>,
+        codes: PyReadonlyArray2<'py, i64>,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let (xs, n, d) = matrix("x", &x)?;
+        self.model.check_dim(d).map_err(to_py)?;
+        let (w, k) = self.model.code_shape();
+        if codes.shape() != [n, w] {
+            return Err(VqkitError::new_err(format!(
+                "codes: expected shape ({n}, {w}), got {:?}",
+                codes.shape()
+            )));
+        }
+        let c = codes_u32(
+            codes
+                .as_slice()
+                .map_err(|e| VqkitError::new_err(format!("codes: {e}")))?,
+            k,
+        )?;
+        let model = &self.model;
+        let stats = py.detach(|| stage_stats(model, xs, &c));
+        let norm = mean_sq_norm(xs, d);
+        stats
+            .into_iter()
+            .enumerate()
+            .map(|(s, (mse, perplexity, usage))| {
+                let dct = PyDict::new(py);
+                dct.set_item("stage", s)?;
+                dct.set_item("mse", mse)?;
+                dct.set_item("relative_error", if norm > 0.0 { mse / norm } else { 0.0 })?;
+                dct.set_item("perplexity", perplexity)?;
+                dct.set_item("usage", usage)?;
+                Ok(dct)
+            })
+            .collect()
+    }
+
+    /// Writes the model as the CLI does (safetensors, written atomically).
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let mut f = self.model.to_file();
+        if let Some(c) = &self.config {
+            f.set("vqkit.config", c);
+        }
+        py.detach(|| f.write(&path)).map_err(to_py)
+    }
+
+    fn __repr__(&self) -> String {
+        let (w, k) = self.model.code_shape();
+        format!(
+            "vqkit Model(kind={}, d={}, codebooks={w}, k={k})",
+            self.model.kind(),
+            self.model.d()
+        )
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(rq_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(pq_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(aq_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(nsvq_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans_model, m)?)?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    Ok(())
+}
