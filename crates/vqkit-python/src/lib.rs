@@ -7,6 +7,7 @@
 //! The names users know (FAISS's `Kmeans`, `ResidualQuantizer`, ...) live in the Python
 //! layer, which is documented and typed; here each argument is spelled out.
 
+mod cuda;
 mod model;
 mod run;
 
@@ -469,5 +470,6 @@ fn _vqkit(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(complexity, m)?)?;
     model::register(m)?;
+    cuda::register(m)?;
     Ok(())
 }

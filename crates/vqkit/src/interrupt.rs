@@ -39,7 +39,11 @@ pub fn with_hook<R>(hook: impl FnMut() -> bool + 'static, f: impl FnOnce() -> R)
 /// always when no hook is installed.
 pub fn check() -> Result<()> {
     let stop = HOOK.with(|h| h.borrow_mut().as_mut().is_some_and(|hook| hook()));
-    if stop { Err(Error::Interrupted) } else { Ok(()) }
+    if stop {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

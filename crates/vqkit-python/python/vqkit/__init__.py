@@ -37,6 +37,7 @@ import numpy as np
 from . import _vqkit
 from ._vqkit import (
     BackendError,
+    DeviceArray,
     Model,
     VqkitError,
     __version__,
@@ -47,6 +48,7 @@ from ._vqkit import (
 __all__ = [
     "AdditiveQuantizer",
     "BackendError",
+    "DeviceArray",
     "Kmeans",
     "Model",
     "ProductQuantizer",
@@ -55,6 +57,7 @@ __all__ = [
     "assign",
     "backends",
     "complexity",
+    "ema_update",
     "get_num_threads",
     "load",
     "partial_stats",
@@ -112,16 +115,93 @@ def _nbits(nbits: int) -> int:
     return int(nbits)
 
 
-def assign(x: ArrayLike, codebook: ArrayLike, backend: str = "cpu") -> Tuple[np.ndarray, np.ndarray]:
+def _cai(x: Any) -> Optional[Dict[str, Any]]:
+    """``x.__cuda_array_interface__`` for device arrays (CUDA torch tensors, CuPy), else None."""
+    if _is_torch(x) and x.requires_grad:
+        x = x.detach()
+    return getattr(x, "__cuda_array_interface__", None)
+
+
+def _device(x: Any, name: str, ndim: int, typestr: str = "<f4") -> Tuple[int, ...]:
+    """``(address, *shape, stream)`` of a C-contiguous device array, from its
+    ``__cuda_array_interface__``; an error for anything else."""
+    cai = _cai(x)
+    if cai is None:
+        raise VqkitError(f"{name} is not a device array; pass every array on the device or none")
+    shape = tuple(int(s) for s in cai["shape"])
+    if len(shape) != ndim:
+        raise VqkitError(f"{name} must have {ndim} dimension(s); got shape {shape}")
+    if cai["typestr"] != typestr:
+        raise VqkitError(f"{name} has typestr {cai['typestr']}; vqkit's CUDA path needs {typestr}")
+    strides = cai.get("strides")
+    item = int(typestr[2:])
+    if strides is not None:
+        expect = tuple(item * int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(ndim))
+        if tuple(strides) != expect and int(np.prod(shape)) > 1:
+            raise VqkitError(f"{name} must be C-contiguous (call .contiguous())")
+    if cai.get("mask") is not None:
+        raise VqkitError(f"{name} is a masked array")
+    stream = cai.get("stream") or 0
+    return (int(cai["data"][0]), *shape, int(stream))
+
+
+def assign(x: ArrayLike, codebook: ArrayLike, backend: str = "cpu") -> Tuple[Any, Any]:
     """Nearest codeword of every row of ``x`` (n, d) in ``codebook`` (k, d).
 
     Returns ``(D, I)``: squared Euclidean distances (float32, shape (n,)) and indices
     (int64, shape (n,)), as FAISS's ``IndexFlatL2(d).search(x, 1)`` gives them (without
     its trailing axis of 1). The distances and the argmin are fused: no n x k matrix.
     ``backend``: ``"cpu"`` (default), ``"wgpu"`` or ``"cuda"``.
+
+    Device arrays (anything with ``__cuda_array_interface__``: CUDA torch tensors, CuPy
+    arrays; float32, C-contiguous) run on vqkit's CUDA kernels where they lie, without a
+    copy to the host, and the results stay on the device: torch tensors (int64 indices)
+    for torch input, else :class:`DeviceArray` objects (float32 and int32) that any engine
+    takes through the same interface.
     """
+    if _cai(x) is not None or _cai(codebook) is not None:
+        D, I = _vqkit.cuda_assign(_device(x, "x", 2), _device(codebook, "codebook", 2))
+        if _is_torch(x):
+            import torch
+
+            return torch.as_tensor(D, device=x.device), torch.as_tensor(I, device=x.device).long()
+        return D, I
     c = _matrix(codebook, "codebook")
     return _vqkit.assign(_matrix(x, "x", c.shape[1]), c, backend)
+
+
+def ema_update(
+    x: Any, indices: Any, cluster_size: Any, embed_sum: Any, codebook: Any,
+    decay: float = 0.99, eps: float = 1e-5, backend: str = "cpu",
+) -> None:
+    """One EMA codebook step, in place, for the rows of ``x`` (n, d) assigned to
+    ``indices`` (n,)::
+
+        cluster_size <- decay * cluster_size + (1 - decay) * counts
+        embed_sum    <- decay * embed_sum    + (1 - decay) * per-code sums of x
+        codebook     <- embed_sum / Laplace-smoothed cluster_size
+
+    Host arrays: float32 C-contiguous NumPy arrays (or CPU tensors) updated where they lie,
+    int64 indices. Device arrays (``__cuda_array_interface__``): float32, int32 indices
+    (as :func:`assign` returns them for device input).
+    """
+    if _cai(x) is not None:
+        _vqkit.cuda_ema_update(
+            _device(x, "x", 2), _device(indices, "indices", 1, "<i4"),
+            _device(cluster_size, "cluster_size", 1), _device(embed_sum, "embed_sum", 2),
+            _device(codebook, "codebook", 2), float(decay), float(eps),
+        )
+        return
+    arrays = []
+    for name, a in (("cluster_size", cluster_size), ("embed_sum", embed_sum), ("codebook", codebook)):
+        if _is_torch(a):
+            a = a.detach().numpy()
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable):
+            raise VqkitError(f"{name} must be a writeable float32 C-contiguous array (it is updated in place)")
+        arrays.append(a)
+    idx = indices.detach().numpy() if _is_torch(indices) else np.asarray(indices)
+    _vqkit.ema_update(_matrix(x, "x"), np.ascontiguousarray(idx, dtype=np.int64), *arrays,
+                      float(decay), float(eps), backend)
 
 
 def partial_stats(

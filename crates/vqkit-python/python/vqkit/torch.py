@@ -23,8 +23,10 @@ Dead codes (``threshold_ema_dead_code > 0``): after the update, codes whose EMA 
 below the threshold become random vectors of the batch, with size = threshold and sum =
 vector x threshold.
 
-Tensors on a CUDA device are refused with a clear error: vqkit's CUDA kernels on torch's
-device memory are designed (``__cuda_array_interface__``) but not built here yet.
+CUDA tensors run on vqkit's CUDA kernels in torch's device memory, without a copy to the
+host (through ``__cuda_array_interface__``; see docs/python.md). That path is tested on
+vqkit's stand-in CUDA driver with device arrays that are not torch's (torch needs a real
+GPU), not yet with torch on a GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import VqkitError, _vqkit
+from . import VqkitError, _device, _vqkit, ema_update
 
 __all__ = ["VectorQuantize", "ResidualVQ"]
 
@@ -211,11 +213,10 @@ class VectorQuantize(nn.Module):
         return t, idx
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            raise VqkitError(
-                f"input is on {x.device}; vqkit.torch runs on CPU tensors (its CUDA path is "
-                "not built yet)"
-            )
+        if x.device.type not in ("cpu", "cuda"):
+            raise VqkitError(f"input is on {x.device}; vqkit.torch runs on CPU and CUDA tensors")
+        if x.device != self.embed.device:
+            raise VqkitError(f"input is on {x.device}, the codebook on {self.embed.device}")
         if x.shape[-1] != self.dim:
             raise VqkitError(f"input has dim {x.shape[-1]}; this layer expects {self.dim}")
         return x.reshape(-1, self.dim).detach().float().contiguous()
@@ -228,31 +229,38 @@ class VectorQuantize(nn.Module):
                 f"kmeans_init needs at least codebook_size = {self.codebook_size} vectors in "
                 f"the first batch; got {flat.shape[0]}"
             )
-        km = Kmeans(self.dim, self.codebook_size, niter=self.kmeans_iters, init="random",
+        km = Kmeans(self.dim, self.codebook_size, niter=self.kmeans_iters, init="kmeans++",
                     seed=int(torch.randint(0, 2**31 - 1, ()).item()), max_points_per_centroid=0,
                     backend=self.backend)
-        km.train(_host(flat))
+        host = flat.cpu()
+        km.train(_host(host))
         assert km.centroids is not None
-        c = torch.from_numpy(km.centroids)
-        _, counts, _ = partial_stats(_host(flat), km.centroids, self.backend)
+        c = torch.from_numpy(km.centroids).to(flat.device)
+        _, counts, _ = partial_stats(_host(host), km.centroids, self.backend)
         with torch.no_grad():
             self.embed.copy_(c)
             self.embed_avg.copy_(c)
-            self.cluster_size.copy_(torch.from_numpy(counts).float())
+            self.cluster_size.copy_(torch.from_numpy(counts).float().to(flat.device))
             self.initted.fill_(True)
 
-    def quantize_flat(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Nearest codewords of (n, dim) float32 rows: ``(codes, indices)``, no update."""
-        _, idx = _vqkit.assign(_host(flat), _host(self.embed), self.backend)
-        ind = torch.from_numpy(idx)
-        return self.embed[ind], ind
+    def quantize_flat(self, flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Nearest codewords of (n, dim) float32 rows, no update: ``(codes, indices,
+        indices as the EMA kernel takes them)`` (int64; on CUDA, int32 for the kernel)."""
+        if flat.is_cuda:
+            _, i32 = _vqkit.cuda_assign(_device(flat, "x", 2), _device(self.embed, "codebook", 2))
+            native = torch.as_tensor(i32, device=flat.device)
+            ind = native.long()
+        else:
+            _, idx = _vqkit.assign(_host(flat), _host(self.embed), self.backend)
+            ind = native = torch.from_numpy(idx)
+        return self.embed[ind], ind, native
 
-    def ema_step(self, flat: torch.Tensor, ind: torch.Tensor) -> None:
-        """The EMA update for rows assigned to ``ind``, in place, then dead-code expiry."""
-        _vqkit.ema_update(
-            _host(flat), _host(ind), _host(self.cluster_size), _host(self.embed_avg),
-            _host(self.embed), self.decay, self.eps, self.backend,
-        )
+    def ema_step(self, flat: torch.Tensor, native: torch.Tensor) -> None:
+        """The EMA update (vqkit's kernel, in place on the buffers, on the CPU or the
+        device) for rows assigned to ``native`` (from :meth:`quantize_flat`), then dead-code
+        expiry."""
+        ema_update(flat, native, self.cluster_size, self.embed_avg, self.embed,
+                   self.decay, self.eps, self.backend)
         self.expire_codes(flat)
 
     def expire_codes(self, flat: torch.Tensor) -> None:
@@ -264,7 +272,7 @@ class VectorQuantize(nn.Module):
         if num == 0:
             return
         n = flat.shape[0]
-        pick = torch.randperm(n)[:num] if n >= num else torch.randint(0, n, (num,))
+        pick = torch.randperm(n, device=flat.device)[:num] if n >= num else torch.randint(0, n, (num,), device=flat.device)
         samples = flat[pick]
         with torch.no_grad():
             self.embed[dead] = samples
@@ -280,9 +288,9 @@ class VectorQuantize(nn.Module):
         if self.training and not bool(self.initted):
             self._kmeans_init(flat)
         with torch.no_grad():
-            q, ind = self.quantize_flat(flat)
+            q, ind, native = self.quantize_flat(flat)
             if self.training:
-                self.ema_step(flat, ind)
+                self.ema_step(flat, native)
         q = q.view(xin.shape).to(xin.dtype)
         loss = torch.zeros((), device=x.device)
         if self.training and self.commitment_weight > 0:
@@ -370,7 +378,7 @@ class ResidualVQ(nn.Module):
             if first.training and not bool(first.initted):
                 first._kmeans_init(flat)
             with torch.no_grad():
-                q, ind = first.quantize_flat(flat)
+                q, ind, _ = first.quantize_flat(flat)
                 if first.training:
                     counts = torch.bincount(ind, minlength=k).float()
                     sums = torch.zeros_like(first.embed_avg).index_add_(0, ind, flat)

@@ -229,6 +229,77 @@ impl CudaBackend {
     }
 }
 
+/// Device memory that vqkit did not allocate (a PyTorch tensor's, a CuPy array's), borrowed
+/// as a buffer of this backend so the kernels run on it in place; dropping it gives the
+/// memory back to its owner without freeing it.
+pub struct Borrowed<T: Element>(std::mem::ManuallyDrop<CudaBuf<T>>);
+
+impl<T: Element> std::ops::Deref for Borrowed<T> {
+    type Target = CudaBuf<T>;
+    fn deref(&self) -> &CudaBuf<T> {
+        &self.0
+    }
+}
+
+impl<T: Element> std::ops::DerefMut for Borrowed<T> {
+    fn deref_mut(&mut self) -> &mut CudaBuf<T> {
+        &mut self.0
+    }
+}
+
+impl<T: Element> Drop for Borrowed<T> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here, and never used again.
+        let buf = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        // Not freed: the memory belongs to whoever lent it.
+        buf.bytes.leak();
+    }
+}
+
+impl CudaBackend {
+    /// Borrows `len` elements of `T` at device address `ptr` as a buffer of this backend.
+    ///
+    /// # Safety
+    /// `ptr` must address at least `len` elements of `T` of device memory usable in this
+    /// device's primary context (where PyTorch and CuPy allocate), and stay allocated, and
+    /// unwritten by other work, until the returned buffer is dropped.
+    pub unsafe fn borrow_device<T: Element>(&self, ptr: u64, len: usize) -> Result<Borrowed<T>> {
+        let n = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::invalid("len", format!("{len} elements overflow")))?;
+        // SAFETY: the caller vouches for the allocation; event tracking is off, so
+        // upgrading creates no events and cannot fail.
+        let bytes = unsafe { self.stream.upgrade_device_ptr::<u8>(ptr, n) };
+        Ok(Borrowed(std::mem::ManuallyDrop::new(CudaBuf {
+            bytes,
+            len,
+            _elem: PhantomData,
+        })))
+    }
+
+    /// The device address of a buffer, to hand it to another engine (for example through
+    /// `__cuda_array_interface__`). Valid while the buffer lives.
+    pub fn device_address<T: Element>(&self, buf: &CudaBuf<T>) -> u64 {
+        use cudarc::driver::DevicePtr;
+        let (ptr, _record) = buf.bytes.device_ptr(&self.stream);
+        ptr
+    }
+
+    /// Waits until the work queued on another engine's stream is done, so that this
+    /// backend reads what it wrote. `handle` is a `CUstream` as `__cuda_array_interface__`
+    /// gives it (1: the legacy default stream, 2: the per-thread default stream).
+    ///
+    /// # Safety
+    /// `handle` must be 1, 2 or a live stream of this device.
+    pub unsafe fn wait_for_stream(&self, handle: u64) -> Result<()> {
+        self.stream.context().bind_to_thread().map_err(device)?;
+        // SAFETY: the caller vouches for the handle; the context is current.
+        unsafe { cudarc::driver::sys::cuStreamSynchronize(handle as cudarc::driver::sys::CUstream) }
+            .result()
+            .map_err(device)
+    }
+}
+
 impl Backend for CudaBackend {
     type Buf<T: Element> = CudaBuf<T>;
 

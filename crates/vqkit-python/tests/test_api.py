@@ -1,0 +1,292 @@
+"""The package's contract: arrays, threads, processes, interrupts, files and bad input."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import vqkit
+
+
+def run_python(code, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+# ---- arrays -------------------------------------------------------------------------
+
+def test_any_dtype_order_and_torch_tensor_give_the_same_codes(blobs):
+    c = blobs[:50].copy()
+    _, ref = vqkit.assign(blobs, c)
+    for x in (blobs.astype(np.float64), np.asfortranarray(blobs), torch.from_numpy(blobs),
+              torch.from_numpy(blobs).requires_grad_(), blobs.tolist()[:100]):
+        _, got = vqkit.assign(x, c)
+        assert np.array_equal(got, ref[: len(got)])
+
+
+def test_float32_c_contiguous_input_is_not_copied():
+    # A 400 MB input; the process's peak memory must not grow by anything near its size.
+    out = run_python("""
+        import resource, numpy as np, vqkit
+        x = np.ones((3_200_000, 32), np.float32)
+        x[::7] = 2.0
+        c = np.ones((16, 32), np.float32) * np.arange(16, dtype=np.float32)[:, None]
+        vqkit.assign(x[:10], c)            # pools and code paths warmed up
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        D, I = vqkit.assign(x, c)
+        s, n, _ = vqkit.partial_stats(x, c)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        assert n.sum() == len(x)
+        print(after - before, x.nbytes)
+    """)
+    assert out.returncode == 0, out.stderr
+    grew, size = map(int, out.stdout.split())
+    # Outputs: D (4 B/row), I (8 B/row), the kernel's u32 codes (4 B/row), partial_stats'
+    # grouping (4 B/row): 20 B/row against 128 B/row of input.
+    assert grew < 0.4 * size, (grew, size)
+
+
+# ---- threads, processes, interrupts ---------------------------------------------------
+
+def test_the_gil_is_released_while_computing(blobs):
+    x = np.tile(blobs, (10, 1))
+    done = threading.Event()
+    counted = []
+
+    def work():
+        vqkit.Kmeans(32, 512, niter=8, seed=0, max_points_per_centroid=0).train(x)
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    ticks = 0
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0)
+    t.join()
+    counted.append(ticks)
+    # Had the call held the GIL, this thread could not have run at all while it worked.
+    assert ticks > 1000, ticks
+
+
+def test_two_threads_compute_at_once_and_both_right(blobs):
+    c = blobs[:300].copy()
+    _, ref = vqkit.assign(blobs, c)
+    results = [None, None]
+
+    def work(i):
+        results[i] = vqkit.assign(blobs, c)[1]
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert all(np.array_equal(r, ref) for r in results)
+
+
+def _child_assign(x, c):
+    return vqkit.assign(x, c)[1]
+
+
+def test_a_forked_child_computes_rather_than_hangs(blobs):
+    c = blobs[:100].copy()
+    _, ref = vqkit.assign(blobs, c)   # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_child_assign, (blobs, c)).get(timeout=60)
+    assert np.array_equal(got, ref)
+
+
+def test_partial_stats_do_not_depend_on_threads(blobs):
+    c = blobs[:64].copy()
+    out = []
+    for t in (1, 2, 3):
+        vqkit.set_num_threads(t)
+        out.append(vqkit.partial_stats(blobs, c))
+    vqkit.set_num_threads(0)
+    for s, n, inertia in out[1:]:
+        assert np.array_equal(s, out[0][0]) and np.array_equal(n, out[0][1])
+        assert inertia == out[0][2]
+    # And they are the Lloyd step: sums / counts are the next k-means centroids.
+    s, n, inertia = out[0]
+    d, i = vqkit.assign(blobs, c)
+    assert inertia == pytest.approx(float(d.astype(np.float64).sum()), rel=1e-12)
+    for j in (0, 5, 63):
+        np.testing.assert_allclose(s[j], blobs[i == j].astype(np.float64).sum(0), rtol=1e-9)
+        assert n[j] == (i == j).sum()
+
+
+def test_ctrl_c_interrupts_a_long_training():
+    out = run_python("""
+        import os, signal, threading, time, numpy as np, vqkit
+        x = np.random.default_rng(0).standard_normal((200_000, 64), dtype=np.float32)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.time()
+        try:
+            vqkit.Kmeans(64, 1024, niter=100_000, max_points_per_centroid=0).train(x)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted after", round(time.time() - t, 1))
+        # The package still works afterwards.
+        print(vqkit.assign(x[:5], x[:3])[1].tolist())
+    """)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("interrupted"), out.stdout
+    assert float(lines[0].split()[-1]) < 30
+    assert lines[1] == "[0, 1, 2, 0, 0]" or len(lines[1]) > 0
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "x,codebook,match",
+    [
+        (np.zeros((4, 3), np.float32), np.zeros((2, 5), np.float32), "d = "),
+        (np.zeros(12, np.float32), np.zeros((2, 3), np.float32), "2-D"),
+        (np.array([[1, np.nan]], np.float32), np.zeros((2, 2), np.float32), "non-finite"),
+        (np.zeros((3, 2), np.float32), np.array([[np.inf, 0]], np.float32), "non-finite"),
+        (np.zeros((3, 2), np.float32), np.zeros((0, 2), np.float32), "empty"),
+        (np.array([["a", "b"]]), np.zeros((2, 2), np.float32), "dtype"),
+        (np.full((2, 2), 3e38, np.float32), np.full((1, 2), -3e38, np.float32), "overflow"),
+    ],
+)
+def test_bad_arrays_raise_vqkit_errors(x, codebook, match):
+    with pytest.raises(vqkit.VqkitError, match=match):
+        vqkit.assign(x, codebook)
+
+
+def test_bad_training_input_raises(blobs):
+    with pytest.raises(ValueError, match="larger than the number of points"):
+        vqkit.Kmeans(32, 100, niter=2).train(blobs[:50])
+    with pytest.raises(vqkit.VqkitError, match="d = 31"):
+        vqkit.Kmeans(32, 4).train(blobs[:, :31])
+    with pytest.raises(vqkit.VqkitError, match="init"):
+        vqkit.Kmeans(32, 4, init="best").train(blobs)
+    with pytest.raises(vqkit.VqkitError, match="not trained"):
+        vqkit.ResidualQuantizer(32, 2, 4).compute_codes(blobs)
+    with pytest.raises(vqkit.VqkitError, match="divide"):
+        vqkit.ProductQuantizer(32, 5, 4)
+    with pytest.raises(vqkit.VqkitError, match="nbits"):
+        vqkit.ResidualQuantizer(32, 2, 0)
+    with pytest.raises(vqkit.VqkitError, match="backend"):
+        vqkit.assign(blobs, blobs[:3], backend="tpu")
+    with pytest.raises(vqkit.VqkitError, match="tensor on meta"):
+        vqkit.assign(torch.zeros(3, 2, device="meta"), np.zeros((1, 2), np.float32))
+
+
+def test_bad_codes_raise(blobs):
+    rq = vqkit.ResidualQuantizer(32, 2, 4, niter=2)
+    rq.train(blobs[:2000])
+    with pytest.raises(vqkit.VqkitError, match="out of range"):
+        rq.decode(np.full((3, 2), 16))
+    with pytest.raises(vqkit.VqkitError, match="out of range"):
+        rq.decode(np.full((3, 2), -1))
+    with pytest.raises(vqkit.VqkitError, match="2 codes per vector"):
+        rq.decode(np.zeros((3, 3), np.int64))
+    with pytest.raises(vqkit.VqkitError, match="integers"):
+        rq.decode(np.zeros((3, 2), np.float32))
+
+
+def test_missing_and_corrupt_model_files_raise(tmp_path, blobs):
+    with pytest.raises(FileNotFoundError):
+        vqkit.load(tmp_path / "absent.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with pytest.raises(vqkit.VqkitError):
+        vqkit.load(bad)
+    good = tmp_path / "good.safetensors"
+    pq = vqkit.ProductQuantizer(32, 4, 4, niter=2)
+    pq.train(blobs[:1000])
+    pq.save(good)
+    data = good.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(vqkit.VqkitError):
+        vqkit.load(tmp_path / "cut.safetensors")
+    with pytest.raises(OSError):
+        pq.save(tmp_path / "no" / "such" / "dir" / "m.safetensors")
+
+
+# ---- files shared with the CLI ---------------------------------------------------------
+
+def test_models_move_between_the_cli_and_python(tmp_path, blobs, cli):
+    x = blobs[:3000]
+    np.save(tmp_path / "x.npy", x)
+    # CLI -> Python
+    subprocess.run([cli, "rq-kmeans", "-i", str(tmp_path / "x.npy"), "--stages", "3", "-k", "16",
+                    "--iters", "5", "-o", str(tmp_path / "cli.safetensors")],
+                   check=True, capture_output=True)
+    subprocess.run([cli, "encode", "-m", str(tmp_path / "cli.safetensors"), "-i",
+                    str(tmp_path / "x.npy"), "-o", str(tmp_path / "cli_codes.npy")],
+                   check=True, capture_output=True)
+    rq = vqkit.load(tmp_path / "cli.safetensors")
+    assert isinstance(rq, vqkit.ResidualQuantizer) and rq.M == 3 and rq.nbits == 4
+    assert np.array_equal(rq.compute_codes(x), np.load(tmp_path / "cli_codes.npy"))
+    # Python -> CLI, for every kind.
+    models = {
+        "kmeans": vqkit.Kmeans(32, 16, niter=3),
+        "pq": vqkit.ProductQuantizer(32, 4, 4, niter=3),
+        "aq": vqkit.AdditiveQuantizer(32, 2, 4, niter=3, ls_rounds=1),
+    }
+    for name, m in models.items():
+        m.train(x)
+        path = tmp_path / f"{name}.safetensors"
+        m.save(path)
+        out = tmp_path / f"{name}_codes.npy"
+        subprocess.run([cli, "encode", "-m", str(path), "-i", str(tmp_path / "x.npy"), "-o",
+                        str(out)], check=True, capture_output=True)
+        theirs = np.load(out)
+        ours = m.assign(x)[1][:, None] if name == "kmeans" else m.compute_codes(x)
+        assert np.array_equal(theirs, ours.astype(theirs.dtype)), name
+        back = vqkit.load(path)
+        assert type(back) is type(m)
+
+
+# ---- the rest of the surface -------------------------------------------------------------
+
+def test_backends_lists_every_backend():
+    names = [b["name"] for b in vqkit.backends()]
+    assert names == ["cpu", "wgpu", "cuda"]
+    cpu = vqkit.backends()[0]
+    assert cpu["available"] and "cpu" in cpu["device"]
+    for b in vqkit.backends():
+        assert b["available"] or b["reason"]
+
+
+def test_nsvq_trains_every_method(blobs):
+    x = blobs[:4000]
+    for method, cls in (("rvq", vqkit.ResidualQuantizer), ("pvq", vqkit.ProductQuantizer),
+                        ("avq", vqkit.AdditiveQuantizer)):
+        q, log = vqkit.train_nsvq(x, method, M=2, nbits=4, epochs=2, batch=128)
+        assert isinstance(q, cls) and len(log) == 2
+        codes = q.compute_codes(x)
+        err = np.mean(np.sum((q.decode(codes) - x) ** 2, 1))
+        assert err < np.mean(np.sum(x ** 2, 1))
+
+
+def test_complexity_counts():
+    c = vqkit.complexity("vq", d=4, stages=1, bits=3)
+    # K (2d - 1) additions for the distances, K - 1 for the argmin.
+    assert c["additions"] == 8 * 7 + 7
+    assert c["multiplications"] == 8 * 4
+    assert c["bits_per_vector"] == 3
+    with pytest.raises(vqkit.VqkitError, match="method"):
+        vqkit.complexity("xvq", 4, 1, 3)
+
+
+def test_kmeans_warm_start_and_verbose(blobs, capsys):
+    km = vqkit.Kmeans(32, 8, niter=3, verbose=True)
+    km.train(blobs, init_centroids=blobs[:8])
+    assert "objective" in capsys.readouterr().out
+    ref = vqkit.Kmeans(32, 8, niter=3)
+    ref.train(blobs, init_centroids=blobs[:8])
+    assert np.array_equal(km.centroids, ref.centroids)

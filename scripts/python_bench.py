@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Benchmarks of the Python package (docs/python.md): each comparison in one run,
+alternating the two sides, medians.
+
+  overhead  vqkit.assign from Python against the same call in Rust (`vqkit assign --json`,
+            whose `seconds` time the host call without file reading), n=100,000 d=128 k=1024
+  kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
+            train images, d = 784), same threads and iterations; objectives of both
+  layer     vqkit.torch.VectorQuantize against vector-quantize-pytorch's, forward and
+            backward in training mode, codebook 8192, dim 256, 32,768 vectors; and the peak
+            memory of one step of each, each in a fresh process
+
+Install the release build first (`pip install ./crates/vqkit-python`, plus faiss-cpu,
+torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
+
+    python3 scripts/python_bench.py overhead kmeans layer --reps 5
+"""
+
+import argparse
+import gzip
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def median_ms(ts):
+    return 1e3 * statistics.median(ts)
+
+
+def overhead(reps, threads):
+    import vqkit
+
+    vqkit.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100_000, 128), dtype=np.float32)
+    c = np.ascontiguousarray(x[rng.choice(len(x), 1024, replace=False)])
+    cli = REPO / "target" / "release" / "vqkit"
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(f"{tmp}/x.npy", x)
+        np.save(f"{tmp}/c.npy", c)
+        vqkit.assign(x, c)  # warm: pools, pages
+        py, rs = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            vqkit.assign(x, c)
+            py.append(time.perf_counter() - t)
+            out = subprocess.run(
+                [str(cli), "assign", "-i", f"{tmp}/x.npy", "-c", f"{tmp}/c.npy", "-o",
+                 f"{tmp}/codes.npy", "--threads", str(threads), "--json"],
+                check=True, capture_output=True, text=True,
+            )
+            rs.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+    p, r = median_ms(py), median_ms(rs)
+    gflop = 2 * 100_000 * 1024 * 128 / 1e9
+    print(f"| assign n=100000 d=128 k=1024, {threads} threads | {r:.1f} ms ({gflop / r * 1e3:.0f} GFLOP/s) "
+          f"| {p:.1f} ms ({gflop / p * 1e3:.0f} GFLOP/s) | {100 * (p / r - 1):+.1f}% |")
+
+
+def fashion_train():
+    raw = gzip.open(FASHION).read()
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255.0
+
+
+def kmeans(reps, threads, k):
+    import faiss
+    import vqkit
+
+    faiss.omp_set_num_threads(threads)
+    vqkit.set_num_threads(threads)
+    x = np.ascontiguousarray(fashion_train())
+    n, d = x.shape
+    ours_t, theirs_t, ours_o, theirs_o = [], [], [], []
+    for rep in range(reps):
+        km = vqkit.Kmeans(d, k, niter=20, seed=rep)
+        t = time.perf_counter()
+        km.train(x)
+        ours_t.append(time.perf_counter() - t)
+        ours_o.append(float(vqkit.assign(x, km.centroids)[0].astype(np.float64).sum()))
+        fk = faiss.Kmeans(d, k, niter=20, seed=rep)
+        t = time.perf_counter()
+        fk.train(x)
+        theirs_t.append(time.perf_counter() - t)
+        theirs_o.append(float(vqkit.assign(x, fk.centroids)[0].astype(np.float64).sum()))
+    a, b = statistics.median(ours_t), statistics.median(theirs_t)
+    print(f"| Fashion-MNIST n={n} d={d} k={k}, 20 iter, {threads} threads | {b:.2f} s, objective "
+          f"{statistics.median(theirs_o):.5g} | {a:.2f} s, objective {statistics.median(ours_o):.5g} "
+          f"| {b / a:.2f}x |")
+
+
+LAYER = dict(codebook_size=8192, dim=256, n=32_768)
+
+
+def layer_step(which, steps):
+    """Forward and backward of one layer in training mode; returns the seconds per step."""
+    import torch
+
+    torch.manual_seed(0)
+    k, d, n = LAYER["codebook_size"], LAYER["dim"], LAYER["n"]
+    if which == "vqkit":
+        from vqkit.torch import VectorQuantize
+        layer = VectorQuantize(dim=d, codebook_size=k).train()
+    else:
+        from vector_quantize_pytorch import VectorQuantize
+        layer = VectorQuantize(dim=d, codebook_size=k, rotation_trick=False).train()
+    x = torch.randn(8, n // 8, d)
+    ts = []
+    for _ in range(steps):
+        xi = x.clone().requires_grad_()
+        t = time.perf_counter()
+        q, _, loss = layer(xi)
+        (q.sum() + loss).backward()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def layer(reps, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    import vqkit
+    vqkit.set_num_threads(threads)
+    ours, theirs = [], []
+    for _ in range(reps):
+        ours += layer_step("vqkit", 1)
+        theirs += layer_step("vector-quantize-pytorch", 1)
+    a, b = statistics.median(ours), statistics.median(theirs)
+    mem = {}
+    for which in ("vqkit", "vector-quantize-pytorch"):
+        code = (f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); import python_bench as p, resource, torch; "
+                f"torch.set_num_threads({threads}); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+                f"p.layer_step({which!r}, 1); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+        mem[which] = int(out.stdout.split()[-1]) / 2**20
+    nk = LAYER["n"] * LAYER["codebook_size"] * 4 / 2**20
+    print(f"| VectorQuantize fwd+bwd, K=8192 dim=256 n=32768, {threads} threads | {b:.2f} s, peak +{mem['vector-quantize-pytorch']:.0f} MiB "
+          f"| {a:.2f} s, peak +{mem['vqkit']:.0f} MiB | {b / a:.2f}x |  (one n x k f32 matrix: {nk:.0f} MiB)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="+", choices=["overhead", "kmeans", "layer"])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--k", type=int, default=1024)
+    a = ap.parse_args()
+    print(f"| benchmark | reference | vqkit (Python) | ratio |\n|---|---|---|---|")
+    for w in a.what:
+        if w == "overhead":
+            overhead(a.reps, a.threads)
+        elif w == "kmeans":
+            kmeans(a.reps, a.threads, a.k)
+        else:
+            layer(a.reps, a.threads)
+
+
+if __name__ == "__main__":
+    main()
