@@ -21,7 +21,6 @@ import gzip
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,14 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def peak_bytes():
+    """This process's peak resident memory (VmHWM), in bytes."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def median_ms(ts):
@@ -137,9 +144,11 @@ def layer(reps, threads):
     a, b = statistics.median(ours), statistics.median(theirs)
     mem = {}
     for which in ("vqkit", "vector-quantize-pytorch"):
-        code = (f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); import python_bench as p, resource, torch; "
-                f"torch.set_num_threads({threads}); base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-                f"p.layer_step({which!r}, 1); print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)")
+        # VmHWM, the peak resident memory of this process image (ru_maxrss would carry
+        # the parent's peak over into the child).
+        code = (f"import sys; sys.path.insert(0, {str(REPO / 'scripts')!r}); import python_bench as p, torch; "
+                f"torch.set_num_threads({threads}); base = p.peak_bytes(); "
+                f"p.layer_step({which!r}, 1); print(p.peak_bytes() - base)")
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
         mem[which] = int(out.stdout.split()[-1]) / 2**20
     nk = LAYER["n"] * LAYER["codebook_size"] * 4 / 2**20
