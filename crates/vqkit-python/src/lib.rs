@@ -26,14 +26,14 @@ use vqkit::quant::kmeans::{Init, KMeans, KMeansConfig};
 use vqkit::{Backend, Choice, EmaParams};
 
 pyo3::create_exception!(
-    _vqkit,
+    vqkit._vqkit,
     VqkitError,
     PyValueError,
     "Invalid input to vqkit: a wrong shape, a non-finite value, k larger than n, a corrupt \
      model file, an unknown option. A ValueError."
 );
 pyo3::create_exception!(
-    _vqkit,
+    vqkit._vqkit,
     BackendError,
     PyRuntimeError,
     "A backend that is not compiled in or finds no device, or a device error."

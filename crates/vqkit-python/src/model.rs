@@ -227,6 +227,40 @@ fn kmeans_model(centroids: PyReadonlyArray2<'_, f32>) -> PyResult<PyModel> {
     })
 }
 
+/// A greedy residual quantizer over given codebooks (stages, k, d), for saving (the Dask
+/// RQ trains its codebooks itself).
+#[pyfunction]
+fn rvq_model(codebooks: numpy::PyReadonlyArray3<'_, f32>) -> PyResult<PyModel> {
+    let [stages, k, d] = [
+        codebooks.shape()[0],
+        codebooks.shape()[1],
+        codebooks.shape()[2],
+    ];
+    if stages == 0 || k == 0 || d == 0 {
+        return Err(VqkitError::new_err(format!(
+            "codebooks must have a positive shape (stages, k, d); got ({stages}, {k}, {d})"
+        )));
+    }
+    if !codebooks.is_c_contiguous() {
+        return Err(VqkitError::new_err("codebooks must be C-contiguous"));
+    }
+    let c = codebooks
+        .as_slice()
+        .map_err(|e| VqkitError::new_err(format!("codebooks: {e}")))?;
+    vqkit::ops::check_finite("codebooks", c).map_err(to_py)?;
+    Ok(PyModel {
+        model: Model::Rvq(Rvq {
+            d,
+            k,
+            stages,
+            shared: false,
+            beam: 1,
+            codebooks: c.to_vec(),
+        }),
+        config: None,
+    })
+}
+
 /// Reads a model file written by `.save` or by the CLI.
 #[pyfunction]
 fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
@@ -443,6 +477,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(aq_fit, m)?)?;
     m.add_function(wrap_pyfunction!(nsvq_fit, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_model, m)?)?;
+    m.add_function(wrap_pyfunction!(rvq_model, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     Ok(())
 }

@@ -89,7 +89,9 @@ def _matrix(x: ArrayLike, name: str = "x", d: Optional[int] = None) -> np.ndarra
         raise VqkitError(f"{name} has dtype {a.dtype}; vqkit needs numbers")
     if d is not None and a.shape[1] != d:
         raise VqkitError(f"{name} has d = {a.shape[1]}; this quantizer expects d = {d}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # Arrays unpickled from another process (Dask, multiprocessing) can be misaligned:
+    # those, like other dtypes and orders, are copied once; aligned float32 C order is not.
+    return np.require(a, dtype=np.float32, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _codes(codes: ArrayLike, width: int) -> np.ndarray:
@@ -102,7 +104,7 @@ def _codes(codes: ArrayLike, width: int) -> np.ndarray:
         raise VqkitError(f"codes must be a 2-D array (n, {width}); got shape {c.shape}")
     if c.dtype.kind not in "iu":
         raise VqkitError(f"codes have dtype {c.dtype}; expected integers")
-    return np.ascontiguousarray(c, dtype=np.int64)
+    return np.require(c, dtype=np.int64, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _code_dtype(nbits: int) -> np.dtype:
@@ -304,8 +306,11 @@ class _Codec:
     #: ``perplexity`` and ``usage`` on the training vectors.
     stage_errors: List[Dict[str, float]]
 
-    def _init(self, d: int, M: int, nbits: int, backend: str) -> None:
+    def _init(self, d: int, M: int, nbits: int, backend: str, niter: int = 20, seed: int = 0,
+              init: str = "kmeans++", max_points_per_centroid: int = 256) -> None:
         self.d, self.M, self.nbits, self.backend = int(d), int(M), _nbits(nbits), backend
+        self.niter, self.seed, self.init = int(niter), int(seed), init
+        self.max_points_per_centroid = int(max_points_per_centroid)
         self.model = None
         self.stage_errors = []
 
@@ -371,9 +376,8 @@ class ResidualQuantizer(_Codec):
         max_points_per_centroid: int = 256,
         backend: str = "cpu",
     ) -> None:
-        self._init(d, M, nbits, backend)
-        self.beam, self.shared, self.niter, self.seed = int(beam), bool(shared), int(niter), int(seed)
-        self.init, self.max_points_per_centroid = init, int(max_points_per_centroid)
+        self._init(d, M, nbits, backend, niter, seed, init, max_points_per_centroid)
+        self.beam, self.shared = int(beam), bool(shared)
 
     def train(self, x: ArrayLike) -> None:
         xm = _matrix(x, "x", self.d)
@@ -399,11 +403,9 @@ class ProductQuantizer(_Codec):
         max_points_per_centroid: int = 256,
         backend: str = "cpu",
     ) -> None:
-        self._init(d, M, nbits, backend)
         if M < 1 or d % M:
             raise VqkitError(f"M = {M} sub-vectors do not divide d = {d}")
-        self.niter, self.seed, self.init = int(niter), int(seed), init
-        self.max_points_per_centroid = int(max_points_per_centroid)
+        self._init(d, M, nbits, backend, niter, seed, init, max_points_per_centroid)
 
     @property
     def dsub(self) -> int:
@@ -435,9 +437,8 @@ class AdditiveQuantizer(_Codec):
         max_points_per_centroid: int = 256,
         backend: str = "cpu",
     ) -> None:
-        self._init(d, M, nbits, backend)
-        self.beam, self.ls_rounds, self.niter, self.seed = int(beam), int(ls_rounds), int(niter), int(seed)
-        self.init, self.max_points_per_centroid = init, int(max_points_per_centroid)
+        self._init(d, M, nbits, backend, niter, seed, init, max_points_per_centroid)
+        self.beam, self.ls_rounds = int(beam), int(ls_rounds)
         #: Training error after the initialisation (entry 0) and each least-squares round.
         self.round_errors: List[float] = []
 

@@ -283,6 +283,11 @@ class VectorQuantize(nn.Module):
         for name, value in kwargs.items():
             if value is not None:
                 raise NotImplementedError(f"vqkit.torch.VectorQuantize.forward has no {name}=")
+        return self.quantize(x, lambda flat, ind, native: self.ema_step(flat, native))
+
+    def quantize(self, x: torch.Tensor, update: Any) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward pass with ``update(flat, indices, native indices)`` as the codebook
+        update in training (the EMA step; ``ResidualVQ`` passes its shared-codebook one)."""
         xin, how = self._layout_in(x)
         flat = self._flat(xin)
         if self.training and not bool(self.initted):
@@ -290,7 +295,7 @@ class VectorQuantize(nn.Module):
         with torch.no_grad():
             q, ind, native = self.quantize_flat(flat)
             if self.training:
-                self.ema_step(flat, native)
+                update(flat, ind, native)
         q = q.view(xin.shape).to(xin.dtype)
         loss = torch.zeros((), device=x.device)
         if self.training and self.commitment_weight > 0:
@@ -348,55 +353,30 @@ class ResidualVQ(nn.Module):
         return torch.stack([layer.codebook for layer in self.layers])
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.shared_codebook:
-            return self._forward_shared(x)
+        first: VectorQuantize = self.layers[0]
+        k = first.codebook_size
+        flats: List[torch.Tensor] = []
+
+        def accumulate(flat: torch.Tensor, ind: torch.Tensor, _native: torch.Tensor) -> None:
+            # Shared codebook: every stage quantizes with it as it was before this step;
+            # each stage's sizes and sums go into the EMA in turn; it is recomputed once.
+            counts = torch.bincount(ind, minlength=k).float()
+            sums = torch.zeros_like(first.embed_avg).index_add_(0, ind, flat)
+            first.cluster_size.lerp_(counts, 1 - first.decay)
+            first.embed_avg.lerp_(sums, 1 - first.decay)
+            flats.append(flat)
+
         out = torch.zeros_like(x)
         residual = x
         indices: List[torch.Tensor] = []
         losses: List[torch.Tensor] = []
         for layer in self.layers:
-            q, ind, loss = layer(residual)
+            q, ind, loss = first.quantize(residual, accumulate) if self.shared_codebook else layer(residual)
             residual = residual - q.detach()
             out = out + q
             indices.append(ind)
             losses.append(loss)
-        return out, torch.stack(indices, dim=-1), torch.stack(losses)
-
-    def _forward_shared(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # One codebook: every stage quantizes with it as it was before this step; each
-        # stage's sizes and sums go into the EMA in turn; the codebook is recomputed once.
-        first: VectorQuantize = self.layers[0]
-        out = torch.zeros_like(x)
-        residual = x
-        indices: List[torch.Tensor] = []
-        losses: List[torch.Tensor] = []
-        flats: List[torch.Tensor] = []
-        k = first.codebook_size
-        for _ in self.layers:
-            xin, how = first._layout_in(residual)
-            flat = first._flat(xin)
-            if first.training and not bool(first.initted):
-                first._kmeans_init(flat)
-            with torch.no_grad():
-                q, ind, _ = first.quantize_flat(flat)
-                if first.training:
-                    counts = torch.bincount(ind, minlength=k).float()
-                    sums = torch.zeros_like(first.embed_avg).index_add_(0, ind, flat)
-                    first.cluster_size.lerp_(counts, 1 - first.decay)
-                    first.embed_avg.lerp_(sums, 1 - first.decay)
-                    flats.append(flat)
-            q = q.view(xin.shape).to(xin.dtype)
-            loss = torch.zeros((), device=x.device)
-            if first.training and first.commitment_weight > 0:
-                loss = loss + F.mse_loss(q, xin) * first.commitment_weight
-            if xin.requires_grad:
-                q = xin + (q - xin).detach()
-            q, ind = first._layout_out(q, ind.view(xin.shape[:-1]), how)
-            residual = residual - q.detach()
-            out = out + q
-            indices.append(ind)
-            losses.append(loss)
-        if first.training:
+        if self.shared_codebook and first.training:
             with torch.no_grad():
                 total = first.cluster_size.sum()
                 smoothed = (first.cluster_size + first.eps) / (total + k * first.eps) * total
