@@ -434,12 +434,12 @@ fn truncated_and_ragged_files_are_typed_errors_that_leave_the_old_output() {
 /// `encode` of a 256 MiB `.npy` in a shell whose address space (`ulimit -v`) is half the
 /// file: the codes and figures of the in-memory library path on the same file, while the
 /// same command made to take the file as one chunk fails, with a typed error, for want of
-/// memory. The binary's own mappings need about 30 MiB of address space (a small file
+/// memory; then a run killed while it writes its codes leaves those codes whole. The binary's own mappings need about 30 MiB of address space (a small file
 /// encodes under `ulimit -v 30000`, not under 20000), and streaming this file with the
 /// default chunk about 80 MiB (measured with the dev build); the GPU libraries are loaded
 /// only for their backends.
 #[test]
-fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input() {
+fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_survives_a_kill() {
     let dir = scratch("stream-limit");
     let (n, d) = (1 << 20, 64);
     let x = dir.join("big.npy");
@@ -494,5 +494,43 @@ fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input() {
     );
     assert_eq!(v["mse"].as_f64(), Some(want_mse), "{v}");
     assert_eq!(v["relative_error"].as_f64(), Some(want_rel), "{v}");
+
+    // Killed halfway through writing the codes of another model: the codes of this run
+    // stay whole at the path; only the temporary file of the killed process is left.
+    let other = train(&dir, &small, "km8", &["kmeans", "-k", "8", "--iters", "2"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vqkit"))
+        .args(["encode", "-m", s(&other), "-i", s(&x), "-o", s(&out)])
+        .args(["--chunk-rows", "1024"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = format!(".codes.npy.tmp-{}-", child.id());
+    let started = std::time::Instant::now();
+    let partial = loop {
+        let part = std::fs::read_dir(&dir).unwrap().find_map(|e| {
+            let e = e.unwrap();
+            let grown = e.metadata().unwrap().len() > 64 << 10;
+            (e.file_name().to_string_lossy().starts_with(&tmp) && grown).then(|| e.path())
+        });
+        if let Some(p) = part {
+            break p;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it was seen"
+        );
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "no partial codes after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the killed run damaged the codes"
+    );
+    std::fs::remove_file(partial).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
