@@ -101,6 +101,31 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// The error of a chunk of rows, as the error of the whole input: for a chunk that
+    /// starts `rows` rows of `d` values into the input, the row or flat index of a point
+    /// (non-finite point values, overflowing distances) or of a code (out of range) is
+    /// moved past the rows before the chunk. Other errors are returned as they are.
+    pub fn after_rows(self, rows: usize, d: usize) -> Self {
+        match self {
+            Error::NonFinite {
+                what: what @ "points",
+                index,
+                value,
+            } => Error::NonFinite {
+                what,
+                index: index + rows * d,
+                value,
+            },
+            Error::Overflow { row } => Error::Overflow { row: row + rows },
+            Error::CodeOutOfRange { row, code, k } => Error::CodeOutOfRange {
+                row: row + rows * d,
+                code,
+                k,
+            },
+            e => e,
+        }
+    }
 }
 
 /// Bytes as GiB with two decimals, for messages.

@@ -58,7 +58,8 @@ pub fn bytes_of<T>(len: usize) -> u128 {
     len as u128 * std::mem::size_of::<T>() as u128
 }
 
-fn reserve<T>(what: &'static str, len: usize) -> Result<Vec<T>> {
+/// An empty vector with room for `len` values, or an error if they do not fit.
+pub(crate) fn reserve<T>(what: &'static str, len: usize) -> Result<Vec<T>> {
     ensure(what, bytes_of::<T>(len))?;
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {

@@ -264,7 +264,7 @@ fn minibatch_streams_a_file_and_matches_full_kmeans() {
     let (_, full) = KMeans::fit(&b, &x, d, &KMeansConfig::new(5)).unwrap();
     for path in [&npy, &fv] {
         let mut s = RowStream::open(path).unwrap();
-        assert_eq!((s.rows, s.d), (2000, d));
+        assert_eq!((s.rows(), s.d()), (2000, d));
         let mut cfg = MiniBatchConfig::new(5);
         cfg.batch = 128;
         cfg.init_rows = 200;

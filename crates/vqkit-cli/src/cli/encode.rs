@@ -1,19 +1,21 @@
-//! `vqkit encode` and `vqkit decode`: codes from any model file, and back.
+//! `vqkit encode` and `vqkit decode`: codes from any model file, and back, a chunk of rows
+//! at a time: the input is never held whole, and the output is written as the chunks are
+//! done, into a temporary file renamed into place at the end.
 
 use super::Common;
 use std::path::PathBuf;
 use std::time::Instant;
 use vqkit::backend::{Backend, WithBackend, dispatch};
-use vqkit::io::{self, npy};
+use vqkit::io::npy;
+use vqkit::io::rows::RowReader;
 use vqkit::quant::model::Model;
-use vqkit::quant::{mse, relative_error};
 
 #[derive(clap::Args)]
 pub struct EncodeArgs {
     /// Model file (safetensors) written by any training command.
     #[arg(short, long)]
     model: PathBuf,
-    /// Points: .npy or .fvecs, shape (n, d).
+    /// Points: .npy (C or Fortran order), .fvecs, .bvecs or .ivecs, shape (n, d).
     #[arg(short, long)]
     input: PathBuf,
     /// Output codes: .npy, u32, shape (n, codes per vector).
@@ -22,6 +24,9 @@ pub struct EncodeArgs {
     /// Beam width for models that search (RVQ, AVQ); default: the one they were trained with.
     #[arg(long)]
     beam: Option<usize>,
+    /// Rows per chunk (default: about 16 MiB of f32). The codes do not depend on it.
+    #[arg(long, value_name = "ROWS")]
+    chunk_rows: Option<usize>,
     #[command(flatten)]
     common: Common,
 }
@@ -31,12 +36,16 @@ pub struct DecodeArgs {
     /// Model file (safetensors).
     #[arg(short, long)]
     model: PathBuf,
-    /// Codes: integer .npy, shape (n, codes per vector) (or (n,) for one code per vector).
+    /// Codes: integer .npy, shape (n, codes per vector) (or (n,) for one code per vector),
+    /// or .ivecs.
     #[arg(short, long)]
     input: PathBuf,
     /// Output reconstructions: .npy, f32, shape (n, d).
     #[arg(short, long)]
     output: PathBuf,
+    /// Rows per chunk (default: about 16 MiB of f32 reconstructions).
+    #[arg(long, value_name = "ROWS")]
+    chunk_rows: Option<usize>,
     /// Print the figures as one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
@@ -44,40 +53,82 @@ pub struct DecodeArgs {
 
 struct Job<'a> {
     model: &'a Model,
-    x: &'a [f32],
+    x: &'a mut RowReader,
+    out: &'a mut npy::Writer,
+    chunk: usize,
     beam: Option<usize>,
 }
 
+/// What streaming encoding adds up, in f64 and in the order of the values in the file (the
+/// order of [`vqkit::quant::mse`] and [`vqkit::quant::mean_sq_norm`] over the whole input,
+/// so the figures are those of encoding it at once): the squared error of the
+/// reconstructions, the squared norm of the points, the seconds spent encoding.
+#[derive(Default)]
+struct Sums {
+    sq_err: f64,
+    sq_norm: f64,
+    seconds: f64,
+}
+
 impl WithBackend for Job<'_> {
-    type Output = (Vec<u32>, String);
+    type Output = (Sums, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
-        Ok((self.model.encode(b, self.x, self.beam)?, b.name()))
+        let d = self.x.d();
+        let (mut x, mut sums) = (Vec::new(), Sums::default());
+        loop {
+            let first = self.x.position();
+            if self.x.next_chunk(self.chunk, &mut x)? == 0 {
+                break;
+            }
+            let t = Instant::now();
+            let codes = self
+                .model
+                .encode(b, &x, self.beam)
+                .map_err(|e| e.after_rows(first, d))?;
+            sums.seconds += t.elapsed().as_secs_f64();
+            self.out.push_u32(&codes)?;
+            let recon = self.model.decode(&codes)?;
+            for (&a, &r) in x.iter().zip(&recon) {
+                let t = a as f64 - r as f64;
+                sums.sq_err += t * t;
+                sums.sq_norm += a as f64 * a as f64;
+            }
+        }
+        Ok((sums, b.name()))
     }
 }
 
 pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     let model = Model::load(&args.model)?;
-    let x = io::read_points(&args.input)?;
-    model.check_dim(x.cols)?;
-    let t = Instant::now();
-    let (codes, backend) = dispatch(
+    let mut x = RowReader::open(&args.input)?;
+    x.expect_points()?;
+    let n = x.rows();
+    model.check_dim(x.d())?;
+    let chunk = super::chunk_rows(args.chunk_rows, &x)?;
+    let (width, _) = model.code_shape();
+    let mut out = npy::Writer::u32(&args.output, &[n, width])?;
+    let (sums, backend) = dispatch(
         args.common.backend,
         &args.common.options(),
         Job {
             model: &model,
-            x: &x.data,
+            x: &mut x,
+            out: &mut out,
+            chunk,
             beam: args.beam,
         },
     )?;
-    let seconds = t.elapsed().as_secs_f64();
-    let (width, _) = model.code_shape();
-    npy::write_u32(&args.output, &[x.rows, width], &codes)?;
-    let recon = model.decode(&codes)?;
-    let e = mse(&x.data, &recon, x.cols);
-    let rel = relative_error(e, &x.data, x.cols);
+    out.finish()?;
+    let seconds = sums.seconds;
+    // As vqkit::quant::mse and relative_error compute them over the whole input.
+    let (e, norm) = match n {
+        0 => (0.0, 0.0),
+        n => (sums.sq_err / n as f64, sums.sq_norm / n as f64),
+    };
+    let rel = if norm > 0.0 { e / norm } else { e };
     if args.common.json {
         let v = serde_json::json!({
-            "command": "encode", "kind": model.kind(), "backend": backend, "n": x.rows,
+            "command": "encode", "kind": model.kind(), "backend": backend, "n": n,
             "codes_per_vector": width, "mse": e, "relative_error": rel, "seconds": seconds,
             "output": args.output,
         });
@@ -85,7 +136,7 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     } else {
         println!(
             "encoded {} vectors with a {} model ({width} codes each) on {backend} in {seconds:.3} s",
-            x.rows,
+            n,
             model.kind()
         );
         println!("mse {e:.6}  relative error {rel:.6}");
@@ -96,25 +147,38 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
 
 pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
     let model = Model::load(&args.model)?;
-    let (shape, codes) = npy::read_codes(&args.input)?;
+    let mut codes = RowReader::open(&args.input)?;
+    codes.expect_codes()?;
     let (width, _) = model.code_shape();
-    let ok = match shape[..] {
-        [_, w] => w == width,
-        [_] => width == 1,
-        _ => false,
-    };
-    if !ok {
+    if codes.d() != width {
         return Err(vqkit::Error::format(
             &args.input,
             format!(
-                "codes of shape {shape:?} do not fit a {} model with {width} codes per vector",
+                "codes of shape ({}, {}) do not fit a {} model with {width} codes per vector",
+                codes.rows(),
+                codes.d(),
                 model.kind()
             ),
         ));
     }
-    let x = model.decode(&codes)?;
-    let n = codes.len() / width;
-    npy::write_f32(&args.output, &[n, model.d()], &x)?;
+    let n = codes.rows();
+    // Rows of reconstructions, not of codes, make the chunk.
+    let chunk = match args.chunk_rows {
+        Some(0) => return Err(vqkit::Error::invalid("chunk-rows", "must be at least 1")),
+        Some(r) => r,
+        None => (vqkit::io::rows::CHUNK_BYTES / (4 * model.d()).max(1)).max(1),
+    };
+    let mut out = npy::Writer::f32(&args.output, &[n, model.d()])?;
+    let mut c = Vec::new();
+    loop {
+        let first = codes.position();
+        if codes.next_codes(chunk, &mut c)? == 0 {
+            break;
+        }
+        let x = model.decode(&c).map_err(|e| e.after_rows(first, width))?;
+        out.push_f32(&x)?;
+    }
+    out.finish()?;
     if args.json {
         let v = serde_json::json!({
             "command": "decode", "kind": model.kind(), "n": n, "d": model.d(),

@@ -126,7 +126,7 @@ impl WithBackend for StreamJob<'_> {
             init_rows: (16 * a.k).max(a.batch_size),
         };
         self.progress
-            .set_len((a.epochs * stream.rows.div_ceil(a.batch_size.max(1))) as u64);
+            .set_len((a.epochs * stream.rows().div_ceil(a.batch_size.max(1))) as u64);
         let t = Instant::now();
         let (model, rep) = fit_stream(b, &mut stream, &cfg, &mut |e, i, m| {
             if i == 0 {
@@ -140,8 +140,8 @@ impl WithBackend for StreamJob<'_> {
             rep,
             t.elapsed().as_secs_f64(),
             b.name(),
-            stream.rows,
-            stream.d,
+            stream.rows(),
+            stream.d(),
         ))
     }
 }

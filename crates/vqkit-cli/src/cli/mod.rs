@@ -135,6 +135,19 @@ impl Progress {
     }
 }
 
+/// Rows per chunk of a streaming command: `--chunk-rows`, or about
+/// [`vqkit::io::rows::CHUNK_BYTES`] of f32 rows of the input.
+pub fn chunk_rows(
+    given: Option<usize>,
+    input: &vqkit::io::rows::RowReader,
+) -> vqkit::Result<usize> {
+    match given {
+        Some(0) => Err(vqkit::Error::invalid("chunk-rows", "must be at least 1")),
+        Some(r) => Ok(r),
+        None => Ok(input.chunk_rows()),
+    }
+}
+
 /// The clap parser of a [`Choice`]: its names as the possible values (listed by `--help`
 /// and in the error for any other word), parsed into the value.
 pub fn choice<T: Choice + Clone>() -> impl TypedValueParser<Value = T> {

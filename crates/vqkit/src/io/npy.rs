@@ -1,7 +1,9 @@
-//! NumPy `.npy`, versions 1.0 to 3.0, C order. Read: f32, f64, f16 and u8 matrices
-//! (converted to f32), and integer code arrays. Write: f32 and u32 arrays.
+//! NumPy `.npy`, versions 1.0 to 3.0, C order or Fortran order (transposed on read). Read:
+//! f32, f64, f16 and u8 matrices (converted to f32), and integer code arrays. Write: f32 and
+//! u32 arrays, whole ([`write_f32`], [`write_u32`]) or a header first and the rows after
+//! ([`header_f32`], [`header_u32`]).
 
-use super::{Matrix, read_bytes, write_atomic};
+use super::{AtomicFile, Matrix, read_bytes, write_atomic};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -47,7 +49,8 @@ impl Dtype {
         Ok((t, big))
     }
 
-    fn size(self) -> usize {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
         match self {
             Dtype::U8 => 1,
             Dtype::F16 => 2,
@@ -143,60 +146,118 @@ pub fn read(path: &Path) -> Result<Array> {
     parse(&read_bytes(path)?).map_err(|reason| Error::format(path, reason))
 }
 
-/// Parses `.npy` bytes.
-pub fn parse(bytes: &[u8]) -> Result<Array, String> {
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+/// What a `.npy` header says: the element type and byte order, the memory order, the
+/// shape, and where the data starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub dtype: Dtype,
+    /// Big-endian elements (`>`): swapped to little-endian when read.
+    pub big_endian: bool,
+    /// Fortran (column-major) order: the first index varies fastest.
+    pub fortran: bool,
+    pub shape: Vec<usize>,
+    /// Byte offset of the first element.
+    pub data_start: usize,
+    /// Bytes of data the shape promises.
+    pub data_len: usize,
+}
+
+/// Bytes of the file needed to parse its header: the whole header when `prefix` (the first
+/// 12 bytes or more) has a valid magic and version.
+pub fn header_len(prefix: &[u8]) -> Result<usize, String> {
+    if prefix.len() < 10 || &prefix[..6] != MAGIC {
         return Err("not a .npy file (bad magic bytes)".into());
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+    match prefix[6] {
+        1 => Ok(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
         2 | 3 => {
-            let b = bytes.get(8..12).ok_or("truncated .npy header")?;
-            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+            let b = prefix.get(8..12).ok_or("truncated .npy header")?;
+            Ok(12 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         }
-        v => return Err(format!("unsupported .npy version {v}")),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or("truncated .npy header")?;
+        v => Err(format!("unsupported .npy version {v}")),
+    }
+}
+
+/// Parses the header at the start of `bytes` (the data need not follow).
+pub fn parse_header(bytes: &[u8]) -> Result<Header, String> {
+    let end = header_len(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
+    let header = bytes.get(start..end).ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
     let descr = dict_value(header, "descr").ok_or("the .npy header has no 'descr'")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let (dtype, big) = Dtype::parse(descr)?;
-    match dict_value(header, "fortran_order") {
-        Some("False") => {}
-        Some("True") => {
-            return Err("Fortran-order arrays are not supported: save with C order".into());
-        }
+    let (dtype, big_endian) = Dtype::parse(descr)?;
+    let fortran = match dict_value(header, "fortran_order") {
+        Some("False") => false,
+        Some("True") => true,
         _ => return Err("the .npy header has no valid 'fortran_order'".into()),
-    }
+    };
     let shape_text = dict_value(header, "shape").ok_or("the .npy header has no 'shape'")?;
     let shape = parse_shape(shape_text)?;
     let count = shape
         .iter()
         .try_fold(1usize, |a, &s| a.checked_mul(s))
         .ok_or("the .npy shape overflows")?;
-    let nbytes = count
+    let data_len = count
         .checked_mul(dtype.size())
         .ok_or("the .npy shape overflows")?;
-    let body = &bytes[start + header_len..];
+    Ok(Header {
+        dtype,
+        big_endian,
+        fortran,
+        shape,
+        data_start: end,
+        data_len,
+    })
+}
+
+/// Parses `.npy` bytes. A Fortran-order array of one or two dimensions is transposed to C
+/// order.
+pub fn parse(bytes: &[u8]) -> Result<Array, String> {
+    let h = parse_header(bytes)?;
+    let nbytes = h.data_len;
+    let body = &bytes[h.data_start..];
     if body.len() < nbytes {
         return Err(format!(
             "truncated: the header promises {nbytes} bytes of data, the file has {}",
             body.len()
         ));
     }
-    let mut data = body[..nbytes].to_vec();
-    if big && dtype.size() > 1 {
-        for c in data.chunks_exact_mut(dtype.size()) {
-            c.reverse();
+    let size = h.dtype.size();
+    let mut data = match (h.fortran, &h.shape[..]) {
+        (false, _) | (true, [] | [_]) => body[..nbytes].to_vec(),
+        (true, &[rows, cols]) if nbytes > 0 => {
+            // Column j of the file is the j-th run of `rows` elements.
+            let mut out = vec![0u8; nbytes];
+            for (j, col) in body[..nbytes].chunks_exact(rows * size).enumerate() {
+                for (i, v) in col.chunks_exact(size).enumerate() {
+                    out[(i * cols + j) * size..][..size].copy_from_slice(v);
+                }
+            }
+            out
         }
+        (true, [_, _]) => Vec::new(),
+        (true, _) => {
+            return Err(
+                "Fortran-order arrays of more than two dimensions are not supported".into(),
+            );
+        }
+    };
+    if h.big_endian && size > 1 {
+        swap_bytes(&mut data, size);
     }
     Ok(Array {
-        shape,
-        dtype,
+        shape: h.shape,
+        dtype: h.dtype,
         bytes: data,
     })
+}
+
+/// Reverses every `size`-byte element of `data` (big-endian to little-endian).
+pub(crate) fn swap_bytes(data: &mut [u8], size: usize) {
+    for c in data.chunks_exact_mut(size) {
+        c.reverse();
+    }
 }
 
 /// The raw text of a key's value in the header's Python dict literal.
@@ -289,6 +350,16 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// The header of an f32 `.npy` of `shape`, for data written after it.
+pub fn header_f32(shape: &[usize]) -> Vec<u8> {
+    header("<f4", shape)
+}
+
+/// The header of a u32 `.npy` of `shape`, for data written after it.
+pub fn header_u32(shape: &[usize]) -> Vec<u8> {
+    header("<u4", shape)
+}
+
 /// `.npy` bytes for an f32 array.
 pub fn f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let mut out = header("<f4", shape);
@@ -311,6 +382,77 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 /// Writes a u32 array.
 pub fn write_u32(path: &Path, shape: &[usize], data: &[u32]) -> Result<()> {
     write_atomic(path, &u32_bytes(shape, data))
+}
+
+/// A `.npy` written a piece at a time: the header first (the shape is known before the
+/// data), then the elements in C order, into an [`AtomicFile`] that appears at its path
+/// only when [`finish`](Self::finish) finds every promised element written.
+pub struct Writer {
+    file: AtomicFile,
+    dtype: Dtype,
+    expected: usize,
+    written: usize,
+}
+
+impl Writer {
+    /// An f32 `.npy` of `shape`.
+    pub fn f32(path: &Path, shape: &[usize]) -> Result<Self> {
+        Self::create(path, Dtype::F32, &header_f32(shape), shape)
+    }
+
+    /// A u32 `.npy` of `shape`.
+    pub fn u32(path: &Path, shape: &[usize]) -> Result<Self> {
+        Self::create(path, Dtype::U32, &header_u32(shape), shape)
+    }
+
+    fn create(path: &Path, dtype: Dtype, header: &[u8], shape: &[usize]) -> Result<Self> {
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s))
+            .ok_or_else(|| Error::invalid("shape", format!("{shape:?} overflows")))?;
+        let mut file = AtomicFile::create(path)?;
+        file.write(header)?;
+        Ok(Writer {
+            file,
+            dtype,
+            expected,
+            written: 0,
+        })
+    }
+
+    fn push(&mut self, dtype: Dtype, len: usize, bytes: &[u8]) -> Result<()> {
+        if dtype != self.dtype || self.written + len > self.expected {
+            return Err(Error::ShapeMismatch {
+                what: "elements written to a .npy",
+                expected: self.expected,
+                got: self.written + len,
+            });
+        }
+        self.written += len;
+        self.file.write(bytes)
+    }
+
+    /// Appends f32 elements (little-endian).
+    pub fn push_f32(&mut self, data: &[f32]) -> Result<()> {
+        self.push(Dtype::F32, data.len(), bytemuck::cast_slice(data))
+    }
+
+    /// Appends u32 elements (little-endian).
+    pub fn push_u32(&mut self, data: &[u32]) -> Result<()> {
+        self.push(Dtype::U32, data.len(), bytemuck::cast_slice(data))
+    }
+
+    /// Renames the file into place, if every element the shape promised was written.
+    pub fn finish(self) -> Result<()> {
+        if self.written != self.expected {
+            return Err(Error::ShapeMismatch {
+                what: "elements written to a .npy",
+                expected: self.expected,
+                got: self.written,
+            });
+        }
+        self.file.commit()
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +485,32 @@ mod tests {
     }
 
     #[test]
+    fn a_file_written_in_pieces_is_the_file_written_at_once() {
+        let dir = std::env::temp_dir().join(format!("vqkit-npy-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("codes.npy");
+        let mut w = Writer::u32(&p, &[3, 2]).unwrap();
+        w.push_u32(&[1, 2, 3]).unwrap();
+        w.push_u32(&[4, 5, 6]).unwrap();
+        assert!(w.push_u32(&[7]).is_err());
+        w.finish().unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            u32_bytes(&[3, 2], &[1, 2, 3, 4, 5, 6])
+        );
+        // Short of the shape: no file replaces the good one.
+        let mut w = Writer::f32(&p, &[2]).unwrap();
+        w.push_f32(&[1.0]).unwrap();
+        assert!(matches!(w.finish(), Err(Error::ShapeMismatch { .. })));
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            u32_bytes(&[3, 2], &[1, 2, 3, 4, 5, 6])
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn converts_f16_exactly() {
         assert_eq!(f16_to_f32(0x3c00), 1.0);
         assert_eq!(f16_to_f32(0xc000), -2.0);
@@ -362,12 +530,34 @@ mod tests {
         );
         assert!(parse(b"hello world").unwrap_err().contains("magic"));
         assert!(parse(&good[..20]).unwrap_err().contains("truncated"));
-        let fortran = String::from_utf8_lossy(&good).replace("False", "True ");
-        assert!(parse(fortran.as_bytes()).is_err());
         let mut strange = good.clone();
         let at = strange.windows(3).position(|w| w == b"<f4").unwrap();
         strange[at + 1] = b'c';
         assert!(parse(&strange).unwrap_err().contains("unsupported dtype"));
+    }
+
+    /// The header of `bytes` rewritten to say Fortran order (same length).
+    fn as_fortran(mut bytes: Vec<u8>) -> Vec<u8> {
+        let at = bytes.windows(5).position(|w| w == b"False").unwrap();
+        bytes[at..at + 5].copy_from_slice(b"True ");
+        bytes
+    }
+
+    #[test]
+    fn transposes_fortran_order() {
+        // (2, 3) in Fortran order: column 0 (1, 4), column 1 (2, 5), column 2 (3, 6).
+        let bytes = as_fortran(f32_bytes(&[2, 3], &[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]));
+        let a = parse(&bytes).unwrap();
+        assert_eq!(a.shape, vec![2, 3]);
+        assert_eq!(a.to_f32(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert!(
+            parse(&as_fortran(f32_bytes(&[0, 3], &[])))
+                .unwrap()
+                .to_f32()
+                .is_empty()
+        );
+        let three_d = as_fortran(f32_bytes(&[1, 2, 2], &[0.0; 4]));
+        assert!(parse(&three_d).unwrap_err().contains("Fortran"));
     }
 
     #[test]

@@ -14,226 +14,18 @@
 //! order: a stream cannot be shuffled, so a file sorted by cluster should be shuffled once
 //! beforehand. The reported error is a last streaming pass with the final centres.
 //!
-//! Streamed formats: `.npy` (2-D, C order, little-endian f32, f64 or u8) and `.fvecs`.
+//! Streamed formats: those of [`RowReader`] (`.npy`, `.fvecs`, `.bvecs`, `.ivecs`).
 
 use super::kmeans::{Init, KMeans, KMeansConfig};
 use crate::backend::{Backend, Shape};
 use crate::error::{Error, Result};
+use crate::io::rows::RowReader;
 use crate::ops::{assign, check_finite};
 use crate::rng::Rng;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
-    F32,
-    F64,
-    U8,
-    /// `.fvecs`: an i32 dimension before every row.
-    Fvecs,
-}
-
-impl Layout {
-    fn row_bytes(self, d: usize) -> usize {
-        match self {
-            Layout::F32 => 4 * d,
-            Layout::F64 => 8 * d,
-            Layout::U8 => d,
-            Layout::Fvecs => 4 + 4 * d,
-        }
-    }
-}
-
-/// Rows of a file read a batch at a time.
-pub struct RowStream {
-    path: PathBuf,
-    file: BufReader<File>,
-    layout: Layout,
-    start: u64,
-    /// Rows and their dimension.
-    pub rows: usize,
-    pub d: usize,
-    next: usize,
-    buf: Vec<u8>,
-}
-
-impl RowStream {
-    /// Opens a `.npy` or `.fvecs` file and reads its header only.
-    pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let bad = |reason: String| Error::format(path, reason);
-        let mut file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
-        let ext = path.extension().and_then(|e| e.to_str());
-        let (layout, start, rows, d) = match ext {
-            Some("npy") => {
-                let mut head = vec![0u8; 12];
-                file.read_exact(&mut head)
-                    .map_err(|_| bad("not a .npy file (too short)".into()))?;
-                if &head[..6] != b"\x93NUMPY" {
-                    return Err(bad("not a .npy file (bad magic bytes)".into()));
-                }
-                let (hlen, hstart) = match head[6] {
-                    1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10u64),
-                    2 | 3 => (
-                        u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
-                        12u64,
-                    ),
-                    v => return Err(bad(format!("unsupported .npy version {v}"))),
-                };
-                let mut text = vec![0u8; hlen];
-                file.seek(SeekFrom::Start(hstart)).map_err(io_err)?;
-                file.read_exact(&mut text)
-                    .map_err(|_| bad("truncated .npy header".into()))?;
-                let text = String::from_utf8_lossy(&text).replace('"', "'");
-                let layout = if text.contains("'<f4'") || text.contains("'=f4'") {
-                    Layout::F32
-                } else if text.contains("'<f8'") || text.contains("'=f8'") {
-                    Layout::F64
-                } else if text.contains("'|u1'") || text.contains("'<u1'") {
-                    Layout::U8
-                } else {
-                    return Err(bad(
-                        "streaming reads little-endian f32, f64 or u8 .npy files".into(),
-                    ));
-                };
-                if !text.contains("'fortran_order': False") {
-                    return Err(bad("streaming needs a C-order .npy".into()));
-                }
-                let shape = text
-                    .split("'shape':")
-                    .nth(1)
-                    .and_then(|s| s.split(')').next())
-                    .map(|s| s.trim().trim_start_matches('('))
-                    .ok_or_else(|| bad("the .npy header has no shape".into()))?;
-                let dims: Vec<usize> = shape
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.parse().map_err(|_| bad(format!("bad shape ({shape})"))))
-                    .collect::<Result<_>>()?;
-                let [n, d] = dims[..] else {
-                    return Err(bad(format!("expected a 2-D array, got shape {dims:?}")));
-                };
-                let start = hstart + hlen as u64;
-                let need = d
-                    .checked_mul(8)
-                    .and_then(|_| (n as u64).checked_mul(layout.row_bytes(d) as u64))
-                    .and_then(|b| b.checked_add(start))
-                    .ok_or_else(|| bad(format!("the shape ({n}, {d}) overflows")))?;
-                if d == 0 {
-                    return Err(bad("rows of dimension 0".into()));
-                }
-                if len < need {
-                    return Err(bad(format!(
-                        "truncated: the header promises {need} bytes, the file has {len}"
-                    )));
-                }
-                (layout, start, n, d)
-            }
-            Some("fvecs") => {
-                let mut head = [0u8; 4];
-                file.read_exact(&mut head)
-                    .map_err(|_| bad("the file holds no vectors".into()))?;
-                let d = i32::from_le_bytes(head);
-                if d <= 0 {
-                    return Err(bad(format!("vector 0 declares dimension {d}")));
-                }
-                let d = d as usize;
-                let rb = Layout::Fvecs.row_bytes(d) as u64;
-                if len % rb != 0 {
-                    return Err(bad(format!(
-                        "{len} bytes are not a whole number of {rb}-byte rows of d = {d}"
-                    )));
-                }
-                (Layout::Fvecs, 0, (len / rb) as usize, d)
-            }
-            _ => {
-                return Err(bad(
-                    "unknown file type: expected a .npy or .fvecs file".into()
-                ));
-            }
-        };
-        let mut s = RowStream {
-            path: path.to_path_buf(),
-            file: BufReader::with_capacity(1 << 20, file),
-            layout,
-            start,
-            rows,
-            d,
-            next: 0,
-            buf: Vec::new(),
-        };
-        s.rewind()?;
-        Ok(s)
-    }
-
-    /// Back to the first row.
-    pub fn rewind(&mut self) -> Result<()> {
-        self.file
-            .seek(SeekFrom::Start(self.start))
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.next = 0;
-        Ok(())
-    }
-
-    /// Reads up to `max_rows` rows into `out` (replacing its contents); 0 at the end.
-    pub fn next_batch(&mut self, max_rows: usize, out: &mut Vec<f32>) -> Result<usize> {
-        let rows = max_rows.min(self.rows - self.next);
-        out.clear();
-        if rows == 0 {
-            return Ok(0);
-        }
-        let d = self.d;
-        let rb = self.layout.row_bytes(d);
-        self.buf.resize(rows * rb, 0);
-        self.file
-            .read_exact(&mut self.buf)
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        out.reserve(rows * d);
-        for (r, row) in self.buf.chunks_exact(rb).enumerate() {
-            match self.layout {
-                Layout::F32 => out.extend(
-                    row.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                ),
-                Layout::F64 => out.extend(row.chunks_exact(8).map(|b| {
-                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-                })),
-                Layout::U8 => out.extend(row.iter().map(|&v| v as f32)),
-                Layout::Fvecs => {
-                    let dim = i32::from_le_bytes([row[0], row[1], row[2], row[3]]);
-                    if dim as usize != d {
-                        return Err(Error::format(
-                            &self.path,
-                            format!(
-                                "vector {} has dimension {dim}, the first had {d}",
-                                self.next + r
-                            ),
-                        ));
-                    }
-                    out.extend(
-                        row[4..]
-                            .chunks_exact(4)
-                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                    );
-                }
-            }
-        }
-        self.next += rows;
-        Ok(rows)
-    }
-}
+/// The rows of a file streamed in batches: [`crate::io::rows::RowReader`], under the name
+/// this module first gave it.
+pub type RowStream = RowReader;
 
 /// Hyper-parameters of [`fit_stream`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -276,11 +68,11 @@ pub struct StreamReport {
 /// Mini-batch k-means over a stream; `on_batch(epoch, batch, batch_mse)` after each batch.
 pub fn fit_stream<B: Backend>(
     b: &B,
-    stream: &mut RowStream,
+    stream: &mut RowReader,
     cfg: &MiniBatchConfig,
     on_batch: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<(KMeans, StreamReport)> {
-    let (k, d, n) = (cfg.k, stream.d, stream.rows);
+    let (k, d, n) = (cfg.k, stream.d(), stream.rows());
     if k == 0 {
         return Err(Error::EmptyCodebook);
     }
@@ -293,7 +85,7 @@ pub fn fit_stream<B: Backend>(
     let mut rng = Rng::new(cfg.seed);
     let mut xb = Vec::new();
     stream.rewind()?;
-    stream.next_batch(cfg.init_rows.max(k), &mut xb)?;
+    stream.next_chunk(cfg.init_rows.max(k), &mut xb)?;
     check_finite("points", &xb)?;
     let mut kc = KMeansConfig::new(k);
     kc.iters = 5;
@@ -315,7 +107,7 @@ pub fn fit_stream<B: Backend>(
         stream.rewind()?;
         let (mut total, mut batches) = (0.0f64, 0usize);
         loop {
-            let rows = stream.next_batch(cfg.batch, &mut xb)?;
+            let rows = stream.next_chunk(cfg.batch, &mut xb)?;
             if rows == 0 {
                 break;
             }
@@ -360,7 +152,7 @@ pub fn fit_stream<B: Backend>(
             total += bm;
             on_batch(epoch, batches, bm);
             batches += 1;
-            if stream.next >= stream.rows {
+            if stream.remaining() == 0 {
                 // Centres that no point has reached move onto rows of this last batch.
                 for j in 0..k {
                     if v[j] == 0.0 {
@@ -377,7 +169,7 @@ pub fn fit_stream<B: Backend>(
     stream.rewind()?;
     let mut sse = 0.0f64;
     loop {
-        let rows = stream.next_batch(cfg.batch, &mut xb)?;
+        let rows = stream.next_chunk(cfg.batch, &mut xb)?;
         if rows == 0 {
             break;
         }
