@@ -437,7 +437,8 @@ fn truncated_and_ragged_files_are_typed_errors_that_leave_the_old_output() {
 /// memory; then a run killed while it writes its codes leaves those codes whole. The binary's own mappings need about 30 MiB of address space (a small file
 /// encodes under `ulimit -v 30000`, not under 20000), and streaming this file with the
 /// default chunk about 80 MiB (measured with the dev build); the GPU libraries are loaded
-/// only for their backends.
+/// only for their backends. The limited runs use one thread (see below) and one malloc
+/// arena.
 #[test]
 fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_survives_a_kill() {
     let dir = scratch("stream-limit");
@@ -460,7 +461,8 @@ fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_surv
     let limited = |chunk_rows: Option<&str>| {
         let out = dir.join("codes.npy");
         let mut c = Command::new("sh");
-        c.arg("-c")
+        c.env("MALLOC_ARENA_MAX", "1")
+            .arg("-c")
             .arg(r#"ulimit -v "$0" && exec "$@""#)
             .arg(&limit)
             .arg(env!("CARGO_BIN_EXE_vqkit"))
@@ -473,6 +475,10 @@ fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_surv
                 "-o",
                 s(&out),
                 "--json",
+                // One thread: glibc gives every thread that allocates an arena of 64 MiB
+                // of address space, which would count against the limit, not the data.
+                "--threads",
+                "1",
             ]);
         if let Some(r) = chunk_rows {
             c.args(["--chunk-rows", r]);
@@ -494,6 +500,51 @@ fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_surv
     );
     assert_eq!(v["mse"].as_f64(), Some(want_mse), "{v}");
     assert_eq!(v["relative_error"].as_f64(), Some(want_rel), "{v}");
+
+    // Fitting on the same file under the same limit: every row does not fit (a typed
+    // error), a sample of rows read a chunk at a time does, and gives the model the same
+    // command gives without the limit.
+    let fit = |limit: Option<&str>, extra: &[&str], out: &Path| {
+        let mut c = Command::new("sh");
+        c.env("MALLOC_ARENA_MAX", "1")
+            .arg("-c")
+            .arg(r#"ulimit -v "$0" && exec "$@""#)
+            .arg(limit.unwrap_or("unlimited"))
+            .arg(env!("CARGO_BIN_EXE_vqkit"))
+            .args([
+                "rq-kmeans",
+                "-i",
+                s(&x),
+                "--stages",
+                "2",
+                "-k",
+                "16",
+                "--iters",
+                "3",
+            ])
+            .args(["--seed", "4", "--threads", "1", "-o", s(out), "--json"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    let (rq_limited, rq_free) = (
+        dir.join("rq-limited.safetensors"),
+        dir.join("rq.safetensors"),
+    );
+    let o = fit(Some(&limit), &[], &rq_limited);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    fails_with(&o, "memory");
+    let (a, b) = (
+        fit(Some(&limit), &["--sample", "20000"], &rq_limited),
+        fit(None, &["--sample", "20000"], &rq_free),
+    );
+    ok(&a);
+    ok(&b);
+    assert_eq!(last_json(&a)["mse"], last_json(&b)["mse"]);
+    assert_eq!(last_json(&a)["n"].as_u64(), Some(20000));
+    // The same codebooks: the same codes for the small file. (The files' bytes may differ:
+    // safetensors orders its metadata keys as they come.)
+    let codes = |m: &Path| encoded_in_memory(m, &small).0;
+    assert!(codes(&rq_limited) == codes(&rq_free));
 
     // Killed halfway through writing the codes of another model: the codes of this run
     // stay whole at the path; only the temporary file of the killed process is left.

@@ -108,7 +108,8 @@ impl WithBackend for AvqJob<'_> {
 }
 
 pub fn avq(args: AvqArgs) -> vqkit::Result<()> {
-    let x = io::read_points(&args.input)?;
+    let x =
+        super::rvq::training_points(&args.input, args.km.sample, args.km.seed, args.common.json)?;
     let cfg = AvqConfig {
         m: args.m,
         k: args.k,

@@ -4,7 +4,7 @@ use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
 use vqkit::backend::{Backend, WithBackend, dispatch};
-use vqkit::io::{self, Matrix};
+use vqkit::io::Matrix;
 use vqkit::quant::kmeans::{Init, KMeans, KMeansConfig};
 use vqkit::quant::mean_sq_norm;
 use vqkit::quant::minibatch::{MiniBatchConfig, RowStream, StreamReport, fit_stream};
@@ -39,6 +39,10 @@ pub struct Args {
     /// k-means++ seeds from at most k times this many points (0: all).
     #[arg(long, default_value_t = 32)]
     seed_points_per_centroid: usize,
+    /// Train on this many rows of the input drawn at random (with --seed) and read a chunk
+    /// at a time, so that the file need not fit in memory (0: every row; see also --stream).
+    #[arg(long, default_value_t = 0)]
+    sample: usize,
     /// Mini-batch k-means streaming the file in batches (never loaded whole).
     #[arg(long)]
     stream: bool,
@@ -186,7 +190,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
     if args.stream {
         return run_stream(args);
     }
-    let x = io::read_points(&args.input)?;
+    let x = super::rvq::training_points(&args.input, args.sample, args.seed, args.common.json)?;
     let cfg = KMeansConfig {
         k: args.k,
         iters: args.iters,

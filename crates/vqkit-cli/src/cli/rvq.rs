@@ -23,6 +23,30 @@ pub struct KmArgs {
     /// Train each codebook on at most k times this many points (0: all).
     #[arg(long, default_value_t = 256)]
     pub max_points_per_centroid: usize,
+    /// Train on this many rows of the input drawn at random (with --seed) and read a chunk
+    /// at a time, so that the file need not fit in memory; the figures printed are then
+    /// those of the sample (0: every row).
+    #[arg(long, default_value_t = 0)]
+    pub sample: usize,
+}
+
+/// The training points of a command: the whole input, or `sample` rows of it drawn with
+/// `seed` and read a chunk at a time (see [`KmArgs::sample`]).
+pub fn training_points(
+    input: &std::path::Path,
+    sample: usize,
+    seed: u64,
+    json: bool,
+) -> vqkit::Result<io::Matrix> {
+    let (x, n) = io::rows::read_training(input, sample, seed)?;
+    if x.rows < n && !json {
+        println!(
+            "training on {} of the {n} rows of {}",
+            x.rows,
+            input.display()
+        );
+    }
+    Ok(x)
 }
 
 #[derive(clap::Args)]
@@ -97,7 +121,7 @@ impl WithBackend for RqJob<'_> {
 }
 
 pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
-    let x = io::read_points(&args.input)?;
+    let x = training_points(&args.input, args.km.sample, args.km.seed, args.common.json)?;
     let cfg = RvqConfig {
         stages: args.stages,
         k: args.k,
@@ -204,7 +228,7 @@ impl WithBackend for PvqJob<'_> {
 }
 
 pub fn pvq(args: PvqArgs) -> vqkit::Result<()> {
-    let x = io::read_points(&args.input)?;
+    let x = training_points(&args.input, args.km.sample, args.km.seed, args.common.json)?;
     let cfg = PvqConfig {
         m: args.m,
         k: args.k,

@@ -313,6 +313,50 @@ impl RowReader {
         Ok(rows)
     }
 
+    /// The rows at `sorted` (ascending, distinct, below [`RowReader::rows`]), read from
+    /// the first row a chunk at a time: memory holds one chunk and the selected rows,
+    /// whatever the file's size.
+    pub fn read_rows(&mut self, sorted: &[usize]) -> Result<super::Matrix> {
+        if sorted.windows(2).any(|w| w[0] >= w[1]) || sorted.last().is_some_and(|&i| i >= self.rows)
+        {
+            return Err(Error::invalid(
+                "rows",
+                format!(
+                    "row indices must be ascending, distinct and below {}",
+                    self.rows
+                ),
+            ));
+        }
+        self.rewind()?;
+        let d = self.d;
+        let len = sorted
+            .len()
+            .checked_mul(d)
+            .ok_or_else(|| Error::format(&self.path, "the shape overflows"))?;
+        let mut data = crate::resources::reserve::<f32>("the sampled points", len)?;
+        let mut chunk = Vec::new();
+        let mut want = sorted.iter().peekable();
+        while want.peek().is_some() {
+            let first = self.next;
+            let got = self.next_chunk(self.chunk_rows(), &mut chunk)?;
+            if got == 0 {
+                break;
+            }
+            while let Some(&&i) = want.peek() {
+                if i >= first + got {
+                    break;
+                }
+                data.extend_from_slice(&chunk[(i - first) * d..(i - first + 1) * d]);
+                want.next();
+            }
+        }
+        Ok(super::Matrix {
+            rows: sorted.len(),
+            cols: d,
+            data,
+        })
+    }
+
     /// Reads every remaining row of points into one matrix.
     pub fn read_all(&mut self) -> Result<super::Matrix> {
         let rows = self.remaining();
@@ -419,6 +463,36 @@ fn grow<T>(v: &mut Vec<T>, len: usize) -> Result<()> {
     })
 }
 
+/// `m.min(n)` distinct indices below `n`, drawn uniformly and returned sorted (Floyd's
+/// algorithm: memory for the `m` indices only, whatever `n`).
+pub fn sample_rows(n: usize, m: usize, rng: &mut crate::rng::Rng) -> Vec<usize> {
+    let m = m.min(n);
+    let mut chosen = std::collections::HashSet::with_capacity(m);
+    for j in n - m..n {
+        let t = rng.below(j + 1);
+        if !chosen.insert(t) {
+            chosen.insert(j);
+        }
+    }
+    let mut v: Vec<usize> = chosen.into_iter().collect();
+    v.sort_unstable();
+    v
+}
+
+/// The points of a file for training: every row when `m` is 0 or at least the file's
+/// rows, otherwise `m` rows drawn uniformly with `seed` and read a chunk at a time, so
+/// that the file need not fit in memory. Returns the matrix and the file's row count.
+pub fn read_training(path: &Path, m: usize, seed: u64) -> Result<(super::Matrix, usize)> {
+    let mut r = RowReader::open(path)?;
+    r.expect_points()?;
+    let n = r.rows();
+    if m == 0 || m >= n {
+        return Ok((r.read_all()?, n));
+    }
+    let rows = sample_rows(n, m, &mut crate::rng::Rng::new(seed));
+    Ok((r.read_rows(&rows)?, n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +520,48 @@ mod tests {
             out.extend_from_slice(&part);
         }
         out
+    }
+
+    #[test]
+    fn samples_are_distinct_sorted_uniform_and_read_across_chunks() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (n, m) in [(10, 0), (10, 3), (10, 10), (10, 25), (1_000_000_000, 1000)] {
+            let s = sample_rows(n, m, &mut rng);
+            assert_eq!(s.len(), m.min(n));
+            assert!(s.windows(2).all(|w| w[0] < w[1]) && s.iter().all(|&i| i < n));
+        }
+        // Every index equally likely: 20,000 draws of 3 of 10, each index about 6,000 times.
+        let mut hits = [0usize; 10];
+        for _ in 0..20_000 {
+            for i in sample_rows(10, 3, &mut rng) {
+                hits[i] += 1;
+            }
+        }
+        assert!(hits.iter().all(|&h| (5600..6400).contains(&h)), "{hits:?}");
+
+        let dir = scratch("sample");
+        let (n, d) = (1000usize, 5usize);
+        let x: Vec<f32> = (0..n * d).map(|v| v as f32).collect();
+        let path = dir.join("x.npy");
+        npy::write_f32(&path, &[n, d], &x).unwrap();
+        let mut r = RowReader::open(&path).unwrap();
+        let pick = [0, 1, 317, 318, 999];
+        let want: Vec<f32> = pick
+            .iter()
+            .flat_map(|&i| x[i * d..(i + 1) * d].to_vec())
+            .collect();
+        assert_eq!(r.read_rows(&pick).unwrap().data, want);
+        // Again, from wherever the reader stands.
+        assert_eq!(r.read_rows(&pick).unwrap().data, want);
+        assert!(r.read_rows(&[3, 2]).is_err());
+        assert!(r.read_rows(&[1000]).is_err());
+        let (all, rows) = read_training(&path, 0, 1).unwrap();
+        assert_eq!((all.data, rows), (x.clone(), n));
+        let (some, _) = read_training(&path, 10, 1).unwrap();
+        assert_eq!(some.rows, 10);
+        let (again, _) = read_training(&path, 10, 1).unwrap();
+        assert_eq!(some.data, again.data);
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
