@@ -13,7 +13,7 @@ cd "$here"
 seconds="${1:-20}"
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
-for target in npy fvecs idx models checkpoint; do
+for target in npy fvecs idx models checkpoint rows; do
     mkdir -p "corpus/$target"
     printf 'fuzz %s: ' "$target"
     log="$(mktemp)"
