@@ -84,9 +84,25 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// Runs the micro-kernel for `mr` rows of x packed t-major (`x[t * mr + r]`, length
-/// `mr * d`), writing each row's best score (without |x|^2) and index.
-type RowsKernel = fn(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]);
+/// One call of a micro-kernel: `mr` rows of x, packed t-major over one chunk of d
+/// (`x[t * mr + r]` for the chunk's `kc` steps), against the codebook panels in `panels`
+/// over the same chunk (`t0..t0 + kc`). Each panel's accumulator tile starts at zero on the
+/// first chunk (`first`) or from `acc` (one `mr * nr` tile per panel of the range, in
+/// order), and is stored back to `acc` unless this is the last chunk (`last`); on the last
+/// chunk the scores are folded instead, and the range's best score (without |x|^2) and its
+/// index are written per row to `val` / `idx`, the lowest index on a tie.
+pub(crate) struct Step<'a> {
+    x: &'a [f32],
+    p: &'a Packed,
+    panels: std::ops::Range<usize>,
+    t0: usize,
+    kc: usize,
+    first: bool,
+    last: bool,
+}
+
+/// A micro-kernel: see [`Step`].
+type RowsKernel = fn(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]);
 
 fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
     match isa {
@@ -98,9 +114,51 @@ fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
     }
 }
 
-/// Rows per parallel task: a multiple of the micro-kernel's MR, large enough to amortise
-/// the task, small enough to balance two to a few dozen threads.
+/// Rows per parallel task at most: a multiple of the micro-kernels' MR (4, 6, 12), large
+/// enough to amortise the task and to reuse each codebook group many times, small enough to
+/// balance two to a few dozen threads.
 const TASK_ROWS: usize = 384;
+
+/// Rows per task for rows of `d` floats: [`TASK_ROWS`], or fewer for wide rows so that the
+/// task's packed rows stay in half of L2 (a multiple of 12 rows, 12 at least). A function
+/// of d and the machine only, never of the thread count; and rows are independent, so any
+/// task size gives the same bits.
+fn task_rows(caches: super::CacheSizes, d: usize) -> usize {
+    let fit = caches.l2 / 2 / (d.max(1) * std::mem::size_of::<f32>());
+    (fit / 12 * 12).clamp(12, TASK_ROWS)
+}
+
+/// How a task walks the codebook, from the cache sizes (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocking {
+    /// Steps of d per chunk: a chunk of MR rows of x stays in L1 while panels pass by.
+    pub kc: usize,
+    /// Panels per group: a group of the codebook stays in L2 while the task's row blocks
+    /// pass over it.
+    pub group: usize,
+    /// Rows per parallel task ([`task_rows`]).
+    pub rows: usize,
+}
+
+impl Blocking {
+    /// Blocks for `mr` x `nr` tiles over dimension `d` and `panels` panels: x's chunk of
+    /// MR rows in half of L1, the codebook group in half of L2 (the other halves hold the
+    /// streamed operand and the task's packed rows). Chunks are even (no short tail chunk).
+    pub(crate) fn for_shape(
+        caches: super::CacheSizes,
+        mr: usize,
+        nr: usize,
+        d: usize,
+        panels: usize,
+    ) -> Blocking {
+        let f32s = std::mem::size_of::<f32>();
+        let kc_max = (caches.l1d / 2 / (mr * f32s)).max(16);
+        let kc = d.div_ceil(d.div_ceil(kc_max).max(1)).max(1);
+        let group = (caches.l2 / 2 / (nr * d.max(1) * f32s)).clamp(1, panels.max(1));
+        let rows = task_rows(caches, d);
+        Blocking { kc, group, rows }
+    }
+}
 
 /// The CPU distance-argmin. Shapes are checked by the caller.
 #[allow(clippy::too_many_arguments)]
@@ -114,28 +172,67 @@ pub(crate) fn distance_argmin(
     idx: &mut [u32],
     dist: &mut [f32],
 ) -> Result<()> {
+    // A codebook of 16 or fewer would fill at most half of AVX-512's 32-wide panel: the
+    // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding.
+    #[cfg(target_arch = "x86_64")]
+    let isa = if isa == Isa::Avx512 && shape.k <= 16 && Isa::Avx2.supported() {
+        Isa::Avx2
+    } else {
+        isa
+    };
+    let (_, mr, nr) = kernel_for(isa);
+    let blocking = Blocking::for_shape(
+        super::CacheSizes::detect(),
+        mr,
+        nr,
+        shape.d,
+        shape.k.div_ceil(nr),
+    );
+    distance_argmin_blocked(
+        isa, blocking, parallel, x, codebook, norms, shape, idx, dist,
+    )
+}
+
+/// [`distance_argmin`] with the blocking given: every blocking gives the same bits (each
+/// score is the same chain of FMAs over d, stored and reloaded exactly between chunks; the
+/// running best is carried across groups with a strict `<`, so the lowest index still wins
+/// a tie).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn distance_argmin_blocked(
+    isa: Isa,
+    blocking: Blocking,
+    parallel: bool,
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    shape: Shape,
+    idx: &mut [u32],
+    dist: &mut [f32],
+) -> Result<()> {
     let Shape { n, k, d } = shape;
     if n == 0 {
         return Ok(());
     }
+    let rows = blocking.rows;
     if k <= NARROW_K {
-        for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
+        for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
             rows_narrow(xs, codebook, norms, d, idx, dist)
         });
         return Ok(());
     }
     let (kernel, mr, nr) = kernel_for(isa);
     let packed = Packed::new(codebook, norms, k, d, nr)?;
-    for_each_task(parallel, x, d, idx, dist, |xs, idx, dist| {
-        rows_block(kernel, mr, xs, &packed, idx, dist)
+    for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
+        rows_block(kernel, mr, nr, blocking, xs, &packed, idx, dist)
     });
     Ok(())
 }
 
-/// Splits the rows into fixed tasks of `TASK_ROWS` (independent of the thread count) and
-/// runs `f(x rows, idx, dist)` on each, in parallel or in order.
+/// Splits the rows into fixed tasks of `rows` (independent of the thread count) and runs
+/// `f(x rows, idx, dist)` on each, in parallel or in order.
 fn for_each_task(
     parallel: bool,
+    rows: usize,
     x: &[f32],
     d: usize,
     idx: &mut [u32],
@@ -143,16 +240,16 @@ fn for_each_task(
     f: impl Fn(&[f32], &mut [u32], &mut [f32]) + Sync,
 ) {
     let task = |(t, (idx, dist)): (usize, (&mut [u32], &mut [f32]))| {
-        f(&x[t * TASK_ROWS * d..][..idx.len() * d], idx, dist)
+        f(&x[t * rows * d..][..idx.len() * d], idx, dist)
     };
     if parallel {
-        idx.par_chunks_mut(TASK_ROWS)
-            .zip(dist.par_chunks_mut(TASK_ROWS))
+        idx.par_chunks_mut(rows)
+            .zip(dist.par_chunks_mut(rows))
             .enumerate()
             .for_each(task);
     } else {
-        idx.chunks_mut(TASK_ROWS)
-            .zip(dist.chunks_mut(TASK_ROWS))
+        idx.chunks_mut(rows)
+            .zip(dist.chunks_mut(rows))
             .enumerate()
             .for_each(task);
     }
@@ -200,12 +297,26 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One task's rows, MR at a time: each block is packed t-major (`xt[t * MR + r]`, zero rows
-/// past the end), so the micro-kernel broadcasts from one contiguous run per step of d
-/// whatever d is; then `dist = max(score + |x|^2, 0)`.
+thread_local! {
+    /// Per thread: the task's rows packed block by block, and the accumulator tiles a
+    /// chunked d carries between chunks. Reused from task to task (a wide task's rows are
+    /// megabytes: allocating them per task would fault fresh pages in every time).
+    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// One task's rows. They are packed once, MR at a time, each block t-major (`xt[t * MR +
+/// r]`, zero rows past the end), so the micro-kernel broadcasts from one contiguous run per
+/// step of d whatever d is. Then, group by group of the codebook, every block runs over the
+/// group chunk by chunk of d, and its rows' best is folded into the task's running best
+/// (a later group wins only with a strictly lower score: it holds higher indices). Last,
+/// `dist = max(score + |x|^2, 0)`.
+#[allow(clippy::too_many_arguments)]
 fn rows_block(
     kernel: RowsKernel,
     mr: usize,
+    nr: usize,
+    blocking: Blocking,
     x: &[f32],
     p: &Packed,
     idx: &mut [u32],
@@ -213,25 +324,55 @@ fn rows_block(
 ) {
     let d = p.d;
     let rows = idx.len();
-    let mut xt = vec![0.0f32; mr * d];
+    let blocks = rows.div_ceil(mr);
+    let (mut xt, mut acc) = SCRATCH.take();
+    xt.clear();
+    xt.resize(blocks * mr * d, 0.0);
+    for (b, block) in x.chunks(mr * d).enumerate() {
+        let xb = &mut xt[b * mr * d..(b + 1) * mr * d];
+        for (r, row) in block.chunks_exact(d).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                xb[t * mr + r] = v;
+            }
+        }
+    }
+    let Blocking { kc, group, .. } = blocking;
+    let chunked = kc < d;
+    acc.clear();
+    if chunked {
+        acc.resize(group * mr * nr, 0.0);
+    }
+    dist.fill(f32::INFINITY);
+    idx.fill(0);
     let mut val = vec![0.0f32; mr];
     let mut ix = vec![0u32; mr];
-    for r0 in (0..rows).step_by(mr) {
-        let m = mr.min(rows - r0);
-        for (r, row) in x[r0 * d..(r0 + m) * d].chunks_exact(d).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                xt[t * mr + r] = v;
+    for g0 in (0..p.panels).step_by(group) {
+        let panels = g0..p.panels.min(g0 + group);
+        for b in 0..blocks {
+            let xb = &xt[b * mr * d..(b + 1) * mr * d];
+            for t0 in (0..d).step_by(kc) {
+                let kc = kc.min(d - t0);
+                let step = Step {
+                    x: &xb[t0 * mr..(t0 + kc) * mr],
+                    p,
+                    panels: panels.clone(),
+                    t0,
+                    kc,
+                    first: t0 == 0,
+                    last: t0 + kc == d,
+                };
+                kernel(&step, &mut acc, &mut val, &mut ix);
+            }
+            let r0 = b * mr;
+            let m = mr.min(rows - r0);
+            for r in 0..m {
+                if val[r] < dist[r0 + r] {
+                    (dist[r0 + r], idx[r0 + r]) = (val[r], ix[r]);
+                }
             }
         }
-        if m < mr {
-            for t in 0..d {
-                xt[t * mr + m..(t + 1) * mr].fill(0.0);
-            }
-        }
-        kernel(&xt, p, &mut val, &mut ix);
-        dist[r0..r0 + m].copy_from_slice(&val[..m]);
-        idx[r0..r0 + m].copy_from_slice(&ix[..m]);
     }
+    SCRATCH.set((xt, acc));
     for (r, out) in dist.iter_mut().enumerate() {
         *out = (*out + sq_norm(&x[r * d..(r + 1) * d])).max(0.0);
     }
@@ -253,15 +394,22 @@ const PORTABLE_MR: usize = 4;
 const PORTABLE_NR: usize = 16;
 
 /// v1: plain Rust; fixed-size arrays let the compiler keep the tile in vector registers.
-fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
+fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
     const MR: usize = PORTABLE_MR;
     const NR: usize = PORTABLE_NR;
+    let (p, x) = (s.p, s.x);
     let d = p.d;
     let mut best_v = [[f32::INFINITY; NR]; MR];
     let mut best_i = [[0u32; NR]; MR];
-    for panel in 0..p.panels {
-        let pd = &p.data[panel * NR * d..(panel + 1) * NR * d];
+    for (q, panel) in s.panels.clone().enumerate() {
+        let pd = &p.data[panel * NR * d + s.t0 * NR..][..s.kc * NR];
         let mut acc = [[0.0f32; NR]; MR];
+        let saved = acc_buf.get_mut(q * MR * NR..(q + 1) * MR * NR);
+        if let (false, Some(saved)) = (s.first, &saved) {
+            for r in 0..MR {
+                acc[r].copy_from_slice(&saved[r * NR..(r + 1) * NR]);
+            }
+        }
         for (t, c) in pd.chunks_exact(NR).enumerate() {
             for r in 0..MR {
                 let xv = x[t * MR + r];
@@ -269,6 +417,14 @@ fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
                     acc[r][l] += xv * c[l];
                 }
             }
+        }
+        if !s.last {
+            if let Some(saved) = saved {
+                for r in 0..MR {
+                    saved[r * NR..(r + 1) * NR].copy_from_slice(&acc[r]);
+                }
+            }
+            continue;
         }
         let norms = &p.norms[panel * NR..(panel + 1) * NR];
         for r in 0..MR {
@@ -281,14 +437,16 @@ fn rows_portable(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
             }
         }
     }
-    for r in 0..MR {
-        (val[r], idx[r]) = reduce_lanes(&best_v[r], &best_i[r]);
+    if s.last {
+        for r in 0..MR {
+            (val[r], idx[r]) = reduce_lanes(&best_v[r], &best_i[r]);
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Packed, reduce_lanes};
+    use super::{Step, reduce_lanes};
 
     use std::arch::x86_64::*;
 
@@ -297,42 +455,55 @@ mod x86 {
     pub(super) const AVX512_MR: usize = 12;
     pub(super) const AVX512_NR: usize = 32;
 
-    pub(super) fn rows_avx2_entry(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
-        assert!(x.len() >= AVX2_MR * p.d && val.len() >= AVX2_MR && idx.len() >= AVX2_MR);
-        assert!(p.data.len() >= p.panels * AVX2_NR * p.d && p.norms.len() >= p.panels * AVX2_NR);
-        // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
-        // the asserts above bound every pointer offset the kernel takes.
-        unsafe { rows_avx2(x, p, val, idx) }
+    /// Asserts every bound a kernel's pointer arithmetic relies on.
+    fn check(s: &Step, acc: &[f32], val: &[f32], idx: &[u32], mr: usize, nr: usize) {
+        let p = s.p;
+        assert!(s.x.len() >= mr * s.kc && val.len() >= mr && idx.len() >= mr);
+        assert!(s.panels.end <= p.panels && s.t0 + s.kc <= p.d);
+        assert!(p.data.len() >= p.panels * nr * p.d && p.norms.len() >= p.panels * nr);
+        assert!((s.first && s.last) || acc.len() >= s.panels.len() * mr * nr);
     }
 
-    pub(super) fn rows_avx512_entry(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
-        assert!(x.len() >= AVX512_MR * p.d && val.len() >= AVX512_MR && idx.len() >= AVX512_MR);
-        assert!(
-            p.data.len() >= p.panels * AVX512_NR * p.d && p.norms.len() >= p.panels * AVX512_NR
-        );
+    pub(super) fn rows_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        check(s, acc, val, idx, AVX2_MR, AVX2_NR);
+        // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
+        // `check` bounds every pointer offset the kernel takes.
+        unsafe { rows_avx2(s, acc, val, idx) }
+    }
+
+    pub(super) fn rows_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        check(s, acc, val, idx, AVX512_MR, AVX512_NR);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
-        // the asserts above bound every pointer offset the kernel takes.
-        unsafe { rows_avx512(x, p, val, idx) }
+        // `check` bounds every pointer offset the kernel takes.
+        unsafe { rows_avx512(s, acc, val, idx) }
     }
 
     /// v2: 6 rows x 16 codewords (two ymm) per tile.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_avx2(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn rows_avx2(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         const MR: usize = AVX2_MR;
         const NR: usize = AVX2_NR;
-        let d = p.d;
-        let xp = x.as_ptr();
+        let (p, d) = (s.p, s.p.d);
+        let xp = s.x.as_ptr();
         // Per row, per lane: the best score so far and its codeword.
         let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
         let mut best_i = [_mm256_setzero_si256(); MR];
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let minus_two = _mm256_set1_ps(-2.0);
-        for panel in 0..p.panels {
-            // SAFETY (all pointer reads below): panel < p.panels, t < d and r < MR, so every
-            // offset is inside the lengths the entry point asserted.
-            let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+        for (q, panel) in s.panels.clone().enumerate() {
+            // SAFETY (all pointer accesses below): `check` asserted that the panel range,
+            // the chunk t0..t0 + kc, the MR rows of x and the saved tiles are in bounds.
+            let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
+            let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            for t in 0..d {
+            if !s.first {
+                for r in 0..MR {
+                    for h in 0..2 {
+                        acc[r][h] = unsafe { _mm256_loadu_ps(ap.add(r * NR + h * 8)) };
+                    }
+                }
+            }
+            for t in 0..s.kc {
                 let (c0, c1) = unsafe {
                     (
                         _mm256_loadu_ps(cp.add(t * NR)),
@@ -344,6 +515,14 @@ mod x86 {
                     acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
                 }
+            }
+            if !s.last {
+                for r in 0..MR {
+                    for h in 0..2 {
+                        unsafe { _mm256_storeu_ps(ap.add(r * NR + h * 8), acc[r][h]) };
+                    }
+                }
+                continue;
             }
             let np = unsafe { p.norms.as_ptr().add(panel * NR) };
             let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
@@ -361,6 +540,9 @@ mod x86 {
                 best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
                 best_i[r] = blend_epi32(best_i[r], i, lt);
             }
+        }
+        if !s.last {
+            return;
         }
         for r in 0..MR {
             let mut v = [0.0f32; 8];
@@ -387,22 +569,30 @@ mod x86 {
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows_avx512(x: &[f32], p: &Packed, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn rows_avx512(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         const MR: usize = AVX512_MR;
         const NR: usize = AVX512_NR;
-        let d = p.d;
-        let xp = x.as_ptr();
+        let (p, d) = (s.p, s.p.d);
+        let xp = s.x.as_ptr();
         // Per row, per lane: the best score so far and its codeword.
         let mut best_v = [_mm512_set1_ps(f32::INFINITY); MR];
         let mut best_i = [_mm512_setzero_si512(); MR];
         let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let minus_two = _mm512_set1_ps(-2.0);
-        for panel in 0..p.panels {
-            // SAFETY (all pointer reads below): panel < p.panels, t < d and r < MR, so every
-            // offset is inside the lengths the entry point asserted.
-            let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+        for (q, panel) in s.panels.clone().enumerate() {
+            // SAFETY (all pointer accesses below): `check` asserted that the panel range,
+            // the chunk t0..t0 + kc, the MR rows of x and the saved tiles are in bounds.
+            let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
+            let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-            for t in 0..d {
+            if !s.first {
+                for r in 0..MR {
+                    for h in 0..2 {
+                        acc[r][h] = unsafe { _mm512_loadu_ps(ap.add(r * NR + h * 16)) };
+                    }
+                }
+            }
+            for t in 0..s.kc {
                 let (c0, c1) = unsafe {
                     (
                         _mm512_loadu_ps(cp.add(t * NR)),
@@ -414,6 +604,14 @@ mod x86 {
                     acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
                 }
+            }
+            if !s.last {
+                for r in 0..MR {
+                    for h in 0..2 {
+                        unsafe { _mm512_storeu_ps(ap.add(r * NR + h * 16), acc[r][h]) };
+                    }
+                }
+                continue;
             }
             let np = unsafe { p.norms.as_ptr().add(panel * NR) };
             let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
@@ -432,6 +630,9 @@ mod x86 {
                 best_i[r] = _mm512_mask_blend_epi32(lt, best_i[r], i);
             }
         }
+        if !s.last {
+            return;
+        }
         for r in 0..MR {
             // Fold the 16 lanes branch-free: the lowest score, and among the lanes holding
             // it, the lowest index.
@@ -441,5 +642,84 @@ mod x86 {
             val[r] = m;
             idx[r] = _mm512_mask_reduce_min_epu32(at_min, i);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{Rng, clustered};
+
+    /// Every blocking (chunks of d down to one step, groups down to one panel, uneven
+    /// tails) gives the bits of the unblocked walk, on every instruction set, at shapes
+    /// whose n, k and d leave remainders against every MR, NR and chunk. Codebooks drawn
+    /// from the points with repeats make exact ties, so the tie rule is exercised too.
+    #[test]
+    fn every_blocking_gives_the_same_bits() {
+        let mut rng = Rng::new(7);
+        for &(n, k, d) in &[(29, 37, 5), (13, 97, 33), (50, 70, 130), (7, 5, 300)] {
+            let x = clustered(n, d, 4, 0.3, 11 + d as u64);
+            let mut c = Vec::with_capacity(k * d);
+            for _ in 0..k {
+                let i = rng.below(n);
+                c.extend_from_slice(&x[i * d..(i + 1) * d]);
+            }
+            let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+            let shape = Shape::new(n, k, d);
+            for isa in Isa::available() {
+                let (_, _, nr) = kernel_for(isa);
+                let panels = k.div_ceil(nr);
+                let run = |b: Blocking| {
+                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                    distance_argmin_blocked(
+                        isa, b, false, &x, &c, &norms, shape, &mut idx, &mut dist,
+                    )
+                    .unwrap();
+                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
+                let whole = run(Blocking {
+                    kc: d,
+                    group: panels,
+                    rows: TASK_ROWS,
+                });
+                for kc in [1, 3, 7, d.div_ceil(2), d] {
+                    for group in [1, 2, 3, panels] {
+                        for rows in [5, 12, TASK_ROWS] {
+                            let b = Blocking { kc, group, rows };
+                            assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_fits_the_caches() {
+        let caches = crate::backend::cpu::CacheSizes {
+            l1d: 32 << 10,
+            l2: 1 << 20,
+        };
+        // d fits in one chunk; 1 MiB / 2 holds 1024 codewords of 128 floats.
+        let b = Blocking::for_shape(caches, 12, 32, 128, 2048);
+        assert_eq!(
+            b,
+            Blocking {
+                kc: 128,
+                group: 32,
+                rows: TASK_ROWS
+            }
+        );
+        // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
+        let b = Blocking::for_shape(caches, 12, 32, 1536, 32);
+        assert_eq!(b.kc, 1536_usize.div_ceil(5));
+        assert!(12 * b.kc * 4 <= 16 << 10);
+        // A group never exceeds the codebook, and holds one panel at least.
+        assert_eq!(Blocking::for_shape(caches, 12, 32, 128, 3).group, 3);
+        assert_eq!(Blocking::for_shape(caches, 12, 32, 1 << 16, 3).group, 1);
+        // Wide rows: a task's rows fit in half of L2 (64 rows of 2048 floats: 60, a
+        // multiple of 12), and never fewer than 12.
+        assert_eq!(Blocking::for_shape(caches, 12, 32, 2048, 1).rows, 60);
+        assert_eq!(Blocking::for_shape(caches, 12, 32, 1 << 20, 1).rows, 12);
     }
 }

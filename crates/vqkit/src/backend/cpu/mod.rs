@@ -6,12 +6,14 @@
 //! the EMA step), [`gemm`] (the matrix product the convolutions and beam search use) and
 //! [`peak`] (the FMA and bandwidth ceilings the benchmarks report against).
 
+mod cache;
 mod cluster_sums;
 mod distance_argmin;
 pub mod gemm;
 mod isa;
 pub mod peak;
 
+pub use cache::CacheSizes;
 pub use isa::{Isa, has_avx};
 
 pub(crate) use distance_argmin::sq_norm;
@@ -193,7 +195,9 @@ impl Backend for CpuBackend {
         let (xl, il, dl) = (x.len(), idx.len(), dist.len());
         check::cluster_sums(shape, xl, il, dl, sums.len(), counts.len(), dist_sums.len())?;
         let Shape { n, k, d } = shape;
-        self.run(n * d, |par| cluster_sums::sums(par, x, idx, k, d, sums));
+        self.run(n * d, |par| {
+            cluster_sums::sums(self.isa, par, x, idx, k, d, sums)
+        });
         cluster_sums::dist_sums(idx, dist, dist_sums);
         counts.copy_from_slice(&cluster_sums::counts(idx, k));
         Ok(())
@@ -233,20 +237,22 @@ impl Backend for CpuBackend {
             codebook.len(),
         )?;
         let Shape { n, k, d } = shape;
-        let mut batch = vec![0.0f32; k * d];
-        self.run(n * d, |par| {
-            cluster_sums::sums(par, x, idx, k, d, &mut batch)
+        let mut batch = crate::resources::zeroed::<f32>("the batch's code sums", k * d)?;
+        let counts = cluster_sums::counts(idx, k);
+        self.run(n * d + k * d, |par| {
+            cluster_sums::sums(self.isa, par, x, idx, k, d, &mut batch);
+            cluster_sums::ema_apply(
+                par,
+                params.decay,
+                params.eps,
+                &counts,
+                &batch,
+                d,
+                cluster_size,
+                embed_sum,
+                codebook,
+            );
         });
-        cluster_sums::ema_apply(
-            params.decay,
-            params.eps,
-            &cluster_sums::counts(idx, k),
-            &batch,
-            d,
-            cluster_size,
-            embed_sum,
-            codebook,
-        );
         Ok(())
     }
 }
