@@ -472,6 +472,17 @@ macro_rules! backend_suite {
             }
         }
 
+        /// The shapes users bring beyond the proptest sides: rows of 4096 floats, and
+        /// codebooks of a million codewords and more (the coarse quantizers of IVF indexes).
+        #[test]
+        fn argmin_accepts_wide_rows_and_million_codeword_codebooks() {
+            for b in $make() {
+                for &(n, k, d) in &[(37, 3, 4096), (70, 129, 4096), (19, (1 << 20) + 3, 4)] {
+                    common::check_argmin(&b, n, k, d, 11).unwrap();
+                }
+            }
+        }
+
         #[test]
         fn outputs_are_bit_identical_across_runs() {
             let m = $max.min(257);

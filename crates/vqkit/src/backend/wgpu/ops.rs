@@ -21,8 +21,10 @@ const LOOP_BUDGET: usize = 60_000;
 /// Codewords one argmin dispatch may scan within [`LOOP_BUDGET`].
 fn argmin_codes_per_dispatch(variant: ArgminVariant, d: usize) -> usize {
     match variant {
-        // k * d multiply-adds in one loop nest, then d for |x|^2.
-        ArgminVariant::V1Naive => (LOOP_BUDGET.saturating_sub(d) / (d + 1)).max(1),
+        // Per codeword, d multiply-adds plus the inner loop's exit test and the outer
+        // loop's own iteration (llvmpipe counts all three: with d + 1 a million codewords
+        // of d = 4 lost a tail of each chunk); then d for |x|^2.
+        ArgminVariant::V1Naive => (LOOP_BUDGET.saturating_sub(d) / (d + 2)).max(1),
         // Per 64-code tile, counting every loop as if nothing were unrolled: 16 + 20 for
         // clearing and folding the 4 x 4 accumulators, and per 16-dim step 4 staging plus
         // 16 x (1 + 4 + 4 + 16) micro-tile iterations (rounded up); d more for |x|^2.
