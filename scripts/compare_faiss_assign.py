@@ -5,6 +5,11 @@ on the same seeded clustered data, at the same thread count, runs alternating, m
     pip install faiss-cpu numpy
     cargo build --release
     python3 scripts/compare_faiss_assign.py --threads 1 2 --reps 5
+    python3 scripts/compare_faiss_assign.py --grid wide --threads 2 --reps 3
+
+`--grid wide` covers the shapes of `vqkit bench --grid wide`: d in 2..2048, k in 16..262,144,
+n = clamp(2e10 / (2 k d), 256, 100,000) rows per shape (`vqkit::bench::wide_rows`). Where
+k > n the codebook is drawn from the same clusters as the points instead of from them.
 
 vqkit's time is the `seconds` its `assign --json` reports: the computation through the
 backend (copy-in, norms, argmin, copy-out), not file reading. FAISS's is `index.search`.
@@ -27,6 +32,15 @@ def clustered(n, d, clusters, sigma, rng):
     return centres[labels] + sigma * rng.standard_normal((n, d), dtype=np.float32)
 
 
+WIDE_D = [2, 8, 32, 128, 512, 2048]
+WIDE_K = [16, 256, 4096, 65536, 262144]
+
+
+def wide_rows(k, d):
+    """As vqkit::bench::wide_rows: about 2e10 flops a run, 256 to 100,000 rows."""
+    return min(max(int(2e10 / (2.0 * k * d)), 256), 100_000)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vqkit", default="target/release/vqkit")
@@ -36,50 +50,59 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON object per result line")
+    ap.add_argument("--grid", choices=["default", "wide"], default="default",
+                    help="wide: the d x k grid of `vqkit bench --grid wide` (overrides --n/--d/--k)")
     args = ap.parse_args()
+    if args.grid == "wide":
+        shapes = [(wide_rows(k, d), d, k) for d in WIDE_D for k in WIDE_K]
+    else:
+        shapes = [(args.n, d, k) for d in args.d for k in args.k]
 
     rng = np.random.default_rng(42)
     tmp = tempfile.mkdtemp(prefix="vqkit-faiss-")
-    header = (f"{'thr':>3} {'d':>4} {'k':>5}  {'faiss ms':>9} {'GFLOP/s':>8}  "
+    header = (f"{'thr':>3} {'n':>6} {'d':>4} {'k':>6}  {'faiss ms':>9} {'GFLOP/s':>8}  "
               f"{'vqkit ms':>9} {'GFLOP/s':>8}  {'speedup':>7}  {'same code':>9}")
     if not args.json:
-        print(f"n = {args.n}, {args.reps} alternating runs each, medians")
+        print(f"{args.reps} alternating runs each, medians")
         print(header)
     for threads in args.threads:
         faiss.omp_set_num_threads(threads)
-        for d in args.d:
-            for k in args.k:
-                x = clustered(args.n, d, max(k // 4, 1), 0.3, rng)
-                c = x[rng.choice(args.n, k, replace=False)].copy()
-                xp, cp, op = (os.path.join(tmp, f) for f in ("x.npy", "c.npy", "codes.npy"))
-                np.save(xp, x)
-                np.save(cp, c)
-                index = faiss.IndexFlatL2(d)
-                index.add(c)
-                index.search(x[:1000], 1)  # warm-up
-                cmd = [args.vqkit, "assign", "-i", xp, "-c", cp, "-o", op,
-                       "--threads", str(threads), "--json"]
-                subprocess.run(cmd, check=True, capture_output=True)  # warm-up
-                tf, tv = [], []
-                for _ in range(args.reps):
-                    t = time.perf_counter()
-                    dist, ids = index.search(x, 1)
-                    tf.append(time.perf_counter() - t)
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-                    tv.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
-                ours = np.load(op)
-                same = float(np.mean(ours == ids[:, 0]))
-                mf, mv = statistics.median(tf), statistics.median(tv)
-                flops = 2.0 * args.n * k * d
-                row = dict(threads=threads, n=args.n, d=d, k=k, faiss_s=mf, vqkit_s=mv,
-                           faiss_gflops=flops / mf / 1e9, vqkit_gflops=flops / mv / 1e9,
-                           speedup=mf / mv, same_code=same)
-                if args.json:
-                    print(json.dumps(row))
-                else:
-                    print(f"{threads:>3} {d:>4} {k:>5}  {mf*1e3:>9.1f} {row['faiss_gflops']:>8.1f}  "
-                          f"{mv*1e3:>9.1f} {row['vqkit_gflops']:>8.1f}  {row['speedup']:>6.2f}x  "
-                          f"{same:>9.4f}", flush=True)
+        for n, d, k in shapes:
+            if k <= n:
+                x = clustered(n, d, max(k // 4, 1), 0.3, rng)
+                c = x[rng.choice(n, k, replace=False)].copy()
+            else:
+                both = clustered(n + k, d, max(k // 4, 1), 0.3, rng)
+                x, c = both[:n].copy(), both[n:].copy()
+            xp, cp, op = (os.path.join(tmp, f) for f in ("x.npy", "c.npy", "codes.npy"))
+            np.save(xp, x)
+            np.save(cp, c)
+            index = faiss.IndexFlatL2(d)
+            index.add(c)
+            index.search(x[:1000], 1)  # warm-up
+            cmd = [args.vqkit, "assign", "-i", xp, "-c", cp, "-o", op,
+                   "--threads", str(threads), "--json"]
+            subprocess.run(cmd, check=True, capture_output=True)  # warm-up
+            tf, tv = [], []
+            for _ in range(args.reps):
+                t = time.perf_counter()
+                dist, ids = index.search(x, 1)
+                tf.append(time.perf_counter() - t)
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                tv.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+            ours = np.load(op)
+            same = float(np.mean(ours == ids[:, 0]))
+            mf, mv = statistics.median(tf), statistics.median(tv)
+            flops = 2.0 * n * k * d
+            row = dict(threads=threads, n=n, d=d, k=k, faiss_s=mf, vqkit_s=mv,
+                       faiss_gflops=flops / mf / 1e9, vqkit_gflops=flops / mv / 1e9,
+                       speedup=mf / mv, same_code=same)
+            if args.json:
+                print(json.dumps(row))
+            else:
+                print(f"{threads:>3} {n:>6} {d:>4} {k:>6}  {mf*1e3:>9.1f} {row['faiss_gflops']:>8.1f}  "
+                      f"{mv*1e3:>9.1f} {row['vqkit_gflops']:>8.1f}  {row['speedup']:>6.2f}x  "
+                      f"{same:>9.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,14 @@ for k in $KS; do
         --k "$k" "${bench[@]}"
     step "bench_wgpu_k$k" 120 "$here/vqkit" bench --backend wgpu --k "$k" "${bench[@]}"
 done
+# The shapes outside the grid (docs/gpu-check.md, "Wide rows and million-codeword
+# codebooks"): raw JSON lines in wide_*.txt, not in the report's tables.
+for backend in cuda wgpu; do
+    step "wide_${backend}_d4096" 180 "$here/vqkit" bench --backend "$backend" --op assign \
+        --n 65536 --k 4096 --d 4096 --seconds "$SECONDS_PER" --json
+    step "wide_${backend}_k1m" 180 "$here/vqkit" bench --backend "$backend" --op assign \
+        --n 65536 --k 1048576 --d 32 --seconds "$SECONDS_PER" --json
+done
 # shellcheck disable=SC2086 # KS is a list of numbers
 step torch 300 python3 "$here/torch_bench.py" --inputs "$out/inputs" --n "$N" --d "$D" \
     --ks $KS --seconds "$SECONDS_PER"

@@ -245,3 +245,28 @@ pub fn default_shapes() -> Vec<Shape> {
     }
     v
 }
+
+/// The dimensions and codebook sizes of `vqkit bench --grid wide`: every width from 2-D
+/// points to wide embeddings, every codebook from a product quantizer's 16 codes to the
+/// coarse quantizer of a large IVF index.
+pub const WIDE_D: [usize; 6] = [2, 8, 32, 128, 512, 2048];
+pub const WIDE_K: [usize; 5] = [16, 256, 4096, 65_536, 262_144];
+
+/// Points for a shape of the wide grid: about 2e10 flops of `assign` per run (0.1 to 1 s
+/// on a CPU), between 256 and 100,000 rows. `scripts/compare_faiss_assign.py --grid wide`
+/// uses the same rule.
+pub fn wide_rows(k: usize, d: usize) -> usize {
+    let per_row = 2.0 * k as f64 * d as f64;
+    ((2e10 / per_row) as usize).clamp(256, 100_000)
+}
+
+/// The wide grid: [`WIDE_D`] x [`WIDE_K`] with [`wide_rows`] points each.
+pub fn wide_shapes() -> Vec<Shape> {
+    let mut v = Vec::new();
+    for d in WIDE_D {
+        for k in WIDE_K {
+            v.push(Shape::new(wide_rows(k, d), k, d));
+        }
+    }
+    v
+}

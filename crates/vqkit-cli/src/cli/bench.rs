@@ -17,6 +17,10 @@ pub struct Args {
     /// Operation to time (default: all three).
     #[arg(long, value_parser = super::choice::<Op>())]
     op: Option<Op>,
+    /// The grid of shapes: `default` (n = 100,000, d in {32, 128}, k in {256, 1024, 4096})
+    /// or `wide` (d from 2 to 2048, k from 16 to 262,144, n sized to ~2e10 flops a run).
+    #[arg(long, value_enum, default_value_t = Grid::Default)]
+    grid: Grid,
     /// Points (default grid: 100,000).
     #[arg(long)]
     n: Option<usize>,
@@ -45,6 +49,12 @@ pub struct Args {
     /// timing other programs on the same data.
     #[arg(long)]
     save_inputs: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Grid {
+    Default,
+    Wide,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -128,7 +138,11 @@ fn cpu_ceilings(threads: Option<usize>, isa: Option<Isa>) -> vqkit::Result<Ceili
 pub fn run(args: Args) -> vqkit::Result<()> {
     let start = Instant::now();
     let ops: Vec<Op> = args.op.map_or(Op::ALL.to_vec(), |o| vec![o]);
-    let shapes: Vec<Shape> = bench::default_shapes()
+    let grid = match args.grid {
+        Grid::Default => bench::default_shapes(),
+        Grid::Wide => bench::wide_shapes(),
+    };
+    let shapes: Vec<Shape> = grid
         .into_iter()
         .map(|s| {
             Shape::new(

@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     progressive_dim_steps: usize,
     /// k-means++ seeds from at most k times this many points (0: all).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 8)]
     seed_points_per_centroid: usize,
     /// Train on this many rows of the input drawn at random (with --seed) and read a chunk
     /// at a time, so that the file need not fit in memory (0: every row; see also --stream).
@@ -72,6 +72,7 @@ struct Out {
     seconds: f64,
     backend: String,
     n_train: usize,
+    init_seconds: f64,
 }
 
 impl WithBackend for Job<'_> {
@@ -107,6 +108,7 @@ impl WithBackend for Job<'_> {
             seconds,
             backend: b.name(),
             n_train: rep.n_train,
+            init_seconds: rep.init_seconds,
         })
     }
 }
@@ -220,7 +222,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
             "command": "kmeans", "backend": out.backend, "n": x.rows, "d": x.cols, "k": args.k,
             "n_train": out.n_train, "iters": args.iters, "init": args.init.as_str(),
             "mse": out.mse, "train_mse": out.train_mse, "relative_error": rel,
-            "seconds": out.seconds, "output": args.output,
+            "seconds": out.seconds, "init_seconds": out.init_seconds, "output": args.output,
         });
         println!("{v}");
     } else {

@@ -228,6 +228,15 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
+    /// Host algorithms that read host slices at random (the pruned k-means++ seeding): a
+    /// backend whose memory is the host's runs `f` in its own threads and returns `Some`;
+    /// `f` is told whether to go parallel, for `work` multiply-adds. Device backends return
+    /// `None` and the caller uses its device formulation instead.
+    fn run_on_host<R: Send>(&self, work: usize, f: impl FnOnce(bool) -> R + Send) -> Option<R> {
+        let _ = (work, f);
+        None
+    }
+
     /// Norms and distance-argmin on host slices, returning `(idx, dist)`. The default
     /// uploads, runs [`Backend::codeword_norms`] and [`Backend::distance_argmin`] and
     /// downloads; a backend whose memory is the host's (the CPU) runs in place instead.

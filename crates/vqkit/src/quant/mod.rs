@@ -18,6 +18,7 @@ pub mod nsvq;
 pub mod pca;
 pub mod pvq;
 pub mod rvq;
+mod seeding;
 pub mod vq;
 
 use crate::error::{Error, Result};

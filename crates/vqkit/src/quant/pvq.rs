@@ -51,7 +51,7 @@ impl PvqConfig {
             tol: 0.0,
             max_points_per_centroid: self.max_points_per_centroid,
             progressive_dim_steps: 0,
-            seed_points_per_centroid: 32,
+            seed_points_per_centroid: 8,
         }
     }
 }

@@ -102,7 +102,7 @@ impl RvqConfig {
             tol: 0.0,
             max_points_per_centroid: self.max_points_per_centroid,
             progressive_dim_steps: self.progressive_dim_steps,
-            seed_points_per_centroid: 32,
+            seed_points_per_centroid: 8,
         }
     }
 }

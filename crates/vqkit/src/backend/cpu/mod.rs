@@ -115,6 +115,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn run_on_host<R: Send>(&self, work: usize, f: impl FnOnce(bool) -> R + Send) -> Option<R> {
+        Some(self.run(work, f))
+    }
+
     fn assign_host(
         &self,
         x: &[f32],
