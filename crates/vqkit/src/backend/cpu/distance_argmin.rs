@@ -84,8 +84,9 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
-/// One call of a micro-kernel: `mr` rows of x, packed t-major over one chunk of d
-/// (`x[t * mr + r]` for the chunk's `kc` steps), against the codebook panels in `panels`
+/// One call of a micro-kernel: `mr` rows of x over one chunk of d, element (r, t) of the
+/// chunk at `x[r * rs + t * ts]` (packed t-major: `rs = 1, ts = mr`; read in place from
+/// row-major x: `rs = d, ts = 1`), against the codebook panels in `panels`
 /// over the same chunk (`t0..t0 + kc`). Each panel's accumulator tile starts at zero on the
 /// first chunk (`first`) or from `acc` (one `mr * nr` tile per panel of the range, in
 /// order), and is stored back to `acc` unless this is the last chunk (`last`); on the last
@@ -93,6 +94,8 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
 /// index are written per row to `val` / `idx`, the lowest index on a tie.
 pub(crate) struct Step<'a> {
     x: &'a [f32],
+    rs: usize,
+    ts: usize,
     p: &'a Packed,
     panels: std::ops::Range<usize>,
     t0: usize,
@@ -138,6 +141,9 @@ pub(crate) struct Blocking {
     pub group: usize,
     /// Rows per parallel task ([`task_rows`]).
     pub rows: usize,
+    /// Whole blocks of MR rows are read in place rather than packed: for codebooks of at
+    /// most two panels, where packing a row would cost about as much as its products.
+    pub direct: bool,
 }
 
 impl Blocking {
@@ -156,7 +162,13 @@ impl Blocking {
         let kc = d.div_ceil(d.div_ceil(kc_max).max(1)).max(1);
         let group = (caches.l2 / 2 / (nr * d.max(1) * f32s)).clamp(1, panels.max(1));
         let rows = task_rows(caches, d);
-        Blocking { kc, group, rows }
+        let direct = panels <= 2;
+        Blocking {
+            kc,
+            group,
+            rows,
+            direct,
+        }
     }
 }
 
@@ -325,10 +337,12 @@ fn rows_block(
     let d = p.d;
     let rows = idx.len();
     let blocks = rows.div_ceil(mr);
+    // Blocks from `packed` on are packed; before it, whole blocks are read in place.
+    let packed = if blocking.direct { rows / mr } else { 0 };
     let (mut xt, mut acc) = SCRATCH.take();
     xt.clear();
-    xt.resize(blocks * mr * d, 0.0);
-    for (b, block) in x.chunks(mr * d).enumerate() {
+    xt.resize((blocks - packed) * mr * d, 0.0);
+    for (b, block) in x[packed * mr * d..].chunks(mr * d).enumerate() {
         let xb = &mut xt[b * mr * d..(b + 1) * mr * d];
         for (r, row) in block.chunks_exact(d).enumerate() {
             for (t, &v) in row.iter().enumerate() {
@@ -349,11 +363,18 @@ fn rows_block(
     for g0 in (0..p.panels).step_by(group) {
         let panels = g0..p.panels.min(g0 + group);
         for b in 0..blocks {
-            let xb = &xt[b * mr * d..(b + 1) * mr * d];
             for t0 in (0..d).step_by(kc) {
                 let kc = kc.min(d - t0);
+                let (x, rs, ts) = if b < packed {
+                    (&x[b * mr * d + t0..], d, 1)
+                } else {
+                    let xb = &xt[(b - packed) * mr * d..(b - packed + 1) * mr * d];
+                    (&xb[t0 * mr..(t0 + kc) * mr], 1, mr)
+                };
                 let step = Step {
-                    x: &xb[t0 * mr..(t0 + kc) * mr],
+                    x,
+                    rs,
+                    ts,
                     p,
                     panels: panels.clone(),
                     t0,
@@ -412,7 +433,7 @@ fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]
         }
         for (t, c) in pd.chunks_exact(NR).enumerate() {
             for r in 0..MR {
-                let xv = x[t * MR + r];
+                let xv = x[t * s.ts + r * s.rs];
                 for l in 0..NR {
                     acc[r][l] += xv * c[l];
                 }
@@ -458,7 +479,8 @@ mod x86 {
     /// Asserts every bound a kernel's pointer arithmetic relies on.
     fn check(s: &Step, acc: &[f32], val: &[f32], idx: &[u32], mr: usize, nr: usize) {
         let p = s.p;
-        assert!(s.x.len() >= mr * s.kc && val.len() >= mr && idx.len() >= mr);
+        assert!(s.kc >= 1 && s.x.len() > (mr - 1) * s.rs + (s.kc - 1) * s.ts);
+        assert!(val.len() >= mr && idx.len() >= mr);
         assert!(s.panels.end <= p.panels && s.t0 + s.kc <= p.d);
         assert!(p.data.len() >= p.panels * nr * p.d && p.norms.len() >= p.panels * nr);
         assert!((s.first && s.last) || acc.len() >= s.panels.len() * mr * nr);
@@ -510,8 +532,9 @@ mod x86 {
                         _mm256_loadu_ps(cp.add(t * NR + 8)),
                     )
                 };
+                let xt = unsafe { xp.add(t * s.ts) };
                 for r in 0..MR {
-                    let xv = unsafe { _mm256_broadcast_ss(&*xp.add(t * MR + r)) };
+                    let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
                     acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
                 }
@@ -599,8 +622,9 @@ mod x86 {
                         _mm512_loadu_ps(cp.add(t * NR + 16)),
                     )
                 };
+                let xt = unsafe { xp.add(t * s.ts) };
                 for r in 0..MR {
-                    let xv = _mm512_set1_ps(unsafe { *xp.add(t * MR + r) });
+                    let xv = _mm512_set1_ps(unsafe { *xt.add(r * s.rs) });
                     acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
                     acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
                 }
@@ -681,12 +705,20 @@ mod tests {
                     kc: d,
                     group: panels,
                     rows: TASK_ROWS,
+                    direct: false,
                 });
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
-                            let b = Blocking { kc, group, rows };
-                            assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
+                            for direct in [false, true] {
+                                let b = Blocking {
+                                    kc,
+                                    group,
+                                    rows,
+                                    direct,
+                                };
+                                assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
+                            }
                         }
                     }
                 }
@@ -707,7 +739,8 @@ mod tests {
             Blocking {
                 kc: 128,
                 group: 32,
-                rows: TASK_ROWS
+                rows: TASK_ROWS,
+                direct: false,
             }
         );
         // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
