@@ -76,6 +76,35 @@ pub enum NsvqMethod {
 
 crate::impl_choice!(NsvqMethod, "method", { Rvq => "rvq", Pvq => "pvq", Avq => "avq" });
 
+/// Where the codebooks start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsvqInit {
+    /// The k-means-based fit of the same model (`init_iters` Lloyd iterations), or random
+    /// training vectors when `init_iters` is 0.
+    #[default]
+    KMeans,
+    /// Every coordinate drawn from Uniform(-1/K, 1/K): the published code's default.
+    Uniform,
+}
+
+crate::impl_choice!(NsvqInit, "init", { KMeans => "kmeans", Uniform => "uniform" });
+
+/// Over what the quantization error of PVQ is replaced by noise (RVQ and AVQ always
+/// substitute over the whole vector).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseScope {
+    /// Once over the whole vector, `x^ = x - |x - q| u` with `u` of dimension d, as the
+    /// published code does: each sub-codeword's gradient is its slice of `dL/dq`.
+    Whole,
+    /// Each sub-vector on its own, `x^_m = x_m - |x_m - q_m| u_m`.
+    #[default]
+    PerSubvector,
+}
+
+crate::impl_choice!(NoiseScope, "noise", { Whole => "whole", PerSubvector => "per-subvector" });
+
 /// First-order optimiser.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Optimizer {
@@ -101,6 +130,27 @@ pub struct NsvqConfig {
     pub init_iters: usize,
     /// NSVQ codebook replacement: `(discard_threshold, num_batches)`.
     pub replace: Option<(f32, usize)>,
+    /// How the codebooks start.
+    #[serde(default)]
+    pub init: NsvqInit,
+    /// PVQ's noise substitution: per sub-vector or over the whole vector.
+    #[serde(default)]
+    pub noise: NoiseScope,
+    /// Replace unused codewords from the used ones of every codebook together (the
+    /// published AVQ code), instead of codebook by codebook. RVQ and AVQ only: PVQ's
+    /// codebooks live in different sub-spaces.
+    #[serde(default)]
+    pub pooled_replacement: bool,
+    /// Stop replacing codewords in the last `2 num_batches` batches, as the published
+    /// training loops do (a replacement at batch `t`, from 1, only when
+    /// `t <= total - 2 num_batches + 1`), so that the last codewords brought in have time
+    /// to settle.
+    #[serde(default)]
+    pub stop_replacement: bool,
+    /// Keep the optimiser's moments of replaced codewords (as PyTorch's Adam does when the
+    /// published code overwrites a codeword) instead of zeroing them.
+    #[serde(default)]
+    pub keep_moments: bool,
 }
 
 impl NsvqConfig {
@@ -121,6 +171,11 @@ impl NsvqConfig {
             beam: 4,
             init_iters: 10,
             replace: Some((0.01, 100)),
+            init: NsvqInit::default(),
+            noise: NoiseScope::default(),
+            pooled_replacement: false,
+            stop_replacement: false,
+            keep_moments: false,
         }
     }
 
@@ -140,6 +195,12 @@ impl NsvqConfig {
             return Err(Error::invalid(
                 "replace",
                 "discard_threshold must be in [0, 1] and num_batches >= 1",
+            ));
+        }
+        if self.pooled_replacement && self.method == NsvqMethod::Pvq {
+            return Err(Error::invalid(
+                "pooled_replacement",
+                "PVQ's codebooks quantize different sub-vectors; pool only for rvq or avq",
             ));
         }
         Ok(())
@@ -221,6 +282,22 @@ impl Opt {
     }
 }
 
+/// What [`train_observed`] reports after every batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchLog {
+    pub epoch: usize,
+    /// Batches done before this one, over all epochs.
+    pub batch: usize,
+    /// This batch's `mean_i |x_i - x^_i|^2`.
+    pub loss: f64,
+    /// Per codebook, over this batch: `exp(entropy)` of the codes, and the fraction of
+    /// codewords used.
+    pub perplexity: Vec<f64>,
+    pub usage: Vec<f64>,
+    /// Per codebook, the codewords replaced after this batch (zeros between replacements).
+    pub replaced: Vec<usize>,
+}
+
 /// Trains a model with noise substitution; `on_epoch(epoch, train_mse)` after each epoch
 /// (the mean over its batches of `|x - x^|^2`).
 pub fn train<B: Backend>(
@@ -230,16 +307,44 @@ pub fn train<B: Backend>(
     cfg: &NsvqConfig,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<Trained> {
+    train_observed(b, x, d, cfg, &mut |_| {}, on_epoch)
+}
+
+/// Where one batch's gradient goes: the layout of the model's codebooks.
+struct Layout {
+    /// Codes per vector (stages, sub-vectors or codebooks).
+    width: usize,
+    /// Codeword dimension (d, or d / M for PVQ).
+    cw_dim: usize,
+    pvq: bool,
+}
+
+/// [`train`], also calling `on_batch` after every batch.
+pub fn train_observed<B: Backend>(
+    b: &B,
+    x: &[f32],
+    d: usize,
+    cfg: &NsvqConfig,
+    on_batch: &mut dyn FnMut(&BatchLog),
+    on_epoch: &mut dyn FnMut(usize, f64),
+) -> Result<Trained> {
     cfg.validate()?;
     let n = check_training(x, d, cfg.k)?;
     let mut rng = Rng::new(cfg.seed);
-    let s = cfg.stages;
     let mut model = init(b, x, d, cfg)?;
-    let (width, cw_dim) = match &model {
-        Trained::Pvq(p) => (p.m, p.dsub()),
-        _ => (s, d),
+    let lay = match &model {
+        Trained::Pvq(p) => Layout {
+            width: p.m,
+            cw_dim: p.dsub(),
+            pvq: true,
+        },
+        _ => Layout {
+            width: cfg.stages,
+            cw_dim: d,
+            pvq: false,
+        },
     };
-    let np = s * cfg.k * cw_dim;
+    let np = lay.width * cfg.k * lay.cw_dim;
     let mut opt = Opt {
         kind: cfg.optimizer,
         lr: cfg.lr,
@@ -248,8 +353,10 @@ pub fn train<B: Backend>(
         t: 0,
     };
     let mut order: Vec<usize> = (0..n).collect();
-    let mut used = vec![0u32; s * cfg.k];
+    let mut used = vec![0u32; lay.width * cfg.k];
     let mut batches_seen = 0;
+    let total_batches = cfg.epochs * n.div_ceil(cfg.batch);
+    let mut batch_index = 0;
     let mut xb = Vec::with_capacity(cfg.batch * d);
     for epoch in 0..cfg.epochs {
         crate::interrupt::check()?;
@@ -264,93 +371,174 @@ pub fn train<B: Backend>(
             }
             let codes = model.encode(b, &xb, cfg.beam)?;
             let q = model.decode(&codes)?;
-            let mut grad = vec![0.0f32; np];
-            let rows = chunk.len();
-            let mut loss = 0.0f64;
-            // Sub-vectors substituted separately: one for RVQ/AVQ, `width` for PVQ.
-            let (parts, pd) = match &model {
-                Trained::Pvq(_) => (width, cw_dim),
-                _ => (1, d),
-            };
-            for r in 0..rows {
-                for part in 0..parts {
-                    let o = r * d + part * pd;
-                    let (xs, qs) = (&xb[o..o + pd], &q[o..o + pd]);
-                    let u = unit(&mut rng, pd);
-                    let xh = substitute(xs, qs, &u);
-                    // L = mean_rows |x - x^|^2, so g = 2 (x^ - x) / rows.
-                    let g: Vec<f32> = xh
-                        .iter()
-                        .zip(xs)
-                        .map(|(&h, &a)| 2.0 * (h - a) / rows as f32)
-                        .collect();
-                    loss += xh
-                        .iter()
-                        .zip(xs)
-                        .map(|(&h, &a)| ((h - a) as f64).powi(2))
-                        .sum::<f64>();
-                    let (_, dq) = substitute_backward(xs, qs, &u, &g);
-                    // Scatter dL/dq to every codeword that made up q.
-                    let stages: Vec<usize> = if parts == 1 {
-                        (0..s).collect()
-                    } else {
-                        vec![part]
-                    };
-                    for st in stages {
-                        let j = codes[r * width + st] as usize;
-                        let off = (st * cfg.k + j) * cw_dim;
-                        for (gw, &v) in grad[off..off + cw_dim].iter_mut().zip(&dq) {
-                            *gw += v;
-                        }
-                    }
-                }
-            }
-            loss_sum += loss / rows as f64;
+            let (grad, loss) = batch_gradient(&xb, &q, &codes, d, cfg, &lay, &mut rng);
+            loss_sum += loss;
             batches += 1;
             opt.step(model.codebooks_mut(), &grad);
+            let mut replaced = vec![0; lay.width];
             if let Some((threshold, num_batches)) = cfg.replace {
-                for r in 0..rows {
-                    for st in 0..width {
-                        let j = codes[r * width + st] as usize;
-                        // Count each code at most once per batch.
-                        used[st * cfg.k + j] |= 1 << 31;
-                    }
-                }
-                for u in used.iter_mut() {
-                    if *u & (1 << 31) != 0 {
-                        *u = (*u & !(1 << 31)) + 1;
-                    }
-                }
+                count_used(&mut used, &codes, &lay, cfg.k);
                 batches_seen += 1;
                 if batches_seen == num_batches {
-                    let k = cfg.k;
-                    let cb = model.codebooks_mut();
-                    for st in 0..width {
-                        let slot = &mut cb[st * k * cw_dim..(st + 1) * k * cw_dim];
-                        let replaced = replace_unused(
-                            slot,
-                            cw_dim,
-                            &used[st * k..(st + 1) * k],
-                            num_batches,
-                            threshold,
-                            0.01,
-                            &mut rng,
-                        );
-                        opt.reset_rows(replaced.into_iter().map(|j| st * k + j), cw_dim);
+                    // The published loops replace at batch t (from 1) only while
+                    // t <= total - 2 num_batches + 1.
+                    let window_open =
+                        !cfg.stop_replacement || batch_index + 2 * num_batches <= total_batches;
+                    if window_open {
+                        replaced =
+                            replace(&mut model, &mut opt, &used, cfg, &lay, threshold, &mut rng);
                     }
                     used.fill(0);
                     batches_seen = 0;
                 }
             }
+            let stats: Vec<(f64, f64)> = (0..lay.width)
+                .map(|st| {
+                    let col: Vec<u32> = codes.iter().skip(st).step_by(lay.width).copied().collect();
+                    super::code_stats(&col, cfg.k)
+                })
+                .collect();
+            on_batch(&BatchLog {
+                epoch,
+                batch: batch_index,
+                loss,
+                perplexity: stats.iter().map(|s| s.0).collect(),
+                usage: stats.iter().map(|s| s.1).collect(),
+                replaced,
+            });
+            batch_index += 1;
         }
         on_epoch(epoch, loss_sum / batches.max(1) as f64);
     }
     Ok(model)
 }
 
+/// The gradient of `L = mean_rows |x - x^|^2` over the flat codebooks, and `L`, for one
+/// batch `xb` with reconstructions `q` from `codes`.
+fn batch_gradient(
+    xb: &[f32],
+    q: &[f32],
+    codes: &[u32],
+    d: usize,
+    cfg: &NsvqConfig,
+    lay: &Layout,
+    rng: &mut Rng,
+) -> (Vec<f32>, f64) {
+    let rows = xb.len() / d;
+    let (s, k, cw) = (lay.width, cfg.k, lay.cw_dim);
+    let mut grad = vec![0.0f32; s * k * cw];
+    let mut loss = 0.0f64;
+    // Pieces substituted separately: PVQ's sub-vectors (per-subvector noise) or the whole
+    // vector.
+    let (parts, pd) = if lay.pvq && cfg.noise == NoiseScope::PerSubvector {
+        (s, cw)
+    } else {
+        (1, d)
+    };
+    for r in 0..rows {
+        for part in 0..parts {
+            let o = r * d + part * pd;
+            let (xs, qs) = (&xb[o..o + pd], &q[o..o + pd]);
+            let u = unit(rng, pd);
+            let xh = substitute(xs, qs, &u);
+            // L = mean_rows |x - x^|^2, so g = 2 (x^ - x) / rows.
+            let g: Vec<f32> = xh
+                .iter()
+                .zip(xs)
+                .map(|(&h, &a)| 2.0 * (h - a) / rows as f32)
+                .collect();
+            loss += xh
+                .iter()
+                .zip(xs)
+                .map(|(&h, &a)| ((h - a) as f64).powi(2))
+                .sum::<f64>();
+            let (_, dq) = substitute_backward(xs, qs, &u, &g);
+            // Scatter dL/dq to every codeword that made up q: the whole of it to each
+            // stage of RVQ/AVQ; to each PVQ sub-codeword its own slice.
+            let stages = if parts == 1 { 0..s } else { part..part + 1 };
+            for st in stages {
+                let j = codes[r * s + st] as usize;
+                let off = (st * k + j) * cw;
+                let slice = if lay.pvq && parts == 1 {
+                    &dq[st * cw..(st + 1) * cw]
+                } else {
+                    &dq[..]
+                };
+                for (gw, &v) in grad[off..off + cw].iter_mut().zip(slice) {
+                    *gw += v;
+                }
+            }
+        }
+    }
+    (grad, loss / rows as f64)
+}
+
+/// Counts each code of the batch at most once, as the published code's indexed increment
+/// does.
+fn count_used(used: &mut [u32], codes: &[u32], lay: &Layout, k: usize) {
+    let mut seen = vec![false; used.len()];
+    for row in codes.chunks_exact(lay.width) {
+        for (st, &j) in row.iter().enumerate() {
+            seen[st * k + j as usize] = true;
+        }
+    }
+    for (u, s) in used.iter_mut().zip(seen) {
+        *u += s as u32;
+    }
+}
+
+/// NSVQ's replacement of the codewords used in fewer than `threshold` of the last
+/// `num_batches` batches, per codebook or pooled; returns the count per codebook.
+fn replace(
+    model: &mut Trained,
+    opt: &mut Opt,
+    used: &[u32],
+    cfg: &NsvqConfig,
+    lay: &Layout,
+    threshold: f32,
+    rng: &mut Rng,
+) -> Vec<usize> {
+    let Some((_, num_batches)) = cfg.replace else {
+        return vec![0; lay.width];
+    };
+    let (k, cw) = (cfg.k, lay.cw_dim);
+    let cb = model.codebooks_mut();
+    // Global codeword rows replaced.
+    let rows: Vec<usize> = if cfg.pooled_replacement {
+        replace_unused(cb, cw, used, num_batches, threshold, 0.01, rng)
+    } else {
+        (0..lay.width)
+            .flat_map(|st| {
+                let slot = &mut cb[st * k * cw..(st + 1) * k * cw];
+                let r = replace_unused(
+                    slot,
+                    cw,
+                    &used[st * k..(st + 1) * k],
+                    num_batches,
+                    threshold,
+                    0.01,
+                    rng,
+                );
+                r.into_iter().map(move |j| st * k + j).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut per = vec![0; lay.width];
+    for &r in &rows {
+        per[r / k] += 1;
+    }
+    if !cfg.keep_moments {
+        opt.reset_rows(rows.into_iter(), cw);
+    }
+    per
+}
+
 fn init<B: Backend>(b: &B, x: &[f32], d: usize, cfg: &NsvqConfig) -> Result<Trained> {
     let s = cfg.stages;
     let k = cfg.k;
+    if cfg.init == NsvqInit::Uniform {
+        return uniform_init(d, cfg);
+    }
     if cfg.init_iters > 0 {
         return Ok(match cfg.method {
             NsvqMethod::Rvq | NsvqMethod::Avq => {
@@ -411,6 +599,49 @@ fn init<B: Backend>(b: &B, x: &[f32], d: usize, cfg: &NsvqConfig) -> Result<Trai
                 shared: false,
                 beam: 1,
                 codebooks: scaled,
+            };
+            if cfg.method == NsvqMethod::Rvq {
+                Trained::Rvq(r)
+            } else {
+                Trained::Avq(Avq::from_rvq(&r, cfg.beam))
+            }
+        }
+    })
+}
+
+/// Codebooks of i.i.d. Uniform(-1/K, 1/K) coordinates (the published default).
+fn uniform_init(d: usize, cfg: &NsvqConfig) -> Result<Trained> {
+    let (s, k) = (cfg.stages, cfg.k);
+    let mut rng = Rng::new(sub_seed(cfg.seed, 1 << 40));
+    let bound = 1.0 / k as f64;
+    let mut draw = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+            .collect()
+    };
+    Ok(match cfg.method {
+        NsvqMethod::Pvq => {
+            if !d.is_multiple_of(s) {
+                return Err(Error::invalid(
+                    "stages",
+                    format!("{s} sub-vectors do not divide d = {d}"),
+                ));
+            }
+            Trained::Pvq(Pvq {
+                d,
+                m: s,
+                k,
+                codebooks: draw(s * k * (d / s)),
+            })
+        }
+        NsvqMethod::Rvq | NsvqMethod::Avq => {
+            let r = Rvq {
+                d,
+                k,
+                stages: s,
+                shared: false,
+                beam: 1,
+                codebooks: draw(s * k * d),
             };
             if cfg.method == NsvqMethod::Rvq {
                 Trained::Rvq(r)
