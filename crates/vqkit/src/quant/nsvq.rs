@@ -436,11 +436,13 @@ fn batch_gradient(
         (1, d)
     };
     for r in 0..rows {
+        let row = r * d..(r + 1) * d;
+        let (xh_row, us) = substitute_pieces(&xb[row.clone()], &q[row], parts, rng);
         for part in 0..parts {
             let o = r * d + part * pd;
             let (xs, qs) = (&xb[o..o + pd], &q[o..o + pd]);
-            let u = unit(rng, pd);
-            let xh = substitute(xs, qs, &u);
+            let u = &us[part * pd..(part + 1) * pd];
+            let xh = &xh_row[part * pd..(part + 1) * pd];
             // L = mean_rows |x - x^|^2, so g = 2 (x^ - x) / rows.
             let g: Vec<f32> = xh
                 .iter()
@@ -452,7 +454,7 @@ fn batch_gradient(
                 .zip(xs)
                 .map(|(&h, &a)| ((h - a) as f64).powi(2))
                 .sum::<f64>();
-            let (_, dq) = substitute_backward(xs, qs, &u, &g);
+            let (_, dq) = substitute_backward(xs, qs, u, &g);
             // Scatter dL/dq to every codeword that made up q: the whole of it to each
             // stage of RVQ/AVQ; to each PVQ sub-codeword its own slice.
             let stages = if parts == 1 { 0..s } else { part..part + 1 };
@@ -471,6 +473,22 @@ fn batch_gradient(
         }
     }
     (grad, loss / rows as f64)
+}
+
+/// `x^` of one vector with its error replaced by noise over `pieces` equal parts (1: the
+/// whole vector, `|x^ - x| = |x - q|`; M: each sub-vector, `|x^_m - x_m| = |x_m - q_m|`),
+/// and the unit directions used, part after part.
+fn substitute_pieces(x: &[f32], q: &[f32], pieces: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+    let pd = x.len() / pieces;
+    let mut xh = Vec::with_capacity(x.len());
+    let mut us = Vec::with_capacity(x.len());
+    for p in 0..pieces {
+        let part = p * pd..(p + 1) * pd;
+        let u = unit(rng, pd);
+        xh.extend(substitute(&x[part.clone()], &q[part], &u));
+        us.extend(u);
+    }
+    (xh, us)
 }
 
 /// Counts each code of the batch at most once, as the published code's indexed increment
@@ -662,4 +680,287 @@ pub fn evaluate<B: Backend>(
 ) -> Result<(f64, Vec<u32>)> {
     let codes = model.encode(b, x, beam)?;
     Ok((mse(x, &model.decode(&codes)?, d), codes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    fn norm(v: impl Iterator<Item = f32>) -> f32 {
+        v.map(|a| a * a).sum::<f32>().sqrt()
+    }
+
+    fn data(n: usize, d: usize) -> Vec<f32> {
+        crate::rng::clustered(n, d, 6, 0.3, 11)
+    }
+
+    #[test]
+    fn uniform_init_stays_within_one_over_k() {
+        let b = CpuBackend::new(Some(1)).unwrap();
+        let x = data(300, 8);
+        for method in [NsvqMethod::Rvq, NsvqMethod::Pvq, NsvqMethod::Avq] {
+            let mut cfg = NsvqConfig::new(method, 2, 16);
+            cfg.init = NsvqInit::Uniform;
+            cfg.epochs = 0;
+            let mut m = train(&b, &x, 8, &cfg, &mut |_, _| {}).unwrap();
+            let cb = m.codebooks_mut().clone();
+            assert_eq!(
+                cb.len(),
+                if method == NsvqMethod::Pvq {
+                    2 * 16 * 4
+                } else {
+                    2 * 16 * 8
+                }
+            );
+            assert!(cb.iter().all(|v| v.abs() <= 1.0 / 16.0), "{method:?}");
+            // Spread over the interval, not a constant: both signs, and near both ends.
+            let (lo, hi) = cb
+                .iter()
+                .fold((0.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            assert!(lo < -0.05 && hi > 0.05, "{lo} {hi}");
+        }
+    }
+
+    #[test]
+    fn whole_vector_noise_keeps_the_whole_error_norm() {
+        let mut rng = Rng::new(3);
+        let x: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
+        // An error much larger in the first sub-vector than in the others.
+        let q: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v - if i < 4 { 1.0 } else { 0.01 })
+            .collect();
+        let err = |a: &[f32], b: &[f32]| norm(a.iter().zip(b).map(|(p, r)| p - r));
+        let (whole, u) = substitute_pieces(&x, &q, 1, &mut rng);
+        assert!((err(&whole, &x) - err(&x, &q)).abs() < 1e-5);
+        assert!((norm(u.iter().copied()) - 1.0).abs() < 1e-5);
+        let (per, u) = substitute_pieces(&x, &q, 3, &mut rng);
+        for m in 0..3 {
+            let p = m * 4..(m + 1) * 4;
+            assert!(
+                (err(&per[p.clone()], &x[p.clone()]) - err(&x[p.clone()], &q[p.clone()])).abs()
+                    < 1e-5
+            );
+            assert!((norm(u[p].iter().copied()) - 1.0).abs() < 1e-5);
+        }
+        // The whole vector's noise spreads the first sub-vector's large error over all of
+        // them: some sub-vector's noise norm differs from its own error.
+        let differs = (0..3).any(|m| {
+            let p = m * 4..(m + 1) * 4;
+            (err(&whole[p.clone()], &x[p.clone()]) - err(&x[p.clone()], &q[p])).abs() > 0.05
+        });
+        assert!(differs);
+    }
+
+    #[test]
+    fn with_the_quantizer_loss_alone_the_noise_scope_does_not_change_the_gradient() {
+        // L = |x - x^|^2 = |x - q|^2 whatever u is, and dL/dq = (g . u) (x - q) / |x - q|
+        // with g = -2 |x - q| u gives -2 (x - q): the direction u drops out, so whole-vector
+        // and per-sub-vector noise train PVQ alike (they differ only where a network sits
+        // after x^, as in a VQ-VAE).
+        let (d, k) = (8, 2);
+        let x: Vec<f32> = (0..d).map(|i| 1.0 + i as f32).collect();
+        let q = vec![0.5f32; d];
+        let codes = [0u32, 1, 0, 1];
+        for noise in [NoiseScope::Whole, NoiseScope::PerSubvector] {
+            let mut cfg = NsvqConfig::new(NsvqMethod::Pvq, 4, k);
+            cfg.noise = noise;
+            let lay = Layout {
+                width: 4,
+                cw_dim: 2,
+                pvq: true,
+            };
+            let (g, loss) = batch_gradient(&x, &q, &codes, d, &cfg, &lay, &mut Rng::new(9));
+            let e2: f64 = x
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            assert!(
+                (loss - e2).abs() < 1e-4 * e2,
+                "{noise:?}: the loss is |x - q|^2"
+            );
+            for m in 0..4 {
+                let off = (m * k + codes[m] as usize) * 2;
+                for t in 0..2 {
+                    let want = -2.0 * (x[m * 2 + t] - q[m * 2 + t]);
+                    assert!((g[off + t] - want).abs() < 1e-4 * want.abs(), "{noise:?}");
+                }
+            }
+        }
+    }
+
+    /// A model of `width` codebooks of `k` rows of dimension 2, the optimiser state of
+    /// ones, and the layout.
+    fn toy(method: NsvqMethod, width: usize, k: usize) -> (Trained, Opt, Layout, NsvqConfig) {
+        let cw = 2;
+        let cb: Vec<f32> = (0..width * k * cw).map(|i| 10.0 + i as f32).collect();
+        let model = match method {
+            NsvqMethod::Avq => Trained::Avq(Avq::from_rvq(
+                &Rvq {
+                    d: cw,
+                    k,
+                    stages: width,
+                    shared: false,
+                    beam: 1,
+                    codebooks: cb,
+                },
+                2,
+            )),
+            _ => Trained::Rvq(Rvq {
+                d: cw,
+                k,
+                stages: width,
+                shared: false,
+                beam: 1,
+                codebooks: cb,
+            }),
+        };
+        let np = width * k * cw;
+        let opt = Opt {
+            kind: Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            lr: 1e-3,
+            m: vec![1.0; np],
+            v: vec![1.0; np],
+            t: 5,
+        };
+        let mut cfg = NsvqConfig::new(method, width, k);
+        cfg.replace = Some((0.5, 10));
+        (
+            model,
+            opt,
+            Layout {
+                width,
+                cw_dim: cw,
+                pvq: false,
+            },
+            cfg,
+        )
+    }
+
+    #[test]
+    fn pooled_replacement_draws_from_every_codebook() {
+        // Codebook 0 fully used, codebook 1 never: alone, codebook 1 has nothing to copy
+        // from and only gets jittered; pooled, its rows become copies of codebook 0's.
+        let (k, cw) = (4, 2);
+        let used: Vec<u32> = [vec![10u32; k], vec![0u32; k]].concat();
+        for pooled in [false, true] {
+            let (mut model, mut opt, lay, mut cfg) = toy(NsvqMethod::Avq, 2, k);
+            cfg.pooled_replacement = pooled;
+            let before = model.codebooks_mut().clone();
+            let per = replace(
+                &mut model,
+                &mut opt,
+                &used,
+                &cfg,
+                &lay,
+                0.5,
+                &mut Rng::new(1),
+            );
+            assert_eq!(per, vec![0, k], "codebook 1's rows are replaced either way");
+            let cb = model.codebooks_mut().clone();
+            assert_eq!(cb[..k * cw], before[..k * cw], "codebook 0 is untouched");
+            for j in k..2 * k {
+                let row = &cb[j * cw..(j + 1) * cw];
+                let dist = |src: &[f32]| norm(row.iter().zip(src).map(|(a, b)| a - b));
+                let nearest0 = (0..k)
+                    .map(|i| dist(&before[i * cw..(i + 1) * cw]))
+                    .fold(f32::MAX, f32::min);
+                let own = dist(&before[j * cw..(j + 1) * cw]);
+                if pooled {
+                    assert!(
+                        nearest0 < 0.5,
+                        "row {j} copies a codebook-0 row ({nearest0})"
+                    );
+                } else {
+                    assert!(own < 0.5 && nearest0 > 1.0, "row {j} stays where it was");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pvq_refuses_pooled_replacement() {
+        let mut cfg = NsvqConfig::new(NsvqMethod::Pvq, 2, 4);
+        cfg.pooled_replacement = true;
+        assert!(matches!(
+            cfg.validate(),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn kept_moments_survive_a_replacement_and_reset_ones_do_not() {
+        let (k, cw) = (4, 2);
+        // Rows 1 and 3 of the single codebook unused.
+        let used = vec![10u32, 0, 10, 0];
+        for keep in [false, true] {
+            let (mut model, mut opt, lay, mut cfg) = toy(NsvqMethod::Rvq, 1, k);
+            cfg.keep_moments = keep;
+            replace(
+                &mut model,
+                &mut opt,
+                &used,
+                &cfg,
+                &lay,
+                0.5,
+                &mut Rng::new(2),
+            );
+            for j in 0..k {
+                let m = &opt.m[j * cw..(j + 1) * cw];
+                let v = &opt.v[j * cw..(j + 1) * cw];
+                let reset = used[j] == 0 && !keep;
+                let want = if reset { 0.0 } else { 1.0 };
+                assert!(m.iter().chain(v).all(|&a| a == want), "keep {keep} row {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn stop_replacement_leaves_the_last_two_windows_alone() {
+        let b = CpuBackend::new(Some(1)).unwrap();
+        // 32 codewords for 6 clusters, and a threshold no code meets in every batch: every
+        // replacement point replaces something.
+        let x = data(400, 4);
+        let nb = 3;
+        let total = 4 * 400usize.div_ceil(40);
+        for stop in [false, true] {
+            let mut cfg = NsvqConfig::new(NsvqMethod::Rvq, 1, 32);
+            (cfg.epochs, cfg.batch, cfg.init_iters) = (4, 40, 0);
+            cfg.replace = Some((1.0, nb));
+            cfg.stop_replacement = stop;
+            let mut at = Vec::new();
+            train_observed(
+                &b,
+                &x,
+                4,
+                &cfg,
+                &mut |l| {
+                    if l.replaced[0] > 0 {
+                        at.push(l.batch);
+                    }
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
+            // Replacement points: batches nb - 1, 2 nb - 1, ... (from 0).
+            let points: Vec<usize> = (nb - 1..total).step_by(nb).collect();
+            let expect: Vec<usize> = points
+                .into_iter()
+                .filter(|&t| !stop || t + 2 * nb <= total)
+                .collect();
+            assert_eq!(at, expect, "stop {stop}");
+            if stop {
+                assert!(at.iter().all(|&t| t + 2 * nb <= total));
+            } else {
+                assert!(at.iter().any(|&t| t + 2 * nb > total));
+            }
+        }
+    }
 }
