@@ -178,6 +178,52 @@ fn complexity_prints_the_table() {
 }
 
 #[test]
+fn complexity_prints_the_published_figures_beside_its_own() {
+    // d = 128, K = 32, S = 4: the published calculator gives 37978 operations for RVQ (it
+    // counts 3 stages), 0 for a single stage; vqkit counts every stage.
+    let args = |m: &str, st: &str| {
+        run(&[
+            "complexity",
+            "--method",
+            m,
+            "--d",
+            "128",
+            "--stages",
+            st,
+            "--bits",
+            "5",
+            "--json",
+        ])
+    };
+    let (ok, out, err) = args("rvq", "4");
+    assert!(ok, "{err}");
+    let v = last_json(&out);
+    assert_eq!(v["published"]["weighted"].as_f64(), Some(37978.0));
+    assert!(v["weighted"].as_f64().unwrap() > 37978.0);
+    let (_, out, _) = args("rvq", "1");
+    let v = last_json(&out);
+    assert_eq!(v["published"]["weighted"].as_f64(), Some(0.0));
+    assert!(v["weighted"].as_f64().unwrap() > 0.0);
+    let (_, out, _) = args("vq", "1");
+    assert!(last_json(&out)["published"].is_null());
+    let (ok, out, _) = run(&[
+        "complexity",
+        "--method",
+        "rvq",
+        "--d",
+        "128",
+        "--stages",
+        "4",
+        "--bits",
+        "5",
+    ]);
+    assert!(ok);
+    let row = out.lines().find(|l| l.starts_with("weighted ops")).unwrap();
+    assert!(row.trim_end().ends_with("37978"), "{row}");
+    assert!(out.contains("0.037978"), "{out}");
+}
+
+#[test]
 fn bad_input_gives_clear_errors() {
     let t = dir("bad");
     let x = t.join("x.npy");
