@@ -912,10 +912,10 @@ mod tests {
                 0.5,
                 &mut Rng::new(2),
             );
-            for j in 0..k {
+            for (j, &u) in used.iter().enumerate() {
                 let m = &opt.m[j * cw..(j + 1) * cw];
                 let v = &opt.v[j * cw..(j + 1) * cw];
-                let reset = used[j] == 0 && !keep;
+                let reset = u == 0 && !keep;
                 let want = if reset { 0.0 } else { 1.0 };
                 assert!(m.iter().chain(v).all(|&a| a == want), "keep {keep} row {j}");
             }
