@@ -292,3 +292,74 @@ fn bad_input_gives_clear_errors() {
     assert!(!ok && err.contains("do not divide"), "{err}");
     std::fs::remove_dir_all(&t).ok();
 }
+
+#[test]
+fn nsvq_offers_the_published_choices() {
+    let t = dir("nsvq-choices");
+    let (x, y, m) = (t.join("x.npy"), t.join("y.npy"), t.join("m.safetensors"));
+    write_points(&x, 300, 8);
+    write_points(&y, 60, 8);
+    let test_mse = |method: &str, flags: &[&str]| -> f64 {
+        let base = [
+            "nsvq",
+            "--method",
+            method,
+            "--stages",
+            "2",
+            "-k",
+            "8",
+            "--epochs",
+            "2",
+            "--batch",
+            "32",
+            "--num-batches",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+            "-i",
+            s(&x),
+            "--test",
+            s(&y),
+            "-o",
+            s(&m),
+        ];
+        let (ok, out, err) = run(&[&base[..], flags].concat());
+        assert!(ok, "{flags:?}: {err}");
+        last_json(&out)["test_mse"].as_f64().unwrap()
+    };
+    let plain = test_mse("pvq", &[]);
+    assert!(plain.is_finite() && plain > 0.0);
+    // The noise scope cannot change the quantizer's own gradient (see docs/nsvq.md).
+    let per = test_mse("pvq", &["--noise", "per-subvector"]);
+    assert!((per - plain).abs() <= 1e-4 * plain, "{per} vs {plain}");
+    // A uniform start in +-1/K is another model than the k-means start.
+    assert_ne!(test_mse("pvq", &["--init", "uniform"]), plain);
+    for flags in [
+        &["--pooled-replacement"][..],
+        &["--stop-replacement"],
+        &["--keep-moments"],
+        &["--keep-adam-moments"],
+    ] {
+        assert!(test_mse("avq", flags).is_finite(), "{flags:?}");
+    }
+    let (ok, _, err) = run(&[
+        "nsvq",
+        "--method",
+        "pvq",
+        "--stages",
+        "2",
+        "-k",
+        "8",
+        "--pooled-replacement",
+        "-i",
+        s(&x),
+        "-o",
+        s(&m),
+    ]);
+    assert!(
+        !ok && err.contains("pooled") && !err.contains("panicked"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&t).ok();
+}

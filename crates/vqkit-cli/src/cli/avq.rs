@@ -84,7 +84,7 @@ pub struct NsvqArgs {
     /// (Uniform(-1/K, 1/K), the published default).
     #[arg(long, value_parser = super::choice::<NsvqInit>(), default_value_t = NsvqInit::default())]
     init: NsvqInit,
-    /// PVQ noise substitution: per-subvector, or once over the whole vector (published).
+    /// PVQ noise substitution: once over the whole vector (published), or per sub-vector.
     #[arg(long, value_parser = super::choice::<NoiseScope>(), default_value_t = NoiseScope::default())]
     noise: NoiseScope,
     /// Replace unused codewords from the used ones of all codebooks together (published

@@ -10,11 +10,22 @@
 //!
 //! For RVQ and AVQ, `q = sum_s C_s[a_s]` (the whole reconstruction; its error is substituted
 //! once), so `dL/dC_s[a_s] += dL/dq` for every stage; for PVQ each sub-vector is substituted
-//! on its own. Training minimises `L = mean_i |x_i - x^_i|^2` over mini-batches with SGD
-//! (momentum) or Adam, codes found with the current codebooks (greedy RVQ and PVQ on the
-//! backend, beam search for AVQ on the host), and NSVQ's codebook replacement every
-//! `num_batches` batches. Codebooks start from the k-means-based fit of the same model
-//! (`init_iters` Lloyd iterations), or from random training vectors when `init_iters` is 0.
+//! on its own, or the whole vector once ([`NoiseScope`]). Training minimises
+//! `L = mean_i |x_i - x^_i|^2` over mini-batches with SGD (momentum) or Adam, codes found
+//! with the current codebooks (greedy RVQ and PVQ on the backend, beam search for AVQ on the
+//! host), and NSVQ's codebook replacement every `num_batches` batches. Codebooks start from
+//! the k-means-based fit of the same model (`init_iters` Lloyd iterations), from random
+//! training vectors when `init_iters` is 0, or from Uniform(-1/K, 1/K) ([`NsvqInit`]).
+//!
+//! Note that with this loss alone `|x - x^| = |x - q|` exactly, so `L` is the quantization
+//! error and `dL/dq = -2 (x - q) / n` whatever the noise direction: standalone NSVQ is
+//! gradient descent on the codebooks, and the noise matters only where a network follows
+//! `x^` (the VQ-VAE of `vqkit-nn`).
+//!
+//! Where this departs from the published code (Vali and Backstrom's PyTorch repositories),
+//! each difference is an option here ([`NsvqConfig::init`], `noise`, `pooled_replacement`,
+//! `stop_replacement`, `keep_moments`), and `docs/nsvq.md` gives the measurements that chose
+//! the defaults.
 
 use super::avq::Avq;
 use super::kmeans::subsample;
@@ -96,10 +107,12 @@ crate::impl_choice!(NsvqInit, "init", { KMeans => "kmeans", Uniform => "uniform"
 #[serde(rename_all = "kebab-case")]
 pub enum NoiseScope {
     /// Once over the whole vector, `x^ = x - |x - q| u` with `u` of dimension d, as the
-    /// published code does: each sub-codeword's gradient is its slice of `dL/dq`.
-    Whole,
-    /// Each sub-vector on its own, `x^_m = x_m - |x_m - q_m| u_m`.
+    /// published code does: each sub-codeword's gradient is its slice of `dL/dq`. The
+    /// default: it trains exactly as the other (see the module doc) with one random
+    /// direction per vector instead of M.
     #[default]
+    Whole,
+    /// Each sub-vector on its own, `x^_m = x_m - |x_m - q_m| u_m` (vqkit's former way).
     PerSubvector,
 }
 
