@@ -178,6 +178,52 @@ fn complexity_prints_the_table() {
 }
 
 #[test]
+fn complexity_prints_the_published_figures_beside_its_own() {
+    // d = 128, K = 32, S = 4: the published calculator gives 37978 operations for RVQ (it
+    // counts 3 stages), 0 for a single stage; vqkit counts every stage.
+    let args = |m: &str, st: &str| {
+        run(&[
+            "complexity",
+            "--method",
+            m,
+            "--d",
+            "128",
+            "--stages",
+            st,
+            "--bits",
+            "5",
+            "--json",
+        ])
+    };
+    let (ok, out, err) = args("rvq", "4");
+    assert!(ok, "{err}");
+    let v = last_json(&out);
+    assert_eq!(v["published"]["weighted"].as_f64(), Some(37978.0));
+    assert!(v["weighted"].as_f64().unwrap() > 37978.0);
+    let (_, out, _) = args("rvq", "1");
+    let v = last_json(&out);
+    assert_eq!(v["published"]["weighted"].as_f64(), Some(0.0));
+    assert!(v["weighted"].as_f64().unwrap() > 0.0);
+    let (_, out, _) = args("vq", "1");
+    assert!(last_json(&out)["published"].is_null());
+    let (ok, out, _) = run(&[
+        "complexity",
+        "--method",
+        "rvq",
+        "--d",
+        "128",
+        "--stages",
+        "4",
+        "--bits",
+        "5",
+    ]);
+    assert!(ok);
+    let row = out.lines().find(|l| l.starts_with("weighted ops")).unwrap();
+    assert!(row.trim_end().ends_with("37978"), "{row}");
+    assert!(out.contains("0.037978"), "{out}");
+}
+
+#[test]
 fn bad_input_gives_clear_errors() {
     let t = dir("bad");
     let x = t.join("x.npy");
@@ -244,5 +290,76 @@ fn bad_input_gives_clear_errors() {
     // PVQ with M not dividing d.
     let (ok, _, err) = run(&["pvq", "-m", "3", "-k", "2", "-i", s(&x), "-o", s(&model)]);
     assert!(!ok && err.contains("do not divide"), "{err}");
+    std::fs::remove_dir_all(&t).ok();
+}
+
+#[test]
+fn nsvq_offers_the_published_choices() {
+    let t = dir("nsvq-choices");
+    let (x, y, m) = (t.join("x.npy"), t.join("y.npy"), t.join("m.safetensors"));
+    write_points(&x, 300, 8);
+    write_points(&y, 60, 8);
+    let test_mse = |method: &str, flags: &[&str]| -> f64 {
+        let base = [
+            "nsvq",
+            "--method",
+            method,
+            "--stages",
+            "2",
+            "-k",
+            "8",
+            "--epochs",
+            "2",
+            "--batch",
+            "32",
+            "--num-batches",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+            "-i",
+            s(&x),
+            "--test",
+            s(&y),
+            "-o",
+            s(&m),
+        ];
+        let (ok, out, err) = run(&[&base[..], flags].concat());
+        assert!(ok, "{flags:?}: {err}");
+        last_json(&out)["test_mse"].as_f64().unwrap()
+    };
+    let plain = test_mse("pvq", &[]);
+    assert!(plain.is_finite() && plain > 0.0);
+    // The noise scope cannot change the quantizer's own gradient (see docs/nsvq.md).
+    let per = test_mse("pvq", &["--noise", "per-subvector"]);
+    assert!((per - plain).abs() <= 1e-4 * plain, "{per} vs {plain}");
+    // A uniform start in +-1/K is another model than the k-means start.
+    assert_ne!(test_mse("pvq", &["--init", "uniform"]), plain);
+    for flags in [
+        &["--pooled-replacement"][..],
+        &["--stop-replacement"],
+        &["--keep-moments"],
+        &["--keep-adam-moments"],
+    ] {
+        assert!(test_mse("avq", flags).is_finite(), "{flags:?}");
+    }
+    let (ok, _, err) = run(&[
+        "nsvq",
+        "--method",
+        "pvq",
+        "--stages",
+        "2",
+        "-k",
+        "8",
+        "--pooled-replacement",
+        "-i",
+        s(&x),
+        "-o",
+        s(&m),
+    ]);
+    assert!(
+        !ok && err.contains("pooled") && !err.contains("panicked"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&t).ok();
 }

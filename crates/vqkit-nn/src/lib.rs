@@ -34,7 +34,7 @@ pub use conv::{Conv2d, ConvTranspose2d, Window};
 pub use layers::{Layer, Relu, ResidualBlock, ResidualStack, mse_loss};
 pub use model::{ConvNetConfig, Decoder, Encoder, autoencoder_step};
 pub use optim::{Adam, Sgd};
-pub use vqvae::{QuantizerKind, RqVae, VqVae, VqVaeConfig, VqVaeOutput};
+pub use vqvae::{NsvqSchedule, QuantizerKind, RqVae, VqVae, VqVaeConfig, VqVaeOutput};
 
 /// Asks the C allocator to keep freed memory for reuse instead of handing it back to the
 /// operating system (glibc only; elsewhere nothing happens). A training step allocates and

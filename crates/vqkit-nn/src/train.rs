@@ -51,8 +51,15 @@ pub struct StepReport<'a> {
     /// The step within the epoch, from 0.
     pub step: usize,
     pub loss: f32,
+    pub recon_loss: f32,
+    pub commitment_loss: f32,
+    pub codebook_loss: f32,
     /// Perplexity of this batch's codes, per level.
     pub perplexity: &'a [f32],
+    /// Fraction of the codebook this batch used, per level.
+    pub usage: &'a [f32],
+    /// Codes replaced after this batch, per level.
+    pub replaced: &'a [usize],
     /// Images per second since the epoch started.
     pub images_per_second: f64,
 }
@@ -73,7 +80,8 @@ pub struct EpochStats {
 
 /// One epoch of training on the images of `train` in `order`, in batches of `batch` (the
 /// last partial batch is dropped), calling `on_step` after every step. A loss that is not
-/// finite stops training with an error.
+/// finite stops training with an error; so does [`vqkit::interrupt::check`] asking to stop
+/// (checked before every step).
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch<B: Backend>(
     b: &B,
@@ -93,6 +101,7 @@ pub fn train_epoch<B: Backend>(
     let mut perp_sum = vec![0.0f64; model.levels()];
     let (mut replaced, mut steps) = (0, 0);
     for (step, idx) in order.chunks_exact(batch).enumerate() {
+        vqkit::interrupt::check()?;
         let x = gather(train, idx)?;
         model.zero_grad();
         let out = model.forward(b, &x, true)?;
@@ -117,7 +126,12 @@ pub fn train_epoch<B: Backend>(
         on_step(&StepReport {
             step,
             loss: out.loss(),
+            recon_loss: out.recon_loss,
+            commitment_loss: out.commitment_loss,
+            codebook_loss: out.codebook_loss,
             perplexity: &out.perplexity,
+            usage: &out.usage,
+            replaced: &out.replaced_levels,
             images_per_second: ((step + 1) * batch) as f64 / t0.elapsed().as_secs_f64(),
         });
     }

@@ -47,6 +47,29 @@ pub enum QuantizerKind {
 
 vqkit::impl_choice!(QuantizerKind, "quantizer", { Ema => "ema", Codebook => "codebook", Nsvq => "nsvq" });
 
+/// When NSVQ's quantizer replaces unused codes (with `dead_code_threshold > 0`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsvqSchedule {
+    /// vqkit's: every 100 batches, the codes used in fewer than 3% of them.
+    #[default]
+    Frequent,
+    /// The published NSVQ code's: every 1000 batches, codes used in fewer than 1% of them.
+    Published,
+}
+
+vqkit::impl_choice!(NsvqSchedule, "nsvq schedule", { Frequent => "frequent", Published => "published" });
+
+impl NsvqSchedule {
+    /// `(discard_threshold, num_batches)`.
+    pub fn rule(self) -> (f32, usize) {
+        match self {
+            NsvqSchedule::Frequent => (0.03, 100),
+            NsvqSchedule::Published => (0.01, 1000),
+        }
+    }
+}
+
 /// Hyper-parameters of a [`VqVae`] (one level) or [`RqVae`] (several).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VqVaeConfig {
@@ -71,6 +94,9 @@ pub struct VqVaeConfig {
     /// replacement; `0` turns it off.
     pub dead_code_threshold: f32,
     pub seed: u64,
+    /// NSVQ's replacement schedule (NSVQ quantizer only).
+    #[serde(default)]
+    pub nsvq_schedule: NsvqSchedule,
 }
 
 impl VqVaeConfig {
@@ -91,6 +117,7 @@ impl VqVaeConfig {
             shared_codebook: false,
             dead_code_threshold: 1.0,
             seed: 0,
+            nsvq_schedule: NsvqSchedule::default(),
         }
     }
 
@@ -142,10 +169,10 @@ impl VqVaeConfig {
                 c.update = CodebookUpdate::Loss;
                 c.commitment = 0.0;
                 if self.dead_code_threshold > 0.0 {
-                    // NSVQ's own schedule: every 100 batches, codes used in < 3% of them.
+                    let (discard_threshold, num_batches) = self.nsvq_schedule.rule();
                     c.dead_codes = DeadCodes::Nsvq {
-                        discard_threshold: 0.03,
-                        num_batches: 100,
+                        discard_threshold,
+                        num_batches,
                         noise: 0.01,
                     };
                 }
@@ -182,6 +209,8 @@ pub struct VqVaeOutput {
     pub indices: Vec<Vec<u32>>,
     /// Codes replaced after this batch, over all levels.
     pub replaced: usize,
+    /// The same per level.
+    pub replaced_levels: Vec<usize>,
 }
 
 impl VqVaeOutput {
@@ -457,6 +486,7 @@ impl VqVae {
             usage: outs.iter().map(|o| o.usage).collect(),
             indices: outs.iter().map(|o| o.indices.clone()).collect(),
             replaced: outs.iter().map(|o| o.replaced).sum(),
+            replaced_levels: outs.iter().map(|o| o.replaced).collect(),
         };
         if self.cfg.quantizer == QuantizerKind::Nsvq {
             out.commitment_loss = 0.0;

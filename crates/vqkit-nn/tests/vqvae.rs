@@ -8,7 +8,7 @@ use vqkit::backend::cpu::CpuBackend;
 use vqkit::quant::model_io::TensorFile;
 use vqkit::rng::Rng;
 use vqkit_nn::data;
-use vqkit_nn::{Adam, QuantizerKind, Tensor, VqVae, VqVaeConfig};
+use vqkit_nn::{Adam, NsvqSchedule, QuantizerKind, Tensor, VqVae, VqVaeConfig};
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vqkit-vqvae-{tag}-{}", std::process::id()));
@@ -204,4 +204,48 @@ fn ssim_psnr_and_png_are_sane() {
     crc.update(&png[37..41 + idat_len]);
     assert_eq!(crc.sum().to_be_bytes(), png[41 + idat_len..45 + idat_len]);
     assert!(vqkit::io::png::encode_gray(6, 4, &px[..5]).is_err());
+}
+
+#[test]
+fn nsvq_schedules_replace_when_they_say() {
+    use vqkit::quant::vq::DeadCodes;
+    let b = CpuBackend::new(Some(1)).unwrap();
+    // After a first batch of 4 images (36 latent rows for the k-means start of 16 codes),
+    // one image, the same every batch: its 9 latent rows use at most 9 of the 16 codes, so
+    // the others are used in at most 1 of 100 batches and due for replacement.
+    let first = Tensor::randn([4, 1, 12, 12], 0.5, &mut Rng::new(7));
+    let x = Tensor::randn([1, 1, 12, 12], 0.5, &mut Rng::new(8));
+    for (schedule, rule) in [
+        (NsvqSchedule::Frequent, (0.03, 100)),
+        (NsvqSchedule::Published, (0.01, 1000)),
+    ] {
+        let mut cfg = tiny(1, QuantizerKind::Nsvq);
+        cfg.nsvq_schedule = schedule;
+        assert_eq!(schedule.rule(), rule);
+        let mut m = VqVae::new(cfg).unwrap();
+        assert_eq!(
+            m.quantizers[0].cfg.dead_codes,
+            DeadCodes::Nsvq {
+                discard_threshold: rule.0,
+                num_batches: rule.1,
+                noise: 0.01
+            }
+        );
+        let replaced: Vec<usize> = (0..100)
+            .map(|i| {
+                let batch = if i == 0 { &first } else { &x };
+                m.forward(&b, batch, true).unwrap().replaced
+            })
+            .collect();
+        let at: Vec<usize> = (0..100).filter(|&i| replaced[i] > 0).collect();
+        match schedule {
+            NsvqSchedule::Frequent => assert_eq!(at, [99], "{replaced:?}"),
+            NsvqSchedule::Published => assert!(at.is_empty(), "{at:?}"),
+        }
+    }
+    // A configuration saved before the schedule existed reads as the frequent one.
+    let mut v = serde_json::to_value(tiny(1, QuantizerKind::Nsvq)).unwrap();
+    v.as_object_mut().unwrap().remove("nsvq_schedule");
+    let old: VqVaeConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(old.nsvq_schedule, NsvqSchedule::Frequent);
 }

@@ -1,6 +1,6 @@
 //! `vqkit complexity`: bits per vector and operations per encoded vector.
 
-use vqkit::quant::complexity::{Method, complexity};
+use vqkit::quant::complexity::{Method, complexity, published};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,28 +29,60 @@ pub struct Args {
 
 pub fn run(a: Args) -> vqkit::Result<()> {
     let c = complexity(a.method, a.d, a.stages, a.bits, a.beam, a.double)?;
+    let p = published(a.method, a.d, a.stages, a.bits, a.beam, a.double)?;
     if a.json {
-        println!("{}", serde_json::to_string(&c).unwrap_or_default());
+        let mut v = serde_json::to_value(&c).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "published".into(),
+                serde_json::to_value(&p).unwrap_or_default(),
+            );
+        }
+        println!("{v}");
         return Ok(());
     }
     println!(
         "{:?} d = {}, stages = {}, {} bits per stage, beam = {}",
         a.method, a.d, a.stages, a.bits, a.beam
     );
-    println!("{:<22}{:>16}", "quantity", "per vector");
-    for (name, v) in [
-        ("bits", c.bits_per_vector),
-        ("additions", c.additions),
-        ("multiplications", c.multiplications),
-        ("moves", c.moves),
-        ("branches", c.branches),
-        ("weighted ops", c.weighted),
-    ] {
-        println!("{name:<22}{v:>16.0}");
+    println!("{:<22}{:>16}{:>16}", "quantity", "per vector", "published");
+    let rows = |c: &vqkit::quant::complexity::Complexity| {
+        [
+            c.bits_per_vector,
+            c.additions,
+            c.multiplications,
+            c.moves,
+            c.branches,
+            c.weighted,
+        ]
+    };
+    let theirs = p.as_ref().map(rows);
+    let names = [
+        "bits",
+        "additions",
+        "multiplications",
+        "moves",
+        "branches",
+        "weighted ops",
+    ];
+    for (i, (name, v)) in names.iter().zip(rows(&c)).enumerate() {
+        let t = theirs.map_or("-".to_string(), |t| format!("{:.0}", t[i]));
+        println!("{name:<22}{v:>16.0}{t:>16}");
+    }
+    if let Some(p) = &p {
+        println!(
+            "{:<22}{:>16}{:>16.6}",
+            "WMOPS (ops / 1e6)",
+            format!("{:.6}", c.weighted / 1e6),
+            p.weighted / 1e6
+        );
     }
     println!(
         "weights: 1 per addition, multiplication, move (2 in double), 4 per branch (ITU-T WMOPS)"
     );
-    println!("(all S stages counted; the published calculator counts S - 1 for RVQ and PVQ)");
+    println!(
+        "per vector: all S stages counted; published: the NSVQ authors' calculator, which counts \
+         S - 1 stages for RVQ and PVQ (RVQ with one stage: 0) and has no VQ"
+    );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `vqkit kmeans`: fit k-means to a file of points and save the centroids.
 
+use super::log::{Metrics, TrainLog, num};
 use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,6 +56,10 @@ pub struct Args {
     /// Output model (safetensors).
     #[arg(short, long)]
     output: PathBuf,
+    /// Write a training log here: JSON lines, one per Lloyd iteration (one per mini-batch
+    /// with --stream), then a summary.
+    #[arg(long)]
+    log: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -63,6 +68,7 @@ struct Job<'a> {
     x: &'a Matrix,
     cfg: &'a KMeansConfig,
     progress: &'a Progress,
+    log: &'a TrainLog,
 }
 
 struct Out {
@@ -79,7 +85,16 @@ impl WithBackend for Job<'_> {
     type Output = Out;
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Out> {
         let t = Instant::now();
+        // Restarts follow each other in the log: the step counts every Lloyd iteration.
+        let mut step = 0;
         let (model, rep) = KMeans::fit_with(b, &self.x.data, self.x.cols, self.cfg, &mut |l| {
+            let mut m = Metrics::new();
+            m.insert("restart".into(), l.restart.into());
+            m.insert("iter".into(), l.iter.into());
+            m.insert("objective".into(), num(l.mse));
+            m.insert("repaired".into(), l.repaired.into());
+            self.log.record(step, None, m);
+            step += 1;
             self.progress.line(&format!(
                 "restart {} iter {:3}  inertia {:.6}{}",
                 l.restart,
@@ -116,6 +131,7 @@ impl WithBackend for Job<'_> {
 struct StreamJob<'a> {
     args: &'a Args,
     progress: &'a Progress,
+    log: &'a TrainLog,
 }
 
 impl WithBackend for StreamJob<'_> {
@@ -134,7 +150,16 @@ impl WithBackend for StreamJob<'_> {
         self.progress
             .set_len((a.epochs * stream.rows().div_ceil(a.batch_size.max(1))) as u64);
         let t = Instant::now();
+        let mut step = 0;
         let (model, rep) = fit_stream(b, &mut stream, &cfg, &mut |e, i, m| {
+            let mut lm = Metrics::new();
+            lm.insert("objective".into(), num(m));
+            lm.insert(
+                "points_per_s".into(),
+                num(((step + 1) * cfg.batch) as f64 / t.elapsed().as_secs_f64()),
+            );
+            self.log.record(step, Some(e), lm);
+            step += 1;
             if i == 0 {
                 self.progress
                     .line(&format!("epoch {e} first batch inertia {m:.6}"));
@@ -152,16 +177,31 @@ impl WithBackend for StreamJob<'_> {
     }
 }
 
+/// The options a log's header records.
+fn log_args(a: &Args) -> serde_json::Value {
+    serde_json::json!({
+        "input": a.input, "k": a.k, "iters": a.iters, "init": a.init.as_str(), "seed": a.seed,
+        "restarts": a.restarts, "tol": a.tol, "max_points_per_centroid": a.max_points_per_centroid,
+        "progressive_dim_steps": a.progressive_dim_steps, "sample": a.sample, "stream": a.stream,
+        "batch_size": a.batch_size, "epochs": a.epochs, "backend": a.common.backend.to_string(),
+        "threads": a.common.threads,
+    })
+}
+
 fn run_stream(args: Args) -> vqkit::Result<()> {
+    let log = TrainLog::open(args.log.as_deref(), "kmeans", log_args(&args))?;
     let progress = Progress::new(0, "mini-batch k-means");
-    let (model, rep, seconds, backend, n, d) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        StreamJob {
-            args: &args,
-            progress: &progress,
-        },
-    )?;
+    let (model, rep, seconds, backend, n, d) = log.guard(|| {
+        dispatch(
+            args.common.backend,
+            &args.common.options(),
+            StreamJob {
+                args: &args,
+                progress: &progress,
+                log: &log,
+            },
+        )
+    })?;
     progress.finish();
     for (e, m) in rep.epoch_mse.iter().enumerate() {
         println!("epoch {e}  mean batch inertia {m:.6}");
@@ -169,6 +209,11 @@ fn run_stream(args: Args) -> vqkit::Result<()> {
     let mut f = model.to_file(None);
     f.set("trained_with", "minibatch");
     f.write(&args.output)?;
+    let mut m = Metrics::new();
+    m.insert("mse".into(), num(rep.mse));
+    m.insert("epoch_mse".into(), super::log::nums(&rep.epoch_mse));
+    m.insert("seconds".into(), num(seconds));
+    log.summary(m)?;
     if args.common.json {
         let v = serde_json::json!({
             "command": "kmeans", "mode": "stream", "backend": backend, "n": n, "d": d,
@@ -192,6 +237,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
     if args.stream {
         return run_stream(args);
     }
+    let log = TrainLog::open(args.log.as_deref(), "kmeans", log_args(&args))?;
     let x = super::rvq::training_points(&args.input, args.sample, args.seed, args.common.json)?;
     let cfg = KMeansConfig {
         k: args.k,
@@ -205,18 +251,28 @@ pub fn run(args: Args) -> vqkit::Result<()> {
         seed_points_per_centroid: args.seed_points_per_centroid,
     };
     let progress = Progress::new((args.iters * args.restarts) as u64, "k-means");
-    let out = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        Job {
-            x: &x,
-            cfg: &cfg,
-            progress: &progress,
-        },
-    )?;
+    let out = log.guard(|| {
+        dispatch(
+            args.common.backend,
+            &args.common.options(),
+            Job {
+                x: &x,
+                cfg: &cfg,
+                progress: &progress,
+                log: &log,
+            },
+        )
+    })?;
     progress.finish();
     out.model.to_file(Some(&cfg)).write(&args.output)?;
     let rel = out.mse / mean_sq_norm(&x.data, x.cols).max(f64::MIN_POSITIVE);
+    let mut m = Metrics::new();
+    m.insert("mse".into(), num(out.mse));
+    m.insert("train_mse".into(), num(out.train_mse));
+    m.insert("relative_error".into(), num(rel));
+    m.insert("n_train".into(), out.n_train.into());
+    m.insert("seconds".into(), num(out.seconds));
+    log.summary(m)?;
     if args.common.json {
         let v = serde_json::json!({
             "command": "kmeans", "backend": out.backend, "n": x.rows, "d": x.cols, "k": args.k,

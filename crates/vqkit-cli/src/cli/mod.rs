@@ -7,6 +7,7 @@ mod complexity;
 mod encode;
 mod info;
 mod kmeans;
+mod log;
 mod rvq;
 mod vqvae;
 

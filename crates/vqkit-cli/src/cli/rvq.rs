@@ -1,5 +1,6 @@
 //! `vqkit rq-kmeans` and `vqkit pvq`: fit residual and product quantizers.
 
+use super::log::{Metrics, TrainLog, num, nums};
 use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -77,6 +78,11 @@ pub struct RqArgs {
     /// Output model (safetensors).
     #[arg(short, long)]
     output: PathBuf,
+    /// Write a training log here: JSON lines, one per Lloyd iteration of every stage's
+    /// k-means (step: the iterations before it, stage after stage, refinement rounds
+    /// last), then a summary.
+    #[arg(long)]
+    log: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
 }
@@ -105,22 +111,57 @@ struct RqJob<'a> {
     x: &'a Matrix,
     cfg: &'a RvqConfig,
     progress: &'a Progress,
+    log: &'a TrainLog,
 }
 
 impl WithBackend for RqJob<'_> {
     type Output = (Rvq, Vec<u32>, f64, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
         let t = Instant::now();
-        let model = Rvq::fit(b, &self.x.data, self.x.cols, self.cfg, &mut |s| {
-            self.progress.line(&format!("stage {s} trained"));
-            self.progress.inc();
-        })?;
+        // Every Lloyd iteration is one step, stage after stage (progressive-dimension
+        // k-means runs several passes of iterations per stage, so `stage * iters + iter`
+        // would repeat), refinement rounds after the stages.
+        let mut step = 0;
+        let model = Rvq::fit_logged(
+            b,
+            &self.x.data,
+            self.x.cols,
+            self.cfg,
+            &mut |s| {
+                self.progress.line(&format!("stage {s} trained"));
+                self.progress.inc();
+            },
+            &mut |l| {
+                let mut m = Metrics::new();
+                m.insert("stage".into(), l.stage.into());
+                m.insert("iter".into(), l.iter.into());
+                if let Some(r) = l.refine_round {
+                    m.insert("refine_round".into(), r.into());
+                }
+                m.insert("objective".into(), num(l.mse));
+                m.insert("repaired".into(), l.repaired.into());
+                self.log.record(step, None, m);
+                step += 1;
+            },
+        )?;
         let codes = model.encode(b, &self.x.data, self.cfg.beam)?;
         Ok((model, codes, t.elapsed().as_secs_f64(), b.name()))
     }
 }
 
 pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
+    let log = TrainLog::open(
+        args.log.as_deref(),
+        "rq-kmeans",
+        serde_json::json!({
+            "input": args.input, "stages": args.stages, "k": args.k, "beam": args.beam,
+            "shared": args.shared, "progressive_dim_steps": args.progressive_dim_steps,
+            "refine": args.refine, "iters": args.km.iters, "init": args.km.init.as_str(),
+            "seed": args.km.seed, "max_points_per_centroid": args.km.max_points_per_centroid,
+            "sample": args.km.sample, "backend": args.common.backend.to_string(),
+            "threads": args.common.threads,
+        }),
+    )?;
     let x = training_points(&args.input, args.km.sample, args.km.seed, args.common.json)?;
     let cfg = RvqConfig {
         stages: args.stages,
@@ -136,20 +177,35 @@ pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
         progressive_dim_steps: args.progressive_dim_steps,
     };
     let progress = Progress::new(args.stages as u64, "rq-kmeans");
-    let (model, codes, seconds, backend) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        RqJob {
-            x: &x,
-            cfg: &cfg,
-            progress: &progress,
-        },
-    )?;
+    let (model, codes, seconds, backend) = log.guard(|| {
+        dispatch(
+            args.common.backend,
+            &args.common.options(),
+            RqJob {
+                x: &x,
+                cfg: &cfg,
+                progress: &progress,
+                log: &log,
+            },
+        )
+    })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
     let stats = model.analyse(&x.data, &codes)?;
     report_stages(&stats, args.common.json);
     let e = stats.last().map_or(0.0, |s| s.mse);
+    let mut m = Metrics::new();
+    m.insert("mse".into(), num(e));
+    m.insert(
+        "relative_error".into(),
+        num(relative_error(e, &x.data, x.cols)),
+    );
+    let per = |f: fn(&StageStats) -> f64| nums(&stats.iter().map(f).collect::<Vec<f64>>());
+    m.insert("stage_mse".into(), per(|s| s.mse));
+    m.insert("perplexity".into(), per(|s| s.perplexity));
+    m.insert("usage".into(), per(|s| s.usage));
+    m.insert("seconds".into(), num(seconds));
+    log.summary(m)?;
     finish(
         "rq-kmeans",
         &backend,

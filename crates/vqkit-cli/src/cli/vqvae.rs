@@ -3,6 +3,7 @@
 //! `vqkit reconstruct` (a PNG grid: originals above their reconstructions, one row per RQ
 //! level).
 
+use super::log::{self as trainlog, Interval, TrainLog, num, nums};
 use super::{Common, choice};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use vqkit_nn::train::{
     self, Checkpoint, Metrics, epoch_order, evaluate, load_checkpoint, save_checkpoint,
     with_threads,
 };
-use vqkit_nn::{Adam, QuantizerKind, Tensor, VqVae, VqVaeConfig};
+use vqkit_nn::{Adam, NsvqSchedule, QuantizerKind, Tensor, VqVae, VqVaeConfig};
 
 /// `vqvae`: one quantizer; `rqvae`: a residual stack of `--levels` quantizers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +62,10 @@ pub struct TrainArgs {
     /// Replace codes whose EMA usage per batch falls below this (0: never).
     #[arg(long, default_value_t = 1.0)]
     dead_code_threshold: f32,
+    /// NSVQ's replacement schedule: frequent (codes used in < 3% of 100 batches) or
+    /// published (< 1% of 1000 batches).
+    #[arg(long, value_parser = choice::<NsvqSchedule>(), default_value_t = NsvqSchedule::default())]
+    nsvq_schedule: NsvqSchedule,
     /// Commitment cost beta.
     #[arg(long, default_value_t = 0.25)]
     beta: f32,
@@ -87,6 +92,13 @@ pub struct TrainArgs {
     /// an uninterrupted one.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Write a training log here: JSON lines every --log-every batches and at each epoch's
+    /// end (step: the batch index over all epochs), then a summary with the test figures.
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Batches between two log lines within an epoch.
+    #[arg(long, default_value_t = 50)]
+    log_every: usize,
     #[command(flatten)]
     common: Common,
 }
@@ -124,6 +136,7 @@ struct TrainJob<'a> {
     model: VqVae,
     opt: Adam,
     start_epoch: usize,
+    log: &'a TrainLog,
 }
 
 struct TrainOut {
@@ -141,9 +154,31 @@ fn fmt_list(v: &[f64], prec: usize) -> String {
     s.join(" ")
 }
 
+/// Adds one step's figures to the interval of the log.
+fn accumulate(iv: &mut Interval, s: &train::StepReport) {
+    let f = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    iv.batches += 1;
+    iv.add("loss", s.loss as f64);
+    iv.add("recon_loss", s.recon_loss as f64);
+    iv.add("commit_loss", s.commitment_loss as f64);
+    iv.add("codebook_loss", s.codebook_loss as f64);
+    iv.add_vec("perplexity", &f(s.perplexity), true);
+    iv.add_vec("usage", &f(s.usage), true);
+    let rep: Vec<f64> = s.replaced.iter().map(|&r| r as f64).collect();
+    iv.add_vec("dead_replaced", &rep, false);
+}
+
 impl WithBackend for TrainJob<'_> {
     type Output = TrainOut;
     fn run<B: Backend>(self, b: &B) -> Result<TrainOut> {
+        // This runs on the pool's thread that trains: the log's stop hook goes there.
+        let log = self.log;
+        log.guard(|| self.train(b))
+    }
+}
+
+impl TrainJob<'_> {
+    fn train<B: Backend>(self, b: &B) -> Result<TrainOut> {
         let TrainJob {
             args,
             train,
@@ -151,6 +186,7 @@ impl WithBackend for TrainJob<'_> {
             mut model,
             mut opt,
             start_epoch,
+            log,
         } = self;
         let n = train.n();
         let bs = args.batch;
@@ -165,8 +201,27 @@ impl WithBackend for TrainJob<'_> {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+            let first = epoch * batches;
+            let mut iv = Interval::default();
+            let mut since = Instant::now();
+            let line = |iv: &mut Interval, since: &mut Instant| {
+                let images = (iv.batches * bs) as f64;
+                let mut m = iv.take();
+                m.insert(
+                    "images_per_s".into(),
+                    num(images / since.elapsed().as_secs_f64()),
+                );
+                *since = Instant::now();
+                m
+            };
             let stats =
                 train::train_epoch(b, &mut model, &mut opt, train, bs, &order, epoch, |s| {
+                    accumulate(&mut iv, s);
+                    // The epoch's last step is logged with the epoch's means below.
+                    if iv.batches == args.log_every && s.step + 1 < batches {
+                        let m = line(&mut iv, &mut since);
+                        log.record(first + s.step, Some(epoch), m);
+                    }
                     bar.inc(1);
                     if s.step % 10 == 0 {
                         let perp: Vec<String> =
@@ -180,6 +235,11 @@ impl WithBackend for TrainJob<'_> {
                     }
                 })?;
             bar.finish_and_clear();
+            let mut m = line(&mut iv, &mut since);
+            m.insert("epoch_loss".into(), num(stats.loss));
+            m.insert("epoch_recon_loss".into(), num(stats.recon_loss));
+            m.insert("epoch_perplexity".into(), nums(&stats.perplexity));
+            log.record(first + batches.max(1) - 1, Some(epoch), m);
             train_seconds += stats.seconds;
             seen += stats.images;
             train_loss = stats.loss;
@@ -213,6 +273,26 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if args.batch == 0 {
         return Err(Error::invalid("batch", "must be at least 1"));
     }
+    if args.log_every == 0 {
+        return Err(Error::invalid("log-every", "must be at least 1"));
+    }
+    let log = TrainLog::open(
+        args.log.as_deref(),
+        "train-vqvae",
+        serde_json::json!({
+            "data": args.data, "model": args.model.as_str(), "epochs": args.epochs,
+            "batch": args.batch, "lr": trainlog::num32(args.lr), "codebook": args.codebook, "levels": args.levels,
+            "quantizer": args.quantizer.as_str(), "decay": trainlog::num32(args.decay),
+            "shared_codebook": args.shared_codebook,
+            "dead_code_threshold": trainlog::num32(args.dead_code_threshold),
+            "nsvq_schedule": args.nsvq_schedule.as_str(), "beta": trainlog::num32(args.beta),
+            "hidden_dims": args.hidden_dims, "residual_layers": args.residual_layers,
+            "residual_hidden": args.residual_hidden, "embedding_dim": args.embedding_dim,
+            "seed": args.seed, "limit": args.limit, "resume": args.resume,
+            "log_every": args.log_every, "backend": args.common.backend.to_string(),
+            "threads": args.common.threads,
+        }),
+    )?;
     let levels = match (args.model, args.levels) {
         (ModelKind::Vqvae, None | Some(1)) => 1,
         (ModelKind::Vqvae, Some(l)) => {
@@ -255,6 +335,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
                 shared_codebook: args.shared_codebook,
                 dead_code_threshold: args.dead_code_threshold,
                 seed: args.seed,
+                nsvq_schedule: args.nsvq_schedule,
             };
             (VqVae::new(cfg)?, Adam::new(args.lr), 0)
         }
@@ -279,6 +360,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         model,
         opt,
         start_epoch,
+        log: &log,
     };
     let out = with_threads(threads, || dispatch(args.common.backend, &IN_POOL, job))??;
     let mut model = out.model;
@@ -289,6 +371,17 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     let m = &out.metrics;
     let seconds = t.elapsed().as_secs_f64();
+    let mut sm = trainlog::Metrics::new();
+    sm.insert("train_loss".into(), num(out.train_loss));
+    sm.insert("test_mse".into(), num(m.mse));
+    sm.insert("test_psnr".into(), num(m.psnr));
+    sm.insert("test_ssim".into(), num(m.ssim));
+    sm.insert("perplexity".into(), nums(&m.perplexity));
+    sm.insert("usage".into(), nums(&m.usage));
+    sm.insert("bits_per_image".into(), num(m.bits_per_image));
+    sm.insert("images_per_s".into(), num(out.images_per_second));
+    sm.insert("seconds".into(), num(seconds));
+    log.summary(sm)?;
     if args.common.json {
         let v = serde_json::json!({
             "command": "train-vqvae",

@@ -24,6 +24,11 @@
 //! The published calculator loops over stages `1..S`, i.e. counts S - 1 stages for RVQ and
 //! PVQ; a vector encoded with S stages does S searches, so **this calculator counts all S**
 //! (the difference is one stage's search, K (2d - 1) + K - 1 additions and so on).
+//! [`published`] gives the published calculator's figures as well, so that the paper's
+//! can be matched: for RVQ, S - 1 searches, S - 2 residual updates and S - 1 reconstruction
+//! additions of d (0 for a single stage); for PVQ, S - 1 sub-vector searches between the
+//! 2 d moves; for AVQ the same counts as here. The published figures are these counts
+//! divided by 10^6 (it calls them WMOPS).
 
 use crate::error::{Error, Result};
 
@@ -173,9 +178,103 @@ pub fn complexity(
     Ok(c)
 }
 
+/// The published calculator's counts for the same quantizer (see the module doc); `None`
+/// for VQ, which it has no calculator for. Inputs are checked as [`complexity`] checks them.
+pub fn published(
+    method: Method,
+    d: usize,
+    stages: usize,
+    bits: u32,
+    beam: usize,
+    double_precision: bool,
+) -> Result<Option<Complexity>> {
+    let own = complexity(method, d, stages, bits, beam, double_precision)?;
+    let k = (1u64 << bits) as f64;
+    let df = d as f64;
+    let s = stages as f64;
+    let mut c = Complexity {
+        bits_per_vector: own.bits_per_vector,
+        ..Complexity::default()
+    };
+    match method {
+        Method::Vq => return Ok(None),
+        Method::Avq => return Ok(Some(own)),
+        Method::Rvq => {
+            for i in 1..stages {
+                c.distances(k, df, 1.0);
+                c.argmin(k);
+                c.moves += df;
+                if i + 1 < stages {
+                    c.additions += df;
+                }
+            }
+            c.additions += (s - 1.0) * df;
+        }
+        Method::Pvq => {
+            let ds = df / s;
+            c.moves += df;
+            for _ in 1..stages {
+                c.distances(k, ds, 1.0);
+                c.argmin(k);
+                c.moves += ds;
+            }
+            c.moves += df;
+        }
+    }
+    let w = if double_precision { 2.0 } else { 1.0 };
+    c.weighted = w * (c.additions + c.multiplications + c.moves) + 4.0 * c.branches;
+    Ok(Some(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_figures_match_the_published_calculator() {
+        // The weighted counts the published complexity.py computes (its printed WMOPS times
+        // 10^6) for d = 128, K = 32, S = 4, beam 8, single precision, and d = K = 16, S = 1.
+        let p = |m, d, s, bits, beam| published(m, d, s, bits, beam, false).unwrap().unwrap();
+        assert_eq!(p(Method::Avq, 128, 4, 5, 8).weighted, 824170.0);
+        assert_eq!(p(Method::Rvq, 128, 4, 5, 1).weighted, 37978.0);
+        assert_eq!(p(Method::Pvq, 128, 4, 5, 1).weighted, 9658.0);
+        assert_eq!(p(Method::Rvq, 16, 1, 4, 1).weighted, 0.0);
+        assert_eq!(p(Method::Pvq, 16, 1, 4, 1).weighted, 32.0);
+        let dbl = published(Method::Rvq, 128, 4, 5, 1, true).unwrap().unwrap();
+        assert_eq!(dbl.weighted, 2.0 * 37978.0);
+        assert!(published(Method::Vq, 16, 1, 4, 1, false).unwrap().is_none());
+        assert!(published(Method::Pvq, 10, 3, 4, 1, false).is_err());
+    }
+
+    #[test]
+    fn published_rvq_and_pvq_leave_out_one_stage() {
+        let (d, bits) = (32usize, 6u32);
+        let (k, df) = (64.0, d as f64);
+        for s in [2, 3, 5] {
+            let own = complexity(Method::Rvq, d, s, bits, 1, false).unwrap();
+            let p = published(Method::Rvq, d, s, bits, 1, false)
+                .unwrap()
+                .unwrap();
+            // One search (distances, argmin, codeword move) and one residual update fewer.
+            assert_eq!(own.multiplications - p.multiplications, k * df);
+            assert_eq!(
+                own.additions - p.additions,
+                k * (2.0 * df - 1.0) + k - 1.0 + df
+            );
+            assert_eq!(own.moves - p.moves, k - 1.0 + df);
+            assert_eq!(own.bits_per_vector, p.bits_per_vector);
+        }
+        let own = complexity(Method::Pvq, d, 4, bits, 1, false).unwrap();
+        let p = published(Method::Pvq, d, 4, bits, 1, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(own.multiplications - p.multiplications, k * df / 4.0);
+        let a = complexity(Method::Avq, d, 3, bits, 2, false).unwrap();
+        assert_eq!(
+            published(Method::Avq, d, 3, bits, 2, false).unwrap(),
+            Some(a)
+        );
+    }
 
     #[test]
     fn vq_counts_by_hand() {

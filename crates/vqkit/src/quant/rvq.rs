@@ -23,7 +23,7 @@
 //! A shared codebook (`shared`): one codebook for every stage, fitted by k-means on `x`, then
 //! refined by Lloyd steps on the pooled residuals of all stages under greedy encoding.
 
-use super::kmeans::{Init, KMeans, KMeansConfig, subsample};
+use super::kmeans::{Init, IterLog, KMeans, KMeansConfig, subsample};
 use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
 use super::{check_input, check_training, code_stats, mean_sq_norm, sub_seed};
@@ -121,6 +121,32 @@ pub struct StageStats {
     pub usage: f64,
 }
 
+/// One Lloyd iteration of one stage's k-means during [`Rvq::fit_logged`]. Its `mse` is the
+/// inertia of that stage's residuals, i.e. the error of the model up to that stage (all
+/// stages in a refinement round), at that iteration's assignment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageIterLog {
+    pub stage: usize,
+    /// `None` while the stages are first trained; `Some(r)` in refinement round `r`.
+    pub refine_round: Option<usize>,
+    pub iter: usize,
+    pub mse: f64,
+    /// Empty clusters repaired after this iteration.
+    pub repaired: usize,
+}
+
+impl StageIterLog {
+    fn new(stage: usize, refine_round: Option<usize>, l: &IterLog) -> Self {
+        StageIterLog {
+            stage,
+            refine_round,
+            iter: l.iter,
+            mse: l.mse,
+            repaired: l.repaired,
+        }
+    }
+}
+
 /// A trained residual quantizer: `stages` codebooks of `k` codewords of dimension `d`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rvq {
@@ -149,6 +175,19 @@ impl Rvq {
         cfg: &RvqConfig,
         on_stage: &mut dyn FnMut(usize),
     ) -> Result<Rvq> {
+        Self::fit_logged(b, x, d, cfg, on_stage, &mut |_| {})
+    }
+
+    /// [`Rvq::fit`], also calling `on_iter` after every Lloyd iteration of every stage's
+    /// k-means (and of each refinement round's).
+    pub fn fit_logged<B: Backend>(
+        b: &B,
+        x: &[f32],
+        d: usize,
+        cfg: &RvqConfig,
+        on_stage: &mut dyn FnMut(usize),
+        on_iter: &mut dyn FnMut(&StageIterLog),
+    ) -> Result<Rvq> {
         cfg.validate()?;
         let n = check_training(x, d, cfg.k)?;
         let mut model = Rvq {
@@ -160,7 +199,9 @@ impl Rvq {
             codebooks: Vec::with_capacity(cfg.stages * cfg.k * d),
         };
         if cfg.shared {
-            let (km, _) = KMeans::fit(b, x, d, &cfg.kmeans(0))?;
+            let (km, _) = KMeans::fit_with(b, x, d, &cfg.kmeans(0), &mut |l| {
+                on_iter(&StageIterLog::new(0, None, l))
+            })?;
             let mut c = km.centroids;
             let mut rng = Rng::new(sub_seed(cfg.seed, 1 << 32));
             for _ in 0..cfg.shared_rounds {
@@ -177,7 +218,9 @@ impl Rvq {
         let mut beam = BeamState::new(n, cfg.beam, x);
         for s in 0..cfg.stages {
             crate::interrupt::check()?;
-            let (km, _) = KMeans::fit(b, &residual, d, &cfg.kmeans(s))?;
+            let (km, _) = KMeans::fit_with(b, &residual, d, &cfg.kmeans(s), &mut |l| {
+                on_iter(&StageIterLog::new(s, None, l))
+            })?;
             model.codebooks.extend_from_slice(&km.centroids);
             model.stages = s + 1;
             if cfg.beam == 1 {
@@ -196,7 +239,7 @@ impl Rvq {
         }
         for round in 0..cfg.refine_rounds {
             crate::interrupt::check()?;
-            model.refine_round(b, x, cfg, round)?;
+            model.refine_round(b, x, cfg, round, on_iter)?;
         }
         Ok(model)
     }
@@ -209,6 +252,7 @@ impl Rvq {
         x: &[f32],
         cfg: &RvqConfig,
         round: usize,
+        on_iter: &mut dyn FnMut(&StageIterLog),
     ) -> Result<()> {
         let (d, k, st) = (self.d, self.k, self.stages);
         let n = x.len() / d;
@@ -225,7 +269,9 @@ impl Rvq {
             let mut kc = cfg.kmeans(s);
             kc.seed = sub_seed(cfg.seed, (1000 + round * st + s) as u64);
             let old = self.codebook(s).to_vec();
-            let (km, _) = KMeans::refine(b, &r, d, &old, &kc, &mut |_| {})?;
+            let (km, _) = KMeans::refine(b, &r, d, &old, &kc, &mut |l| {
+                on_iter(&StageIterLog::new(s, Some(round), l))
+            })?;
             let a = km.assign(b, &r)?;
             subtract_codewords(&mut r, &km.centroids, &a.indices, d);
             self.codebooks[s * k * d..(s + 1) * k * d].copy_from_slice(&km.centroids);
