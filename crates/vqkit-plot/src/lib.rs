@@ -442,6 +442,130 @@ fn pale(c: RGBColor) -> RGBColor {
     RGBColor(m(c.0), m(c.1), m(c.2))
 }
 
+/// A "nice" step (1, 2 or 5 times a power of ten) giving about `n` intervals over `span`.
+fn nice_step(span: f64, n: f64) -> f64 {
+    let raw = (span / n).max(f64::MIN_POSITIVE);
+    let p = 10f64.powf(raw.log10().floor());
+    let m = raw / p;
+    p * if m <= 1.0 {
+        1.0
+    } else if m <= 2.0 {
+        2.0
+    } else if m <= 5.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+/// Multiples of `step` in `[lo, hi]`.
+fn multiples(lo: f64, hi: f64, step: f64) -> Vec<f64> {
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last.min(first + 200))
+        .map(|i| i as f64 * step)
+        .collect()
+}
+
+/// Tick positions in drawing coordinates: nice values on a linear axis; on a log axis
+/// (drawing coordinates are `log10`) whole decades, or 1-2-5 within decades when the
+/// range spans few of them, or nice linear values when it spans less than one.
+fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
+    if !log {
+        return multiples(lo, hi, nice_step(hi - lo, 6.0));
+    }
+    let span = hi - lo;
+    if span >= 3.0 {
+        let every = (span / 6.0).ceil();
+        return multiples(lo, hi, every);
+    }
+    if span >= 0.9 {
+        let mut t = Vec::new();
+        for d in (lo.floor() as i64)..=(hi.ceil() as i64) {
+            for m in [1.0f64, 2.0, 5.0] {
+                let v = d as f64 + m.log10();
+                if (lo..=hi).contains(&v) {
+                    t.push(v);
+                }
+            }
+        }
+        return t;
+    }
+    let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+    multiples(a, b, nice_step(b - a, 7.0))
+        .into_iter()
+        .filter(|v| *v > 0.0)
+        .map(f64::log10)
+        .collect()
+}
+
+/// A plotters axis over `[lo, hi]` in drawing coordinates whose bold ticks are
+/// [`ticks`] and whose light grid lines are the minor ticks of a log axis (2..9 within
+/// each decade) or fifths of a linear step. plotters' own `f64` axis puts its ticks at
+/// nice values of the drawing coordinate, which on a log axis are not nice values.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+impl Axis {
+    fn new(lo: f64, hi: f64, log: bool) -> Self {
+        Axis { lo, hi, log }
+    }
+
+    fn minor(&self) -> Vec<f64> {
+        let (lo, hi) = (self.lo, self.hi);
+        if !self.log {
+            return multiples(lo, hi, nice_step(hi - lo, 6.0) / 5.0);
+        }
+        if hi - lo >= 4.0 {
+            return multiples(lo, hi, 1.0);
+        }
+        let mut t = Vec::new();
+        for d in (lo.floor() as i64)..=(hi.ceil() as i64) {
+            for m in 1..10 {
+                let v = d as f64 + (m as f64).log10();
+                if (lo..=hi).contains(&v) {
+                    t.push(v);
+                }
+            }
+        }
+        t
+    }
+}
+
+impl plotters::coord::ranged1d::Ranged for Axis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let span = limit.1 - limit.0;
+        let t = (v - self.lo) / (self.hi - self.lo);
+        if !t.is_finite() || span == 0 {
+            return limit.0;
+        }
+        limit.0 + (span as f64 * t + 1e-3).floor() as i32
+    }
+
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        use plotters::coord::ranged1d::KeyPointWeight;
+        let mut t = match hint.weight() {
+            KeyPointWeight::Bold => ticks(self.lo, self.hi, self.log),
+            KeyPointWeight::Any => self.minor(),
+        };
+        // Too many for the space: keep every other one until they fit.
+        while t.len() > hint.max_num_points().max(2) {
+            t = t.into_iter().step_by(2).collect();
+        }
+        t
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
@@ -453,7 +577,7 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(62)
-        .build_cartesian_2d(x0..x1, y0..y1)
+        .build_cartesian_2d(Axis::new(x0, x1, p.log_x), Axis::new(y0, y1, p.log_y))
         .map_err(draw_err)?;
     let (lx, ly) = (p.log_x, p.log_y);
     let fx = move |v: &f64| axis_label(*v, lx);
@@ -462,8 +586,8 @@ fn draw_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(p.x_label.as_str())
         .y_desc(p.y_label.as_str())
-        .x_labels(7)
-        .y_labels(7)
+        .x_labels(12)
+        .y_labels(12)
         .x_label_formatter(&fx)
         .y_label_formatter(&fy)
         .label_style((fonts::FAMILY, 13))

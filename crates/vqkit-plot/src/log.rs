@@ -240,7 +240,8 @@ pub fn read(path: &Path) -> Result<Run> {
 }
 
 impl Run {
-    /// Metric names (levels expanded) in order of first appearance.
+    /// Metric names (levels expanded) in order of first appearance; the keys of one record
+    /// come in alphabetical order (serde_json's map, without `preserve_order`).
     pub fn metric_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for r in &self.records {

@@ -7,6 +7,7 @@ mod complexity;
 mod encode;
 mod info;
 mod kmeans;
+mod plot;
 mod rvq;
 mod vqvae;
 
@@ -59,6 +60,9 @@ enum Command {
     TrainVqvae(vqvae::TrainArgs),
     /// A PNG grid of images above their reconstructions (one row per RQ level).
     Reconstruct(vqvae::ReconstructArgs),
+    /// Curves from JSON-lines training logs (`--log FILE`): a panel per metric, several
+    /// runs on one figure.
+    Plot(plot::Args),
 }
 
 /// Options shared by every command that computes.
@@ -96,6 +100,7 @@ pub fn main() -> vqkit::Result<()> {
         Command::Decode(a) => encode::decode(a),
         Command::TrainVqvae(a) => vqvae::train(a),
         Command::Reconstruct(a) => vqvae::reconstruct(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 
