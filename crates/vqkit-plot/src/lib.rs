@@ -167,6 +167,18 @@ pub struct Panel {
     pub y_range: Option<(f64, f64)>,
     /// Draw the legend (on by default when any series has a label).
     pub no_legend: bool,
+    /// Where the legend goes.
+    pub legend: Corner,
+}
+
+/// A corner of a panel (for its legend).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Corner {
+    #[default]
+    UpperRight,
+    UpperLeft,
+    LowerRight,
+    LowerLeft,
 }
 
 impl Panel {
@@ -190,6 +202,11 @@ impl Panel {
 
     pub fn log_y(mut self) -> Self {
         self.log_y = true;
+        self
+    }
+
+    pub fn legend(mut self, at: Corner) -> Self {
+        self.legend = at;
         self
     }
 
@@ -680,7 +697,12 @@ fn draw_panel<DB: DrawingBackend>(
             .label_font((fonts::FAMILY, 13))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(180, 180, 180))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match p.legend {
+                Corner::UpperRight => SeriesLabelPosition::UpperRight,
+                Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
+                Corner::LowerRight => SeriesLabelPosition::LowerRight,
+                Corner::LowerLeft => SeriesLabelPosition::LowerLeft,
+            })
             .draw()
             .map_err(draw_err)?;
     }
