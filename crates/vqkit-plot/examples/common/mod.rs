@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
+pub type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// `--out DIR` from the command line, else the repository's `docs/figures/` (created if
 /// missing), wherever the example is run from.
