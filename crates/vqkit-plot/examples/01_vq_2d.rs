@@ -34,6 +34,7 @@
 mod common;
 
 use common::Res;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use vqkit::backend::cpu::CpuBackend;
 use vqkit::ops::{self, DeviceKMeans};
@@ -64,7 +65,13 @@ fn mixture(n: usize, m: usize, seed: u64) -> Vec<f32> {
 
 fn main() -> Res {
     let start = Instant::now();
-    let out = common::out_dir()?;
+    let f = run(&common::out_dir()?)?;
+    common::done(&[f], start);
+    Ok(())
+}
+
+/// Computes everything and writes the figure into `out`; returns its path.
+fn run(out: &Path) -> Res<PathBuf> {
     let cpu = CpuBackend::new(None)?;
     let (n, k, iters) = (8000, 8, 25);
     let x = mixture(n, 6, 7);
@@ -171,6 +178,24 @@ fn main() -> Res {
         "final k = {k} MSE after {iters} Lloyd iterations: {:.4}",
         mse[iters - 1]
     );
-    common::done(&[f], start);
-    Ok(())
+    Ok(f)
+}
+
+/// `cargo test` runs this example (it is the fastest): the figure is a PNG of its size.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_writes_its_figure() {
+        let dir = std::env::temp_dir().join(format!("vqkit-example-01-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = super::run(&dir).unwrap();
+        let png = std::fs::read(&f).unwrap();
+        assert_eq!(vqkit_plot::png_size(&png), Some((1680, 520)));
+        assert!(
+            png.len() > 20_000,
+            "a figure with content, {} bytes",
+            png.len()
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
