@@ -377,18 +377,18 @@ fn panel_ranges(p: &Panel) -> Result<Ranges> {
             y1 = y1.max(y);
         }
     }
-    if let Some(r) = &p.raster {
-        if let (Some(a), Some(b), Some(c), Some(d)) = (
+    if let Some(r) = &p.raster
+        && let (Some(a), Some(b), Some(c), Some(d)) = (
             axis_value(r.x.0, p.log_x),
             axis_value(r.x.1, p.log_x),
             axis_value(r.y.0, p.log_y),
             axis_value(r.y.1, p.log_y),
-        ) {
-            x0 = x0.min(a);
-            x1 = x1.max(b);
-            y0 = y0.min(c);
-            y1 = y1.max(d);
-        }
+        )
+    {
+        x0 = x0.min(a);
+        x1 = x1.max(b);
+        y0 = y0.min(c);
+        y1 = y1.max(d);
     }
     let what = if p.title.is_empty() {
         "panel"
