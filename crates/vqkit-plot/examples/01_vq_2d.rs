@@ -63,7 +63,11 @@ fn mixture(n: usize, m: usize, seed: u64) -> Vec<f32> {
     x
 }
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     let f = run(&common::out_dir()?)?;
     common::done(&[f], start);

@@ -112,7 +112,11 @@ fn random_rvq(
     })
 }
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     let out = common::out_dir()?;
     let cpu = CpuBackend::new(None)?;

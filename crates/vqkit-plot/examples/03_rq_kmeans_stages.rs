@@ -26,7 +26,7 @@
 //! - `docs/figures/03_rq_kmeans_recon.png`: test images and their reconstructions after
 //!   1, 2, 4 and 6 stages of k = 256 (8, 16, 32, 48 bits per image).
 //!
-//! Needs Fashion-MNIST (`sudo apt-get install dataset-fashion-mnist`).
+//! Needs Fashion-MNIST (`sudo apt-get install dataset-fashion-mnist`, or `-- --data DIR`).
 //! Run: `cargo run --release --example 03_rq_kmeans_stages [-- --out DIR]` (about a
 //! minute on two cores).
 
@@ -41,7 +41,11 @@ use vqkit::quant::rvq::{Rvq, RvqConfig};
 use vqkit::quant::{mse, relative_error};
 use vqkit_plot::{Corner, Figure, ImageRow, Mark, Panel, Series};
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     let out = common::out_dir()?;
     let n: usize = common::arg("--n", 3000)?;

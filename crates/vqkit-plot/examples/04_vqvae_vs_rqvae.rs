@@ -36,7 +36,7 @@
 //! level adds less PSNR than the one before: after 2 short epochs the decoder has not yet
 //! learned to use fine residual detail.
 //!
-//! Needs Fashion-MNIST (`sudo apt-get install dataset-fashion-mnist`).
+//! Needs Fashion-MNIST (`sudo apt-get install dataset-fashion-mnist`, or `-- --data DIR`).
 //! Run: `cargo run --release --example 04_vqvae_vs_rqvae [-- --out DIR --n 2000 --epochs 2]`.
 
 #[path = "common/mod.rs"]
@@ -109,7 +109,11 @@ fn codes(cpu: &CpuBackend, m: &mut VqVae, x: &Tensor) -> Res<Vec<Vec<u32>>> {
     Ok(all)
 }
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     vqkit_nn::retain_freed_memory();
     let out = common::out_dir()?;

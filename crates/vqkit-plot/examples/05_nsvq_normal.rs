@@ -68,7 +68,11 @@ fn config(method: NsvqMethod, stages: usize, k: usize, epochs: usize) -> NsvqCon
     c
 }
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     let out = common::out_dir()?;
     let cpu = CpuBackend::new(None)?;

@@ -47,7 +47,11 @@ use vqkit::backend::cpu::{CpuBackend, Isa, peak};
 use vqkit::bench::{self, Op, Timing};
 use vqkit_plot::{Corner, Figure, Mark, Panel, Series};
 
-fn main() -> Res {
+fn main() -> std::process::ExitCode {
+    common::main(example)
+}
+
+fn example() -> Res {
     let start = Instant::now();
     let out = common::out_dir()?;
     let n: usize = common::arg("--n", 20_000)?;

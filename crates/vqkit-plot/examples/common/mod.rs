@@ -8,6 +8,18 @@ use std::time::Instant;
 
 pub type Res<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Runs an example's body: an error is printed as `error: ...` (its message, not its
+/// debug form) with a failing exit status.
+pub fn main(body: fn() -> Res) -> std::process::ExitCode {
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--out DIR` from the command line, else the repository's `docs/figures/` (created if
 /// missing), wherever the example is run from.
 pub fn out_dir() -> Res<PathBuf> {
@@ -33,14 +45,16 @@ pub fn arg<T: std::str::FromStr>(flag: &str, default: T) -> Res<T> {
 }
 
 /// Fashion-MNIST's first `n` training images (rows of 784 values in [0, 1]) and the
-/// first `n_test` test images, from Debian's `dataset-fashion-mnist` package.
+/// first `n_test` test images, from `--data DIR` or where Debian's
+/// `dataset-fashion-mnist` package installs them.
 pub fn fashion_mnist(n: usize, n_test: usize) -> Res<(Vec<f32>, Vec<f32>)> {
-    let dir = Path::new(vqkit::io::idx::DEFAULT_DATA_DIR);
-    let (train, test) = vqkit::io::idx::load_dataset(dir, Some(n.max(n_test))).map_err(|e| {
+    let dir: PathBuf = arg("--data", PathBuf::from(vqkit::io::idx::DEFAULT_DATA_DIR))?;
+    let (train, test) = vqkit::io::idx::load_dataset(&dir, Some(n.max(n_test))).map_err(|e| {
         format!(
-            "{e}\nthis example needs Fashion-MNIST in {}: install it with \
-             `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu)",
-            dir.display()
+            "{e}\nthis example needs Fashion-MNIST: install it with \
+             `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; it goes to {}), \
+             or pass `-- --data DIR` with its four IDX files",
+            vqkit::io::idx::DEFAULT_DATA_DIR
         )
     })?;
     let f = |px: &[u8], m: usize| -> Vec<f32> {
