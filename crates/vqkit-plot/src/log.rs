@@ -271,6 +271,7 @@ impl Run {
 /// with a series per run and level, labelled `label` or `label [level]`. `metrics`
 /// selects base names or single levels (`perplexity[0]`); `None` takes every metric
 /// present, in order of appearance. Several runs share a panel, so runs compare directly.
+/// With `log_y`, a metric with no value above 0 keeps a linear axis (its title says so).
 pub fn panels(
     runs: &[(String, Run)],
     metrics: Option<&[String]>,
@@ -368,6 +369,18 @@ pub fn panels(
                 what: format!("metric {title:?}"),
                 log: log_y,
             });
+        }
+        // A log axis needs values > 0; a metric that has none (a count that stayed 0)
+        // keeps a linear axis rather than failing the whole figure.
+        if p.log_y
+            && !p.series.iter().any(|s| {
+                s.points
+                    .iter()
+                    .any(|&(x, y)| x.is_finite() && y.is_finite() && y > 0.0)
+            })
+        {
+            p.log_y = false;
+            p.title = format!("{title} (linear: no value > 0)");
         }
         // One run with one series needs no legend.
         p.no_legend = runs.len() == 1 && names.len() == 1;
