@@ -51,6 +51,10 @@ impl XAxis {
 /// Keys of a log record that are not metrics.
 const RESERVED: [&str; 5] = ["kind", "command", "step", "epoch", "elapsed_s"];
 
+/// Numbers that say where a record is (k-means' restart and iteration, RQ's stage and
+/// refinement round) rather than how training goes: drawn only when asked for by name.
+pub const POSITION_KEYS: [&str; 5] = ["restart", "iter", "stage", "refine_round", "batch"];
+
 /// One `"kind":"log"` line.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -270,7 +274,7 @@ impl Run {
 /// The panels `vqkit plot` draws: one per selected base metric (`loss`, `perplexity`),
 /// with a series per run and level, labelled `label` or `label [level]`. `metrics`
 /// selects base names or single levels (`perplexity[0]`); `None` takes every metric
-/// present, in order of appearance. Several runs share a panel, so runs compare directly.
+/// present but the [`POSITION_KEYS`], in order of appearance. Several runs share a panel, so runs compare directly.
 /// With `log_y`, a metric with no value above 0 keeps a linear axis (its title says so).
 pub fn panels(
     runs: &[(String, Run)],
@@ -313,6 +317,9 @@ pub fn panels(
         None => {
             for n in &all {
                 let b = base_name(n);
+                if POSITION_KEYS.contains(&b) {
+                    continue;
+                }
                 match wanted.iter_mut().find(|(w, _)| w == b) {
                     Some((_, v)) => v.push(n.clone()),
                     None => wanted.push((b.to_string(), vec![n.clone()])),
@@ -338,6 +345,15 @@ pub fn panels(
                 wanted.push((m.to_string(), names));
             }
         }
+    }
+    if wanted.is_empty() {
+        return Err(Error::Invalid {
+            name: "metric",
+            reason: format!(
+                "the logs hold only position counters ({}); name one with --metric",
+                all.join(", ")
+            ),
+        });
     }
     let mut out = Vec::new();
     for (title, names) in wanted {

@@ -223,6 +223,18 @@ fn a_log_is_parsed_with_levels_expanded_and_nulls_skipped() {
 }
 
 #[test]
+fn position_counters_are_drawn_only_when_asked_for() {
+    let text = "{\"kind\":\"log\",\"step\":0,\"objective\":3.5,\"restart\":0,\"iter\":0,\"repaired\":0}\n\
+                {\"kind\":\"log\",\"step\":1,\"objective\":2.5,\"restart\":0,\"iter\":1,\"repaired\":1}\n";
+    let runs = vec![("k".to_string(), log::parse("k.jsonl", text).unwrap())];
+    let ps = log::panels(&runs, None, XAxis::Step, false).unwrap();
+    let titles: Vec<&str> = ps.iter().map(|p| p.title.as_str()).collect();
+    assert_eq!(titles, ["objective", "repaired"]);
+    let iter = log::panels(&runs, Some(&["iter".to_string()]), XAxis::Step, false).unwrap();
+    assert_eq!(iter[0].series[0].points, [(0.0, 0.0), (1.0, 1.0)]);
+}
+
+#[test]
 fn a_malformed_log_names_its_file_and_line() {
     let cases = [
         (
