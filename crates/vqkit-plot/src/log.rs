@@ -10,7 +10,9 @@
 //! - optionally a last `{"kind":"summary",...}`.
 //!
 //! Why strict: a log that does not parse is reported with its file and 1-based line, so a
-//! truncated or hand-edited file is found at once instead of drawing a wrong curve. Keys
+//! truncated or hand-edited file is found at once instead of drawing a wrong curve. The
+//! one exception is a last line without its newline, which a run still writing its log
+//! leaves: it is passed over, so a running training can be plotted. Keys
 //! that are not numbers (a backend name, a flag) are not metrics and are passed over.
 
 use crate::{Error, Mark, Panel, Result, Series};
@@ -124,13 +126,19 @@ pub fn parse(path: &str, text: &str) -> Result<Run> {
         records: Vec::new(),
     };
     let mut summary_seen = false;
+    let n_lines = text.lines().count();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(raw).map_err(|e| err(line, format!("not JSON: {e}")))?;
+        let v: Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            // A run still writing its log: the last line, not yet ended by its newline,
+            // may be incomplete. It is left out; anything else is an error.
+            Err(_) if line == n_lines && !text.ends_with('\n') => break,
+            Err(e) => return Err(err(line, format!("not JSON: {e}"))),
+        };
         let Value::Object(obj) = v else {
             return Err(err(line, "not a JSON object".into()));
         };

@@ -223,6 +223,20 @@ fn a_log_is_parsed_with_levels_expanded_and_nulls_skipped() {
 }
 
 #[test]
+fn an_unfinished_last_line_of_a_running_log_is_passed_over() {
+    let text = format!("{LOG}{{\"kind\":\"log\",\"step\":3,\"ms");
+    let run = log::parse(
+        "a.jsonl",
+        &text.replace("{\"kind\":\"summary\",\"mse\":1.0}\n", ""),
+    )
+    .unwrap();
+    assert_eq!(run.records.len(), 2);
+    // With its newline, the same line is an error.
+    let e = log::parse("a.jsonl", "{\"kind\":\"log\",\"step\":3,\"ms\n").unwrap_err();
+    assert!(e.to_string().starts_with("a.jsonl:1: not JSON"), "{e}");
+}
+
+#[test]
 fn position_counters_are_drawn_only_when_asked_for() {
     let text = "{\"kind\":\"log\",\"step\":0,\"objective\":3.5,\"restart\":0,\"iter\":0,\"repaired\":0}\n\
                 {\"kind\":\"log\",\"step\":1,\"objective\":2.5,\"restart\":0,\"iter\":1,\"repaired\":1}\n";
