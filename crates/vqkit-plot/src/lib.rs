@@ -674,10 +674,13 @@ fn draw_panel<DB: DrawingBackend>(
                 // Many bars touch (a gap of a pixel or less would alias into stripes).
                 let fill = if xs.len() > 100 { 0.5 } else { 0.4 };
                 let half = if gap.is_finite() { fill * gap } else { 0.4 };
+                // Bars stand on 0 on a linear axis (or on the panel's bottom when the
+                // range starts above 0), on the panel's bottom on a log axis.
+                let base = if ly { y0 } else { y0.max(0.0) };
                 chart
                     .draw_series(pts.into_iter().map(|(x, y)| {
                         Rectangle::new(
-                            [(x - half, y0.max(0.0).min(y)), (x + half, y)],
+                            [(x - half, base.min(y)), (x + half, y)],
                             c.mix(0.85).filled(),
                         )
                     }))

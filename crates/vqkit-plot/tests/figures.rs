@@ -97,6 +97,17 @@ fn every_kind_of_panel_renders_in_a_grid() {
                 Mark::Dashed,
             )),
     ];
+    // Bars on a log axis stand on the panel's bottom.
+    let mut panels = panels;
+    panels.push(
+        Panel::new("log bars", "code", "count")
+            .log_y()
+            .with(Series::new(
+                "",
+                vec![(0.0, 100.0), (1.0, 10.0), (2.0, 1.0)],
+                Mark::Bars,
+            )),
+    );
     let png = Figure::grid(panels, 2, 300, 250)
         .title("grid")
         .render()
