@@ -17,7 +17,8 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Metrics to draw, comma-separated: a name draws all its levels (`perplexity`), a
-    /// level draws one (`perplexity[0]`). Default: every metric present.
+    /// level draws one (`perplexity[0]`). Default: every metric present except the
+    /// position counters (restart, iter, stage, refine_round, batch).
     #[arg(long, value_delimiter = ',')]
     metric: Vec<String>,
     /// The x axis: step, epoch or elapsed_s.
