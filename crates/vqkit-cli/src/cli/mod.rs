@@ -8,6 +8,7 @@ mod encode;
 mod info;
 mod kmeans;
 mod log;
+mod plot;
 mod rvq;
 mod vqvae;
 
@@ -60,6 +61,9 @@ enum Command {
     TrainVqvae(vqvae::TrainArgs),
     /// A PNG grid of images above their reconstructions (one row per RQ level).
     Reconstruct(vqvae::ReconstructArgs),
+    /// Curves from JSON-lines training logs (`--log FILE`): a panel per metric, several
+    /// runs on one figure.
+    Plot(plot::Args),
 }
 
 /// Options shared by every command that computes.
@@ -97,6 +101,7 @@ pub fn main() -> vqkit::Result<()> {
         Command::Decode(a) => encode::decode(a),
         Command::TrainVqvae(a) => vqvae::train(a),
         Command::Reconstruct(a) => vqvae::reconstruct(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

@@ -1,4 +1,4 @@
-//! 8-bit grayscale PNG writing (for reconstruction grids): the signature, IHDR, one IDAT
+//! 8-bit grayscale and RGB PNG writing (reconstruction grids, vqkit-plot's figures): the signature, IHDR, one IDAT
 //! of zlib-compressed scanlines (filter type 0 on every row) and IEND, each chunk with its
 //! CRC-32. flate2, already a dependency for gzipped IDX files, supplies zlib and the CRC.
 
@@ -19,20 +19,37 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 
 /// The PNG bytes of a `width x height` grayscale image, `pixels[y * width + x]`.
 pub fn encode_gray(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>> {
-    crate::backend::check_len("png pixels", pixels.len(), width * height)?;
+    encode(width, height, 1, pixels)
+}
+
+/// The PNG bytes of a `width x height` 8-bit RGB image, `pixels[3 * (y * width + x) + c]`
+/// (what a plotting library's bitmap buffer holds).
+pub fn encode_rgb(width: usize, height: usize, pixels: &[u8]) -> Result<Vec<u8>> {
+    encode(width, height, 3, pixels)
+}
+
+/// 8-bit gray (`channels` 1) or RGB (3) pixels, row by row.
+fn encode(width: usize, height: usize, channels: usize, pixels: &[u8]) -> Result<Vec<u8>> {
     if width == 0 || height == 0 || width > u32::MAX as usize || height > u32::MAX as usize {
         return Err(Error::invalid("png size", format!("{width} x {height}")));
     }
+    let stride = width
+        .checked_mul(channels)
+        .filter(|s| s.checked_mul(height).is_some())
+        .ok_or_else(|| Error::invalid("png size", format!("{width} x {height}")))?;
+    crate::backend::check_len("png pixels", pixels.len(), stride * height)?;
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = Vec::with_capacity(13);
     ihdr.extend((width as u32).to_be_bytes());
     ihdr.extend((height as u32).to_be_bytes());
-    // Bit depth 8, colour type 0 (gray), deflate, adaptive filtering, no interlace.
-    ihdr.extend([8, 0, 0, 0, 0]);
+    // Bit depth 8, colour type 0 (gray) or 2 (RGB), deflate, adaptive filtering, no
+    // interlace.
+    let colour_type = if channels == 3 { 2 } else { 0 };
+    ihdr.extend([8, colour_type, 0, 0, 0]);
     chunk(&mut out, b"IHDR", &ihdr);
     let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
-    let mut raw = Vec::with_capacity((width + 1) * height);
-    for row in pixels.chunks_exact(width) {
+    let mut raw = Vec::with_capacity((stride + 1) * height);
+    for row in pixels.chunks_exact(stride) {
         raw.push(0); // filter: none
         raw.extend_from_slice(row);
     }
