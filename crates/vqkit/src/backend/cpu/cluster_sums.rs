@@ -220,6 +220,10 @@ pub(crate) fn kmeans_update(sums: &[f32], counts: &[u32], d: usize, centroids: &
     }
 }
 
+/// One code's share of the EMA step: (its running sum, its codeword), (its batch sum, its
+/// smoothed size).
+type CodeRow<'a> = ((&'a mut [f32], &'a mut [f32]), (&'a [f32], &'a f32));
+
 /// The EMA step of [`crate::backend::EmaParams`] given this batch's counts and sums.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn ema_apply(
@@ -241,7 +245,7 @@ pub(crate) fn ema_apply(
     let total: f64 = cluster_size.iter().map(|&s| s as f64).sum();
     // One pass over each code's row: its running sum, then (if any code has weight) its
     // codeword. Rows are independent, so rows in parallel give the same bits.
-    let row = |((e, c), (b, &s)): ((&mut [f32], &mut [f32]), (&[f32], &f32))| {
+    let row = |((e, c), (b, &s)): CodeRow| {
         for (e, &b) in e.iter_mut().zip(b) {
             *e = (decay * *e as f64 + (1.0 - decay) * b as f64) as f32;
         }
