@@ -234,10 +234,85 @@ pub(crate) fn distance_argmin_blocked(
     }
     let (kernel, mr, nr) = kernel_for(isa);
     let packed = Packed::new(codebook, norms, k, d, nr)?;
-    for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-        rows_block(kernel, mr, nr, blocking, xs, &packed, idx, dist)
-    });
+    let all = 0..packed.panels;
+    // Fewer row tasks than threads to keep busy (a few hundred rows against a large
+    // codebook): the codebook is split too, into slices of whole groups.
+    let row_tasks = n.div_ceil(rows);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let groups = packed.panels.div_ceil(blocking.group);
+    let slices = if parallel {
+        (2 * threads).div_ceil(row_tasks).min(groups)
+    } else {
+        1
+    };
+    if slices <= 1 {
+        for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
+            rows_block(
+                kernel,
+                mr,
+                nr,
+                blocking,
+                xs,
+                &packed,
+                all.clone(),
+                idx,
+                dist,
+            );
+            finish(xs, d, dist);
+        });
+        return Ok(());
+    }
+    // Each slice's best per row, then the slices folded in codebook order with a strict <
+    // (a later slice holds higher indices): the bits of the unsplit walk.
+    let per = groups.div_ceil(slices) * blocking.group;
+    let parts: Vec<(Vec<u32>, Vec<f32>)> = (0..packed.panels)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|p0| {
+            let (mut pi, mut pd) = (vec![0u32; n], vec![0.0f32; n]);
+            let panels = p0..packed.panels.min(p0 + per);
+            for_each_task(parallel, rows, x, d, &mut pi, &mut pd, |xs, idx, dist| {
+                rows_block(
+                    kernel,
+                    mr,
+                    nr,
+                    blocking,
+                    xs,
+                    &packed,
+                    panels.clone(),
+                    idx,
+                    dist,
+                )
+            });
+            (pi, pd)
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    if let Some((pi, pd)) = parts.next() {
+        idx.copy_from_slice(&pi);
+        dist.copy_from_slice(&pd);
+    }
+    for (pi, pd) in parts {
+        for (((i, v), &j), &w) in idx.iter_mut().zip(dist.iter_mut()).zip(&pi).zip(&pd) {
+            if w < *v {
+                (*i, *v) = (j, w);
+            }
+        }
+    }
+    finish(x, d, dist);
     Ok(())
+}
+
+/// `dist = max(score + |x|^2, 0)` for each row of `x`.
+fn finish(x: &[f32], d: usize, dist: &mut [f32]) {
+    for (row, out) in x.chunks_exact(d).zip(dist.iter_mut()) {
+        *out = (*out + sq_norm(row)).max(0.0);
+    }
 }
 
 /// Splits the rows into fixed tasks of `rows` (independent of the thread count) and runs
@@ -317,12 +392,14 @@ thread_local! {
         const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// One task's rows. They are packed once, MR at a time, each block t-major (`xt[t * MR +
-/// r]`, zero rows past the end), so the micro-kernel broadcasts from one contiguous run per
-/// step of d whatever d is. Then, group by group of the codebook, every block runs over the
-/// group chunk by chunk of d, and its rows' best is folded into the task's running best
-/// (a later group wins only with a strictly lower score: it holds higher indices). Last,
-/// `dist = max(score + |x|^2, 0)`.
+/// One task's rows against the codebook panels in `panels`: each row's best score (without
+/// |x|^2) into `dist`, its index into `idx`. The rows are packed once, MR at a time, each
+/// block t-major (`xt[t * MR + r]`, zero rows past the end), so the micro-kernel
+/// broadcasts from one contiguous run per step of d whatever d is (or, with
+/// `blocking.direct`, whole blocks are read in place). Then, group by group of the
+/// codebook, every block runs over the group chunk by chunk of d, and its rows' best is
+/// folded into the task's running best (a later group wins only with a strictly lower
+/// score: it holds higher indices).
 #[allow(clippy::too_many_arguments)]
 fn rows_block(
     kernel: RowsKernel,
@@ -331,6 +408,7 @@ fn rows_block(
     blocking: Blocking,
     x: &[f32],
     p: &Packed,
+    panels: std::ops::Range<usize>,
     idx: &mut [u32],
     dist: &mut [f32],
 ) {
@@ -360,8 +438,8 @@ fn rows_block(
     idx.fill(0);
     let mut val = vec![0.0f32; mr];
     let mut ix = vec![0u32; mr];
-    for g0 in (0..p.panels).step_by(group) {
-        let panels = g0..p.panels.min(g0 + group);
+    for g0 in panels.clone().step_by(group) {
+        let panels = g0..panels.end.min(g0 + group);
         for b in 0..blocks {
             for t0 in (0..d).step_by(kc) {
                 let kc = kc.min(d - t0);
@@ -394,9 +472,6 @@ fn rows_block(
         }
     }
     SCRATCH.set((xt, acc));
-    for (r, out) in dist.iter_mut().enumerate() {
-        *out = (*out + sq_norm(&x[r * d..(r + 1) * d])).max(0.0);
-    }
 }
 
 /// The lowest (score, index) over lanes, lowest index on a tie. Each lane holds the lowest
