@@ -48,14 +48,27 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    fn new(codebook: &[f32], norms: &[f32], k: usize, d: usize, nr: usize) -> Result<Self> {
+    fn new(
+        parallel: bool,
+        codebook: &[f32],
+        norms: &[f32],
+        (k, d, nr): (usize, usize, usize),
+    ) -> Result<Self> {
         let panels = k.div_ceil(nr);
         let mut data = crate::resources::zeroed::<f32>("the packed codebook", panels * nr * d)?;
-        for (j, row) in codebook.chunks_exact(d).enumerate() {
-            let panel = &mut data[(j / nr) * nr * d..];
-            for (t, &v) in row.iter().enumerate() {
-                panel[t * nr + j % nr] = v;
+        // Panel by panel (a large codebook's packing, and the first touch of its pages,
+        // shared between threads when the caller runs in parallel).
+        let pack = |(p, panel): (usize, &mut [f32])| {
+            for (lane, row) in codebook[p * nr * d..].chunks_exact(d).take(nr).enumerate() {
+                for (t, &v) in row.iter().enumerate() {
+                    panel[t * nr + lane] = v;
+                }
             }
+        };
+        if parallel && panels > 1 {
+            data.par_chunks_mut(nr * d).enumerate().for_each(pack);
+        } else {
+            data.chunks_mut(nr * d).enumerate().for_each(pack);
         }
         let mut padded_norms = vec![f32::INFINITY; panels * nr];
         padded_norms[..k].copy_from_slice(norms);
@@ -233,7 +246,7 @@ pub(crate) fn distance_argmin_blocked(
         return Ok(());
     }
     let (kernel, mr, nr) = kernel_for(isa);
-    let packed = Packed::new(codebook, norms, k, d, nr)?;
+    let packed = Packed::new(parallel, codebook, norms, (k, d, nr))?;
     let all = 0..packed.panels;
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
     // codebook): the codebook is split too, into slices of whole groups.
