@@ -2,6 +2,7 @@
 """vqkit's `kmeans` (its default start) beside `faiss.Kmeans` on real vectors: same data,
 same k, iterations, threads and points per centroid; runs alternating, medians.
 
+    pip install faiss-cpu numpy safetensors
     python3 scripts/fashion_to_npy.py --out /tmp/fashion
     cargo build --release
     python3 scripts/compare_faiss_kmeans.py --data /tmp/fashion/train.npy --k 1024 4096 --reps 3
