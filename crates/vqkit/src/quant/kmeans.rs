@@ -454,11 +454,8 @@ pub(crate) fn kmeans_pp<B: Backend>(
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
     let n = x.len() / d;
-    let work = n.saturating_mul(d).saturating_mul(k);
-    if let Some(seeded) = b.run_on_host(work, |par| {
-        super::seeding::kmeans_pp_pruned(x, d, k, rng, par)
-    }) {
-        return seeded;
+    if b.run_on_host(0, |_| ()).is_some() {
+        return super::seeding::kmeans_pp_pruned(b, x, d, k, rng);
     }
     let mut centroids = Vec::with_capacity(k * d);
     let mut dmin = vec![f32::INFINITY; n];

@@ -22,6 +22,7 @@
 //! Distances are `sum (x_t - c_t)^2` in f32 over 16 lanes, the same whatever the thread
 //! count, and the points are scanned in fixed blocks, so the seeding is reproducible.
 
+use crate::backend::Backend;
 use crate::backend::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -31,13 +32,15 @@ use rayon::prelude::*;
 const BLOCK: usize = 1024;
 
 /// k-means++ seeding of `k` centres from the `n = x.len() / d` points of `x`, pruned as the
-/// module docs say; `parallel` spreads each scan over the current rayon pool.
-pub(crate) fn kmeans_pp_pruned(
+/// module docs say. Each step's scan runs in the backend's threads
+/// ([`Backend::run_on_host`]); the steps themselves, and their interruption checks, run on
+/// the calling thread, where [`crate::interrupt`]'s hook lives.
+pub(crate) fn kmeans_pp_pruned<B: Backend>(
+    b: &B,
     x: &[f32],
     d: usize,
     k: usize,
     rng: &mut Rng,
-    parallel: bool,
 ) -> Result<Vec<f32>> {
     let n = x.len() / d;
     let isa = Isa::detect();
@@ -73,16 +76,25 @@ pub(crate) fn kmeans_pp_pruned(
             first: c == 0,
             isa,
         };
-        if parallel && n > BLOCK {
-            dmin.par_chunks_mut(BLOCK)
-                .zip(owner.par_chunks_mut(BLOCK))
-                .enumerate()
-                .for_each(|(b, (dm, ow))| scan.block(b * BLOCK, dm, ow));
-        } else {
-            dmin.chunks_mut(BLOCK)
-                .zip(owner.chunks_mut(BLOCK))
-                .enumerate()
-                .for_each(|(b, (dm, ow))| scan.block(b * BLOCK, dm, ow));
+        let (dm, ow) = (&mut dmin, &mut owner);
+        let run = |parallel: bool| {
+            if parallel && n > BLOCK {
+                dm.par_chunks_mut(BLOCK)
+                    .zip(ow.par_chunks_mut(BLOCK))
+                    .enumerate()
+                    .for_each(|(i, (dm, ow))| scan.block(i * BLOCK, dm, ow));
+            } else {
+                dm.chunks_mut(BLOCK)
+                    .zip(ow.chunks_mut(BLOCK))
+                    .enumerate()
+                    .for_each(|(i, (dm, ow))| scan.block(i * BLOCK, dm, ow));
+            }
+        };
+        if b.run_on_host(n * d, run).is_none() {
+            return Err(Error::BackendUnavailable {
+                backend: "cpu",
+                reason: "the pruned seeding needs a backend whose memory is the host's".into(),
+            });
         }
         let total: f64 = dmin.iter().map(|&m| m as f64).sum();
         if !total.is_finite() {
@@ -351,9 +363,10 @@ mod tests {
                 }
             }
             let want = plain(&x, d, k, &mut Rng::new(9));
-            for parallel in [false, true] {
-                let got = kmeans_pp_pruned(&x, d, k, &mut Rng::new(9), parallel).unwrap();
-                assert_eq!(got, want, "n={n} d={d} k={k} parallel={parallel}");
+            for threads in [1, 3] {
+                let b = crate::backend::cpu::CpuBackend::new(Some(threads)).unwrap();
+                let got = kmeans_pp_pruned(&b, &x, d, k, &mut Rng::new(9)).unwrap();
+                assert_eq!(got, want, "n={n} d={d} k={k} threads={threads}");
             }
         }
     }
