@@ -130,6 +130,9 @@ def test_partial_stats_do_not_depend_on_threads(blobs):
 def test_ctrl_c_interrupts_a_long_training():
     out = run_python("""
         import os, signal, threading, time, numpy as np, vqkit
+        # A shell's background job starts with SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: put it back, whatever the test runner inherited.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         x = np.random.default_rng(0).standard_normal((200_000, 64), dtype=np.float32)
         threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
         t = time.time()
