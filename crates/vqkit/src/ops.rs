@@ -217,6 +217,11 @@ impl<'a, B: Backend> DeviceKMeans<'a, B> {
         self.shape
     }
 
+    /// The backend the points live on.
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
     /// The points on the device, for algorithms that run other kernels on them (k-means++
     /// seeding measures distances to each new centre with `distance_argmin`).
     pub fn points(&self) -> &B::Buf<f32> {
@@ -241,6 +246,28 @@ impl<'a, B: Backend> DeviceKMeans<'a, B> {
     /// One Lloyd iteration: assign, accumulate, update. Reads back `2k` numbers.
     pub fn step(&mut self) -> Result<StepReport> {
         self.assign()?;
+        self.update()
+    }
+
+    /// One Lloyd iteration from an assignment made elsewhere (codes and squared distances
+    /// of every point, as [`DeviceKMeans::assign`] would give them).
+    pub fn step_assigned(&mut self, idx: &[u32], dist: &[f32]) -> Result<StepReport> {
+        let n = self.shape.n;
+        check_len("codes", idx.len(), n)?;
+        check_len("distances", dist.len(), n)?;
+        if let Some(&bad) = idx.iter().find(|&&j| j as usize >= self.shape.k) {
+            return Err(Error::invalid(
+                "codes",
+                format!("code {bad} of a {}-centroid codebook", self.shape.k),
+            ));
+        }
+        self.idx = self.backend.upload(idx)?;
+        self.dist = self.backend.upload(dist)?;
+        self.update()
+    }
+
+    /// Accumulate and update from the current assignment.
+    fn update(&mut self) -> Result<StepReport> {
         let b = self.backend;
         let Shape { k, d, .. } = self.shape;
         b.cluster_sums(

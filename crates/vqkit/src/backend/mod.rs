@@ -237,6 +237,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The instruction set of this backend's kernels when its memory is the host's and
+    /// they are the CPU's (`Some` on the CPU backend): host algorithms that must reproduce
+    /// `distance_argmin`'s bits (exact Lloyd with bounds) compute on it. `None` elsewhere.
+    fn host_isa(&self) -> Option<cpu::Isa> {
+        None
+    }
+
     /// Norms and distance-argmin on host slices, returning `(idx, dist)`. The default
     /// uploads, runs [`Backend::codeword_norms`] and [`Backend::distance_argmin`] and
     /// downloads; a backend whose memory is the host's (the CPU) runs in place instead.

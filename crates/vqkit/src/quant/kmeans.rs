@@ -20,6 +20,7 @@
 //!   that size (FAISS's default of 256 per centroid).
 //! - Restarts: several seeded runs, keeping the centroids with the lowest final inertia.
 
+use super::bounds::Assigned;
 use super::linalg::dots;
 use super::model_io::TensorFile;
 use super::pca::Pca;
@@ -74,6 +75,16 @@ pub struct KMeansConfig {
     /// seeding time (docs/performance.md).
     #[serde(default)]
     pub seed_points_per_centroid: usize,
+    /// Lloyd steps on the CPU skip the distances that Elkan's triangle-inequality bounds
+    /// rule out (`bounds.rs`), with margins that make the result exact: the same codes and
+    /// centroids, bit for bit, as without. Other backends, small `k` and bound matrices
+    /// above 2 GiB run every distance. false: always every distance.
+    #[serde(default = "yes")]
+    pub bounds: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl KMeansConfig {
@@ -90,6 +101,7 @@ impl KMeansConfig {
             max_points_per_centroid: 256,
             progressive_dim_steps: 0,
             seed_points_per_centroid: 8,
+            bounds: true,
         }
     }
 
@@ -136,6 +148,9 @@ pub struct FitReport {
     pub repaired: usize,
     /// Seconds spent choosing the initial centroids, over all restarts (wall clock).
     pub init_seconds: f64,
+    /// The fraction of the Lloyd steps' `n x k` distances that were computed (below 1
+    /// where the bounds of [`KMeansConfig::bounds`] ruled some out).
+    pub distances_computed: f64,
 }
 
 /// A trained k-means codebook: `k` centroids of dimension `d`, row-major.
@@ -198,6 +213,7 @@ impl KMeans {
         let mut repaired_total = 0;
         let pca = (cfg.progressive_dim_steps > 0 && d > 1).then(|| Pca::fit(train, d));
         let mut init_seconds = 0.0;
+        let mut computed = 0.0;
         for restart in 0..cfg.restarts {
             let mut rng = Rng::new(sub_seed(cfg.seed, restart as u64));
             let started = std::time::Instant::now();
@@ -210,8 +226,10 @@ impl KMeans {
             };
             init_seconds += started.elapsed().as_secs_f64();
             km.set_centroids(&init)?;
-            let (hist, repaired) = lloyd(&mut km, cfg, restart, &mut rng, on_iter)?;
+            let (hist, repaired, fraction) =
+                lloyd(&mut km, train, cfg, restart, &mut rng, on_iter)?;
             repaired_total += repaired;
+            computed += fraction / cfg.restarts as f64;
             // The inertia of the final centroids, not of the last assignment before them.
             km.assign()?;
             let final_mse = km.assignment()?.mse();
@@ -230,6 +248,7 @@ impl KMeans {
                 n_train,
                 repaired: repaired_total,
                 init_seconds,
+                distances_computed: computed,
             },
         ))
     }
@@ -248,7 +267,7 @@ impl KMeans {
         let n_train = check_training(x, d, k)?;
         let mut km = DeviceKMeans::new(b, x, centroids, d)?;
         let mut rng = Rng::new(cfg.seed);
-        let (hist, repaired) = lloyd(&mut km, cfg, 0, &mut rng, on_iter)?;
+        let (hist, repaired, computed) = lloyd(&mut km, x, cfg, 0, &mut rng, on_iter)?;
         km.assign()?;
         let mse = km.assignment()?.mse();
         Ok((
@@ -263,6 +282,7 @@ impl KMeans {
                 n_train,
                 repaired,
                 init_seconds: 0.0,
+                distances_computed: computed,
             },
         ))
     }
@@ -328,7 +348,7 @@ fn progressive_init<B: Backend>(
             pad(&cur, cur_d, di)
         };
         let mut km = DeviceKMeans::new(b, &xs, &init, di)?;
-        lloyd(&mut km, cfg, restart, rng, on_iter)?;
+        lloyd(&mut km, &xs, cfg, restart, rng, on_iter)?;
         cur = km.centroids()?;
         cur_d = di;
     }
@@ -355,22 +375,54 @@ fn project_rows(p: &Pca, x: &[f32], top: usize) -> Vec<f32> {
 }
 
 /// Lloyd iterations with empty-cluster repair, stopping at a fixed point or on the
-/// relative-improvement test. Returns
-/// the inertia per point at each iteration and the number of clusters repaired.
+/// relative-improvement test, on the points `x` that `km` holds. Returns the inertia per
+/// point at each iteration, the number of clusters repaired and the fraction of the
+/// distances computed (see [`KMeansConfig::bounds`]).
 fn lloyd<B: Backend>(
     km: &mut DeviceKMeans<'_, B>,
+    x: &[f32],
     cfg: &KMeansConfig,
     restart: usize,
     rng: &mut Rng,
     on_iter: &mut dyn FnMut(&IterLog),
-) -> Result<(Vec<f64>, usize)> {
-    let Shape { n, d, .. } = km.shape();
+) -> Result<(Vec<f64>, usize, f64)> {
+    let Shape { n, k, d } = km.shape();
     let mut hist = Vec::with_capacity(cfg.iters);
     let mut repaired_total = 0;
     let mut prev_counts: Option<Vec<u32>> = None;
+    let mut bounds = if cfg.bounds {
+        super::bounds::Bounds::new(km.backend(), x, d, k)
+    } else {
+        None
+    };
+    // Distances computed over the steps, against n x k per step.
+    let mut computed = 0.0f64;
     for iter in 0..cfg.iters {
         crate::interrupt::check()?;
-        let rep = km.step()?;
+        let assigned = match bounds.as_mut() {
+            Some(bd) => match bd.assign(km.backend(), x, &km.centroids()?)? {
+                Assigned::Done {
+                    idx,
+                    dist,
+                    computed: c,
+                } => Some((idx.to_vec(), dist.to_vec(), c)),
+                Assigned::Dropped => None,
+            },
+            None => None,
+        };
+        let rep = match assigned {
+            Some((idx, dist, c)) => {
+                computed += c;
+                km.step_assigned(&idx, &dist)?
+            }
+            None => {
+                // Dropped bounds stay dropped: too many candidates once, the fused kernel
+                // is the cheaper way from here on.
+                bounds = None;
+                computed += (n * k) as f64;
+                km.step()?
+            }
+        };
         let mse = rep.inertia / n.max(1) as f64;
         let mut repaired = 0;
         if !rep.empty.is_empty() {
@@ -407,7 +459,8 @@ fn lloyd<B: Backend>(
             break;
         }
     }
-    Ok((hist, repaired_total))
+    let fraction = computed / (hist.len().max(1) * n * k) as f64;
+    Ok((hist, repaired_total, fraction))
 }
 
 /// `m` distinct rows of `x`, drawn uniformly (a partial Fisher-Yates shuffle of the indices).

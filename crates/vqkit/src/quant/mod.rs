@@ -8,6 +8,7 @@
 //! the host, and each says so where it does.
 
 pub mod avq;
+mod bounds;
 pub mod complexity;
 pub mod kmeans;
 pub mod linalg;

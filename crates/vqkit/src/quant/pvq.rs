@@ -52,6 +52,7 @@ impl PvqConfig {
             max_points_per_centroid: self.max_points_per_centroid,
             progressive_dim_steps: 0,
             seed_points_per_centroid: 8,
+            bounds: true,
         }
     }
 }

@@ -103,6 +103,7 @@ impl RvqConfig {
             max_points_per_centroid: self.max_points_per_centroid,
             progressive_dim_steps: self.progressive_dim_steps,
             seed_points_per_centroid: 8,
+            bounds: true,
         }
     }
 }

@@ -324,8 +324,155 @@ pub(crate) fn distance_argmin_blocked(
 /// `dist = max(score + |x|^2, 0)` for each row of `x`.
 fn finish(x: &[f32], d: usize, dist: &mut [f32]) {
     for (row, out) in x.chunks_exact(d).zip(dist.iter_mut()) {
-        *out = (*out + sq_norm(row)).max(0.0);
+        *out = finished(*out, sq_norm(row));
     }
+}
+
+/// A row's distance from its best score and `|x|^2` ([`sq_norm`] of the row).
+pub(crate) fn finished(score: f32, x_sq: f32) -> f32 {
+    (score + x_sq).max(0.0)
+}
+
+/// The scores `|c_j|^2 - 2 x.c_j` of one row `x` against the codewords `js`, into `out`,
+/// bit for bit as the tiled kernels of `isa` compute them (for `k > NARROW_K`): each is one
+/// chain over d from zero, of FMAs (AVX2, AVX-512) or of products and sums (portable),
+/// then `norm - 2 acc` in one rounding (`2 acc` is exact). Exact Lloyd with bounds
+/// (`quant/bounds.rs`) computes only the distances its bounds cannot rule out, and they
+/// must be the kernel's. Eight codewords at a time: eight independent chains hide the
+/// FMA latency.
+pub(crate) fn exact_scores(
+    isa: Isa,
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [f32],
+) {
+    let d = x.len();
+    for (js, out) in js.chunks(CHAINS).zip(out.chunks_mut(CHAINS)) {
+        let rows: [&[f32]; CHAINS] = std::array::from_fn(|l| {
+            let j = js[l.min(js.len() - 1)] as usize;
+            &codebook[j * d..(j + 1) * d]
+        });
+        let scores = match isa {
+            Isa::Portable => chains::<false>(x, &rows, norms, js),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` and `Isa::Avx512` exist only after runtime detection,
+            // and every CPU with either has FMA.
+            Isa::Avx2 | Isa::Avx512 => unsafe { chains_fma(x, &rows, norms, js) },
+        };
+        out.copy_from_slice(&scores[..out.len()]);
+    }
+}
+
+/// [`exact_scores`] for pairs of a row and a codeword (`x` rows of d, `pairs` of (row,
+/// codeword)): the same bits, several rows in flight at once.
+pub(crate) fn exact_pair_scores(
+    isa: Isa,
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    pairs: &[(u32, u32)],
+    out: &mut [f32],
+) {
+    let d = codebook.len() / norms.len().max(1);
+    for (pairs, out) in pairs.chunks(CHAINS).zip(out.chunks_mut(CHAINS)) {
+        let pick = |l: usize| pairs[l.min(pairs.len() - 1)];
+        let rows: [&[f32]; CHAINS] = std::array::from_fn(|l| {
+            let i = pick(l).0 as usize;
+            &x[i * d..(i + 1) * d]
+        });
+        let cws: [&[f32]; CHAINS] = std::array::from_fn(|l| {
+            let j = pick(l).1 as usize;
+            &codebook[j * d..(j + 1) * d]
+        });
+        let ns: [f32; CHAINS] = std::array::from_fn(|l| norms[pick(l).1 as usize]);
+        let scores = match isa {
+            Isa::Portable => pair_chains::<false>(&rows, &cws, &ns),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `exact_scores`.
+            Isa::Avx2 | Isa::Avx512 => unsafe { pair_chains_fma(&rows, &cws, &ns) },
+        };
+        out.copy_from_slice(&scores[..out.len()]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn pair_chains_fma(
+    rows: &[&[f32]; CHAINS],
+    cws: &[&[f32]; CHAINS],
+    norms: &[f32; CHAINS],
+) -> [f32; CHAINS] {
+    pair_chains::<true>(rows, cws, norms)
+}
+
+/// The chains of [`exact_pair_scores`]: lane `l` is row `rows[l]` against `cws[l]`.
+#[inline(always)]
+fn pair_chains<const FUSED: bool>(
+    rows: &[&[f32]; CHAINS],
+    cws: &[&[f32]; CHAINS],
+    norms: &[f32; CHAINS],
+) -> [f32; CHAINS] {
+    let d = rows[0].len();
+    let rows: [&[f32]; CHAINS] = rows.map(|r| &r[..d]);
+    let cws: [&[f32]; CHAINS] = cws.map(|c| &c[..d]);
+    let mut acc = [0.0f32; CHAINS];
+    for t in 0..d {
+        for l in 0..CHAINS {
+            acc[l] = if FUSED {
+                rows[l][t].mul_add(cws[l][t], acc[l])
+            } else {
+                acc[l] + rows[l][t] * cws[l][t]
+            };
+        }
+    }
+    std::array::from_fn(|l| {
+        if FUSED {
+            acc[l].mul_add(-2.0, norms[l])
+        } else {
+            norms[l] - 2.0 * acc[l]
+        }
+    })
+}
+
+const CHAINS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn chains_fma(x: &[f32], rows: &[&[f32]; CHAINS], norms: &[f32], js: &[u32]) -> [f32; CHAINS] {
+    chains::<true>(x, rows, norms, js)
+}
+
+/// [`exact_scores`] for up to [`CHAINS`] codewords (`rows`, padded by repeating the last).
+#[inline(always)]
+fn chains<const FUSED: bool>(
+    x: &[f32],
+    rows: &[&[f32]; CHAINS],
+    norms: &[f32],
+    js: &[u32],
+) -> [f32; CHAINS] {
+    let d = x.len();
+    let rows: [&[f32]; CHAINS] = rows.map(|r| &r[..d]);
+    let mut acc = [0.0f32; CHAINS];
+    for t in 0..d {
+        let xv = x[t];
+        for l in 0..CHAINS {
+            acc[l] = if FUSED {
+                xv.mul_add(rows[l][t], acc[l])
+            } else {
+                acc[l] + xv * rows[l][t]
+            };
+        }
+    }
+    std::array::from_fn(|l| {
+        let norm = norms[js[l.min(js.len() - 1)] as usize];
+        if FUSED {
+            acc[l].mul_add(-2.0, norm)
+        } else {
+            norm - 2.0 * acc[l]
+        }
+    })
 }
 
 /// Splits the rows into fixed tasks of `rows` (independent of the thread count) and runs
@@ -357,7 +504,7 @@ fn for_each_task(
 
 /// Up to this many codewords, a panel of NR would be mostly padding (k-means++ seeding
 /// asks for one codeword at a time): rows are streamed against each codeword instead.
-const NARROW_K: usize = 4;
+pub(crate) const NARROW_K: usize = 4;
 
 /// v0 `narrow`, for k <= NARROW_K: per row, a 16-lane dot product with each codeword; the
 /// same score, tie rule and clamp as the tiled kernels. Memory-bound, as it should be.
@@ -808,6 +955,54 @@ mod tests {
                                 assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`exact_scores`] gives the kernel's bits: the lowest (score, index) over every
+    /// codeword is the kernel's index, and its finished score the kernel's distance, on
+    /// every instruction set, with ties (repeated codewords) and d leaving remainders
+    /// against the chains and the chunks.
+    #[test]
+    fn exact_scores_are_the_kernels() {
+        let mut rng = Rng::new(3);
+        for &(n, k, d) in &[(31, 5, 1), (40, 37, 7), (25, 100, 33), (9, 70, 301)] {
+            let x = clustered(n, d, 3, 0.5, 5 + d as u64);
+            let mut c = Vec::with_capacity(k * d);
+            for _ in 0..k {
+                let i = rng.below(n);
+                c.extend(x[i * d..(i + 1) * d].iter().map(|v| v + 0.01));
+            }
+            let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+            let all: Vec<u32> = (0..k as u32).collect();
+            for isa in Isa::available() {
+                let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                let shape = Shape::new(n, k, d);
+                distance_argmin(isa, true, &x, &c, &norms, shape, &mut idx, &mut dist).unwrap();
+                for (i, row) in x.chunks_exact(d).enumerate() {
+                    let mut s = vec![0f32; k];
+                    exact_scores(isa, row, &c, &norms, &all, &mut s);
+                    let (best, j) = reduce_lanes(&s, &all);
+                    assert_eq!(j, idx[i], "{isa:?} n={n} k={k} d={d} row {i}");
+                    let got = finished(best, sq_norm(row));
+                    assert_eq!(got.to_bits(), dist[i].to_bits(), "{isa:?} row {i}");
+                    // As pairs, mixed with other rows, the same bits.
+                    let pairs: Vec<(u32, u32)> = (0..k as u32)
+                        .flat_map(|j| [(i as u32, j), (((i + j as usize) % n) as u32, j)])
+                        .collect();
+                    let mut p = vec![0f32; pairs.len()];
+                    exact_pair_scores(isa, &x, &c, &norms, &pairs, &mut p);
+                    for (v, &(_, j)) in p.iter().step_by(2).zip(pairs.iter().step_by(2)) {
+                        assert_eq!(v.to_bits(), s[j as usize].to_bits());
+                    }
+                    // Any subset, in any order, gives the same scores.
+                    let some: Vec<u32> = all.iter().rev().step_by(3).copied().collect();
+                    let mut t = vec![0f32; some.len()];
+                    exact_scores(isa, row, &c, &norms, &some, &mut t);
+                    for (&j, v) in some.iter().zip(&t) {
+                        assert_eq!(v.to_bits(), s[j as usize].to_bits());
                     }
                 }
             }

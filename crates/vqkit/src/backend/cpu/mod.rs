@@ -16,7 +16,7 @@ pub mod peak;
 pub use cache::CacheSizes;
 pub use isa::{Isa, has_avx};
 
-pub(crate) use distance_argmin::sq_norm;
+pub(crate) use distance_argmin::{NARROW_K, exact_pair_scores, exact_scores, finished, sq_norm};
 
 use super::{Backend, Element, EmaParams, Shape, check, check_len};
 use crate::error::{Error, Result};
@@ -117,6 +117,10 @@ impl Backend for CpuBackend {
 
     fn run_on_host<R: Send>(&self, work: usize, f: impl FnOnce(bool) -> R + Send) -> Option<R> {
         Some(self.run(work, f))
+    }
+
+    fn host_isa(&self) -> Option<Isa> {
+        Some(self.isa)
     }
 
     fn assign_host(
