@@ -55,6 +55,9 @@ const MAX_CANDIDATES: f64 = 0.10;
 /// The bound matrix's largest size.
 const MAX_BYTES: usize = 2 << 30;
 
+/// The points' share of a refresh GEMM per call.
+const REFRESH_BLOCK_BYTES: usize = 4 << 20;
+
 /// Rows per parallel task.
 const TASK: usize = 64;
 
@@ -280,8 +283,17 @@ impl Bounds {
             } else {
                 Parallelism::None
             };
-            let (a, c) = (MatRef::row_major(x, d), MatRef::row_major(centroids, d).t());
-            sgemm_with(isa, par, n, k, d, a, c, lower, k, false)
+            // Blocks of rows whose A operand stays in the last-level cache while the GEMM
+            // walks the centroids' column panels over it (one call on all 60,000 rows of
+            // Fashion-MNIST streams them from memory once per panel: 0.80 s against 0.52 s
+            // in blocks, k = 1024, 2 threads).
+            let rb = (REFRESH_BLOCK_BYTES / (d * std::mem::size_of::<f32>())).max(256);
+            let c = MatRef::row_major(centroids, d).t();
+            for (xb, lb) in x.chunks(rb * d).zip(lower.chunks_mut(rb * k)) {
+                let a = MatRef::row_major(xb, d);
+                sgemm_with(isa, par, xb.len() / d, k, d, a, c, lb, k, false)?;
+            }
+            Ok(())
         })
         .unwrap_or(Ok(()))?;
         let task = |t: Task| {
@@ -444,11 +456,12 @@ mod tests {
     use crate::quant::kmeans::{Init, KMeans, KMeansConfig};
     use crate::rng::{Rng, clustered};
 
-    /// The bits of a fit: centroids, per-step inertia, and the fraction computed.
+    /// The bits of a fit: centroids, per-step and final inertia, and the fraction computed.
     fn fit(b: &CpuBackend, x: &[f32], d: usize, cfg: &KMeansConfig) -> (Vec<u32>, Vec<u64>, f64) {
         let (model, rep) = KMeans::fit(b, x, d, cfg).unwrap();
         let bits = model.centroids.iter().map(|v| v.to_bits()).collect();
-        let hist = rep.history.concat().iter().map(|v| v.to_bits()).collect();
+        let mut hist: Vec<u64> = rep.history.concat().iter().map(|v| v.to_bits()).collect();
+        hist.push(rep.mse.to_bits());
         (bits, hist, rep.distances_computed)
     }
 

@@ -20,7 +20,7 @@
 //!   that size (FAISS's default of 256 per centroid).
 //! - Restarts: several seeded runs, keeping the centroids with the lowest final inertia.
 
-use super::bounds::Assigned;
+use super::bounds::{Assigned, Bounds};
 use super::linalg::dots;
 use super::model_io::TensorFile;
 use super::pca::Pca;
@@ -226,13 +226,12 @@ impl KMeans {
             };
             init_seconds += started.elapsed().as_secs_f64();
             km.set_centroids(&init)?;
-            let (hist, repaired, fraction) =
+            let (hist, repaired, fraction, bounds) =
                 lloyd(&mut km, train, cfg, restart, &mut rng, on_iter)?;
             repaired_total += repaired;
             computed += fraction / cfg.restarts as f64;
             // The inertia of the final centroids, not of the last assignment before them.
-            km.assign()?;
-            let final_mse = km.assignment()?.mse();
+            let final_mse = final_mse(&mut km, train, bounds)?;
             history.push(hist);
             if best.as_ref().is_none_or(|(m, _, _)| final_mse < *m) {
                 best = Some((final_mse, km.centroids()?, restart));
@@ -267,9 +266,8 @@ impl KMeans {
         let n_train = check_training(x, d, k)?;
         let mut km = DeviceKMeans::new(b, x, centroids, d)?;
         let mut rng = Rng::new(cfg.seed);
-        let (hist, repaired, computed) = lloyd(&mut km, x, cfg, 0, &mut rng, on_iter)?;
-        km.assign()?;
-        let mse = km.assignment()?.mse();
+        let (hist, repaired, computed, bounds) = lloyd(&mut km, x, cfg, 0, &mut rng, on_iter)?;
+        let mse = final_mse(&mut km, x, bounds)?;
         Ok((
             KMeans {
                 d,
@@ -376,8 +374,8 @@ fn project_rows(p: &Pca, x: &[f32], top: usize) -> Vec<f32> {
 
 /// Lloyd iterations with empty-cluster repair, stopping at a fixed point or on the
 /// relative-improvement test, on the points `x` that `km` holds. Returns the inertia per
-/// point at each iteration, the number of clusters repaired and the fraction of the
-/// distances computed (see [`KMeansConfig::bounds`]).
+/// point at each iteration, the number of clusters repaired, the fraction of the
+/// distances computed (see [`KMeansConfig::bounds`]) and the bounds, if they were kept.
 fn lloyd<B: Backend>(
     km: &mut DeviceKMeans<'_, B>,
     x: &[f32],
@@ -385,13 +383,13 @@ fn lloyd<B: Backend>(
     restart: usize,
     rng: &mut Rng,
     on_iter: &mut dyn FnMut(&IterLog),
-) -> Result<(Vec<f64>, usize, f64)> {
+) -> Result<(Vec<f64>, usize, f64, Option<Bounds>)> {
     let Shape { n, k, d } = km.shape();
     let mut hist = Vec::with_capacity(cfg.iters);
     let mut repaired_total = 0;
     let mut prev_counts: Option<Vec<u32>> = None;
     let mut bounds = if cfg.bounds {
-        super::bounds::Bounds::new(km.backend(), x, d, k)
+        Bounds::new(km.backend(), x, d, k)
     } else {
         None
     };
@@ -460,7 +458,27 @@ fn lloyd<B: Backend>(
         }
     }
     let fraction = computed / (hist.len().max(1) * n * k) as f64;
-    Ok((hist, repaired_total, fraction))
+    Ok((hist, repaired_total, fraction, bounds))
+}
+
+/// The inertia per point of `km`'s centroids on its points `x`: one more step of the
+/// bounds where Lloyd kept them (the same bits as the kernel's), else the kernel.
+fn final_mse<B: Backend>(
+    km: &mut DeviceKMeans<'_, B>,
+    x: &[f32],
+    bounds: Option<Bounds>,
+) -> Result<f64> {
+    if let Some(mut bd) = bounds
+        && let Assigned::Done { idx, dist, .. } = bd.assign(km.backend(), x, &km.centroids()?)?
+    {
+        let a = Assignment {
+            indices: idx.to_vec(),
+            distances: dist.to_vec(),
+        };
+        return Ok(a.mse());
+    }
+    km.assign()?;
+    Ok(km.assignment()?.mse())
 }
 
 /// `m` distinct rows of `x`, drawn uniformly (a partial Fisher-Yates shuffle of the indices).
