@@ -67,7 +67,8 @@ pub struct KMeansConfig {
     #[serde(default)]
     pub progressive_dim_steps: usize,
     /// k-means++ draws its centres from a random subset of at most
-    /// `k * seed_points_per_centroid` training points (0: from all of them). D^2 sampling is
+    /// `k * seed_points_per_centroid` training points (0: from all of them), and of at
+    /// most 32 MiB of them unless that leaves fewer than 2 per centroid. D^2 sampling is
     /// `k` sequential passes over its points, memory-bound on every backend (pruned on the
     /// CPU, see `seeding.rs`); on a representative subset it picks centres of the same
     /// quality at a fraction of the cost. The default, 8, was measured against 32 and 256
@@ -577,13 +578,23 @@ fn plus_plus<B: Backend>(
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
     let (n, k, per) = (x.len() / d, cfg.k, cfg.seed_points_per_centroid);
-    if per > 0 && n > k.saturating_mul(per) {
-        let s = subsample(x, d, k * per, rng);
+    // Past SEED_SAMPLE_BYTES, down to 2 points per centroid (a constant, not the
+    // machine's cache size: the same seed gives the same centroids everywhere).
+    let cap = (SEED_SAMPLE_BYTES / (d * std::mem::size_of::<f32>())).max(2 * k);
+    let m = k.saturating_mul(per).min(cap);
+    if per > 0 && n > m {
+        let s = subsample(x, d, m, rng);
         let sb = b.upload(&s)?;
         return kmeans_pp(b, &sb, &s, d, k, rng);
     }
     kmeans_pp(b, xb, x, d, k, rng)
 }
+
+/// The largest k-means++ sample by default, in bytes: D^2 sampling makes k passes over
+/// it, and one that no last-level cache holds makes each pass a trip to memory (at k =
+/// 4096, d = 784, eight points per centroid are 100 MB: 10 s of seeding against 2.3 s for
+/// two per centroid, for 0.4% of final inertia; docs/performance.md).
+const SEED_SAMPLE_BYTES: usize = 32 << 20;
 
 /// Relative perturbation of a split centroid (FAISS uses the same 1/1024).
 const SPLIT_EPS: f32 = 1.0 / 1024.0;
