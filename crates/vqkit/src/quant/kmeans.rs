@@ -14,6 +14,8 @@
 //!   drawn with probability `D(x)^2 / sum D^2`, `D` the distance to the nearest centre so
 //!   far), with `D` maintained by one `distance_argmin` call against the new centre; or `k`
 //!   distinct random points.
+//! - Lloyd steps on the CPU: only the distances that Elkan's triangle-inequality bounds
+//!   cannot rule out are computed, with the same result bit for bit (`bounds.rs`).
 //! - Empty clusters: split a large cluster in two (chosen with probability proportional to
 //!   `size - 1`, as FAISS does), seeded and so deterministic.
 //! - Subsampling: when `n > k * max_points_per_centroid`, train on a seeded random subset of
@@ -526,7 +528,7 @@ pub(crate) fn kmeans_pp<B: Backend>(
     rng: &mut Rng,
 ) -> Result<Vec<f32>> {
     let n = x.len() / d;
-    if b.run_on_host(0, |_| ()).is_some() {
+    if b.host_isa().is_some() {
         return super::seeding::kmeans_pp_pruned(b, x, d, k, rng);
     }
     let mut centroids = Vec::with_capacity(k * d);
