@@ -55,14 +55,21 @@ impl Packed {
         (k, d, nr): (usize, usize, usize),
     ) -> Result<Self> {
         let panels = k.div_ceil(nr);
-        let mut data = crate::resources::zeroed::<f32>("the packed codebook", panels * nr * d)?;
+        let mut data = spare_buffer(panels * nr * d)?;
         // Panel by panel (a large codebook's packing, and the first touch of its pages,
-        // shared between threads when the caller runs in parallel).
+        // shared between threads when the caller runs in parallel). Every element is
+        // written: the buffer may hold an earlier call's panels.
         let pack = |(p, panel): (usize, &mut [f32])| {
-            for (lane, row) in codebook[p * nr * d..].chunks_exact(d).take(nr).enumerate() {
+            let rows = codebook[p * nr * d..].chunks_exact(d).take(nr);
+            let used = rows.len();
+            for (lane, row) in rows.enumerate() {
                 for (t, &v) in row.iter().enumerate() {
                     panel[t * nr + lane] = v;
                 }
+            }
+            // Padding lanes (the last panel only): zeros, never chosen (norm +inf).
+            for t in 0..d {
+                panel[t * nr + used..(t + 1) * nr].fill(0.0);
             }
         };
         if parallel && panels > 1 {
@@ -78,6 +85,40 @@ impl Packed {
             panels,
             d,
         })
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        if data.len() * std::mem::size_of::<f32>() <= SPARE_MAX_BYTES
+            && let Ok(mut spare) = SPARE.lock()
+            && spare.len() < data.len()
+        {
+            *spare = data;
+        }
+    }
+}
+
+/// The largest packed codebook kept for the next call.
+const SPARE_MAX_BYTES: usize = 1 << 30;
+
+/// The last packed codebook's buffer, kept for the next call: a fresh buffer of hundreds of
+/// megabytes costs its page faults and the kernel's zeroing of every page on each call
+/// (40% of a call of 256 rows against 65,536 x 2048 codewords), where reusing one costs
+/// nothing. One buffer, at most [`SPARE_MAX_BYTES`]; concurrent calls allocate their own.
+static SPARE: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// A buffer of `len` floats whose contents are unspecified (the spare one when it is large
+/// enough), or an error if a new one does not fit.
+fn spare_buffer(len: usize) -> Result<Vec<f32>> {
+    let spare = SPARE.lock().map(|mut s| std::mem::take(&mut *s));
+    match spare {
+        Ok(mut v) if v.len() >= len => {
+            v.truncate(len);
+            Ok(v)
+        }
+        _ => crate::resources::zeroed::<f32>("the packed codebook", len),
     }
 }
 
@@ -1007,6 +1048,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A packing into a reused buffer writes every element: padding lanes are zeros
+    /// whatever the buffer held, and the argmin is that of a fresh buffer.
+    #[test]
+    fn a_reused_buffer_packs_like_a_fresh_one() {
+        let (n, k, d, nr) = (20, 37, 9, 16);
+        let x = clustered(n, d, 3, 0.5, 8);
+        let c = clustered(k, d, 3, 0.5, 9);
+        let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+        let fresh = Packed::new(false, &c, &norms, (k, d, nr))
+            .unwrap()
+            .data
+            .clone();
+        *SPARE.lock().unwrap() = vec![f32::NAN; 4 * fresh.len()];
+        let reused = Packed::new(false, &c, &norms, (k, d, nr)).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&reused.data), bits(&fresh));
+        drop(reused);
+        let run = || {
+            let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+            let shape = Shape::new(n, k, d);
+            distance_argmin(
+                Isa::Portable,
+                false,
+                &x,
+                &c,
+                &norms,
+                shape,
+                &mut idx,
+                &mut dist,
+            )
+            .unwrap();
+            (idx, bits(&dist))
+        };
+        let first = run();
+        *SPARE.lock().unwrap() = vec![f32::NAN; 1 << 16];
+        assert_eq!(run(), first);
     }
 
     #[test]
