@@ -82,6 +82,32 @@ pub fn zeroed<T: Clone + Default>(what: &'static str, len: usize) -> Result<Vec<
     filled(what, len, T::default())
 }
 
+/// `len` zero floats, or an error if they do not fit. Unlike [`zeroed`], nothing is written
+/// here: the allocator hands out memory already zeroed (for large buffers, fresh pages from
+/// the OS), so each page is faulted in and cleared by whichever thread first writes it. A
+/// buffer that parallel code fills at once is then touched once, by every thread, instead
+/// of twice with the first pass on the calling thread alone.
+pub fn zeroed_f32_lazy(what: &'static str, len: usize) -> Result<Vec<f32>> {
+    ensure(what, bytes_of::<f32>(len))?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let out_of_memory = || Error::OutOfMemory {
+        what,
+        needed: bytes_of::<f32>(len),
+        available: available_bytes(),
+    };
+    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| out_of_memory())?;
+    // SAFETY: the layout has a non-zero size (len > 0).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        return Err(out_of_memory());
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` f32s, which
+    // `Vec` frees with the same layout; all-zero bits are a valid f32 (0.0).
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// A copy of `src`, or an error if it does not fit.
 pub fn copied<T: Clone>(what: &'static str, src: &[T]) -> Result<Vec<T>> {
     let mut v = reserve(what, src.len())?;

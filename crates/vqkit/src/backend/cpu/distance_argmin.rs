@@ -118,7 +118,8 @@ fn spare_buffer(len: usize) -> Result<Vec<f32>> {
             v.truncate(len);
             Ok(v)
         }
-        _ => crate::resources::zeroed::<f32>("the packed codebook", len),
+        // Fresh pages, first touched by the (parallel) packing.
+        _ => crate::resources::zeroed_f32_lazy("the packed codebook", len),
     }
 }
 
