@@ -111,7 +111,8 @@ impl Bounds {
         if k < 64 || k <= NARROW_K || !(16..1 << 22).contains(&d) || bytes > MAX_BYTES {
             return None;
         }
-        let lower = crate::resources::zeroed::<f32>("the k-means bounds", n * k).ok()?;
+        // Written whole by the first refresh's GEMM, which first-touches its pages.
+        let lower = crate::resources::zeroed_f32_lazy("the k-means bounds", n * k).ok()?;
         let x_sq: Vec<f32> = x.chunks_exact(d).map(sq_norm).collect();
         let x_norm = x
             .chunks_exact(d)
