@@ -332,9 +332,9 @@ impl Bounds {
         Ok(())
     }
 
-    /// Runs `task` on every block of [`TASK`] rows in the backend's threads and sums what
-    /// the tasks return (`None` if the backend is not the host's). `x` may be empty when
-    /// the task does not read the points.
+    /// Runs `task` on every block of [`TASK`] rows (of `x` and of the per-point state) in
+    /// the backend's threads and sums what the tasks return (`None` if the backend is not
+    /// the host's).
     fn for_tasks<B: Backend>(
         &mut self,
         b: &B,
@@ -343,10 +343,7 @@ impl Bounds {
     ) -> Option<usize> {
         let (k, d) = (self.k, self.d);
         let n = self.idx.len();
-        let xs = |i: usize| {
-            x.get(i * TASK * d..((i + 1) * TASK * d).min(x.len()))
-                .unwrap_or(&[])
-        };
+        let xs = |i: usize| &x[i * TASK * d..((i + 1) * TASK * d).min(x.len())];
         let (lower, idx, dist, pending) = (
             &mut self.lower,
             &mut self.idx,
