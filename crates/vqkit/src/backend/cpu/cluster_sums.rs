@@ -30,13 +30,6 @@ pub(crate) fn counts(idx: &[u32], k: usize) -> Vec<u32> {
 }
 
 /// `sums[j] = sum_{idx[i] = j} x_i`, accumulated in f64 in row order.
-///
-/// Tasks are (code range, column slice) pairs. Column slices split d between threads. Code
-/// ranges keep each task's f64 accumulators (`codes x width x 8` bytes) within four times
-/// L2:
-/// with one range every task streams all of x; with several, the rows are first bucketed
-/// by range (a counting sort of row numbers, which keeps row order inside a bucket), and a
-/// task reads only its bucket's rows. Either way each code takes its rows in row order.
 pub(crate) fn sums(
     isa: super::Isa,
     parallel: bool,
@@ -46,17 +39,7 @@ pub(crate) fn sums(
     d: usize,
     sums: &mut [f32],
 ) {
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let width = d.div_ceil(threads.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
-    // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed
-    // over (k = 4096, d = 128: bucketing there cost twice the time); beyond that, ranges.
-    let l2 = super::CacheSizes::detect().l2;
-    let range = (4 * l2 / (width.min(d) * 8)).clamp(1, k.max(1));
-    sums_in(isa, parallel, x, idx, (k, d), (width, range), sums)
+    sums_in(isa, parallel, x, idx, (k, d), split(parallel, k, d), sums)
 }
 
 /// [`sums`] with its column slices `width` wide and its code ranges `range` long (any
@@ -67,48 +50,129 @@ fn sums_in(
     x: &[f32],
     idx: &[u32],
     (k, d): (usize, usize),
-    (width, range): (usize, usize),
+    split: (usize, usize),
     sums: &mut [f32],
+) {
+    assert_eq!(sums.len(), k * d, "sums: k x d");
+    let out = Out(sums.as_mut_ptr());
+    reduce(isa, parallel, x, idx, (k, d), split, &|b, acc| {
+        for (j, a) in (b.c0..b.c1).zip(acc.chunks_exact(b.w)) {
+            // SAFETY: see `Out`; (j, t0..t0 + w) lies inside the k x d `sums`.
+            let o = unsafe { out.row(j * d + b.t0, b.w) };
+            for (o, &v) in o.iter_mut().zip(a) {
+                *o = v as f32;
+            }
+        }
+    });
+}
+
+/// The tasks' split of a reduction: (column slice width, code range length).
+///
+/// Column slices split d between threads. Code ranges keep each task's f64 accumulators
+/// (`codes x width x 8` bytes) within four times L2: with one range every task streams all
+/// of x; with several, the rows are first bucketed by range (a counting sort of row
+/// numbers, which keeps row order inside a bucket), and a task reads only its bucket's
+/// rows. Either way each code takes its rows in row order.
+fn split(parallel: bool, k: usize, d: usize) -> (usize, usize) {
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let width = d.div_ceil(threads.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
+    // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed
+    // over (k = 4096, d = 128: bucketing there cost twice the time); beyond that, ranges.
+    let l2 = super::CacheSizes::detect().l2;
+    let range = (4 * l2 / (width.min(d) * 8)).clamp(1, k.max(1));
+    (width, range)
+}
+
+/// One task's block of the k x d result: codes `c0..c1`, columns `t0..t0 + w`.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    c0: usize,
+    c1: usize,
+    t0: usize,
+    w: usize,
+}
+
+/// An output's base pointer, shared by the tasks of one reduction; each writes only its own
+/// [`Block`], and the blocks of a reduction are disjoint.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint blocks (distinct code ranges or column slices), and the
+// caller's `&mut [f32]` is held for the whole reduction.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The `len` floats from `at`.
+    ///
+    /// # Safety
+    /// `at + len` is within the output, and no other live reference overlaps the range.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+thread_local! {
+    /// Each thread's f64 accumulators, kept between tasks and calls: fresh ones (megabytes
+    /// at k = 4096, d = 128) would be faulted in and cleared page by page on every call.
+    static ACC: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Accumulators above this size are freed after use rather than kept by the thread.
+const ACC_KEEP_BYTES: usize = 16 << 20;
+
+/// The per-code sums of x in f64, row order, split into `(width, range)` tasks (any split
+/// gives the same bits); each task hands its finished block's accumulators (codes x w) to
+/// `finish`, which writes its block of the outputs.
+fn reduce(
+    isa: super::Isa,
+    parallel: bool,
+    x: &[f32],
+    idx: &[u32],
+    (k, d): (usize, usize),
+    (width, range): (usize, usize),
+    finish: &(dyn Fn(Block, &[f64]) + Sync),
 ) {
     let buckets = (range < k).then(|| bucket_rows(idx, range, k.div_ceil(range)));
     let mut tasks = Vec::new();
     for c0 in (0..k).step_by(range) {
         for t0 in (0..d).step_by(width) {
-            tasks.push((c0, c0 + range.min(k - c0), t0, width.min(d - t0)));
+            let (c1, w) = (c0 + range.min(k - c0), width.min(d - t0));
+            tasks.push(Block { c0, c1, t0, w });
         }
     }
-    let task = |&(c0, c1, t0, w): &(usize, usize, usize, usize)| {
-        let mut acc = vec![0.0f64; (c1 - c0) * w];
+    let task = |&b: &Block| {
+        let mut acc = ACC.take();
+        acc.clear();
+        acc.resize((b.c1 - b.c0) * b.w, 0.0);
         let rows = buckets.as_ref().map(|(start, rows)| {
-            let b = c0 / range;
-            &rows[start[b]..start[b + 1]]
+            let g = b.c0 / range;
+            &rows[start[g]..start[g + 1]]
         });
         let job = Accumulate {
             x,
             idx,
             d,
-            t0,
-            w,
-            c0,
+            t0: b.t0,
+            w: b.w,
+            c0: b.c0,
             rows,
         };
         job.run(isa, &mut acc);
-        acc
-    };
-    let parts: Vec<Vec<f64>> = if parallel && tasks.len() > 1 {
-        tasks.par_iter().map(task).collect()
-    } else {
-        tasks.iter().map(task).collect()
-    };
-    for (&(c0, c1, t0, w), acc) in tasks.iter().zip(parts) {
-        for (out, a) in sums[c0 * d..c1 * d]
-            .chunks_exact_mut(d)
-            .zip(acc.chunks_exact(w))
-        {
-            for (o, &v) in out[t0..t0 + w].iter_mut().zip(a) {
-                *o = v as f32;
-            }
+        finish(b, &acc);
+        if acc.capacity() * 8 <= ACC_KEEP_BYTES {
+            ACC.set(acc);
         }
+    };
+    if parallel && tasks.len() > 1 {
+        tasks.par_iter().for_each(task);
+    } else {
+        tasks.iter().for_each(task);
     }
 }
 
@@ -223,56 +287,80 @@ pub(crate) fn kmeans_update(sums: &[f32], counts: &[u32], d: usize, centroids: &
     }
 }
 
-/// One code's share of the EMA step: (its running sum, its codeword), (its batch sum, its
-/// smoothed size).
-type CodeRow<'a> = ((&'a mut [f32], &'a mut [f32]), (&'a [f32], &'a f32));
-
-/// The EMA step of [`crate::backend::EmaParams`] given this batch's counts and sums.
+/// The EMA step of [`crate::backend::EmaParams`] on the batch `x` with codes `idx`: the
+/// smoothed sizes, then each code's running sum and codeword from its batch sum.
+///
+/// The batch sums are never stored: each task of the reduction applies the step to its own
+/// block of `embed_sum` and `codebook` as soon as its accumulators are complete (rounding
+/// them to f32 first, as a stored batch sum would be), so the step is one pass over x and
+/// one over the k x d state, with no k x d buffer allocated per call.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn ema_apply(
+pub(crate) fn ema(
+    isa: super::Isa,
     parallel: bool,
-    decay: f32,
-    eps: f32,
-    counts: &[u32],
-    batch_sums: &[f32],
-    d: usize,
+    (decay, eps): (f32, f32),
+    x: &[f32],
+    idx: &[u32],
+    (k, d): (usize, usize),
     cluster_size: &mut [f32],
     embed_sum: &mut [f32],
     codebook: &mut [f32],
 ) {
+    let split = split(parallel, k, d);
+    let state = (cluster_size, embed_sum, codebook);
+    ema_in(isa, parallel, (decay, eps), x, idx, (k, d), split, state)
+}
+
+/// The EMA state's three buffers: smoothed sizes (k), running sums and codebook (k x d).
+type EmaState<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
+/// [`ema`] with the reduction split into `split` tasks (any split gives the same bits).
+#[allow(clippy::too_many_arguments)]
+fn ema_in(
+    isa: super::Isa,
+    parallel: bool,
+    (decay, eps): (f32, f32),
+    x: &[f32],
+    idx: &[u32],
+    (k, d): (usize, usize),
+    split: (usize, usize),
+    (cluster_size, embed_sum, codebook): EmaState,
+) {
+    assert!(
+        cluster_size.len() == k && embed_sum.len() == k * d && codebook.len() == k * d,
+        "EMA state: k, k x d, k x d"
+    );
     let (decay, eps) = (decay as f64, eps as f64);
-    let k = counts.len();
-    for (s, &c) in cluster_size.iter_mut().zip(counts) {
+    for (s, &c) in cluster_size.iter_mut().zip(&counts(idx, k)) {
         *s = (decay * *s as f64 + (1.0 - decay) * c as f64) as f32;
     }
     let total: f64 = cluster_size.iter().map(|&s| s as f64).sum();
-    // One pass over each code's row: its running sum, then (if any code has weight) its
-    // codeword. Rows are independent, so rows in parallel give the same bits.
-    let row = |((e, c), (b, &s)): CodeRow| {
-        for (e, &b) in e.iter_mut().zip(b) {
-            *e = (decay * *e as f64 + (1.0 - decay) * b as f64) as f32;
-        }
-        if total > 0.0 {
-            let smoothed = (s as f64 + eps) / (total + k as f64 * eps) * total;
-            let inv = 1.0 / smoothed;
-            for (c, &e) in c.iter_mut().zip(e.iter()) {
-                *c = (e as f64 * inv) as f32;
+    // Each code's 1 / (Laplace-smoothed size); none while no code has weight, when the
+    // codebook is left as it is.
+    let inv: Vec<f64> = if total > 0.0 {
+        let smoothed = |s: f32| (s as f64 + eps) / (total + k as f64 * eps) * total;
+        cluster_size.iter().map(|&s| 1.0 / smoothed(s)).collect()
+    } else {
+        Vec::new()
+    };
+    let (es, cb) = (Out(embed_sum.as_mut_ptr()), Out(codebook.as_mut_ptr()));
+    reduce(isa, parallel, x, idx, (k, d), split, &|b, acc| {
+        for (j, a) in (b.c0..b.c1).zip(acc.chunks_exact(b.w)) {
+            // SAFETY: see `Out`; (j, t0..t0 + w) lies inside the k x d state.
+            let e = unsafe { es.row(j * d + b.t0, b.w) };
+            for (e, &v) in e.iter_mut().zip(a) {
+                let batch = v as f32 as f64;
+                *e = (decay * *e as f64 + (1.0 - decay) * batch) as f32;
+            }
+            if let Some(&inv) = inv.get(j) {
+                // SAFETY: as above.
+                let c = unsafe { cb.row(j * d + b.t0, b.w) };
+                for (c, &e) in c.iter_mut().zip(e.iter()) {
+                    *c = (e as f64 * inv) as f32;
+                }
             }
         }
-    };
-    if parallel && k * d >= 1 << 16 {
-        embed_sum
-            .par_chunks_mut(d)
-            .zip(codebook.par_chunks_mut(d))
-            .zip(batch_sums.par_chunks(d).zip(cluster_size.par_iter()))
-            .for_each(row);
-    } else {
-        embed_sum
-            .chunks_mut(d)
-            .zip(codebook.chunks_mut(d))
-            .zip(batch_sums.chunks(d).zip(cluster_size.iter()))
-            .for_each(row);
-    }
+    });
 }
 
 #[cfg(test)]
@@ -281,31 +369,109 @@ mod tests {
     use crate::backend::cpu::Isa;
     use crate::rng::Rng;
 
-    /// Every column width and code range, on every instruction set, in parallel or not,
-    /// gives the bits of a plain f64 sum in row order; codes out of range are skipped.
-    #[test]
-    fn sums_match_row_order_f64_for_every_split() {
+    /// (n, k, d, x, idx).
+    type Case = (usize, usize, usize, Vec<f32>, Vec<u32>);
+
+    /// Shapes with every remainder of a 16-column slice, random codes (one out of range).
+    fn cases() -> Vec<Case> {
         let mut rng = Rng::new(3);
+        let mut v = Vec::new();
         for &(n, k, d) in &[(200, 7, 5), (300, 50, 40), (64, 130, 17)] {
             let x = rng.normal_vec(n * d);
             let mut idx: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
             idx[0] = k as u32 + 5; // out of range: skipped
-            let mut want = vec![0.0f64; k * d];
-            for (row, &j) in x.chunks_exact(d).zip(&idx) {
-                if let Some(w) = want.get_mut(j as usize * d..(j as usize + 1) * d) {
-                    w.iter_mut().zip(row).for_each(|(w, &v)| *w += v as f64);
+            v.push((n, k, d, x, idx));
+        }
+        v
+    }
+
+    /// Every (column width, code range) split of k x d, in parallel or not, on every ISA.
+    fn splits(k: usize, d: usize) -> impl Iterator<Item = (Isa, (usize, usize), bool)> {
+        Isa::available().into_iter().flat_map(move |isa| {
+            [16, 32, d.div_ceil(16) * 16]
+                .into_iter()
+                .flat_map(move |w| {
+                    [1, 3, k.div_ceil(2), k]
+                        .into_iter()
+                        .flat_map(move |r| [false, true].map(|p| (isa, (w, r), p)))
+                })
+        })
+    }
+
+    /// The per-code sums in f64, row order, rounded to f32: the reference for both tests.
+    fn row_order_sums(x: &[f32], idx: &[u32], k: usize, d: usize) -> Vec<f32> {
+        let mut want = vec![0.0f64; k * d];
+        for (row, &j) in x.chunks_exact(d).zip(idx) {
+            if let Some(w) = want.get_mut(j as usize * d..(j as usize + 1) * d) {
+                w.iter_mut().zip(row).for_each(|(w, &v)| *w += v as f64);
+            }
+        }
+        want.iter().map(|&v| v as f32).collect()
+    }
+
+    /// Every column width and code range, on every instruction set, in parallel or not,
+    /// gives the bits of a plain f64 sum in row order; codes out of range are skipped.
+    #[test]
+    fn sums_match_row_order_f64_for_every_split() {
+        for (n, k, d, x, idx) in cases() {
+            let want = row_order_sums(&x, &idx, k, d);
+            for (isa, split, parallel) in splits(k, d) {
+                let mut got = vec![f32::NAN; k * d];
+                sums_in(isa, parallel, &x, &idx, (k, d), split, &mut got);
+                assert_eq!(got, want, "{isa:?} n={n} k={k} d={d} split={split:?}");
+            }
+        }
+    }
+
+    /// Owned EMA state: sizes, running sums, codebook.
+    type State = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+    /// The EMA step written out plainly: sizes, then the stored batch sums folded into the
+    /// running sums, then the codewords (left alone while no code has weight).
+    fn plain_ema(
+        (decay, eps): (f64, f64),
+        x: &[f32],
+        idx: &[u32],
+        (k, d): (usize, usize),
+        (mut size, mut esum, mut code): State,
+    ) -> State {
+        let batch = row_order_sums(x, idx, k, d);
+        for (s, &c) in size.iter_mut().zip(&counts(idx, k)) {
+            *s = (decay * *s as f64 + (1.0 - decay) * c as f64) as f32;
+        }
+        let total: f64 = size.iter().map(|&s| s as f64).sum();
+        for (j, &s) in size.iter().enumerate() {
+            let smoothed = (s as f64 + eps) / (total + k as f64 * eps) * total;
+            for t in j * d..(j + 1) * d {
+                esum[t] = (decay * esum[t] as f64 + (1.0 - decay) * batch[t] as f64) as f32;
+                if total > 0.0 {
+                    code[t] = (esum[t] as f64 * (1.0 / smoothed)) as f32;
                 }
             }
-            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-            for isa in Isa::available() {
-                for width in [16, 32, d.div_ceil(16) * 16] {
-                    for range in [1, 3, k.div_ceil(2), k] {
-                        for parallel in [false, true] {
-                            let mut got = vec![0.0f32; k * d];
-                            sums_in(isa, parallel, &x, &idx, (k, d), (width, range), &mut got);
-                            assert_eq!(got, want, "{isa:?} n={n} k={k} d={d} w={width} r={range}");
-                        }
-                    }
+        }
+        (size, esum, code)
+    }
+
+    /// The fused EMA step gives the plain step's bits for every split, with weight and
+    /// with none anywhere (every code out of range, all sizes zero).
+    #[test]
+    fn fused_ema_matches_the_plain_step_for_every_split() {
+        let (decay, eps) = (0.9f32, 1e-5f32);
+        for (n, k, d, x, idx) in cases() {
+            let mut rng = Rng::new(n as u64);
+            let (esum, code) = (rng.normal_vec(k * d), rng.normal_vec(k * d));
+            let weighted = (idx, (0..k).map(|j| (j % 3) as f32).collect::<Vec<_>>());
+            let weightless = (vec![k as u32; n], vec![0.0f32; k]);
+            for (idx, size) in [weighted, weightless] {
+                let start = (size, esum.clone(), code.clone());
+                let params = (decay as f64, eps as f64);
+                let want = plain_ema(params, &x, &idx, (k, d), start.clone());
+                for (isa, split, parallel) in splits(k, d) {
+                    let mut got = start.clone();
+                    let state = (&mut got.0[..], &mut got.1[..], &mut got.2[..]);
+                    ema_in(isa, parallel, (decay, eps), &x, &idx, (k, d), split, state);
+                    let at = format!("{isa:?} n={n} k={k} d={d} {split:?} weight={}", start.0[1]);
+                    assert_eq!(got, want, "{at}");
                 }
             }
         }

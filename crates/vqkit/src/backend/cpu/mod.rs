@@ -245,17 +245,14 @@ impl Backend for CpuBackend {
             codebook.len(),
         )?;
         let Shape { n, k, d } = shape;
-        let mut batch = crate::resources::zeroed::<f32>("the batch's code sums", k * d)?;
-        let counts = cluster_sums::counts(idx, k);
         self.run(n * d + k * d, |par| {
-            cluster_sums::sums(self.isa, par, x, idx, k, d, &mut batch);
-            cluster_sums::ema_apply(
+            cluster_sums::ema(
+                self.isa,
                 par,
-                params.decay,
-                params.eps,
-                &counts,
-                &batch,
-                d,
+                (params.decay, params.eps),
+                x,
+                idx,
+                (k, d),
                 cluster_size,
                 embed_sum,
                 codebook,
