@@ -88,6 +88,20 @@ impl CpuBackend {
     }
 }
 
+/// `norms[j] = |codebook_j|^2` ([`sq_norm`]) for the rows of `codebook`, in parallel or not
+/// (the same bits).
+fn sq_norms(parallel: bool, codebook: &[f32], d: usize, norms: &mut [f32]) {
+    let one = |(o, c): (&mut f32, &[f32])| *o = sq_norm(c);
+    if parallel {
+        norms
+            .par_iter_mut()
+            .zip(codebook.par_chunks(d))
+            .for_each(one);
+    } else {
+        norms.iter_mut().zip(codebook.chunks(d)).for_each(one);
+    }
+}
+
 impl Backend for CpuBackend {
     type Buf<T: Element> = Vec<T>;
 
@@ -134,10 +148,13 @@ impl Backend for CpuBackend {
         let Shape { n, k, d } = shape;
         check_len("x", x.len(), n * d)?;
         check_len("codebook", codebook.len(), k * d)?;
-        let norms: Vec<f32> = codebook.chunks_exact(d).map(sq_norm).collect();
+        let mut norms = crate::resources::zeroed::<f32>("the codeword norms", k)?;
         let mut idx = crate::resources::zeroed::<u32>("the codes", n)?;
         let mut dist = crate::resources::zeroed::<f32>("the distances", n)?;
         self.run(n * k * d, |par| {
+            // A large codebook's norms are a pass over it as long as its packing: shared
+            // between the threads too.
+            sq_norms(par, codebook, d, &mut norms);
             distance_argmin::distance_argmin(
                 self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
             )
@@ -153,17 +170,7 @@ impl Backend for CpuBackend {
         norms: &mut Vec<f32>,
     ) -> Result<()> {
         check::norms(k, d, codebook.len(), norms.len())?;
-        self.run(k * d, |par| {
-            let one = |(o, c): (&mut f32, &[f32])| *o = sq_norm(c);
-            if par {
-                norms
-                    .par_iter_mut()
-                    .zip(codebook.par_chunks(d))
-                    .for_each(one);
-            } else {
-                norms.iter_mut().zip(codebook.chunks(d)).for_each(one);
-            }
-        });
+        self.run(k * d, |par| sq_norms(par, codebook, d, norms));
         Ok(())
     }
 
