@@ -201,6 +201,14 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<u32
     (start, rows)
 }
 
+/// Rows ahead of the one being added whose slice of x is prefetched into L2. A task reads
+/// only its slice of each row (a few lines, then a stride), or, from a bucket, rows in
+/// scattered order: patterns the hardware prefetchers follow late or not at all. At
+/// n = 100,000, 2 threads (`vqkit bench --op ema`, 5 alternating runs, medians), d = 128
+/// and k = 256, 1024, 4096 went from 6.4, 6.7, 6.0 ms to 4.5, 4.9, 5.1 ms, and d = 512,
+/// k = 1024 from 29.7 to 21.9 ms.
+const AHEAD_ROWS: usize = 8;
+
 /// One task of [`sums`]: columns `t0..t0 + w` of the rows whose code is in `c0..c0 + codes`
 /// (all rows, or the bucket `rows`), added into `acc` (codes x w, f64).
 struct Accumulate<'a> {
@@ -255,9 +263,27 @@ impl Accumulate<'_> {
                 }
             }
         };
+        // The slice of the row AHEAD_ROWS rows on is prefetched: see [`AHEAD_ROWS`].
+        let prefetch = |i: usize| {
+            if let Some(ahead) = self.x.get(i * d + t0..i * d + t0 + w) {
+                super::distance_argmin::prefetch_l2(ahead);
+            }
+        };
         match self.rows {
-            Some(rows) => rows.iter().for_each(|&i| add(i as usize)),
-            None => (0..self.idx.len()).for_each(add),
+            Some(rows) => {
+                for (p, &i) in rows.iter().enumerate() {
+                    if let Some(&ahead) = rows.get(p + AHEAD_ROWS) {
+                        prefetch(ahead as usize);
+                    }
+                    add(i as usize);
+                }
+            }
+            None => {
+                for i in 0..self.idx.len() {
+                    prefetch(i + AHEAD_ROWS);
+                    add(i);
+                }
+            }
         }
     }
 }

@@ -701,7 +701,7 @@ const PREFETCH_MAX_D: usize = 512;
 /// is read a few floats from each of MR rows at a time: to the hardware prefetchers that
 /// is MR short streams, and they do not run ahead of them.
 #[inline]
-fn prefetch_l2(v: &[f32]) {
+pub(crate) fn prefetch_l2(v: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in v.chunks(16) {
         use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
