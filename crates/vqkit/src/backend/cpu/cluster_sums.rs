@@ -320,25 +320,21 @@ pub(crate) fn kmeans_update(sums: &[f32], counts: &[u32], d: usize, centroids: &
 /// block of `embed_sum` and `codebook` as soon as its accumulators are complete (rounding
 /// them to f32 first, as a stored batch sum would be), so the step is one pass over x and
 /// one over the k x d state, with no k x d buffer allocated per call.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn ema(
     isa: super::Isa,
     parallel: bool,
-    (decay, eps): (f32, f32),
+    params: (f32, f32),
     x: &[f32],
     idx: &[u32],
     (k, d): (usize, usize),
-    cluster_size: &mut [f32],
-    embed_sum: &mut [f32],
-    codebook: &mut [f32],
+    state: EmaState,
 ) {
     let split = split(parallel, k, d);
-    let state = (cluster_size, embed_sum, codebook);
-    ema_in(isa, parallel, (decay, eps), x, idx, (k, d), split, state)
+    ema_in(isa, parallel, params, x, idx, (k, d), split, state)
 }
 
 /// The EMA state's three buffers: smoothed sizes (k), running sums and codebook (k x d).
-type EmaState<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+pub(crate) type EmaState<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
 
 /// [`ema`] with the reduction split into `split` tasks (any split gives the same bits).
 #[allow(clippy::too_many_arguments)]

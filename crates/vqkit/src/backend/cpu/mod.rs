@@ -260,9 +260,7 @@ impl Backend for CpuBackend {
                 x,
                 idx,
                 (k, d),
-                cluster_size,
-                embed_sum,
-                codebook,
+                (cluster_size, embed_sum, codebook),
             );
         });
         Ok(())
