@@ -29,6 +29,11 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
+//! - v4 `scan` (AVX-512), for d <= 8 against 4096 codewords or more, where v3's epilogue
+//!   (compares and blends to carry each lane's index) costs more than its 2 d FMAs: each
+//!   panel's scores only lower per-lane minima, the block of panels where each lane last
+//!   fell is noted once per block, and the one block holding a row's minimum is computed
+//!   again at the end for its index. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -172,9 +177,11 @@ pub(crate) struct Step<'a> {
 /// A micro-kernel: see [`Step`].
 type RowsKernel = fn(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]);
 
-fn kernel_for(isa: Isa) -> (RowsKernel, usize, usize) {
+fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
     match isa {
         Isa::Portable => (rows_portable, PORTABLE_MR, PORTABLE_NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if scan => (x86::scan_avx512_entry, x86::SCAN512_MR, x86::AVX512_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (x86::rows_avx2_entry, x86::AVX2_MR, x86::AVX2_NR),
         #[cfg(target_arch = "x86_64")]
@@ -209,6 +216,9 @@ pub(crate) struct Blocking {
     /// Whole blocks of MR rows are read in place rather than packed: for codebooks of at
     /// most two panels, where packing a row would cost about as much as its products.
     pub direct: bool,
+    /// Short rows against many panels: the scan kernels (minima only, the index found
+    /// afterwards) rather than the tiled ones. Only where d is one chunk (`kc >= d`).
+    pub scan: bool,
 }
 
 impl Blocking {
@@ -233,8 +243,26 @@ impl Blocking {
             group,
             rows,
             direct,
+            scan: false,
         }
     }
+}
+
+/// Rows at most this wide go to the scan kernels (see `x86::scan_avx512`). Against the
+/// tiled kernel, `vqkit bench --op assign --threads 2` (2 or 3 alternating runs): d = 2,
+/// k = 4096 22 -> 15.5 ms, k = 65,536 256 -> 150 ms; d = 4, k = 4096 30 -> 25 ms; d = 8,
+/// k = 4096 to 262,144 the same to 5% faster; d = 16, k = 4096 5% slower.
+const SCAN_MAX_D: usize = 8;
+
+/// Codebooks of at least this many codewords go to the scan kernels: below, the work
+/// each call repeats per row (the reduction, one block computed again) weighs too much
+/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel; k = 1024: the same at
+/// d = 2, up to 1.3x slower at d = 4 and 8).
+const SCAN_MIN_K: usize = 4096;
+
+/// Whether the scan kernels serve a shape on `isa` (rather than the tiled ones).
+fn scan_wins(isa: Isa, d: usize, k: usize) -> bool {
+    cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
 /// The CPU distance-argmin. Shapes are checked by the caller.
@@ -257,14 +285,18 @@ pub(crate) fn distance_argmin(
     } else {
         isa
     };
-    let (_, mr, nr) = kernel_for(isa);
-    let blocking = Blocking::for_shape(
-        super::CacheSizes::detect(),
-        mr,
-        nr,
-        shape.d,
-        shape.k.div_ceil(nr),
-    );
+    let scan = scan_wins(isa, shape.d, shape.k);
+    let (_, mr, nr) = kernel_for(isa, scan);
+    let blocking = Blocking {
+        scan,
+        ..Blocking::for_shape(
+            super::CacheSizes::detect(),
+            mr,
+            nr,
+            shape.d,
+            shape.k.div_ceil(nr),
+        )
+    };
     distance_argmin_blocked(
         isa, blocking, parallel, x, codebook, norms, shape, idx, dist,
     )
@@ -297,7 +329,7 @@ pub(crate) fn distance_argmin_blocked(
         });
         return Ok(());
     }
-    let (kernel, mr, nr) = kernel_for(isa);
+    let (kernel, mr, nr) = kernel_for(isa, blocking.scan && blocking.kc >= d);
     let packed = Packed::new(parallel, codebook, norms, (k, d, nr))?;
     let all = 0..packed.panels;
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
@@ -739,6 +771,13 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
     }
 }
 
+/// Panels per block of the scan kernels for a range of `panels`: each block costs one
+/// compare and two blends per row, and the block holding a row's minimum is computed twice,
+/// so about the square root of the range balances the two.
+fn scan_block(panels: usize) -> usize {
+    ((panels as f64 / 2.0).sqrt() as usize).max(1)
+}
+
 /// The lowest (score, index) over lanes, lowest index on a tie. Each lane holds the lowest
 /// index reaching its own minimum, since panels are visited in order with a strict `<`.
 fn reduce_lanes(vals: &[f32], idxs: &[u32]) -> (f32, u32) {
@@ -807,7 +846,7 @@ fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Step, reduce_lanes};
+    use super::{Step, reduce_lanes, scan_block};
 
     use std::arch::x86_64::*;
 
@@ -930,6 +969,144 @@ mod x86 {
         ))
     }
 
+    /// Rows per scan tile with AVX-512: per row two accumulators, the block's minima, the
+    /// running minima and their blocks (5 zmm), with room for the codeword vectors.
+    pub(super) const SCAN512_MR: usize = 4;
+
+    pub(super) fn scan_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        check(s, acc, val, idx, SCAN512_MR, AVX512_NR);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
+        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
+        // `check` bounds every pointer offset the kernel takes, and d is one chunk.
+        unsafe {
+            match s.p.d {
+                1 => scan_avx512::<1>(s, val, idx),
+                2 => scan_avx512::<2>(s, val, idx),
+                3 => scan_avx512::<3>(s, val, idx),
+                4 => scan_avx512::<4>(s, val, idx),
+                8 => scan_avx512::<8>(s, val, idx),
+                _ => scan_avx512::<0>(s, val, idx),
+            }
+        }
+    }
+
+    /// v4 `scan`: 4 rows x 32 codewords per tile, for short rows against many panels.
+    /// Where d is small the tiled kernel's epilogue (two compares and four blends per row
+    /// and panel, to carry every lane's index) outweighs its 2 d FMAs. Here a panel's
+    /// scores only go into the row's per-lane minima (two `min`s); which *block* of
+    /// panels last lowered each lane is recorded once per block; and at the end, the one
+    /// block holding the row's first minimum is computed again to find its index. The
+    /// scores are the tiled kernel's, FMA for FMA, so the result is its bits.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scan_avx512<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        const MR: usize = SCAN512_MR;
+        const NR: usize = AVX512_NR;
+        let p = s.p;
+        let d = if D == 0 { p.d } else { D };
+        let xp = s.x.as_ptr();
+        let minus_two = _mm512_set1_ps(-2.0);
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let range = s.panels.clone();
+        let block = scan_block(range.len());
+        // Per row, per lane: the lowest score so far, and the block that first reached it.
+        let mut low = [inf; MR];
+        let mut at = [_mm512_setzero_si512(); MR];
+        for (b, b0) in range.clone().step_by(block).enumerate() {
+            let mut bm = [inf; MR];
+            for panel in b0..range.end.min(b0 + block) {
+                let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                for t in 0..d {
+                    let (c0, c1) = unsafe {
+                        (
+                            _mm512_loadu_ps(cp.add(t * NR)),
+                            _mm512_loadu_ps(cp.add(t * NR + 16)),
+                        )
+                    };
+                    let xt = unsafe { xp.add(t * s.ts) };
+                    for r in 0..MR {
+                        let xv = _mm512_set1_ps(unsafe { *xt.add(r * s.rs) });
+                        acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
+                    }
+                }
+                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
+                let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
+                for r in 0..MR {
+                    // `min` returns its second operand when the first is NaN: a NaN
+                    // score never enters the minima, as it never wins the tiled `<`.
+                    let s0 = _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                    let s1 = _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                    bm[r] = _mm512_min_ps(s1, _mm512_min_ps(s0, bm[r]));
+                }
+            }
+            let here = _mm512_set1_epi32(b as i32);
+            for r in 0..MR {
+                let lower = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(bm[r], low[r]);
+                low[r] = _mm512_mask_blend_ps(lower, low[r], bm[r]);
+                at[r] = _mm512_mask_blend_epi32(lower, at[r], here);
+            }
+        }
+        for r in 0..MR {
+            let m = _mm512_reduce_min_ps(low[r]);
+            (val[r], idx[r]) = (f32::INFINITY, 0);
+            // No score below +inf (the minima never hold NaN): the tiled kernels' strict `<`
+            // took none either.
+            if m == f32::INFINITY {
+                continue;
+            }
+            // The first block reaching the minimum in any lane holds its first index.
+            let reached = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(low[r], _mm512_set1_ps(m));
+            let b0 = range.start + _mm512_mask_reduce_min_epu32(reached, at[r]) as usize * block;
+            let want = _mm512_set1_ps(m);
+            for panel in b0..range.end.min(b0 + block) {
+                // SAFETY: as for the main walk.
+                let (s0, s1) = unsafe { scores_avx512(s, r, panel) };
+                let hit = (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(s0, want) as u32)
+                    | ((_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(s1, want) as u32) << 16);
+                if hit != 0 {
+                    let lane = hit.trailing_zeros() as usize;
+                    let mut all = [0.0f32; NR];
+                    // SAFETY: `all` holds two vectors of 16 lanes.
+                    unsafe {
+                        _mm512_storeu_ps(all.as_mut_ptr(), s0);
+                        _mm512_storeu_ps(all.as_mut_ptr().add(16), s1);
+                    }
+                    // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
+                    (val[r], idx[r]) = (all[lane], (panel * NR + lane) as u32);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Row `r` of the step's rows against one panel: its 32 scores as the tiled and scan
+    /// kernels compute them (one FMA chain over d from zero, then `norm - 2 acc`).
+    ///
+    /// # Safety
+    /// AVX-512F; `check` passed for the step, which covers the whole of d.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_avx512(s: &Step, r: usize, panel: usize) -> (__m512, __m512) {
+        const NR: usize = AVX512_NR;
+        let (p, d, xp) = (s.p, s.p.d, s.x.as_ptr());
+        // SAFETY: the caller's `check` bounds the panel, the row and d.
+        unsafe {
+            let cp = p.data.as_ptr().add(panel * NR * d);
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            for t in 0..d {
+                let xv = _mm512_set1_ps(*xp.add(t * s.ts + r * s.rs));
+                a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(cp.add(t * NR)), a0);
+                a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(cp.add(t * NR + 16)), a1);
+            }
+            let np = p.norms.as_ptr().add(panel * NR);
+            let minus_two = _mm512_set1_ps(-2.0);
+            (
+                _mm512_fmadd_ps(a0, minus_two, _mm512_loadu_ps(np)),
+                _mm512_fmadd_ps(a1, minus_two, _mm512_loadu_ps(np.add(16))),
+            )
+        }
+    }
+
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_avx512(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
@@ -1021,7 +1198,18 @@ mod tests {
     #[test]
     fn every_blocking_gives_the_same_bits() {
         let mut rng = Rng::new(7);
-        for &(n, k, d) in &[(29, 37, 5), (13, 97, 33), (50, 70, 130), (7, 5, 300)] {
+        let shapes = [
+            (29, 37, 5),
+            (13, 97, 33),
+            (50, 70, 130),
+            (7, 5, 300),
+            // Short rows against many panels (the scan kernels): blocks of panels with
+            // remainders, ties across blocks.
+            (23, 1000, 2),
+            (10, 700, 8),
+            (6, 300, 1),
+        ];
+        for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
             let mut c = Vec::with_capacity(k * d);
             for _ in 0..k {
@@ -1031,7 +1219,7 @@ mod tests {
             let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
             let shape = Shape::new(n, k, d);
             for isa in Isa::available() {
-                let (_, _, nr) = kernel_for(isa);
+                let (_, _, nr) = kernel_for(isa, false);
                 let panels = k.div_ceil(nr);
                 let run = |b: Blocking| {
                     let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
@@ -1046,16 +1234,20 @@ mod tests {
                     group: panels,
                     rows: TASK_ROWS,
                     direct: false,
+                    scan: false,
                 });
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
-                            for direct in [false, true] {
+                            for (direct, scan) in
+                                [(false, false), (true, false), (false, true), (true, true)]
+                            {
                                 let b = Blocking {
                                     kc,
                                     group,
                                     rows,
                                     direct,
+                                    scan,
                                 };
                                 assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
                             }
@@ -1063,6 +1255,59 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The scan kernels give the tiled kernels' bits where scores overflow: codewords
+    /// whose norm is +inf (never chosen), products of +inf (scores of -inf, chosen, the
+    /// first of them), rows where every score is +inf or NaN (index 0, +inf), and zeros of
+    /// either sign; over ranges of panels split into blocks with remainders.
+    #[test]
+    fn scan_matches_tiled_at_overflow() {
+        let (n, k, d) = (7, 1500, 3);
+        let mut x = clustered(n, d, 2, 0.5, 4);
+        let mut c = clustered(k, d, 5, 0.5, 6);
+        // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
+        x[d..2 * d].fill(1e21);
+        x[2 * d..3 * d].fill(0.0);
+        // Norms of +inf: scores of +inf (NaN against row 1).
+        for j in [5usize, 700, 1499] {
+            c[j * d..(j + 1) * d].fill(3e38);
+        }
+        // Finite norms whose products with row 1 overflow: scores of -inf, the first at
+        // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
+        for j in [0usize, 9, 701, 1400] {
+            c[j * d..(j + 1) * d].fill(1e18);
+        }
+        for j in [40usize, 900] {
+            c[j * d..(j + 1) * d].fill(0.0);
+        }
+        let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+        assert!(norms[5].is_infinite() && norms[0].is_finite());
+        let shape = Shape::new(n, k, d);
+        for isa in Isa::available() {
+            let run = |norms: &[f32], scan: bool| {
+                let (_, _, nr) = kernel_for(isa, scan);
+                let b = Blocking {
+                    kc: d,
+                    group: k.div_ceil(nr),
+                    rows: TASK_ROWS,
+                    direct: false,
+                    scan,
+                };
+                let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                distance_argmin_blocked(isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist)
+                    .unwrap();
+                (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            let tiled = run(&norms, false);
+            assert_eq!(tiled.0[1], 0, "{isa:?}: the first -inf score");
+            assert_eq!(run(&norms, true), tiled, "{isa:?}");
+            norms.fill(f32::INFINITY);
+            let tiled = run(&norms, false);
+            assert_eq!(tiled.0, vec![0; n], "{isa:?}: no score below +inf");
+            assert_eq!(run(&norms, true), tiled, "{isa:?}");
+            norms = c.chunks_exact(d).map(sq_norm).collect();
         }
     }
 
@@ -1194,6 +1439,7 @@ mod tests {
                 group: 32,
                 rows: TASK_ROWS,
                 direct: false,
+                scan: false,
             }
         );
         // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
