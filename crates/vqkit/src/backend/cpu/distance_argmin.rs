@@ -34,6 +34,10 @@
 //!   panel's scores only lower per-lane minima, the block of panels where each lane last
 //!   fell is noted once per block, and the one block holding a row's minimum is computed
 //!   again at the end for its index. Same scores, same bits as v3.
+//! - v5 `cols` (AVX-512), for at most 2048 rows of d >= 32 against a codebook at least 4x
+//!   larger ([`codebook_stream`]): the roles swapped, 12 codewords broadcast x 32 rows in
+//!   lanes, the rows packed instead of the codebook, so a large codebook is read once and
+//!   never copied. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -50,6 +54,8 @@ pub(crate) struct Packed {
     norms: Vec<f32>,
     panels: usize,
     d: usize,
+    /// The buffer goes back to [`SPARE`] when dropped (a codebook's, not rows').
+    recycle: bool,
 }
 
 impl Packed {
@@ -61,34 +67,7 @@ impl Packed {
     ) -> Result<Self> {
         let panels = k.div_ceil(nr);
         let mut data = spare_buffer(panels * nr * d)?;
-        // Panel by panel (a large codebook's packing, and the first touch of its pages,
-        // shared between threads when the caller runs in parallel). Every element is
-        // written: the buffer may hold an earlier call's panels.
-        //
-        // A transpose in tiles of PACK_T steps of d: a tile of the panel (PACK_T x nr floats,
-        // contiguous) is written whole from one cache line of each of its codewords, so
-        // every line read or written is touched in L1 only, and the panel is written once,
-        // in order. (Writing one codeword's lane down the whole panel at a time strided
-        // the stores nr floats apart: at d = 2048 a panel of 256 KB, crossed nr times.)
-        let pack = |(p, panel): (usize, &mut [f32])| {
-            let rows: Vec<&[f32]> = codebook[p * nr * d..].chunks_exact(d).take(nr).collect();
-            for (tile, t0) in panel.chunks_mut(PACK_T * nr).zip((0..d).step_by(PACK_T)) {
-                for (lane, row) in rows.iter().enumerate() {
-                    for (step, &v) in row[t0..].iter().take(PACK_T).enumerate() {
-                        tile[step * nr + lane] = v;
-                    }
-                }
-                // Padding lanes (the last panel only): zeros, never chosen (norm +inf).
-                for step in tile.chunks_exact_mut(nr) {
-                    step[rows.len()..].fill(0.0);
-                }
-            }
-        };
-        if parallel && panels > 1 {
-            data.par_chunks_mut(nr * d).enumerate().for_each(pack);
-        } else {
-            data.chunks_mut(nr * d).enumerate().for_each(pack);
-        }
+        pack_panels(parallel, codebook, (d, nr), &mut data);
         let mut padded_norms = vec![f32::INFINITY; panels * nr];
         padded_norms[..k].copy_from_slice(norms);
         Ok(Packed {
@@ -96,14 +75,64 @@ impl Packed {
             norms: padded_norms,
             panels,
             d,
+            recycle: true,
         })
+    }
+
+    /// `n` rows of x in the same layout (panels of `nr` rows, zero rows past the end), for
+    /// the kernels that read the codebook in place instead ([`codebook_stream`]). No norms.
+    fn rows(parallel: bool, x: &[f32], (n, d, nr): (usize, usize, usize)) -> Result<Self> {
+        let panels = n.div_ceil(nr);
+        let mut data = crate::resources::zeroed_f32_lazy("the packed rows", panels * nr * d)?;
+        pack_panels(parallel, x, (d, nr), &mut data);
+        Ok(Packed {
+            data,
+            norms: Vec::new(),
+            panels,
+            d,
+            recycle: false,
+        })
+    }
+}
+
+/// `src` (rows of `d`) packed into `data`, panels of `nr` rows, `d`-major within a panel
+/// (`panel[t][lane]`), padding lanes zero. Every element is written: `data` may hold an
+/// earlier call's panels.
+///
+/// Panel by panel (a large codebook's packing, and the first touch of its pages, shared
+/// between threads when the caller runs in parallel). A transpose in tiles of PACK_T steps
+/// of d: a tile of the panel (PACK_T x nr floats, contiguous) is written whole from one
+/// cache line of each of its rows, so every line read or written is touched in L1 only,
+/// and the panel is written once, in order. (Writing one row's lane down the whole panel
+/// at a time strided the stores nr floats apart: at d = 2048 a panel of 256 KB, crossed nr
+/// times.)
+fn pack_panels(parallel: bool, src: &[f32], (d, nr): (usize, usize), data: &mut [f32]) {
+    let pack = |(p, panel): (usize, &mut [f32])| {
+        let rows: Vec<&[f32]> = src[p * nr * d..].chunks_exact(d).take(nr).collect();
+        for (tile, t0) in panel.chunks_mut(PACK_T * nr).zip((0..d).step_by(PACK_T)) {
+            for (lane, row) in rows.iter().enumerate() {
+                for (step, &v) in row[t0..].iter().take(PACK_T).enumerate() {
+                    tile[step * nr + lane] = v;
+                }
+            }
+            // Padding lanes (the last panel only): zeros.
+            for step in tile.chunks_exact_mut(nr) {
+                step[rows.len()..].fill(0.0);
+            }
+        }
+    };
+    if parallel && data.len() > nr * d {
+        data.par_chunks_mut(nr * d).enumerate().for_each(pack);
+    } else {
+        data.chunks_mut(nr * d).enumerate().for_each(pack);
     }
 }
 
 impl Drop for Packed {
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);
-        if data.len() * std::mem::size_of::<f32>() <= SPARE_MAX_BYTES
+        if self.recycle
+            && data.len() * std::mem::size_of::<f32>() <= SPARE_MAX_BYTES
             && let Ok(mut spare) = SPARE.lock()
             && spare.len() < data.len()
         {
@@ -219,6 +248,9 @@ pub(crate) struct Blocking {
     /// Short rows against many panels: the scan kernels (minima only, the index found
     /// afterwards) rather than the tiled ones. Only where d is one chunk (`kc >= d`).
     pub scan: bool,
+    /// Few rows against a large codebook: the rows packed and the codebook read in place
+    /// ([`codebook_stream`]); `group` then counts tiles of its codewords.
+    pub cols: bool,
 }
 
 impl Blocking {
@@ -244,6 +276,7 @@ impl Blocking {
             rows,
             direct,
             scan: false,
+            cols: false,
         }
     }
 }
@@ -263,6 +296,37 @@ const SCAN_MIN_K: usize = 4096;
 /// Whether the scan kernels serve a shape on `isa` (rather than the tiled ones).
 fn scan_wins(isa: Isa, d: usize, k: usize) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && d <= SCAN_MAX_D && k >= SCAN_MIN_K
+}
+
+/// At most this many rows go to [`codebook_stream`]: beyond, the tiled kernels' packing of
+/// the codebook is shared by enough rows (and the rows no longer fit the caches).
+const COLS_MAX_N: usize = 2048;
+
+/// Rows at least this wide go to [`codebook_stream`] (narrower ones, to the tiled or scan
+/// kernels: at d = 16 the two ran the same).
+const COLS_MIN_D: usize = 32;
+
+/// Whether [`codebook_stream`] serves a shape on `isa`: few rows against a codebook at
+/// least four times larger. `vqkit bench --op assign --threads 2`, tiled against cols
+/// (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
+/// -> 110 to 115 ms, 1192 x 262,144 x 32 127 to 198 -> 102 to 122 ms, 1192 x 65,536 x 128
+/// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms.
+fn cols_wins(isa: Isa, shape: Shape) -> bool {
+    let Shape { n, k, d } = shape;
+    cfg!(target_arch = "x86_64")
+        && isa == Isa::Avx512
+        && n <= COLS_MAX_N
+        && k >= 4 * n
+        && d >= COLS_MIN_D
+}
+
+/// Tiles of codewords per group for [`codebook_stream`]: a group in half of L2.
+fn cols_group(caches: super::CacheSizes, d: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let mr = x86::COLS512_MR;
+    #[cfg(not(target_arch = "x86_64"))]
+    let mr = 12;
+    (caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>())).max(1)
 }
 
 /// The CPU distance-argmin. Shapes are checked by the caller.
@@ -287,16 +351,15 @@ pub(crate) fn distance_argmin(
     };
     let scan = scan_wins(isa, shape.d, shape.k);
     let (_, mr, nr) = kernel_for(isa, scan);
-    let blocking = Blocking {
+    let caches = super::CacheSizes::detect();
+    let mut blocking = Blocking {
         scan,
-        ..Blocking::for_shape(
-            super::CacheSizes::detect(),
-            mr,
-            nr,
-            shape.d,
-            shape.k.div_ceil(nr),
-        )
+        ..Blocking::for_shape(caches, mr, nr, shape.d, shape.k.div_ceil(nr))
     };
+    if cols_wins(isa, shape) {
+        blocking.cols = true;
+        blocking.group = cols_group(caches, shape.d);
+    }
     distance_argmin_blocked(
         isa, blocking, parallel, x, codebook, norms, shape, idx, dist,
     )
@@ -328,6 +391,19 @@ pub(crate) fn distance_argmin_blocked(
             rows_narrow(xs, codebook, norms, d, idx, dist)
         });
         return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if blocking.cols && isa == Isa::Avx512 {
+        return codebook_stream(
+            blocking.group,
+            parallel,
+            x,
+            codebook,
+            norms,
+            shape,
+            idx,
+            dist,
+        );
     }
     let (kernel, mr, nr) = kernel_for(isa, blocking.scan && blocking.kc >= d);
     let packed = Packed::new(parallel, codebook, norms, (k, d, nr))?;
@@ -396,6 +472,103 @@ pub(crate) fn distance_argmin_blocked(
     }
     for (pi, pd) in parts {
         for (((i, v), &j), &w) in idx.iter_mut().zip(dist.iter_mut()).zip(&pi).zip(&pd) {
+            if w < *v {
+                (*i, *v) = (j, w);
+            }
+        }
+    }
+    finish(x, d, dist);
+    Ok(())
+}
+
+/// Few rows against a large codebook, the roles of the tiled kernels swapped: the rows
+/// are packed into panels of 32 (a few megabytes at most) and the codebook is read in
+/// place, 12 codewords at a time broadcast against a panel of rows, so the codebook is
+/// read once and never copied (packing 65,536 codewords of 2048 floats for 256 rows moved
+/// 1 GB). Tasks take slices of whole tiles of 12 codewords, in groups that stay in half of
+/// L2 (`group` tiles) while each panel of rows (in the other half) passes over them; each
+/// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
+/// its scores into the rows' best in codeword order with a strict `<`. The slices are
+/// folded in order the same way. Each score is the tiled kernels' chain of FMAs (`c * x +
+/// acc` is `x * c + acc`), so the bits are theirs.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn codebook_stream(
+    group: usize,
+    parallel: bool,
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    shape: Shape,
+    idx: &mut [u32],
+    dist: &mut [f32],
+) -> Result<()> {
+    const MR: usize = x86::COLS512_MR;
+    const NR: usize = x86::AVX512_NR;
+    let Shape { n, k, d } = shape;
+    let rows = Packed::rows(parallel, x, (n, d, NR))?;
+    let tiles = k.div_ceil(MR);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let group = group.max(1);
+    let per = tiles.div_ceil(4 * threads).max(1);
+    let task = |first: usize| -> (Vec<f32>, Vec<u32>) {
+        let tiles = first..tiles.min(first + per);
+        let mut best_v = vec![f32::INFINITY; rows.panels * NR];
+        let mut best_i = vec![0u32; rows.panels * NR];
+        // The group's tiles packed t-major (`tile[t * MR + r]`): read in place, the 12
+        // codewords of a tile are 12 streams d floats apart, which at d = 2048 (8 KB)
+        // all fall in one set of L1 and evict each other.
+        let mut packed = vec![0.0f32; group.min(tiles.len()) * MR * d];
+        for g0 in tiles.clone().step_by(group) {
+            let g = g0..tiles.end.min(g0 + group);
+            for (tile, tb) in g.clone().zip(packed.chunks_exact_mut(MR * d)) {
+                let j0 = tile * MR;
+                let block = &codebook[j0 * d..(j0 + MR).min(k) * d];
+                if block.len() < MR * d {
+                    tb.fill(0.0);
+                }
+                pack_rows(block, d, MR, tb);
+            }
+            for panel in 0..rows.panels {
+                for (tile, tb) in g.clone().zip(packed.chunks_exact(MR * d)) {
+                    let j0 = tile * MR;
+                    let m = MR.min(k - j0);
+                    let step = Step {
+                        x: tb,
+                        rs: 1,
+                        ts: MR,
+                        p: &rows,
+                        panels: panel..panel + 1,
+                        t0: 0,
+                        kc: d,
+                        first: true,
+                        last: true,
+                    };
+                    x86::cols_avx512_entry(
+                        &step,
+                        (&norms[j0..j0 + m], j0),
+                        &mut best_v,
+                        &mut best_i,
+                    );
+                }
+            }
+        }
+        (best_v, best_i)
+    };
+    let starts: Vec<usize> = (0..tiles).step_by(per).collect();
+    let parts: Vec<(Vec<f32>, Vec<u32>)> = if parallel {
+        starts.into_par_iter().map(task).collect()
+    } else {
+        starts.into_iter().map(task).collect()
+    };
+    dist.fill(f32::INFINITY);
+    idx.fill(0);
+    for (pv, pi) in parts {
+        for (((i, v), &j), &w) in idx.iter_mut().zip(dist.iter_mut()).zip(&pi).zip(&pv) {
             if w < *v {
                 (*i, *v) = (j, w);
             }
@@ -1107,6 +1280,94 @@ mod x86 {
         }
     }
 
+    /// Codewords per tile of the cols kernel (broadcast), against 32 rows (two zmm).
+    pub(super) const COLS512_MR: usize = 12;
+
+    /// Checks the bounds of a cols step (see [`cols_avx512`]) and runs it.
+    pub(super) fn cols_avx512_entry(
+        s: &Step,
+        (norms, j0): (&[f32], usize),
+        best_v: &mut [f32],
+        best_i: &mut [u32],
+    ) {
+        const MR: usize = COLS512_MR;
+        let p = s.p;
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == p.d && p.d >= 1);
+        assert!(s.x.len() > (MR - 1) * s.rs + (s.kc - 1) * s.ts);
+        assert!(s.panels.end <= p.panels && p.data.len() >= p.panels * AVX512_NR * p.d);
+        assert!(norms.len() <= MR && j0 + norms.len() <= u32::MAX as usize);
+        assert!(best_v.len() >= s.panels.end * AVX512_NR);
+        assert!(best_i.len() >= s.panels.end * AVX512_NR);
+        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
+        // the asserts above bound every pointer offset the kernel takes.
+        unsafe { cols_avx512(s, (norms, j0), best_v, best_i) }
+    }
+
+    /// v5 `cols`: 12 codewords (broadcast from the codebook in place: `s.x`, element
+    /// (r, t) at `r * rs + t * ts`) x 32 rows (two zmm, from the packed rows `s.p`) per
+    /// tile, over the whole of d, for each panel of rows in `s.panels`; the scores of the
+    /// `norms.len()` real codewords (indices from `j0`) are folded into `best_v` /
+    /// `best_i` (per row, by panel) in codeword order with a strict `<`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn cols_avx512(
+        s: &Step,
+        (norms, j0): (&[f32], usize),
+        best_v: &mut [f32],
+        best_i: &mut [u32],
+    ) {
+        const MR: usize = COLS512_MR;
+        const NR: usize = AVX512_NR;
+        let (p, d) = (s.p, s.p.d);
+        let cwp = s.x.as_ptr();
+        let minus_two = _mm512_set1_ps(-2.0);
+        for panel in s.panels.clone() {
+            // SAFETY (all pointer accesses below): the entry's asserts bound the panels,
+            // d, the MR codewords and the best arrays.
+            let xp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            for t in 0..d {
+                let (x0, x1) = unsafe {
+                    (
+                        _mm512_loadu_ps(xp.add(t * NR)),
+                        _mm512_loadu_ps(xp.add(t * NR + 16)),
+                    )
+                };
+                let ct = unsafe { cwp.add(t * s.ts) };
+                for r in 0..MR {
+                    let cv = _mm512_set1_ps(unsafe { *ct.add(r * s.rs) });
+                    acc[r][0] = _mm512_fmadd_ps(cv, x0, acc[r][0]);
+                    acc[r][1] = _mm512_fmadd_ps(cv, x1, acc[r][1]);
+                }
+            }
+            let (bvp, bip) = unsafe {
+                (
+                    best_v.as_mut_ptr().add(panel * NR),
+                    best_i.as_mut_ptr().add(panel * NR).cast::<__m512i>(),
+                )
+            };
+            let mut bv = unsafe { [_mm512_loadu_ps(bvp), _mm512_loadu_ps(bvp.add(16))] };
+            let mut bi = unsafe { [_mm512_loadu_si512(bip), _mm512_loadu_si512(bip.add(1))] };
+            for r in 0..MR {
+                if r < norms.len() {
+                    let nj = _mm512_set1_ps(norms[r]);
+                    let j = _mm512_set1_epi32((j0 + r) as i32);
+                    for h in 0..2 {
+                        let sc = _mm512_fmadd_ps(acc[r][h], minus_two, nj);
+                        let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(sc, bv[h]);
+                        bv[h] = _mm512_mask_blend_ps(lt, bv[h], sc);
+                        bi[h] = _mm512_mask_blend_epi32(lt, bi[h], j);
+                    }
+                }
+            }
+            unsafe {
+                _mm512_storeu_ps(bvp, bv[0]);
+                _mm512_storeu_ps(bvp.add(16), bv[1]);
+                _mm512_storeu_si512(bip, bi[0]);
+                _mm512_storeu_si512(bip.add(1), bi[1]);
+            }
+        }
+    }
+
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
     #[target_feature(enable = "avx512f")]
     unsafe fn rows_avx512(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
@@ -1235,19 +1496,25 @@ mod tests {
                     rows: TASK_ROWS,
                     direct: false,
                     scan: false,
+                    cols: false,
                 });
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
-                            for (direct, scan) in
-                                [(false, false), (true, false), (false, true), (true, true)]
-                            {
+                            for (direct, scan, cols) in [
+                                (false, false, false),
+                                (true, false, false),
+                                (false, true, false),
+                                (true, true, false),
+                                (false, false, true),
+                            ] {
                                 let b = Blocking {
                                     kc,
                                     group,
                                     rows,
                                     direct,
                                     scan,
+                                    cols,
                                 };
                                 assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
                             }
@@ -1258,12 +1525,12 @@ mod tests {
         }
     }
 
-    /// The scan kernels give the tiled kernels' bits where scores overflow: codewords
+    /// The scan and cols kernels give the tiled kernels' bits where scores overflow: codewords
     /// whose norm is +inf (never chosen), products of +inf (scores of -inf, chosen, the
     /// first of them), rows where every score is +inf or NaN (index 0, +inf), and zeros of
     /// either sign; over ranges of panels split into blocks with remainders.
     #[test]
-    fn scan_matches_tiled_at_overflow() {
+    fn scan_and_cols_match_tiled_at_overflow() {
         let (n, k, d) = (7, 1500, 3);
         let mut x = clustered(n, d, 2, 0.5, 4);
         let mut c = clustered(k, d, 5, 0.5, 6);
@@ -1286,7 +1553,8 @@ mod tests {
         assert!(norms[5].is_infinite() && norms[0].is_finite());
         let shape = Shape::new(n, k, d);
         for isa in Isa::available() {
-            let run = |norms: &[f32], scan: bool| {
+            // The tiled kernels, then the scan and the cols ones.
+            let run = |norms: &[f32], (scan, cols): (bool, bool)| {
                 let (_, _, nr) = kernel_for(isa, scan);
                 let b = Blocking {
                     kc: d,
@@ -1294,19 +1562,22 @@ mod tests {
                     rows: TASK_ROWS,
                     direct: false,
                     scan,
+                    cols,
                 };
                 let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
                 distance_argmin_blocked(isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist)
                     .unwrap();
                 (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             };
-            let tiled = run(&norms, false);
+            let tiled = run(&norms, (false, false));
             assert_eq!(tiled.0[1], 0, "{isa:?}: the first -inf score");
-            assert_eq!(run(&norms, true), tiled, "{isa:?}");
+            assert_eq!(run(&norms, (true, false)), tiled, "{isa:?}");
+            assert_eq!(run(&norms, (false, true)), tiled, "{isa:?}");
             norms.fill(f32::INFINITY);
-            let tiled = run(&norms, false);
+            let tiled = run(&norms, (false, false));
             assert_eq!(tiled.0, vec![0; n], "{isa:?}: no score below +inf");
-            assert_eq!(run(&norms, true), tiled, "{isa:?}");
+            assert_eq!(run(&norms, (true, false)), tiled, "{isa:?}");
+            assert_eq!(run(&norms, (false, true)), tiled, "{isa:?}");
             norms = c.chunks_exact(d).map(sq_norm).collect();
         }
     }
@@ -1440,6 +1711,7 @@ mod tests {
                 rows: TASK_ROWS,
                 direct: false,
                 scan: false,
+                cols: false,
             }
         );
         // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
