@@ -170,6 +170,12 @@ fn spare_buffer(len: usize) -> Result<Vec<f32>> {
 /// `|v|^2` in f32 with 16 independent partial sums, so the loop vectorizes and its
 /// rounding does not depend on the ISA.
 pub(crate) fn sq_norm(v: &[f32]) -> f32 {
+    // Fewer than 16 floats: lane l holds only v[l]^2 and the rest are zeros, so the sum of
+    // the lanes is that of the squares in order (adding +0 to a sum of squares changes no
+    // bit), without the 16-step chain.
+    if v.len() < 16 {
+        return v.iter().fold(0.0, |s, &x| s + x * x);
+    }
     let mut acc = [0.0f32; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {
@@ -1019,7 +1025,7 @@ fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Step, reduce_lanes, scan_block};
+    use super::{Step, scan_block};
 
     use std::arch::x86_64::*;
 
@@ -1120,15 +1126,25 @@ mod x86 {
             return;
         }
         for r in 0..MR {
-            let mut v = [0.0f32; 8];
-            let mut i = [0u32; 8];
-            // SAFETY: v and i hold one vector of 8 lanes each.
-            unsafe {
-                _mm256_storeu_ps(v.as_mut_ptr(), best_v[r]);
-                _mm256_storeu_si256(i.as_mut_ptr().cast(), best_i[r]);
-            }
-            (val[r], idx[r]) = reduce_lanes(&v, &i);
+            (val[r], idx[r]) = reduce_avx2(best_v[r], best_i[r]);
         }
+    }
+
+    /// The 8 lanes folded branch-free, as [`reduce_lanes`] folds them: the lowest score,
+    /// and among the lanes holding it, the lowest index (no lane holds NaN; a lane at +inf
+    /// holds index 0). The score returned is the minimum itself, whose zero may differ in
+    /// sign from the chosen lane's: the distance `max(score + |x|^2, 0)` is the same.
+    #[target_feature(enable = "avx2")]
+    fn reduce_avx2(v: __m256, i: __m256i) -> (f32, u32) {
+        let m = _mm256_min_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+        let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b01_00_11_10>(m, m));
+        let m = _mm256_min_ps(m, _mm256_shuffle_ps::<0b10_11_00_01>(m, m));
+        let at_min = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, m);
+        let c = blend_epi32(_mm256_set1_epi32(-1), i, at_min);
+        let c = _mm256_min_epu32(c, _mm256_permute2x128_si256::<1>(c, c));
+        let c = _mm256_min_epu32(c, _mm256_shuffle_epi32::<0b01_00_11_10>(c));
+        let c = _mm256_min_epu32(c, _mm256_shuffle_epi32::<0b10_11_00_01>(c));
+        (_mm256_cvtss_f32(m), _mm256_cvtsi256_si32(c) as u32)
     }
 
     /// Lanes of `b` where `mask` is set, of `a` elsewhere (AVX2 has no integer blendv on
