@@ -29,11 +29,12 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
-//! - v4 `scan` (AVX-512), for d <= 8 against 4096 codewords or more, where v3's epilogue
-//!   (compares and blends to carry each lane's index) costs more than its 2 d FMAs: each
-//!   panel's scores only lower per-lane minima, the block of panels where each lane last
-//!   fell is noted once per block, and the one block holding a row's minimum is computed
-//!   again at the end for its index. Same scores, same bits as v3.
+//! - v4 `scan` (AVX-512 with MR = 4, NR = 32; AVX2 with MR = 4, NR = 16), for d <= 8
+//!   against 4096 codewords or more, where the tiled kernels' epilogue (compares and
+//!   blends to carry each lane's index) costs more than their 2 d FMAs: each panel's
+//!   scores only lower per-lane minima, the block of panels where each lane last fell is
+//!   noted once per block, and the one block holding a row's minimum is computed again at
+//!   the end for its index. Same scores, same bits as v2 and v3.
 //! - v5 `cols` (AVX-512), for at most 2048 rows of d >= 32 against a codebook at least 4x
 //!   larger ([`codebook_stream`]): the roles swapped, 12 codewords broadcast x 32 rows in
 //!   lanes, the rows packed instead of the codebook, so a large codebook is read once and
@@ -218,6 +219,8 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if scan => (x86::scan_avx512_entry, x86::SCAN512_MR, x86::AVX512_NR),
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if scan => (x86::scan_avx2_entry, x86::SCAN256_MR, x86::AVX2_NR),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (x86::rows_avx2_entry, x86::AVX2_MR, x86::AVX2_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => (x86::rows_avx512_entry, x86::AVX512_MR, x86::AVX512_NR),
@@ -290,7 +293,8 @@ impl Blocking {
 /// Rows at most this wide go to the scan kernels (see `x86::scan_avx512`). Against the
 /// tiled kernel, `vqkit bench --op assign --threads 2` (2 or 3 alternating runs): d = 2,
 /// k = 4096 22 -> 15.5 ms, k = 65,536 256 -> 150 ms; d = 4, k = 4096 30 -> 25 ms; d = 8,
-/// k = 4096 to 262,144 the same to 5% faster; d = 16, k = 4096 5% slower.
+/// k = 4096 to 262,144 the same to 5% faster; d = 16, k = 4096 5% slower. With `--isa
+/// avx2`: d = 2, k = 65,536 320-360 -> 206-310 ms; d = 8, k = 4096 62 -> 44-57 ms.
 const SCAN_MAX_D: usize = 8;
 
 /// Codebooks of at least this many codewords go to the scan kernels: below, the work
@@ -301,7 +305,10 @@ const SCAN_MIN_K: usize = 4096;
 
 /// Whether the scan kernels serve a shape on `isa` (rather than the tiled ones).
 fn scan_wins(isa: Isa, d: usize, k: usize) -> bool {
-    cfg!(target_arch = "x86_64") && isa == Isa::Avx512 && d <= SCAN_MAX_D && k >= SCAN_MIN_K
+    cfg!(target_arch = "x86_64")
+        && matches!(isa, Isa::Avx512 | Isa::Avx2)
+        && d <= SCAN_MAX_D
+        && k >= SCAN_MIN_K
 }
 
 /// At most this many rows go to [`codebook_stream`]: beyond, the tiled kernels' packing of
@@ -1127,6 +1134,134 @@ mod x86 {
         }
         for r in 0..MR {
             (val[r], idx[r]) = reduce_avx2(best_v[r], best_i[r]);
+        }
+    }
+
+    /// Rows per scan tile with AVX2: two accumulators and the block's minima per row in
+    /// registers (12 ymm), with the codeword vectors and a broadcast.
+    pub(super) const SCAN256_MR: usize = 4;
+
+    pub(super) fn scan_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        check(s, acc, val, idx, SCAN256_MR, AVX2_NR);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
+        // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
+        // `check` bounds every pointer offset the kernel takes, and d is one chunk.
+        unsafe {
+            match s.p.d {
+                1 => scan_avx2::<1>(s, val, idx),
+                2 => scan_avx2::<2>(s, val, idx),
+                3 => scan_avx2::<3>(s, val, idx),
+                4 => scan_avx2::<4>(s, val, idx),
+                8 => scan_avx2::<8>(s, val, idx),
+                _ => scan_avx2::<0>(s, val, idx),
+            }
+        }
+    }
+
+    /// v4 `scan` with AVX2: [`scan_avx512`]'s walk, 4 rows x 16 codewords (two ymm).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scan_avx2<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        const MR: usize = SCAN256_MR;
+        const NR: usize = AVX2_NR;
+        let p = s.p;
+        let d = if D == 0 { p.d } else { D };
+        let xp = s.x.as_ptr();
+        let minus_two = _mm256_set1_ps(-2.0);
+        let inf = _mm256_set1_ps(f32::INFINITY);
+        let range = s.panels.clone();
+        let block = scan_block(range.len());
+        let mut low = [inf; MR];
+        let mut at = [_mm256_setzero_si256(); MR];
+        for (b, b0) in range.clone().step_by(block).enumerate() {
+            let mut bm = [inf; MR];
+            for panel in b0..range.end.min(b0 + block) {
+                // SAFETY (all pointer accesses below): `check` asserted the panel range,
+                // the MR rows of x over the whole of d, and the norms are in bounds.
+                let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                for t in 0..d {
+                    let (c0, c1) = unsafe {
+                        (
+                            _mm256_loadu_ps(cp.add(t * NR)),
+                            _mm256_loadu_ps(cp.add(t * NR + 8)),
+                        )
+                    };
+                    let xt = unsafe { xp.add(t * s.ts) };
+                    for r in 0..MR {
+                        let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
+                        acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
+                        acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
+                    }
+                }
+                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
+                let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
+                for r in 0..MR {
+                    // As in `scan_avx512`: a NaN score never enters the minima.
+                    let s0 = _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]);
+                    let s1 = _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                    bm[r] = _mm256_min_ps(s1, _mm256_min_ps(s0, bm[r]));
+                }
+            }
+            let here = _mm256_set1_epi32(b as i32);
+            for r in 0..MR {
+                let lower = _mm256_cmp_ps::<_CMP_LT_OQ>(bm[r], low[r]);
+                low[r] = _mm256_blendv_ps(low[r], bm[r], lower);
+                at[r] = blend_epi32(at[r], here, lower);
+            }
+        }
+        for r in 0..MR {
+            // The minimum, and the first block where a lane reached it.
+            let (m, first) = reduce_avx2(low[r], at[r]);
+            (val[r], idx[r]) = (f32::INFINITY, 0);
+            if m == f32::INFINITY {
+                continue;
+            }
+            let b0 = range.start + first as usize * block;
+            let want = _mm256_set1_ps(m);
+            for panel in b0..range.end.min(b0 + block) {
+                // SAFETY: as for the main walk.
+                let (s0, s1) = unsafe { scores_avx2(s, r, panel) };
+                let eq0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(s0, want)) as u32;
+                let eq1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(s1, want)) as u32;
+                let hit = eq0 | (eq1 << 8);
+                if hit != 0 {
+                    let lane = hit.trailing_zeros() as usize;
+                    let mut all = [0.0f32; NR];
+                    // SAFETY: `all` holds two vectors of 8 lanes.
+                    unsafe {
+                        _mm256_storeu_ps(all.as_mut_ptr(), s0);
+                        _mm256_storeu_ps(all.as_mut_ptr().add(8), s1);
+                    }
+                    (val[r], idx[r]) = (all[lane], (panel * NR + lane) as u32);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Row `r` against one panel, as [`scores_avx512`] with AVX2's 16-wide panels.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `check` passed for the step, which covers the whole of d.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_avx2(s: &Step, r: usize, panel: usize) -> (__m256, __m256) {
+        const NR: usize = AVX2_NR;
+        let (p, d, xp) = (s.p, s.p.d, s.x.as_ptr());
+        // SAFETY: the caller's `check` bounds the panel, the row and d.
+        unsafe {
+            let cp = p.data.as_ptr().add(panel * NR * d);
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for t in 0..d {
+                let xv = _mm256_broadcast_ss(&*xp.add(t * s.ts + r * s.rs));
+                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cp.add(t * NR)), a0);
+                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cp.add(t * NR + 8)), a1);
+            }
+            let np = p.norms.as_ptr().add(panel * NR);
+            let minus_two = _mm256_set1_ps(-2.0);
+            (
+                _mm256_fmadd_ps(a0, minus_two, _mm256_loadu_ps(np)),
+                _mm256_fmadd_ps(a1, minus_two, _mm256_loadu_ps(np.add(8))),
+            )
         }
     }
 
