@@ -35,10 +35,11 @@
 //!   scores only lower per-lane minima, the block of panels where each lane last fell is
 //!   noted once per block, and the one block holding a row's minimum is computed again at
 //!   the end for its index. Same scores, same bits as v2 and v3.
-//! - v5 `cols` (AVX-512), for at most 2048 rows of d >= 32 against a codebook at least 4x
-//!   larger ([`codebook_stream`]): the roles swapped, 12 codewords broadcast x 32 rows in
-//!   lanes, the rows packed instead of the codebook, so a large codebook is read once and
-//!   never copied. Same scores, same bits as v3.
+//! - v5 `cols` (AVX-512: 12 codewords x 32 rows; AVX2: 6 x 16), for at most 2048 rows of
+//!   d >= 32 against a codebook at least 4x larger ([`codebook_stream`]): the roles
+//!   swapped, codewords broadcast against rows in lanes, the rows packed into panels and
+//!   the codebook a few tiles at a time, so a large codebook is read once and never copied
+//!   whole. Same scores, same bits as v2 and v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -323,22 +324,20 @@ const COLS_MIN_D: usize = 32;
 /// least four times larger. `vqkit bench --op assign --threads 2`, tiled against cols
 /// (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
 /// -> 110 to 115 ms, 1192 x 262,144 x 32 127 to 198 -> 102 to 122 ms, 1192 x 65,536 x 128
-/// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms.
+/// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms. With
+/// `--isa avx2`: 256 x 65,536 x 2048 469 to 506 -> 376 to 413 ms, 298 x 65,536 x 512 136
+/// to 157 -> 128 to 132 ms.
 fn cols_wins(isa: Isa, shape: Shape) -> bool {
     let Shape { n, k, d } = shape;
     cfg!(target_arch = "x86_64")
-        && isa == Isa::Avx512
+        && matches!(isa, Isa::Avx512 | Isa::Avx2)
         && n <= COLS_MAX_N
         && k >= 4 * n
         && d >= COLS_MIN_D
 }
 
-/// Tiles of codewords per group for [`codebook_stream`]: a group in half of L2.
-fn cols_group(caches: super::CacheSizes, d: usize) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    let mr = x86::COLS512_MR;
-    #[cfg(not(target_arch = "x86_64"))]
-    let mr = 12;
+/// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2.
+fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
     (caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>())).max(1)
 }
 
@@ -369,9 +368,10 @@ pub(crate) fn distance_argmin(
         scan,
         ..Blocking::for_shape(caches, mr, nr, shape.d, shape.k.div_ceil(nr))
     };
-    if cols_wins(isa, shape) {
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some((_, mr, _))) = (cols_wins(isa, shape), x86::cols_for(isa)) {
         blocking.cols = true;
-        blocking.group = cols_group(caches, shape.d);
+        blocking.group = cols_group(caches, mr, shape.d);
     }
     distance_argmin_blocked(
         isa, blocking, parallel, x, codebook, norms, shape, idx, dist,
@@ -406,17 +406,9 @@ pub(crate) fn distance_argmin_blocked(
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if blocking.cols && isa == Isa::Avx512 {
-        return codebook_stream(
-            blocking.group,
-            parallel,
-            x,
-            codebook,
-            norms,
-            shape,
-            idx,
-            dist,
-        );
+    if let (true, Some(cols)) = (blocking.cols, x86::cols_for(isa)) {
+        let group = blocking.group;
+        return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
     }
     let (kernel, mr, nr) = kernel_for(isa, blocking.scan && blocking.kc >= d);
     let packed = Packed::new(parallel, codebook, norms, (k, d, nr))?;
@@ -495,10 +487,10 @@ pub(crate) fn distance_argmin_blocked(
 }
 
 /// Few rows against a large codebook, the roles of the tiled kernels swapped: the rows
-/// are packed into panels of 32 (a few megabytes at most) and the codebook is read in
-/// place, 12 codewords at a time broadcast against a panel of rows, so the codebook is
+/// are packed into panels of NR (a few megabytes at most) and the codebook is read in
+/// place, MR codewords at a time broadcast against a panel of rows, so the codebook is
 /// read once and never copied (packing 65,536 codewords of 2048 floats for 256 rows moved
-/// 1 GB). Tasks take slices of whole tiles of 12 codewords, in groups that stay in half of
+/// 1 GB). Tasks take slices of whole tiles of MR codewords, in groups that stay in half of
 /// L2 (`group` tiles) while each panel of rows (in the other half) passes over them; each
 /// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
 /// its scores into the rows' best in codeword order with a strict `<`. The slices are
@@ -507,6 +499,7 @@ pub(crate) fn distance_argmin_blocked(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn codebook_stream(
+    (kernel, mr, nr): (x86::ColsKernel, usize, usize),
     group: usize,
     parallel: bool,
     x: &[f32],
@@ -516,11 +509,9 @@ fn codebook_stream(
     idx: &mut [u32],
     dist: &mut [f32],
 ) -> Result<()> {
-    const MR: usize = x86::COLS512_MR;
-    const NR: usize = x86::AVX512_NR;
     let Shape { n, k, d } = shape;
-    let rows = Packed::rows(parallel, x, (n, d, NR))?;
-    let tiles = k.div_ceil(MR);
+    let rows = Packed::rows(parallel, x, (n, d, nr))?;
+    let tiles = k.div_ceil(mr);
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
@@ -530,30 +521,30 @@ fn codebook_stream(
     let per = tiles.div_ceil(4 * threads).max(1);
     let task = |first: usize| -> (Vec<f32>, Vec<u32>) {
         let tiles = first..tiles.min(first + per);
-        let mut best_v = vec![f32::INFINITY; rows.panels * NR];
-        let mut best_i = vec![0u32; rows.panels * NR];
-        // The group's tiles packed t-major (`tile[t * MR + r]`): read in place, the 12
+        let mut best_v = vec![f32::INFINITY; rows.panels * nr];
+        let mut best_i = vec![0u32; rows.panels * nr];
+        // The group's tiles packed t-major (`tile[t * mr + r]`): read in place, the 12
         // codewords of a tile are 12 streams d floats apart, which at d = 2048 (8 KB)
         // all fall in one set of L1 and evict each other.
-        let mut packed = vec![0.0f32; group.min(tiles.len()) * MR * d];
+        let mut packed = vec![0.0f32; group.min(tiles.len()) * mr * d];
         for g0 in tiles.clone().step_by(group) {
             let g = g0..tiles.end.min(g0 + group);
-            for (tile, tb) in g.clone().zip(packed.chunks_exact_mut(MR * d)) {
-                let j0 = tile * MR;
-                let block = &codebook[j0 * d..(j0 + MR).min(k) * d];
-                if block.len() < MR * d {
+            for (tile, tb) in g.clone().zip(packed.chunks_exact_mut(mr * d)) {
+                let j0 = tile * mr;
+                let block = &codebook[j0 * d..(j0 + mr).min(k) * d];
+                if block.len() < mr * d {
                     tb.fill(0.0);
                 }
-                pack_rows(block, d, MR, tb);
+                pack_rows(block, d, mr, tb);
             }
             for panel in 0..rows.panels {
-                for (tile, tb) in g.clone().zip(packed.chunks_exact(MR * d)) {
-                    let j0 = tile * MR;
-                    let m = MR.min(k - j0);
+                for (tile, tb) in g.clone().zip(packed.chunks_exact(mr * d)) {
+                    let j0 = tile * mr;
+                    let m = mr.min(k - j0);
                     let step = Step {
                         x: tb,
                         rs: 1,
-                        ts: MR,
+                        ts: mr,
                         p: &rows,
                         panels: panel..panel + 1,
                         t0: 0,
@@ -561,12 +552,7 @@ fn codebook_stream(
                         first: true,
                         last: true,
                     };
-                    x86::cols_avx512_entry(
-                        &step,
-                        (&norms[j0..j0 + m], j0),
-                        &mut best_v,
-                        &mut best_i,
-                    );
+                    kernel(&step, (&norms[j0..j0 + m], j0), &mut best_v, &mut best_i);
                 }
             }
         }
@@ -1431,27 +1417,108 @@ mod x86 {
         }
     }
 
-    /// Codewords per tile of the cols kernel (broadcast), against 32 rows (two zmm).
-    pub(super) const COLS512_MR: usize = 12;
+    /// Codewords per tile of the AVX-512 cols kernel (broadcast), against 32 rows (two zmm).
+    const COLS512_MR: usize = 12;
 
-    /// Checks the bounds of a cols step (see [`cols_avx512`]) and runs it.
-    pub(super) fn cols_avx512_entry(
+    /// A cols kernel (see [`cols_avx512`]): a step, the tile's norms and first index, the
+    /// rows' best scores and indices.
+    pub(super) type ColsKernel = fn(&Step, (&[f32], usize), &mut [f32], &mut [u32]);
+
+    /// The cols kernel of `isa` with its tile (codewords MR, rows NR), if it has one.
+    pub(super) fn cols_for(isa: super::Isa) -> Option<(ColsKernel, usize, usize)> {
+        match isa {
+            super::Isa::Avx512 => Some((cols_avx512_entry, COLS512_MR, AVX512_NR)),
+            super::Isa::Avx2 => Some((cols_avx2_entry, COLS256_MR, AVX2_NR)),
+            super::Isa::Portable => None,
+        }
+    }
+
+    /// Asserts every bound a cols kernel's pointer arithmetic relies on.
+    fn check_cols(s: &Step, tile: (&[f32], usize), best: (usize, usize), mr: usize, nr: usize) {
+        let (p, (norms, j0)) = (s.p, tile);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == p.d && p.d >= 1);
+        assert!(s.x.len() > (mr - 1) * s.rs + (s.kc - 1) * s.ts);
+        assert!(s.panels.end <= p.panels && p.data.len() >= p.panels * nr * p.d);
+        assert!(norms.len() <= mr && j0 + norms.len() <= u32::MAX as usize);
+        assert!(best.0 >= s.panels.end * nr && best.1 >= s.panels.end * nr);
+    }
+
+    fn cols_avx512_entry(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
+        check_cols(s, tile, (best_v.len(), best_i.len()), COLS512_MR, AVX512_NR);
+        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
+        // `check_cols` bounds every pointer offset the kernel takes.
+        unsafe { cols_avx512(s, tile, best_v, best_i) }
+    }
+
+    /// Codewords per tile of the AVX2 cols kernel, against 16 rows (two ymm).
+    const COLS256_MR: usize = 6;
+
+    fn cols_avx2_entry(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
+        check_cols(s, tile, (best_v.len(), best_i.len()), COLS256_MR, AVX2_NR);
+        // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
+        // `check_cols` bounds every pointer offset the kernel takes.
+        unsafe { cols_avx2(s, tile, best_v, best_i) }
+    }
+
+    /// v5 `cols` with AVX2: 6 codewords x 16 rows (two ymm), as [`cols_avx512`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn cols_avx2(
         s: &Step,
         (norms, j0): (&[f32], usize),
         best_v: &mut [f32],
         best_i: &mut [u32],
     ) {
-        const MR: usize = COLS512_MR;
-        let p = s.p;
-        assert!(s.first && s.last && s.t0 == 0 && s.kc == p.d && p.d >= 1);
-        assert!(s.x.len() > (MR - 1) * s.rs + (s.kc - 1) * s.ts);
-        assert!(s.panels.end <= p.panels && p.data.len() >= p.panels * AVX512_NR * p.d);
-        assert!(norms.len() <= MR && j0 + norms.len() <= u32::MAX as usize);
-        assert!(best_v.len() >= s.panels.end * AVX512_NR);
-        assert!(best_i.len() >= s.panels.end * AVX512_NR);
-        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
-        // the asserts above bound every pointer offset the kernel takes.
-        unsafe { cols_avx512(s, (norms, j0), best_v, best_i) }
+        const MR: usize = COLS256_MR;
+        const NR: usize = AVX2_NR;
+        let (p, d) = (s.p, s.p.d);
+        let cwp = s.x.as_ptr();
+        let minus_two = _mm256_set1_ps(-2.0);
+        for panel in s.panels.clone() {
+            // SAFETY (all pointer accesses below): `check_cols` bounds the panels, d, the
+            // MR codewords and the best arrays.
+            let xp = unsafe { p.data.as_ptr().add(panel * NR * d) };
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for t in 0..d {
+                let (x0, x1) = unsafe {
+                    (
+                        _mm256_loadu_ps(xp.add(t * NR)),
+                        _mm256_loadu_ps(xp.add(t * NR + 8)),
+                    )
+                };
+                let ct = unsafe { cwp.add(t * s.ts) };
+                for r in 0..MR {
+                    let cv = unsafe { _mm256_broadcast_ss(&*ct.add(r * s.rs)) };
+                    acc[r][0] = _mm256_fmadd_ps(cv, x0, acc[r][0]);
+                    acc[r][1] = _mm256_fmadd_ps(cv, x1, acc[r][1]);
+                }
+            }
+            let (bvp, bip) = unsafe {
+                (
+                    best_v.as_mut_ptr().add(panel * NR),
+                    best_i.as_mut_ptr().add(panel * NR).cast::<__m256i>(),
+                )
+            };
+            let mut bv = unsafe { [_mm256_loadu_ps(bvp), _mm256_loadu_ps(bvp.add(8))] };
+            let mut bi = unsafe { [_mm256_loadu_si256(bip), _mm256_loadu_si256(bip.add(1))] };
+            for r in 0..MR {
+                if r < norms.len() {
+                    let nj = _mm256_set1_ps(norms[r]);
+                    let j = _mm256_set1_epi32((j0 + r) as i32);
+                    for h in 0..2 {
+                        let sc = _mm256_fmadd_ps(acc[r][h], minus_two, nj);
+                        let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(sc, bv[h]);
+                        bv[h] = _mm256_blendv_ps(bv[h], sc, lt);
+                        bi[h] = blend_epi32(bi[h], j, lt);
+                    }
+                }
+            }
+            unsafe {
+                _mm256_storeu_ps(bvp, bv[0]);
+                _mm256_storeu_ps(bvp.add(8), bv[1]);
+                _mm256_storeu_si256(bip, bi[0]);
+                _mm256_storeu_si256(bip.add(1), bi[1]);
+            }
+        }
     }
 
     /// v5 `cols`: 12 codewords (broadcast from the codebook in place: `s.x`, element
