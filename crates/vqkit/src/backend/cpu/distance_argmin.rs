@@ -291,7 +291,7 @@ impl Blocking {
     }
 }
 
-/// Rows at most this wide go to the scan kernels (see `x86::scan_avx512`). Against the
+/// Rows at most this wide go to the scan kernels (see `x86::scan_walk`). Against the
 /// tiled kernel, `vqkit bench --op assign --threads 2` (2 or 3 alternating runs): d = 2,
 /// k = 4096 22 -> 15.5 ms, k = 65,536 256 -> 150 ms; d = 4, k = 4096 30 -> 25 ms; d = 8,
 /// k = 4096 to 262,144 the same to 5% faster; d = 16, k = 4096 5% slower. With `--isa
@@ -1144,113 +1144,6 @@ mod x86 {
         }
     }
 
-    /// v4 `scan` with AVX2: [`scan_avx512`]'s walk, 4 rows x 16 codewords (two ymm).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scan_avx2<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
-        const MR: usize = SCAN256_MR;
-        const NR: usize = AVX2_NR;
-        let p = s.p;
-        let d = if D == 0 { p.d } else { D };
-        let xp = s.x.as_ptr();
-        let minus_two = _mm256_set1_ps(-2.0);
-        let inf = _mm256_set1_ps(f32::INFINITY);
-        let range = s.panels.clone();
-        let block = scan_block(range.len());
-        let mut low = [inf; MR];
-        let mut at = [_mm256_setzero_si256(); MR];
-        for (b, b0) in range.clone().step_by(block).enumerate() {
-            let mut bm = [inf; MR];
-            for panel in b0..range.end.min(b0 + block) {
-                // SAFETY (all pointer accesses below): `check` asserted the panel range,
-                // the MR rows of x over the whole of d, and the norms are in bounds.
-                let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                for t in 0..d {
-                    let (c0, c1) = unsafe {
-                        (
-                            _mm256_loadu_ps(cp.add(t * NR)),
-                            _mm256_loadu_ps(cp.add(t * NR + 8)),
-                        )
-                    };
-                    let xt = unsafe { xp.add(t * s.ts) };
-                    for r in 0..MR {
-                        let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
-                        acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
-                        acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
-                    }
-                }
-                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-                let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
-                for r in 0..MR {
-                    // As in `scan_avx512`: a NaN score never enters the minima.
-                    let s0 = _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]);
-                    let s1 = _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]);
-                    bm[r] = _mm256_min_ps(s1, _mm256_min_ps(s0, bm[r]));
-                }
-            }
-            let here = _mm256_set1_epi32(b as i32);
-            for r in 0..MR {
-                let lower = _mm256_cmp_ps::<_CMP_LT_OQ>(bm[r], low[r]);
-                low[r] = _mm256_blendv_ps(low[r], bm[r], lower);
-                at[r] = blend_epi32(at[r], here, lower);
-            }
-        }
-        for r in 0..MR {
-            // The minimum, and the first block where a lane reached it.
-            let (m, first) = reduce_avx2(low[r], at[r]);
-            (val[r], idx[r]) = (f32::INFINITY, 0);
-            if m == f32::INFINITY {
-                continue;
-            }
-            let b0 = range.start + first as usize * block;
-            let want = _mm256_set1_ps(m);
-            for panel in b0..range.end.min(b0 + block) {
-                // SAFETY: as for the main walk.
-                let (s0, s1) = unsafe { scores_avx2(s, r, panel) };
-                let eq0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(s0, want)) as u32;
-                let eq1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(s1, want)) as u32;
-                let hit = eq0 | (eq1 << 8);
-                if hit != 0 {
-                    let lane = hit.trailing_zeros() as usize;
-                    let mut all = [0.0f32; NR];
-                    // SAFETY: `all` holds two vectors of 8 lanes.
-                    unsafe {
-                        _mm256_storeu_ps(all.as_mut_ptr(), s0);
-                        _mm256_storeu_ps(all.as_mut_ptr().add(8), s1);
-                    }
-                    (val[r], idx[r]) = (all[lane], (panel * NR + lane) as u32);
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Row `r` against one panel, as [`scores_avx512`] with AVX2's 16-wide panels.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `check` passed for the step, which covers the whole of d.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scores_avx2(s: &Step, r: usize, panel: usize) -> (__m256, __m256) {
-        const NR: usize = AVX2_NR;
-        let (p, d, xp) = (s.p, s.p.d, s.x.as_ptr());
-        // SAFETY: the caller's `check` bounds the panel, the row and d.
-        unsafe {
-            let cp = p.data.as_ptr().add(panel * NR * d);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            for t in 0..d {
-                let xv = _mm256_broadcast_ss(&*xp.add(t * s.ts + r * s.rs));
-                a0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cp.add(t * NR)), a0);
-                a1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cp.add(t * NR + 8)), a1);
-            }
-            let np = p.norms.as_ptr().add(panel * NR);
-            let minus_two = _mm256_set1_ps(-2.0);
-            (
-                _mm256_fmadd_ps(a0, minus_two, _mm256_loadu_ps(np)),
-                _mm256_fmadd_ps(a1, minus_two, _mm256_loadu_ps(np.add(8))),
-            )
-        }
-    }
-
     /// The 8 lanes folded branch-free, as [`reduce_lanes`] folds them: the lowest score,
     /// and among the lanes holding it, the lowest index (no lane holds NaN; a lane at +inf
     /// holds index 0). The score returned is the minimum itself, whose zero may differ in
@@ -1300,127 +1193,10 @@ mod x86 {
         }
     }
 
-    /// v4 `scan`: 4 rows x 32 codewords per tile, for short rows against many panels.
-    /// Where d is small the tiled kernel's epilogue (two compares and four blends per row
-    /// and panel, to carry every lane's index) outweighs its 2 d FMAs. Here a panel's
-    /// scores only go into the row's per-lane minima (two `min`s); which *block* of
-    /// panels last lowered each lane is recorded once per block; and at the end, the one
-    /// block holding the row's first minimum is computed again to find its index. The
-    /// scores are the tiled kernel's, FMA for FMA, so the result is its bits.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scan_avx512<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
-        const MR: usize = SCAN512_MR;
-        const NR: usize = AVX512_NR;
-        let p = s.p;
-        let d = if D == 0 { p.d } else { D };
-        let xp = s.x.as_ptr();
-        let minus_two = _mm512_set1_ps(-2.0);
-        let inf = _mm512_set1_ps(f32::INFINITY);
-        let range = s.panels.clone();
-        let block = scan_block(range.len());
-        // Per row, per lane: the lowest score so far, and the block that first reached it.
-        let mut low = [inf; MR];
-        let mut at = [_mm512_setzero_si512(); MR];
-        for (b, b0) in range.clone().step_by(block).enumerate() {
-            let mut bm = [inf; MR];
-            for panel in b0..range.end.min(b0 + block) {
-                let cp = unsafe { p.data.as_ptr().add(panel * NR * d) };
-                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-                for t in 0..d {
-                    let (c0, c1) = unsafe {
-                        (
-                            _mm512_loadu_ps(cp.add(t * NR)),
-                            _mm512_loadu_ps(cp.add(t * NR + 16)),
-                        )
-                    };
-                    let xt = unsafe { xp.add(t * s.ts) };
-                    for r in 0..MR {
-                        let xv = _mm512_set1_ps(unsafe { *xt.add(r * s.rs) });
-                        acc[r][0] = _mm512_fmadd_ps(xv, c0, acc[r][0]);
-                        acc[r][1] = _mm512_fmadd_ps(xv, c1, acc[r][1]);
-                    }
-                }
-                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-                let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
-                for r in 0..MR {
-                    // `min` returns its second operand when the first is NaN: a NaN
-                    // score never enters the minima, as it never wins the tiled `<`.
-                    let s0 = _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]);
-                    let s1 = _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]);
-                    bm[r] = _mm512_min_ps(s1, _mm512_min_ps(s0, bm[r]));
-                }
-            }
-            let here = _mm512_set1_epi32(b as i32);
-            for r in 0..MR {
-                let lower = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(bm[r], low[r]);
-                low[r] = _mm512_mask_blend_ps(lower, low[r], bm[r]);
-                at[r] = _mm512_mask_blend_epi32(lower, at[r], here);
-            }
-        }
-        for r in 0..MR {
-            let m = _mm512_reduce_min_ps(low[r]);
-            (val[r], idx[r]) = (f32::INFINITY, 0);
-            // No score below +inf (the minima never hold NaN): the tiled kernels' strict `<`
-            // took none either.
-            if m == f32::INFINITY {
-                continue;
-            }
-            // The first block reaching the minimum in any lane holds its first index.
-            let reached = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(low[r], _mm512_set1_ps(m));
-            let b0 = range.start + _mm512_mask_reduce_min_epu32(reached, at[r]) as usize * block;
-            let want = _mm512_set1_ps(m);
-            for panel in b0..range.end.min(b0 + block) {
-                // SAFETY: as for the main walk.
-                let (s0, s1) = unsafe { scores_avx512(s, r, panel) };
-                let hit = (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(s0, want) as u32)
-                    | ((_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(s1, want) as u32) << 16);
-                if hit != 0 {
-                    let lane = hit.trailing_zeros() as usize;
-                    let mut all = [0.0f32; NR];
-                    // SAFETY: `all` holds two vectors of 16 lanes.
-                    unsafe {
-                        _mm512_storeu_ps(all.as_mut_ptr(), s0);
-                        _mm512_storeu_ps(all.as_mut_ptr().add(16), s1);
-                    }
-                    // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
-                    (val[r], idx[r]) = (all[lane], (panel * NR + lane) as u32);
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Row `r` of the step's rows against one panel: its 32 scores as the tiled and scan
-    /// kernels compute them (one FMA chain over d from zero, then `norm - 2 acc`).
-    ///
-    /// # Safety
-    /// AVX-512F; `check` passed for the step, which covers the whole of d.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scores_avx512(s: &Step, r: usize, panel: usize) -> (__m512, __m512) {
-        const NR: usize = AVX512_NR;
-        let (p, d, xp) = (s.p, s.p.d, s.x.as_ptr());
-        // SAFETY: the caller's `check` bounds the panel, the row and d.
-        unsafe {
-            let cp = p.data.as_ptr().add(panel * NR * d);
-            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            for t in 0..d {
-                let xv = _mm512_set1_ps(*xp.add(t * s.ts + r * s.rs));
-                a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(cp.add(t * NR)), a0);
-                a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(cp.add(t * NR + 16)), a1);
-            }
-            let np = p.norms.as_ptr().add(panel * NR);
-            let minus_two = _mm512_set1_ps(-2.0);
-            (
-                _mm512_fmadd_ps(a0, minus_two, _mm512_loadu_ps(np)),
-                _mm512_fmadd_ps(a1, minus_two, _mm512_loadu_ps(np.add(16))),
-            )
-        }
-    }
-
     /// Codewords per tile of the AVX-512 cols kernel (broadcast), against 32 rows (two zmm).
     const COLS512_MR: usize = 12;
 
-    /// A cols kernel (see [`cols_avx512`]): a step, the tile's norms and first index, the
+    /// A cols kernel (see [`cols_walk`]): a step, the tile's norms and first index, the
     /// rows' best scores and indices.
     pub(super) type ColsKernel = fn(&Step, (&[f32], usize), &mut [f32], &mut [u32]);
 
@@ -1460,130 +1236,350 @@ mod x86 {
         unsafe { cols_avx2(s, tile, best_v, best_i) }
     }
 
-    /// v5 `cols` with AVX2: 6 codewords x 16 rows (two ymm), as [`cols_avx512`].
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn cols_avx2(
-        s: &Step,
-        (norms, j0): (&[f32], usize),
-        best_v: &mut [f32],
-        best_i: &mut [u32],
-    ) {
-        const MR: usize = COLS256_MR;
-        const NR: usize = AVX2_NR;
-        let (p, d) = (s.p, s.p.d);
-        let cwp = s.x.as_ptr();
-        let minus_two = _mm256_set1_ps(-2.0);
-        for panel in s.panels.clone() {
-            // SAFETY (all pointer accesses below): `check_cols` bounds the panels, d, the
-            // MR codewords and the best arrays.
-            let xp = unsafe { p.data.as_ptr().add(panel * NR * d) };
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            for t in 0..d {
-                let (x0, x1) = unsafe {
-                    (
-                        _mm256_loadu_ps(xp.add(t * NR)),
-                        _mm256_loadu_ps(xp.add(t * NR + 8)),
-                    )
-                };
-                let ct = unsafe { cwp.add(t * s.ts) };
-                for r in 0..MR {
-                    let cv = unsafe { _mm256_broadcast_ss(&*ct.add(r * s.rs)) };
-                    acc[r][0] = _mm256_fmadd_ps(cv, x0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(cv, x1, acc[r][1]);
-                }
+    /// One vector of f32 lanes with its u32 lanes and lane mask, as the scan and cols walks
+    /// use it: `__m256` (AVX2 + FMA, 8 lanes) and `__m512` (AVX-512F, 16 lanes).
+    ///
+    /// # Safety
+    /// Every method runs its instruction set's intrinsics: call them only from a function
+    /// compiled for it (they are inlined into it).
+    trait Lanes: Copy {
+        type I: Copy;
+        type M: Copy;
+        /// Lanes per vector; a panel is two vectors.
+        const W: usize;
+        unsafe fn load(p: *const f32) -> Self;
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn load_i(p: *const u32) -> Self::I;
+        unsafe fn store_i(i: Self::I, p: *mut u32);
+        unsafe fn splat(v: f32) -> Self;
+        unsafe fn splat_i(v: u32) -> Self::I;
+        /// `a * b + c`, one rounding.
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+        /// The lower of `new` and `old` per lane; `old` where `new` is NaN.
+        unsafe fn min(new: Self, old: Self) -> Self;
+        unsafe fn lt(a: Self, b: Self) -> Self::M;
+        /// `b` where `m`, else `a`.
+        unsafe fn blend(m: Self::M, a: Self, b: Self) -> Self;
+        unsafe fn blend_i(m: Self::M, a: Self::I, b: Self::I) -> Self::I;
+        /// The lowest lane, and the lowest `i` among the lanes holding it (no NaN lanes).
+        unsafe fn reduce(v: Self, i: Self::I) -> (f32, u32);
+        /// Bit `l` set where lane `l` equals `m`.
+        unsafe fn eq_bits(v: Self, m: f32) -> u32;
+    }
+
+    impl Lanes for __m256 {
+        type I = __m256i;
+        type M = __m256;
+        const W: usize = 8;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm256_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn load_i(p: *const u32) -> __m256i {
+            unsafe { _mm256_loadu_si256(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn store_i(i: __m256i, p: *mut u32) {
+            unsafe { _mm256_storeu_si256(p.cast(), i) }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm256_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn splat_i(v: u32) -> __m256i {
+            unsafe { _mm256_set1_epi32(v as i32) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn min(new: Self, old: Self) -> Self {
+            unsafe { _mm256_min_ps(new, old) }
+        }
+        #[inline(always)]
+        unsafe fn lt(a: Self, b: Self) -> __m256 {
+            unsafe { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn blend(m: __m256, a: Self, b: Self) -> Self {
+            unsafe { _mm256_blendv_ps(a, b, m) }
+        }
+        #[inline(always)]
+        unsafe fn blend_i(m: __m256, a: __m256i, b: __m256i) -> __m256i {
+            unsafe { blend_epi32(a, b, m) }
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: Self, i: __m256i) -> (f32, u32) {
+            unsafe { reduce_avx2(v, i) }
+        }
+        #[inline(always)]
+        unsafe fn eq_bits(v: Self, m: f32) -> u32 {
+            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_set1_ps(m))) as u32 }
+        }
+    }
+
+    impl Lanes for __m512 {
+        type I = __m512i;
+        type M = __mmask16;
+        const W: usize = 16;
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
+        #[inline(always)]
+        unsafe fn load_i(p: *const u32) -> __m512i {
+            unsafe { _mm512_loadu_si512(p.cast()) }
+        }
+        #[inline(always)]
+        unsafe fn store_i(i: __m512i, p: *mut u32) {
+            unsafe { _mm512_storeu_si512(p.cast(), i) }
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            unsafe { _mm512_set1_ps(v) }
+        }
+        #[inline(always)]
+        unsafe fn splat_i(v: u32) -> __m512i {
+            unsafe { _mm512_set1_epi32(v as i32) }
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn min(new: Self, old: Self) -> Self {
+            unsafe { _mm512_min_ps(new, old) }
+        }
+        #[inline(always)]
+        unsafe fn lt(a: Self, b: Self) -> __mmask16 {
+            unsafe { _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn blend(m: __mmask16, a: Self, b: Self) -> Self {
+            unsafe { _mm512_mask_blend_ps(m, a, b) }
+        }
+        #[inline(always)]
+        unsafe fn blend_i(m: __mmask16, a: __m512i, b: __m512i) -> __m512i {
+            unsafe { _mm512_mask_blend_epi32(m, a, b) }
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: Self, i: __m512i) -> (f32, u32) {
+            unsafe {
+                let m = _mm512_reduce_min_ps(v);
+                let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m));
+                (m, _mm512_mask_reduce_min_epu32(at_min, i))
             }
-            let (bvp, bip) = unsafe {
-                (
-                    best_v.as_mut_ptr().add(panel * NR),
-                    best_i.as_mut_ptr().add(panel * NR).cast::<__m256i>(),
-                )
-            };
-            let mut bv = unsafe { [_mm256_loadu_ps(bvp), _mm256_loadu_ps(bvp.add(8))] };
-            let mut bi = unsafe { [_mm256_loadu_si256(bip), _mm256_loadu_si256(bip.add(1))] };
-            for r in 0..MR {
-                if r < norms.len() {
-                    let nj = _mm256_set1_ps(norms[r]);
-                    let j = _mm256_set1_epi32((j0 + r) as i32);
-                    for h in 0..2 {
-                        let sc = _mm256_fmadd_ps(acc[r][h], minus_two, nj);
-                        let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(sc, bv[h]);
-                        bv[h] = _mm256_blendv_ps(bv[h], sc, lt);
-                        bi[h] = blend_epi32(bi[h], j, lt);
+        }
+        #[inline(always)]
+        unsafe fn eq_bits(v: Self, m: f32) -> u32 {
+            unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m)) as u32 }
+        }
+    }
+
+    /// v4 `scan`: MR rows x one panel of two vectors per tile, for short rows against many
+    /// panels. Where d is small the tiled kernels' epilogue (two compares and four blends
+    /// per row and panel, to carry every lane's index) outweighs their 2 d FMAs. Here a
+    /// panel's scores only go into the row's per-lane minima (two `min`s); which *block* of
+    /// panels last lowered each lane is recorded once per block; and at the end, the one
+    /// block holding the row's first minimum is computed again to find its index. The
+    /// scores are the tiled kernels', FMA for FMA, so the result is their bits. `D` is d
+    /// when it is a constant (the loop over d unrolled), else 0.
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set and `check` passed for the step,
+    /// with the whole of d in it.
+    #[inline(always)]
+    unsafe fn scan_walk<V: Lanes, const MR: usize, const D: usize>(
+        s: &Step,
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        let (p, w) = (s.p, V::W);
+        let nr = 2 * w;
+        let d = if D == 0 { p.d } else { D };
+        let xp = s.x.as_ptr();
+        let range = s.panels.clone();
+        let block = scan_block(range.len());
+        // SAFETY: the caller's contract: `check` bounds the panels, the MR rows of x over
+        // the whole of d and the norms; `all` holds a panel.
+        unsafe {
+            let (minus_two, inf) = (V::splat(-2.0), V::splat(f32::INFINITY));
+            // Per row, per lane: the lowest score so far, and the block that first reached it.
+            let mut low = [inf; MR];
+            let mut at = [V::splat_i(0); MR];
+            for (b, b0) in range.clone().step_by(block).enumerate() {
+                let mut bm = [inf; MR];
+                for panel in b0..range.end.min(b0 + block) {
+                    let cp = p.data.as_ptr().add(panel * nr * d);
+                    let mut acc = [[V::splat(0.0); 2]; MR];
+                    for t in 0..d {
+                        let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
+                        let xt = xp.add(t * s.ts);
+                        for r in 0..MR {
+                            let xv = V::splat(*xt.add(r * s.rs));
+                            acc[r][0] = V::fmadd(xv, c[0], acc[r][0]);
+                            acc[r][1] = V::fmadd(xv, c[1], acc[r][1]);
+                        }
+                    }
+                    let np = p.norms.as_ptr().add(panel * nr);
+                    let norms = [V::load(np), V::load(np.add(w))];
+                    for r in 0..MR {
+                        // A NaN score never enters the minima, as it never wins the tiled `<`.
+                        let s0 = V::fmadd(acc[r][0], minus_two, norms[0]);
+                        let s1 = V::fmadd(acc[r][1], minus_two, norms[1]);
+                        bm[r] = V::min(s1, V::min(s0, bm[r]));
                     }
                 }
+                let here = V::splat_i(b as u32);
+                for r in 0..MR {
+                    let lower = V::lt(bm[r], low[r]);
+                    low[r] = V::blend(lower, low[r], bm[r]);
+                    at[r] = V::blend_i(lower, at[r], here);
+                }
             }
-            unsafe {
-                _mm256_storeu_ps(bvp, bv[0]);
-                _mm256_storeu_ps(bvp.add(8), bv[1]);
-                _mm256_storeu_si256(bip, bi[0]);
-                _mm256_storeu_si256(bip.add(1), bi[1]);
+            for r in 0..MR {
+                // The minimum, and the first block where a lane reached it.
+                let (m, first) = V::reduce(low[r], at[r]);
+                (val[r], idx[r]) = (f32::INFINITY, 0);
+                // No score below +inf (the minima never hold NaN): the tiled kernels'
+                // strict `<` took none either.
+                if m == f32::INFINITY {
+                    continue;
+                }
+                let b0 = range.start + first as usize * block;
+                for panel in b0..range.end.min(b0 + block) {
+                    let (s0, s1) = panel_scores::<V>(s, r, panel);
+                    let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
+                    if hit != 0 {
+                        let lane = hit.trailing_zeros() as usize;
+                        let mut all = [0.0f32; 32];
+                        s0.store(all.as_mut_ptr());
+                        s1.store(all.as_mut_ptr().add(w));
+                        // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
+                        (val[r], idx[r]) = (all[lane], (panel * nr + lane) as u32);
+                        break;
+                    }
+                }
             }
         }
     }
 
-    /// v5 `cols`: 12 codewords (broadcast from the codebook in place: `s.x`, element
-    /// (r, t) at `r * rs + t * ts`) x 32 rows (two zmm, from the packed rows `s.p`) per
-    /// tile, over the whole of d, for each panel of rows in `s.panels`; the scores of the
-    /// `norms.len()` real codewords (indices from `j0`) are folded into `best_v` /
-    /// `best_i` (per row, by panel) in codeword order with a strict `<`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn cols_avx512(
+    /// Row `r` of the step's rows against one panel: its scores as the tiled and scan
+    /// kernels compute them (one FMA chain over d from zero, then `norm - 2 acc`).
+    ///
+    /// # Safety
+    /// As for [`scan_walk`].
+    #[inline(always)]
+    unsafe fn panel_scores<V: Lanes>(s: &Step, r: usize, panel: usize) -> (V, V) {
+        let (p, d, xp, w) = (s.p, s.p.d, s.x.as_ptr(), V::W);
+        // SAFETY: the caller's `check` bounds the panel, the row and d.
+        unsafe {
+            let cp = p.data.as_ptr().add(panel * 2 * w * d);
+            let (mut a0, mut a1) = (V::splat(0.0), V::splat(0.0));
+            for t in 0..d {
+                let xv = V::splat(*xp.add(t * s.ts + r * s.rs));
+                a0 = V::fmadd(xv, V::load(cp.add(t * 2 * w)), a0);
+                a1 = V::fmadd(xv, V::load(cp.add(t * 2 * w + w)), a1);
+            }
+            let np = p.norms.as_ptr().add(panel * 2 * w);
+            let minus_two = V::splat(-2.0);
+            (
+                V::fmadd(a0, minus_two, V::load(np)),
+                V::fmadd(a1, minus_two, V::load(np.add(w))),
+            )
+        }
+    }
+
+    /// v5 `cols`: MR codewords (broadcast from `s.x`, element (r, t) at `r * rs + t *
+    /// ts`) x the rows of a panel (two vectors, from the packed rows `s.p`) per tile, over
+    /// the whole of d, for each panel of rows in `s.panels`; the scores of the
+    /// `norms.len()` real codewords (indices from `j0`) are folded into `best_v` / `best_i`
+    /// (per row, by panel) in codeword order with a strict `<`.
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set and `check_cols` passed.
+    #[inline(always)]
+    unsafe fn cols_walk<V: Lanes, const MR: usize>(
         s: &Step,
         (norms, j0): (&[f32], usize),
         best_v: &mut [f32],
         best_i: &mut [u32],
     ) {
-        const MR: usize = COLS512_MR;
-        const NR: usize = AVX512_NR;
-        let (p, d) = (s.p, s.p.d);
+        let (p, d, w) = (s.p, s.p.d, V::W);
         let cwp = s.x.as_ptr();
-        let minus_two = _mm512_set1_ps(-2.0);
-        for panel in s.panels.clone() {
-            // SAFETY (all pointer accesses below): the entry's asserts bound the panels,
-            // d, the MR codewords and the best arrays.
-            let xp = unsafe { p.data.as_ptr().add(panel * NR * d) };
-            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-            for t in 0..d {
-                let (x0, x1) = unsafe {
-                    (
-                        _mm512_loadu_ps(xp.add(t * NR)),
-                        _mm512_loadu_ps(xp.add(t * NR + 16)),
-                    )
-                };
-                let ct = unsafe { cwp.add(t * s.ts) };
-                for r in 0..MR {
-                    let cv = _mm512_set1_ps(unsafe { *ct.add(r * s.rs) });
-                    acc[r][0] = _mm512_fmadd_ps(cv, x0, acc[r][0]);
-                    acc[r][1] = _mm512_fmadd_ps(cv, x1, acc[r][1]);
-                }
-            }
-            let (bvp, bip) = unsafe {
-                (
-                    best_v.as_mut_ptr().add(panel * NR),
-                    best_i.as_mut_ptr().add(panel * NR).cast::<__m512i>(),
-                )
-            };
-            let mut bv = unsafe { [_mm512_loadu_ps(bvp), _mm512_loadu_ps(bvp.add(16))] };
-            let mut bi = unsafe { [_mm512_loadu_si512(bip), _mm512_loadu_si512(bip.add(1))] };
-            for r in 0..MR {
-                if r < norms.len() {
-                    let nj = _mm512_set1_ps(norms[r]);
-                    let j = _mm512_set1_epi32((j0 + r) as i32);
-                    for h in 0..2 {
-                        let sc = _mm512_fmadd_ps(acc[r][h], minus_two, nj);
-                        let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(sc, bv[h]);
-                        bv[h] = _mm512_mask_blend_ps(lt, bv[h], sc);
-                        bi[h] = _mm512_mask_blend_epi32(lt, bi[h], j);
+        // SAFETY: the caller's contract: `check_cols` bounds the panels, d, the MR
+        // codewords and the best arrays.
+        unsafe {
+            let minus_two = V::splat(-2.0);
+            for panel in s.panels.clone() {
+                let xp = p.data.as_ptr().add(panel * 2 * w * d);
+                let mut acc = [[V::splat(0.0); 2]; MR];
+                for t in 0..d {
+                    let x = [V::load(xp.add(t * 2 * w)), V::load(xp.add(t * 2 * w + w))];
+                    let ct = cwp.add(t * s.ts);
+                    for r in 0..MR {
+                        let cv = V::splat(*ct.add(r * s.rs));
+                        acc[r][0] = V::fmadd(cv, x[0], acc[r][0]);
+                        acc[r][1] = V::fmadd(cv, x[1], acc[r][1]);
                     }
                 }
-            }
-            unsafe {
-                _mm512_storeu_ps(bvp, bv[0]);
-                _mm512_storeu_ps(bvp.add(16), bv[1]);
-                _mm512_storeu_si512(bip, bi[0]);
-                _mm512_storeu_si512(bip.add(1), bi[1]);
+                let bvp = best_v.as_mut_ptr().add(panel * 2 * w);
+                let bip = best_i.as_mut_ptr().add(panel * 2 * w);
+                let mut bv = [V::load(bvp), V::load(bvp.add(w))];
+                let mut bi = [V::load_i(bip), V::load_i(bip.add(w))];
+                for r in 0..MR {
+                    if r < norms.len() {
+                        let nj = V::splat(norms[r]);
+                        let j = V::splat_i((j0 + r) as u32);
+                        for h in 0..2 {
+                            let sc = V::fmadd(acc[r][h], minus_two, nj);
+                            let lt = V::lt(sc, bv[h]);
+                            bv[h] = V::blend(lt, bv[h], sc);
+                            bi[h] = V::blend_i(lt, bi[h], j);
+                        }
+                    }
+                }
+                for h in 0..2 {
+                    bv[h].store(bvp.add(h * w));
+                    V::store_i(bi[h], bip.add(h * w));
+                }
             }
         }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scan_avx2<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
+        unsafe { scan_walk::<__m256, SCAN256_MR, D>(s, val, idx) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scan_avx512<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        // SAFETY: compiled for AVX-512F; the caller checked the step.
+        unsafe { scan_walk::<__m512, SCAN512_MR, D>(s, val, idx) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn cols_avx2(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
+        // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
+        unsafe { cols_walk::<__m256, COLS256_MR>(s, tile, best_v, best_i) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn cols_avx512(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
+        // SAFETY: compiled for AVX-512F; the caller checked the step.
+        unsafe { cols_walk::<__m512, COLS512_MR>(s, tile, best_v, best_i) }
     }
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
