@@ -473,11 +473,21 @@ macro_rules! backend_suite {
         }
 
         /// The shapes users bring beyond the proptest sides: rows of 4096 floats, and
-        /// codebooks of a million codewords and more (the coarse quantizers of IVF indexes).
+        /// codebooks of a million codewords and more (the coarse quantizers of IVF indexes);
+        /// and on the CPU, every kernel variant against the f64 reference: short rows
+        /// against thousands of codewords (scan), a few rows against a codebook many times
+        /// larger (cols).
         #[test]
         fn argmin_accepts_wide_rows_and_million_codeword_codebooks() {
+            let shapes = [
+                (37, 3, 4096),
+                (70, 129, 4096),
+                (19, (1 << 20) + 3, 4),
+                (301, 5003, 2),
+                (45, 700, 100),
+            ];
             for b in $make() {
-                for &(n, k, d) in &[(37, 3, 4096), (70, 129, 4096), (19, (1 << 20) + 3, 4)] {
+                for &(n, k, d) in &shapes {
                     common::check_argmin(&b, n, k, d, 11).unwrap();
                 }
             }

@@ -304,12 +304,10 @@ const SCAN_MAX_D: usize = 8;
 /// d = 2, up to 1.3x slower at d = 4 and 8).
 const SCAN_MIN_K: usize = 4096;
 
-/// Whether the scan kernels serve a shape on `isa` (rather than the tiled ones).
-fn scan_wins(isa: Isa, d: usize, k: usize) -> bool {
-    cfg!(target_arch = "x86_64")
-        && matches!(isa, Isa::Avx512 | Isa::Avx2)
-        && d <= SCAN_MAX_D
-        && k >= SCAN_MIN_K
+/// Whether the scan kernels serve a shape (rather than the tiled ones), where the
+/// instruction set has them ([`kernel_for`]: AVX2 and AVX-512).
+fn scan_wins(d: usize, k: usize) -> bool {
+    d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
 /// At most this many rows go to [`codebook_stream`]: beyond, the tiled kernels' packing of
@@ -320,23 +318,22 @@ const COLS_MAX_N: usize = 2048;
 /// kernels: at d = 16 the two ran the same).
 const COLS_MIN_D: usize = 32;
 
-/// Whether [`codebook_stream`] serves a shape on `isa`: few rows against a codebook at
-/// least four times larger. `vqkit bench --op assign --threads 2`, tiled against cols
+/// Whether [`codebook_stream`] serves a shape, where the instruction set has a cols kernel
+/// (`x86::cols_for`: AVX2 and AVX-512): few rows against a codebook at least four times
+/// larger. `vqkit bench --op assign --threads 2`, tiled against cols
 /// (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
 /// -> 110 to 115 ms, 1192 x 262,144 x 32 127 to 198 -> 102 to 122 ms, 1192 x 65,536 x 128
 /// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms. With
 /// `--isa avx2`: 256 x 65,536 x 2048 469 to 506 -> 376 to 413 ms, 298 x 65,536 x 512 136
 /// to 157 -> 128 to 132 ms.
-fn cols_wins(isa: Isa, shape: Shape) -> bool {
+#[cfg(target_arch = "x86_64")]
+fn cols_wins(shape: Shape) -> bool {
     let Shape { n, k, d } = shape;
-    cfg!(target_arch = "x86_64")
-        && matches!(isa, Isa::Avx512 | Isa::Avx2)
-        && n <= COLS_MAX_N
-        && k >= 4 * n
-        && d >= COLS_MIN_D
+    n <= COLS_MAX_N && k >= 4 * n && d >= COLS_MIN_D
 }
 
 /// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2.
+#[cfg(target_arch = "x86_64")]
 fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
     (caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>())).max(1)
 }
@@ -361,7 +358,7 @@ pub(crate) fn distance_argmin(
     } else {
         isa
     };
-    let scan = scan_wins(isa, shape.d, shape.k);
+    let scan = scan_wins(shape.d, shape.k);
     let (_, mr, nr) = kernel_for(isa, scan);
     let caches = super::CacheSizes::detect();
     let mut blocking = Blocking {
@@ -369,7 +366,7 @@ pub(crate) fn distance_argmin(
         ..Blocking::for_shape(caches, mr, nr, shape.d, shape.k.div_ceil(nr))
     };
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some((_, mr, _))) = (cols_wins(isa, shape), x86::cols_for(isa)) {
+    if let (true, Some((_, mr, _))) = (cols_wins(shape), x86::cols_for(isa)) {
         blocking.cols = true;
         blocking.group = cols_group(caches, mr, shape.d);
     }
@@ -470,11 +467,18 @@ pub(crate) fn distance_argmin_blocked(
             (pi, pd)
         })
         .collect();
-    let mut parts = parts.into_iter();
-    if let Some((pi, pd)) = parts.next() {
-        idx.copy_from_slice(&pi);
-        dist.copy_from_slice(&pd);
-    }
+    fold_parts(parts, idx, dist);
+    finish(x, d, dist);
+    Ok(())
+}
+
+/// Each row's best over `parts` (its index and score in each part, the parts in codebook
+/// order) into `idx` / `dist`: a later part wins only with a strictly lower score, so the
+/// lowest index still wins a tie; a row with no score below +inf gets (0, +inf), as in
+/// each part.
+fn fold_parts(parts: Vec<(Vec<u32>, Vec<f32>)>, idx: &mut [u32], dist: &mut [f32]) {
+    idx.fill(0);
+    dist.fill(f32::INFINITY);
     for (pi, pd) in parts {
         for (((i, v), &j), &w) in idx.iter_mut().zip(dist.iter_mut()).zip(&pi).zip(&pd) {
             if w < *v {
@@ -482,8 +486,6 @@ pub(crate) fn distance_argmin_blocked(
             }
         }
     }
-    finish(x, d, dist);
-    Ok(())
 }
 
 /// Few rows against a large codebook, the roles of the tiled kernels swapped: the rows
@@ -519,7 +521,7 @@ fn codebook_stream(
     };
     let group = group.max(1);
     let per = tiles.div_ceil(4 * threads).max(1);
-    let task = |first: usize| -> (Vec<f32>, Vec<u32>) {
+    let task = |first: usize| -> (Vec<u32>, Vec<f32>) {
         let tiles = first..tiles.min(first + per);
         let mut best_v = vec![f32::INFINITY; rows.panels * nr];
         let mut best_i = vec![0u32; rows.panels * nr];
@@ -556,23 +558,15 @@ fn codebook_stream(
                 }
             }
         }
-        (best_v, best_i)
+        (best_i, best_v)
     };
     let starts: Vec<usize> = (0..tiles).step_by(per).collect();
-    let parts: Vec<(Vec<f32>, Vec<u32>)> = if parallel {
+    let parts = if parallel {
         starts.into_par_iter().map(task).collect()
     } else {
         starts.into_iter().map(task).collect()
     };
-    dist.fill(f32::INFINITY);
-    idx.fill(0);
-    for (pv, pi) in parts {
-        for (((i, v), &j), &w) in idx.iter_mut().zip(dist.iter_mut()).zip(&pi).zip(&pv) {
-            if w < *v {
-                (*i, *v) = (j, w);
-            }
-        }
-    }
+    fold_parts(parts, idx, dist);
     finish(x, d, dist);
     Ok(())
 }
@@ -1132,16 +1126,7 @@ mod x86 {
         assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
         // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
         // `check` bounds every pointer offset the kernel takes, and d is one chunk.
-        unsafe {
-            match s.p.d {
-                1 => scan_avx2::<1>(s, val, idx),
-                2 => scan_avx2::<2>(s, val, idx),
-                3 => scan_avx2::<3>(s, val, idx),
-                4 => scan_avx2::<4>(s, val, idx),
-                8 => scan_avx2::<8>(s, val, idx),
-                _ => scan_avx2::<0>(s, val, idx),
-            }
-        }
+        unsafe { scan_avx2(s, val, idx) }
     }
 
     /// The 8 lanes folded branch-free, as [`reduce_lanes`] folds them: the lowest score,
@@ -1181,16 +1166,7 @@ mod x86 {
         assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
         // `check` bounds every pointer offset the kernel takes, and d is one chunk.
-        unsafe {
-            match s.p.d {
-                1 => scan_avx512::<1>(s, val, idx),
-                2 => scan_avx512::<2>(s, val, idx),
-                3 => scan_avx512::<3>(s, val, idx),
-                4 => scan_avx512::<4>(s, val, idx),
-                8 => scan_avx512::<8>(s, val, idx),
-                _ => scan_avx512::<0>(s, val, idx),
-            }
-        }
+        unsafe { scan_avx512(s, val, idx) }
     }
 
     /// Codewords per tile of the AVX-512 cols kernel (broadcast), against 32 rows (two zmm).
@@ -1558,16 +1534,36 @@ mod x86 {
         }
     }
 
+    /// [`scan_walk`] with d a constant where it is one of the common short widths (the
+    /// loop over d unrolled, the row's values kept in registers).
+    ///
+    /// # Safety
+    /// As for [`scan_walk`].
+    #[inline(always)]
+    unsafe fn scan_by_d<V: Lanes, const MR: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match s.p.d {
+                1 => scan_walk::<V, MR, 1>(s, val, idx),
+                2 => scan_walk::<V, MR, 2>(s, val, idx),
+                3 => scan_walk::<V, MR, 3>(s, val, idx),
+                4 => scan_walk::<V, MR, 4>(s, val, idx),
+                8 => scan_walk::<V, MR, 8>(s, val, idx),
+                _ => scan_walk::<V, MR, 0>(s, val, idx),
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scan_avx2<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn scan_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
-        unsafe { scan_walk::<__m256, SCAN256_MR, D>(s, val, idx) }
+        unsafe { scan_by_d::<__m256, SCAN256_MR>(s, val, idx) }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn scan_avx512<const D: usize>(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn scan_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
         // SAFETY: compiled for AVX-512F; the caller checked the step.
-        unsafe { scan_walk::<__m512, SCAN512_MR, D>(s, val, idx) }
+        unsafe { scan_by_d::<__m512, SCAN512_MR>(s, val, idx) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -1652,11 +1648,8 @@ mod x86 {
         for r in 0..MR {
             // Fold the 16 lanes branch-free: the lowest score, and among the lanes holding
             // it, the lowest index.
-            let (v, i) = (best_v[r], best_i[r]);
-            let m = _mm512_reduce_min_ps(v);
-            let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m));
-            val[r] = m;
-            idx[r] = _mm512_mask_reduce_min_epu32(at_min, i);
+            // SAFETY: compiled for AVX-512F.
+            (val[r], idx[r]) = unsafe { <__m512 as Lanes>::reduce(best_v[r], best_i[r]) };
         }
     }
 }
