@@ -56,6 +56,10 @@ pub(crate) struct Packed {
     norms: Vec<f32>,
     panels: usize,
     d: usize,
+    /// Scores are folded ([`folds`]): each chain starts from the codeword's norm, against
+    /// the codeword times -2 (stored so here, or in the cols kernels' codeword tiles when
+    /// these are packed rows).
+    fold: bool,
     /// The buffer goes back to [`SPARE`] when dropped (a codebook's, not rows').
     recycle: bool,
 }
@@ -66,10 +70,12 @@ impl Packed {
         codebook: &[f32],
         norms: &[f32],
         (k, d, nr): (usize, usize, usize),
+        fold: bool,
     ) -> Result<Self> {
         let panels = k.div_ceil(nr);
         let mut data = spare_buffer(panels * nr * d)?;
-        pack_panels(parallel, codebook, (d, nr), &mut data);
+        let scale = if fold { -2.0 } else { 1.0 };
+        pack_panels(parallel, codebook, (d, nr), scale, &mut data);
         let mut padded_norms = vec![f32::INFINITY; panels * nr];
         padded_norms[..k].copy_from_slice(norms);
         Ok(Packed {
@@ -77,6 +83,7 @@ impl Packed {
             norms: padded_norms,
             panels,
             d,
+            fold,
             recycle: true,
         })
     }
@@ -86,20 +93,21 @@ impl Packed {
     fn rows(parallel: bool, x: &[f32], (n, d, nr): (usize, usize, usize)) -> Result<Self> {
         let panels = n.div_ceil(nr);
         let mut data = crate::resources::zeroed_f32_lazy("the packed rows", panels * nr * d)?;
-        pack_panels(parallel, x, (d, nr), &mut data);
+        pack_panels(parallel, x, (d, nr), 1.0, &mut data);
         Ok(Packed {
             data,
             norms: Vec::new(),
             panels,
             d,
+            fold: false,
             recycle: false,
         })
     }
 }
 
-/// `src` (rows of `d`) packed into `data`, panels of `nr` rows, `d`-major within a panel
-/// (`panel[t][lane]`), padding lanes zero. Every element is written: `data` may hold an
-/// earlier call's panels.
+/// `src` (rows of `d`) times `scale` (1 or -2: exact either way) packed into `data`,
+/// panels of `nr` rows, `d`-major within a panel (`panel[t][lane]`), padding lanes zero.
+/// Every element is written: `data` may hold an earlier call's panels.
 ///
 /// Panel by panel (a large codebook's packing, and the first touch of its pages, shared
 /// between threads when the caller runs in parallel). A transpose in tiles of PACK_T steps
@@ -108,13 +116,13 @@ impl Packed {
 /// and the panel is written once, in order. (Writing one row's lane down the whole panel
 /// at a time strided the stores nr floats apart: at d = 2048 a panel of 256 KB, crossed nr
 /// times.)
-fn pack_panels(parallel: bool, src: &[f32], (d, nr): (usize, usize), data: &mut [f32]) {
+fn pack_panels(parallel: bool, src: &[f32], (d, nr): (usize, usize), scale: f32, data: &mut [f32]) {
     let pack = |(p, panel): (usize, &mut [f32])| {
         let rows: Vec<&[f32]> = src[p * nr * d..].chunks_exact(d).take(nr).collect();
         for (tile, t0) in panel.chunks_mut(PACK_T * nr).zip((0..d).step_by(PACK_T)) {
             for (lane, row) in rows.iter().enumerate() {
                 for (step, &v) in row[t0..].iter().take(PACK_T).enumerate() {
-                    tile[step * nr + lane] = v;
+                    tile[step * nr + lane] = v * scale;
                 }
             }
             // Padding lanes (the last panel only): zeros.
@@ -310,6 +318,19 @@ fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
+/// Whether the tiled and scan kernels of `isa` compute each score as one FMA chain over d
+/// starting from the norm, against the codeword times -2 (`norm + x_0 (-2 c_0) + ...`),
+/// rather than as a chain from zero and then `norm - 2 acc`: for rows of at most
+/// [`SCAN_MAX_D`] (the scan kernels' widths), where that last FMA is a large part of the
+/// work (one of three at d = 2). Both forms round each step once, and `-2 c` is exact
+/// (doubling overflows only where `c^2`, and so the norm, already did), but their last
+/// bits differ; [`exact_scores`] follows the same rule. `vqkit bench --op assign
+/// --threads 2`, 3 alternating runs: d = 2, k = 4096 15.6-16.0 -> 12.4-13.1 ms, k = 65,536
+/// 147-150 -> 113-116 ms. The portable kernels keep their products and sums.
+pub(crate) fn folds(isa: Isa, d: usize) -> bool {
+    isa != Isa::Portable && d <= SCAN_MAX_D
+}
+
 /// At most this many rows go to [`codebook_stream`]: beyond, the tiled kernels' packing of
 /// the codebook is shared by enough rows (and the rows no longer fit the caches).
 const COLS_MAX_N: usize = 2048;
@@ -405,10 +426,15 @@ pub(crate) fn distance_argmin_blocked(
     #[cfg(target_arch = "x86_64")]
     if let (true, Some(cols)) = (blocking.cols, x86::cols_for(isa)) {
         let group = blocking.group;
-        return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
+        let fold = folds(isa, d);
+        return codebook_stream(
+            cols, group, fold, parallel, x, codebook, norms, shape, idx, dist,
+        );
     }
-    let (kernel, mr, nr) = kernel_for(isa, blocking.scan && blocking.kc >= d);
-    let packed = Packed::new(parallel, codebook, norms, (k, d, nr))?;
+    // The scan kernels compute folded scores only: elsewhere the blocking's `scan` is moot.
+    let scan = blocking.scan && blocking.kc >= d && folds(isa, d);
+    let (kernel, mr, nr) = kernel_for(isa, scan);
+    let packed = Packed::new(parallel, codebook, norms, (k, d, nr), folds(isa, d))?;
     let all = 0..packed.panels;
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
     // codebook): the codebook is split too, into slices of whole groups.
@@ -497,12 +523,14 @@ fn fold_parts(parts: Vec<(Vec<u32>, Vec<f32>)>, idx: &mut [u32], dist: &mut [f32
 /// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
 /// its scores into the rows' best in codeword order with a strict `<`. The slices are
 /// folded in order the same way. Each score is the tiled kernels' chain of FMAs (`c * x +
-/// acc` is `x * c + acc`), so the bits are theirs.
+/// acc` is `x * c + acc`), so the bits are theirs; folded like theirs where `fold` (the
+/// tiles then hold `-2 c`).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn codebook_stream(
     (kernel, mr, nr): (x86::ColsKernel, usize, usize),
     group: usize,
+    fold: bool,
     parallel: bool,
     x: &[f32],
     codebook: &[f32],
@@ -512,7 +540,8 @@ fn codebook_stream(
     dist: &mut [f32],
 ) -> Result<()> {
     let Shape { n, k, d } = shape;
-    let rows = Packed::rows(parallel, x, (n, d, nr))?;
+    let mut rows = Packed::rows(parallel, x, (n, d, nr))?;
+    rows.fold = fold;
     let tiles = k.div_ceil(mr);
     let threads = if parallel {
         rayon::current_num_threads()
@@ -538,6 +567,9 @@ fn codebook_stream(
                     tb.fill(0.0);
                 }
                 pack_rows(block, d, mr, tb);
+                if fold {
+                    tb.iter_mut().for_each(|v| *v *= -2.0);
+                }
             }
             for panel in 0..rows.panels {
                 for (tile, tb) in g.clone().zip(packed.chunks_exact(mr * d)) {
@@ -586,7 +618,8 @@ pub(crate) fn finished(score: f32, x_sq: f32) -> f32 {
 /// The scores `|c_j|^2 - 2 x.c_j` of one row `x` against the codewords `js`, into `out`,
 /// bit for bit as the tiled kernels of `isa` compute them (for `k > NARROW_K`): each is one
 /// chain over d from zero, of FMAs (AVX2, AVX-512) or of products and sums (portable),
-/// then `norm - 2 acc` in one rounding (`2 acc` is exact). Exact Lloyd with bounds
+/// then `norm - 2 acc` in one rounding (`2 acc` is exact); or, where the kernels [`folds`],
+/// one chain of FMAs from the norm against `-2 c`. Exact Lloyd with bounds
 /// (`quant/bounds.rs`) computes only the distances its bounds cannot rule out, and they
 /// must be the kernel's. Eight codewords at a time: eight independent chains hide the
 /// FMA latency.
@@ -605,11 +638,11 @@ pub(crate) fn exact_scores(
             &codebook[j * d..(j + 1) * d]
         });
         let scores = match isa {
-            Isa::Portable => chains::<false>(x, &rows, norms, js),
+            Isa::Portable => chains::<false, false>(x, &rows, norms, js),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` and `Isa::Avx512` exist only after runtime detection,
             // and every CPU with either has FMA.
-            Isa::Avx2 | Isa::Avx512 => unsafe { chains_fma(x, &rows, norms, js) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { chains_fma(folds(isa, d), x, &rows, norms, js) },
         };
         out.copy_from_slice(&scores[..out.len()]);
     }
@@ -638,10 +671,10 @@ pub(crate) fn exact_pair_scores(
         });
         let ns: [f32; CHAINS] = std::array::from_fn(|l| norms[pick(l).1 as usize]);
         let scores = match isa {
-            Isa::Portable => pair_chains::<false>(&rows, &cws, &ns),
+            Isa::Portable => pair_chains::<false, false>(&rows, &cws, &ns),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `exact_scores`.
-            Isa::Avx2 | Isa::Avx512 => unsafe { pair_chains_fma(&rows, &cws, &ns) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { pair_chains_fma(folds(isa, d), &rows, &cws, &ns) },
         };
         out.copy_from_slice(&scores[..out.len()]);
     }
@@ -650,16 +683,21 @@ pub(crate) fn exact_pair_scores(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
 fn pair_chains_fma(
+    fold: bool,
     rows: &[&[f32]; CHAINS],
     cws: &[&[f32]; CHAINS],
     norms: &[f32; CHAINS],
 ) -> [f32; CHAINS] {
-    pair_chains::<true>(rows, cws, norms)
+    if fold {
+        pair_chains::<true, true>(rows, cws, norms)
+    } else {
+        pair_chains::<true, false>(rows, cws, norms)
+    }
 }
 
 /// The chains of [`exact_pair_scores`]: lane `l` is row `rows[l]` against `cws[l]`.
 #[inline(always)]
-fn pair_chains<const FUSED: bool>(
+fn pair_chains<const FUSED: bool, const FOLD: bool>(
     rows: &[&[f32]; CHAINS],
     cws: &[&[f32]; CHAINS],
     norms: &[f32; CHAINS],
@@ -667,36 +705,56 @@ fn pair_chains<const FUSED: bool>(
     let d = rows[0].len();
     let rows: [&[f32]; CHAINS] = rows.map(|r| &r[..d]);
     let cws: [&[f32]; CHAINS] = cws.map(|c| &c[..d]);
-    let mut acc = [0.0f32; CHAINS];
+    let mut acc = if FOLD { *norms } else { [0.0f32; CHAINS] };
     for t in 0..d {
         for l in 0..CHAINS {
-            acc[l] = if FUSED {
-                rows[l][t].mul_add(cws[l][t], acc[l])
-            } else {
-                acc[l] + rows[l][t] * cws[l][t]
-            };
+            acc[l] = chain_step::<FUSED, FOLD>(rows[l][t], cws[l][t], acc[l]);
         }
     }
-    std::array::from_fn(|l| {
-        if FUSED {
-            acc[l].mul_add(-2.0, norms[l])
-        } else {
-            norms[l] - 2.0 * acc[l]
-        }
-    })
+    std::array::from_fn(|l| score_of::<FUSED, FOLD>(acc[l], norms[l]))
+}
+
+/// One step of a score's chain: `acc + x c`, as the kernels round it (see [`folds`]).
+#[inline(always)]
+fn chain_step<const FUSED: bool, const FOLD: bool>(x: f32, c: f32, acc: f32) -> f32 {
+    match (FUSED, FOLD) {
+        (true, true) => x.mul_add(-2.0 * c, acc),
+        (true, false) => x.mul_add(c, acc),
+        _ => acc + x * c,
+    }
+}
+
+/// The score from its chain: the chain itself when folded, else `norm - 2 acc`.
+#[inline(always)]
+fn score_of<const FUSED: bool, const FOLD: bool>(acc: f32, norm: f32) -> f32 {
+    match (FUSED, FOLD) {
+        (_, true) => acc,
+        (true, false) => acc.mul_add(-2.0, norm),
+        (false, false) => norm - 2.0 * acc,
+    }
 }
 
 const CHAINS: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-fn chains_fma(x: &[f32], rows: &[&[f32]; CHAINS], norms: &[f32], js: &[u32]) -> [f32; CHAINS] {
-    chains::<true>(x, rows, norms, js)
+fn chains_fma(
+    fold: bool,
+    x: &[f32],
+    rows: &[&[f32]; CHAINS],
+    norms: &[f32],
+    js: &[u32],
+) -> [f32; CHAINS] {
+    if fold {
+        chains::<true, true>(x, rows, norms, js)
+    } else {
+        chains::<true, false>(x, rows, norms, js)
+    }
 }
 
 /// [`exact_scores`] for up to [`CHAINS`] codewords (`rows`, padded by repeating the last).
 #[inline(always)]
-fn chains<const FUSED: bool>(
+fn chains<const FUSED: bool, const FOLD: bool>(
     x: &[f32],
     rows: &[&[f32]; CHAINS],
     norms: &[f32],
@@ -704,25 +762,19 @@ fn chains<const FUSED: bool>(
 ) -> [f32; CHAINS] {
     let d = x.len();
     let rows: [&[f32]; CHAINS] = rows.map(|r| &r[..d]);
-    let mut acc = [0.0f32; CHAINS];
+    let norm = |l: usize| norms[js[l.min(js.len() - 1)] as usize];
+    let mut acc: [f32; CHAINS] = if FOLD {
+        std::array::from_fn(norm)
+    } else {
+        [0.0; CHAINS]
+    };
     for t in 0..d {
         let xv = x[t];
         for l in 0..CHAINS {
-            acc[l] = if FUSED {
-                xv.mul_add(rows[l][t], acc[l])
-            } else {
-                acc[l] + xv * rows[l][t]
-            };
+            acc[l] = chain_step::<FUSED, FOLD>(xv, rows[l][t], acc[l]);
         }
     }
-    std::array::from_fn(|l| {
-        let norm = norms[js[l.min(js.len() - 1)] as usize];
-        if FUSED {
-            acc[l].mul_add(-2.0, norm)
-        } else {
-            norm - 2.0 * acc[l]
-        }
-    })
+    std::array::from_fn(|l| score_of::<FUSED, FOLD>(acc[l], norm(l)))
 }
 
 /// Splits the rows into fixed tasks of `rows` (independent of the thread count) and runs
@@ -1035,19 +1087,36 @@ mod x86 {
         check(s, acc, val, idx, AVX2_MR, AVX2_NR);
         // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
         // `check` bounds every pointer offset the kernel takes.
-        unsafe { rows_avx2(s, acc, val, idx) }
+        unsafe {
+            if s.p.fold {
+                rows_avx2::<true>(s, acc, val, idx)
+            } else {
+                rows_avx2::<false>(s, acc, val, idx)
+            }
+        }
     }
 
     pub(super) fn rows_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         check(s, acc, val, idx, AVX512_MR, AVX512_NR);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
         // `check` bounds every pointer offset the kernel takes.
-        unsafe { rows_avx512(s, acc, val, idx) }
+        unsafe {
+            if s.p.fold {
+                rows_avx512::<true>(s, acc, val, idx)
+            } else {
+                rows_avx512::<false>(s, acc, val, idx)
+            }
+        }
     }
 
     /// v2: 6 rows x 16 codewords (two ymm) per tile.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_avx2(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn rows_avx2<const FOLD: bool>(
+        s: &Step,
+        acc_buf: &mut [f32],
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
         const MR: usize = AVX2_MR;
         const NR: usize = AVX2_NR;
         let (p, d) = (s.p, s.p.d);
@@ -1062,7 +1131,13 @@ mod x86 {
             // the chunk t0..t0 + kc, the MR rows of x and the saved tiles are in bounds.
             let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
             let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
+            let np = unsafe { p.norms.as_ptr().add(panel * NR) };
+            let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
+            // Folded, each chain starts from its codeword's norm (see `folds`).
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if FOLD && s.first {
+                acc = [norms; MR];
+            }
             if !s.first {
                 for r in 0..MR {
                     for h in 0..2 {
@@ -1092,15 +1167,19 @@ mod x86 {
                 }
                 continue;
             }
-            let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-            let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
             let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
                 // Fold the panel's halves (strict <: a tie keeps the lower first half),
                 // then fold into the running best.
-                let s0 = _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]);
-                let s1 = _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let (s0, s1) = if FOLD {
+                    (acc[r][0], acc[r][1])
+                } else {
+                    (
+                        _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]),
+                        _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]),
+                    )
+                };
                 let take1 = _mm256_cmp_ps::<_CMP_LT_OQ>(s1, s0);
                 let s = _mm256_blendv_ps(s0, s1, take1);
                 let i = blend_epi32(ids[0], ids[1], take1);
@@ -1123,7 +1202,7 @@ mod x86 {
 
     pub(super) fn scan_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         check(s, acc, val, idx, SCAN256_MR, AVX2_NR);
-        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d && s.p.fold);
         // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
         // `check` bounds every pointer offset the kernel takes, and d is one chunk.
         unsafe { scan_avx2(s, val, idx) }
@@ -1163,7 +1242,7 @@ mod x86 {
 
     pub(super) fn scan_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         check(s, acc, val, idx, SCAN512_MR, AVX512_NR);
-        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d && s.p.fold);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
         // `check` bounds every pointer offset the kernel takes, and d is one chunk.
         unsafe { scan_avx512(s, val, idx) }
@@ -1390,7 +1469,7 @@ mod x86 {
         // SAFETY: the caller's contract: `check` bounds the panels, the MR rows of x over
         // the whole of d and the norms; `all` holds a panel.
         unsafe {
-            let (minus_two, inf) = (V::splat(-2.0), V::splat(f32::INFINITY));
+            let inf = V::splat(f32::INFINITY);
             // Per row, per lane: the lowest score so far, and the block that first reached it.
             let mut low = [inf; MR];
             let mut at = [V::splat_i(0); MR];
@@ -1398,7 +1477,9 @@ mod x86 {
                 let mut bm = [inf; MR];
                 for panel in b0..range.end.min(b0 + block) {
                     let cp = p.data.as_ptr().add(panel * nr * d);
-                    let mut acc = [[V::splat(0.0); 2]; MR];
+                    // Folded (see `folds`): each chain starts from its codeword's norm.
+                    let np = p.norms.as_ptr().add(panel * nr);
+                    let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
                     for t in 0..d {
                         let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
                         let xt = xp.add(t * s.ts);
@@ -1408,13 +1489,9 @@ mod x86 {
                             acc[r][1] = V::fmadd(xv, c[1], acc[r][1]);
                         }
                     }
-                    let np = p.norms.as_ptr().add(panel * nr);
-                    let norms = [V::load(np), V::load(np.add(w))];
                     for r in 0..MR {
                         // A NaN score never enters the minima, as it never wins the tiled `<`.
-                        let s0 = V::fmadd(acc[r][0], minus_two, norms[0]);
-                        let s1 = V::fmadd(acc[r][1], minus_two, norms[1]);
-                        bm[r] = V::min(s1, V::min(s0, bm[r]));
+                        bm[r] = V::min(acc[r][1], V::min(acc[r][0], bm[r]));
                     }
                 }
                 let here = V::splat_i(b as u32);
@@ -1452,7 +1529,8 @@ mod x86 {
     }
 
     /// Row `r` of the step's rows against one panel: its scores as the tiled and scan
-    /// kernels compute them (one FMA chain over d from zero, then `norm - 2 acc`).
+    /// kernels compute them, folded (one FMA chain over d from the norm, against the
+    /// packed `-2 c`: see `folds`).
     ///
     /// # Safety
     /// As for [`scan_walk`].
@@ -1462,18 +1540,14 @@ mod x86 {
         // SAFETY: the caller's `check` bounds the panel, the row and d.
         unsafe {
             let cp = p.data.as_ptr().add(panel * 2 * w * d);
-            let (mut a0, mut a1) = (V::splat(0.0), V::splat(0.0));
+            let np = p.norms.as_ptr().add(panel * 2 * w);
+            let (mut a0, mut a1) = (V::load(np), V::load(np.add(w)));
             for t in 0..d {
                 let xv = V::splat(*xp.add(t * s.ts + r * s.rs));
                 a0 = V::fmadd(xv, V::load(cp.add(t * 2 * w)), a0);
                 a1 = V::fmadd(xv, V::load(cp.add(t * 2 * w + w)), a1);
             }
-            let np = p.norms.as_ptr().add(panel * 2 * w);
-            let minus_two = V::splat(-2.0);
-            (
-                V::fmadd(a0, minus_two, V::load(np)),
-                V::fmadd(a1, minus_two, V::load(np.add(w))),
-            )
+            (a0, a1)
         }
     }
 
@@ -1486,7 +1560,7 @@ mod x86 {
     /// # Safety
     /// The caller is compiled for `V`'s instruction set and `check_cols` passed.
     #[inline(always)]
-    unsafe fn cols_walk<V: Lanes, const MR: usize>(
+    unsafe fn cols_walk<V: Lanes, const MR: usize, const FOLD: bool>(
         s: &Step,
         (norms, j0): (&[f32], usize),
         best_v: &mut [f32],
@@ -1500,7 +1574,13 @@ mod x86 {
             let minus_two = V::splat(-2.0);
             for panel in s.panels.clone() {
                 let xp = p.data.as_ptr().add(panel * 2 * w * d);
+                // Folded, each chain starts from its codeword's norm (see `folds`).
                 let mut acc = [[V::splat(0.0); 2]; MR];
+                if FOLD {
+                    for r in 0..norms.len().min(MR) {
+                        acc[r] = [V::splat(norms[r]); 2];
+                    }
+                }
                 for t in 0..d {
                     let x = [V::load(xp.add(t * 2 * w)), V::load(xp.add(t * 2 * w + w))];
                     let ct = cwp.add(t * s.ts);
@@ -1519,7 +1599,11 @@ mod x86 {
                         let nj = V::splat(norms[r]);
                         let j = V::splat_i((j0 + r) as u32);
                         for h in 0..2 {
-                            let sc = V::fmadd(acc[r][h], minus_two, nj);
+                            let sc = if FOLD {
+                                acc[r][h]
+                            } else {
+                                V::fmadd(acc[r][h], minus_two, nj)
+                            };
                             let lt = V::lt(sc, bv[h]);
                             bv[h] = V::blend(lt, bv[h], sc);
                             bi[h] = V::blend_i(lt, bi[h], j);
@@ -1569,18 +1653,35 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn cols_avx2(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
-        unsafe { cols_walk::<__m256, COLS256_MR>(s, tile, best_v, best_i) }
+        unsafe {
+            if s.p.fold {
+                cols_walk::<__m256, COLS256_MR, true>(s, tile, best_v, best_i)
+            } else {
+                cols_walk::<__m256, COLS256_MR, false>(s, tile, best_v, best_i)
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
     unsafe fn cols_avx512(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
         // SAFETY: compiled for AVX-512F; the caller checked the step.
-        unsafe { cols_walk::<__m512, COLS512_MR>(s, tile, best_v, best_i) }
+        unsafe {
+            if s.p.fold {
+                cols_walk::<__m512, COLS512_MR, true>(s, tile, best_v, best_i)
+            } else {
+                cols_walk::<__m512, COLS512_MR, false>(s, tile, best_v, best_i)
+            }
+        }
     }
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
     #[target_feature(enable = "avx512f")]
-    unsafe fn rows_avx512(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn rows_avx512<const FOLD: bool>(
+        s: &Step,
+        acc_buf: &mut [f32],
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
         const MR: usize = AVX512_MR;
         const NR: usize = AVX512_NR;
         let (p, d) = (s.p, s.p.d);
@@ -1595,7 +1696,13 @@ mod x86 {
             // the chunk t0..t0 + kc, the MR rows of x and the saved tiles are in bounds.
             let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
             let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
+            let np = unsafe { p.norms.as_ptr().add(panel * NR) };
+            let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
+            // Folded, each chain starts from its codeword's norm (see `folds`).
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            if FOLD && s.first {
+                acc = [norms; MR];
+            }
             if !s.first {
                 for r in 0..MR {
                     for h in 0..2 {
@@ -1625,15 +1732,19 @@ mod x86 {
                 }
                 continue;
             }
-            let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-            let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
             let i0 = _mm512_add_epi32(lane, _mm512_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm512_add_epi32(i0, _mm512_set1_epi32(16))];
             for r in 0..MR {
                 // Fold the panel's two halves first (the first half has the lower indices,
                 // so a strict < keeps ties there), then fold into the running best.
-                let s0 = _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]);
-                let s1 = _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]);
+                let (s0, s1) = if FOLD {
+                    (acc[r][0], acc[r][1])
+                } else {
+                    (
+                        _mm512_fmadd_ps(acc[r][0], minus_two, norms[0]),
+                        _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]),
+                    )
+                };
                 let take1 = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s1, s0);
                 let s = _mm512_mask_blend_ps(take1, s0, s1);
                 let i = _mm512_mask_blend_epi32(take1, ids[0], ids[1]);
@@ -1796,7 +1907,14 @@ mod tests {
     #[test]
     fn exact_scores_are_the_kernels() {
         let mut rng = Rng::new(3);
-        for &(n, k, d) in &[(31, 5, 1), (40, 37, 7), (25, 100, 33), (9, 70, 301)] {
+        // (6, 4100, 3): the scan kernels; d <= 8 folds (see `folds`).
+        for &(n, k, d) in &[
+            (31, 5, 1),
+            (40, 37, 7),
+            (6, 4100, 3),
+            (25, 100, 33),
+            (9, 70, 301),
+        ] {
             let x = clustered(n, d, 3, 0.5, 5 + d as u64);
             let mut c = Vec::with_capacity(k * d);
             for _ in 0..k {
@@ -1838,24 +1956,26 @@ mod tests {
     }
 
     /// The packed layout is its definition, `panel[t][lane] = codebook[p nr + lane][t]`
-    /// with zero padding lanes and +inf padding norms, at every remainder of the
-    /// transpose's tiles (d around PACK_T) and of the panels (k around nr), sequential and
-    /// parallel.
+    /// (times -2 when folded) with +0 padding lanes and +inf padding norms, at every
+    /// remainder of the transpose's tiles (d around PACK_T) and of the panels (k around
+    /// nr), sequential and parallel.
     #[test]
     fn packing_is_the_panel_transpose() {
         let nr = 32;
         for &(k, d) in &[(1, 1), (31, 15), (32, 16), (33, 17), (70, 47), (65, 48)] {
             let c: Vec<f32> = (0..k * d).map(|v| v as f32 + 0.5).collect();
             let norms: Vec<f32> = (0..k).map(|j| j as f32).collect();
-            for parallel in [false, true] {
-                let p = Packed::new(parallel, &c, &norms, (k, d, nr)).unwrap();
+            for (parallel, fold) in [(false, false), (true, false), (false, true), (true, true)] {
+                let p = Packed::new(parallel, &c, &norms, (k, d, nr), fold).unwrap();
                 assert_eq!(p.panels, k.div_ceil(nr));
                 assert_eq!(p.data.len(), p.panels * nr * d);
+                let scale = if fold { -2.0 } else { 1.0 };
                 for (at, &v) in p.data.iter().enumerate() {
                     let (panel, t, lane) = (at / (nr * d), at / nr % d, at % nr);
                     let j = panel * nr + lane;
-                    let want = if j < k { c[j * d + t] } else { 0.0 };
-                    assert_eq!(v, want, "k={k} d={d} panel={panel} t={t} lane={lane}");
+                    let want = if j < k { c[j * d + t] * scale } else { 0.0 };
+                    let at = format!("k={k} d={d} panel={panel} t={t} lane={lane} fold={fold}");
+                    assert_eq!(v.to_bits(), want.to_bits(), "{at}");
                 }
                 for (j, &v) in p.norms.iter().enumerate() {
                     assert_eq!(v, if j < k { j as f32 } else { f32::INFINITY });
@@ -1872,12 +1992,12 @@ mod tests {
         let x = clustered(n, d, 3, 0.5, 8);
         let c = clustered(k, d, 3, 0.5, 9);
         let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
-        let fresh = Packed::new(false, &c, &norms, (k, d, nr))
+        let fresh = Packed::new(false, &c, &norms, (k, d, nr), false)
             .unwrap()
             .data
             .clone();
         *SPARE.lock().unwrap() = vec![f32::NAN; 4 * fresh.len()];
-        let reused = Packed::new(false, &c, &norms, (k, d, nr)).unwrap();
+        let reused = Packed::new(false, &c, &norms, (k, d, nr), false).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&reused.data), bits(&fresh));
         drop(reused);
