@@ -36,10 +36,10 @@
 //!   noted once per block, and the one block holding a row's minimum is computed again at
 //!   the end for its index. Same scores, same bits as v2 and v3.
 //! - v5 `cols` (AVX-512: 12 codewords x 32 rows; AVX2: 6 x 16), for at most 2048 rows of
-//!   d >= 32 against a codebook at least 4x larger ([`codebook_stream`]): the roles
-//!   swapped, codewords broadcast against rows in lanes, the rows packed into panels and
-//!   the codebook a few tiles at a time, so a large codebook is read once and never copied
-//!   whole. Same scores, same bits as v2 and v3.
+//!   d >= 32 against a codebook at least 4x larger (2x for d >= 512; [`codebook_stream`]):
+//!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
+//!   panels and the codebook a few tiles at a time, so a large codebook is read once and
+//!   never copied whole. Same scores, same bits as v2 and v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -341,17 +341,29 @@ const COLS_MIN_D: usize = 32;
 
 /// Whether [`codebook_stream`] serves a shape, where the instruction set has a cols kernel
 /// (`x86::cols_for`: AVX2 and AVX-512): few rows against a codebook at least four times
-/// larger. `vqkit bench --op assign --threads 2`, tiled against cols
+/// larger (twice, for rows of 512 or more). `vqkit bench --op assign --threads 2`, tiled against cols
 /// (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
 /// -> 110 to 115 ms, 1192 x 262,144 x 32 127 to 198 -> 102 to 122 ms, 1192 x 65,536 x 128
 /// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms. With
 /// `--isa avx2`: 256 x 65,536 x 2048 469 to 506 -> 376 to 413 ms, 298 x 65,536 x 512 136
 /// to 157 -> 128 to 132 ms.
+///
+/// Rows of at least [`COLS_WIDE_D`] take it from a codebook twice as large (3 alternating
+/// runs, at 68ec426): 1192 x 4096 x 2048 101-111 -> 93-99 ms (AVX2: 107-130 -> 95-122),
+/// 1024 x 2048 x 2048 45-46 -> 41-43 ms, 2048 x 4096 x 512 40-42 -> 39-41 ms (AVX2: the
+/// same within noise). Narrower rows do not: at 2048 x 4096 x 128 and x 32, AVX-512 gained
+/// 10% but AVX2 lost 25% to 50%. From k = n to 2n the two ran the same.
 #[cfg(target_arch = "x86_64")]
 fn cols_wins(shape: Shape) -> bool {
     let Shape { n, k, d } = shape;
-    n <= COLS_MAX_N && k >= 4 * n && d >= COLS_MIN_D
+    let ratio = if d >= COLS_WIDE_D { 2 } else { 4 };
+    n <= COLS_MAX_N && k >= ratio * n && d >= COLS_MIN_D
 }
+
+/// Rows this wide go to [`codebook_stream`] from a codebook twice their number (narrower
+/// ones, four times): see [`cols_wins`].
+#[cfg(target_arch = "x86_64")]
+const COLS_WIDE_D: usize = 512;
 
 /// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2.
 #[cfg(target_arch = "x86_64")]
