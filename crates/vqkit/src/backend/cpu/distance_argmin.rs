@@ -318,15 +318,16 @@ fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
-/// Whether the tiled and scan kernels of `isa` compute each score as one FMA chain over d
-/// starting from the norm, against the codeword times -2 (`norm + x_0 (-2 c_0) + ...`),
-/// rather than as a chain from zero and then `norm - 2 acc`: for rows of at most
-/// [`SCAN_MAX_D`] (the scan kernels' widths), where that last FMA is a large part of the
-/// work (one of three at d = 2). Both forms round each step once, and `-2 c` is exact
+/// Whether the kernels of `isa` (tiled, scan and cols alike) compute each score as one FMA
+/// chain over d starting from the norm, against the codeword times -2 (`norm + x_0 (-2
+/// c_0) + ...`), rather than as a chain from zero and then `norm - 2 acc`: for rows of at
+/// most [`SCAN_MAX_D`] (the scan kernels' widths), where that last FMA is a large part of
+/// the work (one of three at d = 2). Both forms round each step once, and `-2 c` is exact
 /// (doubling overflows only where `c^2`, and so the norm, already did), but their last
 /// bits differ; [`exact_scores`] follows the same rule. `vqkit bench --op assign
-/// --threads 2`, 3 alternating runs: d = 2, k = 4096 15.6-16.0 -> 12.4-13.1 ms, k = 65,536
-/// 147-150 -> 113-116 ms. The portable kernels keep their products and sums.
+/// --threads 2`, 3 alternating runs, medians (best): d = 2, k = 4096 15.9 -> 14.6 (12.1)
+/// ms, k = 65,536 144 -> 121 (102) ms; `--isa avx2` d = 2, k = 4096 23.7 -> 18.3 ms. The
+/// portable kernels keep their products and sums.
 pub(crate) fn folds(isa: Isa, d: usize) -> bool {
     isa != Isa::Portable && d <= SCAN_MAX_D
 }
