@@ -56,9 +56,8 @@ pub(crate) struct Packed {
     norms: Vec<f32>,
     panels: usize,
     d: usize,
-    /// Scores are folded ([`folds`]): each chain starts from the codeword's norm, against
-    /// the codeword times -2 (stored so here, or in the cols kernels' codeword tiles when
-    /// these are packed rows).
+    /// The codewords are stored times -2 and each score's chain starts from the norm
+    /// ([`folds`]); never for packed rows.
     fold: bool,
     /// The buffer goes back to [`SPARE`] when dropped (a codebook's, not rows').
     recycle: bool,
@@ -318,11 +317,12 @@ fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
-/// Whether the kernels of `isa` (tiled, scan and cols alike) compute each score as one FMA
-/// chain over d starting from the norm, against the codeword times -2 (`norm + x_0 (-2
-/// c_0) + ...`), rather than as a chain from zero and then `norm - 2 acc`: for rows of at
-/// most [`SCAN_MAX_D`] (the scan kernels' widths), where that last FMA is a large part of
-/// the work (one of three at d = 2). Both forms round each step once, and `-2 c` is exact
+/// Whether the kernels of `isa` (the tiled and scan ones: the cols kernels serve only
+/// rows of d >= 32) compute each score as one FMA chain over d starting from the norm,
+/// against the codeword times -2 (`norm + x_0 (-2 c_0) + ...`), rather than as a chain
+/// from zero and then `norm - 2 acc`: for rows of at most [`SCAN_MAX_D`] (the scan
+/// kernels' widths), where that last FMA is a large part of the work (one of three at
+/// d = 2). Both forms round each step once, and `-2 c` is exact
 /// (doubling overflows only where `c^2`, and so the norm, already did), but their last
 /// bits differ; [`exact_scores`] follows the same rule. `vqkit bench --op assign
 /// --threads 2`, 3 alternating runs, medians (best): d = 2, k = 4096 15.9 -> 14.6 (12.1)
@@ -342,8 +342,8 @@ const COLS_MIN_D: usize = 32;
 
 /// Whether [`codebook_stream`] serves a shape, where the instruction set has a cols kernel
 /// (`x86::cols_for`: AVX2 and AVX-512): few rows against a codebook at least four times
-/// larger (twice, for rows of 512 or more). `vqkit bench --op assign --threads 2`, tiled against cols
-/// (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
+/// larger (twice, for rows of 512 or more). `vqkit bench --op assign --threads 2`, tiled
+/// against cols (2 alternating runs): 256 x 65,536 x 2048 490 -> 370 to 400 ms, 298 x 65,536 x 512 136
 /// -> 110 to 115 ms, 1192 x 262,144 x 32 127 to 198 -> 102 to 122 ms, 1192 x 65,536 x 128
 /// 121 to 135 -> 95 to 103 ms, 2048 x 16,384 x 2048 840 to 904 -> 656 to 676 ms. With
 /// `--isa avx2`: 256 x 65,536 x 2048 469 to 506 -> 376 to 413 ms, 298 x 65,536 x 512 136
@@ -436,18 +436,18 @@ pub(crate) fn distance_argmin_blocked(
         });
         return Ok(());
     }
+    // The cols kernels compute unfolded scores only, and the scan kernels folded ones
+    // (`cols_wins` and `scan_wins` never ask otherwise): elsewhere the blocking's `cols`
+    // or `scan` is moot.
+    let fold = folds(isa, d);
     #[cfg(target_arch = "x86_64")]
-    if let (true, Some(cols)) = (blocking.cols, x86::cols_for(isa)) {
+    if let (true, Some(cols)) = (blocking.cols && !fold, x86::cols_for(isa)) {
         let group = blocking.group;
-        let fold = folds(isa, d);
-        return codebook_stream(
-            cols, group, fold, parallel, x, codebook, norms, shape, idx, dist,
-        );
+        return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
     }
-    // The scan kernels compute folded scores only: elsewhere the blocking's `scan` is moot.
-    let scan = blocking.scan && blocking.kc >= d && folds(isa, d);
+    let scan = blocking.scan && blocking.kc >= d && fold;
     let (kernel, mr, nr) = kernel_for(isa, scan);
-    let packed = Packed::new(parallel, codebook, norms, (k, d, nr), folds(isa, d))?;
+    let packed = Packed::new(parallel, codebook, norms, (k, d, nr), fold)?;
     let all = 0..packed.panels;
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
     // codebook): the codebook is split too, into slices of whole groups.
@@ -536,14 +536,12 @@ fn fold_parts(parts: Vec<(Vec<u32>, Vec<f32>)>, idx: &mut [u32], dist: &mut [f32
 /// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
 /// its scores into the rows' best in codeword order with a strict `<`. The slices are
 /// folded in order the same way. Each score is the tiled kernels' chain of FMAs (`c * x +
-/// acc` is `x * c + acc`), so the bits are theirs; folded like theirs where `fold` (the
-/// tiles then hold `-2 c`).
+/// acc` is `x * c + acc`), so the bits are theirs (unfolded: rows of d >= 32 only).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn codebook_stream(
     (kernel, mr, nr): (x86::ColsKernel, usize, usize),
     group: usize,
-    fold: bool,
     parallel: bool,
     x: &[f32],
     codebook: &[f32],
@@ -553,8 +551,7 @@ fn codebook_stream(
     dist: &mut [f32],
 ) -> Result<()> {
     let Shape { n, k, d } = shape;
-    let mut rows = Packed::rows(parallel, x, (n, d, nr))?;
-    rows.fold = fold;
+    let rows = Packed::rows(parallel, x, (n, d, nr))?;
     let tiles = k.div_ceil(mr);
     let threads = if parallel {
         rayon::current_num_threads()
@@ -580,9 +577,6 @@ fn codebook_stream(
                     tb.fill(0.0);
                 }
                 pack_rows(block, d, mr, tb);
-                if fold {
-                    tb.iter_mut().for_each(|v| *v *= -2.0);
-                }
             }
             for panel in 0..rows.panels {
                 for (tile, tb) in g.clone().zip(packed.chunks_exact(mr * d)) {
@@ -1145,11 +1139,10 @@ mod x86 {
             let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
             let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
             let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-            let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
             // Folded, each chain starts from its codeword's norm (see `folds`).
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             if FOLD && s.first {
-                acc = [norms; MR];
+                acc = [unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] }; MR];
             }
             if !s.first {
                 for r in 0..MR {
@@ -1180,6 +1173,7 @@ mod x86 {
                 }
                 continue;
             }
+            let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
             let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
@@ -1573,7 +1567,7 @@ mod x86 {
     /// # Safety
     /// The caller is compiled for `V`'s instruction set and `check_cols` passed.
     #[inline(always)]
-    unsafe fn cols_walk<V: Lanes, const MR: usize, const FOLD: bool>(
+    unsafe fn cols_walk<V: Lanes, const MR: usize>(
         s: &Step,
         (norms, j0): (&[f32], usize),
         best_v: &mut [f32],
@@ -1587,13 +1581,7 @@ mod x86 {
             let minus_two = V::splat(-2.0);
             for panel in s.panels.clone() {
                 let xp = p.data.as_ptr().add(panel * 2 * w * d);
-                // Folded, each chain starts from its codeword's norm (see `folds`).
                 let mut acc = [[V::splat(0.0); 2]; MR];
-                if FOLD {
-                    for r in 0..norms.len().min(MR) {
-                        acc[r] = [V::splat(norms[r]); 2];
-                    }
-                }
                 for t in 0..d {
                     let x = [V::load(xp.add(t * 2 * w)), V::load(xp.add(t * 2 * w + w))];
                     let ct = cwp.add(t * s.ts);
@@ -1612,11 +1600,7 @@ mod x86 {
                         let nj = V::splat(norms[r]);
                         let j = V::splat_i((j0 + r) as u32);
                         for h in 0..2 {
-                            let sc = if FOLD {
-                                acc[r][h]
-                            } else {
-                                V::fmadd(acc[r][h], minus_two, nj)
-                            };
+                            let sc = V::fmadd(acc[r][h], minus_two, nj);
                             let lt = V::lt(sc, bv[h]);
                             bv[h] = V::blend(lt, bv[h], sc);
                             bi[h] = V::blend_i(lt, bi[h], j);
@@ -1666,25 +1650,13 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn cols_avx2(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
-        unsafe {
-            if s.p.fold {
-                cols_walk::<__m256, COLS256_MR, true>(s, tile, best_v, best_i)
-            } else {
-                cols_walk::<__m256, COLS256_MR, false>(s, tile, best_v, best_i)
-            }
-        }
+        unsafe { cols_walk::<__m256, COLS256_MR>(s, tile, best_v, best_i) }
     }
 
     #[target_feature(enable = "avx512f")]
     unsafe fn cols_avx512(s: &Step, tile: (&[f32], usize), best_v: &mut [f32], best_i: &mut [u32]) {
         // SAFETY: compiled for AVX-512F; the caller checked the step.
-        unsafe {
-            if s.p.fold {
-                cols_walk::<__m512, COLS512_MR, true>(s, tile, best_v, best_i)
-            } else {
-                cols_walk::<__m512, COLS512_MR, false>(s, tile, best_v, best_i)
-            }
-        }
+        unsafe { cols_walk::<__m512, COLS512_MR>(s, tile, best_v, best_i) }
     }
 
     /// v3: 12 rows x 32 codewords (two zmm) per tile.
@@ -1710,11 +1682,10 @@ mod x86 {
             let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
             let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
             let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-            let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
             // Folded, each chain starts from its codeword's norm (see `folds`).
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             if FOLD && s.first {
-                acc = [norms; MR];
+                acc = [unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] }; MR];
             }
             if !s.first {
                 for r in 0..MR {
@@ -1745,6 +1716,7 @@ mod x86 {
                 }
                 continue;
             }
+            let norms = unsafe { [_mm512_loadu_ps(np), _mm512_loadu_ps(np.add(16))] };
             let i0 = _mm512_add_epi32(lane, _mm512_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm512_add_epi32(i0, _mm512_set1_epi32(16))];
             for r in 0..MR {
@@ -1859,57 +1831,62 @@ mod tests {
     /// The scan and cols kernels give the tiled kernels' bits where scores overflow: codewords
     /// whose norm is +inf (never chosen), products of +inf (scores of -inf, chosen, the
     /// first of them), rows where every score is +inf or NaN (index 0, +inf), and zeros of
-    /// either sign; over ranges of panels split into blocks with remainders.
+    /// either sign; over ranges of panels split into blocks with remainders. The scan
+    /// kernels at d = 3 (folded on AVX2 and AVX-512), the cols ones at d = 33 (unfolded),
+    /// the widths where each is chosen.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
-        let (n, k, d) = (7, 1500, 3);
-        let mut x = clustered(n, d, 2, 0.5, 4);
-        let mut c = clustered(k, d, 5, 0.5, 6);
-        // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
-        x[d..2 * d].fill(1e21);
-        x[2 * d..3 * d].fill(0.0);
-        // Norms of +inf: scores of +inf (NaN against row 1).
-        for j in [5usize, 700, 1499] {
-            c[j * d..(j + 1) * d].fill(3e38);
-        }
-        // Finite norms whose products with row 1 overflow: scores of -inf, the first at
-        // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
-        for j in [0usize, 9, 701, 1400] {
-            c[j * d..(j + 1) * d].fill(1e18);
-        }
-        for j in [40usize, 900] {
-            c[j * d..(j + 1) * d].fill(0.0);
-        }
-        let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
-        assert!(norms[5].is_infinite() && norms[0].is_finite());
-        let shape = Shape::new(n, k, d);
-        for isa in Isa::available() {
-            // The tiled kernels, then the scan and the cols ones.
-            let run = |norms: &[f32], (scan, cols): (bool, bool)| {
-                let (_, _, nr) = kernel_for(isa, scan);
-                let b = Blocking {
-                    kc: d,
-                    group: k.div_ceil(nr),
-                    rows: TASK_ROWS,
-                    direct: false,
-                    scan,
-                    cols,
-                };
-                let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
-                distance_argmin_blocked(isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist)
+        for (d, scan, cols) in [(3, true, false), (33, false, true)] {
+            let (n, k) = (7, 1500);
+            let mut x = clustered(n, d, 2, 0.5, 4);
+            let mut c = clustered(k, d, 5, 0.5, 6);
+            // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
+            x[d..2 * d].fill(1e21);
+            x[2 * d..3 * d].fill(0.0);
+            // Norms of +inf: scores of +inf (NaN against row 1).
+            for j in [5usize, 700, 1499] {
+                c[j * d..(j + 1) * d].fill(3e38);
+            }
+            // Finite norms whose products with row 1 overflow: scores of -inf, the first at
+            // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
+            for j in [0usize, 9, 701, 1400] {
+                c[j * d..(j + 1) * d].fill(1e18);
+            }
+            for j in [40usize, 900] {
+                c[j * d..(j + 1) * d].fill(0.0);
+            }
+            let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+            assert!(norms[5].is_infinite() && norms[0].is_finite());
+            let shape = Shape::new(n, k, d);
+            for isa in Isa::available() {
+                // The tiled kernels, then the scan or the cols ones.
+                let run = |norms: &[f32], (scan, cols): (bool, bool)| {
+                    let (_, _, nr) = kernel_for(isa, scan);
+                    let b = Blocking {
+                        kc: d,
+                        group: k.div_ceil(nr),
+                        rows: TASK_ROWS,
+                        direct: false,
+                        scan,
+                        cols,
+                    };
+                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                    distance_argmin_blocked(
+                        isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
+                    )
                     .unwrap();
-                (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-            };
-            let tiled = run(&norms, (false, false));
-            assert_eq!(tiled.0[1], 0, "{isa:?}: the first -inf score");
-            assert_eq!(run(&norms, (true, false)), tiled, "{isa:?}");
-            assert_eq!(run(&norms, (false, true)), tiled, "{isa:?}");
-            norms.fill(f32::INFINITY);
-            let tiled = run(&norms, (false, false));
-            assert_eq!(tiled.0, vec![0; n], "{isa:?}: no score below +inf");
-            assert_eq!(run(&norms, (true, false)), tiled, "{isa:?}");
-            assert_eq!(run(&norms, (false, true)), tiled, "{isa:?}");
-            norms = c.chunks_exact(d).map(sq_norm).collect();
+                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
+                let at = format!("{isa:?} d={d}");
+                let tiled = run(&norms, (false, false));
+                assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
+                assert_eq!(run(&norms, (scan, cols)), tiled, "{at}");
+                norms.fill(f32::INFINITY);
+                let tiled = run(&norms, (false, false));
+                assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
+                assert_eq!(run(&norms, (scan, cols)), tiled, "{at}");
+                norms = c.chunks_exact(d).map(sq_norm).collect();
+            }
         }
     }
 
