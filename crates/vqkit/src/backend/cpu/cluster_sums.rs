@@ -72,7 +72,8 @@ fn sums_in(
     });
 }
 
-/// Per-code f64 state (k x d x 8 bytes) up to which the rows are cut into several chunks.
+/// Per-code f64 state (k x d x 8 bytes, 2 MiB) up to which the rows are cut into several
+/// chunks.
 /// Beyond it each chunk's partial sums would cost more to add up than they save.
 const CHUNKED_ACC_BYTES: usize = 2 << 20;
 /// The most chunks a reduction is cut into.
@@ -89,7 +90,8 @@ const MAX_CHUNKS: usize = 16;
 /// takes the rows in one chunk.
 fn chunk_rows(n: usize, k: usize, d: usize) -> usize {
     let n = n.max(1);
-    if k.saturating_mul(d).saturating_mul(8) > CHUNKED_ACC_BYTES {
+    let bytes = k.saturating_mul(d).saturating_mul(8);
+    if bytes == 0 || bytes > CHUNKED_ACC_BYTES {
         return n;
     }
     let fewest = 48 * k.max(1);
@@ -184,16 +186,18 @@ impl Out {
 }
 
 thread_local! {
-    /// Each thread's f64 accumulators, kept between tasks and calls: fresh ones (megabytes
-    /// at k = 4096, d = 128) would be faulted in and cleared page by page on every call.
-    /// The calling thread of a chunked reduction keeps its partial sums here as well.
+    /// Each thread's f64 accumulators, kept between tasks and calls up to
+    /// [`ACC_KEEP_BYTES`]: fresh ones (megabytes at k = 4096, d = 128) would be faulted in
+    /// and cleared page by page on every call. The calling thread of a chunked reduction
+    /// takes its running total and partial sums from here as well.
     static ACC: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Accumulators above this size are freed after use rather than kept by the thread.
 const ACC_KEEP_BYTES: usize = 16 << 20;
 
-/// `f` on a buffer of `len` zeros taken from the thread's [`ACC`], which keeps it after.
+/// `f` on a buffer of `len` zeros taken from the thread's [`ACC`], which keeps it after
+/// unless it exceeds [`ACC_KEEP_BYTES`].
 fn with_acc<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
     let mut acc = ACC.take();
     acc.clear();
@@ -237,8 +241,8 @@ fn reduce(
             let g = b.c0 / range;
             let bucket = &rows[start[g]..start[g + 1]];
             let (a, z) = (
-                bucket.partition_point(|&i| (i as usize) < r0),
-                bucket.partition_point(|&i| (i as usize) < r1),
+                bucket.partition_point(|&i| i < r0),
+                bucket.partition_point(|&i| i < r1),
             );
             &bucket[a..z]
         });
@@ -337,7 +341,7 @@ const ADD_RUN: usize = 1 << 12;
 
 /// Row numbers grouped by code range (`idx / range`), in row order within a group:
 /// (start of each group plus an end, the rows). Codes outside `0..k` are dropped.
-fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<u32>) {
+fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usize>) {
     let mut start = vec![0usize; groups + 1];
     for &j in idx {
         let g = j as usize / range;
@@ -349,23 +353,24 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<u32
         start[g + 1] += start[g];
     }
     let mut next = start.clone();
-    let mut rows = vec![0u32; start[groups]];
+    let mut rows = vec![0usize; start[groups]];
     for (i, &j) in idx.iter().enumerate() {
         let g = j as usize / range;
         if g < groups {
-            rows[next[g]] = i as u32;
+            rows[next[g]] = i;
             next[g] += 1;
         }
     }
     (start, rows)
 }
 
-/// Rows ahead of the one being added whose slice of x is prefetched into L2. A task reads
-/// only its slice of each row (a few lines, then a stride), or, from a bucket, rows in
-/// scattered order: patterns the hardware prefetchers follow late or not at all. At
-/// n = 100,000, 2 threads (`vqkit bench --op ema`, 5 alternating runs, medians), d = 128
-/// and k = 256, 1024, 4096 went from 6.4, 6.7, 6.0 ms to 4.5, 4.9, 5.1 ms, and d = 512,
-/// k = 1024 from 29.7 to 21.9 ms.
+/// Rows ahead of the one being added whose slice of x is prefetched into L2. Where a task
+/// reads only its slice of each row (a few lines, then a stride), or a bucket's rows in
+/// scattered order, the hardware prefetchers follow late or not at all: at n = 100,000,
+/// 2 threads on column slices (`vqkit bench --op ema`, 5 alternating runs, medians),
+/// d = 128 and k = 256, 1024, 4096 went from 6.4, 6.7, 6.0 ms to 4.5, 4.9, 5.1 ms, and
+/// d = 512, k = 1024 from 29.7 to 21.9 ms. On whole rows in chunks the prefetch still won
+/// on this VM (k = 256, d = 128: 2.2 to 4.7 ms against 3.2 to 4.8 ms without it).
 const AHEAD_ROWS: usize = 8;
 
 /// One task of [`sums`]: columns `t0..t0 + w` of the rows whose code is in `c0..c0 + codes`
@@ -386,7 +391,7 @@ enum Rows<'a> {
     /// Rows `r0..r1`.
     Range(usize, usize),
     /// Those of a bucket (ascending).
-    Bucket(&'a [u32]),
+    Bucket(&'a [usize]),
 }
 
 impl Accumulate<'_> {
@@ -441,9 +446,9 @@ impl Accumulate<'_> {
             Rows::Bucket(rows) => {
                 for (p, &i) in rows.iter().enumerate() {
                     if let Some(&ahead) = rows.get(p + AHEAD_ROWS) {
-                        prefetch(ahead as usize);
+                        prefetch(ahead);
                     }
-                    add(i as usize);
+                    add(i);
                 }
             }
             Rows::Range(r0, r1) => {
@@ -484,10 +489,12 @@ pub(crate) fn kmeans_update(sums: &[f32], counts: &[u32], d: usize, centroids: &
 /// The EMA step of [`crate::backend::EmaParams`] on the batch `x` with codes `idx`: the
 /// smoothed sizes, then each code's running sum and codeword from its batch sum.
 ///
-/// The batch sums are never stored: each task of the reduction applies the step to its own
-/// block of `embed_sum` and `codebook` as soon as its accumulators are complete (rounding
-/// them to f32 first, as a stored batch sum would be), so the step is one pass over x and
-/// one over the k x d state, with no k x d buffer allocated per call.
+/// The batch sums are not stored as f32: the step is applied to each block of `embed_sum`
+/// and `codebook` as soon as that block's f64 sums are complete (rounding them to f32
+/// first, as a stored batch sum would be), by the task that summed it where the rows are
+/// one chunk, and after the last chunk's sums are added in otherwise. So the step is one
+/// pass over x and one over the k x d state, and its f64 buffers are the threads' kept
+/// accumulators (see [`ACC`]).
 pub(crate) fn ema(
     isa: super::Isa,
     parallel: bool,
@@ -628,49 +635,73 @@ mod tests {
         }
     }
 
-    /// The production order at a shape cut into eight chunks of 2500 rows gives the same
-    /// bits on one thread and in pools of 2 and 3 (waves of 2 and 3 chunks, the last one
-    /// short). Code 0 takes only rows built so that the order shows in its sums: each
-    /// chunk's rows from zero, and the chunks' sums in chunk order.
+    /// The production order at a shape cut into eight chunks, the last one short, gives
+    /// the same bits on one thread and in pools of 2 and 3 (waves of 2 and 3 chunks, the
+    /// last one short), with the production split and with code ranges over bucketed rows,
+    /// for the sums and the EMA step. Code 0 takes only rows built so that the order shows
+    /// in its sums: each chunk's rows from zero, the chunks' sums one after the other.
     #[test]
     fn production_chunks_give_the_same_bits_on_any_threads() {
-        let (n, k, d) = (20_000, 32, 20);
-        assert_eq!(chunk_rows(n, k, d), 2500);
+        let (n, k, d) = (20_003, 32, 20);
+        let c = chunk_rows(n, k, d);
+        assert_eq!(
+            (c, n.div_ceil(c), n % c),
+            (2501, 8, 2496),
+            "8 chunks, the last short"
+        );
         let mut rng = Rng::new(11);
         let mut x = rng.normal_vec(n * d);
         let mut idx: Vec<u32> = (0..n).map(|_| 1 + rng.below(k - 1) as u32).collect();
         let big = 2f32.powi(60);
-        // Rows 0 (chunk 0), 2500, 2501 (chunk 1) and 5000 (chunk 2), columns 0 and 1.
-        // Column 0: 2^60 and -2^60 cancel within chunk 1, so the 1 of chunk 0 survives;
-        // in a plain sum in row order 2^60 swallows it. Column 1: chunk 1's 2^60 swallows
-        // chunk 0's 1 before chunk 2's -2^60 cancels it; the other way round the 1 would
-        // survive.
+        // Code 0, columns 0 to 2, in chunks 0, 1, 1, 2 and 3. Column 0: 2^60 and -2^60
+        // cancel within chunk 1, so chunk 0's 1 survives (a plain sum in row order loses
+        // it). Column 1: chunk 1's 2^60 swallows the 1 before chunk 2 cancels it (chunks
+        // 1 and 2 added first would keep it). Column 2: the same with chunks 2 and 3 (a
+        // wave's chunks added together first, or a pairwise tree, would keep it).
         let rows = [
-            (0, [1.0, 1.0]),
-            (2500, [big, big]),
-            (2501, [-big, 0.0]),
-            (5000, [0.0, -big]),
+            (0, [1.0, 1.0, 1.0]),
+            (c, [big, big, 0.0]),
+            (c + 1, [-big, 0.0, 0.0]),
+            (2 * c, [0.0, -big, big]),
+            (3 * c, [0.0, 0.0, -big]),
         ];
         for (i, v) in rows {
-            x[i * d..i * d + 2].copy_from_slice(&v);
+            x[i * d..i * d + 3].copy_from_slice(&v);
             idx[i] = 0;
         }
-        let want = chunked_sums(&x, &idx, (k, d), 2500);
-        assert_eq!(want[..2], [1.0, 0.0], "the reference's order");
+        let want = chunked_sums(&x, &idx, (k, d), c);
+        assert_eq!(want[..3], [1.0, 0.0, 0.0], "the reference's order");
         assert_eq!(
             chunked_sums(&x, &idx, (k, d), n)[0],
             0.0,
             "row order differs"
         );
+        let (decay, eps) = (0.5, 0.0);
+        let start: State = (vec![1.0; k], vec![0.0; k * d], vec![0.0; k * d]);
+        let want_ema = plain_ema((decay, eps), &x, &idx, (k, d), c, start.clone());
+        assert_eq!(want_ema.1[..3], [0.5, 0.0, 0.0], "the EMA's running sums");
+        let buckets = Split {
+            chunk: c,
+            width: 16,
+            range: 5,
+        };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("a pool");
+            let parallel = threads > 1;
             for isa in Isa::available() {
                 let mut got = vec![f32::NAN; k * d];
-                pool.install(|| sums(isa, threads > 1, &x, &idx, k, d, &mut got));
+                pool.install(|| sums(isa, parallel, &x, &idx, k, d, &mut got));
                 assert_eq!(got, want, "{isa:?} on {threads} threads");
+                pool.install(|| sums_in(isa, parallel, &x, &idx, (k, d), buckets, &mut got));
+                assert_eq!(got, want, "{isa:?} on {threads} threads, bucketed");
+                let mut state = start.clone();
+                let view = (&mut state.0[..], &mut state.1[..], &mut state.2[..]);
+                let params = (decay as f32, eps as f32);
+                pool.install(|| ema(isa, parallel, params, &x, &idx, (k, d), view));
+                assert_eq!(state, want_ema, "{isa:?} on {threads} threads, EMA");
             }
         }
     }
