@@ -120,7 +120,7 @@ struct Split {
 /// numbers, which keeps row order inside a bucket), and a task reads only its bucket's
 /// rows.
 fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
-    let threads = threads(parallel);
+    let threads = super::pool_threads(parallel);
     let chunk = chunk_rows(n, k, d);
     let slices = if n.div_ceil(chunk) >= threads {
         1
@@ -136,15 +136,6 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
         chunk,
         width,
         range,
-    }
-}
-
-/// The threads a reduction runs on.
-fn threads(parallel: bool) -> usize {
-    if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
     }
 }
 
@@ -274,18 +265,16 @@ fn reduce(
     }
     // Several chunks: a wave of `slots` chunks at a time, each into its own partial sums
     // (laid out block after block), then added into the running total in chunk order.
-    let slots = threads(parallel).min(chunks);
+    let slots = super::pool_threads(parallel).min(chunks);
     let kd = k * d;
     with_acc((slots + 1) * kd, |buf| {
         let (total, parts) = buf.split_at_mut(kd);
         for wave in (0..chunks).step_by(slots) {
             let wave = wave..(wave + slots).min(chunks);
             let mut tasks = Vec::new();
-            for (c, mut part) in wave.clone().zip(parts.chunks_mut(kd)) {
+            for (c, part) in wave.clone().zip(parts.chunks_mut(kd)) {
                 let rows = (c * chunk, ((c + 1) * chunk).min(n));
-                for b in &blocks {
-                    let (acc, rest) = part.split_at_mut(b.len());
-                    part = rest;
+                for (b, acc) in blocks.iter().zip(by_block(part, &blocks)) {
                     tasks.push((b, rows, acc));
                 }
             }
@@ -320,20 +309,25 @@ fn reduce(
                 runs.iter_mut().for_each(add);
             }
         }
-        let mut done = Vec::new();
-        let mut rest = &*total;
-        for b in &blocks {
-            let (acc, r) = rest.split_at(b.len());
-            rest = r;
-            done.push((b, acc));
-        }
-        let task = |&(b, acc): &(&Block, &[f64])| finish(*b, acc);
+        let done: Vec<_> = blocks.iter().zip(by_block(total, &blocks)).collect();
+        let task = |(b, acc): &(&Block, &mut [f64])| finish(**b, acc);
         if parallel && done.len() > 1 {
             done.par_iter().for_each(task);
         } else {
             done.iter().for_each(task);
         }
     });
+}
+
+/// `buf` cut into the blocks' accumulators, laid out block after block.
+fn by_block<'a>(mut buf: &'a mut [f64], blocks: &[Block]) -> Vec<&'a mut [f64]> {
+    let mut out = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let (acc, rest) = std::mem::take(&mut buf).split_at_mut(b.len());
+        buf = rest;
+        out.push(acc);
+    }
+    out
 }
 
 /// Elements of the running total per task when the chunks' partial sums are added into it.

@@ -452,11 +452,7 @@ pub(crate) fn distance_argmin_blocked(
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
     // codebook): the codebook is split too, into slices of whole groups.
     let row_tasks = n.div_ceil(rows);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = super::pool_threads(parallel);
     let groups = packed.panels.div_ceil(blocking.group);
     let slices = if parallel {
         (2 * threads).div_ceil(row_tasks).min(groups)
@@ -553,11 +549,7 @@ fn codebook_stream(
     let Shape { n, k, d } = shape;
     let rows = Packed::rows(parallel, x, (n, d, nr))?;
     let tiles = k.div_ceil(mr);
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = super::pool_threads(parallel);
     let group = group.max(1);
     let per = tiles.div_ceil(4 * threads).max(1);
     let task = |first: usize| -> (Vec<u32>, Vec<f32>) {

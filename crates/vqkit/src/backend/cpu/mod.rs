@@ -26,6 +26,16 @@ use rayon::prelude::*;
 /// costs microseconds, more than a small problem takes.
 const MIN_PARALLEL_WORK: usize = 1 << 18;
 
+/// The threads a kernel's parallel loops spread over: the current rayon pool's, or one
+/// where the caller runs it sequentially.
+pub(crate) fn pool_threads(parallel: bool) -> usize {
+    if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
 /// The CPU backend. Its buffers are plain `Vec`s; "device" and host memory are the same.
 pub struct CpuBackend {
     isa: Isa,

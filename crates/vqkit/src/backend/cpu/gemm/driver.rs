@@ -156,11 +156,7 @@ pub(super) fn blocked(
     // which is small exactly then). Ranges differ in length by at most one panel, and there
     // are several per thread, so the last task to finish is never much longer than the rest
     // (33 panels in tasks of 5 left one thread with 20 of them).
-    let threads = if parallel {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = crate::backend::cpu::pool_threads(parallel);
     let col_tasks = if threads > 1 {
         (TASKS_PER_THREAD * threads).min(b_panels)
     } else {
