@@ -191,7 +191,18 @@ fn bench_prints_json_lines() {
     for (l, op) in lines.iter().zip(["assign", "ema", "kmeans"]) {
         assert_eq!(l["op"], op);
         assert!(l["median_s"].as_f64().unwrap() > 0.0);
-        assert!(l["ceiling_fraction"].as_f64().unwrap() > 0.0);
+        // The ceiling measured between rounds, in the op's own unit: the fraction is the
+        // rounds' median of rate / ceiling, so it lies near the overall rate / ceiling.
+        let ceiling = l["ceiling"].as_f64().unwrap();
+        let fraction = l["ceiling_fraction"].as_f64().unwrap();
+        let rate = l["gflops"].as_f64().or(l["gbps"].as_f64()).unwrap();
+        assert!(ceiling > 0.0 && fraction > 0.0, "{l}");
+        assert!(
+            l["repeats"].as_u64().unwrap() >= 5,
+            "one run per round at least: {l}"
+        );
+        let ratio = fraction / (rate / ceiling);
+        assert!((0.1..10.0).contains(&ratio), "{l}");
     }
     assert_eq!(lines[3]["command"], "bench");
     assert!(lines[3]["seconds"].as_f64().unwrap() > 0.0);

@@ -1,8 +1,10 @@
 //! The benchmark harness behind `vqkit bench`: times each kernel through the [`Backend`]
 //! trait on seeded clustered data held on the device (warm-up outside the timed region,
 //! a synchronize inside it, repeats, median) and reports GFLOP/s or GB/s with the fraction
-//! of the machine's measured ceiling.
+//! of the machine's ceiling, measured between the runs' rounds (see [`Probe`]). Only a backend
+//! whose memory is the host's (the CPU) has its ceilings measured.
 
+pub use crate::backend::cpu::peak::Probe;
 use crate::backend::{Backend, EmaParams, Shape};
 use crate::error::Result;
 use crate::ops::DeviceKMeans;
@@ -45,14 +47,29 @@ impl Op {
     }
 }
 
-/// The machine's measured ceilings for the backend being benchmarked.
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Ceilings {
-    /// f32 FMA throughput, GFLOP/s.
-    pub gflops: f64,
-    /// Memory read bandwidth, GB/s.
-    pub gbps: f64,
+/// Which of the machine's ceilings bounds an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// f32 FMA throughput, GFLOP/s: operations with a FLOP count.
+    Fma,
+    /// Memory read bandwidth, GB/s: the EMA step.
+    Read,
 }
+
+impl Op {
+    /// The ceiling its rate is set against.
+    pub fn bound(self) -> Bound {
+        match self {
+            Op::Assign | Op::Kmeans => Bound::Fma,
+            Op::Ema => Bound::Read,
+        }
+    }
+}
+
+/// Rounds of runs a benchmark with a [`Probe`] is cut into, a ceiling measured after each
+/// in the backend's threads, so that the fraction compares a kernel with what the machine
+/// could do at that moment (on a shared machine both move with the neighbours' load).
+pub const ROUNDS: usize = 5;
 
 /// One timed kernel.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -70,7 +87,11 @@ pub struct BenchResult {
     pub timer: &'static str,
     pub gflops: Option<f64>,
     pub gbps: Option<f64>,
-    /// Achieved / ceiling, for the metric that applies.
+    /// The ceilings measured after each round ([`Probe`]), median: GFLOP/s or GB/s, as
+    /// the op's metric.
+    pub ceiling: Option<f64>,
+    /// Achieved / ceiling: the median over rounds of each round's rate (from its median
+    /// time) over the ceiling measured after it.
     pub ceiling_fraction: Option<f64>,
 }
 
@@ -97,28 +118,44 @@ impl Default for Timing {
     }
 }
 
-/// Times `f` (which must synchronize before returning) on `b` and returns the sorted run
-/// times: the device's own timestamps where it has them, the host clock otherwise, and
-/// whether the device timed them.
+/// Times `f` (which must synchronize before returning) on `b` in `rounds` rounds, calling
+/// `between` with each round's sorted times after it, and returns all the run times,
+/// sorted: the device's own timestamps where it has them, the host clock otherwise, and
+/// whether the device timed them. `timing`'s repeats and seconds are shared out among the
+/// rounds; its warm-up runs before the first.
 pub fn time_runs<B: Backend>(
     b: &B,
     timing: Timing,
+    rounds: usize,
+    mut between: impl FnMut(&[f64]),
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<(Vec<f64>, bool)> {
     for _ in 0..timing.warmup {
         f()?;
     }
+    let rounds = rounds.max(1);
+    let (min_repeats, max_repeats) = (
+        timing.min_repeats.div_ceil(rounds).max(1),
+        timing.max_repeats.div_ceil(rounds).max(1),
+    );
+    let min_seconds = timing.min_seconds / rounds as f64;
     let mut times = Vec::new();
     let mut on_device = true;
-    let start = Instant::now();
-    while times.len() < timing.min_repeats
-        || (start.elapsed().as_secs_f64() < timing.min_seconds && times.len() < timing.max_repeats)
-    {
-        let t = Instant::now();
-        let device = b.device_seconds(&mut f)?;
-        let host = t.elapsed().as_secs_f64();
-        on_device &= device.is_some();
-        times.push(device.unwrap_or(host));
+    for _ in 0..rounds {
+        let mut round = Vec::new();
+        let start = Instant::now();
+        while round.len() < min_repeats
+            || (start.elapsed().as_secs_f64() < min_seconds && round.len() < max_repeats)
+        {
+            let t = Instant::now();
+            let device = b.device_seconds(&mut f)?;
+            let host = t.elapsed().as_secs_f64();
+            on_device &= device.is_some();
+            round.push(device.unwrap_or(host));
+        }
+        round.sort_by(f64::total_cmp);
+        between(&round);
+        times.extend(round);
     }
     times.sort_by(f64::total_cmp);
     Ok((times, on_device))
@@ -171,7 +208,7 @@ pub fn run<B: Backend>(
     op: Op,
     shape: Shape,
     timing: Timing,
-    ceilings: Option<Ceilings>,
+    probe: Option<&Probe>,
 ) -> Result<BenchResult> {
     shape.validate()?;
     let Shape { n, k, d } = shape;
@@ -185,6 +222,25 @@ pub fn run<B: Backend>(
     )?;
     let (x, c) = inputs(shape, INPUT_SEED);
     let mut km = DeviceKMeans::new(b, &x, &c, d)?;
+    // Work per run, in GFLOP or GB: what the rate and the ceiling count.
+    let work = op.flops(shape).or(op.bytes(shape)).unwrap_or(0.0) / 1e9;
+    // Per round: (its rate / the ceiling measured after it, that ceiling).
+    let mut paired: Vec<(f64, f64)> = Vec::new();
+    // The ceiling now, in the backend's threads; none off the host.
+    let measure = |probe: &Probe| {
+        let isa = b.host_isa()?;
+        b.run_on_host(usize::MAX, |parallel| match op.bound() {
+            Bound::Fma => probe.fma_gflops(isa, parallel),
+            Bound::Read => probe.read_gbps(parallel),
+        })
+    };
+    let probe = probe.filter(|_| b.host_isa().is_some());
+    let rounds = if probe.is_some() { ROUNDS } else { 1 };
+    let between = |round: &[f64]| {
+        if let Some(ceiling) = probe.and_then(measure) {
+            paired.push((work / round[round.len() / 2] / ceiling, ceiling));
+        }
+    };
     let (times, on_device) = match op {
         Op::Assign => {
             let xb = b.upload(&x)?;
@@ -193,7 +249,7 @@ pub fn run<B: Backend>(
             b.codeword_norms(&cb, k, d, &mut norms)?;
             let mut idx = b.zeros::<u32>(n)?;
             let mut dist = b.zeros::<f32>(n)?;
-            time_runs(b, timing, || {
+            time_runs(b, timing, rounds, between, || {
                 b.distance_argmin(&xb, &cb, &norms, shape, &mut idx, &mut dist)?;
                 b.synchronize()
             })?
@@ -206,18 +262,22 @@ pub fn run<B: Backend>(
             let mut esum = b.upload(&c)?;
             let mut code = b.upload(&c)?;
             let params = EmaParams::default();
-            time_runs(b, timing, || {
+            time_runs(b, timing, rounds, between, || {
                 b.ema_update(&xb, &idx, shape, params, &mut size, &mut esum, &mut code)?;
                 b.synchronize()
             })?
         }
-        Op::Kmeans => time_runs(b, timing, || km.step().map(|_| ()))?,
+        Op::Kmeans => time_runs(b, timing, rounds, between, || km.step().map(|_| ()))?,
     };
     let median_s = times[times.len() / 2];
     let gflops = op.flops(shape).map(|f| f / median_s / 1e9);
     let gbps = op.bytes(shape).map(|by| by / median_s / 1e9);
-    let ceiling_fraction =
-        ceilings.and_then(|c| gflops.map(|g| g / c.gflops).or(gbps.map(|g| g / c.gbps)));
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let ceiling = median(paired.iter().map(|p| p.1).collect());
+    let ceiling_fraction = median(paired.iter().map(|p| p.0).collect());
     Ok(BenchResult {
         backend: b.name(),
         op,
@@ -230,6 +290,7 @@ pub fn run<B: Backend>(
         timer: if on_device { "device" } else { "host" },
         gflops,
         gbps,
+        ceiling,
         ceiling_fraction,
     })
 }
@@ -269,4 +330,65 @@ pub fn wide_shapes() -> Vec<Shape> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+
+    #[test]
+    fn rounds_share_the_repeats_and_each_is_followed_by_its_times() {
+        let cpu = CpuBackend::new(Some(1)).unwrap();
+        let timing = Timing {
+            warmup: 2,
+            min_repeats: 7,
+            min_seconds: 0.0,
+            max_repeats: 7,
+        };
+        let (mut calls, mut seen) = (0, Vec::new());
+        let (times, on_device) = time_runs(
+            &cpu,
+            timing,
+            3,
+            |round: &[f64]| {
+                assert!(round.is_sorted_by(|a, b| a <= b), "{round:?}");
+                seen.push(round.len());
+            },
+            || {
+                calls += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        // 7 repeats over 3 rounds: 3 each, after the 2 warm-up runs.
+        assert_eq!(seen, [3, 3, 3]);
+        assert_eq!((calls, times.len()), (2 + 9, 9));
+        assert!(times.is_sorted_by(|a, b| a <= b) && !on_device);
+    }
+
+    #[test]
+    fn a_probe_sets_each_round_against_a_ceiling_and_none_leaves_it_out() {
+        let cpu = CpuBackend::new(Some(2)).unwrap();
+        let timing = Timing {
+            warmup: 0,
+            min_repeats: 1,
+            min_seconds: 0.0,
+            max_repeats: 1,
+        };
+        let shape = Shape::new(2_000, 64, 16);
+        let probe = Probe::new();
+        for op in [Op::Assign, Op::Ema] {
+            let with = run(&cpu, op, shape, timing, Some(&probe)).unwrap();
+            assert_eq!(with.repeats, ROUNDS, "one run in each round");
+            let (c, f) = (with.ceiling.unwrap(), with.ceiling_fraction.unwrap());
+            assert!(
+                c.is_finite() && c > 0.0 && f.is_finite() && f > 0.0,
+                "{with:?}"
+            );
+            let without = run(&cpu, op, shape, timing, None).unwrap();
+            assert_eq!(without.repeats, 1);
+            assert!(without.ceiling.is_none() && without.ceiling_fraction.is_none());
+        }
+    }
 }

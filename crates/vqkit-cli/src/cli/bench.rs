@@ -1,13 +1,14 @@
 //! `vqkit bench`: the main job. Times every kernel on every requested backend and prints a
-//! table (or JSON lines) with GFLOP/s or GB/s and the fraction of the measured ceiling.
+//! table (or JSON lines) with GFLOP/s or GB/s and the fraction of the machine's ceiling,
+//! measured between each kernel's rounds of runs ([`bench::Probe`]).
 
 use std::time::Instant;
 use vqkit::Choice;
-use vqkit::backend::cpu::{CpuBackend, Isa, peak};
+use vqkit::backend::cpu::Isa;
 use vqkit::backend::{
     ArgminVariant, Backend, BackendKind, BackendOptions, Shape, WithBackend, dispatch,
 };
-use vqkit::bench::{self, BenchResult, Ceilings, Op, Timing};
+use vqkit::bench::{self, BenchResult, Op, Timing};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,31 +71,34 @@ struct Job<'a> {
     shapes: &'a [Shape],
     timing: Timing,
     json: bool,
-    ceilings: Option<Ceilings>,
+    /// Measures the ceilings between rounds (on the CPU only: a GPU's cannot be measured
+    /// from the host).
+    probe: &'a bench::Probe,
 }
 
 impl WithBackend for Job<'_> {
     type Output = Vec<BenchResult>;
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Vec<BenchResult>> {
-        let ceilings = self.ceilings;
+        let probe = b.host_isa().map(|_| self.probe);
         if !self.json {
             println!("\n{}", b.name());
-            match ceilings {
-                Some(c) => println!(
-                    "measured ceilings: {:.1} GFLOP/s f32 FMA, {:.1} GB/s memory read",
-                    c.gflops, c.gbps
+            match probe {
+                Some(_) => println!(
+                    "ceiling: f32 FMA GFLOP/s or memory read GB/s, measured after each of {} \
+                     rounds of runs; % ceil: the rounds' median of rate / ceiling",
+                    bench::ROUNDS
                 ),
                 None => println!("no measured ceiling for this device: fractions omitted"),
             }
             println!(
-                "{:<7} {:>9} {:>6} {:>5} {:>11} {:>10} {:>9} {:>9}",
-                "op", "n", "k", "d", "median ms", "GFLOP/s", "GB/s", "% ceil"
+                "{:<7} {:>9} {:>6} {:>5} {:>11} {:>10} {:>9} {:>9} {:>9}",
+                "op", "n", "k", "d", "median ms", "GFLOP/s", "GB/s", "ceiling", "% ceil"
             );
         }
         let mut out = Vec::new();
         for &shape in self.shapes {
             for &op in self.ops {
-                let r = bench::run(b, op, shape, self.timing, ceilings)?;
+                let r = bench::run(b, op, shape, self.timing, probe)?;
                 print_result(&r, self.json);
                 out.push(r);
             }
@@ -110,7 +114,7 @@ fn print_result(r: &BenchResult, json: bool) {
     }
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     println!(
-        "{:<7} {:>9} {:>6} {:>5} {:>11.3} {:>10} {:>9} {:>9}",
+        "{:<7} {:>9} {:>6} {:>5} {:>11.3} {:>10} {:>9} {:>9} {:>9}",
         r.op.as_str(),
         r.n,
         r.k,
@@ -118,21 +122,9 @@ fn print_result(r: &BenchResult, json: bool) {
         r.median_s * 1e3,
         opt(r.gflops, 1),
         opt(r.gbps, 1),
+        opt(r.ceiling, 1),
         opt(r.ceiling_fraction.map(|f| f * 100.0), 0),
     );
-}
-
-/// The CPU's FMA and memory ceilings at the thread count and instruction set the benchmark
-/// uses.
-fn cpu_ceilings(threads: Option<usize>, isa: Option<Isa>) -> vqkit::Result<Ceilings> {
-    let cpu = match isa {
-        Some(isa) => CpuBackend::with_isa(threads, isa)?,
-        None => CpuBackend::new(threads)?,
-    };
-    Ok(Ceilings {
-        gflops: peak::fma_gflops(cpu.isa(), cpu.threads()),
-        gbps: peak::read_gbps(cpu.threads()),
-    })
 }
 
 pub fn run(args: Args) -> vqkit::Result<()> {
@@ -180,6 +172,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
             }
         }
     }
+    let probe = bench::Probe::new();
     let mut results = Vec::new();
     for kind in kinds {
         let job = Job {
@@ -187,11 +180,7 @@ pub fn run(args: Args) -> vqkit::Result<()> {
             shapes: &shapes,
             timing,
             json: args.json,
-            ceilings: match kind {
-                BackendKind::Cpu => Some(cpu_ceilings(args.threads, args.isa)?),
-                // A GPU's ceilings cannot be measured from the host: fractions are omitted.
-                _ => None,
-            },
+            probe: &probe,
         };
         match dispatch(kind, &opts, job) {
             Ok(r) => results.extend(r),

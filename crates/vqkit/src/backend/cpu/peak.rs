@@ -17,9 +17,36 @@ const AVX2_CHAINS: usize = 12;
 const PORTABLE_CHAINS: usize = 8;
 const PORTABLE_WIDTH: usize = 8;
 
-/// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set.
+/// FMA iterations per thread in one pass of [`fma_gflops`] (about 20 ms on a 3 GHz core).
+const FMA_ITERS: usize = 4_000_000;
+/// ... and in one pass of a [`Probe`] (about 5 ms).
+const PROBE_FMA_ITERS: usize = 1_000_000;
+
+/// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set:
+/// the best of three passes.
 pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
-    let iters = 4_000_000usize;
+    in_pool(threads, |parallel| {
+        (0..3)
+            .map(|_| fma_pass(isa, parallel, FMA_ITERS))
+            .fold(0.0, f64::max)
+    })
+}
+
+/// `f(true)` in a pool of `threads` threads; `f(false)` on this thread where one thread is
+/// asked for or no pool can be built.
+fn in_pool(threads: usize, f: impl FnOnce(bool) -> f64 + Send) -> f64 {
+    let pool = (threads > 1)
+        .then(|| rayon::ThreadPoolBuilder::new().num_threads(threads).build())
+        .and_then(Result::ok);
+    match pool {
+        Some(p) => p.install(|| f(true)),
+        None => f(false),
+    }
+}
+
+/// GFLOP/s of one pass: `iters` steps of the FMA chains on every thread of the current
+/// rayon pool at once (on this thread alone if not `parallel`), timed by the slowest.
+fn fma_pass(isa: Isa, parallel: bool, iters: usize) -> f64 {
     // Floats updated per iteration, each by one multiply and one add.
     let lanes = match isa {
         Isa::Avx512 => 16 * AVX512_CHAINS,
@@ -31,19 +58,15 @@ pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
         let sink = fma_chains(isa, iters);
         (t.elapsed().as_secs_f64(), sink)
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-    let best = (0..3)
-        .map(|_| {
-            let times: Vec<(f64, f32)> = match &pool {
-                Ok(p) => p.install(|| (0..threads).into_par_iter().map(run).collect()),
-                Err(_) => vec![run(0)],
-            };
-            let slowest = times.iter().map(|t| t.0).fold(0.0, f64::max);
-            std::hint::black_box(times.iter().map(|t| t.1).sum::<f32>());
-            slowest
-        })
-        .fold(f64::INFINITY, f64::min);
-    (threads * iters * lanes * 2) as f64 / best / 1e9
+    let threads = super::pool_threads(parallel);
+    let times: Vec<(f64, f32)> = if parallel {
+        (0..threads).into_par_iter().map(run).collect()
+    } else {
+        vec![run(0)]
+    };
+    let slowest = times.iter().map(|t| t.0).fold(0.0, f64::max);
+    std::hint::black_box(times.iter().map(|t| t.1).sum::<f32>());
+    (threads * iters * lanes * 2) as f64 / slowest / 1e9
 }
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
@@ -110,29 +133,69 @@ mod x86 {
     }
 }
 
+/// Floats in the buffer the read ceiling sums: 256 MiB, far larger than the caches.
+const READ_FLOATS: usize = 64 << 20;
+
 /// Memory read bandwidth in GB/s on `threads` threads (best of three passes over 256 MiB).
 pub fn read_gbps(threads: usize) -> f64 {
-    let buf = vec![1.0f32; 64 << 20];
-    let pass = || {
-        let t = Instant::now();
-        let s: f32 = buf
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut acc = [0.0f32; 16];
-                for w in c.chunks_exact(16) {
-                    for l in 0..16 {
-                        acc[l] += w[l];
-                    }
-                }
-                acc.iter().sum::<f32>()
-            })
-            .sum();
-        std::hint::black_box(s);
-        t.elapsed().as_secs_f64()
+    let buf = vec![1.0f32; READ_FLOATS];
+    in_pool(threads, |parallel| {
+        (0..3)
+            .map(|_| read_pass(&buf, parallel))
+            .fold(0.0, f64::max)
+    })
+}
+
+/// GB/s of one sum over `buf`, in parallel on the current rayon pool or not.
+fn read_pass(buf: &[f32], parallel: bool) -> f64 {
+    let part = |c: &[f32]| {
+        let mut acc = [0.0f32; 16];
+        for w in c.chunks_exact(16) {
+            for l in 0..16 {
+                acc[l] += w[l];
+            }
+        }
+        acc.iter().sum::<f32>()
     };
-    let best = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-        Ok(p) => p.install(|| (0..3).map(|_| pass()).fold(f64::INFINITY, f64::min)),
-        Err(_) => (0..3).map(|_| pass()).fold(f64::INFINITY, f64::min),
+    let t = Instant::now();
+    let s: f32 = if parallel {
+        buf.par_chunks(1 << 16).map(part).sum()
+    } else {
+        buf.chunks(1 << 16).map(part).sum()
     };
-    (buf.len() * 4) as f64 / best / 1e9
+    std::hint::black_box(s);
+    std::mem::size_of_val(buf) as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+/// The ceilings measured again and again, next to the runs they bound: a benchmark calls
+/// [`Probe::fma_gflops`] or [`Probe::read_gbps`] between its rounds, in the threads that
+/// run its kernels (see `Backend::run_on_host`), and sets each round's rate against the
+/// ceiling measured just after it. On a shared machine both move with the neighbours'
+/// load, so a ceiling taken once, minutes away from the run, gave fractions from a third to
+/// more than all of it. (A probe in a pool of its own measured half the FMA ceiling while
+/// the kernels' pool still spun on the same two cores.)
+///
+/// Each call is a single pass (about 5 ms of FMA chains per thread, or one sum over 256
+/// MiB), shorter than the best of three that [`fma_gflops`] and [`read_gbps`] take.
+#[derive(Default)]
+pub struct Probe {
+    /// The read's buffer, filled on the first read and kept.
+    buf: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl Probe {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// f32 FMA GFLOP/s now with `isa`'s chains: one pass, on every thread of the current
+    /// rayon pool if `parallel`, else on this thread.
+    pub fn fma_gflops(&self, isa: Isa, parallel: bool) -> f64 {
+        fma_pass(isa, parallel, PROBE_FMA_ITERS)
+    }
+
+    /// Memory read GB/s now: one pass, as [`Probe::fma_gflops`] for the threads.
+    pub fn read_gbps(&self, parallel: bool) -> f64 {
+        read_pass(self.buf.get_or_init(|| vec![1.0f32; READ_FLOATS]), parallel)
+    }
 }
