@@ -1465,6 +1465,12 @@ mod x86 {
         let xp = s.x.as_ptr();
         let range = s.panels.clone();
         let block = scan_block(range.len());
+        // Where x's broadcasts outnumber what registers hold beside the chains (MR d > 16),
+        // AVX-512 reads them in every FMA instead, as embedded broadcasts: the loads come
+        // through two pointers the compiler cannot tell apart from each other or from the
+        // block before, so it neither hoists them out of the panel loop (and spills them)
+        // nor merges each pair into a separate broadcast. See [`reload_x`].
+        let reload_x = reload_x::<V>(MR * d);
         // SAFETY: the caller's contract: `check` bounds the panels, the MR rows of x over
         // the whole of d and the norms; `all` holds a panel.
         unsafe {
@@ -1479,13 +1485,17 @@ mod x86 {
                     // Folded (see `folds`): each chain starts from its codeword's norm.
                     let np = p.norms.as_ptr().add(panel * nr);
                     let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
+                    let (xa, xb) = if reload_x {
+                        (std::hint::black_box(xp), std::hint::black_box(xp))
+                    } else {
+                        (xp, xp)
+                    };
                     for t in 0..d {
                         let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
-                        let xt = xp.add(t * s.ts);
+                        let (ta, tb) = (xa.add(t * s.ts), xb.add(t * s.ts));
                         for r in 0..MR {
-                            let xv = V::splat(*xt.add(r * s.rs));
-                            acc[r][0] = V::fmadd(xv, c[0], acc[r][0]);
-                            acc[r][1] = V::fmadd(xv, c[1], acc[r][1]);
+                            acc[r][0] = V::fmadd(V::splat(*ta.add(r * s.rs)), c[0], acc[r][0]);
+                            acc[r][1] = V::fmadd(V::splat(*tb.add(r * s.rs)), c[1], acc[r][1]);
                         }
                     }
                     for r in 0..MR {
@@ -1525,6 +1535,19 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// Whether [`scan_walk`] reads x's `broadcasts` per FMA (embedded broadcasts) rather
+    /// than holding them across the panels: with AVX-512 where they outnumber the 16
+    /// registers left beside the chains and minima. `vqkit bench --op assign --k 4096 --d 8`
+    /// (alternating runs, medians) went from 35.4 to 34.4 ms on one thread (n = 50,000, 8
+    /// runs, the ranges apart) and from 43.8 to 40.1 and 40.1 to 39.6 ms on two (n =
+    /// 100,000, 8 and 6 runs); k = 65,536 was unchanged (101.4 against 101.8 ms, one
+    /// thread). At d = 2 and 4, whose broadcasts fit, reading them per FMA was slower (12.8
+    /// to 16.9 and 21.3 to 23.4 ms, two threads), so they keep theirs in registers.
+    #[inline(always)]
+    fn reload_x<V: Lanes>(broadcasts: usize) -> bool {
+        V::W == 16 && broadcasts > 16
     }
 
     /// Row `r` of the step's rows against one panel: its scores as the tiled and scan
