@@ -1462,54 +1462,23 @@ mod x86 {
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
         let d = if D == 0 { p.d } else { D };
-        let xp = s.x.as_ptr();
         let range = s.panels.clone();
         let block = scan_block(range.len());
-        // Where x's broadcasts outnumber what registers hold beside the chains (MR d > 16),
-        // AVX-512 reads them in every FMA instead, as embedded broadcasts: the loads come
-        // through two pointers the compiler cannot tell apart from each other or from the
-        // block before, so it neither hoists them out of the panel loop (and spills them)
-        // nor merges each pair into a separate broadcast. See [`reload_x`].
-        let reload_x = reload_x::<V>(MR * d);
-        // SAFETY: the caller's contract: `check` bounds the panels, the MR rows of x over
-        // the whole of d and the norms; `all` holds a panel.
-        unsafe {
-            let inf = V::splat(f32::INFINITY);
-            // Per row, per lane: the lowest score so far, and the block that first reached it.
-            let mut low = [inf; MR];
-            let mut at = [V::splat_i(0); MR];
-            for (b, b0) in range.clone().step_by(block).enumerate() {
-                let mut bm = [inf; MR];
-                for panel in b0..range.end.min(b0 + block) {
-                    let cp = p.data.as_ptr().add(panel * nr * d);
-                    // Folded (see `folds`): each chain starts from its codeword's norm.
-                    let np = p.norms.as_ptr().add(panel * nr);
-                    let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
-                    let (xa, xb) = if reload_x {
-                        (std::hint::black_box(xp), std::hint::black_box(xp))
-                    } else {
-                        (xp, xp)
-                    };
-                    for t in 0..d {
-                        let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
-                        let (ta, tb) = (xa.add(t * s.ts), xb.add(t * s.ts));
-                        for r in 0..MR {
-                            acc[r][0] = V::fmadd(V::splat(*ta.add(r * s.rs)), c[0], acc[r][0]);
-                            acc[r][1] = V::fmadd(V::splat(*tb.add(r * s.rs)), c[1], acc[r][1]);
-                        }
-                    }
-                    for r in 0..MR {
-                        // A NaN score never enters the minima, as it never wins the tiled `<`.
-                        bm[r] = V::min(acc[r][1], V::min(acc[r][0], bm[r]));
-                    }
-                }
-                let here = V::splat_i(b as u32);
-                for r in 0..MR {
-                    let lower = V::lt(bm[r], low[r]);
-                    low[r] = V::blend(lower, low[r], bm[r]);
-                    at[r] = V::blend_i(lower, at[r], here);
-                }
+        // Where x's broadcasts outnumber what registers hold beside the chains, AVX-512
+        // reads them in every FMA instead (see [`reload_x`]), from the packed rows only:
+        // their offsets are then constants, and each FMA's address needs no register of
+        // its own.
+        let packed = s.rs == 1 && s.ts == MR;
+        // SAFETY: the caller's contract, passed on.
+        let (low, at) = unsafe {
+            if reload_x::<V>(MR * d) && packed {
+                scan_blocks::<V, MR, D, true>(s, block, (1, MR))
+            } else {
+                scan_blocks::<V, MR, D, false>(s, block, (s.rs, s.ts))
             }
+        };
+        // SAFETY: as for the blocks; `all` holds a panel.
+        unsafe {
             for r in 0..MR {
                 // The minimum, and the first block where a lane reached it.
                 let (m, first) = V::reduce(low[r], at[r]);
@@ -1537,14 +1506,79 @@ mod x86 {
         }
     }
 
+    /// The panels of [`scan_walk`]'s step in blocks of `block`: per row and lane, the lowest
+    /// score, and the block that first reached it. x's element (r, t) is read at `r * rs +
+    /// t * ts`. With `RELOAD`, each FMA reads its element of x itself (an embedded
+    /// broadcast), through two pointers the compiler cannot tell apart from each other or
+    /// from the panel before, so that it neither hoists the broadcasts out of the panel
+    /// loop (and spills them) nor merges each pair into one broadcast; otherwise the
+    /// broadcasts are held in registers across the panels.
+    ///
+    /// # Safety
+    /// As for [`scan_walk`].
+    #[inline(always)]
+    unsafe fn scan_blocks<V: Lanes, const MR: usize, const D: usize, const RELOAD: bool>(
+        s: &Step,
+        block: usize,
+        (rs, ts): (usize, usize),
+    ) -> ([V; MR], [V::I; MR]) {
+        let (p, w) = (s.p, V::W);
+        let nr = 2 * w;
+        let d = if D == 0 { p.d } else { D };
+        let xp = s.x.as_ptr();
+        let range = s.panels.clone();
+        // SAFETY: the caller's contract: `check` bounds the panels, the MR rows of x over
+        // the whole of d and the norms.
+        unsafe {
+            let inf = V::splat(f32::INFINITY);
+            // Per row, per lane: the lowest score so far, and the block that first reached it.
+            let mut low = [inf; MR];
+            let mut at = [V::splat_i(0); MR];
+            for (b, b0) in range.clone().step_by(block).enumerate() {
+                let mut bm = [inf; MR];
+                for panel in b0..range.end.min(b0 + block) {
+                    let cp = p.data.as_ptr().add(panel * nr * d);
+                    // Folded (see `folds`): each chain starts from its codeword's norm.
+                    let np = p.norms.as_ptr().add(panel * nr);
+                    let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
+                    let (xa, xb) = if RELOAD {
+                        (std::hint::black_box(xp), std::hint::black_box(xp))
+                    } else {
+                        (xp, xp)
+                    };
+                    for t in 0..d {
+                        let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
+                        let (ta, tb) = (xa.add(t * ts), xb.add(t * ts));
+                        for r in 0..MR {
+                            acc[r][0] = V::fmadd(V::splat(*ta.add(r * rs)), c[0], acc[r][0]);
+                            acc[r][1] = V::fmadd(V::splat(*tb.add(r * rs)), c[1], acc[r][1]);
+                        }
+                    }
+                    for r in 0..MR {
+                        // A NaN score never enters the minima, as it never wins the tiled `<`.
+                        bm[r] = V::min(acc[r][1], V::min(acc[r][0], bm[r]));
+                    }
+                }
+                let here = V::splat_i(b as u32);
+                for r in 0..MR {
+                    let lower = V::lt(bm[r], low[r]);
+                    low[r] = V::blend(lower, low[r], bm[r]);
+                    at[r] = V::blend_i(lower, at[r], here);
+                }
+            }
+            (low, at)
+        }
+    }
+
     /// Whether [`scan_walk`] reads x's `broadcasts` per FMA (embedded broadcasts) rather
     /// than holding them across the panels: with AVX-512 where they outnumber the 16
-    /// registers left beside the chains and minima. `vqkit bench --op assign --k 4096 --d 8`
-    /// (alternating runs, medians) went from 35.4 to 34.4 ms on one thread (n = 50,000, 8
-    /// runs, the ranges apart) and from 43.8 to 40.1 and 40.1 to 39.6 ms on two (n =
-    /// 100,000, 8 and 6 runs); k = 65,536 was unchanged (101.4 against 101.8 ms, one
-    /// thread). At d = 2 and 4, whose broadcasts fit, reading them per FMA was slower (12.8
-    /// to 16.9 and 21.3 to 23.4 ms, two threads), so they keep theirs in registers.
+    /// registers left beside the chains and minima. `vqkit bench --op assign --d 8`
+    /// (alternating runs, medians; d = 8, 2 threads, n as in the wide grid, 6 runs):
+    /// k = 4096 43.8 -> 38.8 ms, k = 16,384 111 -> 104 ms, k = 65,536 117 -> 120 ms and
+    /// k = 262,144 115 -> 118 ms (the last two within their ranges). On one thread (5 or 6
+    /// runs): k = 4096 14.5 -> 13.9 ms (n = 20,000), k = 262,144 217 -> 208 ms, k = 65,536
+    /// 220 -> 234 ms. At d = 2 and 4, whose broadcasts fit, reading them per FMA was slower
+    /// (12.8 -> 16.9 and 21.3 -> 23.4 ms at k = 4096, 2 threads), so they keep theirs.
     #[inline(always)]
     fn reload_x<V: Lanes>(broadcasts: usize) -> bool {
         V::W == 16 && broadcasts > 16
