@@ -15,9 +15,10 @@
 //! codebooks are memory-bound, large ones compute-bound. The CPU backend carries one
 //! micro-kernel per instruction set (`portable` Rust that the compiler vectorizes, `avx2`
 //! with FMA, `avx512`; see `crates/vqkit/src/backend/cpu/distance_argmin.rs`); the
-//! ceilings are measured on this machine the way `vqkit bench` measures them
+//! ceilings are measured on this machine with the loops `vqkit bench` uses
 //! (`vqkit::backend::cpu::peak`: register-only FMA chains per instruction set, and a
-//! parallel read of 256 MiB).
+//! parallel read of 256 MiB), here once each, the best of three passes, where the bench
+//! takes one pass after each round of its runs.
 //!
 //! The figure (`docs/figures/06_kernel_roofline.png`): (left) achieved GFLOP/s against
 //! arithmetic intensity, one colour per instruction set, with each one's FMA ceiling and

@@ -122,7 +122,9 @@ impl Default for Timing {
 /// `between` with each round's sorted times after it, and returns all the run times,
 /// sorted: the device's own timestamps where it has them, the host clock otherwise, and
 /// whether the device timed them. `timing`'s repeats and seconds are shared out among the
-/// rounds; its warm-up runs before the first.
+/// rounds, the repeats rounded up to at least one a round (so the total may exceed
+/// `max_repeats`); its warm-up runs before the first round, and one untimed run before
+/// each later one (what `between` did, a pass over 256 MiB, may have emptied the caches).
 pub fn time_runs<B: Backend>(
     b: &B,
     timing: Timing,
@@ -141,7 +143,10 @@ pub fn time_runs<B: Backend>(
     let min_seconds = timing.min_seconds / rounds as f64;
     let mut times = Vec::new();
     let mut on_device = true;
-    for _ in 0..rounds {
+    for r in 0..rounds {
+        if r > 0 {
+            f()?;
+        }
         let mut round = Vec::new();
         let start = Instant::now();
         while round.len() < min_repeats
@@ -226,13 +231,15 @@ pub fn run<B: Backend>(
     let work = op.flops(shape).or(op.bytes(shape)).unwrap_or(0.0) / 1e9;
     // Per round: (its rate / the ceiling measured after it, that ceiling).
     let mut paired: Vec<(f64, f64)> = Vec::new();
-    // The ceiling now, in the backend's threads; none off the host.
+    // The ceiling now, in the backend's threads (work of usize::MAX: in parallel wherever
+    // the backend has threads); none off the host, nor where the pass gave no usable rate.
     let measure = |probe: &Probe| {
         let isa = b.host_isa()?;
         b.run_on_host(usize::MAX, |parallel| match op.bound() {
             Bound::Fma => probe.fma_gflops(isa, parallel),
             Bound::Read => probe.read_gbps(parallel),
         })
+        .filter(|c| c.is_finite() && *c > 0.0)
     };
     let probe = probe.filter(|_| b.host_isa().is_some());
     let rounds = if probe.is_some() { ROUNDS } else { 1 };
@@ -361,9 +368,10 @@ mod tests {
             },
         )
         .unwrap();
-        // 7 repeats over 3 rounds: 3 each, after the 2 warm-up runs.
+        // 7 repeats over 3 rounds: 3 each, after the 2 warm-up runs, and one untimed run
+        // before each of the later rounds.
         assert_eq!(seen, [3, 3, 3]);
-        assert_eq!((calls, times.len()), (2 + 9, 9));
+        assert_eq!((calls, times.len()), (2 + 9 + 2, 9));
         assert!(times.is_sorted_by(|a, b| a <= b) && !on_device);
     }
 

@@ -40,7 +40,8 @@ pub struct Args {
     /// The CPU micro-kernels' instruction set (default: the best this CPU has).
     #[arg(long, value_parser = super::choice::<Isa>())]
     isa: Option<Isa>,
-    /// Seconds to spend timing each kernel (at least 3 runs after a warm-up).
+    /// Seconds to spend timing each kernel (at least 3 runs after a warm-up; on the CPU,
+    /// at least one in each of the 5 rounds between which the ceiling is measured).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
     /// One JSON object per result line instead of a table.

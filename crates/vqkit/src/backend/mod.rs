@@ -228,8 +228,9 @@ pub trait Backend: Send + Sync {
         Ok(None)
     }
 
-    /// Host algorithms that read host slices at random (the pruned k-means++ seeding): a
-    /// backend whose memory is the host's runs `f` in its own threads and returns `Some`;
+    /// Host algorithms that read host slices at random (the pruned k-means++ seeding), and
+    /// the benchmark's ceiling probes: a backend whose memory is the host's runs `f` in its
+    /// own threads and returns `Some`;
     /// `f` is told whether to go parallel, for `work` multiply-adds. Device backends return
     /// `None` and the caller uses its device formulation instead.
     fn run_on_host<R: Send>(&self, work: usize, f: impl FnOnce(bool) -> R + Send) -> Option<R> {

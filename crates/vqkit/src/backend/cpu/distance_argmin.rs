@@ -1467,11 +1467,12 @@ mod x86 {
         // Where x's broadcasts outnumber what registers hold beside the chains, AVX-512
         // reads them in every FMA instead (see [`reload_x`]), from the packed rows only:
         // their offsets are then constants, and each FMA's address needs no register of
-        // its own.
+        // its own. Only where d is a constant: a loop over d that is not unrolled holds no
+        // broadcasts across the panels to begin with.
         let packed = s.rs == 1 && s.ts == MR;
         // SAFETY: the caller's contract, passed on.
         let (low, at) = unsafe {
-            if reload_x::<V>(MR * d) && packed {
+            if D != 0 && reload_x::<V>(MR * d) && packed {
                 scan_blocks::<V, MR, D, true>(s, block, (1, MR))
             } else {
                 scan_blocks::<V, MR, D, false>(s, block, (s.rs, s.ts))
@@ -1515,13 +1516,15 @@ mod x86 {
     /// broadcasts are held in registers across the panels.
     ///
     /// # Safety
-    /// As for [`scan_walk`].
+    /// As for [`scan_walk`], and `(rs, ts)` are the step's own strides (`s.rs`, `s.ts`),
+    /// which `check` bounded.
     #[inline(always)]
     unsafe fn scan_blocks<V: Lanes, const MR: usize, const D: usize, const RELOAD: bool>(
         s: &Step,
         block: usize,
         (rs, ts): (usize, usize),
     ) -> ([V; MR], [V::I; MR]) {
+        debug_assert_eq!((rs, ts), (s.rs, s.ts));
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
         let d = if D == 0 { p.d } else { D };
@@ -1572,7 +1575,8 @@ mod x86 {
 
     /// Whether [`scan_walk`] reads x's `broadcasts` per FMA (embedded broadcasts) rather
     /// than holding them across the panels: with AVX-512 where they outnumber the 16
-    /// registers left beside the chains and minima. `vqkit bench --op assign --d 8`
+    /// registers left beside the chains and minima (and, as `scan_walk` asks, d is a
+    /// constant: d = 8). `vqkit bench --op assign --d 8`
     /// (alternating runs, medians; d = 8, 2 threads, n as in the wide grid, 6 runs):
     /// k = 4096 43.8 -> 38.8 ms, k = 16,384 111 -> 104 ms, k = 65,536 117 -> 120 ms and
     /// k = 262,144 115 -> 118 ms (the last two within their ranges). On one thread (5 or 6
@@ -1820,6 +1824,7 @@ mod tests {
             // remainders, ties across blocks.
             (23, 1000, 2),
             (10, 700, 8),
+            (11, 700, 6),
             (6, 300, 1),
         ];
         for &(n, k, d) in &shapes {
@@ -1881,11 +1886,17 @@ mod tests {
     /// whose norm is +inf (never chosen), products of +inf (scores of -inf, chosen, the
     /// first of them), rows where every score is +inf or NaN (index 0, +inf), and zeros of
     /// either sign; over ranges of panels split into blocks with remainders. The scan
-    /// kernels at d = 3 (folded on AVX2 and AVX-512), the cols ones at d = 33 (unfolded),
-    /// the widths where each is chosen.
+    /// kernels at d = 3, 6 and 8 (folded on AVX2 and AVX-512; x held in registers, read in
+    /// a loop over d, and read per FMA on AVX-512), the cols ones at d = 33 (unfolded), the
+    /// widths where each is chosen.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
-        for (d, scan, cols) in [(3, true, false), (33, false, true)] {
+        for (d, scan, cols) in [
+            (3, true, false),
+            (6, true, false),
+            (8, true, false),
+            (33, false, true),
+        ] {
             let (n, k) = (7, 1500);
             let mut x = clustered(n, d, 2, 0.5, 4);
             let mut c = clustered(k, d, 5, 0.5, 6);

@@ -17,13 +17,14 @@ const AVX2_CHAINS: usize = 12;
 const PORTABLE_CHAINS: usize = 8;
 const PORTABLE_WIDTH: usize = 8;
 
-/// FMA iterations per thread in one pass of [`fma_gflops`] (about 20 ms on a 3 GHz core).
+/// FMA iterations per thread in one pass of [`fma_gflops`] (about 18 ms with AVX-512 on
+/// the project's Zen 4 VM, at its 115 GFLOP/s per core).
 const FMA_ITERS: usize = 4_000_000;
-/// ... and in one pass of a [`Probe`] (about 5 ms).
+/// ... and in one pass of a [`Probe`] (about 4.5 ms there).
 const PROBE_FMA_ITERS: usize = 1_000_000;
 
 /// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set:
-/// the best of three passes.
+/// the best of three passes. Where no pool of `threads` can be built, one thread's.
 pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
     in_pool(threads, |parallel| {
         (0..3)
@@ -45,28 +46,33 @@ fn in_pool(threads: usize, f: impl FnOnce(bool) -> f64 + Send) -> f64 {
 }
 
 /// GFLOP/s of one pass: `iters` steps of the FMA chains on every thread of the current
-/// rayon pool at once (on this thread alone if not `parallel`), timed by the slowest.
+/// rayon pool at once (on this thread alone if not `parallel`), timed from the start to the
+/// last thread's end: on a loaded machine one worker may run two threads' shares one after
+/// the other, which per-thread clocks would not see.
+///
+/// # Panics
+/// If this CPU lacks `isa` (an [`Isa`] can be named without detection).
 fn fma_pass(isa: Isa, parallel: bool, iters: usize) -> f64 {
+    assert!(isa.supported(), "{} is not supported here", isa.as_str());
     // Floats updated per iteration, each by one multiply and one add.
     let lanes = match isa {
         Isa::Avx512 => 16 * AVX512_CHAINS,
         Isa::Avx2 => 8 * AVX2_CHAINS,
         Isa::Portable => PORTABLE_WIDTH * PORTABLE_CHAINS,
     };
-    let run = |_| {
-        let t = Instant::now();
-        let sink = fma_chains(isa, iters);
-        (t.elapsed().as_secs_f64(), sink)
-    };
     let threads = super::pool_threads(parallel);
-    let times: Vec<(f64, f32)> = if parallel {
-        (0..threads).into_par_iter().map(run).collect()
+    let t = Instant::now();
+    let sink: f32 = if parallel {
+        (0..threads)
+            .into_par_iter()
+            .map(|_| fma_chains(isa, iters))
+            .sum()
     } else {
-        vec![run(0)]
+        fma_chains(isa, iters)
     };
-    let slowest = times.iter().map(|t| t.0).fold(0.0, f64::max);
-    std::hint::black_box(times.iter().map(|t| t.1).sum::<f32>());
-    (threads * iters * lanes * 2) as f64 / slowest / 1e9
+    let seconds = t.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    (threads * iters * lanes * 2) as f64 / seconds / 1e9
 }
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
@@ -136,7 +142,8 @@ mod x86 {
 /// Floats in the buffer the read ceiling sums: 256 MiB, far larger than the caches.
 const READ_FLOATS: usize = 64 << 20;
 
-/// Memory read bandwidth in GB/s on `threads` threads (best of three passes over 256 MiB).
+/// Memory read bandwidth in GB/s on `threads` threads (best of three passes over 256 MiB;
+/// where no pool of `threads` can be built, one thread's).
 pub fn read_gbps(threads: usize) -> f64 {
     let buf = vec![1.0f32; READ_FLOATS];
     in_pool(threads, |parallel| {
@@ -175,8 +182,8 @@ fn read_pass(buf: &[f32], parallel: bool) -> f64 {
 /// more than all of it. (A probe in a pool of its own measured half the FMA ceiling while
 /// the kernels' pool still spun on the same two cores.)
 ///
-/// Each call is a single pass (about 5 ms of FMA chains per thread, or one sum over 256
-/// MiB), shorter than the best of three that [`fma_gflops`] and [`read_gbps`] take.
+/// Each call is a single pass (about 4.5 ms of FMA chains per thread here, or one sum over
+/// 256 MiB), shorter than the best of three that [`fma_gflops`] and [`read_gbps`] take.
 #[derive(Default)]
 pub struct Probe {
     /// The read's buffer, filled on the first read and kept.
@@ -189,7 +196,7 @@ impl Probe {
     }
 
     /// f32 FMA GFLOP/s now with `isa`'s chains: one pass, on every thread of the current
-    /// rayon pool if `parallel`, else on this thread.
+    /// rayon pool if `parallel`, else on this thread. Panics if this CPU lacks `isa`.
     pub fn fma_gflops(&self, isa: Isa, parallel: bool) -> f64 {
         fma_pass(isa, parallel, PROBE_FMA_ITERS)
     }
