@@ -4,6 +4,7 @@
 //! of the machine's ceiling, measured between the runs' rounds (see [`Probe`]). Only a backend
 //! whose memory is the host's (the CPU) has its ceilings measured.
 
+use crate::backend::cpu::Isa;
 pub use crate::backend::cpu::peak::Probe;
 use crate::backend::{Backend, EmaParams, Shape};
 use crate::error::Result;
@@ -231,17 +232,17 @@ pub fn run<B: Backend>(
     let work = op.flops(shape).or(op.bytes(shape)).unwrap_or(0.0) / 1e9;
     // Per round: (its rate / the ceiling measured after it, that ceiling).
     let mut paired: Vec<(f64, f64)> = Vec::new();
+    // Only on the host: a device backend has no host instruction set.
+    let probe = probe.zip(b.host_isa());
     // The ceiling now, in the backend's threads (work of usize::MAX: in parallel wherever
-    // the backend has threads); none off the host, nor where the pass gave no usable rate.
-    let measure = |probe: &Probe| {
-        let isa = b.host_isa()?;
+    // the backend has threads); none where the pass gave no usable rate.
+    let measure = |(probe, isa): (&Probe, Isa)| {
         b.run_on_host(usize::MAX, |parallel| match op.bound() {
             Bound::Fma => probe.fma_gflops(isa, parallel),
             Bound::Read => probe.read_gbps(parallel),
         })
         .filter(|c| c.is_finite() && *c > 0.0)
     };
-    let probe = probe.filter(|_| b.host_isa().is_some());
     let rounds = if probe.is_some() { ROUNDS } else { 1 };
     let between = |round: &[f64]| {
         if let Some(ceiling) = probe.and_then(measure) {
@@ -344,15 +345,20 @@ mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
 
+    /// `repeats` timed runs after `warmup`, however long they take.
+    fn exactly(warmup: usize, repeats: usize) -> Timing {
+        Timing {
+            warmup,
+            min_repeats: repeats,
+            min_seconds: 0.0,
+            max_repeats: repeats,
+        }
+    }
+
     #[test]
     fn rounds_share_the_repeats_and_each_is_followed_by_its_times() {
         let cpu = CpuBackend::new(Some(1)).unwrap();
-        let timing = Timing {
-            warmup: 2,
-            min_repeats: 7,
-            min_seconds: 0.0,
-            max_repeats: 7,
-        };
+        let timing = exactly(2, 7);
         let (mut calls, mut seen) = (0, Vec::new());
         let (times, on_device) = time_runs(
             &cpu,
@@ -378,12 +384,7 @@ mod tests {
     #[test]
     fn a_probe_sets_each_round_against_a_ceiling_and_none_leaves_it_out() {
         let cpu = CpuBackend::new(Some(2)).unwrap();
-        let timing = Timing {
-            warmup: 0,
-            min_repeats: 1,
-            min_seconds: 0.0,
-            max_repeats: 1,
-        };
+        let timing = exactly(0, 1);
         let shape = Shape::new(2_000, 64, 16);
         let probe = Probe::new();
         for op in [Op::Assign, Op::Ema] {

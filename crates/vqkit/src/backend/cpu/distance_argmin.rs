@@ -1459,20 +1459,18 @@ mod x86 {
         val: &mut [f32],
         idx: &mut [u32],
     ) {
-        let (p, w) = (s.p, V::W);
+        let w = V::W;
         let nr = 2 * w;
-        let d = if D == 0 { p.d } else { D };
         let range = s.panels.clone();
         let block = scan_block(range.len());
         // Where x's broadcasts outnumber what registers hold beside the chains, AVX-512
         // reads them in every FMA instead (see [`reload_x`]), from the packed rows only:
         // their offsets are then constants, and each FMA's address needs no register of
-        // its own. Only where d is a constant: a loop over d that is not unrolled holds no
-        // broadcasts across the panels to begin with.
+        // its own.
         let packed = s.rs == 1 && s.ts == MR;
         // SAFETY: the caller's contract, passed on.
         let (low, at) = unsafe {
-            if D != 0 && reload_x::<V>(MR * d) && packed {
+            if reload_x::<V, MR, D>() && packed {
                 scan_blocks::<V, MR, D, true>(s, block, (1, MR))
             } else {
                 scan_blocks::<V, MR, D, false>(s, block, (s.rs, s.ts))
@@ -1573,10 +1571,11 @@ mod x86 {
         }
     }
 
-    /// Whether [`scan_walk`] reads x's `broadcasts` per FMA (embedded broadcasts) rather
-    /// than holding them across the panels: with AVX-512 where they outnumber the 16
-    /// registers left beside the chains and minima (and, as `scan_walk` asks, d is a
-    /// constant: d = 8). `vqkit bench --op assign --d 8`
+    /// Whether [`scan_walk`] reads x's MR x D broadcasts per FMA (embedded broadcasts)
+    /// rather than holding them across the panels: with AVX-512 where they outnumber the
+    /// 16 registers left beside the chains and minima, and only where d is a constant D
+    /// (d = 8): a loop over d that is not unrolled holds no broadcasts across the panels to
+    /// begin with. `vqkit bench --op assign --d 8`
     /// (alternating runs, medians; d = 8, 2 threads, n as in the wide grid, 6 runs):
     /// k = 4096 43.8 -> 38.8 ms, k = 16,384 111 -> 104 ms, k = 65,536 117 -> 120 ms and
     /// k = 262,144 115 -> 118 ms (the last two within their ranges). On one thread (5 or 6
@@ -1584,8 +1583,8 @@ mod x86 {
     /// 220 -> 234 ms. At d = 2 and 4, whose broadcasts fit, reading them per FMA was slower
     /// (12.8 -> 16.9 and 21.3 -> 23.4 ms at k = 4096, 2 threads), so they keep theirs.
     #[inline(always)]
-    fn reload_x<V: Lanes>(broadcasts: usize) -> bool {
-        V::W == 16 && broadcasts > 16
+    fn reload_x<V: Lanes, const MR: usize, const D: usize>() -> bool {
+        V::W == 16 && D != 0 && MR * D > 16
     }
 
     /// Row `r` of the step's rows against one panel: its scores as the tiled and scan
