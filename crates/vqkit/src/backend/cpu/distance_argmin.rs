@@ -178,6 +178,7 @@ fn spare_buffer(len: usize) -> Result<Vec<f32>> {
 
 /// `|v|^2` in f32 with 16 independent partial sums, so the loop vectorizes and its
 /// rounding does not depend on the ISA.
+#[inline(always)]
 pub(crate) fn sq_norm(v: &[f32]) -> f32 {
     // Fewer than 16 floats: lane l holds only v[l]^2 and the rest are zeros, so the sum of
     // the lanes is that of the squares in order (adding +0 to a sum of squares changes no
@@ -604,9 +605,42 @@ fn codebook_stream(
 
 /// `dist = max(score + |x|^2, 0)` for each row of `x`.
 fn finish(x: &[f32], d: usize, dist: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.supported() {
+        // SAFETY: AVX-512F was detected at run time.
+        return unsafe { finish_avx512(x, d, dist) };
+    } else if Isa::Avx2.supported() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { finish_avx2(x, d, dist) };
+    }
+    finish_rows(x, d, dist)
+}
+
+/// [`finish`]'s loop, compiled for each instruction set it runs on. [`sq_norm`] multiplies
+/// and adds in separate roundings (Rust never fuses the two) and sums its lanes in order,
+/// so its bits are the same on all of them; wider registers only take fewer instructions.
+/// Built for the baseline SSE2 alone, it took a fifth of a call at k = 16, d = 128 (in
+/// `perf`, against the micro-kernel's 128 steps of 2 FMAs per row). `vqkit bench --op
+/// assign --n 100000 --threads 2`, 8 alternating runs, medians: k = 16, d = 32 1.98 ->
+/// 1.78 ms, d = 128 5.09 -> 4.54 ms, d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 ->
+/// 6.28 ms.
+#[inline(always)]
+fn finish_rows(x: &[f32], d: usize, dist: &mut [f32]) {
     for (row, out) in x.chunks_exact(d).zip(dist.iter_mut()) {
         *out = finished(*out, sq_norm(row));
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_avx512(x: &[f32], d: usize, dist: &mut [f32]) {
+    finish_rows(x, d, dist)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_avx2(x: &[f32], d: usize, dist: &mut [f32]) {
+    finish_rows(x, d, dist)
 }
 
 /// A row's distance from its best score and `|x|^2` ([`sq_norm`] of the row).
@@ -857,7 +891,8 @@ thread_local! {
 /// |x|^2) into `dist`, its index into `idx`. The rows are packed once, MR at a time, each
 /// block t-major (`xt[t * MR + r]`, zero rows past the end), so the micro-kernel
 /// broadcasts from one contiguous run per step of d whatever d is (or, with
-/// `blocking.direct`, whole blocks are read in place). Then, group by group of the
+/// `blocking.direct`, whole blocks are read in place, see [`LANES_MAX_MR`]). Then, group
+/// by group of the
 /// codebook, every block runs over the group chunk by chunk of d, and its rows' best is
 /// folded into the task's running best (a later group wins only with a strictly lower
 /// score: it holds higher indices).
@@ -876,8 +911,18 @@ fn rows_block(
     let d = p.d;
     let rows = idx.len();
     let blocks = rows.div_ceil(mr);
-    // Blocks from `packed` on are packed; before it, whole blocks are read in place.
+    // Blocks from `packed` on are packed; before it, whole blocks are read in place: with
+    // `lanes`, block b is row b of each of MR lanes of `packed` rows (row r * packed + b),
+    // otherwise rows b * MR to b * MR + MR - 1.
     let packed = if blocking.direct { rows / mr } else { 0 };
+    let lanes = blocking.direct && mr <= LANES_MAX_MR;
+    let row = |b: usize, r: usize| {
+        if lanes && b < packed {
+            r * packed + b
+        } else {
+            b * mr + r
+        }
+    };
     let (mut xt, mut acc) = SCRATCH.take();
     xt.clear();
     xt.resize((blocks - packed) * mr * d, 0.0);
@@ -897,14 +942,15 @@ fn rows_block(
     for g0 in panels.clone().step_by(group) {
         let panels = g0..panels.end.min(g0 + group);
         for b in 0..blocks {
-            if d <= PREFETCH_MAX_D && b + 1 < packed {
+            if !lanes && d <= PREFETCH_MAX_D && b + 1 < packed {
                 let ahead = (b + 1) * mr * d;
                 prefetch_l2(&x[ahead..ahead + mr * d]);
             }
             for t0 in (0..d).step_by(kc) {
                 let kc = kc.min(d - t0);
                 let (x, rs, ts) = if b < packed {
-                    (&x[b * mr * d + t0..], d, 1)
+                    let rs = if lanes { packed * d } else { d };
+                    (&x[row(b, 0) * d + t0..], rs, 1)
                 } else {
                     let xb = &xt[(b - packed) * mr * d..(b - packed + 1) * mr * d];
                     (&xb[t0 * mr..(t0 + kc) * mr], 1, mr)
@@ -922,11 +968,10 @@ fn rows_block(
                 };
                 kernel(&step, &mut acc, &mut val, &mut ix);
             }
-            let r0 = b * mr;
-            let m = mr.min(rows - r0);
-            for r in 0..m {
-                if val[r] < dist[r0 + r] {
-                    (dist[r0 + r], idx[r0 + r]) = (val[r], ix[r]);
+            for r in 0..mr.min(rows - b * mr) {
+                let i = row(b, r);
+                if val[r] < dist[i] {
+                    (dist[i], idx[i]) = (val[r], ix[r]);
                 }
             }
         }
@@ -934,8 +979,27 @@ fn rows_block(
     SCRATCH.set((xt, acc));
 }
 
-/// The widest rows for which, where rows are read in place, the next block of rows is
-/// prefetched while this one is computed. At k = 16, 2 threads, `vqkit bench --op assign`
+/// Kernels of at most this many rows, where they read rows in place, take a block's rows
+/// from MR lanes of consecutive rows, one from each, rather than MR consecutive rows. Each
+/// of the MR streams then runs on from row to row through the task, long enough for the
+/// hardware prefetchers to follow, where consecutive rows give MR streams of one row each
+/// (at d = 128, 8 lines: the prefetchers hardly start). Any rows-to-blocks map gives the
+/// same bits: rows are independent. At k = 16 (the 6-row AVX2 kernel), against
+/// consecutive rows with the next block prefetched ([`PREFETCH_MAX_D`]), `vqkit bench
+/// --op assign --n 100000 --k 16 --threads 2`, 8 alternating runs, medians: d = 128
+/// 4.54 -> 4.20 ms, d = 512 17.4 -> 14.0 ms, d = 2048 56.4 -> 52.4 ms, d = 32 1.78 and
+/// 1.83 ms (within noise). With `--isa avx2`, k = 32 (5 runs, against the build before
+/// both this and [`finish_rows`]): d = 128 7.71 -> 6.79 ms, d = 512 28.2 -> 24.1 ms. The
+/// 12 streams of the AVX-512 kernel were too many (`--threads 1`, 6 runs, against the
+/// prefetch issued line by line inside the kernel, which ran as the block prefetch did
+/// within noise): k = 64, d = 128 20.5 -> 23.9 ms, d = 32 6.9 -> 8.0 ms. It keeps the
+/// prefetch.
+const LANES_MAX_MR: usize = 6;
+
+/// The widest rows for which, where blocks of consecutive rows are read in place (kernels
+/// of more than [`LANES_MAX_MR`] rows), the next block of rows is prefetched while this
+/// one is computed. Measured when the 6-row kernel took consecutive rows too: at k = 16,
+/// 2 threads, `vqkit bench --op assign`
 /// (3 alternating runs, medians) it took d = 128 from 9.7 to 6.9 ms and d = 512 from 23.5
 /// to 22.0; at d = 2048 (rows of 128 lines, long enough for the hardware prefetchers) it
 /// gained nothing (64.8 against 66.4 ms).
