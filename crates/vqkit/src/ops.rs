@@ -83,11 +83,27 @@ pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Resul
     let k = rows("codebook", codebook, d)?;
     let shape = Shape::new(n, k, d);
     shape.validate()?;
-    check_finite("points", x)?;
-    check_finite("codebook", codebook)?;
+    // Where the backend flags them, points with a NaN or infinity are found after the
+    // kernel, from their distances, rather than in a pass over x of its own first.
+    let after = b.flags_non_finite_points();
+    if !after {
+        check_finite("points", x)?;
+    }
+    if let Err(bad) = check_finite("codebook", codebook) {
+        if after {
+            check_finite("points", x)?;
+        }
+        return Err(bad);
+    }
     let (indices, distances) = b.assign_host(x, codebook, shape)?;
     let out = Assignment { indices, distances };
-    check_overflow(&out.distances)?;
+    if let Err(overflow) = check_overflow(&out.distances) {
+        // A non-finite point comes first, as if checked before; else finite points overflowed.
+        if after {
+            check_finite("points", x)?;
+        }
+        return Err(overflow);
+    }
     Ok(out)
 }
 

@@ -47,3 +47,62 @@ fn every_isa_and_thread_count_gives_the_same_bits() {
 fn unsupported_settings_are_errors() {
     assert!(CpuBackend::new(Some(0)).is_err());
 }
+
+/// The CPU finds points with a NaN or an infinity after the kernel, from their distances
+/// (`Backend::flags_non_finite_points`): on every kernel path (few codewords, rows read in
+/// place, tiled, scan, cols, d in several chunks), every instruction set and 1 or 2
+/// threads, the error must still name the points and the first bad value's index, as the
+/// check before the kernel did; a bad codebook too must not hide bad points.
+#[test]
+fn non_finite_points_are_found_after_the_kernel_on_every_path() {
+    use vqkit::Error;
+    // (n, k, d): k <= 4; k = 16 read in place; k = 64; tiled; scan (d <= 8, k >= 4096);
+    // cols (few rows, k >= 4n, d >= 32); d longer than one chunk.
+    let shapes = [
+        (50, 3, 5),
+        (200, 16, 33),
+        (200, 64, 20),
+        (300, 300, 17),
+        (100, 4100, 8),
+        (40, 400, 40),
+        (30, 20, 700),
+    ];
+    let mut rng = vqkit::rng::Rng::new(11);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
+            for &(n, k, d) in &shapes {
+                let x = common::data(&mut rng, n * d);
+                let c = common::data(&mut rng, k * d);
+                assert!(vqkit::ops::assign(&b, &x, &c, d).is_ok());
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    // The first and last value, one in the middle, and two rows at once
+                    // (the earlier one is named).
+                    let mid = rng.below(n) * d + rng.below(d);
+                    for at in [vec![0], vec![n * d - 1], vec![mid], vec![n * d - 1, mid]] {
+                        let mut xb = x.clone();
+                        for &i in &at {
+                            xb[i] = bad;
+                        }
+                        let first = *at.iter().min().unwrap();
+                        let got = vqkit::ops::assign(&b, &xb, &c, d);
+                        assert!(
+                            matches!(
+                                got,
+                                Err(Error::NonFinite { what: "points", index, .. }) if index == first
+                            ),
+                            "{isa:?} x{threads} {n}x{k}x{d}, {bad} at {at:?}: {got:?}"
+                        );
+                        let mut cb = c.clone();
+                        cb[k * d / 2] = f32::NAN;
+                        let got = vqkit::ops::assign(&b, &xb, &cb, d);
+                        assert!(
+                            matches!(got, Err(Error::NonFinite { what: "points", .. })),
+                            "{isa:?} {n}x{k}x{d}, bad codebook too: {got:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

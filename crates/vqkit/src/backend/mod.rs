@@ -238,6 +238,17 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// Whether [`Backend::assign_host`] gives every point with a NaN or infinite
+    /// coordinate a distance that is not finite (whatever the codebook, finite). Then
+    /// `ops::assign` checks the points for such values only when a distance is not finite,
+    /// rather than in a pass of its own before the kernel: at k = 16, d = 128 that pass
+    /// read the points once more for a kernel that reads them once. True on the CPU,
+    /// whose distances are `score + |x|^2` with NaN passed through; false elsewhere (WGSL
+    /// and CUDA's fast arithmetic promise nothing for NaN).
+    fn flags_non_finite_points(&self) -> bool {
+        false
+    }
+
     /// The instruction set of this backend's kernels when its memory is the host's and
     /// they are the CPU's (`Some` on the CPU backend): host algorithms that must reproduce
     /// `distance_argmin`'s bits (exact Lloyd with bounds) compute on it. `None` elsewhere.

@@ -643,9 +643,14 @@ unsafe fn finish_avx2(x: &[f32], d: usize, dist: &mut [f32]) {
     finish_rows(x, d, dist)
 }
 
-/// A row's distance from its best score and `|x|^2` ([`sq_norm`] of the row).
+/// A row's distance from its best score and `|x|^2` ([`sq_norm`] of the row), clamped at
+/// zero. A NaN passes through (`f32::max` would turn it into 0): a row with a NaN or
+/// infinite coordinate has a NaN or infinite `|x|^2`, and so a distance that is not
+/// finite, which is what lets `ops::assign` check the points after the kernel (see
+/// `Backend::flags_non_finite_points`).
 pub(crate) fn finished(score: f32, x_sq: f32) -> f32 {
-    (score + x_sq).max(0.0)
+    let v = score + x_sq;
+    if v < 0.0 { 0.0 } else { v }
 }
 
 /// The scores `|c_j|^2 - 2 x.c_j` of one row `x` against the codewords `js`, into `out`,
@@ -859,7 +864,7 @@ fn rows_narrow(
                 best = (s, j as u32);
             }
         }
-        (*i, *out) = (best.1, (best.0 + sq_norm(row)).max(0.0));
+        (*i, *out) = (best.1, finished(best.0, sq_norm(row)));
     }
 }
 

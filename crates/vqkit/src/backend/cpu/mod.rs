@@ -147,6 +147,10 @@ impl Backend for CpuBackend {
         Some(self.isa)
     }
 
+    fn flags_non_finite_points(&self) -> bool {
+        true
+    }
+
     fn assign_host(
         &self,
         x: &[f32],
