@@ -71,6 +71,14 @@ codeword_norms(const float* __restrict__ codebook, unsigned int k, unsigned int 
     norms[j] = (a0 + a1) + (a2 + a3);
 }
 
+// A row's distance, its best score plus |x_i|^2, clamped at zero with a compare: a NaN (an
+// overflowed score plus an overflowed |x|^2) stays one, as on the CPU, and the host then
+// reports the overflow, where fmaxf would have made it a distance of 0.
+__device__ __forceinline__ float clamp_distance(float v)
+{
+    return v < 0.f ? 0.f : v;
+}
+
 // |x_i|^2 for one row, with the same fixed order as codeword_norms.
 __device__ __forceinline__ float row_sq_norm(const float* __restrict__ row, unsigned int d)
 {
@@ -109,7 +117,7 @@ distance_argmin_v1(const float* __restrict__ x, const float* __restrict__ codebo
         }
     }
     idx[i] = best_j;
-    dist[i] = fmaxf(best + row_sq_norm(xi, s.d), 0.f);
+    dist[i] = clamp_distance(best + row_sq_norm(xi, s.d));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,7 +302,7 @@ distance_argmin_v2(const float* __restrict__ x, const float* __restrict__ codebo
         const unsigned int i = row0 + tid;
         if (i < s.n) {
             idx[i] = j;
-            dist[i] = fmaxf(score + row_sq_norm(x + (unsigned long long)i * s.d, s.d), 0.f);
+            dist[i] = clamp_distance(score + row_sq_norm(x + (unsigned long long)i * s.d, s.d));
         }
     }
 }

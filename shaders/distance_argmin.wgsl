@@ -78,7 +78,10 @@ fn row_sq_norm(row: u32) -> f32 {
 fn finish(i: u32, best: f32, best_j: u32) {
     idx[p.out_base + i] = best_j;
     if (p.flags & LAST) != 0u {
-        dist[p.out_base + i] = max(best + row_sq_norm(p.x_base + i * p.d), 0.0);
+        // Clamped at zero with a compare, so that a NaN (an overflowed score plus an
+        // overflowed |x|^2) stays one, as on the CPU, where max() would give 0.
+        let v = best + row_sq_norm(p.x_base + i * p.d);
+        dist[p.out_base + i] = select(v, 0.0, v < 0.0);
     } else {
         dist[p.out_base + i] = best;
     }

@@ -49,23 +49,27 @@ fn unsupported_settings_are_errors() {
 }
 
 /// The CPU finds points with a NaN or an infinity after the kernel, from their distances
-/// (`Backend::flags_non_finite_points`): on every kernel path (few codewords, rows read in
-/// place, tiled, scan, cols, d in several chunks), every instruction set and 1 or 2
-/// threads, the error must still name the points and the first bad value's index, as the
-/// check before the kernel did; a bad codebook too must not hide bad points.
+/// (`Backend::flags_non_finite_points`): on the kernel paths (few codewords, rows read in
+/// place, tiled, scan, cols, d in several chunks, the codebook split between threads:
+/// which shape takes which depends on the cache sizes, the ones noted are this machine's,
+/// 32-48 KB of L1d and 1 MB of L2), every instruction set and 1 or 2 threads, the error
+/// must still name the points and the first bad value's index, as the check before the
+/// kernel did; a bad codebook too must not hide bad points.
 #[test]
 fn non_finite_points_are_found_after_the_kernel_on_every_path() {
     use vqkit::Error;
     // (n, k, d): k <= 4; k = 16 read in place; k = 64; tiled; scan (d <= 8, k >= 4096);
-    // cols (few rows, k >= 4n, d >= 32); d longer than one chunk.
+    // cols (few rows, k >= 4n, d >= 32); d longer than one chunk (in lanes with AVX2);
+    // a codebook of several L2 groups for fewer row tasks than threads (split, then folded).
     let shapes = [
         (50, 3, 5),
-        (200, 16, 33),
-        (200, 64, 20),
+        (1000, 16, 33),
+        (1000, 64, 20),
         (300, 300, 17),
         (100, 4100, 8),
         (40, 400, 40),
-        (30, 20, 700),
+        (30, 20, 1500),
+        (100, 16400, 16),
     ];
     let mut rng = vqkit::rng::Rng::new(11);
     for isa in Isa::available() {

@@ -405,6 +405,13 @@ pub fn check_bad_input<B: Backend>(b: &B) {
         ops::assign(b, &huge, &[-3e30, -3e30], 2),
         Err(Error::Overflow { .. })
     ));
+    // A score that overflows to -inf plus an |x|^2 that overflows to +inf is NaN: an
+    // overflow too, not a distance clamped to 0 (as `max(v, 0)` made it on every backend).
+    let got = ops::assign(b, &[1e21, 1e21, 1.0, 2.0], &[1e18, 1e18], 2);
+    assert!(
+        matches!(got, Err(Error::Overflow { row: 0 })),
+        "{name}: {got:?}"
+    );
     let empty = ops::assign(b, &[], &c, 2).unwrap();
     assert!(empty.indices.is_empty() && empty.distances.is_empty());
     let mut state = ops::EmaState::with_dim(c.clone(), 2).unwrap();

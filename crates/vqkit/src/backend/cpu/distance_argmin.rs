@@ -5,7 +5,7 @@
 //! ```text
 //! score_ij = |c_j|^2 - 2 x_i.c_j          (|x_i|^2 is constant along a row: added last)
 //! idx_i    = argmin_j score_ij            (lowest j wins a tie)
-//! dist_i   = max(score_i,idx_i + |x_i|^2, 0)
+//! dist_i   = max(score_i,idx_i + |x_i|^2, 0)   (a NaN kept: see `finished`)
 //! ```
 //!
 //! Fusion: a register tile of MR rows x NR codewords is computed over the whole of d, turned
@@ -603,7 +603,7 @@ fn codebook_stream(
     Ok(())
 }
 
-/// `dist = max(score + |x|^2, 0)` for each row of `x`.
+/// `dist = max(score + |x|^2, 0)` for each row of `x` ([`finished`]: a NaN kept).
 fn finish(x: &[f32], d: usize, dist: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512.supported() {
@@ -998,7 +998,8 @@ fn rows_block(
 /// 12 streams of the AVX-512 kernel were too many (`--threads 1`, 6 runs, against the
 /// prefetch issued line by line inside the kernel, which ran as the block prefetch did
 /// within noise): k = 64, d = 128 20.5 -> 23.9 ms, d = 32 6.9 -> 8.0 ms. It keeps the
-/// prefetch.
+/// prefetch. The 4-row portable kernel takes lanes too: `--isa portable`, k = 16,
+/// d = 128, 3 runs, 19.4 and 19.0 ms (with [`finish_rows`]), within noise.
 const LANES_MAX_MR: usize = 6;
 
 /// The widest rows for which, where blocks of consecutive rows are read in place (kernels
@@ -1279,7 +1280,7 @@ mod x86 {
     /// The 8 lanes folded branch-free, as [`reduce_lanes`] folds them: the lowest score,
     /// and among the lanes holding it, the lowest index (no lane holds NaN; a lane at +inf
     /// holds index 0). The score returned is the minimum itself, whose zero may differ in
-    /// sign from the chosen lane's: the distance `max(score + |x|^2, 0)` is the same.
+    /// sign from the chosen lane's: the distance (`score + |x|^2`, clamped at 0) is the same.
     #[target_feature(enable = "avx2")]
     fn reduce_avx2(v: __m256, i: __m256i) -> (f32, u32) {
         let m = _mm256_min_ps(v, _mm256_permute2f128_ps::<1>(v, v));
