@@ -897,10 +897,9 @@ thread_local! {
 /// block t-major (`xt[t * MR + r]`, zero rows past the end), so the micro-kernel
 /// broadcasts from one contiguous run per step of d whatever d is (or, with
 /// `blocking.direct`, whole blocks are read in place, see [`LANES_MAX_MR`]). Then, group
-/// by group of the
-/// codebook, every block runs over the group chunk by chunk of d, and its rows' best is
-/// folded into the task's running best (a later group wins only with a strictly lower
-/// score: it holds higher indices).
+/// by group of the codebook, every block runs over the group chunk by chunk of d, and its
+/// rows' best is folded into the task's running best (a later group wins only with a
+/// strictly lower score: it holds higher indices).
 #[allow(clippy::too_many_arguments)]
 fn rows_block(
     kernel: RowsKernel,
