@@ -84,26 +84,23 @@ pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Resul
     let shape = Shape::new(n, k, d);
     shape.validate()?;
     // Where the backend flags them, points with a NaN or infinity are found after the
-    // kernel, from their distances, rather than in a pass over x of its own first.
+    // kernel, from their distances, rather than in a pass over x of its own first; an
+    // error on the way still gives way to a non-finite point, as if checked first.
     let after = b.flags_non_finite_points();
     if !after {
         check_finite("points", x)?;
     }
-    if let Err(bad) = check_finite("codebook", codebook) {
+    let points_first = |e: Error| {
         if after {
-            check_finite("points", x)?;
+            check_finite("points", x).err().unwrap_or(e)
+        } else {
+            e
         }
-        return Err(bad);
-    }
-    let (indices, distances) = b.assign_host(x, codebook, shape)?;
+    };
+    check_finite("codebook", codebook).map_err(points_first)?;
+    let (indices, distances) = b.assign_host(x, codebook, shape).map_err(points_first)?;
     let out = Assignment { indices, distances };
-    if let Err(overflow) = check_overflow(&out.distances) {
-        // A non-finite point comes first, as if checked before; else finite points overflowed.
-        if after {
-            check_finite("points", x)?;
-        }
-        return Err(overflow);
-    }
+    check_overflow(&out.distances).map_err(points_first)?;
     Ok(out)
 }
 
