@@ -269,6 +269,10 @@ pub(crate) struct Blocking {
     /// Few rows against a large codebook: the rows packed and the codebook read in place
     /// ([`codebook_stream`]); `group` then counts tiles of its codewords.
     pub cols: bool,
+    /// Short rows: the tall kernels (a tile of 32 to 64 rows held in registers, one
+    /// codeword at a time) rather than the tiled or scan ones. Only where d is one chunk
+    /// and the scores fold (`folds`); the rows are then always packed.
+    pub tall: bool,
 }
 
 impl Blocking {
@@ -295,6 +299,7 @@ impl Blocking {
             direct,
             scan: false,
             cols: false,
+            tall: false,
         }
     }
 }
@@ -316,6 +321,35 @@ const SCAN_MIN_K: usize = 4096;
 /// instruction set has them ([`kernel_for`]: AVX2 and AVX-512).
 fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
+}
+
+/// Whether the tall kernels serve a shape (rather than the tiled or scan ones): with
+/// AVX-512, rows of d <= 8 against at least 32 codewords at d <= 2 and 256 above. Against
+/// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
+/// medians, n = 100,000 unless given: d = 2, k = 32 0.84 -> 0.64 ms, k = 256 2.07 -> 1.23
+/// ms, k = 4096 (the scan kernel) 13.2 -> 9.3 ms; d = 4, k = 256 2.49 -> 1.90 ms, k = 1024
+/// 7.97 -> 4.93 ms, k = 4096 20.1 -> 16.5 ms; d = 6, k = 256 3.52 -> 2.94 ms, k = 4096 30.5
+/// -> 27.4 ms; d = 8, k = 256 3.78 -> 3.59 ms, k = 1024 11.8 -> 10.0 ms, k = 4096 37.7 ->
+/// 35.2 ms, k = 65,536 (n = 19,073) 105 -> 102 ms, k = 262,144 (n = 4768) 107 -> 104 ms;
+/// d = 2, k = 65,536 (n = 76,293) 101 and 102 ms, k = 262,144 (n = 19,073) 111 -> 102 ms.
+/// Below those k they lost (d = 2, k = 16 0.58 -> 0.78 ms; d = 4, k = 64 0.88 -> 1.11 ms;
+/// d = 8, k = 64 1.47 -> 1.82 ms, k = 128 2.17 -> 2.35 ms): a row's minimum costs one panel
+/// computed again, against few panels. With AVX2's 16 registers (`--isa avx2`, one or two
+/// vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61 ms, d = 4,
+/// k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms.
+fn tall_wins(isa: Isa, d: usize, k: usize) -> bool {
+    isa == Isa::Avx512 && d <= SCAN_MAX_D && k >= if d <= 2 { 32 } else { 256 }
+}
+
+/// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
+/// the instruction set has one (AVX-512).
+fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && d <= SCAN_MAX_D {
+        return Some((x86::tall_avx512_entry, x86::tall_rows(d), x86::AVX512_NR));
+    }
+    let _ = (isa, d);
+    None
 }
 
 /// Whether the kernels of `isa` (the tiled and scan ones: the cols kernels serve only
@@ -394,10 +428,14 @@ pub(crate) fn distance_argmin(
         isa
     };
     let scan = scan_wins(shape.d, shape.k);
-    let (_, mr, nr) = kernel_for(isa, scan);
+    let tall = tall_wins(isa, shape.d, shape.k)
+        .then(|| tall_kernel(isa, shape.d))
+        .flatten();
+    let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
     let caches = super::CacheSizes::detect();
     let mut blocking = Blocking {
         scan,
+        tall: tall.is_some(),
         ..Blocking::for_shape(caches, mr, nr, shape.d, shape.k.div_ceil(nr))
     };
     #[cfg(target_arch = "x86_64")]
@@ -447,7 +485,17 @@ pub(crate) fn distance_argmin_blocked(
         return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
     }
     let scan = blocking.scan && blocking.kc >= d && fold;
-    let (kernel, mr, nr) = kernel_for(isa, scan);
+    let tall = if blocking.tall && blocking.kc >= d && fold {
+        tall_kernel(isa, d)
+    } else {
+        None
+    };
+    let (kernel, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
+    // The tall kernels read their rows packed.
+    let blocking = Blocking {
+        direct: blocking.direct && tall.is_none(),
+        ..blocking
+    };
     let packed = Packed::new(parallel, codebook, norms, (k, d, nr), fold)?;
     let all = 0..packed.panels;
     // Fewer row tasks than threads to keep busy (a few hundred rows against a large
@@ -1790,6 +1838,130 @@ mod x86 {
         }
     }
 
+    /// Rows per tile of the tall kernel for rows of `d <= 8` floats: as many vectors of 16
+    /// rows as AVX-512's 32 registers hold with d + 3 each (the rows' d elements, the
+    /// chain, the panel's minima and the running ones; their panels' indices) and two
+    /// more (the codeword's broadcasts): four, or two above d = 4.
+    pub(super) const fn tall_rows(d: usize) -> usize {
+        16 * if d <= 4 { 4 } else { 2 }
+    }
+
+    pub(super) fn tall_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        let mr = tall_rows(s.p.d);
+        check(s, acc, val, idx, mr, AVX512_NR);
+        assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= super::SCAN_MAX_D);
+        assert!(s.p.fold && s.rs == 1 && s.ts == mr);
+        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
+        // `check` bounds every pointer offset the kernel takes; the rows are packed.
+        unsafe { tall_avx512(s, val, idx) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        // SAFETY: compiled for AVX-512F; the caller checked the step. G as `tall_rows`.
+        unsafe {
+            match s.p.d {
+                1 => tall_walk::<__m512, 1, 4>(s, val, idx),
+                2 => tall_walk::<__m512, 2, 4>(s, val, idx),
+                3 => tall_walk::<__m512, 3, 4>(s, val, idx),
+                4 => tall_walk::<__m512, 4, 4>(s, val, idx),
+                5 => tall_walk::<__m512, 5, 2>(s, val, idx),
+                6 => tall_walk::<__m512, 6, 2>(s, val, idx),
+                7 => tall_walk::<__m512, 7, 2>(s, val, idx),
+                _ => tall_walk::<__m512, 8, 2>(s, val, idx),
+            }
+        }
+    }
+
+    /// The tall kernels: G vectors of W rows (the rows in the lanes, from the packed block:
+    /// element (r, t) at `t * G * W + r`) held in registers over the step's panels, against
+    /// one codeword at a time, its d values and norm broadcast. Each score is the folded
+    /// chain of the tiled kernels (from the norm, one FMA per element, in order). Per
+    /// codeword and vector of rows the kernel keeps only the lanes' minima (one `min`);
+    /// per panel it notes, in each lane, whether the panel lowered the row's minimum and
+    /// so which panel first reached it. The one panel holding a row's minimum is then
+    /// computed again for the row, as [`scan_walk`] does, and its first codeword scoring
+    /// the minimum is the row's: the tiled walk's strict `<` over codewords in order (a
+    /// NaN score never wins, and a row with no score below +inf keeps (+inf, 0)).
+    ///
+    /// Where the tiled kernel spends on each row and panel its compares and blends and,
+    /// per block, a horizontal reduction, which at d <= 8 outweigh the 2 to 8 FMAs of a
+    /// score, this spends one `min` per vector of rows and codeword.
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set and `check` passed for a tile of
+    /// G * W rows, packed (`s.rs == 1`, `s.ts == G * W`), with `s.p.d == D`.
+    #[inline(always)]
+    unsafe fn tall_walk<V: Lanes, const D: usize, const G: usize>(
+        s: &Step,
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        let (p, w) = (s.p, V::W);
+        let nr = 2 * w;
+        debug_assert!(p.d == D && s.rs == 1 && s.ts == G * w);
+        let xp = s.x.as_ptr();
+        let range = s.panels.clone();
+        // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
+        // G * W rows over the whole of d, and `val` / `idx`.
+        unsafe {
+            let xs: [[V; G]; D] = std::array::from_fn(|t| {
+                std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
+            });
+            let inf = V::splat(f32::INFINITY);
+            let mut low = [inf; G];
+            let mut at = [V::splat_i(0); G];
+            for panel in range.clone() {
+                let cp = p.data.as_ptr().add(panel * nr * D);
+                let np = p.norms.as_ptr().add(panel * nr);
+                let mut pm = [inf; G];
+                for lane in 0..nr {
+                    let mut acc = [V::splat(*np.add(lane)); G];
+                    for (t, x) in xs.iter().enumerate() {
+                        let c = V::splat(*cp.add(t * nr + lane));
+                        for g in 0..G {
+                            acc[g] = V::fmadd(x[g], c, acc[g]);
+                        }
+                    }
+                    for g in 0..G {
+                        // A NaN score never enters the minima, as it never wins the tiled `<`.
+                        pm[g] = V::min(acc[g], pm[g]);
+                    }
+                }
+                let here = V::splat_i(panel as u32);
+                for g in 0..G {
+                    let lower = V::lt(pm[g], low[g]);
+                    low[g] = V::blend(lower, low[g], pm[g]);
+                    at[g] = V::blend_i(lower, at[g], here);
+                }
+            }
+            let (mut lows, mut ats) = ([0.0f32; 64], [0u32; 64]);
+            for g in 0..G {
+                low[g].store(lows.as_mut_ptr().add(g * w));
+                V::store_i(at[g], ats.as_mut_ptr().add(g * w));
+            }
+            for r in 0..G * w {
+                let m = lows[r];
+                (val[r], idx[r]) = (f32::INFINITY, 0);
+                // No score below +inf (the minima never hold NaN): the tiled kernels'
+                // strict `<` took none either.
+                if m == f32::INFINITY {
+                    continue;
+                }
+                let panel = ats[r] as usize;
+                let (s0, s1) = panel_scores::<V>(s, r, panel);
+                let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
+                assert!(hit != 0, "the minimum comes from this panel's own scores");
+                let lane = hit.trailing_zeros() as usize;
+                let mut all = [0.0f32; 32];
+                s0.store(all.as_mut_ptr());
+                s1.store(all.as_mut_ptr().add(w));
+                // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
+                (val[r], idx[r]) = (all[lane], (panel * nr + lane) as u32);
+            }
+        }
+    }
+
     /// [`scan_walk`] with d a constant where it is one of the common short widths (the
     /// loop over d unrolled, the row's values kept in registers).
     ///
@@ -1976,16 +2148,19 @@ mod tests {
                     direct: false,
                     scan: false,
                     cols: false,
+                    tall: false,
                 });
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
-                            for (direct, scan, cols) in [
-                                (false, false, false),
-                                (true, false, false),
-                                (false, true, false),
-                                (true, true, false),
-                                (false, false, true),
+                            for (direct, scan, cols, tall) in [
+                                (false, false, false, false),
+                                (true, false, false, false),
+                                (false, true, false, false),
+                                (true, true, false, false),
+                                (false, false, true, false),
+                                (false, false, false, true),
+                                (true, false, false, true),
                             ] {
                                 let b = Blocking {
                                     kc,
@@ -1994,6 +2169,7 @@ mod tests {
                                     direct,
                                     scan,
                                     cols,
+                                    tall,
                                 };
                                 assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
                             }
@@ -2013,11 +2189,15 @@ mod tests {
     /// widths where each is chosen.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
-        for (d, scan, cols) in [
-            (3, true, false),
-            (6, true, false),
-            (8, true, false),
-            (33, false, true),
+        for (d, scan, cols, tall) in [
+            (3, true, false, false),
+            (6, true, false, false),
+            (8, true, false, false),
+            (33, false, true, false),
+            (1, false, false, true),
+            (3, false, false, true),
+            (6, false, false, true),
+            (8, false, false, true),
         ] {
             let (n, k) = (7, 1500);
             let mut x = clustered(n, d, 2, 0.5, 4);
@@ -2042,7 +2222,7 @@ mod tests {
             let shape = Shape::new(n, k, d);
             for isa in Isa::available() {
                 // The tiled kernels, then the scan or the cols ones.
-                let run = |norms: &[f32], (scan, cols): (bool, bool)| {
+                let run = |norms: &[f32], (scan, cols, tall): (bool, bool, bool)| {
                     let (_, _, nr) = kernel_for(isa, scan);
                     let b = Blocking {
                         kc: d,
@@ -2051,6 +2231,7 @@ mod tests {
                         direct: false,
                         scan,
                         cols,
+                        tall,
                     };
                     let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
                     distance_argmin_blocked(
@@ -2060,13 +2241,13 @@ mod tests {
                     (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                 };
                 let at = format!("{isa:?} d={d}");
-                let tiled = run(&norms, (false, false));
+                let tiled = run(&norms, (false, false, false));
                 assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
-                assert_eq!(run(&norms, (scan, cols)), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall)), tiled, "{at}");
                 norms.fill(f32::INFINITY);
-                let tiled = run(&norms, (false, false));
+                let tiled = run(&norms, (false, false, false));
                 assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
-                assert_eq!(run(&norms, (scan, cols)), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall)), tiled, "{at}");
                 norms = c.chunks_exact(d).map(sq_norm).collect();
             }
         }
@@ -2239,6 +2420,7 @@ mod tests {
                 direct: false,
                 scan: false,
                 cols: false,
+                tall: false,
             }
         );
         // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
