@@ -29,17 +29,21 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
-//! - v4 `scan` (AVX-512 with MR = 4, NR = 32; AVX2 with MR = 4, NR = 16), for d <= 8
-//!   against 4096 codewords or more, where the tiled kernels' epilogue (compares and
-//!   blends to carry each lane's index) costs more than their 2 d FMAs: each panel's
-//!   scores only lower per-lane minima, the block of panels where each lane last fell is
-//!   noted once per block, and the one block holding a row's minimum is computed again at
-//!   the end for its index. Same scores, same bits as v2 and v3.
+//! - v4 `scan` (AVX2, MR = 4, NR = 16), for d <= 8 against 4096 codewords or more, where
+//!   the tiled kernels' epilogue (compares and blends to carry each lane's index) costs
+//!   more than their 2 d FMAs: each panel's scores only lower per-lane minima, the block
+//!   of panels where each lane last fell is noted once per block, and the one block
+//!   holding a row's minimum is computed again at the end for its index. Same scores,
+//!   same bits as v2 and v3. (AVX-512 had one too, until v6 beat it at every shape.)
 //! - v5 `cols` (AVX-512: 12 codewords x 32 rows; AVX2: 6 x 16), for at most 2048 rows of
 //!   d >= 32 against a codebook at least 4x larger (2x for d >= 512; [`codebook_stream`]):
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
+//! - v6 `tall` (AVX-512: 64 rows, or 32 above d = 4), for d <= 8 against 32 codewords or
+//!   more (256 above d = 2): the rows in the lanes, held in registers, against one
+//!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
+//!   horizontal reduction. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -226,8 +230,6 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
     match isa {
         Isa::Portable => (rows_portable, PORTABLE_MR, PORTABLE_NR),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if scan => (x86::scan_avx512_entry, x86::SCAN512_MR, x86::AVX512_NR),
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if scan => (x86::scan_avx2_entry, x86::SCAN256_MR, x86::AVX2_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (x86::rows_avx2_entry, x86::AVX2_MR, x86::AVX2_NR),
@@ -263,7 +265,7 @@ pub(crate) struct Blocking {
     /// Whole blocks of MR rows are read in place rather than packed: for codebooks of at
     /// most two panels, where packing a row would cost about as much as its products.
     pub direct: bool,
-    /// Short rows against many panels: the scan kernels (minima only, the index found
+    /// Short rows against many panels: the scan kernels (AVX2; minima only, the index found
     /// afterwards) rather than the tiled ones. Only where d is one chunk (`kc >= d`).
     pub scan: bool,
     /// Few rows against a large codebook: the rows packed and the codebook read in place
@@ -318,7 +320,7 @@ const SCAN_MAX_D: usize = 8;
 const SCAN_MIN_K: usize = 4096;
 
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
-/// instruction set has them ([`kernel_for`]: AVX2 and AVX-512).
+/// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it.
 fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
@@ -1356,18 +1358,6 @@ mod x86 {
         ))
     }
 
-    /// Rows per scan tile with AVX-512: per row two accumulators, the block's minima, the
-    /// running minima and their blocks (5 zmm), with room for the codeword vectors.
-    pub(super) const SCAN512_MR: usize = 4;
-
-    pub(super) fn scan_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
-        check(s, acc, val, idx, SCAN512_MR, AVX512_NR);
-        assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d && s.p.fold);
-        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
-        // `check` bounds every pointer offset the kernel takes, and d is one chunk.
-        unsafe { scan_avx512(s, val, idx) }
-    }
-
     /// Codewords per tile of the AVX-512 cols kernel (broadcast), against 32 rows (two zmm).
     const COLS512_MR: usize = 12;
 
@@ -1634,19 +1624,8 @@ mod x86 {
         let nr = 2 * w;
         let range = s.panels.clone();
         let block = scan_block(range.len());
-        // Where x's broadcasts outnumber what registers hold beside the chains, AVX-512
-        // reads them in every FMA instead (see [`reload_x`]), from the packed rows only:
-        // their offsets are then constants, and each FMA's address needs no register of
-        // its own.
-        let packed = s.rs == 1 && s.ts == MR;
         // SAFETY: the caller's contract, passed on.
-        let (low, at) = unsafe {
-            if reload_x::<V, MR, D>() && packed {
-                scan_blocks::<V, MR, D, true>(s, block, (1, MR))
-            } else {
-                scan_blocks::<V, MR, D, false>(s, block, (s.rs, s.ts))
-            }
-        };
+        let (low, at) = unsafe { scan_blocks::<V, MR, D>(s, block) };
         // SAFETY: as for the blocks; `all` holds a panel.
         unsafe {
             for r in 0..MR {
@@ -1678,22 +1657,16 @@ mod x86 {
 
     /// The panels of [`scan_walk`]'s step in blocks of `block`: per row and lane, the lowest
     /// score, and the block that first reached it. x's element (r, t) is read at `r * rs +
-    /// t * ts`. With `RELOAD`, each FMA reads its element of x itself (an embedded
-    /// broadcast), through two pointers the compiler cannot tell apart from each other or
-    /// from the panel before, so that it neither hoists the broadcasts out of the panel
-    /// loop (and spills them) nor merges each pair into one broadcast; otherwise the
-    /// broadcasts are held in registers across the panels.
+    /// t * ts` (the step's strides); the broadcasts are held in registers across the panels.
     ///
     /// # Safety
-    /// As for [`scan_walk`], and `(rs, ts)` are the step's own strides (`s.rs`, `s.ts`),
-    /// which `check` bounded.
+    /// As for [`scan_walk`].
     #[inline(always)]
-    unsafe fn scan_blocks<V: Lanes, const MR: usize, const D: usize, const RELOAD: bool>(
+    unsafe fn scan_blocks<V: Lanes, const MR: usize, const D: usize>(
         s: &Step,
         block: usize,
-        (rs, ts): (usize, usize),
     ) -> ([V; MR], [V::I; MR]) {
-        debug_assert_eq!((rs, ts), (s.rs, s.ts));
+        let (rs, ts) = (s.rs, s.ts);
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
         let d = if D == 0 { p.d } else { D };
@@ -1713,17 +1686,13 @@ mod x86 {
                     // Folded (see `folds`): each chain starts from its codeword's norm.
                     let np = p.norms.as_ptr().add(panel * nr);
                     let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
-                    let (xa, xb) = if RELOAD {
-                        (std::hint::black_box(xp), std::hint::black_box(xp))
-                    } else {
-                        (xp, xp)
-                    };
                     for t in 0..d {
                         let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
-                        let (ta, tb) = (xa.add(t * ts), xb.add(t * ts));
+                        let xt = xp.add(t * ts);
                         for r in 0..MR {
-                            acc[r][0] = V::fmadd(V::splat(*ta.add(r * rs)), c[0], acc[r][0]);
-                            acc[r][1] = V::fmadd(V::splat(*tb.add(r * rs)), c[1], acc[r][1]);
+                            let xv = V::splat(*xt.add(r * rs));
+                            acc[r][0] = V::fmadd(xv, c[0], acc[r][0]);
+                            acc[r][1] = V::fmadd(xv, c[1], acc[r][1]);
                         }
                     }
                     for r in 0..MR {
@@ -1740,22 +1709,6 @@ mod x86 {
             }
             (low, at)
         }
-    }
-
-    /// Whether [`scan_walk`] reads x's MR x D broadcasts per FMA (embedded broadcasts)
-    /// rather than holding them across the panels: with AVX-512 where they outnumber the
-    /// 16 registers left beside the chains and minima, and only where d is a constant D
-    /// (d = 8): a loop over d that is not unrolled holds no broadcasts across the panels to
-    /// begin with. `vqkit bench --op assign --d 8`
-    /// (alternating runs, medians; d = 8, 2 threads, n as in the wide grid, 6 runs):
-    /// k = 4096 43.8 -> 38.8 ms, k = 16,384 111 -> 104 ms, k = 65,536 117 -> 120 ms and
-    /// k = 262,144 115 -> 118 ms (the last two within their ranges). On one thread (5 or 6
-    /// runs): k = 4096 14.5 -> 13.9 ms (n = 20,000), k = 262,144 217 -> 208 ms, k = 65,536
-    /// 220 -> 234 ms. At d = 2 and 4, whose broadcasts fit, reading them per FMA was slower
-    /// (12.8 -> 16.9 and 21.3 -> 23.4 ms at k = 4096, 2 threads), so they keep theirs.
-    #[inline(always)]
-    fn reload_x<V: Lanes, const MR: usize, const D: usize>() -> bool {
-        V::W == 16 && D != 0 && MR * D > 16
     }
 
     /// Row `r` of the step's rows against one panel: its scores as the tiled and scan
@@ -1986,12 +1939,6 @@ mod x86 {
     unsafe fn scan_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step.
         unsafe { scan_by_d::<__m256, SCAN256_MR>(s, val, idx) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn scan_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
-        // SAFETY: compiled for AVX-512F; the caller checked the step.
-        unsafe { scan_by_d::<__m512, SCAN512_MR>(s, val, idx) }
     }
 
     #[target_feature(enable = "avx2,fma")]
