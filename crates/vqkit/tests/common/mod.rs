@@ -491,8 +491,8 @@ macro_rules! backend_suite {
                 (70, 129, 4096),
                 (19, (1 << 20) + 3, 4),
                 (301, 5003, 2),
-                // The scan kernels at d = 8 (x read per FMA with AVX-512) and d = 6 (a
-                // loop over d), rows and codewords leaving remainders.
+                // Short rows against many codewords (the AVX2 scan kernels, the AVX-512
+                // tall one): d = 8 and 6, rows and codewords leaving remainders.
                 (53, 4099, 8),
                 (29, 4097, 6),
                 (45, 700, 100),

@@ -1101,6 +1101,10 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         (x86::AVX2_MR, true) => steps::<{ x86::AVX2_MR }>(block, d, xb),
         #[cfg(target_arch = "x86_64")]
         (x86::AVX512_MR, true) => steps::<{ x86::AVX512_MR }>(block, d, xb),
+        #[cfg(target_arch = "x86_64")]
+        (32, true) => steps::<32>(block, d, xb),
+        #[cfg(target_arch = "x86_64")]
+        (64, true) => steps::<64>(block, d, xb),
         _ => {
             for (r, row) in block.chunks_exact(d).enumerate() {
                 for (t, &v) in row.iter().enumerate() {
@@ -1292,8 +1296,10 @@ mod x86 {
             let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
-                // Fold the panel's halves (strict <: a tie keeps the lower first half),
-                // then fold into the running best.
+                // Each half into the running best in codeword order, the first half (lower
+                // indices) first, with a strict <: a tie keeps the lower index and a NaN
+                // score never wins. (Folding the halves into each other first kept a NaN
+                // first half and so dropped the second half's score.)
                 let (s0, s1) = if FOLD {
                     (acc[r][0], acc[r][1])
                 } else {
@@ -1302,12 +1308,11 @@ mod x86 {
                         _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]),
                     )
                 };
-                let take1 = _mm256_cmp_ps::<_CMP_LT_OQ>(s1, s0);
-                let s = _mm256_blendv_ps(s0, s1, take1);
-                let i = blend_epi32(ids[0], ids[1], take1);
-                let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
-                best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
-                best_i[r] = blend_epi32(best_i[r], i, lt);
+                for (s, i) in [(s0, ids[0]), (s1, ids[1])] {
+                    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
+                    best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
+                    best_i[r] = blend_epi32(best_i[r], i, lt);
+                }
             }
         }
         if !s.last {
@@ -1365,7 +1370,6 @@ mod x86 {
     /// rows' best scores and indices.
     pub(super) type ColsKernel = fn(&Step, (&[f32], usize), &mut [f32], &mut [u32]);
 
-    /// The cols kernel of `isa` with its tile (codewords MR, rows NR), if it has one.
     /// The steps of d that [`super::pack_rows`] packs four at a time for tiles of a
     /// multiple of four rows, with SSE (part of x86-64): four rows by four steps loaded as
     /// four vectors, transposed in registers and stored as four steps. Returns how many
@@ -1416,6 +1420,7 @@ mod x86 {
         steps
     }
 
+    /// The cols kernel of `isa` with its tile (codewords MR, rows NR), if it has one.
     pub(super) fn cols_for(isa: super::Isa) -> Option<(ColsKernel, usize, usize)> {
         match isa {
             super::Isa::Avx512 => Some((cols_avx512_entry, COLS512_MR, AVX512_NR)),
@@ -1792,9 +1797,10 @@ mod x86 {
     }
 
     /// Rows per tile of the tall kernel for rows of `d <= 8` floats: as many vectors of 16
-    /// rows as AVX-512's 32 registers hold with d + 3 each (the rows' d elements, the
-    /// chain, the panel's minima and the running ones; their panels' indices) and two
-    /// more (the codeword's broadcasts): four, or two above d = 4.
+    /// rows as AVX-512's 32 registers hold with d + 4 each (the rows' d elements, the
+    /// chain, the panel's minima, the running minima and their panels) and one or two more
+    /// (the codeword's broadcast): four, or two above d = 4. `tall_avx512`'s G per d must
+    /// agree (`tall_walk` asserts it).
     pub(super) const fn tall_rows(d: usize) -> usize {
         16 * if d <= 4 { 4 } else { 2 }
     }
@@ -1821,7 +1827,8 @@ mod x86 {
                 5 => tall_walk::<__m512, 5, 2>(s, val, idx),
                 6 => tall_walk::<__m512, 6, 2>(s, val, idx),
                 7 => tall_walk::<__m512, 7, 2>(s, val, idx),
-                _ => tall_walk::<__m512, 8, 2>(s, val, idx),
+                8 => tall_walk::<__m512, 8, 2>(s, val, idx),
+                d => unreachable!("the tall kernel serves d <= 8, not {d}"),
             }
         }
     }
@@ -1852,7 +1859,8 @@ mod x86 {
     ) {
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
-        debug_assert!(p.d == D && s.rs == 1 && s.ts == G * w);
+        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
+        assert!(p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
         let xp = s.x.as_ptr();
         let range = s.panels.clone();
         // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
@@ -2014,8 +2022,8 @@ mod x86 {
             let i0 = _mm512_add_epi32(lane, _mm512_set1_epi32((panel * NR) as i32));
             let ids = [i0, _mm512_add_epi32(i0, _mm512_set1_epi32(16))];
             for r in 0..MR {
-                // Fold the panel's two halves first (the first half has the lower indices,
-                // so a strict < keeps ties there), then fold into the running best.
+                // Each half into the running best in codeword order, as in the AVX2 kernel:
+                // a tie keeps the lower index, a NaN score never wins.
                 let (s0, s1) = if FOLD {
                     (acc[r][0], acc[r][1])
                 } else {
@@ -2024,12 +2032,11 @@ mod x86 {
                         _mm512_fmadd_ps(acc[r][1], minus_two, norms[1]),
                     )
                 };
-                let take1 = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s1, s0);
-                let s = _mm512_mask_blend_ps(take1, s0, s1);
-                let i = _mm512_mask_blend_epi32(take1, ids[0], ids[1]);
-                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r]);
-                best_v[r] = _mm512_mask_blend_ps(lt, best_v[r], s);
-                best_i[r] = _mm512_mask_blend_epi32(lt, best_i[r], i);
+                for (s, i) in [(s0, ids[0]), (s1, ids[1])] {
+                    let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[r]);
+                    best_v[r] = _mm512_mask_blend_ps(lt, best_v[r], s);
+                    best_i[r] = _mm512_mask_blend_epi32(lt, best_i[r], i);
+                }
             }
         }
         if !s.last {
@@ -2067,6 +2074,9 @@ mod tests {
             (10, 700, 8),
             (11, 700, 6),
             (6, 300, 1),
+            // Tall tiles of 64 and 32 rows, full and short, over several blocks.
+            (150, 300, 3),
+            (70, 300, 7),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -2127,13 +2137,14 @@ mod tests {
         }
     }
 
-    /// The scan and cols kernels give the tiled kernels' bits where scores overflow: codewords
-    /// whose norm is +inf (never chosen), products of +inf (scores of -inf, chosen, the
-    /// first of them), rows where every score is +inf or NaN (index 0, +inf), and zeros of
-    /// either sign; over ranges of panels split into blocks with remainders. The scan
-    /// kernels at d = 3, 6 and 8 (folded on AVX2 and AVX-512; x held in registers, read in
-    /// a loop over d, and read per FMA on AVX-512), the cols ones at d = 33 (unfolded), the
-    /// widths where each is chosen.
+    /// The scan, tall and cols kernels give the tiled kernels' bits where scores overflow:
+    /// codewords whose norm is +inf (never chosen), products of +inf (scores of -inf,
+    /// chosen, the first of them), NaN scores beside the best one in a panel, rows where
+    /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
+    /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
+    /// (x held in registers, read in a loop over d), the tall ones (AVX-512) at d = 1 to 8,
+    /// the cols ones at d = 33 (unfolded), the widths where each is chosen; elsewhere the
+    /// tiled kernel against itself.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall) in [
@@ -2152,8 +2163,9 @@ mod tests {
             // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
             x[d..2 * d].fill(1e21);
             x[2 * d..3 * d].fill(0.0);
-            // Norms of +inf: scores of +inf (NaN against row 1).
-            for j in [5usize, 700, 1499] {
+            // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
+            // first halves of 24's lane pair in a 32-wide and a 16-wide panel.
+            for j in [5usize, 8, 16, 700, 1499] {
                 c[j * d..(j + 1) * d].fill(3e38);
             }
             // Finite norms whose products with row 1 overflow: scores of -inf, the first at
@@ -2161,7 +2173,9 @@ mod tests {
             for j in [0usize, 9, 701, 1400] {
                 c[j * d..(j + 1) * d].fill(1e18);
             }
-            for j in [40usize, 900] {
+            // Zero codewords, the first (the zero row's best) beside a NaN score in both
+            // panel widths.
+            for j in [24usize, 40, 900] {
                 c[j * d..(j + 1) * d].fill(0.0);
             }
             let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
@@ -2207,7 +2221,8 @@ mod tests {
     #[test]
     fn exact_scores_are_the_kernels() {
         let mut rng = Rng::new(3);
-        // (6, 4100, 3): the scan kernels; d <= 8 folds (see `folds`).
+        // (6, 4100, 3): the scan kernels (AVX2) or the tall one (AVX-512); d <= 8 folds (see
+        // `folds`).
         for &(n, k, d) in &[
             (31, 5, 1),
             (40, 37, 7),
@@ -2255,10 +2270,7 @@ mod tests {
         }
     }
 
-    /// The packed layout is its definition, `panel[t][lane] = codebook[p nr + lane][t]`
-    /// (times -2 when folded) with +0 padding lanes and +inf padding norms, at every
-    /// remainder of the transpose's tiles (d around PACK_T) and of the panels (k around
-    /// nr), sequential and parallel.
+    /// Rows packed for the tiled and tall kernels are the block's transpose.
     #[test]
     fn row_packing_is_the_block_transpose() {
         // Every tile height, d at every remainder mod 4 (the SSE steps and the scalar tail),
@@ -2287,6 +2299,10 @@ mod tests {
         }
     }
 
+    /// The packed layout is its definition, `panel[t][lane] = codebook[p nr + lane][t]`
+    /// (times -2 when folded) with +0 padding lanes and +inf padding norms, at every
+    /// remainder of the transpose's tiles (d around PACK_T) and of the panels (k around
+    /// nr), sequential and parallel.
     #[test]
     fn packing_is_the_panel_transpose() {
         let nr = 32;
