@@ -15,8 +15,9 @@
 //! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
 //! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
 //! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
-//! lane, then folded into the row's running (score, index); after the last panel, one
-//! branch-free horizontal reduction per row. A padded codeword has norm +inf: never chosen.
+//! lane into the row's running (score, index), the first half first (strict <, so a NaN
+//! score never wins); after the last panel, one branch-free horizontal reduction per row.
+//! A padded codeword has norm +inf: never chosen.
 //! Rows are independent, so the result does not depend on the thread count.
 //!
 //! Variants, all checked against [`crate::reference`]:
