@@ -326,8 +326,9 @@ fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
-/// Whether the tall kernels serve a shape (rather than the tiled or scan ones): with
-/// AVX-512, rows of d <= 8 against at least 32 codewords at d <= 2 and 256 above. Against
+/// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
+/// instruction set has one ([`tall_kernel`]: AVX-512): rows of d <= 8 against at least 32
+/// codewords at d <= 2 and 256 above. Against
 /// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
 /// medians, n = 100,000 unless given: d = 2, k = 32 0.84 -> 0.64 ms, k = 256 2.07 -> 1.23
 /// ms, k = 4096 (the scan kernel) 13.2 -> 9.3 ms; d = 4, k = 256 2.49 -> 1.90 ms, k = 1024
@@ -340,8 +341,8 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// computed again, against few panels. With AVX2's 16 registers (`--isa avx2`, one or two
 /// vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61 ms, d = 4,
 /// k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms.
-fn tall_wins(isa: Isa, d: usize, k: usize) -> bool {
-    isa == Isa::Avx512 && d <= SCAN_MAX_D && k >= if d <= 2 { 32 } else { 256 }
+fn tall_wins(d: usize, k: usize) -> bool {
+    d <= SCAN_MAX_D && k >= if d <= 2 { 32 } else { 256 }
 }
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
@@ -431,7 +432,7 @@ pub(crate) fn distance_argmin(
         isa
     };
     let scan = scan_wins(shape.d, shape.k);
-    let tall = tall_wins(isa, shape.d, shape.k)
+    let tall = tall_wins(shape.d, shape.k)
         .then(|| tall_kernel(isa, shape.d))
         .flatten();
     let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
@@ -1626,13 +1627,11 @@ mod x86 {
         val: &mut [f32],
         idx: &mut [u32],
     ) {
-        let w = V::W;
-        let nr = 2 * w;
         let range = s.panels.clone();
         let block = scan_block(range.len());
         // SAFETY: the caller's contract, passed on.
         let (low, at) = unsafe { scan_blocks::<V, MR, D>(s, block) };
-        // SAFETY: as for the blocks; `all` holds a panel.
+        // SAFETY: as for the blocks.
         unsafe {
             for r in 0..MR {
                 // The minimum, and the first block where a lane reached it.
@@ -1644,18 +1643,10 @@ mod x86 {
                     continue;
                 }
                 let b0 = range.start + first as usize * block;
-                for panel in b0..range.end.min(b0 + block) {
-                    let (s0, s1) = panel_scores::<V>(s, r, panel);
-                    let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
-                    if hit != 0 {
-                        let lane = hit.trailing_zeros() as usize;
-                        let mut all = [0.0f32; 32];
-                        s0.store(all.as_mut_ptr());
-                        s1.store(all.as_mut_ptr().add(w));
-                        // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
-                        (val[r], idx[r]) = (all[lane], (panel * nr + lane) as u32);
-                        break;
-                    }
+                if let Some(found) = (b0..range.end.min(b0 + block))
+                    .find_map(|panel| first_scoring::<V>(s, r, panel, m))
+                {
+                    (val[r], idx[r]) = found;
                 }
             }
         }
@@ -1737,6 +1728,35 @@ mod x86 {
                 a1 = V::fmadd(xv, V::load(cp.add(t * 2 * w + w)), a1);
             }
             (a0, a1)
+        }
+    }
+
+    /// Row `r`'s first codeword in `panel` whose score is `m` (a minimum the scan or tall
+    /// walk found there), with that score: the score itself, not `m`, so that a zero keeps
+    /// its sign, as in the tiled walk. None where no score of the panel equals `m`.
+    ///
+    /// # Safety
+    /// As for [`panel_scores`].
+    #[inline(always)]
+    unsafe fn first_scoring<V: Lanes>(
+        s: &Step,
+        r: usize,
+        panel: usize,
+        m: f32,
+    ) -> Option<(f32, u32)> {
+        let w = V::W;
+        // SAFETY: the caller's contract, passed on; `all` holds a panel.
+        unsafe {
+            let (s0, s1) = panel_scores::<V>(s, r, panel);
+            let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
+            if hit == 0 {
+                return None;
+            }
+            let lane = hit.trailing_zeros() as usize;
+            let mut all = [0.0f32; 32];
+            s0.store(all.as_mut_ptr());
+            s1.store(all.as_mut_ptr().add(w));
+            Some((all[lane], (panel * 2 * w + lane) as u32))
         }
     }
 
@@ -1910,16 +1930,8 @@ mod x86 {
                 if m == f32::INFINITY {
                     continue;
                 }
-                let panel = ats[r] as usize;
-                let (s0, s1) = panel_scores::<V>(s, r, panel);
-                let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
-                assert!(hit != 0, "the minimum comes from this panel's own scores");
-                let lane = hit.trailing_zeros() as usize;
-                let mut all = [0.0f32; 32];
-                s0.store(all.as_mut_ptr());
-                s1.store(all.as_mut_ptr().add(w));
-                // The score itself, not `m`: a zero keeps its sign, as in the tiled walk.
-                (val[r], idx[r]) = (all[lane], (panel * nr + lane) as u32);
+                (val[r], idx[r]) = first_scoring::<V>(s, r, ats[r] as usize, m)
+                    .expect("the minimum comes from this panel's own scores");
             }
         }
     }
@@ -2279,7 +2291,12 @@ mod tests {
         // stale values (a short block's missing rows must stay as they were).
         let mut mrs = vec![PORTABLE_MR, 1, 3, 5, 8];
         #[cfg(target_arch = "x86_64")]
-        mrs.extend([x86::AVX2_MR, x86::AVX512_MR]);
+        mrs.extend([
+            x86::AVX2_MR,
+            x86::AVX512_MR,
+            x86::tall_rows(8),
+            x86::tall_rows(1),
+        ]);
         for &mr in &mrs {
             for d in (1..=13).chain([31, 64, 130, 2049]) {
                 for rows in 1..=mr {
