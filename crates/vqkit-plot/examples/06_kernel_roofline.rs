@@ -17,8 +17,9 @@
 //! with FMA, `avx512`; see `crates/vqkit/src/backend/cpu/distance_argmin.rs`); the
 //! ceilings are measured on this machine with the loops `vqkit bench` uses
 //! (`vqkit::backend::cpu::peak`: register-only FMA chains per instruction set, and a
-//! parallel read of 256 MiB), here once each, the best of three passes, where the bench
-//! takes one pass after each round of its runs.
+//! parallel read of 256 MiB, the roofline's memory slope), here once each, the best of
+//! three passes, where the bench takes one pass after each round of its runs (and reads as
+//! many bytes as the op it bounds moves).
 //!
 //! The figure (`docs/figures/06_kernel_roofline.png`): (left) achieved GFLOP/s against
 //! arithmetic intensity, one colour per instruction set, with each one's FMA ceiling and

@@ -125,7 +125,8 @@ impl Default for Timing {
 /// whether the device timed them. `timing`'s repeats and seconds are shared out among the
 /// rounds, the repeats rounded up to at least one a round (so the total may exceed
 /// `max_repeats`); its warm-up runs before the first round, and one untimed run before
-/// each later one (what `between` did, a pass over 256 MiB, may have emptied the caches).
+/// each later one (what `between` did, passes over as many bytes as the op moves, may have
+/// emptied the caches).
 pub fn time_runs<B: Backend>(
     b: &B,
     timing: Timing,
@@ -234,12 +235,14 @@ pub fn run<B: Backend>(
     let mut paired: Vec<(f64, f64)> = Vec::new();
     // Only on the host: a device backend has no host instruction set.
     let probe = probe.zip(b.host_isa());
+    // The bytes a read ceiling reads: as many as the op moves (see `Probe::read_gbps`).
+    let footprint = op.bytes(shape).unwrap_or(0.0) as usize;
     // The ceiling now, in the backend's threads (work of usize::MAX: in parallel wherever
     // the backend has threads); none where the pass gave no usable rate.
     let measure = |(probe, isa): (&Probe, Isa)| {
         b.run_on_host(usize::MAX, |parallel| match op.bound() {
             Bound::Fma => probe.fma_gflops(isa, parallel),
-            Bound::Read => probe.read_gbps(parallel),
+            Bound::Read => probe.read_gbps(isa, footprint, parallel),
         })
         .filter(|c| c.is_finite() && *c > 0.0)
     };

@@ -85,8 +85,9 @@ impl WithBackend for Job<'_> {
             println!("\n{}", b.name());
             match probe {
                 Some(_) => println!(
-                    "ceiling: f32 FMA GFLOP/s or memory read GB/s, measured after each of {} \
-                     rounds of runs; % ceil: the rounds' median of rate / ceiling",
+                    "ceiling: f32 FMA GFLOP/s, or GB/s of a sum over as many bytes as the op \
+                     moves, measured after each of {} rounds of runs; % ceil: the rounds' \
+                     median of rate / ceiling",
                     bench::ROUNDS
                 ),
                 None => println!("no measured ceiling for this device: fractions omitted"),
