@@ -13,10 +13,12 @@
 //! than threads they split the columns instead: each task owns a cache-line-aligned slice
 //! of d. (Two threads on alternate halves of every row ran hardly faster than one: 3.2 to
 //! 3.5 against 3.4 to 3.8 ms at n = 100,000, k = 256, d = 128, on a 2-core Zen 4.)
-//! Gathering each code's rows instead would visit x in random order, bound by memory
-//! latency rather than bandwidth. A large codebook is also split into ranges of codes
-//! whose accumulators fit in L2; the rows are then bucketed by range first, in row order,
-//! and each task reads its bucket only (see [`split`]).
+//! Gathering each code's rows instead visits x in scattered order, bound by how many lines
+//! a core can have in flight rather than by bandwidth; it wins only where streamed
+//! accumulators would not fit in L2, and there one chunk is summed code by code (see
+//! [`gather`]). With several chunks, a codebook whose accumulators exceed L2 is split
+//! into ranges of codes; the rows are then bucketed by range first, in row order, and
+//! each task reads its bucket only (see [`split`]).
 
 use rayon::prelude::*;
 
