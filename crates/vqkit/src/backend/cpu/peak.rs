@@ -278,8 +278,7 @@ impl Probe {
 
     /// Read GB/s now over a buffer of `bytes` (at least 512, rounded up to whole floats),
     /// summed with `isa`'s loads, as [`Probe::fma_gflops`] for the threads: one untimed
-    /// pass, then the median of timed passes (at least 3, and [`PROBE_READ_SECONDS`] of
-    /// them up to [`PROBE_READ_PASSES`]).
+    /// pass, then the median of timed passes (at least 3, and 2 ms of them up to 256).
     ///
     /// A benchmark's runs follow each other, so a kernel's inputs sit in whichever cache
     /// holds them when its next run starts; a sum over more bytes than the caches hold
