@@ -15,8 +15,8 @@
 //! 3.5 against 3.4 to 3.8 ms at n = 100,000, k = 256, d = 128, on a 2-core Zen 4.)
 //! Gathering each code's rows instead visits x in scattered order, bound by how many lines
 //! a core can have in flight rather than by bandwidth; it wins only where streamed
-//! accumulators would not fit in L2, and there one chunk is summed code by code (see
-//! [`gather`]). With several chunks, a codebook whose accumulators exceed L2 is split
+//! accumulators would far exceed L2, and there (beyond twice L2) one chunk is summed code
+//! by code (see [`gather`]). With several chunks, a codebook whose accumulators exceed L2 is split
 //! into ranges of codes; the rows are then bucketed by range first, in row order, and
 //! each task reads its bucket only (see [`split`]).
 
@@ -140,8 +140,9 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     let range = (4 * l2 / (width.min(d) * 8)).clamp(1, k.max(1));
     // Every chunk whose partial sums fit in WAVE_BYTES, and at least one per thread.
     let wave = (WAVE_BYTES / k.saturating_mul(d).saturating_mul(8).max(1)).max(threads);
-    // One chunk code by code where a task's streamed accumulators would not fit in L2.
-    let gather = chunk >= n && k.saturating_mul(width.min(d)).saturating_mul(8) > l2;
+    // One chunk code by code where a task's streamed accumulators exceed twice L2 (see
+    // `gather`).
+    let gather = chunk >= n && k.saturating_mul(width.min(d)).saturating_mul(8) > 2 * l2;
     Split {
         chunk,
         width,
@@ -371,7 +372,11 @@ const WAVE_BYTES: usize = 8 << 20;
 /// wins where they would not, their read-modify-writes then going out to L3 for every row:
 /// n = 20,000, k = 4096, d = 512 4.0 to 4.2 -> 2.9 to 3.0 ms, k = 1024 2.8 to 2.9 -> 2.2
 /// to 2.3 ms, n = 40,000, k = 65,536, d = 128 9.1 -> 6.9 to 7.3 ms (a 2-core Xeon with
-/// 2 MiB of L2 per core, the EMA step, alternating runs).
+/// 2 MiB of L2 per core, the EMA step, alternating runs). At k = 4096, d = 128 (2 MiB of
+/// accumulators a task) the two tied there, and on the Zen 4 VM of earlier sessions (1 MiB
+/// of L2) rows read out of order (code ranges over bucketed rows) lost to the stream at
+/// that shape (docs/performance.md, the EMA section), so only accumulators beyond twice
+/// L2 are gathered: k = 1024, d = 512 keeps the stream on the Xeon.
 fn gather(
     isa: super::Isa,
     parallel: bool,
