@@ -13,12 +13,12 @@
 //! than threads they split the columns instead: each task owns a cache-line-aligned slice
 //! of d. (Two threads on alternate halves of every row ran hardly faster than one: 3.2 to
 //! 3.5 against 3.4 to 3.8 ms at n = 100,000, k = 256, d = 128, on a 2-core Zen 4.)
-//! Gathering each code's rows instead visits x in scattered order, bound by how many lines
-//! a core can have in flight rather than by bandwidth; it wins only where streamed
-//! accumulators would far exceed L2, and there (beyond twice L2) one chunk is summed code
-//! by code (see [`gather`]). With several chunks, a codebook whose accumulators exceed L2 is split
-//! into ranges of codes; the rows are then bucketed by range first, in row order, and
-//! each task reads its bucket only (see [`split`]).
+//! Reading each code's rows instead visits x in scattered order, bound by how many lines a
+//! core can have in flight rather than by bandwidth. A codebook whose accumulators exceed
+//! L2 is split into ranges of codes; the rows are then bucketed by range first, in row
+//! order, and each task reads its bucket only (see [`split`]). One chunk takes small ranges
+//! of whole rows only where its streamed accumulators would exceed twice L2 (see
+//! [`GATHER_ACC_BYTES`]).
 
 use rayon::prelude::*;
 
@@ -105,16 +105,14 @@ fn chunk_rows(n: usize, k: usize, d: usize) -> usize {
 }
 
 /// How a reduction is ordered and shared out: the rows' chunk length, which fixes the bits,
-/// and the tasks' column slice width and code range length, the chunks summed in one
-/// parallel pass before they are added up, and whether one chunk is summed code by code
-/// ([`gather`]), which do not.
+/// and the tasks' column slice width and code range length, and the chunks summed in one
+/// parallel pass before they are added up, which do not.
 #[derive(Clone, Copy, Debug)]
 struct Split {
     chunk: usize,
     width: usize,
     range: usize,
     wave: usize,
-    gather: bool,
 }
 
 /// The split of a reduction of n rows onto a k x d result.
@@ -140,15 +138,20 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     let range = (4 * l2 / (width.min(d) * 8)).clamp(1, k.max(1));
     // Every chunk whose partial sums fit in WAVE_BYTES, and at least one per thread.
     let wave = (WAVE_BYTES / k.saturating_mul(d).saturating_mul(8).max(1)).max(threads);
-    // One chunk code by code where a task's streamed accumulators exceed twice L2 (see
-    // `gather`).
+    // One chunk whose streamed accumulators would exceed twice L2: whole rows in code
+    // ranges of GATHER_ACC_BYTES (see there).
     let gather = chunk >= n && k.saturating_mul(width.min(d)).saturating_mul(8) > 2 * l2;
+    let (width, range) = if gather {
+        let range = (GATHER_ACC_BYTES / (d.max(1) * 8)).clamp(1, k.max(1));
+        (d.div_ceil(LINE) * LINE, range)
+    } else {
+        (width, range)
+    };
     Split {
         chunk,
         width,
         range,
         wave,
-        gather,
     }
 }
 
@@ -233,7 +236,6 @@ fn reduce(
         width,
         range,
         wave,
-        ..
     } = split;
     let n = idx.len();
     let buckets = (range < k).then(|| bucket_rows(idx, range, k.div_ceil(range)));
@@ -267,10 +269,6 @@ fn reduce(
         job.run(isa, acc);
     };
     let chunks = n.div_ceil(chunk.max(1));
-    if chunks <= 1 && split.gather {
-        gather(isa, parallel, x, idx, (k, d), finish);
-        return;
-    }
     if chunks <= 1 {
         let task = |b: &Block| {
             with_acc(b.len(), |acc| {
@@ -361,72 +359,22 @@ fn reduce(
 /// d = 32, n = 100,000, 16 chunks: two threads ran slower than one).
 const WAVE_BYTES: usize = 8 << 20;
 
-/// The one-chunk reduction code by code: the rows sorted by code (a counting sort of row
-/// numbers, stable, so each code's rows stay in row order), then tasks of consecutive codes
-/// with about an eighth of a thread's rows each, each code's whole rows added into its own
-/// accumulator row, which stays in L1 while they are. The same additions in the same order
-/// as streaming the rows in one chunk, so the same bits.
+/// A task's accumulators (whole rows of a range of codes) where one chunk's streamed
+/// accumulators would exceed twice L2: the rows are then bucketed by code range and each
+/// task adds its bucket's whole rows, in row order, into accumulators that stay in L1 and
+/// L2. The same additions in the same order as streaming the chunk, so the same bits.
 ///
-/// The rows are read in scattered order, which costs where the streamed accumulators
+/// The bucket's rows are read out of order, which costs where the streamed accumulators
 /// would stay in L2 (k = 4096, d = 32, n = 100,000, 2 threads: 1.3 against 0.9 ms), and
 /// wins where they would not, their read-modify-writes then going out to L3 for every row:
 /// n = 20,000, k = 4096, d = 512 4.0 to 4.2 -> 2.9 to 3.0 ms, k = 1024 2.8 to 2.9 -> 2.2
 /// to 2.3 ms, n = 40,000, k = 65,536, d = 128 9.1 -> 6.9 to 7.3 ms (a 2-core Xeon with
-/// 2 MiB of L2 per core, the EMA step, alternating runs). At k = 4096, d = 128 (2 MiB of
-/// accumulators a task) the two tied there, and on the Zen 4 VM of earlier sessions (1 MiB
-/// of L2) rows read out of order (code ranges over bucketed rows) lost to the stream at
-/// that shape (docs/performance.md, the EMA section), so only accumulators beyond twice
-/// L2 are gathered: k = 1024, d = 512 keeps the stream on the Xeon.
-fn gather(
-    isa: super::Isa,
-    parallel: bool,
-    x: &[f32],
-    idx: &[u32],
-    (k, d): (usize, usize),
-    finish: &(dyn Fn(Block, &[f64]) + Sync),
-) {
-    let n = idx.len();
-    let (start, rows) = bucket_rows(idx, 1, k);
-    let per_task = n.div_ceil(8 * super::pool_threads(parallel)).max(1);
-    let most_codes = (GATHER_ACC_BYTES / (d.max(1) * 8)).max(1);
-    let mut tasks = Vec::new();
-    let mut c0 = 0;
-    while c0 < k {
-        let mut c1 = c0 + 1;
-        while c1 < k && c1 - c0 < most_codes && start[c1] - start[c0] < per_task {
-            c1 += 1;
-        }
-        tasks.push(Block {
-            c0,
-            c1,
-            t0: 0,
-            w: d,
-        });
-        c0 = c1;
-    }
-    let task = |b: &Block| {
-        with_acc(b.len(), |acc| {
-            let job = Accumulate {
-                x,
-                idx,
-                d,
-                t0: 0,
-                w: d,
-                c0: b.c0,
-                rows: Rows::Bucket(&rows[start[b.c0]..start[b.c1]]),
-            };
-            job.run(isa, acc);
-            finish(*b, acc);
-        })
-    };
-    if parallel && tasks.len() > 1 {
-        tasks.par_iter().for_each(task);
-    } else {
-        tasks.iter().for_each(task);
-    }
-}
-
-/// The most accumulators a task of [`gather`] fills before it finishes them.
+/// 2 MiB of L2 per core, the EMA step, alternating runs; the first build of this sorted the
+/// rows by code in a pass of its own, and ran the same within 3%). At k = 4096, d = 128
+/// (2 MiB of accumulators a task) the two tied there, and on the Zen 4 VM of earlier
+/// sessions (1 MiB of L2) rows read out of order lost to the stream at that shape
+/// (docs/performance.md, the EMA section), so only accumulators beyond twice L2 take
+/// this: k = 1024, d = 512 keeps the stream on the Xeon.
 const GATHER_ACC_BYTES: usize = 64 << 10;
 
 /// `buf` cut into the blocks' accumulators, laid out block after block.
@@ -687,8 +635,8 @@ mod tests {
         v
     }
 
-    /// Every (chunk length, column width, code range, wave, gather) split of n x k x d, in
-    /// parallel or not, on every ISA: one chunk, and chunks of 7 and 64 rows.
+    /// Every (chunk length, column width, code range, wave) split of n x k x d, in parallel
+    /// or not, on every ISA: one chunk, and chunks of 7 and 64 rows.
     fn splits(n: usize, k: usize, d: usize) -> impl Iterator<Item = (Isa, Split, bool)> {
         Isa::available().into_iter().flat_map(move |isa| {
             [n, 7, 64].into_iter().flat_map(move |chunk| {
@@ -703,22 +651,13 @@ mod tests {
                                 vec![1]
                             };
                             waves.into_iter().flat_map(move |wave| {
-                                // Code by code, where there is one chunk.
-                                let gathers = if chunk < n {
-                                    vec![false]
-                                } else {
-                                    vec![false, true]
+                                let split = Split {
+                                    chunk,
+                                    width,
+                                    range,
+                                    wave,
                                 };
-                                gathers.into_iter().flat_map(move |gather| {
-                                    let split = Split {
-                                        chunk,
-                                        width,
-                                        range,
-                                        wave,
-                                        gather,
-                                    };
-                                    [false, true].map(|p| (isa, split, p))
-                                })
+                                [false, true].map(|p| (isa, split, p))
                             })
                         })
                     })
@@ -807,7 +746,6 @@ mod tests {
             width: 16,
             range: 5,
             wave: 3,
-            gather: false,
         };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -670,7 +670,14 @@ fn codebook_stream(
 /// keep the pass: a call per row cost more there (d = 32, k = 16 1.3 -> 1.6 ms).
 const FUSED_NORM_MIN_D: usize = 32;
 
-/// `out[i] = |x_i|^2` ([`sq_norm`]) for the rows of `x`, compiled as [`finish`] is.
+/// `out[i] = |x_i|^2` ([`sq_norm`]) for the rows of `x`, compiled for each instruction set
+/// it runs on. [`sq_norm`] multiplies and adds in separate roundings (Rust never fuses the
+/// two) and sums its lanes in order, so its bits are the same on all of them; wider
+/// registers only take fewer instructions. Built for the baseline SSE2 alone, [`finish`]'s
+/// loop took a fifth of a call at k = 16, d = 128 (in `perf`, against the micro-kernel's
+/// 128 steps of 2 FMAs per row). `vqkit bench --op assign --n 100000 --threads 2`, 8
+/// alternating runs, medians: k = 16, d = 32 1.98 -> 1.78 ms, d = 128 5.09 -> 4.54 ms,
+/// d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 -> 6.28 ms.
 fn row_norms(x: &[f32], d: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512.supported() {
@@ -702,44 +709,21 @@ unsafe fn row_norms_avx2(x: &[f32], d: usize, out: &mut [f32]) {
     row_norms_body(x, d, out)
 }
 
-/// `dist = max(score + |x|^2, 0)` for each row of `x` ([`finished`]: a NaN kept).
+/// `dist = max(score + |x|^2, 0)` for each row of `x` ([`finished`]: a NaN kept), the
+/// norms ([`row_norms`]) 64 rows at a time.
 fn finish(x: &[f32], d: usize, dist: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.supported() {
-        // SAFETY: AVX-512F was detected at run time.
-        return unsafe { finish_avx512(x, d, dist) };
-    } else if Isa::Avx2.supported() {
-        // SAFETY: AVX2 was detected at run time.
-        return unsafe { finish_avx2(x, d, dist) };
-    }
-    finish_rows(x, d, dist)
-}
-
-/// [`finish`]'s loop, compiled for each instruction set it runs on. [`sq_norm`] multiplies
-/// and adds in separate roundings (Rust never fuses the two) and sums its lanes in order,
-/// so its bits are the same on all of them; wider registers only take fewer instructions.
-/// Built for the baseline SSE2 alone, it took a fifth of a call at k = 16, d = 128 (in
-/// `perf`, against the micro-kernel's 128 steps of 2 FMAs per row). `vqkit bench --op
-/// assign --n 100000 --threads 2`, 8 alternating runs, medians: k = 16, d = 32 1.98 ->
-/// 1.78 ms, d = 128 5.09 -> 4.54 ms, d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 ->
-/// 6.28 ms.
-#[inline(always)]
-fn finish_rows(x: &[f32], d: usize, dist: &mut [f32]) {
-    for (row, out) in x.chunks_exact(d).zip(dist.iter_mut()) {
-        *out = finished(*out, sq_norm(row));
+    let mut x_sq = [0.0f32; 64];
+    for (rows, dist) in x.chunks(64 * d).zip(dist.chunks_mut(64)) {
+        row_norms(rows, d, &mut x_sq);
+        add_norms(dist, &x_sq);
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn finish_avx512(x: &[f32], d: usize, dist: &mut [f32]) {
-    finish_rows(x, d, dist)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn finish_avx2(x: &[f32], d: usize, dist: &mut [f32]) {
-    finish_rows(x, d, dist)
+/// `dist = max(score + x_sq, 0)` element by element ([`finished`]).
+fn add_norms(dist: &mut [f32], x_sq: &[f32]) {
+    for (v, &n) in dist.iter_mut().zip(x_sq) {
+        *v = finished(*v, n);
+    }
 }
 
 /// A row's distance from its best score and `|x|^2` ([`sq_norm`] of the row), clamped at
@@ -1093,9 +1077,7 @@ fn rows_block(
         }
     }
     if finish {
-        for (v, &n) in dist.iter_mut().zip(&x_sq) {
-            *v = finished(*v, n);
-        }
+        add_norms(dist, &x_sq);
     }
     SCRATCH.set((xt, acc));
 }
@@ -1110,12 +1092,12 @@ fn rows_block(
 /// --op assign --n 100000 --k 16 --threads 2`, 8 alternating runs, medians: d = 128
 /// 4.54 -> 4.20 ms, d = 512 17.4 -> 14.0 ms, d = 2048 56.4 -> 52.4 ms, d = 32 1.78 and
 /// 1.83 ms (within noise). With `--isa avx2`, k = 32 (5 runs, against the build before
-/// both this and [`finish_rows`]): d = 128 7.71 -> 6.79 ms, d = 512 28.2 -> 24.1 ms. The
-/// 12 streams of the AVX-512 kernel were too many (`--threads 1`, 6 runs, against the
+/// both this and the norms' ISA builds, [`row_norms`]): d = 128 7.71 -> 6.79 ms, d = 512
+/// 28.2 -> 24.1 ms. The 12 streams of the AVX-512 kernel were too many (`--threads 1`, 6 runs, against the
 /// prefetch issued line by line inside the kernel, which ran as the block prefetch did
 /// within noise): k = 64, d = 128 20.5 -> 23.9 ms, d = 32 6.9 -> 8.0 ms. It keeps the
 /// prefetch. The 4-row portable kernel takes lanes too: `--isa portable`, k = 16,
-/// d = 128, 3 runs, 19.4 and 19.0 ms (with [`finish_rows`]), within noise.
+/// d = 128, 3 runs, 19.4 and 19.0 ms (with the norms' ISA builds), within noise.
 const LANES_MAX_MR: usize = 6;
 
 /// The widest rows for which, where blocks of consecutive rows are read in place (kernels
