@@ -769,72 +769,6 @@ pub(crate) fn exact_scores(
     }
 }
 
-/// [`exact_scores`] for pairs of a row and a codeword (`x` rows of d, `pairs` of (row,
-/// codeword)): the same bits, several rows in flight at once.
-pub(crate) fn exact_pair_scores(
-    isa: Isa,
-    x: &[f32],
-    codebook: &[f32],
-    norms: &[f32],
-    pairs: &[(u32, u32)],
-    out: &mut [f32],
-) {
-    let d = codebook.len() / norms.len().max(1);
-    for (pairs, out) in pairs.chunks(CHAINS).zip(out.chunks_mut(CHAINS)) {
-        let pick = |l: usize| pairs[l.min(pairs.len() - 1)];
-        let rows: [&[f32]; CHAINS] = std::array::from_fn(|l| {
-            let i = pick(l).0 as usize;
-            &x[i * d..(i + 1) * d]
-        });
-        let cws: [&[f32]; CHAINS] = std::array::from_fn(|l| {
-            let j = pick(l).1 as usize;
-            &codebook[j * d..(j + 1) * d]
-        });
-        let ns: [f32; CHAINS] = std::array::from_fn(|l| norms[pick(l).1 as usize]);
-        let scores = match isa {
-            Isa::Portable => pair_chains::<false, false>(&rows, &cws, &ns),
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in `exact_scores`.
-            Isa::Avx2 | Isa::Avx512 => unsafe { pair_chains_fma(folds(isa, d), &rows, &cws, &ns) },
-        };
-        out.copy_from_slice(&scores[..out.len()]);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-fn pair_chains_fma(
-    fold: bool,
-    rows: &[&[f32]; CHAINS],
-    cws: &[&[f32]; CHAINS],
-    norms: &[f32; CHAINS],
-) -> [f32; CHAINS] {
-    if fold {
-        pair_chains::<true, true>(rows, cws, norms)
-    } else {
-        pair_chains::<true, false>(rows, cws, norms)
-    }
-}
-
-/// The chains of [`exact_pair_scores`]: lane `l` is row `rows[l]` against `cws[l]`.
-#[inline(always)]
-fn pair_chains<const FUSED: bool, const FOLD: bool>(
-    rows: &[&[f32]; CHAINS],
-    cws: &[&[f32]; CHAINS],
-    norms: &[f32; CHAINS],
-) -> [f32; CHAINS] {
-    let d = rows[0].len();
-    let rows: [&[f32]; CHAINS] = rows.map(|r| &r[..d]);
-    let cws: [&[f32]; CHAINS] = cws.map(|c| &c[..d]);
-    let mut acc = if FOLD { *norms } else { [0.0f32; CHAINS] };
-    for t in 0..d {
-        for l in 0..CHAINS {
-            acc[l] = chain_step::<FUSED, FOLD>(rows[l][t], cws[l][t], acc[l]);
-        }
-    }
-    std::array::from_fn(|l| score_of::<FUSED, FOLD>(acc[l], norms[l]))
-}
-
 /// One step of a score's chain: `acc + x c`, as the kernels round it (see [`folds`]).
 #[inline(always)]
 fn chain_step<const FUSED: bool, const FOLD: bool>(x: f32, c: f32, acc: f32) -> f32 {
@@ -856,6 +790,184 @@ fn score_of<const FUSED: bool, const FOLD: bool>(acc: f32, norm: f32) -> f32 {
 }
 
 const CHAINS: usize = 8;
+
+/// The rows one call of [`exact_lane_scores`] takes, one in each lane.
+pub(crate) const LANES: usize = 16;
+
+/// [`exact_scores`] for up to [`LANES`] rows at once against the same codewords, the same
+/// bits: `xt` holds the rows transposed (`xt[t * LANES + l]` is row `l`'s coordinate `t`),
+/// and `out[m][l]` gets row `l`'s score against codeword `js[m]`. Each lane runs one row's
+/// chain, as the micro-kernels' lanes do (lanes of codewords there, of rows here: `x c`
+/// and `c x` round the same), so that a codeword costs one vector FMA a step for all the
+/// rows where [`exact_scores`] takes one scalar FMA a step for each row. Several codewords
+/// at a time (eight on AVX-512, four on AVX2, two portable: as many vector chains as hide
+/// the FMA latency without spilling). Exact Lloyd (`quant/bounds.rs`) fills the lanes with
+/// rows that share most of their candidates.
+pub(crate) fn exact_lane_scores(
+    isa: Isa,
+    xt: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [[f32; LANES]],
+) {
+    let d = xt.len() / LANES;
+    let fold = folds(isa, d);
+    match isa {
+        Isa::Portable => lane_scores::<false, false, 2>(xt, codebook, norms, js, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` exists only after runtime detection of AVX-512F, which
+        // every CPU pairs with FMA.
+        Isa::Avx512 => unsafe { lane_scores_avx512(fold, xt, codebook, norms, js, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` exists only after runtime detection of AVX2 and FMA.
+        Isa::Avx2 => unsafe { lane_scores_avx2(fold, xt, codebook, norms, js, out) },
+    }
+}
+
+/// [`exact_lane_scores`] on AVX-512: eight codewords at a time, a register of sixteen
+/// lanes each, the codeword's coordinate broadcast from memory into the FMA.
+/// The rows `rows` of `x` (rows of d) transposed into `xt` as [`exact_lane_scores`] takes
+/// them, one in each lane; lanes past the last row repeat it (their scores are not read).
+/// Four steps of four rows at a time by SSE transposes (a scalar loop took 14% of a fit on
+/// Fashion-MNIST at k = 1024).
+pub(crate) fn pack_lanes(x: &[f32], d: usize, rows: &[u32], xt: &mut [f32]) {
+    let rows: [&[f32]; LANES] = std::array::from_fn(|l| {
+        let i = rows[l.min(rows.len() - 1)] as usize;
+        &x[i * d..][..d]
+    });
+    #[cfg(target_arch = "x86_64")]
+    let done = x86::pack_lanes_sse(&rows, xt);
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    let steps = xt[..d * LANES].as_chunks_mut::<LANES>().0;
+    for (t, step) in steps.iter_mut().enumerate().skip(done) {
+        for (v, row) in step.iter_mut().zip(&rows) {
+            *v = row[t];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn lane_scores_avx512(
+    fold: bool,
+    xt: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [[f32; LANES]],
+) {
+    use std::arch::x86_64::*;
+    const M: usize = 8;
+    let (steps, _) = xt.as_chunks::<LANES>();
+    let d = steps.len();
+    // Folded, the chain runs from the norm against -2 c (`chain_step`); `-2 c` is exact.
+    let scale = _mm512_set1_ps(if fold { -2.0 } else { 1.0 });
+    for (js, out) in js.chunks(M).zip(out.chunks_mut(M)) {
+        let pick = |m: usize| js[m.min(js.len() - 1)] as usize;
+        let rows: [&[f32]; M] = std::array::from_fn(|m| &codebook[pick(m) * d..][..d]);
+        let ns: [f32; M] = std::array::from_fn(|m| norms[pick(m)]);
+        let mut acc = ns.map(|n| _mm512_set1_ps(if fold { n } else { 0.0 }));
+        for (t, xv) in steps.iter().enumerate() {
+            // SAFETY: `xv` is LANES = 16 floats.
+            let xv = unsafe { _mm512_loadu_ps(xv.as_ptr()) };
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let c = _mm512_mul_ps(_mm512_set1_ps(row[t]), scale);
+                *a = _mm512_fmadd_ps(xv, c, *a);
+            }
+        }
+        for ((o, a), &n) in out.iter_mut().zip(&acc).zip(&ns) {
+            let mut v = [0.0f32; LANES];
+            // SAFETY: `v` is 16 floats.
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
+            *o = v.map(|v| if fold { v } else { v.mul_add(-2.0, n) });
+        }
+    }
+}
+
+/// [`exact_lane_scores`] on AVX2: four codewords at a time, two registers of eight lanes
+/// each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn lane_scores_avx2(
+    fold: bool,
+    xt: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [[f32; LANES]],
+) {
+    use std::arch::x86_64::*;
+    const M: usize = 4;
+    let (steps, _) = xt.as_chunks::<LANES>();
+    let d = steps.len();
+    let scale = _mm256_set1_ps(if fold { -2.0 } else { 1.0 });
+    for (js, out) in js.chunks(M).zip(out.chunks_mut(M)) {
+        let pick = |m: usize| js[m.min(js.len() - 1)] as usize;
+        let rows: [&[f32]; M] = std::array::from_fn(|m| &codebook[pick(m) * d..][..d]);
+        let ns: [f32; M] = std::array::from_fn(|m| norms[pick(m)]);
+        let mut acc = ns.map(|n| [_mm256_set1_ps(if fold { n } else { 0.0 }); 2]);
+        for (t, xv) in steps.iter().enumerate() {
+            // SAFETY: `xv` is LANES = 16 floats.
+            let (lo, hi) = unsafe {
+                (
+                    _mm256_loadu_ps(xv.as_ptr()),
+                    _mm256_loadu_ps(xv.as_ptr().add(8)),
+                )
+            };
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let c = _mm256_mul_ps(_mm256_set1_ps(row[t]), scale);
+                a[0] = _mm256_fmadd_ps(lo, c, a[0]);
+                a[1] = _mm256_fmadd_ps(hi, c, a[1]);
+            }
+        }
+        for ((o, a), &n) in out.iter_mut().zip(&acc).zip(&ns) {
+            let mut v = [0.0f32; LANES];
+            // SAFETY: `v` is 16 floats.
+            unsafe {
+                _mm256_storeu_ps(v.as_mut_ptr(), a[0]);
+                _mm256_storeu_ps(v.as_mut_ptr().add(8), a[1]);
+            }
+            *o = v.map(|v| if fold { v } else { v.mul_add(-2.0, n) });
+        }
+    }
+}
+
+/// [`exact_lane_scores`] without FMA (portable: products and sums, as its kernels round
+/// them), `M` codewords at a time, the last group padded by repeating its last codeword.
+fn lane_scores<const FUSED: bool, const FOLD: bool, const M: usize>(
+    xt: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [[f32; LANES]],
+) {
+    let (steps, _) = xt.as_chunks::<LANES>();
+    let d = steps.len();
+    for (js, out) in js.chunks(M).zip(out.chunks_mut(M)) {
+        let pick = |m: usize| js[m.min(js.len() - 1)] as usize;
+        let rows: [&[f32]; M] = std::array::from_fn(|m| &codebook[pick(m) * d..][..d]);
+        let ns: [f32; M] = std::array::from_fn(|m| norms[pick(m)]);
+        let mut acc = [[0.0f32; LANES]; M];
+        if FOLD {
+            for (a, &n) in acc.iter_mut().zip(&ns) {
+                *a = [n; LANES];
+            }
+        }
+        for (t, xv) in steps.iter().enumerate() {
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                let c = row[t];
+                for (v, &x) in a.iter_mut().zip(xv) {
+                    *v = chain_step::<FUSED, FOLD>(x, c, *v);
+                }
+            }
+        }
+        for ((o, a), &n) in out.iter_mut().zip(&acc).zip(&ns) {
+            *o = a.map(|v| score_of::<FUSED, FOLD>(v, n));
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
@@ -1452,18 +1564,58 @@ mod x86 {
                 // r + 4 <= MR) and their slots inside `xb` ((t + 3) * MR + r + 4 <= MR * d),
                 // as asserted above; the loads and stores are unaligned ones.
                 unsafe {
-                    let a = _mm_loadu_ps(src.add(r * d + t));
-                    let b = _mm_loadu_ps(src.add((r + 1) * d + t));
-                    let c = _mm_loadu_ps(src.add((r + 2) * d + t));
-                    let e = _mm_loadu_ps(src.add((r + 3) * d + t));
-                    let ab_lo = _mm_unpacklo_ps(a, b); // a0 b0 a1 b1
-                    let ab_hi = _mm_unpackhi_ps(a, b); // a2 b2 a3 b3
-                    let ce_lo = _mm_unpacklo_ps(c, e);
-                    let ce_hi = _mm_unpackhi_ps(c, e);
-                    _mm_storeu_ps(dst.add(t * MR + r), _mm_movelh_ps(ab_lo, ce_lo));
-                    _mm_storeu_ps(dst.add((t + 1) * MR + r), _mm_movehl_ps(ce_lo, ab_lo));
-                    _mm_storeu_ps(dst.add((t + 2) * MR + r), _mm_movelh_ps(ab_hi, ce_hi));
-                    _mm_storeu_ps(dst.add((t + 3) * MR + r), _mm_movehl_ps(ce_hi, ab_hi));
+                    let steps = transpose4(
+                        _mm_loadu_ps(src.add(r * d + t)),
+                        _mm_loadu_ps(src.add((r + 1) * d + t)),
+                        _mm_loadu_ps(src.add((r + 2) * d + t)),
+                        _mm_loadu_ps(src.add((r + 3) * d + t)),
+                    );
+                    for (s, v) in steps.into_iter().enumerate() {
+                        _mm_storeu_ps(dst.add((t + s) * MR + r), v);
+                    }
+                }
+            }
+        }
+        steps
+    }
+
+    /// Four steps of four rows, `a`, `b`, `c`, `e`, as four rows of steps:
+    /// `[a0 b0 c0 e0]`, `[a1 b1 c1 e1]`, ...
+    #[inline(always)]
+    pub(super) fn transpose4(a: __m128, b: __m128, c: __m128, e: __m128) -> [__m128; 4] {
+        // SAFETY: SSE is part of every x86-64 CPU; register operations only.
+        unsafe {
+            let ab_lo = _mm_unpacklo_ps(a, b); // a0 b0 a1 b1
+            let ab_hi = _mm_unpackhi_ps(a, b); // a2 b2 a3 b3
+            let ce_lo = _mm_unpacklo_ps(c, e);
+            let ce_hi = _mm_unpackhi_ps(c, e);
+            [
+                _mm_movelh_ps(ab_lo, ce_lo),
+                _mm_movehl_ps(ce_lo, ab_lo),
+                _mm_movelh_ps(ab_hi, ce_hi),
+                _mm_movehl_ps(ce_hi, ab_hi),
+            ]
+        }
+    }
+
+    /// [`super::pack_lanes`]'s steps in fours; returns how many steps it packed.
+    pub(super) fn pack_lanes_sse(rows: &[&[f32]; super::LANES], xt: &mut [f32]) -> usize {
+        const L: usize = super::LANES;
+        let d = rows[0].len();
+        assert!(rows.iter().all(|r| r.len() == d) && xt.len() >= d * L);
+        let steps = d / 4 * 4;
+        let dst = xt.as_mut_ptr();
+        for t in (0..steps).step_by(4) {
+            for r in (0..L).step_by(4) {
+                // SAFETY: steps t..t + 4 are inside each row (t + 4 <= d), and the slots
+                // (t + 3) * L + r + 4 <= d * L inside `xt`, as asserted; unaligned loads and
+                // stores.
+                unsafe {
+                    let load = |l: usize| _mm_loadu_ps(rows[r + l].as_ptr().add(t));
+                    let steps = transpose4(load(0), load(1), load(2), load(3));
+                    for (s, v) in steps.into_iter().enumerate() {
+                        _mm_storeu_ps(dst.add((t + s) * L + r), v);
+                    }
                 }
             }
         }
@@ -2334,14 +2486,20 @@ mod tests {
                     assert_eq!(j, idx[i], "{isa:?} n={n} k={k} d={d} row {i}");
                     let got = finished(best, sq_norm(row));
                     assert_eq!(got.to_bits(), dist[i].to_bits(), "{isa:?} row {i}");
-                    // As pairs, mixed with other rows, the same bits.
-                    let pairs: Vec<(u32, u32)> = (0..k as u32)
-                        .flat_map(|j| [(i as u32, j), (((i + j as usize) % n) as u32, j)])
-                        .collect();
-                    let mut p = vec![0f32; pairs.len()];
-                    exact_pair_scores(isa, &x, &c, &norms, &pairs, &mut p);
-                    for (v, &(_, j)) in p.iter().step_by(2).zip(pairs.iter().step_by(2)) {
-                        assert_eq!(v.to_bits(), s[j as usize].to_bits());
+                    // In a lane beside other rows (every lane, and groups shorter than
+                    // LANES, whose missing lanes repeat the last row), the same bits.
+                    for lane in [0, i % LANES, LANES - 1] {
+                        let mut rows: Vec<u32> =
+                            (0..LANES).map(|l| ((i + 7 * l + 1) % n) as u32).collect();
+                        rows[lane] = i as u32;
+                        let rows = &rows[..(lane + 1).max(i % LANES + 1)];
+                        let mut xt = vec![f32::NAN; d * LANES];
+                        pack_lanes(&x, d, rows, &mut xt);
+                        let mut lanes = vec![[0f32; LANES]; k];
+                        exact_lane_scores(isa, &xt, &c, &norms, &all, &mut lanes);
+                        for (j, v) in lanes.iter().enumerate() {
+                            assert_eq!(v[lane].to_bits(), s[j].to_bits(), "{isa:?} lane {lane}");
+                        }
                     }
                     // Any subset, in any order, gives the same scores.
                     let some: Vec<u32> = all.iter().rev().step_by(3).copied().collect();

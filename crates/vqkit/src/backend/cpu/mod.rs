@@ -16,7 +16,9 @@ pub mod peak;
 pub use cache::CacheSizes;
 pub use isa::{Isa, has_avx};
 
-pub(crate) use distance_argmin::{NARROW_K, exact_pair_scores, exact_scores, finished, sq_norm};
+pub(crate) use distance_argmin::{
+    LANES, NARROW_K, exact_lane_scores, exact_scores, finished, pack_lanes, sq_norm,
+};
 
 use super::{Backend, Element, EmaParams, Shape, check, check_len};
 use crate::error::{Error, Result};
