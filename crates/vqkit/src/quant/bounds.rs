@@ -16,8 +16,9 @@
 //! **Exact, not approximately so.** The assignment must be the bits of
 //! `distance_argmin`: the same codes and distances, so that k-means with bounds gives the
 //! centroids of k-means without, bit for bit. Two things make it so.
-//! - The distances that are computed are the kernel's own ([`exact_scores`]: one chain of
-//!   FMAs over d, as the micro-kernel's lanes run it), and the lowest (score, index) wins.
+//! - The distances that are computed are the kernel's own ([`exact_scores`] and
+//!   [`exact_lane_scores`]: one chain of FMAs over d, as the micro-kernel's lanes run it),
+//!   and the lowest (score, index) wins.
 //! - A centroid is ruled out only with a margin that covers every rounding. A distance
 //!   computed in f32 over d terms, by the kernel or by any GEMM, is within
 //!   `E_i = eta (|x_i| + max_j |c_j|)^2` of the true squared distance, with
@@ -31,16 +32,20 @@
 //!   over the bound matrix; each row turns it into squared distances `t_ij` (off by at
 //!   most `E_i`), stores `l_ij = sqrt(t_ij - E_i)`, and computes exactly only the
 //!   centroids with `t_ij <= min_j t_ij + 4.5 E_i`: the kernel's choice is among them.
-//! - **Bounded step**: one pass moves every bound by the drifts and counts the candidates
-//!   `l_ij <= sqrt(u_i^2 + 2.5 E_i)`. If they exceed [`MAX_CANDIDATES`] of `n x k`, the
-//!   computed distances would cost more than the fused kernel (each is a lone chain, about
-//!   eight times the kernel's cost per distance): the step is handed back to the kernel and
-//!   the bounds are dropped. Otherwise, per point, `u_i` is made tight (the exact distance
-//!   to its centroid, needed anyway for the inertia), the candidates are filtered again
-//!   with it, and only those left are computed.
+//! - **Bounded step**: each point's `u_i` is made tight first (the exact distance to its
+//!   centroid, needed anyway for the inertia), [`LANES`] points of one centroid at a time
+//!   in the lanes of [`exact_lane_scores`]. Then one pass moves every bound by the drifts
+//!   and keeps the candidates `l_ij <= sqrt(u_i^2 + 2.5 E_i)`. If they exceed
+//!   [`MAX_CANDIDATES`] of `n x k`, the step is handed back to the kernel and the bounds
+//!   are dropped (a threshold set when each candidate was a lone scalar chain, some thirty
+//!   times the kernel's cost per distance; the lanes made them cheaper, and it was not
+//!   moved since). Otherwise the points with candidates, sorted by centroid, go [`LANES`]
+//!   at a time into the lanes, which compute the union of their candidates for all of
+//!   them (see [`Bounds::bounded_step`]); every distance computed tightens its bound.
 //!
-//! Rows are independent and every decision depends on the row alone, so the result does
-//! not depend on the thread count. Memory: one f32 per point and centroid; above
+//! Every decision depends on the row, and on the group of [`LANES`] rows it is computed
+//! in, which the sort by centroid fixes whatever the thread count; so the result (and the
+//! bounds) do not depend on the thread count. Memory: one f32 per point and centroid; above
 //! [`MAX_BYTES`] the fit runs without bounds.
 
 use crate::backend::Backend;

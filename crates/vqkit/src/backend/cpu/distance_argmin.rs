@@ -825,8 +825,6 @@ pub(crate) fn exact_lane_scores(
     }
 }
 
-/// [`exact_lane_scores`] on AVX-512: eight codewords at a time, a register of sixteen
-/// lanes each, the codeword's coordinate broadcast from memory into the FMA.
 /// The rows `rows` of `x` (rows of d) transposed into `xt` as [`exact_lane_scores`] takes
 /// them, one in each lane; lanes past the last row repeat it (their scores are not read).
 /// Four steps of four rows at a time by SSE transposes (a scalar loop took 14% of a fit on
@@ -848,6 +846,8 @@ pub(crate) fn pack_lanes(x: &[f32], d: usize, rows: &[u32], xt: &mut [f32]) {
     }
 }
 
+/// [`exact_lane_scores`] on AVX-512: eight codewords at a time, a register of sixteen
+/// lanes each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 fn lane_scores_avx512(
@@ -858,30 +858,13 @@ fn lane_scores_avx512(
     js: &[u32],
     out: &mut [[f32; LANES]],
 ) {
-    use std::arch::x86_64::*;
-    const M: usize = 8;
-    let (steps, _) = xt.as_chunks::<LANES>();
-    let d = steps.len();
-    // Folded, the chain runs from the norm against -2 c (`chain_step`); `-2 c` is exact.
-    let scale = _mm512_set1_ps(if fold { -2.0 } else { 1.0 });
-    for (js, out) in js.chunks(M).zip(out.chunks_mut(M)) {
-        let pick = |m: usize| js[m.min(js.len() - 1)] as usize;
-        let rows: [&[f32]; M] = std::array::from_fn(|m| &codebook[pick(m) * d..][..d]);
-        let ns: [f32; M] = std::array::from_fn(|m| norms[pick(m)]);
-        let mut acc = ns.map(|n| _mm512_set1_ps(if fold { n } else { 0.0 }));
-        for (t, xv) in steps.iter().enumerate() {
-            // SAFETY: `xv` is LANES = 16 floats.
-            let xv = unsafe { _mm512_loadu_ps(xv.as_ptr()) };
-            for (a, row) in acc.iter_mut().zip(&rows) {
-                let c = _mm512_mul_ps(_mm512_set1_ps(row[t]), scale);
-                *a = _mm512_fmadd_ps(xv, c, *a);
-            }
-        }
-        for ((o, a), &n) in out.iter_mut().zip(&acc).zip(&ns) {
-            let mut v = [0.0f32; LANES];
-            // SAFETY: `v` is 16 floats.
-            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
-            *o = v.map(|v| if fold { v } else { v.mul_add(-2.0, n) });
+    use std::arch::x86_64::__m512;
+    // SAFETY: AVX-512F and FMA are enabled here.
+    unsafe {
+        if fold {
+            lane_scores_simd::<__m512, true, 8>(xt, codebook, norms, js, out)
+        } else {
+            lane_scores_simd::<__m512, false, 8>(xt, codebook, norms, js, out)
         }
     }
 }
@@ -898,38 +881,132 @@ fn lane_scores_avx2(
     js: &[u32],
     out: &mut [[f32; LANES]],
 ) {
-    use std::arch::x86_64::*;
-    const M: usize = 4;
+    use std::arch::x86_64::__m256;
+    // SAFETY: AVX2 and FMA are enabled here.
+    unsafe {
+        if fold {
+            lane_scores_simd::<[__m256; 2], true, 4>(xt, codebook, norms, js, out)
+        } else {
+            lane_scores_simd::<[__m256; 2], false, 4>(xt, codebook, norms, js, out)
+        }
+    }
+}
+
+/// [`LANES`] f32 lanes in registers, for [`lane_scores_simd`]. Every method's safety
+/// condition: the CPU has the instruction set of the implementation (AVX-512F for
+/// `__m512`, AVX for `[__m256; 2]`, FMA for both's `fmadd`), and the caller is compiled
+/// for it, so that the method inlines into it.
+#[cfg(target_arch = "x86_64")]
+trait LaneReg: Copy {
+    unsafe fn splat(v: f32) -> Self;
+    unsafe fn load(v: &[f32; LANES]) -> Self;
+    /// `a b + c`, lane by lane, in one rounding.
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn store(self) -> [f32; LANES];
+}
+
+#[cfg(target_arch = "x86_64")]
+impl LaneReg for std::arch::x86_64::__m512 {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the trait's condition.
+        unsafe { std::arch::x86_64::_mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn load(v: &[f32; LANES]) -> Self {
+        // SAFETY: the trait's condition; `v` is 16 floats.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(v.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the trait's condition.
+        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(self) -> [f32; LANES] {
+        let mut v = [0.0f32; LANES];
+        // SAFETY: the trait's condition; `v` is 16 floats.
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(v.as_mut_ptr(), self) };
+        v
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl LaneReg for [std::arch::x86_64::__m256; 2] {
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        // SAFETY: the trait's condition.
+        unsafe { [std::arch::x86_64::_mm256_set1_ps(v); 2] }
+    }
+    #[inline(always)]
+    unsafe fn load(v: &[f32; LANES]) -> Self {
+        use std::arch::x86_64::_mm256_loadu_ps;
+        // SAFETY: the trait's condition; `v` is 16 floats, two runs of 8.
+        unsafe {
+            [
+                _mm256_loadu_ps(v.as_ptr()),
+                _mm256_loadu_ps(v.as_ptr().add(8)),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self {
+        use std::arch::x86_64::_mm256_fmadd_ps;
+        // SAFETY: the trait's condition.
+        unsafe {
+            [
+                _mm256_fmadd_ps(a[0], b[0], c[0]),
+                _mm256_fmadd_ps(a[1], b[1], c[1]),
+            ]
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self) -> [f32; LANES] {
+        use std::arch::x86_64::_mm256_storeu_ps;
+        let mut v = [0.0f32; LANES];
+        // SAFETY: the trait's condition; `v` is 16 floats, two runs of 8.
+        unsafe {
+            _mm256_storeu_ps(v.as_mut_ptr(), self[0]);
+            _mm256_storeu_ps(v.as_mut_ptr().add(8), self[1]);
+        }
+        v
+    }
+}
+
+/// [`exact_lane_scores`] in registers `R`, `M` codewords at a time (the last group padded
+/// by repeating its last codeword), the codeword's coordinate broadcast to every lane.
+///
+/// # Safety
+/// [`LaneReg`]'s condition for `R`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn lane_scores_simd<R: LaneReg, const FOLD: bool, const M: usize>(
+    xt: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    js: &[u32],
+    out: &mut [[f32; LANES]],
+) {
     let (steps, _) = xt.as_chunks::<LANES>();
     let d = steps.len();
-    let scale = _mm256_set1_ps(if fold { -2.0 } else { 1.0 });
     for (js, out) in js.chunks(M).zip(out.chunks_mut(M)) {
         let pick = |m: usize| js[m.min(js.len() - 1)] as usize;
         let rows: [&[f32]; M] = std::array::from_fn(|m| &codebook[pick(m) * d..][..d]);
         let ns: [f32; M] = std::array::from_fn(|m| norms[pick(m)]);
-        let mut acc = ns.map(|n| [_mm256_set1_ps(if fold { n } else { 0.0 }); 2]);
+        // SAFETY (this block and the next): the caller's.
+        let mut acc = ns.map(|n| unsafe { R::splat(if FOLD { n } else { 0.0 }) });
         for (t, xv) in steps.iter().enumerate() {
-            // SAFETY: `xv` is LANES = 16 floats.
-            let (lo, hi) = unsafe {
-                (
-                    _mm256_loadu_ps(xv.as_ptr()),
-                    _mm256_loadu_ps(xv.as_ptr().add(8)),
-                )
-            };
+            let xv = unsafe { R::load(xv) };
             for (a, row) in acc.iter_mut().zip(&rows) {
-                let c = _mm256_mul_ps(_mm256_set1_ps(row[t]), scale);
-                a[0] = _mm256_fmadd_ps(lo, c, a[0]);
-                a[1] = _mm256_fmadd_ps(hi, c, a[1]);
+                // Folded, the chain runs from the norm against -2 c (`chain_step`); `-2 c`
+                // is exact.
+                let c = unsafe { R::splat(if FOLD { -2.0 * row[t] } else { row[t] }) };
+                *a = unsafe { R::fmadd(xv, c, *a) };
             }
         }
         for ((o, a), &n) in out.iter_mut().zip(&acc).zip(&ns) {
-            let mut v = [0.0f32; LANES];
-            // SAFETY: `v` is 16 floats.
-            unsafe {
-                _mm256_storeu_ps(v.as_mut_ptr(), a[0]);
-                _mm256_storeu_ps(v.as_mut_ptr().add(8), a[1]);
-            }
-            *o = v.map(|v| if fold { v } else { v.mul_add(-2.0, n) });
+            let v = unsafe { a.store() };
+            *o = v.map(|v| score_of::<true, FOLD>(v, n));
         }
     }
 }
