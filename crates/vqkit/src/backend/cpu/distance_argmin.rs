@@ -678,7 +678,7 @@ const FUSED_NORM_MIN_D: usize = 32;
 /// 128 steps of 2 FMAs per row). `vqkit bench --op assign --n 100000 --threads 2`, 8
 /// alternating runs, medians: k = 16, d = 32 1.98 -> 1.78 ms, d = 128 5.09 -> 4.54 ms,
 /// d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 -> 6.28 ms.
-fn row_norms(x: &[f32], d: usize, out: &mut [f32]) {
+pub(crate) fn row_norms(x: &[f32], d: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512.supported() {
         // SAFETY: AVX-512F was detected at run time.

@@ -17,7 +17,7 @@ pub use cache::CacheSizes;
 pub use isa::{Isa, has_avx};
 
 pub(crate) use distance_argmin::{
-    LANES, NARROW_K, exact_lane_scores, exact_scores, finished, pack_lanes, sq_norm,
+    LANES, NARROW_K, exact_lane_scores, exact_scores, finished, pack_lanes, row_norms, sq_norm,
 };
 
 use super::{Backend, Element, EmaParams, Shape, check, check_len};
