@@ -97,7 +97,10 @@ pub fn assign<B: Backend>(b: &B, x: &[f32], codebook: &[f32], d: usize) -> Resul
             e
         }
     };
-    check_finite("codebook", codebook).map_err(points_first)?;
+    // Likewise a codebook with a NaN or an infinity, where the backend's norms find it.
+    if !b.flags_non_finite_codebook() {
+        check_finite("codebook", codebook).map_err(points_first)?;
+    }
     let (indices, distances) = b.assign_host(x, codebook, shape).map_err(points_first)?;
     let out = Assignment { indices, distances };
     check_overflow(&out.distances).map_err(points_first)?;

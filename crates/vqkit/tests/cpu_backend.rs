@@ -107,9 +107,60 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
                             matches!(got, Err(Error::NonFinite { what: "points", .. })),
                             "{isa:?} {n}x{k}x{d}, bad codebook too: {got:?}"
                         );
+                        // A bad codebook alone, found from its norms
+                        // (`Backend::flags_non_finite_codebook`), names its first bad value:
+                        // the same places, in the codebook.
+                        let mut cb = c.clone();
+                        let at_c: Vec<usize> = at
+                            .iter()
+                            .map(|&i| {
+                                if i == n * d - 1 {
+                                    k * d - 1
+                                } else {
+                                    i % (k * d)
+                                }
+                            })
+                            .collect();
+                        for &i in &at_c {
+                            cb[i] = bad;
+                        }
+                        let first = *at_c.iter().min().unwrap();
+                        let got = vqkit::ops::assign(&b, &x, &cb, d);
+                        assert!(
+                            matches!(
+                                got,
+                                Err(Error::NonFinite { what: "codebook", index, .. }) if index == first
+                            ),
+                            "{isa:?} {n}x{k}x{d}, {bad} in the codebook: {got:?}"
+                        );
                     }
                 }
             }
         }
+    }
+}
+
+/// Finite codewords whose norms overflow pass the codebook check (their norms are not
+/// finite, so the codebook is searched, and its values are): one such codeword is simply
+/// never the nearest, and a codebook of them only gives distances that overflow, an
+/// overflow error, on every instruction set.
+#[test]
+fn codewords_whose_norms_overflow_are_never_chosen_or_an_overflow_error() {
+    use vqkit::Error;
+    let d = 16;
+    for isa in Isa::available() {
+        let b = CpuBackend::with_isa(Some(2), isa).unwrap();
+        let x: Vec<f32> = (0..40 * d).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut c: Vec<f32> = (0..300 * d).map(|i| (i % 5) as f32 * 0.1).collect();
+        c[7 * d + 3] = 1e30;
+        let got = vqkit::ops::assign(&b, &x, &c, d).unwrap();
+        assert!(got.indices.iter().all(|&j| j != 7), "{isa:?}");
+        assert!(got.distances.iter().all(|v| v.is_finite()), "{isa:?}");
+        let huge = vec![1e30f32; 300 * d];
+        let got = vqkit::ops::assign(&b, &x, &huge, d);
+        assert!(
+            matches!(got, Err(Error::Overflow { .. })),
+            "{isa:?}: {got:?}"
+        );
     }
 }

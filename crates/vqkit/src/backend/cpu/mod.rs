@@ -153,6 +153,10 @@ impl Backend for CpuBackend {
         true
     }
 
+    fn flags_non_finite_codebook(&self) -> bool {
+        true
+    }
+
     fn assign_host(
         &self,
         x: &[f32],
@@ -171,6 +175,12 @@ impl Backend for CpuBackend {
             // A large codebook's norms are a pass over it as long as its packing: shared
             // between the threads too.
             sq_norms(par, codebook, d, &mut norms);
+            // A NaN or an infinity makes its codeword's norm NaN or infinite; only then is
+            // the codebook searched for one (see `flags_non_finite_codebook`). A norm that
+            // overflowed from finite values passes, as before: its distances do not.
+            if !norms.iter().all(|v| v.is_finite()) {
+                crate::ops::check_finite("codebook", codebook)?;
+            }
             distance_argmin::distance_argmin(
                 self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
             )
