@@ -8,28 +8,7 @@ use crate::backend::{Backend, EmaParams, Shape, check_len};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// Errors on NaN or infinity; `what` names the input in the message.
-pub fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
-    // A branch-free fold per chunk vectorizes (an early-exit search does not); chunks run
-    // in parallel, and only a failing chunk is searched for the first bad index.
-    const CHUNK: usize = 1 << 14;
-    let finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
-    let bad_chunk = if v.len() >= 16 * CHUNK {
-        v.par_chunks(CHUNK).position_first(|c| !finite(c))
-    } else {
-        v.chunks(CHUNK).position(|c| !finite(c))
-    };
-    let Some(chunk) = bad_chunk else {
-        return Ok(());
-    };
-    let start = chunk * CHUNK;
-    let index = start + v[start..].iter().position(|x| !x.is_finite()).unwrap_or(0);
-    Err(Error::NonFinite {
-        what,
-        index,
-        value: v[index],
-    })
-}
+pub use crate::backend::check_finite;
 
 /// The number of rows of width `d` in `v`, or an error if `d = 0` or `v` is ragged.
 pub fn rows(what: &'static str, v: &[f32], d: usize) -> Result<usize> {

@@ -61,6 +61,31 @@ impl Shape {
     }
 }
 
+/// Errors on NaN or infinity; `what` names the input in the message. (Here, below `ops`,
+/// so that a backend can search its own inputs: see [`Backend::flags_non_finite_codebook`].)
+pub fn check_finite(what: &'static str, v: &[f32]) -> Result<()> {
+    // A branch-free fold per chunk vectorizes (an early-exit search does not); chunks run
+    // in parallel, and only a failing chunk is searched for the first bad index.
+    const CHUNK: usize = 1 << 14;
+    let finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
+    use rayon::prelude::*;
+    let bad_chunk = if v.len() >= 16 * CHUNK {
+        v.par_chunks(CHUNK).position_first(|c| !finite(c))
+    } else {
+        v.chunks(CHUNK).position(|c| !finite(c))
+    };
+    let Some(chunk) = bad_chunk else {
+        return Ok(());
+    };
+    let start = chunk * CHUNK;
+    let index = start + v[start..].iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(Error::NonFinite {
+        what,
+        index,
+        value: v[index],
+    })
+}
+
 /// Checks that a buffer has exactly `expected` elements.
 pub fn check_len(what: &'static str, got: usize, expected: usize) -> Result<()> {
     if got == expected {
@@ -249,7 +274,7 @@ pub trait Backend: Send + Sync {
         false
     }
 
-    /// Whether [`Backend::assign_host`] itself returns `ops::check_finite`'s error for a
+    /// Whether [`Backend::assign_host`] itself returns [`check_finite`]'s error for a
     /// codebook with a NaN or an infinity, so that `ops::assign` need not read the codebook
     /// in a pass of its own before the kernel. True on the CPU, whose norms pass sees every
     /// such value (a NaN or infinite coordinate makes its codeword's norm NaN or infinite,

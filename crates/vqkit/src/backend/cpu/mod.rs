@@ -179,7 +179,7 @@ impl Backend for CpuBackend {
             // the codebook searched for one (see `flags_non_finite_codebook`). A norm that
             // overflowed from finite values passes, as before: its distances do not.
             if !norms.iter().all(|v| v.is_finite()) {
-                crate::ops::check_finite("codebook", codebook)?;
+                super::check_finite("codebook", codebook)?;
             }
             distance_argmin::distance_argmin(
                 self.isa, par, x, codebook, &norms, shape, &mut idx, &mut dist,
