@@ -2,9 +2,10 @@
 # Builds, on the development machine (x86-64 Linux), everything the GPU check needs and
 # lays it out in one directory to carry to the GPU machine, which has no network and no
 # Rust: the release `vqkit` binary (CUDA and WGPU compiled in), the CUDA and WGPU parity
-# suites as test executables, the Vulkan loader (libvulkan.so.1) for WGPU, flash-kmeans
-# from PyPI (pure Python; its Triton comes with the GPU machine's PyTorch), and the
-# scripts. Prints the bundle's directory as its last line.
+# suites as test executables, the Vulkan loader (libvulkan.so.1) and the GL dispatch
+# libraries the NVIDIA Vulkan driver links against, flash-kmeans from PyPI (pure Python;
+# its Triton comes with the GPU machine's PyTorch), and the scripts. Prints the bundle's
+# directory as its last line.
 #
 # The binaries need the glibc they were built against or newer (Debian 12 here: 2.36).
 #
@@ -41,6 +42,21 @@ if [ -n "$loader" ]; then
 else
     echo "bundle: no libvulkan.so.1 here (apt-get install libvulkan1): WGPU will need the GPU machine's" >&2
 fi
+
+# The GL vendor-neutral dispatch libraries (Debian's libglvnd0, libglx0, libegl1, libgl1). The
+# NVIDIA Vulkan driver, libGLX_nvidia.so.0, links against them, and a container's driver mount
+# carries the driver without them: there the loader finds the ICD and cannot open it (seen on
+# the first H200 run, docs/gpu-check.md).
+glvnd="$(mktemp -d)"
+if (cd "$glvnd" && apt-get download libglvnd0 libglx0 libegl1 libgl1 > /dev/null 2>&1); then
+    for deb in "$glvnd"/*.deb; do dpkg -x "$deb" "$glvnd/root"; done
+    for lib in libGLdispatch.so.0 libGLX.so.0 libEGL.so.1 libGL.so.1; do
+        cp -L "$glvnd/root/usr/lib/x86_64-linux-gnu/$lib" "$bundle/lib/$lib"
+    done
+else
+    echo "bundle: apt-get download of libglvnd0 libglx0 libegl1 libgl1 failed: the GPU machine must have them" >&2
+fi
+rm -rf "$glvnd"
 
 # flash-kmeans, the fastest published GPU k-means, where PyPI serves it, and tqdm, which it
 # imports (both pure Python).

@@ -13,7 +13,8 @@
 # that fails is reported, not fatal. Budget: under 8 minutes on an H100.
 #
 # env: N (1000000), D (128), KS ("1024 4096"), SECONDS_PER (1: timing per kernel),
-#      WGPU_BACKEND (vulkan). The bundle's lib/ holds the Vulkan loader, put first on
+#      WGPU_BACKEND (vulkan), DEADLINE (480: seconds after which no step starts; each step's
+#      limit is cut to the time left, so a lease of fixed length still gets its report). The bundle's lib/ holds the Vulkan loader, put first on
 #      LD_LIBRARY_PATH; the NVIDIA driver supplies the Vulkan ICD and libcuda.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,12 +29,27 @@ export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 export PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}"
 # Triton's fp32 dot products in IEEE fp32, not TF32, so flash-kmeans is timed like for like.
 export TRITON_F32_DEFAULT="${TRITON_F32_DEFAULT:-ieee}"
+# Containers whose driver mount keeps the Vulkan ICD outside the loader's search path.
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ]; then
+    export VK_DRIVER_FILES="$icd"
+fi
+DEADLINE="${DEADLINE:-480}"
 start=$SECONDS
 
 # step NAME LIMIT_SECONDS COMMAND...: output to OUT/NAME.txt, exit code to OUT/NAME.rc.
+# Past DEADLINE a step is skipped (its output says so, its exit code is 124).
 step() {
-    local name="$1" limit="$2"
+    local name="$1" limit="$2" left=$((DEADLINE - (SECONDS - start)))
     shift 2
+    if [ "$left" -lt 5 ]; then
+        printf '[%4ss] %s: skipped, past the deadline\n' "$((SECONDS - start))" "$name" \
+            | tee -a "$out/log.txt"
+        echo "skipped: past the deadline of ${DEADLINE} s" > "$out/$name.txt"
+        echo 124 > "$out/$name.rc"
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
     printf '[%4ss] %s\n' "$((SECONDS - start))" "$name" | tee -a "$out/log.txt"
     timeout "$limit" "$@" > "$out/$name.txt" 2>&1
     echo $? > "$out/$name.rc"
@@ -57,6 +73,10 @@ for k in $KS; do
         --k "$k" "${bench[@]}"
     step "bench_wgpu_k$k" 120 "$here/vqkit" bench --backend wgpu --k "$k" "${bench[@]}"
 done
+# shellcheck disable=SC2086 # KS is a list of numbers
+step torch 300 python3 "$here/torch_bench.py" --inputs "$out/inputs" --n "$N" --d "$D" \
+    --ks $KS --seconds "$SECONDS_PER"
+rm -rf "$out/inputs"
 # The shapes outside the grid (docs/gpu-check.md, "Wide rows and million-codeword
 # codebooks"): raw JSON lines in wide_*.txt, not in the report's tables.
 for backend in cuda wgpu; do
@@ -65,9 +85,5 @@ for backend in cuda wgpu; do
     step "wide_${backend}_k1m" 180 "$here/vqkit" bench --backend "$backend" --op assign \
         --n 65536 --k 1048576 --d 32 --seconds "$SECONDS_PER" --json
 done
-# shellcheck disable=SC2086 # KS is a list of numbers
-step torch 300 python3 "$here/torch_bench.py" --inputs "$out/inputs" --n "$N" --d "$D" \
-    --ks $KS --seconds "$SECONDS_PER"
-rm -rf "$out/inputs"
 python3 "$here/report.py" "$out"
 printf '[%4ss] done: %s\n' "$((SECONDS - start))" "$out/gpu_check.md" | tee -a "$out/log.txt"
