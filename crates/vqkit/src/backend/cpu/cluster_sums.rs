@@ -74,10 +74,25 @@ fn sums_in(
     });
 }
 
-/// Per-code f64 state (k x d x 8 bytes, 2 MiB) up to which the rows are cut into several
-/// chunks.
-/// Beyond it each chunk's partial sums would cost more to add up than they save.
-const CHUNKED_ACC_BYTES: usize = 2 << 20;
+/// Per-code f64 state (k x d x 8 bytes, 8 MiB) up to which the rows are cut into several
+/// chunks. Beyond it a thread's full-width accumulators lose to code ranges over bucketed
+/// rows ([`GATHER_ACC_BYTES`]): at n = 2,000,000, k = 16,384, d = 128 (16 MiB), two chunks
+/// took 139-144 ms against 121-140 ms (2 threads, the EMA step, a build with the chunk count
+/// read from the environment, 2 alternating runs). Below it, chunks of whole rows beat the
+/// column slices that one chunk is shared by (see [`split`]) at every shape tried, on the
+/// 2-core Xeon of 2026-12-04 (`vqkit bench --op ema --threads 2 --seconds 1`, the builds
+/// before and after this cap alternating, 3 runs each; the chunk counts of [`chunk_rows`]):
+///
+/// | n, k, d (state) | one chunk, column slices | chunks |
+/// |---|---:|---:|
+/// | 10^6, 4096, 128 (4 MiB) | 39.6-40.2 ms | 4: 34.8-35.0 ms |
+/// | 10^6, 8192, 128 (8 MiB) | 47.5-48.8 ms | 2: 40.2-42.1 ms |
+/// | 10^6, 4096, 256 (8 MiB) | 86.5-88.3 ms | 4: 73.3-75.7 ms |
+/// | 400,000, 4096, 128 (4 MiB) | 16.5-16.8 ms | 2: 15.0-18.1 ms |
+///
+/// Shapes that keep their split were within noise (10^6, 1024, 128: 26.3-27.5 against
+/// 26.2-27.9 ms; 100,000, 4096, 128: 3.4-3.7 against 3.6-3.7 ms).
+const CHUNKED_ACC_BYTES: usize = 8 << 20;
 /// The most chunks a reduction is cut into.
 const MAX_CHUNKS: usize = 16;
 
@@ -126,11 +141,14 @@ struct Split {
 fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     let threads = super::pool_threads(parallel);
     let chunk = chunk_rows(n, k, d);
-    let slices = if n.div_ceil(chunk) >= threads {
-        1
-    } else {
-        threads
-    };
+    // Only as many slices as it takes to give every thread a task: each slice's task pulls
+    // whole rows from memory, not its slice alone (the hardware prefetchers fetch the lines
+    // beside the ones read), so S slices read the chunk's rows S times. At n = 10^6,
+    // k = 4096, d = 128, one chunk, 2 threads: slices of 64, 32 and 16 columns took 40, 73
+    // and 138 ms, nearly the stream's time per slice. On the 16 threads of the H200
+    // machine (docs/gpu-check.md) that one chunk in 8 slices took 42.6 ms against 10.6 ms
+    // for k = 1024, whose 16 chunks need none.
+    let slices = threads.div_ceil(n.div_ceil(chunk));
     let width = d.div_ceil(slices.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
     // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed
     // over (k = 4096, d = 128: bucketing there cost twice the time); beyond that, ranges.
