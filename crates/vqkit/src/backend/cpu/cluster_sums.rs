@@ -148,7 +148,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // and 138 ms, nearly the stream's time per slice. On the 16 threads of the H200
     // machine (docs/gpu-check.md) that one chunk in 8 slices took 42.6 ms against 10.6 ms
     // for k = 1024, whose 16 chunks need none.
-    let slices = threads.div_ceil(n.div_ceil(chunk));
+    let slices = threads.div_ceil(n.div_ceil(chunk).max(1));
     let width = d.div_ceil(slices.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
     // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed
     // over (k = 4096, d = 128: bucketing there cost twice the time); beyond that, ranges.
