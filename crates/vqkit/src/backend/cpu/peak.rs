@@ -25,6 +25,9 @@ const FMA_ITERS: usize = 4_000_000;
 /// ... and in one pass of a [`Probe`] (about 4.5 ms there).
 const PROBE_FMA_ITERS: usize = 1_000_000;
 
+/// Pieces per thread of a parallel FMA pass (see [`fma_pass`]).
+const FMA_PIECES: usize = 8;
+
 /// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set:
 /// the best of three passes. Where no pool of `threads` can be built, one thread's.
 pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
@@ -47,10 +50,17 @@ fn in_pool(threads: usize, f: impl FnOnce(bool) -> f64 + Send) -> f64 {
     }
 }
 
-/// GFLOP/s of one pass: `iters` steps of the FMA chains on every thread of the current
-/// rayon pool at once (on this thread alone if not `parallel`), timed from the start to the
-/// last thread's end: on a loaded machine one worker may run two threads' shares one after
-/// the other, which per-thread clocks would not see.
+/// GFLOP/s of one pass: `iters` steps of the FMA chains for every thread of the current
+/// rayon pool (on this thread alone if not `parallel`), timed from the start to the last
+/// thread's end: on a loaded machine one worker may run two threads' shares one after the
+/// other, which per-thread clocks would not see.
+///
+/// The threads' shares are cut into [`FMA_PIECES`] pieces each, which the pool's threads
+/// take as they come free, as they take the kernels' row blocks. With one share per thread
+/// a single slow thread (a vCPU the host deschedules, a worker woken late) held up the
+/// whole pass while the kernels' other threads took its blocks over. On the 16 threads of
+/// the H200 machine (docs/gpu-check.md) the probe measured 1096 to 1505 GFLOP/s from round
+/// to round and `assign` and the k-means step ran at 105% to 115% of it.
 ///
 /// # Panics
 /// If this CPU lacks `isa` (an [`Isa`] can be named without detection).
@@ -64,17 +74,23 @@ fn fma_pass(isa: Isa, parallel: bool, iters: usize) -> f64 {
     };
     let threads = super::pool_threads(parallel);
     let t = Instant::now();
+    let (pieces, piece_iters) = if parallel {
+        (threads * FMA_PIECES, iters.div_ceil(FMA_PIECES))
+    } else {
+        (1, iters)
+    };
     let sink: f32 = if parallel {
-        (0..threads)
+        (0..pieces)
             .into_par_iter()
-            .map(|_| fma_chains(isa, iters))
+            .with_max_len(1)
+            .map(|_| fma_chains(isa, piece_iters))
             .sum()
     } else {
         fma_chains(isa, iters)
     };
     let seconds = t.elapsed().as_secs_f64();
     std::hint::black_box(sink);
-    (threads * iters * lanes * 2) as f64 / seconds / 1e9
+    (pieces * piece_iters * lanes * 2) as f64 / seconds / 1e9
 }
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
