@@ -14,8 +14,9 @@
 #
 # env: N (1000000), D (128), KS ("1024 4096"), SECONDS_PER (1: timing per kernel),
 #      WGPU_BACKEND (vulkan), DEADLINE (480: seconds after which no step starts; each step's
-#      limit is cut to the time left, so a lease of fixed length still gets its report). The bundle's lib/ holds the Vulkan loader, put first on
-#      LD_LIBRARY_PATH; the NVIDIA driver supplies the Vulkan ICD and libcuda.
+#      limit is cut to the time left, so a lease of fixed length still gets its report).
+#      The bundle's lib/ holds the Vulkan loader and the GL dispatch libraries, put first
+#      on LD_LIBRARY_PATH; the NVIDIA driver supplies the Vulkan ICD and libcuda.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/out}"

@@ -87,17 +87,10 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
                     // (the earlier one is named).
                     let mid = rng.below(n) * d + rng.below(d);
                     for at in [vec![0], vec![n * d - 1], vec![mid], vec![n * d - 1, mid]] {
-                        let mut xb = x.clone();
-                        for &i in &at {
-                            xb[i] = bad;
-                        }
-                        let first = *at.iter().min().unwrap();
+                        let (xb, first) = poisoned(&x, &at, bad);
                         let got = vqkit::ops::assign(&b, &xb, &c, d);
                         assert!(
-                            matches!(
-                                got,
-                                Err(Error::NonFinite { what: "points", index, .. }) if index == first
-                            ),
+                            names_first(&got, "points", first),
                             "{isa:?} x{threads} {n}x{k}x{d}, {bad} at {at:?}: {got:?}"
                         );
                         let mut cb = c.clone();
@@ -110,7 +103,6 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
                         // A bad codebook alone, found from its norms
                         // (`Backend::flags_non_finite_codebook`), names its first bad value:
                         // the same places, in the codebook.
-                        let mut cb = c.clone();
                         let at_c: Vec<usize> = at
                             .iter()
                             .map(|&i| {
@@ -121,16 +113,10 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
                                 }
                             })
                             .collect();
-                        for &i in &at_c {
-                            cb[i] = bad;
-                        }
-                        let first = *at_c.iter().min().unwrap();
+                        let (cb, first) = poisoned(&c, &at_c, bad);
                         let got = vqkit::ops::assign(&b, &x, &cb, d);
                         assert!(
-                            matches!(
-                                got,
-                                Err(Error::NonFinite { what: "codebook", index, .. }) if index == first
-                            ),
+                            names_first(&got, "codebook", first),
                             "{isa:?} {n}x{k}x{d}, {bad} in the codebook: {got:?}"
                         );
                     }
@@ -138,6 +124,20 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
             }
         }
     }
+}
+
+/// `v` with `bad` written at every place of `at`, and the first of them.
+fn poisoned(v: &[f32], at: &[usize], bad: f32) -> (Vec<f32>, usize) {
+    let mut v = v.to_vec();
+    for &i in at {
+        v[i] = bad;
+    }
+    (v, *at.iter().min().unwrap())
+}
+
+/// Whether `got` is the non-finite error naming input `what` and index `first`.
+fn names_first(got: &vqkit::Result<vqkit::ops::Assignment>, what: &str, first: usize) -> bool {
+    matches!(got, Err(vqkit::Error::NonFinite { what: w, index, .. }) if *w == what && *index == first)
 }
 
 /// Finite codewords whose norms overflow pass the codebook check (their norms are not

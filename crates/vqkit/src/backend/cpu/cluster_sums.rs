@@ -145,9 +145,10 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // whole rows from memory, not its slice alone (the hardware prefetchers fetch the lines
     // beside the ones read), so S slices read the chunk's rows S times. At n = 10^6,
     // k = 4096, d = 128, one chunk, 2 threads: slices of 64, 32 and 16 columns took 40, 73
-    // and 138 ms, nearly the stream's time per slice. On the 16 threads of the H200
-    // machine (docs/gpu-check.md) that one chunk in 8 slices took 42.6 ms against 10.6 ms
-    // for k = 1024, whose 16 chunks need none.
+    // and 138 ms, nearly the stream's time per slice (`vqkit bench --op ema --threads 2
+    // --seconds 1`, the width read from the environment in a build that was not kept). On
+    // the 16 threads of the H200 machine (docs/gpu-check.md, `bench_cpu_*`) that one chunk
+    // in 8 slices took 42.6 ms against 10.6 ms for k = 1024, whose 16 chunks need none.
     let slices = threads.div_ceil(n.div_ceil(chunk).max(1));
     let width = d.div_ceil(slices.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
     // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed

@@ -60,7 +60,7 @@ fn in_pool(threads: usize, f: impl FnOnce(bool) -> f64 + Send) -> f64 {
 /// a single slow thread (a vCPU the host deschedules, a worker woken late) held up the
 /// whole pass while the kernels' other threads took its blocks over. On the 16 threads of
 /// the H200 machine (docs/gpu-check.md) the probe measured 1096 to 1505 GFLOP/s from round
-/// to round and `assign` and the k-means step ran at 105% to 115% of it.
+/// to round and `assign` and the k-means step ran at 99% to 115% of it.
 ///
 /// # Panics
 /// If this CPU lacks `isa` (an [`Isa`] can be named without detection).
@@ -72,25 +72,23 @@ fn fma_pass(isa: Isa, parallel: bool, iters: usize) -> f64 {
         Isa::Avx2 => 8 * AVX2_CHAINS,
         Isa::Portable => PORTABLE_WIDTH * PORTABLE_CHAINS,
     };
-    let threads = super::pool_threads(parallel);
     let t = Instant::now();
-    let (pieces, piece_iters) = if parallel {
-        (threads * FMA_PIECES, iters.div_ceil(FMA_PIECES))
-    } else {
-        (1, iters)
-    };
-    let sink: f32 = if parallel {
-        (0..pieces)
+    // The sink, and the iterations run in all.
+    let (sink, total): (f32, usize) = if parallel {
+        let piece = iters.div_ceil(FMA_PIECES);
+        let pieces = super::pool_threads(parallel) * FMA_PIECES;
+        let sink = (0..pieces)
             .into_par_iter()
             .with_max_len(1)
-            .map(|_| fma_chains(isa, piece_iters))
-            .sum()
+            .map(|_| fma_chains(isa, piece))
+            .sum();
+        (sink, pieces * piece)
     } else {
-        fma_chains(isa, iters)
+        (fma_chains(isa, iters), iters)
     };
     let seconds = t.elapsed().as_secs_f64();
     std::hint::black_box(sink);
-    (pieces * piece_iters * lanes * 2) as f64 / seconds / 1e9
+    (total * lanes * 2) as f64 / seconds / 1e9
 }
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
