@@ -363,22 +363,13 @@ pub fn ema_update<B: Backend>(
     check_len("embed_sum", state.embed_sum.len(), k * d)?;
     check_finite("points", x)?;
     check_codes(idx, k)?;
-    let xb = b.upload(x)?;
-    let ib = b.upload(idx)?;
-    let mut size = b.upload(&state.cluster_size)?;
-    let mut esum = b.upload(&state.embed_sum)?;
-    let mut code = b.upload(&state.codebook)?;
-    b.ema_update(
-        &xb,
-        &ib,
+    b.ema_update_host(
+        x,
+        idx,
         Shape::new(n, k, d),
         params,
-        &mut size,
-        &mut esum,
-        &mut code,
-    )?;
-    state.cluster_size = b.download(&size)?;
-    state.embed_sum = b.download(&esum)?;
-    state.codebook = b.download(&code)?;
-    Ok(())
+        &mut state.cluster_size,
+        &mut state.embed_sum,
+        &mut state.codebook,
+    )
 }

@@ -311,6 +311,40 @@ pub trait Backend: Send + Sync {
         Ok((self.download(&idx)?, self.download(&dist)?))
     }
 
+    /// [`Backend::ema_update`] on host slices, the state updated in place. The default
+    /// uploads the points, the codes and the state, runs the step and downloads all three
+    /// buffers before writing any back (a failed download leaves the state as it was); a
+    /// backend whose memory is the host's (the CPU) runs in place instead.
+    #[allow(clippy::too_many_arguments)]
+    fn ema_update_host(
+        &self,
+        x: &[f32],
+        idx: &[u32],
+        shape: Shape,
+        params: EmaParams,
+        cluster_size: &mut [f32],
+        embed_sum: &mut [f32],
+        codebook: &mut [f32],
+    ) -> Result<()> {
+        let (xb, ib) = (self.upload(x)?, self.upload(idx)?);
+        let mut size = self.upload(cluster_size)?;
+        let mut esum = self.upload(embed_sum)?;
+        let mut code = self.upload(codebook)?;
+        self.ema_update(&xb, &ib, shape, params, &mut size, &mut esum, &mut code)?;
+        let (s, e, c) = (
+            self.download(&size)?,
+            self.download(&esum)?,
+            self.download(&code)?,
+        );
+        check_len("cluster_size", s.len(), cluster_size.len())?;
+        check_len("embed_sum", e.len(), embed_sum.len())?;
+        check_len("codebook", c.len(), codebook.len())?;
+        cluster_size.copy_from_slice(&s);
+        embed_sum.copy_from_slice(&e);
+        codebook.copy_from_slice(&c);
+        Ok(())
+    }
+
     /// `norms[j] = |c_j|^2` for a codebook of `k` rows of `d`.
     fn codeword_norms(
         &self,

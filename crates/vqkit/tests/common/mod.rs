@@ -253,6 +253,14 @@ pub fn check_ema<B: Backend>(b: &B, n: usize, k: usize, d: usize, seed: u64) -> 
         let ge = b.download(&eb).map_err(e)?;
         let gc = b.download(&cb).map_err(e)?;
         let ctx = |m: String| format!("{}: ema {n}x{k}x{d}: {m}", b.name());
+        // The host-slice path (`ops::ema_update`; in place on the CPU) gives the same bits.
+        let (mut hs, mut he, mut hc) = (size.clone(), esum.clone(), code.clone());
+        b.ema_update_host(&x, &idx, shape, params, &mut hs, &mut he, &mut hc)
+            .map_err(e)?;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        if (bits(&hs), bits(&he), bits(&hc)) != (bits(&gs), bits(&ge), bits(&gc)) {
+            return Err(ctx("ema_update_host differs from ema_update".into()));
+        }
         let scale_s: Vec<f64> = ws.iter().map(|v| v.abs() + 1.0).collect();
         close("cluster_size", &gs, &ws, &scale_s, 1e-5).map_err(ctx)?;
         // The running sum's condition: the decayed old sum plus the batch's absolute sum.
@@ -436,6 +444,20 @@ pub fn check_bad_input<B: Backend>(b: &B) {
     );
     let err = ops::ema_update(b, &x, &[0, 1], 2, EmaParams::default(), &mut state);
     assert!(matches!(err, Err(Error::ShapeMismatch { .. })), "{err:?}");
+    let mut bad = x.clone();
+    bad[5] = f32::NAN;
+    let err = ops::ema_update(b, &bad, &[0; 6], 2, EmaParams::default(), &mut state);
+    assert!(
+        matches!(err, Err(Error::NonFinite { index: 5, .. })),
+        "{err:?}"
+    );
+    // Nothing of the state is lost to a refused step.
+    let fresh = ops::EmaState::with_dim(c.clone(), 2).unwrap();
+    assert_eq!(
+        (&state.cluster_size, &state.embed_sum, &state.codebook),
+        (&fresh.cluster_size, &fresh.embed_sum, &fresh.codebook),
+        "{name}"
+    );
     // Empty data through every operation.
     let mut cent = c.clone();
     let rep = ops::kmeans_step(b, &[], &mut cent, 2).unwrap();

@@ -267,6 +267,21 @@ impl Backend for CpuBackend {
         embed_sum: &mut Vec<f32>,
         codebook: &mut Vec<f32>,
     ) -> Result<()> {
+        self.ema_update_host(x, idx, shape, params, cluster_size, embed_sum, codebook)
+    }
+
+    fn ema_update_host(
+        &self,
+        x: &[f32],
+        idx: &[u32],
+        shape: Shape,
+        params: EmaParams,
+        cluster_size: &mut [f32],
+        embed_sum: &mut [f32],
+        codebook: &mut [f32],
+    ) -> Result<()> {
+        // Host memory is this backend's memory: the step runs on the caller's slices (a
+        // copy of x and of the state each call had cost more than the step itself).
         let (xl, il) = (x.len(), idx.len());
         check::ema(
             shape,
