@@ -361,8 +361,10 @@ pub fn ema_update<B: Backend>(
     check_len("indices", idx.len(), n)?;
     check_len("cluster_size", state.cluster_size.len(), k)?;
     check_len("embed_sum", state.embed_sum.len(), k * d)?;
-    check_finite("points", x)?;
-    check_codes(idx, k)?;
+    // A code out of range gives way to a NaN or an infinity among the points, as if they
+    // were checked first; the backend checks them (on the CPU, mostly without a pass of
+    // its own: see `CpuBackend::ema_update_host`).
+    check_codes(idx, k).map_err(|e| check_finite("points", x).err().unwrap_or(e))?;
     b.ema_update_host(
         x,
         idx,

@@ -311,10 +311,12 @@ pub trait Backend: Send + Sync {
         Ok((self.download(&idx)?, self.download(&dist)?))
     }
 
-    /// [`Backend::ema_update`] on host slices, the state updated in place. The default
-    /// uploads the points, the codes and the state, runs the step and downloads all three
-    /// buffers before writing any back (a failed download leaves the state as it was); a
-    /// backend whose memory is the host's (the CPU) runs in place instead.
+    /// [`Backend::ema_update`] on host slices, the state updated in place. Unlike it, the
+    /// points must be finite: a NaN or an infinity among them is [`Error::NonFinite`] (the
+    /// first one's index in `x`), and the state is left as it was, as it is on any error.
+    /// The default checks the points, uploads them, the codes and the state, runs the step
+    /// and downloads all three buffers before writing any back; a backend whose memory is
+    /// the host's (the CPU) runs in place instead.
     #[allow(clippy::too_many_arguments)]
     fn ema_update_host(
         &self,
@@ -326,6 +328,7 @@ pub trait Backend: Send + Sync {
         embed_sum: &mut [f32],
         codebook: &mut [f32],
     ) -> Result<()> {
+        check_finite("points", x)?;
         let (xb, ib) = (self.upload(x)?, self.upload(idx)?);
         let mut size = self.upload(cluster_size)?;
         let mut esum = self.upload(embed_sum)?;

@@ -451,6 +451,20 @@ pub fn check_bad_input<B: Backend>(b: &B) {
         matches!(err, Err(Error::NonFinite { index: 5, .. })),
         "{err:?}"
     );
+    // Many points per code (the CPU then keeps a copy of the state rather than reading x
+    // first), the infinity late in x: the same error, the first bad index.
+    let many: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
+    let codes: Vec<u32> = (0..32).map(|i| i % 3).collect();
+    for at in [41, 63] {
+        let mut bad = many.clone();
+        bad[at] = f32::INFINITY;
+        bad[at - 2] = f32::NEG_INFINITY;
+        let err = ops::ema_update(b, &bad, &codes, 2, EmaParams::default(), &mut state);
+        assert!(
+            matches!(err, Err(Error::NonFinite { index, .. }) if index == at - 2),
+            "{name}: {err:?}"
+        );
+    }
     // Nothing of the state is lost to a refused step.
     let fresh = ops::EmaState::with_dim(c.clone(), 2).unwrap();
     assert_eq!(
@@ -458,6 +472,9 @@ pub fn check_bad_input<B: Backend>(b: &B) {
         (&fresh.cluster_size, &fresh.embed_sum, &fresh.codebook),
         "{name}"
     );
+    // A running sum that is NaN already is no error of the points.
+    state.embed_sum[1] = f32::NAN;
+    ops::ema_update(b, &many, &codes, 2, EmaParams::default(), &mut state).unwrap();
     // Empty data through every operation.
     let mut cent = c.clone();
     let rep = ops::kmeans_step(b, &[], &mut cent, 2).unwrap();

@@ -267,7 +267,7 @@ impl Backend for CpuBackend {
         embed_sum: &mut Vec<f32>,
         codebook: &mut Vec<f32>,
     ) -> Result<()> {
-        self.ema_update_host(x, idx, shape, params, cluster_size, embed_sum, codebook)
+        self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook))
     }
 
     fn ema_update_host(
@@ -282,12 +282,70 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         // Host memory is this backend's memory: the step runs on the caller's slices (a
         // copy of x and of the state each call had cost more than the step itself).
-        let (xl, il) = (x.len(), idx.len());
+        //
+        // A NaN or an infinity among the points makes its code's batch sum, and so its
+        // running sum, non-finite (f64 sums of finite floats do not overflow). Where the
+        // points outnumber the codes EMA_SNAPSHOT_RATIO times, the step runs first on a
+        // kept copy of the state, and x is searched only if a running sum comes out
+        // non-finite, the copy then put back: a pass over k x d instead of n x d.
+        let Shape { n, k, d } = shape;
         check::ema(
             shape,
             params,
-            xl,
-            il,
+            x.len(),
+            idx.len(),
+            cluster_size.len(),
+            embed_sum.len(),
+            codebook.len(),
+        )?;
+        if n < EMA_SNAPSHOT_RATIO * k {
+            super::check_finite("points", x)?;
+            return self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook));
+        }
+        let kept = (
+            crate::resources::copied("the EMA state kept", cluster_size)?,
+            crate::resources::copied("the EMA state kept", embed_sum)?,
+            crate::resources::copied("the EMA state kept", codebook)?,
+        );
+        self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook))?;
+        let finite = self.run(k * d, |par| {
+            let ok = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
+            if par {
+                embed_sum.par_chunks(d.max(1) * 64).all(ok)
+            } else {
+                ok(embed_sum)
+            }
+        });
+        if !finite && let Err(e) = super::check_finite("points", x) {
+            cluster_size.copy_from_slice(&kept.0);
+            embed_sum.copy_from_slice(&kept.1);
+            codebook.copy_from_slice(&kept.2);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Points per code from which [`CpuBackend::ema_update_host`] keeps a copy of the state
+/// (2 k x d + k floats copied) rather than reading the n x d points for NaN and
+/// infinities before the step.
+const EMA_SNAPSHOT_RATIO: usize = 8;
+
+impl CpuBackend {
+    /// The EMA step on host slices, the shapes and parameters checked.
+    fn ema_step(
+        &self,
+        x: &[f32],
+        idx: &[u32],
+        shape: Shape,
+        params: EmaParams,
+        (cluster_size, embed_sum, codebook): (&mut [f32], &mut [f32], &mut [f32]),
+    ) -> Result<()> {
+        check::ema(
+            shape,
+            params,
+            x.len(),
+            idx.len(),
             cluster_size.len(),
             embed_sum.len(),
             codebook.len(),
