@@ -130,7 +130,7 @@ pub(crate) trait AnyBackend {
         idx: &[u32],
         d: usize,
         params: EmaParams,
-        state: &mut vqkit::ops::EmaState,
+        state: (&mut [f32], &mut [f32], &mut [f32]),
     ) -> vqkit::Result<()>;
     fn model(&self, job: model::ModelJob<'_>) -> vqkit::Result<model::ModelOut>;
     fn name(&self) -> String;
@@ -169,9 +169,9 @@ impl<B: Backend> AnyBackend for Erased<'_, B> {
         idx: &[u32],
         d: usize,
         params: EmaParams,
-        state: &mut vqkit::ops::EmaState,
+        state: (&mut [f32], &mut [f32], &mut [f32]),
     ) -> vqkit::Result<()> {
-        vqkit::ops::ema_update(self.0, x, idx, d, params, state)
+        vqkit::ops::ema_update_in_place(self.0, x, idx, d, params, state)
     }
     fn model(&self, job: model::ModelJob<'_>) -> vqkit::Result<model::ModelOut> {
         job.run(self.0)
@@ -375,21 +375,15 @@ fn ema_update<'py>(
         slices.next().unwrap_or_else(|| unreachable!())?,
         slices.next().unwrap_or_else(|| unreachable!())?,
     );
-    let mut state = vqkit::ops::EmaState {
-        cluster_size: size.to_vec(),
-        embed_sum: esum.to_vec(),
-        codebook: code.to_vec(),
-    };
     let params = EmaParams { decay, eps };
-    let state = on_backend(
+    // The arrays are updated where they lie, with no copies (a refused step leaves them
+    // as they were). An interrupt does not cut the step short: KeyboardInterrupt is
+    // raised after it, the step applied.
+    on_backend(
         py,
         backend,
-        Job(move |b: &dyn AnyBackend| b.ema(xs, &idx, d, params, &mut state).map(|()| state)),
-    )?;
-    size.copy_from_slice(&state.cluster_size);
-    esum.copy_from_slice(&state.embed_sum);
-    code.copy_from_slice(&state.codebook);
-    Ok(())
+        Job(move |b: &dyn AnyBackend| b.ema(xs, &idx, d, params, (size, esum, code))),
+    )
 }
 
 /// Every backend vqkit knows: whether this build has it, and whether it runs here (with

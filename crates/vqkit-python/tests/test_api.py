@@ -191,6 +191,37 @@ def test_bad_training_input_raises(blobs):
         vqkit.assign(torch.zeros(3, 2, device="meta"), np.zeros((1, 2), np.float32))
 
 
+def test_ema_update_writes_in_place_and_a_refused_step_changes_nothing():
+    rng = np.random.default_rng(5)
+    k, d = 4, 3
+    size = np.zeros(k, np.float32)
+    esum = rng.standard_normal((k, d), dtype=np.float32)
+    code = esum.copy()
+    for n in (10, 64):  # under and over 8 points per code (the CPU's two ways to check x)
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        idx = np.arange(n) % k
+        before = [a.copy() for a in (size, esum, code)]
+        bad = x.copy()
+        bad[n - 1, 2] = np.nan
+        with pytest.raises(vqkit.VqkitError, match="non-finite"):
+            vqkit.ema_update(bad, idx, size, esum, code, decay=0.8, eps=1e-5)
+        with pytest.raises(vqkit.VqkitError, match="out of range"):
+            vqkit.ema_update(x, np.full(n, k), size, esum, code, decay=0.8, eps=1e-5)
+        for a, b in zip((size, esum, code), before):
+            np.testing.assert_array_equal(a, b)
+        # The step itself, against NumPy in float64.
+        vqkit.ema_update(x, idx, size, esum, code, decay=0.8, eps=1e-5)
+        counts = np.bincount(idx, minlength=k)
+        sums = np.zeros((k, d))
+        np.add.at(sums, idx, x.astype(np.float64))
+        want_size = 0.8 * before[0] + 0.2 * counts
+        want_esum = 0.8 * before[1] + 0.2 * sums.astype(np.float32)
+        smoothed = (want_size + 1e-5) / (want_size.sum() + k * 1e-5) * want_size.sum()
+        np.testing.assert_allclose(size, want_size, rtol=1e-6)
+        np.testing.assert_allclose(esum, want_esum, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(code, want_esum / smoothed[:, None], rtol=1e-5, atol=1e-6)
+
+
 def test_bad_codes_raise(blobs):
     rq = vqkit.ResidualQuantizer(32, 2, 4, niter=2)
     rq.train(blobs[:2000])

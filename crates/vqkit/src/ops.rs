@@ -354,13 +354,32 @@ pub fn ema_update<B: Backend>(
     params: EmaParams,
     state: &mut EmaState,
 ) -> Result<()> {
+    let EmaState {
+        cluster_size,
+        embed_sum,
+        codebook,
+    } = state;
+    ema_update_in_place(b, x, idx, d, params, (cluster_size, embed_sum, codebook))
+}
+
+/// [`ema_update`] on a state held elsewhere (NumPy or PyTorch buffers): `cluster_size`
+/// (k), `embed_sum` and `codebook` (k x d), updated in place, or left as they were on an
+/// error.
+pub fn ema_update_in_place<B: Backend>(
+    b: &B,
+    x: &[f32],
+    idx: &[u32],
+    d: usize,
+    params: EmaParams,
+    (cluster_size, embed_sum, codebook): (&mut [f32], &mut [f32], &mut [f32]),
+) -> Result<()> {
     let n = rows("points", x, d)?;
-    let k = rows("codebook", &state.codebook, d)?;
+    let k = rows("codebook", codebook, d)?;
     Shape::new(n, k, d).validate()?;
     params.validate()?;
     check_len("indices", idx.len(), n)?;
-    check_len("cluster_size", state.cluster_size.len(), k)?;
-    check_len("embed_sum", state.embed_sum.len(), k * d)?;
+    check_len("cluster_size", cluster_size.len(), k)?;
+    check_len("embed_sum", embed_sum.len(), k * d)?;
     // A code out of range gives way to a NaN or an infinity among the points, as if they
     // were checked first; the backend checks them (on the CPU, mostly without a pass of
     // its own: see `CpuBackend::ema_update_host`).
@@ -370,8 +389,8 @@ pub fn ema_update<B: Backend>(
         idx,
         Shape::new(n, k, d),
         params,
-        &mut state.cluster_size,
-        &mut state.embed_sum,
-        &mut state.codebook,
+        cluster_size,
+        embed_sum,
+        codebook,
     )
 }

@@ -186,6 +186,11 @@ def ema_update(
     Host arrays: float32 C-contiguous NumPy arrays (or CPU tensors) updated where they lie,
     int64 indices. Device arrays (``__cuda_array_interface__``): float32, int32 indices
     (as :func:`assign` returns them for device input).
+
+    A refused step (a code out of range, a NaN or infinity in ``x``) raises
+    :class:`VqkitError` and leaves the arrays as they were. On the host nothing is copied:
+    the step runs on the arrays themselves, and a KeyboardInterrupt during it is raised
+    once the step is applied.
     """
     if _cai(x) is not None:
         _vqkit.cuda_ema_update(
