@@ -6,6 +6,9 @@ alternating the two sides, medians.
             whose `seconds` time the host call without file reading), n=100,000 d=128 k=1024
   kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
             train images, d = 784), same threads and iterations; objectives of both
+  ema       vqkit.ema_update on NumPy arrays against the same step in PyTorch ops (bincount,
+            index_add_, lerp_, as vector-quantize-pytorch's EMA does it), at a VQ-VAE
+            batch (2048 x 512 x 64), 8192 x 1024 x 256 and 100,000 x 1024 x 128
   layer     vqkit.torch.VectorQuantize against vector-quantize-pytorch's, forward and
             backward in training mode, codebook 8192, dim 256, 32,768 vectors; and the peak
             memory of one step of each, each in a fresh process
@@ -13,7 +16,7 @@ alternating the two sides, medians.
 Install the release build first (`pip install ./crates/vqkit-python`, plus faiss-cpu,
 torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
 
-    python3 scripts/python_bench.py overhead kmeans layer --reps 5
+    python3 scripts/python_bench.py overhead kmeans ema layer --reps 5
 """
 
 import argparse
@@ -72,6 +75,51 @@ def overhead(reps, threads):
     gflop = 2 * 100_000 * 1024 * 128 / 1e9
     print(f"| assign n=100000 d=128 k=1024, {threads} threads | {r:.1f} ms ({gflop / r * 1e3:.0f} GFLOP/s) "
           f"| {p:.1f} ms ({gflop / p * 1e3:.0f} GFLOP/s) | {100 * (p / r - 1):+.1f}% |")
+
+
+def ema(reps, threads):
+    # PyTorch's OpenMP threads busy-wait after each op by default and take the cores from
+    # the vqkit call that follows (see scripts/compare_faiss_assign.py): set before torch
+    # loads, unless set already.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+    import vqkit
+
+    vqkit.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    decay, eps = 0.99, 1e-5
+    for n, k, d in ((2048, 512, 64), (8192, 1024, 256), (100_000, 1024, 128)):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        idx = rng.integers(0, k, n)
+        start = rng.standard_normal((k, d), dtype=np.float32)
+        ours = [np.zeros(k, np.float32), start.copy(), start.copy()]
+        tx, ti = torch.from_numpy(x), torch.from_numpy(idx)
+        theirs = [torch.zeros(k), torch.from_numpy(start.copy()), torch.from_numpy(start.copy())]
+
+        def torch_step():
+            size, esum, code = theirs
+            counts = torch.bincount(ti, minlength=k).to(torch.float32)
+            sums = torch.zeros(k, d).index_add_(0, ti, tx)
+            size.lerp_(counts, 1 - decay)
+            esum.lerp_(sums, 1 - decay)
+            total = size.sum()
+            code.copy_(esum / ((size + eps) / (total + k * eps) * total)[:, None])
+
+        vqkit.ema_update(x, idx, *ours, decay=decay, eps=eps)  # warm: pools, pages
+        torch_step()
+        py, th = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            torch_step()
+            th.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            vqkit.ema_update(x, idx, *ours, decay=decay, eps=eps)
+            py.append(time.perf_counter() - t)
+        a, b = median_ms(py), median_ms(th)
+        gbs = n * d * 4 / 1e6
+        print(f"| ema_update n={n} k={k} d={d}, {threads} threads | {b:.3f} ms ({gbs / b:.1f} GB/s of x) "
+              f"| {a:.3f} ms ({gbs / a:.1f} GB/s of x) | {b / a:.2f}x |")
 
 
 def fashion_train():
@@ -158,7 +206,7 @@ def layer(reps, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["overhead", "kmeans", "layer"])
+    ap.add_argument("what", nargs="+", choices=["overhead", "kmeans", "ema", "layer"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--k", type=int, default=1024)
@@ -169,6 +217,8 @@ def main():
             overhead(a.reps, a.threads)
         elif w == "kmeans":
             kmeans(a.reps, a.threads, a.k)
+        elif w == "ema":
+            ema(a.reps, a.threads)
         else:
             layer(a.reps, a.threads)
 
