@@ -267,7 +267,10 @@ impl Backend for CpuBackend {
         embed_sum: &mut Vec<f32>,
         codebook: &mut Vec<f32>,
     ) -> Result<()> {
-        self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook))
+        let state = (&mut cluster_size[..], &mut embed_sum[..], &mut codebook[..]);
+        check_ema(shape, params, x, idx, &state)?;
+        self.ema_step(x, idx, shape, params, state);
+        Ok(())
     }
 
     fn ema_update_host(
@@ -289,32 +292,20 @@ impl Backend for CpuBackend {
         // kept copy of the state, and x is searched only if a running sum comes out
         // non-finite, the copy then put back: a pass over k x d instead of n x d.
         let Shape { n, k, d } = shape;
-        check::ema(
-            shape,
-            params,
-            x.len(),
-            idx.len(),
-            cluster_size.len(),
-            embed_sum.len(),
-            codebook.len(),
-        )?;
+        check_ema(shape, params, x, idx, &(cluster_size, embed_sum, codebook))?;
         if n < EMA_SNAPSHOT_RATIO * k {
             super::check_finite("points", x)?;
-            return self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook));
+            self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook));
+            return Ok(());
         }
         let kept = (
             crate::resources::copied("the EMA state kept", cluster_size)?,
             crate::resources::copied("the EMA state kept", embed_sum)?,
             crate::resources::copied("the EMA state kept", codebook)?,
         );
-        self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook))?;
-        let finite = self.run(k * d, |par| {
-            let ok = |c: &[f32]| c.iter().fold(true, |ok, v| ok & v.is_finite());
-            if par {
-                embed_sum.par_chunks(d.max(1) * 64).all(ok)
-            } else {
-                ok(embed_sum)
-            }
+        self.ema_step(x, idx, shape, params, (cluster_size, embed_sum, codebook));
+        let finite = self.run(k * d, |_| {
+            super::check_finite("embed_sum", embed_sum).is_ok()
         });
         if !finite && let Err(e) = super::check_finite("points", x) {
             cluster_size.copy_from_slice(&kept.0);
@@ -331,8 +322,20 @@ impl Backend for CpuBackend {
 /// infinities before the step.
 const EMA_SNAPSHOT_RATIO: usize = 8;
 
+/// The EMA step's shapes and parameters, for host slices (sizes, running sums, codebook).
+fn check_ema(
+    shape: Shape,
+    params: EmaParams,
+    x: &[f32],
+    idx: &[u32],
+    (size, esum, code): &(&mut [f32], &mut [f32], &mut [f32]),
+) -> Result<()> {
+    let (s, e, c) = (size.len(), esum.len(), code.len());
+    check::ema(shape, params, x.len(), idx.len(), s, e, c)
+}
+
 impl CpuBackend {
-    /// The EMA step on host slices, the shapes and parameters checked.
+    /// The EMA step on host slices whose shapes and parameters [`check_ema`] passed.
     fn ema_step(
         &self,
         x: &[f32],
@@ -340,16 +343,7 @@ impl CpuBackend {
         shape: Shape,
         params: EmaParams,
         (cluster_size, embed_sum, codebook): (&mut [f32], &mut [f32], &mut [f32]),
-    ) -> Result<()> {
-        check::ema(
-            shape,
-            params,
-            x.len(),
-            idx.len(),
-            cluster_size.len(),
-            embed_sum.len(),
-            codebook.len(),
-        )?;
+    ) {
         let Shape { n, k, d } = shape;
         self.run(n * d + k * d, |par| {
             cluster_sums::ema(
@@ -362,6 +356,5 @@ impl CpuBackend {
                 (cluster_size, embed_sum, codebook),
             );
         });
-        Ok(())
     }
 }
