@@ -513,7 +513,7 @@ pub(crate) fn distance_argmin_blocked(
         1
     };
     if slices <= 1 {
-        let fused = !blocking.direct && d >= FUSED_NORM_MIN_D;
+        let fused = fuses_norms(&blocking);
         for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
             rows_block(
                 kernel,
@@ -660,15 +660,25 @@ fn codebook_stream(
     Ok(())
 }
 
-/// Rows at least this wide take their |x|^2 as they are packed (`rows_block`'s `finish`)
-/// rather than in a pass after the walk. `vqkit bench --grid wide --op assign --threads 2`,
-/// 2 alternating runs, on a 2-core Xeon with 2 MiB of L2 per core: d = 2048, n = 19,073,
-/// k = 256 80.0 -> 65.8 ms; d = 512, k = 256 73.3 -> 68.3 ms; d = 128 and 32 at
-/// k >= 256, 4% to 8% (with 12-row tiles at offsets fixed at compile time,
-/// `rows_avx512`'s PACKED). Below 32 floats the pass is cheap and the calls per block
-/// cost more (d = 8, k = 256 2.0 -> 2.3 ms). Blocks read in place (`Blocking::direct`)
-/// keep the pass: a call per row cost more there (d = 32, k = 16 1.3 -> 1.6 ms).
-const FUSED_NORM_MIN_D: usize = 32;
+/// Whether a task takes its rows' |x|^2 as it packs each block (`rows_block`'s `finish`,
+/// [`packed_norms`]) rather than in a pass after the walk: wherever the rows are packed. Until
+/// 4d711d2 that pass read x again, from beyond L2 at wide d (6% of a one-thread call at
+/// 19,073 x 256 x 2048 in `perf`); `vqkit bench --grid wide --op assign --threads 2`, 2
+/// alternating runs, on a 2-core Xeon with 2 MiB of L2 per core: d = 2048, n = 19,073,
+/// k = 256 80.0 -> 65.8 ms; d = 512, k = 256 73.3 -> 68.3 ms; d = 128 and 32 at k >= 256,
+/// 4% to 8%. Below 32 floats it then lost (d = 8, k = 256 2.0 -> 2.3 ms): the norms were
+/// taken row by row, each a 16-term scalar sum. Since they are taken from the packed
+/// rows, the rows in a vector's lanes, it wins at every width (`vqkit bench --op assign
+/// --n 100000 --threads 2`, 3 alternating runs, the threshold read from the environment
+/// in a build that was not kept, fused below 32 floats or not): d = 16, k = 256
+/// 3.83-4.01 -> 3.50-3.58 ms, k = 4096 46.6-48.7 -> 45.7-47.0 ms; d = 8, k = 256
+/// 2.04-2.16 -> 1.89-1.98 ms; d = 24, k = 1024 17.1-17.7 -> 16.6-17.1 ms; d = 2, k = 32
+/// 0.58-1.05 -> 0.52-0.91 ms; d = 4, k = 4096 the same. Blocks read in place
+/// (`Blocking::direct`) keep the pass: a call per row cost more there (d = 32, k = 16 1.3
+/// -> 1.6 ms).
+fn fuses_norms(blocking: &Blocking) -> bool {
+    !blocking.direct
+}
 
 /// `out[i] = |x_i|^2` ([`sq_norm`]) for the rows of `x`, compiled for each instruction set
 /// it runs on. [`sq_norm`] multiplies and adds in separate roundings (Rust never fuses the
@@ -721,13 +731,18 @@ unsafe fn row_norms_avx2(x: &[f32], d: usize, out: &mut [f32]) {
 fn packed_norms(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
     assert!(xt.len() >= d * mr && out.len() <= mr);
     #[cfg(target_arch = "x86_64")]
-    if mr <= 16 && Isa::Avx512.supported() {
+    if Isa::Avx512.supported() {
         // SAFETY: AVX-512F was detected at run time; the lengths are asserted.
         return unsafe { x86::packed_norms_avx512(xt, d, mr, out) };
-    } else if mr <= 8 && Isa::Avx2.supported() {
+    } else if Isa::Avx2.supported() {
         // SAFETY: AVX2 was detected at run time; the lengths are asserted.
         return unsafe { x86::packed_norms_avx2(xt, d, mr, out) };
     }
+    packed_norms_portable(xt, d, mr, out)
+}
+
+/// [`packed_norms`] without SIMD intrinsics.
+fn packed_norms_portable(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
     if mr == PORTABLE_MR {
         return packed_norms_body::<PORTABLE_MR>(xt, d, out);
     }
@@ -1248,7 +1263,7 @@ fn rows_block(
     let rows = idx.len();
     // With `finish` (only where every block is packed), each row's |x|^2 is taken as its
     // block is packed, while the row is in cache, rather than in a pass of its own after
-    // the walk, which read x again from beyond L2 at wide d (see [`FUSED_NORM_MIN_D`]).
+    // the walk, which read x again from beyond L2 at wide d (see [`fuses_norms`]).
     assert!(
         !finish || !blocking.direct,
         "finish fused only with packed blocks"
@@ -1764,14 +1779,29 @@ mod x86 {
     /// roundings, as in [`super::sq_norm`]), the 16 partials added in order.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `mr <= 16`, `xt` holds `d * mr` floats, `out` at most `mr`.
+    /// The CPU has AVX-512F; `xt` holds `d * mr` floats, `out` at most `mr`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn packed_norms_avx512(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
-        let mask = ((1u32 << mr) - 1) as __mmask16;
-        let base = xt.as_ptr();
+        // Sixteen rows at a time (the tall kernels' blocks have 32 or 64).
+        for (g, out) in out.chunks_mut(16).enumerate() {
+            let g0 = g * 16;
+            let rows = (mr - g0).min(16);
+            // SAFETY: lanes g0..g0 + rows of each step lie inside the step's mr floats.
+            unsafe { norms16(xt.as_ptr().add(g0), d, (mr, rows), out) }
+        }
+    }
+
+    /// [`packed_norms_avx512`] for lanes `0..rows` of each step (`mr` floats apart from
+    /// `base`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `rows <= 16`, `out` at most `rows`, and `base + t * mr + r`
+    /// is readable for t < d, r < rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn norms16(base: *const f32, d: usize, (mr, rows): (usize, usize), out: &mut [f32]) {
+        let mask = ((1u32 << rows) - 1) as __mmask16;
         let mut p = [_mm512_setzero_ps(); 16];
-        // SAFETY: step t's lanes under the mask are xt[t * mr..(t + 1) * mr], inside `xt`
-        // for t < d; masked-off lanes are not read.
+        // SAFETY: the caller's contract; masked-off lanes are not read.
         unsafe {
             // Whole sixteens unrolled, so that the partials stay in registers.
             let full = d / 16 * 16;
@@ -1799,14 +1829,27 @@ mod x86 {
     /// [`packed_norms_avx512`] in 8 lanes.
     ///
     /// # Safety
-    /// The CPU has AVX2; `mr <= 8`, `xt` holds `d * mr` floats, `out` at most `mr`.
+    /// The CPU has AVX2; `xt` holds `d * mr` floats, `out` at most `mr`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn packed_norms_avx2(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
+        for (g, out) in out.chunks_mut(8).enumerate() {
+            let g0 = g * 8;
+            let rows = (mr - g0).min(8);
+            // SAFETY: lanes g0..g0 + rows of each step lie inside the step's mr floats.
+            unsafe { norms8(xt.as_ptr().add(g0), d, (mr, rows), out) }
+        }
+    }
+
+    /// [`packed_norms_avx2`] for lanes `0..rows` of each step.
+    ///
+    /// # Safety
+    /// As [`norms16`], with AVX2 and `rows <= 8`.
+    #[target_feature(enable = "avx2")]
+    unsafe fn norms8(base: *const f32, d: usize, (mr, rows): (usize, usize), out: &mut [f32]) {
         let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(mr as i32), lane);
-        let base = xt.as_ptr();
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rows as i32), lane);
         let mut p = [_mm256_setzero_ps(); 16];
-        // SAFETY: as in `packed_norms_avx512`.
+        // SAFETY: as in `norms16`.
         unsafe {
             // Whole sixteens unrolled, so that the partials stay in registers.
             let full = d / 16 * 16;
@@ -2506,13 +2549,15 @@ mod tests {
     /// tails) gives the bits of the unblocked walk, on every instruction set, at shapes
     /// whose n, k and d leave remainders against every MR, NR and chunk. Codebooks drawn
     /// from the points with repeats make exact ties, so the tie rule is exercised too.
-    /// The norms of a packed block are [`sq_norm`]'s bits on each row, at every MR (and
-    /// one no kernel uses), for blocks short of MR rows, at d around each multiple of 16,
+    type PackedNorms = fn(&[f32], usize, usize, &mut [f32]);
+
+    /// The norms of a packed block are [`sq_norm`]'s bits on each row, in every build the
+    /// CPU runs, at every MR (and one no kernel uses), for blocks short of MR rows, at d around each multiple of 16,
     /// with overflowing squares, NaNs, infinities and zeros of either sign among the values.
     #[test]
     fn packed_norms_are_sq_norm() {
         let mut rng = Rng::new(5);
-        let mut mrs = vec![PORTABLE_MR, 5];
+        let mut mrs = vec![PORTABLE_MR, 5, 32, 64];
         #[cfg(target_arch = "x86_64")]
         mrs.extend([x86::AVX2_MR, x86::AVX512_MR]);
         for mr in mrs {
@@ -2531,11 +2576,32 @@ mod tests {
                     }
                     let mut xt = vec![0.0f32; mr * d];
                     pack_rows(&x, d, mr, &mut xt);
-                    let mut out = vec![0.0f32; rows];
-                    packed_norms(&xt, d, mr, &mut out);
-                    for (r, o) in out.iter().enumerate() {
-                        let want = sq_norm(&x[r * d..(r + 1) * d]);
-                        assert_eq!(o.to_bits(), want.to_bits(), "mr={mr} d={d} row {r}");
+                    let mut ways: Vec<(&str, PackedNorms)> = vec![
+                        ("dispatched", packed_norms),
+                        ("portable", packed_norms_portable),
+                    ];
+                    #[cfg(target_arch = "x86_64")]
+                    if Isa::Avx2.supported() {
+                        // SAFETY: AVX2 was detected at run time; the lengths hold.
+                        ways.push(("avx2", |xt, d, mr, out| unsafe {
+                            x86::packed_norms_avx2(xt, d, mr, out)
+                        }));
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    if Isa::Avx512.supported() {
+                        // SAFETY: AVX-512F was detected at run time; the lengths hold.
+                        ways.push(("avx512", |xt, d, mr, out| unsafe {
+                            x86::packed_norms_avx512(xt, d, mr, out)
+                        }));
+                    }
+                    for (way, norms) in ways {
+                        let mut out = vec![0.0f32; rows];
+                        norms(&xt, d, mr, &mut out);
+                        for (r, o) in out.iter().enumerate() {
+                            let want = sq_norm(&x[r * d..(r + 1) * d]);
+                            let at = format!("{way} mr={mr} d={d} row {r}");
+                            assert_eq!(o.to_bits(), want.to_bits(), "{at}");
+                        }
                     }
                 }
             }
