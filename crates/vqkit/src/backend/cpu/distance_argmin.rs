@@ -689,6 +689,9 @@ fn fuses_norms(blocking: &Blocking) -> bool {
 /// alternating runs, medians: k = 16, d = 32 1.98 -> 1.78 ms, d = 128 5.09 -> 4.54 ms,
 /// d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 -> 6.28 ms.
 pub(crate) fn row_norms(x: &[f32], d: usize, out: &mut [f32]) {
+    if d == 0 {
+        return out.fill(0.0);
+    }
     #[cfg(target_arch = "x86_64")]
     if Isa::Avx512.supported() {
         // SAFETY: AVX-512F was detected at run time.
@@ -710,7 +713,11 @@ fn row_norms_body(x: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn row_norms_avx512(x: &[f32], d: usize, out: &mut [f32]) {
-    row_norms_body(x, d, out)
+    let rows = (x.len() / d).min(out.len());
+    for (g, out) in out[..rows].chunks_mut(16).enumerate() {
+        // SAFETY: AVX-512F is enabled here; the group's rows lie inside x.
+        unsafe { x86::norms16_rows(&x[g * 16 * d..(g * 16 + out.len()) * d], d, out) };
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1826,6 +1833,97 @@ mod x86 {
         }
     }
 
+    /// [`super::row_norms`] of up to sixteen rows of x (row-major, d wide): each row's 16
+    /// partial sums in one vector (lane l takes elements l, l + 16, ...: [`super::sq_norm`]'s
+    /// partials, the last short chunk loaded under a mask, whose zeros add +0: no bit
+    /// changes, the partials being never -0), the vectors transposed so that one holds a
+    /// partial of every row, and the partials added in order: [`super::sq_norm`]'s bits,
+    /// with 15 vector adds for the sixteen rows in place of 15 scalar adds and the lane
+    /// extractions feeding them per row.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `d >= 1` and `out.len() <= 16`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn norms16_rows(x: &[f32], d: usize, out: &mut [f32]) {
+        assert!(d >= 1 && out.len() <= 16 && x.len() >= out.len() * d);
+        let full = d / 16 * 16;
+        let tail = ((1u32 << (d - full)) - 1) as __mmask16;
+        let zero = _mm512_setzero_ps();
+        let r: [__m512; 16] = std::array::from_fn(|i| {
+            let Some(row) = x.get(i * d..(i + 1) * d) else {
+                return zero;
+            };
+            let mut a = zero;
+            // SAFETY: the loads lie in the row (the last under a mask of its d - full
+            // floats, the others not read).
+            unsafe {
+                for t in (0..full).step_by(16) {
+                    let v = _mm512_loadu_ps(row.as_ptr().add(t));
+                    a = _mm512_add_ps(a, _mm512_mul_ps(v, v));
+                }
+                if full < d {
+                    let v = _mm512_maskz_loadu_ps(tail, row.as_ptr().add(full));
+                    a = _mm512_add_ps(a, _mm512_mul_ps(v, v));
+                }
+            }
+            a
+        });
+        let p = transpose16(r);
+        let mut n = p[0];
+        for &p in &p[1..] {
+            n = _mm512_add_ps(n, p);
+        }
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: 16 floats into `lanes`.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), n) };
+        out.copy_from_slice(&lanes[..out.len()]);
+    }
+
+    /// The 16 x 16 transpose of `r` (vector i, lane j into vector j, lane i): pairs of
+    /// vectors interleaved by floats, then by pairs of floats, then 128-bit blocks
+    /// exchanged twice; 64 shuffles.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // Within each 128-bit block k: (vector 2i, 2i + 1) x (lanes 4k..4k + 3)
+        // interleaved, the low and the high two lanes.
+        let a: [__m512; 16] = std::array::from_fn(|i| {
+            let (p, q) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(p, q)
+            } else {
+                _mm512_unpackhi_ps(p, q)
+            }
+        });
+        // u[4j + m], block k: lane 4k + m of vectors 4j..4j + 3.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (j, m) = (i / 4, i % 4);
+            let (p, q) = (
+                _mm512_castps_pd(a[4 * j + m / 2]),
+                _mm512_castps_pd(a[4 * j + 2 + m / 2]),
+            );
+            _mm512_castpd_ps(if m % 2 == 0 {
+                _mm512_unpacklo_pd(p, q)
+            } else {
+                _mm512_unpackhi_pd(p, q)
+            })
+        });
+        // For each m, the 4 x 4 blocks of u[m], u[4 + m], u[8 + m], u[12 + m] transposed:
+        // lane 4k + m of all sixteen vectors.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for m in 0..4 {
+            let (a0, b0, c0, d0) = (u[m], u[4 + m], u[8 + m], u[12 + m]);
+            let v0 = _mm512_shuffle_f32x4::<0x44>(a0, b0);
+            let v1 = _mm512_shuffle_f32x4::<0xEE>(a0, b0);
+            let v2 = _mm512_shuffle_f32x4::<0x44>(c0, d0);
+            let v3 = _mm512_shuffle_f32x4::<0xEE>(c0, d0);
+            out[m] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+            out[8 + m] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+        }
+        out
+    }
+
     /// [`packed_norms_avx512`] in 8 lanes.
     ///
     /// # Safety
@@ -2550,6 +2648,56 @@ mod tests {
     /// whose n, k and d leave remainders against every MR, NR and chunk. Codebooks drawn
     /// from the points with repeats make exact ties, so the tie rule is exercised too.
     type PackedNorms = fn(&[f32], usize, usize, &mut [f32]);
+    type RowNorms = fn(&[f32], usize, &mut [f32]);
+
+    /// Values with overflowing squares, NaNs, infinities and zeros of either sign.
+    fn awkward(rng: &mut Rng, len: usize) -> Vec<f32> {
+        let mut x = rng.normal_vec(len);
+        for v in x.iter_mut() {
+            match rng.below(40) {
+                0 => *v = f32::NAN,
+                1 => *v = f32::INFINITY,
+                2 => *v = -0.0,
+                3 => *v = 0.0,
+                4 => *v *= 3e19,
+                _ => {}
+            }
+        }
+        x
+    }
+
+    /// Row norms are [`sq_norm`]'s bits on each row, in every build the CPU runs, for
+    /// groups of rows short of, at and past sixteen, at d around each multiple of 16.
+    #[test]
+    fn row_norms_are_sq_norm() {
+        let mut rng = Rng::new(6);
+        let mut ways: Vec<(&str, RowNorms)> =
+            vec![("dispatched", row_norms), ("portable", row_norms_body)];
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx2.supported() {
+            // SAFETY: AVX2 was detected at run time.
+            ways.push(("avx2", |x, d, out| unsafe { row_norms_avx2(x, d, out) }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx512.supported() {
+            // SAFETY: AVX-512F was detected at run time.
+            ways.push(("avx512", |x, d, out| unsafe { row_norms_avx512(x, d, out) }));
+        }
+        for d in (1..=50).chain([63, 64, 65, 784]) {
+            for rows in [1, 15, 16, 17, 40] {
+                let x = awkward(&mut rng, rows * d);
+                for &(way, norms) in &ways {
+                    let mut out = vec![0.0f32; rows];
+                    norms(&x, d, &mut out);
+                    for (r, o) in out.iter().enumerate() {
+                        let want = sq_norm(&x[r * d..(r + 1) * d]);
+                        let at = format!("{way} d={d} rows={rows} row {r}");
+                        assert_eq!(o.to_bits(), want.to_bits(), "{at}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The norms of a packed block are [`sq_norm`]'s bits on each row, in every build the
     /// CPU runs, at every MR (and one no kernel uses), for blocks short of MR rows, at d around each multiple of 16,
@@ -2563,17 +2711,7 @@ mod tests {
         for mr in mrs {
             for d in (1..=50).chain([63, 64, 65, 784]) {
                 for rows in [1, mr.div_ceil(2), mr] {
-                    let mut x = rng.normal_vec(rows * d);
-                    for v in x.iter_mut() {
-                        match rng.below(40) {
-                            0 => *v = f32::NAN,
-                            1 => *v = f32::INFINITY,
-                            2 => *v = -0.0,
-                            3 => *v = 0.0,
-                            4 => *v *= 3e19,
-                            _ => {}
-                        }
-                    }
+                    let x = awkward(&mut rng, rows * d);
                     let mut xt = vec![0.0f32; mr * d];
                     pack_rows(&x, d, mr, &mut xt);
                     let mut ways: Vec<(&str, PackedNorms)> = vec![
