@@ -285,7 +285,7 @@ fn reduce(
             c0: b.c0,
             rows: rows.map_or(Rows::Range(r0, r1), Rows::Bucket),
         };
-        job.run(isa, acc);
+        in_isa(isa, &job, acc);
     };
     let chunks = n.div_ceil(chunk.max(1));
     if chunks <= 1 {
@@ -465,33 +465,41 @@ enum Rows<'a> {
     Bucket(&'a [usize]),
 }
 
-impl Accumulate<'_> {
-    fn run(&self, isa: super::Isa, acc: &mut [f64]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-            super::Isa::Avx512 => unsafe { self.run_avx512(acc) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            super::Isa::Avx2 => unsafe { self.run_avx2(acc) },
-            _ => self.body(acc),
-        }
-    }
+/// A loop run in the build of the reduction's instruction set ([`in_isa`]): its `body` is
+/// `#[inline(always)]`, and so is every method it calls (a closure or method the compiler
+/// keeps apart is compiled for the baseline, SSE2, whatever its caller's build).
+trait IsaLoop<A> {
+    fn body(&self, a: A);
+}
 
-    /// The loop compiled for AVX-512: 8 widening converts and adds per 64-byte line instead
-    /// of SSE2's 4 of each per 16 bytes, so the core runs far enough ahead to keep memory busy.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, acc: &mut [f64]) {
-        self.body(acc)
+/// `l.body(a)` compiled for `isa`. For the accumulation, AVX-512 does 8 widening converts
+/// and adds per 64-byte line where SSE2 does 4 of each per 16 bytes, so the core runs far
+/// enough ahead to keep memory busy.
+fn in_isa<A, L: IsaLoop<A>>(isa: super::Isa, l: &L, a: A) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
+        super::Isa::Avx512 => unsafe { in_avx512(l, a) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        super::Isa::Avx2 => unsafe { in_avx2(l, a) },
+        _ => l.body(a),
     }
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, acc: &mut [f64]) {
-        self.body(acc)
-    }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn in_avx512<A, L: IsaLoop<A>>(l: &L, a: A) {
+    l.body(a)
+}
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn in_avx2<A, L: IsaLoop<A>>(l: &L, a: A) {
+    l.body(a)
+}
+
+impl IsaLoop<&mut [f64]> for Accumulate<'_> {
     /// The loop with the width a constant at the widths the default grids' tasks take
     /// (whole rows of 32 or 128, column slices of 64), and at any other width. `vqkit bench
     /// --op ema --seconds 1`, 3 runs alternating with the loop at any width (2-core Xeon,
@@ -509,7 +517,9 @@ impl Accumulate<'_> {
             _ => self.body_any(acc),
         }
     }
+}
 
+impl Accumulate<'_> {
     /// [`Self::body_any`] for `W = self.w`: each row's converts and adds unrolled, one
     /// bounds check per row for x and none for the accumulators, the prefetch one
     /// instruction per line.
@@ -694,7 +704,10 @@ fn ema_in(
             d,
             state: (es, cb),
         };
-        step.run(isa, acc);
+        // Compiled for the instruction set the accumulation used: in the baseline build the
+        // step's f64 arithmetic ran two lanes at a time, 12% of the step at n = 100,000,
+        // k = 4096, d = 128 (`perf` of `vqkit bench --op ema`, 2 threads).
+        in_isa(isa, &step, acc);
     });
 }
 
@@ -709,34 +722,7 @@ struct EmaBlock<'a> {
     state: (Out, Out),
 }
 
-impl EmaBlock<'_> {
-    /// Compiled for the instruction set the accumulation used: in the baseline build its
-    /// f64 arithmetic ran two lanes at a time, 12% of the step at n = 100,000, k = 4096,
-    /// d = 128 (`perf` of `vqkit bench --op ema`, 2 threads).
-    fn run(&self, isa: super::Isa, acc: &[f64]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-            super::Isa::Avx512 => unsafe { self.run_avx512(acc) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            super::Isa::Avx2 => unsafe { self.run_avx2(acc) },
-            _ => self.body(acc),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, acc: &[f64]) {
-        self.body(acc)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, acc: &[f64]) {
-        self.body(acc)
-    }
-
+impl IsaLoop<&[f64]> for EmaBlock<'_> {
     /// Each code's running sum `e = decay e + (1 - decay) batch` (the batch sum rounded to
     /// f32 first, as a stored one would be) and codeword `e / smoothed size`, in f64. The
     /// products and sums are rounded separately (Rust never fuses them), so every

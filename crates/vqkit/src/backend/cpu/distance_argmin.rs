@@ -1781,58 +1781,6 @@ mod x86 {
         steps
     }
 
-    /// [`super::packed_norms`] with the block's rows in the lanes of one vector: each step
-    /// loaded under a mask of the MR rows, squared and added into its partial (separate
-    /// roundings, as in [`super::sq_norm`]), the 16 partials added in order.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `xt` holds `d * mr` floats, `out` at most `mr`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn packed_norms_avx512(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
-        // Sixteen rows at a time (the tall kernels' blocks have 32 or 64).
-        for (g, out) in out.chunks_mut(16).enumerate() {
-            let g0 = g * 16;
-            let rows = (mr - g0).min(16);
-            // SAFETY: lanes g0..g0 + rows of each step lie inside the step's mr floats.
-            unsafe { norms16(xt.as_ptr().add(g0), d, (mr, rows), out) }
-        }
-    }
-
-    /// [`packed_norms_avx512`] for lanes `0..rows` of each step (`mr` floats apart from
-    /// `base`).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `rows <= 16`, `out` at most `rows`, and `base + t * mr + r`
-    /// is readable for t < d, r < rows.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn norms16(base: *const f32, d: usize, (mr, rows): (usize, usize), out: &mut [f32]) {
-        let mask = ((1u32 << rows) - 1) as __mmask16;
-        let mut p = [_mm512_setzero_ps(); 16];
-        // SAFETY: the caller's contract; masked-off lanes are not read.
-        unsafe {
-            // Whole sixteens unrolled, so that the partials stay in registers.
-            let full = d / 16 * 16;
-            for t0 in (0..full).step_by(16) {
-                for (l, p) in p.iter_mut().enumerate() {
-                    let t = t0 + l;
-                    let v = _mm512_maskz_loadu_ps(mask, base.add(t * mr));
-                    *p = _mm512_add_ps(*p, _mm512_mul_ps(v, v));
-                }
-            }
-            for (t, p) in (full..d).zip(p.iter_mut()) {
-                let v = _mm512_maskz_loadu_ps(mask, base.add(t * mr));
-                *p = _mm512_add_ps(*p, _mm512_mul_ps(v, v));
-            }
-            let mut n = p[0];
-            for &p in &p[1..] {
-                n = _mm512_add_ps(n, p);
-            }
-            let mut lanes = [0.0f32; 16];
-            _mm512_storeu_ps(lanes.as_mut_ptr(), n);
-            out.copy_from_slice(&lanes[..out.len()]);
-        }
-    }
-
     /// [`super::row_norms`] of up to sixteen rows of x (row-major, d wide): each row's 16
     /// partial sums in one vector (lane l takes elements l, l + 16, ...: [`super::sq_norm`]'s
     /// partials, the last short chunk loaded under a mask, whose zeros add +0: no bit
@@ -1924,52 +1872,63 @@ mod x86 {
         out
     }
 
-    /// [`packed_norms_avx512`] in 8 lanes.
+    /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
+    /// width of rows at a time (the tall kernels' blocks have 32 or 64): each step loaded
+    /// under a mask of the rows, squared and added into its partial (separate roundings,
+    /// as in [`super::sq_norm`]), the 16 partials added in order.
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set; `xt` holds `d * mr` floats,
+    /// `out` at most `mr`.
+    #[inline(always)]
+    unsafe fn packed_norms_simd<V: Lanes>(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
+        for (g, out) in out.chunks_mut(V::W).enumerate() {
+            let g0 = g * V::W;
+            let rows = (mr - g0).min(V::W);
+            let base = xt.as_ptr().wrapping_add(g0);
+            // SAFETY: the lanes read, g0..g0 + rows of each step t < d, lie inside the
+            // step's mr floats; masked-off lanes are not read. Whole sixteens are
+            // unrolled, so that the partials stay in registers.
+            unsafe {
+                let mut p = [V::splat(0.0); 16];
+                let full = d / 16 * 16;
+                for t0 in (0..full).step_by(16) {
+                    for (l, p) in p.iter_mut().enumerate() {
+                        *p = V::add_square(*p, V::load_first(base.add((t0 + l) * mr), rows));
+                    }
+                }
+                for (t, p) in (full..d).zip(p.iter_mut()) {
+                    *p = V::add_square(*p, V::load_first(base.add(t * mr), rows));
+                }
+                let mut n = p[0];
+                for &p in &p[1..] {
+                    n = V::add(n, p);
+                }
+                let mut lanes = [0.0f32; 16];
+                n.store(lanes.as_mut_ptr());
+                out.copy_from_slice(&lanes[..out.len()]);
+            }
+        }
+    }
+
+    /// [`packed_norms_simd`] on AVX-512.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `xt` holds `d * mr` floats, `out` at most `mr`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn packed_norms_avx512(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
+        // SAFETY: compiled for AVX-512F; the caller's contract.
+        unsafe { packed_norms_simd::<__m512>(xt, d, mr, out) }
+    }
+
+    /// [`packed_norms_simd`] on AVX2.
     ///
     /// # Safety
     /// The CPU has AVX2; `xt` holds `d * mr` floats, `out` at most `mr`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn packed_norms_avx2(xt: &[f32], d: usize, mr: usize, out: &mut [f32]) {
-        for (g, out) in out.chunks_mut(8).enumerate() {
-            let g0 = g * 8;
-            let rows = (mr - g0).min(8);
-            // SAFETY: lanes g0..g0 + rows of each step lie inside the step's mr floats.
-            unsafe { norms8(xt.as_ptr().add(g0), d, (mr, rows), out) }
-        }
-    }
-
-    /// [`packed_norms_avx2`] for lanes `0..rows` of each step.
-    ///
-    /// # Safety
-    /// As [`norms16`], with AVX2 and `rows <= 8`.
-    #[target_feature(enable = "avx2")]
-    unsafe fn norms8(base: *const f32, d: usize, (mr, rows): (usize, usize), out: &mut [f32]) {
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(rows as i32), lane);
-        let mut p = [_mm256_setzero_ps(); 16];
-        // SAFETY: as in `norms16`.
-        unsafe {
-            // Whole sixteens unrolled, so that the partials stay in registers.
-            let full = d / 16 * 16;
-            for t0 in (0..full).step_by(16) {
-                for (l, p) in p.iter_mut().enumerate() {
-                    let t = t0 + l;
-                    let v = _mm256_maskload_ps(base.add(t * mr), mask);
-                    *p = _mm256_add_ps(*p, _mm256_mul_ps(v, v));
-                }
-            }
-            for (t, p) in (full..d).zip(p.iter_mut()) {
-                let v = _mm256_maskload_ps(base.add(t * mr), mask);
-                *p = _mm256_add_ps(*p, _mm256_mul_ps(v, v));
-            }
-            let mut n = p[0];
-            for &p in &p[1..] {
-                n = _mm256_add_ps(n, p);
-            }
-            let mut lanes = [0.0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), n);
-            out.copy_from_slice(&lanes[..out.len()]);
-        }
+        // SAFETY: compiled for AVX2; the caller's contract.
+        unsafe { packed_norms_simd::<__m256>(xt, d, mr, out) }
     }
 
     /// The cols kernel of `isa` with its tile (codewords MR, rows NR), if it has one.
@@ -2037,6 +1996,11 @@ mod x86 {
         unsafe fn reduce(v: Self, i: Self::I) -> (f32, u32);
         /// Bit `l` set where lane `l` equals `m`.
         unsafe fn eq_bits(v: Self, m: f32) -> u32;
+        /// Lanes `0..lanes` from `p` (not read beyond), the others zero.
+        unsafe fn load_first(p: *const f32, lanes: usize) -> Self;
+        /// `a + v * v`, two roundings (as Rust computes `a += v * v`).
+        unsafe fn add_square(a: Self, v: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
     }
 
     impl Lanes for __m256 {
@@ -2094,6 +2058,19 @@ mod x86 {
         #[inline(always)]
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
             unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_set1_ps(m))) as u32 }
+        }
+        unsafe fn load_first(p: *const f32, lanes: usize) -> Self {
+            unsafe {
+                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), lane);
+                _mm256_maskload_ps(p, mask)
+            }
+        }
+        unsafe fn add_square(a: Self, v: Self) -> Self {
+            unsafe { _mm256_add_ps(a, _mm256_mul_ps(v, v)) }
+        }
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm256_add_ps(a, b) }
         }
     }
 
@@ -2156,6 +2133,15 @@ mod x86 {
         #[inline(always)]
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
             unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m)) as u32 }
+        }
+        unsafe fn load_first(p: *const f32, lanes: usize) -> Self {
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << lanes) - 1) as __mmask16, p) }
+        }
+        unsafe fn add_square(a: Self, v: Self) -> Self {
+            unsafe { _mm512_add_ps(a, _mm512_mul_ps(v, v)) }
+        }
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm512_add_ps(a, b) }
         }
     }
 
@@ -2689,57 +2675,58 @@ mod tests {
                 for &(way, norms) in &ways {
                     let mut out = vec![0.0f32; rows];
                     norms(&x, d, &mut out);
-                    for (r, o) in out.iter().enumerate() {
-                        let want = sq_norm(&x[r * d..(r + 1) * d]);
-                        let at = format!("{way} d={d} rows={rows} row {r}");
-                        assert_eq!(o.to_bits(), want.to_bits(), "{at}");
-                    }
+                    assert_sq_norms(&x, d, &out, &format!("{way} d={d} rows={rows}"));
                 }
             }
         }
     }
 
+    /// Each of `out` is [`sq_norm`]'s bits on its row of `x`.
+    fn assert_sq_norms(x: &[f32], d: usize, out: &[f32], at: &str) {
+        for (r, o) in out.iter().enumerate() {
+            let want = sq_norm(&x[r * d..(r + 1) * d]);
+            assert_eq!(o.to_bits(), want.to_bits(), "{at} row {r}");
+        }
+    }
+
     /// The norms of a packed block are [`sq_norm`]'s bits on each row, in every build the
-    /// CPU runs, at every MR (and one no kernel uses), for blocks short of MR rows, at d around each multiple of 16,
-    /// with overflowing squares, NaNs, infinities and zeros of either sign among the values.
+    /// CPU runs, at every MR (and one no kernel uses), for blocks short of MR rows, at d
+    /// around each multiple of 16, with overflowing squares, NaNs, infinities and zeros of
+    /// either sign among the values.
     #[test]
     fn packed_norms_are_sq_norm() {
         let mut rng = Rng::new(5);
         let mut mrs = vec![PORTABLE_MR, 5, 32, 64];
         #[cfg(target_arch = "x86_64")]
         mrs.extend([x86::AVX2_MR, x86::AVX512_MR]);
+        let mut ways: Vec<(&str, PackedNorms)> = vec![
+            ("dispatched", packed_norms),
+            ("portable", packed_norms_portable),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx2.supported() {
+            // SAFETY: AVX2 was detected at run time; the tests pass whole blocks.
+            ways.push(("avx2", |xt, d, mr, out| unsafe {
+                x86::packed_norms_avx2(xt, d, mr, out)
+            }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if Isa::Avx512.supported() {
+            // SAFETY: AVX-512F was detected at run time; the tests pass whole blocks.
+            ways.push(("avx512", |xt, d, mr, out| unsafe {
+                x86::packed_norms_avx512(xt, d, mr, out)
+            }));
+        }
         for mr in mrs {
             for d in (1..=50).chain([63, 64, 65, 784]) {
                 for rows in [1, mr.div_ceil(2), mr] {
                     let x = awkward(&mut rng, rows * d);
                     let mut xt = vec![0.0f32; mr * d];
                     pack_rows(&x, d, mr, &mut xt);
-                    let mut ways: Vec<(&str, PackedNorms)> = vec![
-                        ("dispatched", packed_norms),
-                        ("portable", packed_norms_portable),
-                    ];
-                    #[cfg(target_arch = "x86_64")]
-                    if Isa::Avx2.supported() {
-                        // SAFETY: AVX2 was detected at run time; the lengths hold.
-                        ways.push(("avx2", |xt, d, mr, out| unsafe {
-                            x86::packed_norms_avx2(xt, d, mr, out)
-                        }));
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    if Isa::Avx512.supported() {
-                        // SAFETY: AVX-512F was detected at run time; the lengths hold.
-                        ways.push(("avx512", |xt, d, mr, out| unsafe {
-                            x86::packed_norms_avx512(xt, d, mr, out)
-                        }));
-                    }
-                    for (way, norms) in ways {
+                    for &(way, norms) in &ways {
                         let mut out = vec![0.0f32; rows];
                         norms(&xt, d, mr, &mut out);
-                        for (r, o) in out.iter().enumerate() {
-                            let want = sq_norm(&x[r * d..(r + 1) * d]);
-                            let at = format!("{way} mr={mr} d={d} row {r}");
-                            assert_eq!(o.to_bits(), want.to_bits(), "{at}");
-                        }
+                        assert_sq_norms(&x, d, &out, &format!("{way} mr={mr} d={d}"));
                     }
                 }
             }
