@@ -577,40 +577,46 @@ impl Accumulate<'_> {
 
     #[inline(always)]
     fn body_any(&self, acc: &mut [f64]) {
-        let (d, t0, w) = (self.d, self.t0, self.w);
-        let codes = acc.len() / w;
-        let mut add = |i: usize| {
-            // A code below c0 wraps to a huge j: skipped, as are codes past the range.
-            let j = (self.idx[i] as usize).wrapping_sub(self.c0);
-            if j < codes
-                && let Some(row) = self.x.get(i * d + t0..i * d + t0 + w)
-            {
-                for (a, &v) in acc[j * w..(j + 1) * w].iter_mut().zip(row) {
-                    *a += v as f64;
-                }
-            }
-        };
-        // The slice of the row AHEAD_ROWS rows on is prefetched: see [`AHEAD_ROWS`].
-        let prefetch = |i: usize| {
-            if let Some(ahead) = self.x.get(i * d + t0..i * d + t0 + w) {
-                super::distance_argmin::prefetch_l2(ahead);
-            }
-        };
         match self.rows {
             Rows::Bucket(rows) => {
                 for (p, &i) in rows.iter().enumerate() {
                     if let Some(&ahead) = rows.get(p + AHEAD_ROWS) {
-                        prefetch(ahead);
+                        self.prefetch_any(ahead);
                     }
-                    add(i);
+                    self.add_any(acc, i);
                 }
             }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
-                    prefetch(i + AHEAD_ROWS);
-                    add(i);
+                    self.prefetch_any(i + AHEAD_ROWS);
+                    self.add_any(acc, i);
                 }
             }
+        }
+    }
+
+    /// [`Self::add_fixed`] at any width.
+    #[inline(always)]
+    fn add_any(&self, acc: &mut [f64], i: usize) {
+        let (at, w) = (i * self.d + self.t0, self.w);
+        // A code below c0 wraps to a huge j: skipped, as are codes past the range.
+        let j = (self.idx[i] as usize).wrapping_sub(self.c0);
+        // (Compared before `j * w`, which a wrapped j would overflow.)
+        if j < acc.len() / w
+            && let Some(row) = self.x.get(at..at + w)
+        {
+            for (a, &v) in acc[j * w..(j + 1) * w].iter_mut().zip(row) {
+                *a += v as f64;
+            }
+        }
+    }
+
+    /// The slice of row `i`, if it lies in x, prefetched: see [`AHEAD_ROWS`].
+    #[inline(always)]
+    fn prefetch_any(&self, i: usize) {
+        let at = i * self.d + self.t0;
+        if let Some(ahead) = self.x.get(at..at + self.w) {
+            super::distance_argmin::prefetch_l2(ahead);
         }
     }
 }
