@@ -1795,36 +1795,45 @@ mod x86 {
     pub(super) unsafe fn norms16_rows(x: &[f32], d: usize, out: &mut [f32]) {
         assert!(d >= 1 && out.len() <= 16 && x.len() >= out.len() * d);
         let full = d / 16 * 16;
-        let tail = ((1u32 << (d - full)) - 1) as __mmask16;
         let zero = _mm512_setzero_ps();
         let r: [__m512; 16] = std::array::from_fn(|i| {
             let Some(row) = x.get(i * d..(i + 1) * d) else {
                 return zero;
             };
             let mut a = zero;
-            // SAFETY: the loads lie in the row (the last under a mask of its d - full
-            // floats, the others not read).
+            // SAFETY: compiled for AVX-512F; the loads lie in the row (the last under a
+            // mask of its d - full floats, the others not read).
             unsafe {
                 for t in (0..full).step_by(16) {
-                    let v = _mm512_loadu_ps(row.as_ptr().add(t));
-                    a = _mm512_add_ps(a, _mm512_mul_ps(v, v));
+                    a = __m512::add_square(a, _mm512_loadu_ps(row.as_ptr().add(t)));
                 }
                 if full < d {
-                    let v = _mm512_maskz_loadu_ps(tail, row.as_ptr().add(full));
-                    a = _mm512_add_ps(a, _mm512_mul_ps(v, v));
+                    a = __m512::add_square(a, __m512::load_first(row.as_ptr().add(full), d - full));
                 }
             }
             a
         });
-        let p = transpose16(r);
-        let mut n = p[0];
-        for &p in &p[1..] {
-            n = _mm512_add_ps(n, p);
+        // SAFETY: compiled for AVX-512F.
+        unsafe { sum_partials(&transpose16(r), out) }
+    }
+
+    /// [`super::sq_norm`]'s last step on vectors: the 16 partials `p` added in order, lane
+    /// by lane, and lanes `0..out.len()` of the sum written to `out` (at most 16).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set.
+    #[inline(always)]
+    unsafe fn sum_partials<V: Lanes>(p: &[V; 16], out: &mut [f32]) {
+        // SAFETY: the caller's contract; 16 floats hold any V.
+        unsafe {
+            let mut n = p[0];
+            for &p in &p[1..] {
+                n = V::add(n, p);
+            }
+            let mut lanes = [0.0f32; 16];
+            n.store(lanes.as_mut_ptr());
+            out.copy_from_slice(&lanes[..out.len()]);
         }
-        let mut lanes = [0.0f32; 16];
-        // SAFETY: 16 floats into `lanes`.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), n) };
-        out.copy_from_slice(&lanes[..out.len()]);
     }
 
     /// The 16 x 16 transpose of `r` (vector i, lane j into vector j, lane i): pairs of
@@ -1900,13 +1909,7 @@ mod x86 {
                 for (t, p) in (full..d).zip(p.iter_mut()) {
                     *p = V::add_square(*p, V::load_first(base.add(t * mr), rows));
                 }
-                let mut n = p[0];
-                for &p in &p[1..] {
-                    n = V::add(n, p);
-                }
-                let mut lanes = [0.0f32; 16];
-                n.store(lanes.as_mut_ptr());
-                out.copy_from_slice(&lanes[..out.len()]);
+                sum_partials(&p, out);
             }
         }
     }
