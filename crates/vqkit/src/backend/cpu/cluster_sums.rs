@@ -276,6 +276,7 @@ fn reduce(
             );
             &bucket[a..z]
         });
+        let rows = rows.map_or(Rows::Range(r0, r1), Rows::Bucket);
         let job = Accumulate {
             x,
             idx,
@@ -283,7 +284,8 @@ fn reduce(
             t0: b.t0,
             w: b.w,
             c0: b.c0,
-            rows: rows.map_or(Rows::Range(r0, r1), Rows::Bucket),
+            rows,
+            ahead: ahead_rows(b.w, d, rows),
         };
         in_isa(isa, &job, acc);
     };
@@ -435,14 +437,43 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
     (start, rows)
 }
 
-/// Rows ahead of the one being added whose slice of x is prefetched into L2. Where a task
-/// reads only its slice of each row (a few lines, then a stride), or a bucket's rows in
-/// scattered order, the hardware prefetchers follow late or not at all: at n = 100,000,
-/// 2 threads on column slices (`vqkit bench --op ema`, 5 alternating runs, medians),
-/// d = 128 and k = 256, 1024, 4096 went from 6.4, 6.7, 6.0 ms to 4.5, 4.9, 5.1 ms, and
-/// d = 512, k = 1024 from 29.7 to 21.9 ms. On whole rows in chunks the prefetch still won
-/// on this VM (k = 256, d = 128: 2.2 to 4.7 ms against 3.2 to 4.8 ms without it).
-const AHEAD_ROWS: usize = 8;
+/// Rows ahead of the one being added whose slice of x is prefetched into L2, for a task
+/// whose slices are `w` of the rows' `d` columns: where it streams whole rows in order,
+/// enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it reads
+/// column slices or a bucket's rows, [`MIN_AHEAD_ROWS`].
+///
+/// Where a task reads only its slice of each row (a few lines, then a stride), or a
+/// bucket's rows in scattered order, the hardware prefetchers follow late or not at all:
+/// at n = 100,000, 2 threads on column slices (`vqkit bench --op ema`, 5 alternating runs,
+/// medians), d = 128 and k = 256, 1024, 4096 went from 6.4, 6.7, 6.0 ms to 4.5, 4.9, 5.1
+/// ms with 8 rows ahead, and d = 512, k = 1024 from 29.7 to 21.9 ms. On whole rows in
+/// chunks the prefetch still won on that VM (k = 256, d = 128: 2.2 to 4.7 ms against 3.2
+/// to 4.8 ms without it).
+///
+/// Column slices keep 8 rows: at n = 100,000, k = 4096, d = 32 on two threads (two slices
+/// of 16 floats, one line of each row), 128 rows ahead ran 0.92 ms against 0.78 ms at 8
+/// (8 alternating runs, medians; 64 rows: 0.94 ms); at d = 64 and 128 (slices of 32 and
+/// 64) 8, 32 and 64 rows ran within noise. A bucket's rows, scattered, keep 8 rows too:
+/// at n = 40,000, k = 65,536, d = 128 (whole rows of a bucket), 16 rows ahead ran 5.80 ms
+/// against 5.18 ms at 8 (6 alternating runs, medians, 2 threads).
+fn ahead_rows(w: usize, d: usize, rows: Rows) -> usize {
+    if w < d || matches!(rows, Rows::Bucket(_)) {
+        MIN_AHEAD_ROWS
+    } else {
+        (AHEAD_BYTES / (4 * w.max(1))).max(MIN_AHEAD_ROWS)
+    }
+}
+
+/// How far, in bytes of whole rows, a task's prefetch runs ahead. A fixed 8 rows were
+/// 1 KiB at d = 32: on the Zen 4 VM, with x in L3, one thread spent a third of its samples
+/// on the converts that read x. `vqkit bench --op ema --n 100000 --d 32 --threads 1`
+/// (whole rows of 32), 5 alternating runs, medians: k = 256 1.04 ms at 8 rows ahead, 0.67
+/// at 24, 0.52 at 64 (8 KiB). At d = 128 (x from memory) 8, 16 and 32 rows ran the same.
+const AHEAD_BYTES: usize = 8192;
+
+/// The fewest rows the prefetch runs ahead (from 256 floats a row, whole rows reach
+/// [`AHEAD_BYTES`] within them).
+const MIN_AHEAD_ROWS: usize = 8;
 
 /// One task of [`sums`]: columns `t0..t0 + w` of the rows whose code is in `c0..c0 + codes`
 /// among `rows`, added into `acc` (codes x w, f64).
@@ -454,6 +485,8 @@ struct Accumulate<'a> {
     w: usize,
     c0: usize,
     rows: Rows<'a>,
+    /// Rows ahead whose slice is prefetched: [`ahead_rows`].
+    ahead: usize,
 }
 
 /// The rows a task reads.
@@ -531,7 +564,7 @@ impl Accumulate<'_> {
         match self.rows {
             Rows::Bucket(rows) => {
                 for (p, &i) in rows.iter().enumerate() {
-                    if let Some(&ahead) = rows.get(p + AHEAD_ROWS) {
+                    if let Some(&ahead) = rows.get(p + self.ahead) {
                         self.prefetch_fixed::<W>(ahead);
                     }
                     self.add_fixed(acc, i);
@@ -539,7 +572,7 @@ impl Accumulate<'_> {
             }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
-                    self.prefetch_fixed::<W>(i + AHEAD_ROWS);
+                    self.prefetch_fixed::<W>(i + self.ahead);
                     self.add_fixed(acc, i);
                 }
             }
@@ -580,7 +613,7 @@ impl Accumulate<'_> {
         match self.rows {
             Rows::Bucket(rows) => {
                 for (p, &i) in rows.iter().enumerate() {
-                    if let Some(&ahead) = rows.get(p + AHEAD_ROWS) {
+                    if let Some(&ahead) = rows.get(p + self.ahead) {
                         self.prefetch_any(ahead);
                     }
                     self.add_any(acc, i);
@@ -588,7 +621,7 @@ impl Accumulate<'_> {
             }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
-                    self.prefetch_any(i + AHEAD_ROWS);
+                    self.prefetch_any(i + self.ahead);
                     self.add_any(acc, i);
                 }
             }
@@ -611,7 +644,7 @@ impl Accumulate<'_> {
         }
     }
 
-    /// The slice of row `i`, if it lies in x, prefetched: see [`AHEAD_ROWS`].
+    /// The slice of row `i`, if it lies in x, prefetched: see [`ahead_rows`].
     #[inline(always)]
     fn prefetch_any(&self, i: usize) {
         let at = i * self.d + self.t0;
