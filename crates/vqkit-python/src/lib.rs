@@ -182,7 +182,17 @@ impl<B: Backend> AnyBackend for Erased<'_, B> {
 }
 
 /// Codes from NumPy's int64 (PyTorch's `long`) as vqkit's u32, checked against `k`.
+///
+/// The check is one branch-free pass and the conversion another, both vectorized; only a
+/// batch with a code out of range is walked again for the first one. The per-element
+/// `Result` of a single pass did not vectorize: 100,000 codes took 84 us against 30 us
+/// (a standalone copy of both, `rustc -O`, 200 calls, 3 runs), beside an EMA step of about
+/// 450 us at k = 256, d = 32 on two threads.
 pub(crate) fn codes_u32(idx: &[i64], k: usize) -> PyResult<Vec<u32>> {
+    // A negative code is above every k as u64.
+    if idx.iter().fold(true, |ok, &c| ok & ((c as u64) < k as u64)) {
+        return Ok(idx.iter().map(|&c| c as u32).collect());
+    }
     idx.iter()
         .enumerate()
         .map(|(row, &c)| {

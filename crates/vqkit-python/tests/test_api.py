@@ -207,6 +207,11 @@ def test_ema_update_writes_in_place_and_a_refused_step_changes_nothing():
             vqkit.ema_update(bad, idx, size, esum, code, decay=0.8, eps=1e-5)
         with pytest.raises(vqkit.VqkitError, match="out of range"):
             vqkit.ema_update(x, np.full(n, k), size, esum, code, decay=0.8, eps=1e-5)
+        # The first bad code is the one named, whichever comes after it.
+        two_bad = idx.copy()
+        two_bad[5], two_bad[9] = -3, k
+        with pytest.raises(vqkit.VqkitError, match="code -3 at row 5 is out of range"):
+            vqkit.ema_update(x, two_bad, size, esum, code, decay=0.8, eps=1e-5)
         for a, b in zip((size, esum, code), before):
             np.testing.assert_array_equal(a, b)
         # The step itself, against NumPy in float64.
