@@ -43,18 +43,15 @@ impl WithBackend for Job<'_> {
     type Output = Streamed;
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Streamed> {
         let d = self.x.d();
-        let (mut x, mut sse, mut seconds) = (Vec::new(), 0.0f64, 0.0);
-        loop {
-            let first = self.x.position();
-            if self.x.next_chunk(self.chunk, &mut x)? == 0 {
-                break;
-            }
+        let (mut sse, mut seconds) = (0.0f64, 0.0);
+        // The next chunk is read while this one is assigned.
+        self.x.for_each_chunk(self.chunk, |first, x| {
             let t = Instant::now();
-            let a = ops::assign(b, &x, &self.c.data, d).map_err(|e| e.after_rows(first, d))?;
+            let a = ops::assign(b, x, &self.c.data, d).map_err(|e| e.after_rows(first, d))?;
             seconds += t.elapsed().as_secs_f64();
             sse = a.distances.iter().fold(sse, |s, &v| s + v as f64);
-            self.out.push_u32(&a.indices)?;
-        }
+            self.out.push_u32(&a.indices)
+        })?;
         Ok((sse, seconds, b.name()))
     }
 }

@@ -74,16 +74,13 @@ impl WithBackend for Job<'_> {
     type Output = (Sums, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
         let d = self.x.d();
-        let (mut x, mut sums) = (Vec::new(), Sums::default());
-        loop {
-            let first = self.x.position();
-            if self.x.next_chunk(self.chunk, &mut x)? == 0 {
-                break;
-            }
+        let mut sums = Sums::default();
+        // The next chunk is read while this one is encoded.
+        self.x.for_each_chunk(self.chunk, |first, x| {
             let t = Instant::now();
             let codes = self
                 .model
-                .encode(b, &x, self.beam)
+                .encode(b, x, self.beam)
                 .map_err(|e| e.after_rows(first, d))?;
             sums.seconds += t.elapsed().as_secs_f64();
             self.out.push_u32(&codes)?;
@@ -93,7 +90,8 @@ impl WithBackend for Job<'_> {
                 sums.sq_err += t * t;
                 sums.sq_norm += a as f64 * a as f64;
             }
-        }
+            Ok(())
+        })?;
         Ok((sums, b.name()))
     }
 }

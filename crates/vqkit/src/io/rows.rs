@@ -275,6 +275,55 @@ impl RowReader {
         Ok(rows)
     }
 
+    /// Calls `f(first, rows)` on each remaining chunk of up to `max_rows` rows of points in
+    /// order (`first`: the index of its first row), while a second thread reads the next
+    /// chunk, so that reading the file and working on it overlap. The chunks are those of
+    /// [`Self::next_chunk`]. The first error, from reading or from `f`, ends it and is
+    /// returned; the rows after it are not read.
+    pub fn for_each_chunk(
+        &mut self,
+        max_rows: usize,
+        mut f: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        use std::sync::mpsc;
+        self.expect_points()?;
+        // Two buffers: one being read, one being worked on.
+        let (chunk_tx, chunks) = mpsc::sync_channel::<Result<(usize, Vec<f32>)>>(1);
+        let (spare_tx, spares) = mpsc::channel::<Vec<f32>>();
+        let _ = spare_tx.send(Vec::new());
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    let first = self.next;
+                    let read = self.next_chunk(max_rows, &mut buf);
+                    let sent = match read {
+                        Ok(0) => return,
+                        Ok(_) => chunk_tx.send(Ok((first, buf))),
+                        Err(e) => {
+                            let _ = chunk_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    // The worker hung up (an error of its own): stop reading.
+                    let Ok(()) = sent else { return };
+                    buf = match spares.recv() {
+                        Ok(b) => b,
+                        Err(_) => return,
+                    };
+                }
+            });
+            // Dropping `chunks` and `spare_tx` on the way out (an error from `f` included)
+            // ends the reader at its next send or receive.
+            for chunk in chunks {
+                let (first, buf) = chunk?;
+                f(first, &buf)?;
+                let _ = spare_tx.send(buf);
+            }
+            Ok(())
+        })
+    }
+
     /// Reads up to `max_rows` rows of integer codes (values in `0..2^32`) into `out`
     /// (replacing its contents) and returns how many; 0 at the end. Float files are refused.
     pub fn next_codes(&mut self, max_rows: usize, out: &mut Vec<u32>) -> Result<usize> {
@@ -717,7 +766,39 @@ mod tests {
             assert_eq!(r.next_chunk(3, &mut chunk).unwrap(), 0);
             assert!(chunk.is_empty());
         }
-        // A file cut short after it was opened: an I/O error naming it, not a panic.
+        // Chunks read ahead on a second thread: the same rows, in order, with their first
+        // row's index; an error from the worker ends the reading and is the one returned.
+        for p in [&le, &be_path, &f64_path] {
+            let mut r = RowReader::open(p).unwrap();
+            let (mut got, mut firsts) = (Vec::new(), Vec::new());
+            r.for_each_chunk(4, |first, rows| {
+                firsts.push(first);
+                got.extend_from_slice(rows);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(
+                (got.as_slice(), firsts.as_slice()),
+                (&want[..], &[0, 4, 8][..])
+            );
+            assert_eq!(r.remaining(), 0);
+            let mut r = RowReader::open(p).unwrap();
+            let mut calls = 0;
+            let e = r
+                .for_each_chunk(2, |first, _| {
+                    calls += 1;
+                    match first {
+                        2 => Err(Error::invalid("rows", "stop here")),
+                        _ => Ok(()),
+                    }
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("stop here"), "{e}");
+            assert_eq!(calls, 2);
+        }
+        // A file cut short after it was opened: an I/O error naming it, not a panic, from
+        // either way of reading.
+        let mut ahead = RowReader::open(&le).unwrap();
         let mut r = RowReader::open(&le).unwrap();
         std::fs::OpenOptions::new()
             .write(true)
@@ -728,6 +809,17 @@ mod tests {
         let e = r.read_all().unwrap_err();
         assert!(matches!(e, Error::Io { .. }), "{e:?}");
         assert!(e.to_string().contains("le.npy"), "{e}");
+        let mut rows = 0;
+        let e = ahead
+            .for_each_chunk(3, |_, x| {
+                rows += x.len() / d;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        // 200 bytes hold the 128-byte header and 3.6 rows of 5 floats: the first chunk of 3
+        // rows is whole, the second is cut short.
+        assert_eq!(rows, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
