@@ -44,7 +44,9 @@
 //! - v6 `tall` (AVX-512: 64 rows, or 32 above d = 4), for d <= 8 against 32 codewords or
 //!   more (256 above d = 2): the rows in the lanes, held in registers, against one
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
-//!   horizontal reduction. Same scores, same bits as v3.
+//!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
+//!   codeword's scores go into the rows' best and index at once, with no panel computed
+//!   again. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -341,15 +343,33 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// computed again, against few panels. With AVX2's 16 registers (`--isa avx2`, one or two
 /// vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61 ms, d = 4,
 /// k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms.
+///
+/// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords) the tall kernel carries
+/// each lane's index instead (`x86::tall_index_walk`), which wins against the tiled kernels
+/// there too (below). Between 129 and 255 codewords at d > 2 the tiled kernels stay.
 fn tall_wins(d: usize, k: usize) -> bool {
-    d <= SCAN_MAX_D && k >= if d <= 2 { 32 } else { 256 }
+    let small = k > NARROW_K && k <= TALL_INDEX_MAX_PANELS * TALL_NR;
+    d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
 }
+
+/// The most panels a step of the tall kernel walks carrying each lane's index rather than
+/// its minimum alone. `vqkit bench --op assign --n 100000 --threads 2`, 3 alternating runs
+/// (2026-12-04, Zen 4 VM), the build before (the tiled kernels, AVX2's 16-wide one at
+/// k <= 16; at k = 32, d = 2 the minima walk) against the index walk, medians: k = 8,
+/// d = 1 0.45 -> 0.25 ms; k = 16, d = 2 0.44 -> 0.33 ms, d = 4 0.47 -> 0.36 ms, d = 8
+/// 0.53 -> 0.51 ms; k = 32, d = 2 0.55 -> 0.36 ms; k = 64, d = 4 0.86 -> 0.57 ms, d = 8
+/// 1.09 -> 0.92 ms; k = 128, d = 4 1.34 -> 0.90 ms, d = 8 1.84 -> 1.54 ms.
+const TALL_INDEX_MAX_PANELS: usize = 4;
+
+/// Codewords per panel of the tall kernel (AVX-512's: two zmm).
+const TALL_NR: usize = 32;
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
 /// the instruction set has one (AVX-512).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
+        const { assert!(TALL_NR == x86::AVX512_NR) };
         return Some((x86::tall_avx512_entry, x86::tall_rows(d), x86::AVX512_NR));
     }
     let _ = (isa, d);
@@ -424,9 +444,14 @@ pub(crate) fn distance_argmin(
     dist: &mut [f32],
 ) -> Result<()> {
     // A codebook of 16 or fewer would fill at most half of AVX-512's 32-wide panel: the
-    // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding.
+    // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding. (The
+    // tall kernel, which serves short rows, skips its padding lanes.)
     #[cfg(target_arch = "x86_64")]
-    let isa = if isa == Isa::Avx512 && shape.k <= 16 && Isa::Avx2.supported() {
+    let isa = if isa == Isa::Avx512
+        && shape.k <= 16
+        && Isa::Avx2.supported()
+        && !tall_wins(shape.d, shape.k)
+    {
         Isa::Avx2
     } else {
         isa
@@ -2383,6 +2408,23 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
+            // SAFETY: as below.
+            unsafe {
+                match s.p.d {
+                    1 => tall_index_walk::<__m512, 1, 4>(s, val, idx),
+                    2 => tall_index_walk::<__m512, 2, 4>(s, val, idx),
+                    3 => tall_index_walk::<__m512, 3, 4>(s, val, idx),
+                    4 => tall_index_walk::<__m512, 4, 4>(s, val, idx),
+                    5 => tall_index_walk::<__m512, 5, 2>(s, val, idx),
+                    6 => tall_index_walk::<__m512, 6, 2>(s, val, idx),
+                    7 => tall_index_walk::<__m512, 7, 2>(s, val, idx),
+                    8 => tall_index_walk::<__m512, 8, 2>(s, val, idx),
+                    d => unreachable!("the tall kernel serves d <= 8, not {d}"),
+                }
+            }
+            return;
+        }
         // SAFETY: compiled for AVX-512F; the caller checked the step. G as `tall_rows`.
         unsafe {
             match s.p.d {
@@ -2395,6 +2437,66 @@ mod x86 {
                 7 => tall_walk::<__m512, 7, 2>(s, val, idx),
                 8 => tall_walk::<__m512, 8, 2>(s, val, idx),
                 d => unreachable!("the tall kernel serves d <= 8, not {d}"),
+            }
+        }
+    }
+
+    /// [`tall_walk`] for steps of few panels: each codeword's scores go into the rows' best
+    /// at once, a compare and two blends per vector of rows (the score and the codeword's
+    /// index), in codeword order with a strict `<`, so no panel is computed again at the
+    /// end. That recomputation, one panel of scalar chains per row, is what made the tall
+    /// kernel lose to the tiled one against few codewords.
+    ///
+    /// A codeword whose norm is +inf (a padding lane, or a norm that overflowed) or NaN is
+    /// skipped: every chain from it is +inf or NaN, which the strict `<` never takes.
+    ///
+    /// # Safety
+    /// As for [`tall_walk`].
+    #[inline(always)]
+    unsafe fn tall_index_walk<V: Lanes, const D: usize, const G: usize>(
+        s: &Step,
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        let (p, w) = (s.p, V::W);
+        let nr = 2 * w;
+        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
+        assert!(p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
+        let xp = s.x.as_ptr();
+        // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
+        // G * W rows over the whole of d, and `val` / `idx`.
+        unsafe {
+            let xs: [[V; G]; D] = std::array::from_fn(|t| {
+                std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
+            });
+            let mut best = [V::splat(f32::INFINITY); G];
+            let mut at = [V::splat_i(0); G];
+            for panel in s.panels.clone() {
+                let cp = p.data.as_ptr().add(panel * nr * D);
+                let np = p.norms.as_ptr().add(panel * nr);
+                for lane in 0..nr {
+                    let norm = *np.add(lane);
+                    if norm.is_nan() || norm == f32::INFINITY {
+                        continue;
+                    }
+                    let mut acc = [V::splat(norm); G];
+                    for (t, x) in xs.iter().enumerate() {
+                        let c = V::splat(*cp.add(t * nr + lane));
+                        for g in 0..G {
+                            acc[g] = V::fmadd(x[g], c, acc[g]);
+                        }
+                    }
+                    let j = V::splat_i((panel * nr + lane) as u32);
+                    for g in 0..G {
+                        let lt = V::lt(acc[g], best[g]);
+                        best[g] = V::blend(lt, best[g], acc[g]);
+                        at[g] = V::blend_i(lt, at[g], j);
+                    }
+                }
+            }
+            for g in 0..G {
+                best[g].store(val.as_mut_ptr().add(g * w));
+                V::store_i(at[g], idx.as_mut_ptr().add(g * w));
             }
         }
     }
@@ -2753,6 +2855,11 @@ mod tests {
             // Tall tiles of 64 and 32 rows, full and short, over several blocks.
             (150, 300, 3),
             (70, 300, 7),
+            // Small codebooks of short rows (the tall kernel's index walk): a partial
+            // panel, padding lanes skipped.
+            (90, 16, 4),
+            (45, 9, 8),
+            (70, 100, 2),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -2858,12 +2965,14 @@ mod tests {
             assert!(norms[5].is_infinite() && norms[0].is_finite());
             let shape = Shape::new(n, k, d);
             for isa in Isa::available() {
-                // The tiled kernels, then the scan or the cols ones.
-                let run = |norms: &[f32], (scan, cols, tall): (bool, bool, bool)| {
+                // The tiled kernels, then the scan or the cols ones; the tall ones over
+                // the whole codebook (their minima walk) and in groups of two panels
+                // (their index walk).
+                let run = |norms: &[f32], (scan, cols, tall): (bool, bool, bool), whole: bool| {
                     let (_, _, nr) = kernel_for(isa, scan);
                     let b = Blocking {
                         kc: d,
-                        group: k.div_ceil(nr),
+                        group: if whole { k.div_ceil(nr) } else { 2 },
                         rows: TASK_ROWS,
                         direct: false,
                         scan,
@@ -2878,13 +2987,15 @@ mod tests {
                     (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                 };
                 let at = format!("{isa:?} d={d}");
-                let tiled = run(&norms, (false, false, false));
+                let tiled = run(&norms, (false, false, false), true);
                 assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
-                assert_eq!(run(&norms, (scan, cols, tall)), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall), true), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall), false), tiled, "{at} by 2");
                 norms.fill(f32::INFINITY);
-                let tiled = run(&norms, (false, false, false));
+                let tiled = run(&norms, (false, false, false), true);
                 assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
-                assert_eq!(run(&norms, (scan, cols, tall)), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall), true), tiled, "{at}");
+                assert_eq!(run(&norms, (scan, cols, tall), false), tiled, "{at} by 2");
                 norms = c.chunks_exact(d).map(sq_norm).collect();
             }
         }
