@@ -2408,36 +2408,74 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
-        if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
-            // SAFETY: as below.
-            unsafe {
-                match s.p.d {
-                    1 => tall_index_walk::<__m512, 1, 4>(s, val, idx),
-                    2 => tall_index_walk::<__m512, 2, 4>(s, val, idx),
-                    3 => tall_index_walk::<__m512, 3, 4>(s, val, idx),
-                    4 => tall_index_walk::<__m512, 4, 4>(s, val, idx),
-                    5 => tall_index_walk::<__m512, 5, 2>(s, val, idx),
-                    6 => tall_index_walk::<__m512, 6, 2>(s, val, idx),
-                    7 => tall_index_walk::<__m512, 7, 2>(s, val, idx),
-                    8 => tall_index_walk::<__m512, 8, 2>(s, val, idx),
-                    d => unreachable!("the tall kernel serves d <= 8, not {d}"),
-                }
-            }
-            return;
-        }
         // SAFETY: compiled for AVX-512F; the caller checked the step. G as `tall_rows`.
         unsafe {
             match s.p.d {
-                1 => tall_walk::<__m512, 1, 4>(s, val, idx),
-                2 => tall_walk::<__m512, 2, 4>(s, val, idx),
-                3 => tall_walk::<__m512, 3, 4>(s, val, idx),
-                4 => tall_walk::<__m512, 4, 4>(s, val, idx),
-                5 => tall_walk::<__m512, 5, 2>(s, val, idx),
-                6 => tall_walk::<__m512, 6, 2>(s, val, idx),
-                7 => tall_walk::<__m512, 7, 2>(s, val, idx),
-                8 => tall_walk::<__m512, 8, 2>(s, val, idx),
+                1 => tall_step::<__m512, 1, 4>(s, val, idx),
+                2 => tall_step::<__m512, 2, 4>(s, val, idx),
+                3 => tall_step::<__m512, 3, 4>(s, val, idx),
+                4 => tall_step::<__m512, 4, 4>(s, val, idx),
+                5 => tall_step::<__m512, 5, 2>(s, val, idx),
+                6 => tall_step::<__m512, 6, 2>(s, val, idx),
+                7 => tall_step::<__m512, 7, 2>(s, val, idx),
+                8 => tall_step::<__m512, 8, 2>(s, val, idx),
                 d => unreachable!("the tall kernel serves d <= 8, not {d}"),
             }
+        }
+    }
+
+    /// A step of the tall kernel: [`tall_index_walk`] over at most
+    /// [`super::TALL_INDEX_MAX_PANELS`] panels, [`tall_walk`] over more.
+    ///
+    /// # Safety
+    /// As for [`tall_walk`].
+    #[inline(always)]
+    unsafe fn tall_step<V: Lanes, const D: usize, const G: usize>(
+        s: &Step,
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        let w = V::W;
+        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
+        assert!(s.p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
+        let xp = s.x.as_ptr();
+        // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
+        // G * W rows over the whole of d, and `val` / `idx`.
+        unsafe {
+            let xs: [[V; G]; D] = std::array::from_fn(|t| {
+                std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
+            });
+            if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
+                tall_index_walk(s, &xs, val, idx)
+            } else {
+                tall_walk(s, &xs, val, idx)
+            }
+        }
+    }
+
+    /// One codeword's folded scores for the tile's rows: the chain from `norm` of one FMA
+    /// per element, in order, against the codeword's values `c[t * nr]` (its lane of a
+    /// panel).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set; `c` points at D values `nr` apart.
+    #[inline(always)]
+    unsafe fn tall_chain<V: Lanes, const D: usize, const G: usize>(
+        xs: &[[V; G]; D],
+        c: *const f32,
+        nr: usize,
+        norm: f32,
+    ) -> [V; G] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mut acc = [V::splat(norm); G];
+            for (t, x) in xs.iter().enumerate() {
+                let c = V::splat(*c.add(t * nr));
+                for g in 0..G {
+                    acc[g] = V::fmadd(x[g], c, acc[g]);
+                }
+            }
+            acc
         }
     }
 
@@ -2455,20 +2493,15 @@ mod x86 {
     #[inline(always)]
     unsafe fn tall_index_walk<V: Lanes, const D: usize, const G: usize>(
         s: &Step,
+        xs: &[[V; G]; D],
         val: &mut [f32],
         idx: &mut [u32],
     ) {
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
-        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
-        assert!(p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
-        let xp = s.x.as_ptr();
-        // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
-        // G * W rows over the whole of d, and `val` / `idx`.
+        // SAFETY: the caller's contract: `check` bounds the panels, the norms, and `val` /
+        // `idx` for the tile's G * W rows.
         unsafe {
-            let xs: [[V; G]; D] = std::array::from_fn(|t| {
-                std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
-            });
             let mut best = [V::splat(f32::INFINITY); G];
             let mut at = [V::splat_i(0); G];
             for panel in s.panels.clone() {
@@ -2479,13 +2512,7 @@ mod x86 {
                     if norm.is_nan() || norm == f32::INFINITY {
                         continue;
                     }
-                    let mut acc = [V::splat(norm); G];
-                    for (t, x) in xs.iter().enumerate() {
-                        let c = V::splat(*cp.add(t * nr + lane));
-                        for g in 0..G {
-                            acc[g] = V::fmadd(x[g], c, acc[g]);
-                        }
-                    }
+                    let acc = tall_chain(xs, cp.add(lane), nr, norm);
                     let j = V::splat_i((panel * nr + lane) as u32);
                     for g in 0..G {
                         let lt = V::lt(acc[g], best[g]);
@@ -2518,25 +2545,21 @@ mod x86 {
     ///
     /// # Safety
     /// The caller is compiled for `V`'s instruction set and `check` passed for a tile of
-    /// G * W rows, packed (`s.rs == 1`, `s.ts == G * W`), with `s.p.d == D`.
+    /// G * W rows, packed (`s.rs == 1`, `s.ts == G * W`), with `s.p.d == D`; `xs` holds
+    /// the tile's rows (element t of vector g: row g * W + lane, as [`tall_step`] loads them).
     #[inline(always)]
     unsafe fn tall_walk<V: Lanes, const D: usize, const G: usize>(
         s: &Step,
+        xs: &[[V; G]; D],
         val: &mut [f32],
         idx: &mut [u32],
     ) {
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
-        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
-        assert!(p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
-        let xp = s.x.as_ptr();
         let range = s.panels.clone();
-        // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
-        // G * W rows over the whole of d, and `val` / `idx`.
+        // SAFETY: the caller's contract: `check` bounds the panels, the norms, and `val` /
+        // `idx` for the tile's G * W rows.
         unsafe {
-            let xs: [[V; G]; D] = std::array::from_fn(|t| {
-                std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
-            });
             let inf = V::splat(f32::INFINITY);
             let mut low = [inf; G];
             let mut at = [V::splat_i(0); G];
@@ -2545,13 +2568,7 @@ mod x86 {
                 let np = p.norms.as_ptr().add(panel * nr);
                 let mut pm = [inf; G];
                 for lane in 0..nr {
-                    let mut acc = [V::splat(*np.add(lane)); G];
-                    for (t, x) in xs.iter().enumerate() {
-                        let c = V::splat(*cp.add(t * nr + lane));
-                        for g in 0..G {
-                            acc[g] = V::fmadd(x[g], c, acc[g]);
-                        }
-                    }
+                    let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
                     for g in 0..G {
                         // A NaN score never enters the minima, as it never wins the tiled `<`.
                         pm[g] = V::min(acc[g], pm[g]);
