@@ -287,11 +287,14 @@ impl RowReader {
     ) -> Result<()> {
         use std::sync::mpsc;
         self.expect_points()?;
-        // Two buffers: one being read, one being worked on.
-        let (chunk_tx, chunks) = mpsc::sync_channel::<Result<(usize, Vec<f32>)>>(1);
-        let (spare_tx, spares) = mpsc::channel::<Vec<f32>>();
-        let _ = spare_tx.send(Vec::new());
         std::thread::scope(|scope| {
+            // Two buffers: one being read, one being worked on. The channels' ends that stay
+            // here are this closure's own, dropped when it returns, before the scope waits
+            // for the reader: an error from `f` then ends the reader wherever it waits (a
+            // send of the next chunk, or a receive of a spare buffer).
+            let (chunk_tx, chunks) = mpsc::sync_channel::<Result<(usize, Vec<f32>)>>(1);
+            let (spare_tx, spares) = mpsc::channel::<Vec<f32>>();
+            let _ = spare_tx.send(Vec::new());
             scope.spawn(move || {
                 let mut buf = Vec::new();
                 loop {
@@ -313,8 +316,6 @@ impl RowReader {
                     };
                 }
             });
-            // Dropping `chunks` and `spare_tx` on the way out (an error from `f` included)
-            // ends the reader at its next send or receive.
             for chunk in chunks {
                 let (first, buf) = chunk?;
                 f(first, &buf)?;
@@ -788,7 +789,13 @@ mod tests {
                 .for_each_chunk(2, |first, _| {
                     calls += 1;
                     match first {
-                        2 => Err(Error::invalid("rows", "stop here")),
+                        // By then the reader has sent the next chunk and waits for a
+                        // spare buffer, which never comes back: it must still end (a
+                        // reader left waiting there would hang this test).
+                        2 => {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Err(Error::invalid("rows", "stop here"))
+                        }
                         _ => Ok(()),
                     }
                 })
