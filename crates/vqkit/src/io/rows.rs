@@ -421,7 +421,6 @@ impl RowReader {
             .checked_mul(self.d)
             .ok_or_else(|| Error::format(&self.path, "the shape overflows"))?;
         if self.f32_in_place() {
-            self.expect_points()?;
             // Fresh zero pages, each faulted in by the read that fills it: one pass.
             let mut data = crate::resources::zeroed_f32_lazy("the points", len)?;
             self.read_into(&mut data)?;

@@ -535,6 +535,11 @@ macro_rules! backend_suite {
                 (53, 4099, 8),
                 (29, 4097, 6),
                 (45, 700, 100),
+                // Short rows against small codebooks (the AVX-512 tall kernel carrying
+                // indices): partial panels, up to its four panels.
+                (70, 16, 4),
+                (33, 7, 8),
+                (65, 128, 3),
             ];
             for b in $make() {
                 for &(n, k, d) in &shapes {
