@@ -2247,9 +2247,19 @@ mod x86 {
                     // Folded (see `folds`): each chain starts from its codeword's norm.
                     let np = p.norms.as_ptr().add(panel * nr);
                     let mut acc = [[V::load(np), V::load(np.add(w))]; MR];
+                    // x's elements are the same for every panel, and the compiler hoists
+                    // their broadcasts out of the panel loop: MR x d of them do not fit in
+                    // 16 registers, so they were spilled and each FMA reloaded a whole ymm
+                    // from the stack. Through an opaque pointer each is broadcast from x
+                    // again per panel, a 4-byte load. On a 2-core Zen 1 (AVX2; two 128-bit
+                    // loads a cycle), `vqkit bench --op assign --threads 1`, 2 to 3
+                    // alternating runs: n = 50,000, k = 4096, d = 8 125-129 -> 116-120 ms,
+                    // d = 4 75.6-75.9 -> 71.1 ms, d = 2 47.8-47.9 -> 46.2-46.3 ms;
+                    // n = 20,000, k = 65,536, d = 8 757-759 -> 722-725 ms.
+                    let xq = std::hint::black_box(xp);
                     for t in 0..d {
                         let c = [V::load(cp.add(t * nr)), V::load(cp.add(t * nr + w))];
-                        let xt = xp.add(t * ts);
+                        let xt = xq.add(t * ts);
                         for r in 0..MR {
                             let xv = V::splat(*xt.add(r * rs));
                             acc[r][0] = V::fmadd(xv, c[0], acc[r][0]);
