@@ -120,14 +120,16 @@ fn chunk_rows(n: usize, k: usize, d: usize) -> usize {
 }
 
 /// How a reduction is ordered and shared out: the rows' chunk length, which fixes the bits,
-/// and the tasks' column slice width and code range length, and the chunks summed in one
-/// parallel pass before they are added up, which do not.
+/// and the tasks' column slice width and code range length, the chunks summed in one
+/// parallel pass before they are added up, and the accumulator bytes beyond which a task
+/// prefetches them ([`ACC_AHEAD_ROWS`]; L2), which do not.
 #[derive(Clone, Copy, Debug)]
 struct Split {
     chunk: usize,
     width: usize,
     range: usize,
     wave: usize,
+    acc_ahead_over: usize,
 }
 
 /// The split of a reduction of n rows onto a k x d result.
@@ -151,15 +153,18 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // in 8 slices took 42.6 ms against 10.6 ms for k = 1024, whose 16 chunks need none.
     let slices = threads.div_ceil(n.div_ceil(chunk).max(1));
     let width = d.div_ceil(slices.min(d.div_ceil(LINE))).div_ceil(LINE) * LINE;
-    // Accumulators up to four times L2 are still mostly hit in L2 and L3 when streamed
-    // over (k = 4096, d = 128: bucketing there cost twice the time); beyond that, ranges.
+    // Accumulators up to four times L2 (and up to STREAM_ACC_BYTES whatever the L2) are
+    // still mostly hit in L2 and L3 when streamed over (k = 4096, d = 128: bucketing there
+    // cost twice the time); beyond that, ranges.
     let l2 = super::CacheSizes::detect().l2;
-    let range = (4 * l2 / (width.min(d) * 8)).clamp(1, k.max(1));
+    let streamed = STREAM_ACC_BYTES.max(4 * l2);
+    let range = (streamed / (width.min(d) * 8)).clamp(1, k.max(1));
     // Every chunk whose partial sums fit in WAVE_BYTES, and at least one per thread.
     let wave = (WAVE_BYTES / k.saturating_mul(d).saturating_mul(8).max(1)).max(threads);
-    // One chunk whose streamed accumulators would exceed twice L2: whole rows in code
-    // ranges of GATHER_ACC_BYTES (see there).
-    let gather = chunk >= n && k.saturating_mul(width.min(d)).saturating_mul(8) > 2 * l2;
+    // One chunk whose streamed accumulators would exceed twice L2 and STREAM_ACC_BYTES:
+    // whole rows in code ranges of GATHER_ACC_BYTES (see there).
+    let gather = chunk >= n
+        && k.saturating_mul(width.min(d)).saturating_mul(8) > STREAM_ACC_BYTES.max(2 * l2);
     let (width, range) = if gather {
         let range = (GATHER_ACC_BYTES / (d.max(1) * 8)).clamp(1, k.max(1));
         (d.div_ceil(LINE) * LINE, range)
@@ -171,6 +176,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
         width,
         range,
         wave,
+        acc_ahead_over: l2,
     }
 }
 
@@ -255,6 +261,7 @@ fn reduce(
         width,
         range,
         wave,
+        acc_ahead_over,
     } = split;
     let n = idx.len();
     let buckets = (range < k).then(|| bucket_rows(idx, range, k.div_ceil(range)));
@@ -286,6 +293,7 @@ fn reduce(
             c0: b.c0,
             rows,
             ahead: ahead_rows(b.w, d, rows),
+            acc_ahead: b.len() * std::mem::size_of::<f64>() > acc_ahead_over,
         };
         in_isa(isa, &job, acc);
     };
@@ -398,6 +406,26 @@ const WAVE_BYTES: usize = 8 << 20;
 /// this: k = 1024, d = 512 keeps the stream on the Xeon.
 const GATHER_ACC_BYTES: usize = 64 << 10;
 
+/// A task's accumulators up to which it streams its rows in order whatever the L2 (beyond
+/// L2 it prefetches each row's accumulators, [`ACC_AHEAD_ROWS`] ahead), rather than
+/// reading a bucket's rows ([`GATHER_ACC_BYTES`]) or taking code ranges. A row read out of
+/// order is a TLB miss as well as a cache miss (a bucket holds about one row per 4 KiB
+/// page), and the page walks, not the bandwidth, bound the gather; streamed accumulators
+/// of a few MiB stay within L3 and within the reach of a second-level TLB of 4 KiB pages
+/// (1536 to 3072 entries on x86 cores of the last decade: 6 to 12 MiB). On a 2-core Zen 1
+/// (AVX2, 512 KiB of L2 per core, 8 MiB of L3), `vqkit bench --op ema --seconds 1`,
+/// alternating runs, medians: n = 100,000, k = 4096, d = 128, one thread, 18.9-19.7 ms
+/// gathered, 12.7-14.5 streamed, 10.2-11.8 streamed with the accumulators prefetched; two
+/// threads (two column slices of 2 MiB of accumulators) 8.6-11.4 -> 6.5-7.3 ms (3 runs),
+/// and at n = 400,000 (two chunks, which took two code ranges) 42.5 -> 30.8 ms (5 runs; in
+/// a later set of 3, 32.7-42.7 -> 24.6-28.7 ms). At k = 8192 (4 MiB a task, the L3 full)
+/// the two tied, and at k = 65,536 (16 MiB) the gather won, 12 ms against 39. Where each
+/// task's share of a cap on all of them (4 MiB over the tasks running at once) decided
+/// instead, n = 400,000 kept its two ranges and ran 34.8-39.0 ms. With 2 MiB of L2 or more
+/// (the Xeon) this changes nothing; with 1 MiB (the Zen 4 VM), tasks of 2 to 4 MiB now
+/// stream (not measured there).
+const STREAM_ACC_BYTES: usize = 4 << 20;
+
 /// `buf` cut into the blocks' accumulators, laid out block after block.
 fn by_block<'a>(mut buf: &'a mut [f64], blocks: &[Block]) -> Vec<&'a mut [f64]> {
     let mut out = Vec::with_capacity(blocks.len());
@@ -475,6 +503,25 @@ const AHEAD_BYTES: usize = 8192;
 /// [`AHEAD_BYTES`] within them).
 const MIN_AHEAD_ROWS: usize = 8;
 
+/// Rows ahead of the one being added whose accumulators are prefetched, where a task's
+/// accumulators exceed L2: a row's code is random, so its accumulators' read-modify-write
+/// would wait on L3 with nothing for the hardware prefetchers to follow. Measured with
+/// [`STREAM_ACC_BYTES`] (see there); 4 and 8 rows ran the same, 16 slower.
+const ACC_AHEAD_ROWS: usize = 8;
+
+/// `v`'s cache lines asked for in L1 (the accumulators are written in a few rows' time).
+#[inline(always)]
+fn prefetch_l1(v: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(8) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// One task of [`sums`]: columns `t0..t0 + w` of the rows whose code is in `c0..c0 + codes`
 /// among `rows`, added into `acc` (codes x w, f64).
 struct Accumulate<'a> {
@@ -487,6 +534,9 @@ struct Accumulate<'a> {
     rows: Rows<'a>,
     /// Rows ahead whose slice is prefetched: [`ahead_rows`].
     ahead: usize,
+    /// Whether the accumulators of the row [`ACC_AHEAD_ROWS`] ahead are prefetched too:
+    /// where the task's accumulators exceed L2 (see there).
+    acc_ahead: bool,
 }
 
 /// The rows a task reads.
@@ -567,12 +617,20 @@ impl Accumulate<'_> {
                     if let Some(&ahead) = rows.get(p + self.ahead) {
                         self.prefetch_fixed::<W>(ahead);
                     }
+                    if self.acc_ahead
+                        && let Some(&ahead) = rows.get(p + ACC_AHEAD_ROWS)
+                    {
+                        self.prefetch_acc_fixed(acc, ahead);
+                    }
                     self.add_fixed(acc, i);
                 }
             }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
                     self.prefetch_fixed::<W>(i + self.ahead);
+                    if self.acc_ahead {
+                        self.prefetch_acc_fixed(acc, i + ACC_AHEAD_ROWS);
+                    }
                     self.add_fixed(acc, i);
                 }
             }
@@ -597,6 +655,17 @@ impl Accumulate<'_> {
         }
     }
 
+    /// The accumulators of row `i`'s code prefetched into L1, if the row lies in x and its
+    /// code in the task's range.
+    #[inline(always)]
+    fn prefetch_acc_fixed<const W: usize>(&self, acc: &[[f64; W]], i: usize) {
+        if let Some(&j) = self.idx.get(i)
+            && let Some(a) = acc.get((j as usize).wrapping_sub(self.c0))
+        {
+            prefetch_l1(a);
+        }
+    }
+
     /// Row `i`'s slice prefetched into L2, a line at a time, if it lies in x.
     #[inline(always)]
     fn prefetch_fixed<const W: usize>(&self, i: usize) {
@@ -616,12 +685,20 @@ impl Accumulate<'_> {
                     if let Some(&ahead) = rows.get(p + self.ahead) {
                         self.prefetch_any(ahead);
                     }
+                    if self.acc_ahead
+                        && let Some(&ahead) = rows.get(p + ACC_AHEAD_ROWS)
+                    {
+                        self.prefetch_acc_any(acc, ahead);
+                    }
                     self.add_any(acc, i);
                 }
             }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
                     self.prefetch_any(i + self.ahead);
+                    if self.acc_ahead {
+                        self.prefetch_acc_any(acc, i + ACC_AHEAD_ROWS);
+                    }
                     self.add_any(acc, i);
                 }
             }
@@ -640,6 +717,18 @@ impl Accumulate<'_> {
         {
             for (a, &v) in acc[j * w..(j + 1) * w].iter_mut().zip(row) {
                 *a += v as f64;
+            }
+        }
+    }
+
+    /// [`Self::prefetch_acc_fixed`] at any width.
+    #[inline(always)]
+    fn prefetch_acc_any(&self, acc: &[f64], i: usize) {
+        let w = self.w;
+        if let Some(&j) = self.idx.get(i) {
+            let j = (j as usize).wrapping_sub(self.c0);
+            if j < acc.len() / w {
+                prefetch_l1(&acc[j * w..(j + 1) * w]);
             }
         }
     }
@@ -811,8 +900,9 @@ mod tests {
         v
     }
 
-    /// Every (chunk length, column width, code range, wave) split of n x k x d, in parallel
-    /// or not, on every ISA: one chunk, and chunks of 7 and 64 rows.
+    /// Every (chunk length, column width, code range, wave, accumulators prefetched or not)
+    /// split of n x k x d, in parallel or not, on every ISA: one chunk, and chunks of 7 and
+    /// 64 rows.
     fn splits(n: usize, k: usize, d: usize) -> impl Iterator<Item = (Isa, Split, bool)> {
         Isa::available().into_iter().flat_map(move |isa| {
             [n, 7, 64].into_iter().flat_map(move |chunk| {
@@ -826,14 +916,19 @@ mod tests {
                             } else {
                                 vec![1]
                             };
+                            // Accumulators prefetched or not (the production split
+                            // prefetches those beyond L2).
                             waves.into_iter().flat_map(move |wave| {
-                                let split = Split {
-                                    chunk,
-                                    width,
-                                    range,
-                                    wave,
-                                };
-                                [false, true].map(|p| (isa, split, p))
+                                [0, usize::MAX].into_iter().flat_map(move |acc_ahead_over| {
+                                    let split = Split {
+                                        chunk,
+                                        width,
+                                        range,
+                                        wave,
+                                        acc_ahead_over,
+                                    };
+                                    [false, true].map(|p| (isa, split, p))
+                                })
                             })
                         })
                     })
@@ -922,6 +1017,7 @@ mod tests {
             width: 16,
             range: 5,
             wave: 3,
+            acc_ahead_over: 0,
         };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
