@@ -1924,6 +1924,20 @@ mod x86 {
             // step's mr floats; masked-off lanes are not read. Whole sixteens are
             // unrolled, so that the partials stay in registers.
             unsafe {
+                if d < 16 {
+                    // Partial l is step l's square alone (0 + v^2, exact) or +0, and
+                    // sum_partials adds them in order: the same bits as one chain over
+                    // the steps, which stays in a register where the partials, indexed
+                    // by a loop of runtime length, went through the stack.
+                    let mut n = V::splat(0.0);
+                    for t in 0..d {
+                        n = V::add_square(n, V::load_first(base.add(t * mr), rows));
+                    }
+                    let mut lanes = [0.0f32; 16];
+                    n.store(lanes.as_mut_ptr());
+                    out.copy_from_slice(&lanes[..out.len()]);
+                    continue;
+                }
                 let mut p = [V::splat(0.0); 16];
                 let full = d / 16 * 16;
                 for t0 in (0..full).step_by(16) {
