@@ -409,8 +409,8 @@ const GATHER_ACC_BYTES: usize = 64 << 10;
 /// A task's accumulators up to which it streams its rows in order whatever the L2 (beyond
 /// L2 it prefetches each row's accumulators, [`ACC_AHEAD_ROWS`] ahead), rather than
 /// reading a bucket's rows ([`GATHER_ACC_BYTES`]) or taking code ranges. A row read out of
-/// order is a TLB miss as well as a cache miss (a bucket holds about one row per 4 KiB
-/// page), and the page walks, not the bandwidth, bound the gather; streamed accumulators
+/// order is a TLB miss as well as a cache miss (a bucket's rows lie pages apart, 4 KiB
+/// pages), and the page walks, not the bandwidth, bound the gather; streamed accumulators
 /// of a few MiB stay within L3 and within the reach of a second-level TLB of 4 KiB pages
 /// (1536 to 3072 entries on x86 cores of the last decade: 6 to 12 MiB). On a 2-core Zen 1
 /// (AVX2, 512 KiB of L2 per core, 8 MiB of L3), `vqkit bench --op ema --seconds 1`,
