@@ -651,9 +651,9 @@ impl Accumulate<'_> {
             // element by element. Not the whole row at once: at W = 128 the compiler then
             // converted all of it before the first add, 32 ymm of f64 on AVX2's 16
             // registers, and spilled half to the stack and back (`vqkit bench --op ema
-            // --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 3 alternating
-            // runs, medians: k = 256 7.87 -> 7.21 ms, k = 4096 11.36 -> 10.03 ms; widths
-            // 16 to 64 within noise).
+            // --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 4 alternating
+            // runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
+            // 16 to 64 within noise; docs/performance.md).
             const { assert!(W % LINE == 0, "whole lines") };
             let (a, _) = a.as_chunks_mut::<LINE>();
             let (row, _) = row.as_chunks::<LINE>();
