@@ -1855,10 +1855,20 @@ mod x86 {
             for &p in &p[1..] {
                 n = V::add(n, p);
             }
-            let mut lanes = [0.0f32; 16];
-            n.store(lanes.as_mut_ptr());
-            out.copy_from_slice(&lanes[..out.len()]);
+            store_first(n, out);
         }
+    }
+
+    /// Lanes `0..out.len()` of `v` written to `out` (at most 16).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set.
+    #[inline(always)]
+    unsafe fn store_first<V: Lanes>(v: V, out: &mut [f32]) {
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: the caller's contract; 16 floats hold any V.
+        unsafe { v.store(lanes.as_mut_ptr()) };
+        out.copy_from_slice(&lanes[..out.len()]);
     }
 
     /// The 16 x 16 transpose of `r` (vector i, lane j into vector j, lane i): pairs of
@@ -1933,9 +1943,7 @@ mod x86 {
                     for t in 0..d {
                         n = V::add_square(n, V::load_first(base.add(t * mr), rows));
                     }
-                    let mut lanes = [0.0f32; 16];
-                    n.store(lanes.as_mut_ptr());
-                    out.copy_from_slice(&lanes[..out.len()]);
+                    store_first(n, out);
                     continue;
                 }
                 let mut p = [V::splat(0.0); 16];
