@@ -1929,10 +1929,8 @@ mod x86 {
         for (g, out) in out.chunks_mut(V::W).enumerate() {
             let g0 = g * V::W;
             let rows = (mr - g0).min(V::W);
-            let base = xt.as_ptr().wrapping_add(g0);
-            // SAFETY: the lanes read, g0..g0 + rows of each step t < d, lie inside the
-            // step's mr floats; masked-off lanes are not read. Whole sixteens are
-            // unrolled, so that the partials stay in registers.
+            // SAFETY: see `load_step`. Whole sixteens are unrolled, so that the partials
+            // stay in registers.
             unsafe {
                 if d < 16 {
                     // Partial l is step l's square alone (0 + v^2, exact) or +0, and
@@ -1941,7 +1939,7 @@ mod x86 {
                     // by a loop of runtime length, went through the stack.
                     let mut n = V::splat(0.0);
                     for t in 0..d {
-                        n = V::add_square(n, V::load_first(base.add(t * mr), rows));
+                        n = V::add_square(n, load_step(xt, g0 + t * mr, rows));
                     }
                     store_first(n, out);
                     continue;
@@ -1950,13 +1948,35 @@ mod x86 {
                 let full = d / 16 * 16;
                 for t0 in (0..full).step_by(16) {
                     for (l, p) in p.iter_mut().enumerate() {
-                        *p = V::add_square(*p, V::load_first(base.add((t0 + l) * mr), rows));
+                        *p = V::add_square(*p, load_step(xt, g0 + (t0 + l) * mr, rows));
                     }
                 }
                 for (t, p) in (full..d).zip(p.iter_mut()) {
-                    *p = V::add_square(*p, V::load_first(base.add(t * mr), rows));
+                    *p = V::add_square(*p, load_step(xt, g0 + t * mr, rows));
                 }
                 sum_partials(&p, out);
+            }
+        }
+    }
+
+    /// The `rows` floats of `xt` from `at` in a vector's first lanes: a whole vector where
+    /// one lies inside `xt` (the lanes past `rows` then hold the next step's floats, whose
+    /// sums are never written out, and lanes never mix), otherwise a masked load that reads
+    /// nothing past them. A masked load of the 6-row AVX2 blocks cost 5% of a call at
+    /// n = 100,000, k = 256, d = 32 on Zen 1 (`perf record -e cpu-clock`).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set; `at + rows <= xt.len()`.
+    #[inline(always)]
+    unsafe fn load_step<V: Lanes>(xt: &[f32], at: usize, rows: usize) -> V {
+        let p = xt.as_ptr().wrapping_add(at);
+        // SAFETY: a whole vector from `at` lies inside `xt` where tested; otherwise the
+        // masked load reads lanes 0..rows alone, inside by the caller's contract.
+        unsafe {
+            if at + V::W <= xt.len() {
+                V::load(p)
+            } else {
+                V::load_first(p, rows)
             }
         }
     }
