@@ -654,7 +654,7 @@ impl Accumulate<'_> {
             // --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 4 alternating
             // runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
             // 16 to 64 within noise; docs/performance.md).
-            const { assert!(W % LINE == 0, "whole lines") };
+            const { assert!(W.is_multiple_of(LINE), "whole lines") };
             let (a, _) = a.as_chunks_mut::<LINE>();
             let (row, _) = row.as_chunks::<LINE>();
             for (a, &line) in a.iter_mut().zip(row) {
