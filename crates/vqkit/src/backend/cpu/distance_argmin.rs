@@ -1683,8 +1683,9 @@ mod x86 {
 
     /// The 8 lanes folded branch-free, as [`super::reduce_lanes`] folds them: the lowest
     /// score, and among the lanes holding it, the lowest index (no lane holds NaN; a lane
-    /// at +inf holds index 0). The score returned is the minimum itself, whose zero may differ in
-    /// sign from the chosen lane's: the distance (`score + |x|^2`, clamped at 0) is the same.
+    /// at +inf holds index 0). The score returned is the minimum itself, whose zero may
+    /// differ in sign from the chosen lane's: the distance (`score + |x|^2`, clamped at 0)
+    /// is the same.
     #[target_feature(enable = "avx2")]
     fn reduce_avx2(v: __m256, i: __m256i) -> (f32, u32) {
         let m = _mm256_min_ps(v, _mm256_permute2f128_ps::<1>(v, v));
