@@ -30,12 +30,12 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
-//! - v4 `scan` (AVX2, MR = 4, NR = 16), for d <= 8 against 4096 codewords or more, where
-//!   the tiled kernels' epilogue (compares and blends to carry each lane's index) costs
-//!   more than their 2 d FMAs: each panel's scores only lower per-lane minima, the block
-//!   of panels where each lane last fell is noted once per block, and the one block
-//!   holding a row's minimum is computed again at the end for its index. Same scores,
-//!   same bits as v2 and v3. (AVX-512 had one too, until v6 beat it at every shape.)
+//! - v4 `scan` (AVX2, MR = 4, NR = 16), for d <= 8 against 2048 codewords or more (1024
+//!   at d <= 4), where the tiled kernels' epilogue (compares and blends to carry each
+//!   lane's index) costs more than their 2 d FMAs: each panel's scores only lower
+//!   per-lane minima, the block of panels where each lane last fell is noted once per
+//!   block, and the one block holding a row's minimum is computed again at the end for its
+//!   index. Same scores, same bits as v2 and v3. (AVX-512 had one too, until v6 beat it at every shape.)
 //! - v5 `cols` (AVX-512: 12 codewords x 32 rows; AVX2: 6 x 16), for at most 2048 rows of
 //!   d >= 32 against a codebook at least 4x larger (2x for d >= 512; [`codebook_stream`]):
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
@@ -318,14 +318,35 @@ const SCAN_MAX_D: usize = 8;
 
 /// Codebooks of at least this many codewords go to the scan kernels: below, the work
 /// each call repeats per row (the reduction, one block computed again) weighs too much
-/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel; k = 1024: the same at
-/// d = 2, up to 1.3x slower at d = 4 and 8).
-const SCAN_MIN_K: usize = 4096;
+/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel). Rows of at most
+/// [`SCAN_SHORT_D`] floats take them from [`SCAN_SHORT_MIN_K`].
+///
+/// On a 2-core Zen 1 (AVX2), `vqkit bench --op assign --n 100000 --k K --d D --threads 1
+/// --seconds 1`, the tiled kernel against the scan kernel (a build with the bound read once
+/// from the environment), 3 alternating runs, medians: d = 8, k = 2048 135.1 -> 126.6 ms,
+/// k = 1024 68.9 -> 70.0; d = 6, k = 2048 112.9 -> 112.3, k = 1024 57.8 -> 57.3; d = 5,
+/// k = 1024 52.9 -> 50.6 (the runs' third pair 82-88 ms, the machine busy); at k = 256
+/// the tiled kernel kept winning (d = 8 19.3 against 24.7 ms, d = 2 10.7 against 13.3).
+const SCAN_MIN_K: usize = 2048;
+
+/// Rows at most this wide go to the scan kernels from [`SCAN_SHORT_MIN_K`] codewords.
+const SCAN_SHORT_D: usize = 4;
+
+/// Codebooks of at least this many codewords of rows of at most [`SCAN_SHORT_D`] floats go
+/// to the scan kernels. In the runs of [`SCAN_MIN_K`]: d = 2, k = 1024 35.4 -> 30.8 ms,
+/// k = 2048 68.4 -> 51.7, k = 512 19.05 against 19.4 (tiled kept); d = 3, k = 1024 40.9 ->
+/// 37.9; d = 4, k = 1024 46.8 -> 44.4, k = 2048 90.8 -> 77.5.
+const SCAN_SHORT_MIN_K: usize = 1024;
 
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
 /// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it.
 fn scan_wins(d: usize, k: usize) -> bool {
-    d <= SCAN_MAX_D && k >= SCAN_MIN_K
+    let min_k = if d <= SCAN_SHORT_D {
+        SCAN_SHORT_MIN_K
+    } else {
+        SCAN_MIN_K
+    };
+    d <= SCAN_MAX_D && k >= min_k
 }
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
