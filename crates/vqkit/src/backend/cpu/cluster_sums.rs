@@ -25,16 +25,43 @@ use rayon::prelude::*;
 /// Columns per parallel task: whole 64-byte lines of f32.
 const LINE: usize = 16;
 
-/// `counts[j] = #{i : idx[i] = j}`; codes outside `0..k` are skipped.
-pub(crate) fn counts(idx: &[u32], k: usize) -> Vec<u32> {
-    let mut counts = vec![0u32; k];
-    for &j in idx {
-        if let Some(c) = counts.get_mut(j as usize) {
-            *c += 1;
-        }
-    }
-    counts
+/// `counts[j] = #{i : idx[i] = j}`; codes outside `0..k` are skipped. Exact integers, so
+/// any split of the rows gives the same counts: with `parallel`, up to one part per thread,
+/// each counted into its own k counters and the parts added up, where every part has at
+/// least [`COUNT_PART_ROWS`] rows and 4 k (each part costs k counters cleared and added).
+pub(crate) fn counts(parallel: bool, idx: &[u32], k: usize) -> Vec<u32> {
+    let parts = super::pool_threads(parallel).min(idx.len() / COUNT_PART_ROWS.max(4 * k));
+    counts_in(parts, idx, k)
 }
+
+/// [`counts`] in `parts` parts of the rows (one or none: serially).
+fn counts_in(parts: usize, idx: &[u32], k: usize) -> Vec<u32> {
+    let count = |rows: &[u32]| {
+        let mut counts = vec![0u32; k];
+        for &j in rows {
+            if let Some(c) = counts.get_mut(j as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    };
+    if parts <= 1 || idx.is_empty() {
+        return count(idx);
+    }
+    idx.par_chunks(idx.len().div_ceil(parts))
+        .map(count)
+        .reduce_with(|mut a, b| {
+            for (a, b) in a.iter_mut().zip(&b) {
+                *a += b;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![0; k])
+}
+
+/// The fewest rows per part of a parallel [`counts`]: a part costs a task and its counters,
+/// a row about a cycle.
+const COUNT_PART_ROWS: usize = 16_384;
 
 /// `sums[j] = sum_{idx[i] = j} x_i`, accumulated in f64 in the order of [`chunk_rows`].
 pub(crate) fn sums(
@@ -821,7 +848,7 @@ fn ema_in(
         "EMA state: k, k x d, k x d"
     );
     let (decay, eps) = (decay as f64, eps as f64);
-    for (s, &c) in cluster_size.iter_mut().zip(&counts(idx, k)) {
+    for (s, &c) in cluster_size.iter_mut().zip(&counts(parallel, idx, k)) {
         *s = (decay * *s as f64 + (1.0 - decay) * c as f64) as f32;
     }
     let total: f64 = cluster_size.iter().map(|&s| s as f64).sum();
@@ -1064,7 +1091,7 @@ mod tests {
         (mut size, mut esum, mut code): State,
     ) -> State {
         let batch = chunked_sums(x, idx, (k, d), chunk);
-        for (s, &c) in size.iter_mut().zip(&counts(idx, k)) {
+        for (s, &c) in size.iter_mut().zip(&counts(false, idx, k)) {
             *s = (decay * *s as f64 + (1.0 - decay) * c as f64) as f32;
         }
         let total: f64 = size.iter().map(|&s| s as f64).sum();
@@ -1082,6 +1109,31 @@ mod tests {
 
     /// The fused EMA step gives the plain step's bits for every split, with weight and
     /// with none anywhere (every code out of range, all sizes zero).
+    /// Counts in parts are the serial counts: codes outside `0..k` skipped, parts of
+    /// unequal length, more parts than rows.
+    #[test]
+    fn counts_in_parts_are_the_serial_counts() {
+        let mut rng = crate::rng::Rng::new(7);
+        for (n, k) in [(0, 3), (1, 1), (5, 4), (1000, 7), (4099, 64)] {
+            // Codes up to k + 1: some outside the codebook.
+            let idx: Vec<u32> = (0..n).map(|_| rng.below(k + 2) as u32).collect();
+            let mut want = vec![0u32; k];
+            for &j in &idx {
+                if (j as usize) < k {
+                    want[j as usize] += 1;
+                }
+            }
+            for parts in 0..=9 {
+                assert_eq!(
+                    counts_in(parts, &idx, k),
+                    want,
+                    "n {n}, k {k}, {parts} parts"
+                );
+            }
+            assert_eq!(counts(true, &idx, k), want);
+        }
+    }
+
     #[test]
     fn fused_ema_matches_the_plain_step_for_every_split() {
         let (decay, eps) = (0.9f32, 1e-5f32);

@@ -244,11 +244,12 @@ impl Backend for CpuBackend {
         let (xl, il, dl) = (x.len(), idx.len(), dist.len());
         check::cluster_sums(shape, xl, il, dl, sums.len(), counts.len(), dist_sums.len())?;
         let Shape { n, k, d } = shape;
-        self.run(n * d, |par| {
-            cluster_sums::sums(self.isa, par, x, idx, k, d, sums)
+        let c = self.run(n * d, |par| {
+            cluster_sums::sums(self.isa, par, x, idx, k, d, sums);
+            cluster_sums::counts(par, idx, k)
         });
         cluster_sums::dist_sums(idx, dist, dist_sums);
-        counts.copy_from_slice(&cluster_sums::counts(idx, k));
+        counts.copy_from_slice(&c);
         Ok(())
     }
 
