@@ -1107,8 +1107,6 @@ mod tests {
         (size, esum, code)
     }
 
-    /// The fused EMA step gives the plain step's bits for every split, with weight and
-    /// with none anywhere (every code out of range, all sizes zero).
     /// Counts in parts are the serial counts: codes outside `0..k` skipped, parts of
     /// unequal length, more parts than rows.
     #[test]
@@ -1134,6 +1132,8 @@ mod tests {
         }
     }
 
+    /// The fused EMA step gives the plain step's bits for every split, with weight and
+    /// with none anywhere (every code out of range, all sizes zero).
     #[test]
     fn fused_ema_matches_the_plain_step_for_every_split() {
         let (decay, eps) = (0.9f32, 1e-5f32);

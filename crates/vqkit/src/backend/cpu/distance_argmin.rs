@@ -35,7 +35,8 @@
 //!   lane's index) costs more than their 2 d FMAs: each panel's scores only lower
 //!   per-lane minima, the block of panels where each lane last fell is noted once per
 //!   block, and the one block holding a row's minimum is computed again at the end for its
-//!   index. Same scores, same bits as v2 and v3. (AVX-512 had one too, until v6 beat it at every shape.)
+//!   index. Same scores, same bits as v2 and v3. (AVX-512 had one too, until v6 beat it
+//!   at every shape.)
 //! - v5 `cols` (AVX-512: 12 codewords x 32 rows; AVX2: 6 x 16), for at most 2048 rows of
 //!   d >= 32 against a codebook at least 4x larger (2x for d >= 512; [`codebook_stream`]):
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
@@ -2917,16 +2918,11 @@ mod tests {
                     rng.below(1 << 20) as u32
                 }
             });
+            // The lowest score, and the lowest index among the lanes holding it (all of
+            // them at +inf, index 0, where every lane is).
             let low = v.iter().copied().fold(f32::INFINITY, f32::min);
             let first = (0..8).filter(|&l| v[l] == low).map(|l| i[l]).min();
-            let want = (
-                low,
-                if low == f32::INFINITY {
-                    0
-                } else {
-                    first.unwrap()
-                },
-            );
+            let want = (low, first.expect("some lane holds the minimum"));
             let got = reduce_lanes(&v, &i);
             assert!(
                 got.0 == want.0 && got.1 == want.1,
