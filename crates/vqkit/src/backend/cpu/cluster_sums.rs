@@ -56,7 +56,7 @@ fn counts_in(parts: usize, idx: &[u32], k: usize) -> Vec<u32> {
             }
             a
         })
-        .unwrap_or_else(|| vec![0; k])
+        .expect("rows in at least one part")
 }
 
 /// The fewest rows per part of a parallel [`counts`]: a part costs a task and its counters,
