@@ -14,6 +14,8 @@
 //! packed once per call into panels of NR codewords, d-major (`panel[t][lane]`), and each
 //! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
 //! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
+//! (Against one or two panels, and up to 32 for tiles of at most 6 rows, the rows are read
+//! in place instead: see `DIRECT_MAX_MR`.)
 //! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
 //! lane into the row's running (score, index), the first half first (strict <, so a NaN
 //! score never wins); after the last panel, one branch-free horizontal reduction per row.
@@ -267,7 +269,8 @@ pub(crate) struct Blocking {
     /// Rows per parallel task ([`task_rows`]).
     pub rows: usize,
     /// Whole blocks of MR rows are read in place rather than packed: for codebooks of at
-    /// most two panels, where packing a row would cost about as much as its products.
+    /// most two panels, where packing a row would cost about as much as its products, and
+    /// for tiles of at most [`DIRECT_MAX_MR`] rows against up to [`DIRECT_MAX_PANELS`].
     pub direct: bool,
     /// Short rows against many panels: the scan kernels (AVX2; minima only, the index found
     /// afterwards) rather than the tiled ones. Only where d is one chunk (`kc >= d`).
@@ -297,7 +300,7 @@ impl Blocking {
         let kc = d.div_ceil(d.div_ceil(kc_max).max(1)).max(1);
         let group = (caches.l2 / 2 / (nr * d.max(1) * f32s)).clamp(1, panels.max(1));
         let rows = task_rows(caches, d);
-        let direct = panels <= 2;
+        let direct = panels <= 2 || (mr <= DIRECT_MAX_MR && panels <= DIRECT_MAX_PANELS);
         Blocking {
             kc,
             group,
@@ -309,6 +312,30 @@ impl Blocking {
         }
     }
 }
+
+/// Tiles of at most this many rows (the 6-row AVX2 and the 4-row portable kernels) read
+/// their rows in place ([`Blocking::direct`], from lanes: [`LANES_MAX_MR`]) against up to
+/// [`DIRECT_MAX_PANELS`] panels, not only against one or two. Packing a block costs a
+/// load, a store and a share of its norms per element of x, against k / 8 FMAs (AVX2) for
+/// that element once packed: a few percent of a call at k = 256, a fifth at k = 64; read
+/// in place, the rows pay for their norms in a pass at the end of each task instead
+/// ([`fuses_norms`]). On a 2-core Zen 1 (AVX2, 512 KiB of L2 per core), `vqkit bench --op
+/// assign --n N --k K --d D --threads 2 --seconds 1`, the build before (2614fd2) and this
+/// one alternating, the one before first, 5 runs, medians, in ms: 100,000 x 64 x 32 9.69
+/// -> 7.78, x 128 x 16 10.01 -> 8.61, x 256 x 2 5.03 -> 4.80, x 256 x 8 9.60 -> 8.86, x
+/// 256 x 32 28.62 -> 27.71, x 512 x 32 53.08 -> 51.58, x 256 x 128 100.56 -> 93.32, x 512
+/// x 128 194.5 -> 186.3; 76,293 x 256 x 512 292.4 -> 276.6; 19,073 x 256 x 2048 293.3 ->
+/// 283.2. Against larger codebooks the packing weighs little and the rows in place lost:
+/// read in place at every size, 100,000 x 1024 x 32 100.5 -> 102.8 and, the order
+/// reversed, 101.2 -> 102.7; x 4096 x 32 391.6 -> 408.0 (reversed; 5 runs each), one
+/// thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3 (reversed). The 12-row
+/// AVX-512 tile, whose 12 rows in place would be 12 streams, was not measured this way
+/// and keeps its packing beyond two panels.
+const DIRECT_MAX_MR: usize = 6;
+
+/// Codebooks of at most this many panels are read against rows in place by tiles of at
+/// most [`DIRECT_MAX_MR`] rows (512 codewords on AVX2): see there.
+const DIRECT_MAX_PANELS: usize = 32;
 
 /// Rows at most this wide go to the scan kernels (see `x86::scan_walk`). Against the
 /// tiled kernel, `vqkit bench --op assign --threads 2` (2 or 3 alternating runs): d = 2,
@@ -3328,6 +3355,23 @@ mod tests {
             l1d: 32 << 10,
             l2: 1 << 20,
         };
+        // The 6-row AVX2 and 4-row portable tiles read their rows in place against up to
+        // 32 panels, the 12-row AVX-512 one only against one or two.
+        for panels in [1, 2, 3, 32, 33, 64, 1 << 14] {
+            let small = panels <= DIRECT_MAX_PANELS;
+            assert_eq!(
+                Blocking::for_shape(caches, 6, 16, 128, panels).direct,
+                small
+            );
+            assert_eq!(
+                Blocking::for_shape(caches, 4, 16, 128, panels).direct,
+                small
+            );
+            assert_eq!(
+                Blocking::for_shape(caches, 12, 32, 128, panels).direct,
+                panels <= 2
+            );
+        }
         // d fits in one chunk; 1 MiB / 2 holds 1024 codewords of 128 floats.
         let b = Blocking::for_shape(caches, 12, 32, 128, 2048);
         assert_eq!(
