@@ -49,7 +49,7 @@
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
 //!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3.
+//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm), for d <= 2 only.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -414,12 +414,27 @@ const TALL_INDEX_MAX_PANELS: usize = 4;
 const TALL_NR: usize = 32;
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
-/// the instruction set has one (AVX-512).
+/// the instruction set has one: AVX-512 for d <= 8, AVX2 for d <= 2 (`TALL256_MAX_D`).
+///
+/// On AVX2 the tiled kernel's epilogue at d <= 2 (a compare and two blends per row and half
+/// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
+/// `min` per vector of rows and codeword, against every codebook `tall_wins` gives it
+/// (more than four codewords at d <= 2). `vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds
+/// 1` on a 2-core Zen 1, one build with the choice read once from the environment, the
+/// shipped kernels first in each pair, 3 runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39,
+/// k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51,
+/// k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16
+/// 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2
+/// 942.1 -> 933.7 (a tie).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
         const { assert!(TALL_NR == x86::AVX512_NR) };
         return Some((x86::tall_avx512_entry, x86::tall_rows(d), x86::AVX512_NR));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && d <= x86::TALL256_MAX_D {
+        return Some((x86::tall_avx2_entry, x86::TALL256_ROWS, x86::AVX2_NR));
     }
     let _ = (isa, d);
     None
@@ -2540,6 +2555,41 @@ mod x86 {
         }
     }
 
+    /// Rows per tile of the AVX2 tall kernel: two vectors of 8, which with their d <= 2
+    /// elements, chains, minima and panels, and the codeword's broadcasts, take 15 of
+    /// AVX2's 16 registers. `tall_avx2`'s G must agree.
+    pub(super) const TALL256_ROWS: usize = 16;
+
+    /// The widest rows the AVX2 tall kernel takes: at d = 3 and 4 one vector of 8 rows is
+    /// all the registers hold, and it lost to the tiled and scan kernels (`vqkit bench --op
+    /// assign --n 100000 --k K --d 4 --threads 1 --seconds 1` on a 2-core Zen 1, 3
+    /// alternating runs, medians: k = 256 11.56 -> 12.77 ms, k = 4096 135.07 -> 165.26).
+    pub(super) const TALL256_MAX_D: usize = 2;
+
+    pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        let mr = TALL256_ROWS;
+        check(s, acc, val, idx, mr, AVX2_NR);
+        assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= TALL256_MAX_D);
+        assert!(s.p.fold && s.rs == 1 && s.ts == mr);
+        // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
+        // `check` bounds every pointer offset the kernel takes; the rows are packed.
+        unsafe { tall_avx2(s, val, idx) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        const { assert!(TALL256_ROWS == 2 * 8) };
+        // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
+        // `TALL256_ROWS`.
+        unsafe {
+            match s.p.d {
+                1 => tall_step::<__m256, 1, 2>(s, val, idx),
+                2 => tall_step::<__m256, 2, 2>(s, val, idx),
+                d => unreachable!("the AVX2 tall kernel serves d <= 2, not {d}"),
+            }
+        }
+    }
+
     /// A step of the tall kernel: [`tall_index_walk`] over at most
     /// [`super::TALL_INDEX_MAX_PANELS`] panels, [`tall_walk`] over more.
     ///
@@ -3037,6 +3087,10 @@ mod tests {
             (90, 16, 4),
             (45, 9, 8),
             (70, 100, 2),
+            // The AVX2 tall kernel's index walk (at most four panels of 16): tiles of 16
+            // rows, full and short, partial panels.
+            (40, 50, 2),
+            (33, 7, 1),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -3113,6 +3167,7 @@ mod tests {
             (8, true, false, false),
             (33, false, true, false),
             (1, false, false, true),
+            (2, false, false, true),
             (3, false, false, true),
             (6, false, false, true),
             (8, false, false, true),
