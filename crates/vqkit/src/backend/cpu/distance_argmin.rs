@@ -49,7 +49,8 @@
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
 //!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm), for d <= 2 only.
+//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm), for d <= 4 only,
+//!   where it serves instead of v4.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -401,6 +402,19 @@ fn tall_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
 }
 
+/// Whether the AVX2 tall kernel takes rows of `d <= TALL256_MAX_D` against `k` codewords
+/// where [`tall_wins`] does: at d <= 2 always, at d = 3 and 4 only past the index walk's
+/// [`TALL_INDEX_MAX_PANELS`] panels of 16. There, with some of the rows' elements read from
+/// memory, the index walk (a compare and two blends per codeword and vector of rows) lost
+/// on two threads: `vqkit bench --op assign --n 100000 --k K --d 4 --threads 2 --seconds
+/// 1` on a 2-core Zen 1, the tiled kernel against it, 5 alternating runs in each order,
+/// medians: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a
+/// tie; on one thread k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31); at d = 3, k = 16 it won
+/// (1.126 -> 0.932) but is kept with d = 4 for one rule.
+fn tall256_takes(d: usize, k: usize) -> bool {
+    d <= 2 || k > TALL_INDEX_MAX_PANELS * 16
+}
+
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
 /// its minimum alone. `vqkit bench --op assign --n 100000 --threads 2`, 3 alternating runs
 /// (2026-12-04, Zen 4 VM), the build before (the tiled kernels, AVX2's 16-wide one at
@@ -414,18 +428,22 @@ const TALL_INDEX_MAX_PANELS: usize = 4;
 const TALL_NR: usize = 32;
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
-/// the instruction set has one: AVX-512 for d <= 8, AVX2 for d <= 2 (`TALL256_MAX_D`).
+/// the instruction set has one: AVX-512 for d <= 8, AVX2 for d <= 4 (`TALL256_MAX_D`).
 ///
-/// On AVX2 the tiled kernel's epilogue at d <= 2 (a compare and two blends per row and half
+/// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against every codebook `tall_wins` gives it
-/// (more than four codewords at d <= 2). `vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds
-/// 1` on a 2-core Zen 1, one build with the choice read once from the environment, the
-/// shipped kernels first in each pair, 3 runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39,
+/// (more than four codewords at d <= 2; up to 128 and from 256 at d = 3 and 4). `vqkit
+/// bench --op assign --n 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1,
+/// one build with the choice read once from the environment, the shipped kernels first in
+/// each pair, 3 runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39,
 /// k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51,
 /// k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16
 /// 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2
-/// 942.1 -> 933.7 (a tie).
+/// 942.1 -> 933.7 (a tie). At d = 3 and 4 (another build, the same command): d = 4, k = 16
+/// 2.14 -> 1.96, k = 64 4.30 -> 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k =
+/// 1024 40.98 -> 32.66, k = 4096 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256
+/// 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
@@ -523,7 +541,8 @@ pub(crate) fn distance_argmin(
     let scan = scan_wins(shape.d, shape.k);
     let tall = tall_wins(shape.d, shape.k)
         .then(|| tall_kernel(isa, shape.d))
-        .flatten();
+        .flatten()
+        .filter(|_| isa != Isa::Avx2 || tall256_takes(shape.d, shape.k));
     let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
     let caches = super::CacheSizes::detect();
     let mut blocking = Blocking {
@@ -2555,16 +2574,22 @@ mod x86 {
         }
     }
 
-    /// Rows per tile of the AVX2 tall kernel: two vectors of 8, which with their d <= 2
-    /// elements, chains, minima and panels, and the codeword's broadcasts, take 15 of
-    /// AVX2's 16 registers. `tall_avx2`'s G must agree.
+    /// Rows per tile of the AVX2 tall kernel: two vectors of 8. With their d elements,
+    /// chains, minima and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's
+    /// 16 registers at d = 2; at d = 3 and 4 the compiler keeps some of the rows' elements
+    /// in memory and reads them as FMA operands from L1, which still beat one vector of 8
+    /// rows held whole (`vqkit bench --op assign --n 100000 --k K --d 4 --threads 1
+    /// --seconds 1` on a 2-core Zen 1, 3 alternating runs, medians, against the tiled and
+    /// scan kernels: 8 rows, k = 256 11.56 -> 12.77 ms, k = 4096 135.07 -> 165.26; 16 rows,
+    /// in another build, 12.27 -> 10.51 and 136.67 -> 131.12). `tall_avx2`'s G must agree.
     pub(super) const TALL256_ROWS: usize = 16;
 
-    /// The widest rows the AVX2 tall kernel takes: at d = 3 and 4 one vector of 8 rows is
-    /// all the registers hold, and it lost to the tiled and scan kernels (`vqkit bench --op
-    /// assign --n 100000 --k K --d 4 --threads 1 --seconds 1` on a 2-core Zen 1, 3
-    /// alternating runs, medians: k = 256 11.56 -> 12.77 ms, k = 4096 135.07 -> 165.26).
-    pub(super) const TALL256_MAX_D: usize = 2;
+    /// The widest rows the AVX2 tall kernel takes: from d = 5 more of the rows' elements go
+    /// through memory, and it won at one shape only (the same command, 16 rows against the
+    /// shipped kernels: d = 5, k = 256 13.67 -> 12.51 ms but k = 4096 159.66 -> 160.02;
+    /// d = 6, k = 256 13.80 -> 14.28; d = 8, k = 256 17.60 -> 19.16, k = 4096 230.24 ->
+    /// 253.16).
+    pub(super) const TALL256_MAX_D: usize = 4;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         let mr = TALL256_ROWS;
@@ -2585,7 +2610,9 @@ mod x86 {
             match s.p.d {
                 1 => tall_step::<__m256, 1, 2>(s, val, idx),
                 2 => tall_step::<__m256, 2, 2>(s, val, idx),
-                d => unreachable!("the AVX2 tall kernel serves d <= 2, not {d}"),
+                3 => tall_step::<__m256, 3, 2>(s, val, idx),
+                4 => tall_step::<__m256, 4, 2>(s, val, idx),
+                d => unreachable!("the AVX2 tall kernel serves d <= 4, not {d}"),
             }
         }
     }
