@@ -49,8 +49,8 @@
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
 //!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm), for d <= 4 only,
-//!   where it serves instead of v4.
+//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm) for d <= 4 only (at
+//!   d = 3 and 4 against more than four panels), where it serves instead of v4.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -432,18 +432,18 @@ const TALL_NR: usize = 32;
 ///
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
-/// `min` per vector of rows and codeword, against every codebook `tall_wins` gives it
-/// (more than four codewords at d <= 2; up to 128 and from 256 at d = 3 and 4). `vqkit
-/// bench --op assign --n 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1,
-/// one build with the choice read once from the environment, the shipped kernels first in
-/// each pair, 3 runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39,
-/// k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51,
-/// k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16
-/// 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2
-/// 942.1 -> 933.7 (a tie). At d = 3 and 4 (another build, the same command): d = 4, k = 16
-/// 2.14 -> 1.96, k = 64 4.30 -> 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k =
-/// 1024 40.98 -> 32.66, k = 4096 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256
-/// 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
+/// `min` per vector of rows and codeword: at d <= 2 against every codebook `tall_wins`
+/// gives it (more than four codewords), at d = 3 and 4 past four panels
+/// ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D --threads 1
+/// --seconds 1` on a 2-core Zen 1, one build with the choice read once from the
+/// environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
+/// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
+/// k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 ->
+/// 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n =
+/// 76,293, k = 65,536, d = 2 942.1 -> 933.7 (a tie). At d = 3 and 4 (another build, the
+/// same command): d = 4, k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31, k = 128 7.00 -> 6.43,
+/// k = 256 12.27 -> 10.51, k = 1024 40.98 -> 32.66, k = 4096 136.67 -> 131.12; d = 3,
+/// k = 16 2.15 -> 1.82, k = 256 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
