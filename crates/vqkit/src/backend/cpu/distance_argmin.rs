@@ -50,7 +50,7 @@
 //!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm) for d <= 4 only (at
-//!   d = 3 and 4 against more than four panels), where it serves instead of v4.
+//!   d = 4 against more than four panels), where it serves instead of v4.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -403,16 +403,17 @@ fn tall_wins(d: usize, k: usize) -> bool {
 }
 
 /// Whether the AVX2 tall kernel takes rows of `d <= TALL256_MAX_D` against `k` codewords
-/// where [`tall_wins`] does: at d <= 2 always, at d = 3 and 4 only past the index walk's
+/// where [`tall_wins`] does: at d <= 3 always, at d = 4 only past the index walk's
 /// [`TALL_INDEX_MAX_PANELS`] panels of 16. There, with some of the rows' elements read from
 /// memory, the index walk (a compare and two blends per codeword and vector of rows) lost
 /// on two threads: `vqkit bench --op assign --n 100000 --k K --d 4 --threads 2 --seconds
 /// 1` on a 2-core Zen 1, the tiled kernel against it, 5 alternating runs in each order,
 /// medians: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a
-/// tie; on one thread k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31); at d = 3, k = 16 it won
-/// (1.126 -> 0.932) but is kept with d = 4 for one rule.
+/// tie; on one thread k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31). At d = 3 it won (the
+/// same command, the tiled kernel first, 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 ->
+/// 1.000, k = 32 1.424 -> 1.244, k = 64 1.990 -> 1.871.
 fn tall256_takes(d: usize, k: usize) -> bool {
-    d <= 2 || k > TALL_INDEX_MAX_PANELS * 16
+    d <= 3 || k > TALL_INDEX_MAX_PANELS * 16
 }
 
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
@@ -433,7 +434,7 @@ const TALL_NR: usize = 32;
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword: at d <= 2 against every codebook `tall_wins`
-/// gives it (more than four codewords), at d = 3 and 4 past four panels
+/// gives it (more than four codewords; at d = 3 too), at d = 4 past four panels
 /// ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D --threads 1
 /// --seconds 1` on a 2-core Zen 1, one build with the choice read once from the
 /// environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
