@@ -347,8 +347,10 @@ const SCAN_MAX_D: usize = 8;
 
 /// Codebooks of at least this many codewords go to the scan kernels: below, the work
 /// each call repeats per row (the reduction, one block computed again) weighs too much
-/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel). Rows of at most
-/// [`SCAN_SHORT_D`] floats take them from [`SCAN_SHORT_MIN_K`].
+/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel). (Rows of at most 4
+/// floats took them from 1024 codewords, 1dd8c3e: d = 2, k = 1024 35.4 -> 30.8 ms, k =
+/// 2048 68.4 -> 51.7; d = 4, k = 1024 46.8 -> 44.4, in the runs below; until the AVX2
+/// tall kernel took those rows, [`tall_kernel`].)
 ///
 /// On a 2-core Zen 1 (AVX2), `vqkit bench --op assign --n 100000 --k K --d D --threads 1
 /// --seconds 1`, the tiled kernel against the scan kernel (a build with the bound read once
@@ -358,24 +360,11 @@ const SCAN_MAX_D: usize = 8;
 /// the tiled kernel kept winning (d = 8 19.3 against 24.7 ms, d = 2 10.7 against 13.3).
 const SCAN_MIN_K: usize = 2048;
 
-/// Rows at most this wide go to the scan kernels from [`SCAN_SHORT_MIN_K`] codewords.
-const SCAN_SHORT_D: usize = 4;
-
-/// Codebooks of at least this many codewords of rows of at most [`SCAN_SHORT_D`] floats go
-/// to the scan kernels. In the runs of [`SCAN_MIN_K`]: d = 2, k = 1024 35.4 -> 30.8 ms,
-/// k = 2048 68.4 -> 51.7, k = 512 19.05 against 19.4 (tiled kept); d = 3, k = 1024 40.9 ->
-/// 37.9; d = 4, k = 1024 46.8 -> 44.4, k = 2048 90.8 -> 77.5.
-const SCAN_SHORT_MIN_K: usize = 1024;
-
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
-/// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it.
+/// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it (on
+/// AVX2 they serve d <= 4 from 65 codewords, so the scan kernels take 5 <= d <= 8).
 fn scan_wins(d: usize, k: usize) -> bool {
-    let min_k = if d <= SCAN_SHORT_D {
-        SCAN_SHORT_MIN_K
-    } else {
-        SCAN_MIN_K
-    };
-    d <= SCAN_MAX_D && k >= min_k
+    d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
@@ -390,9 +379,11 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// d = 2, k = 65,536 (n = 76,293) 101 and 102 ms, k = 262,144 (n = 19,073) 111 -> 102 ms.
 /// Below those k they lost (d = 2, k = 16 0.58 -> 0.78 ms; d = 4, k = 64 0.88 -> 1.11 ms;
 /// d = 8, k = 64 1.47 -> 1.82 ms, k = 128 2.17 -> 2.35 ms): a row's minimum costs one panel
-/// computed again, against few panels. With AVX2's 16 registers (`--isa avx2`, one or two
-/// vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61 ms, d = 4,
-/// k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms.
+/// computed again, against few panels. With AVX2's 16 registers (`--isa avx2` on that Zen 4
+/// VM, one or two vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61
+/// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
+/// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there; the d = 3 and 4
+/// ones were not measured on another AVX2 CPU.
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords) the tall kernel carries
 /// each lane's index instead (`x86::tall_index_walk`), which wins against the tiled kernels
