@@ -3110,6 +3110,7 @@ mod tests {
             // rows, full and short, partial panels.
             (40, 50, 2),
             (33, 7, 1),
+            (37, 40, 3),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
