@@ -32,8 +32,8 @@
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   Shipped wherever the CPU has AVX-512F.
-//! - v4 `scan` (AVX2, MR = 4, NR = 16), for d <= 8 against 2048 codewords or more (1024
-//!   at d <= 4), where the tiled kernels' epilogue (compares and blends to carry each
+//! - v4 `scan` (AVX2, MR = 4, NR = 16), for 5 <= d <= 8 against 2048 codewords or more
+//!   (v6 serves d <= 4), where the tiled kernels' epilogue (compares and blends to carry each
 //!   lane's index) costs more than their 2 d FMAs: each panel's scores only lower
 //!   per-lane minima, the block of panels where each lane last fell is noted once per
 //!   block, and the one block holding a row's minimum is computed again at the end for its
@@ -47,10 +47,11 @@
 //! - v6 `tall` (AVX-512: 64 rows, or 32 above d = 4), for d <= 8 against 32 codewords or
 //!   more (256 above d = 2): the rows in the lanes, held in registers, against one
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
-//!   horizontal reduction. Against 5 to 128 codewords (at most four panels), each
+//!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm) for d <= 4 only (at
-//!   d = 4 against more than four panels), where it serves instead of v4.
+//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm; panels of 16, so the
+//!   index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
+//!   only from 65 codewords: `tall256_takes`), where it serves instead of v4.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -279,7 +280,7 @@ pub(crate) struct Blocking {
     /// Few rows against a large codebook: the rows packed and the codebook read in place
     /// ([`codebook_stream`]); `group` then counts tiles of its codewords.
     pub cols: bool,
-    /// Short rows: the tall kernels (a tile of 32 to 64 rows held in registers, one
+    /// Short rows: the tall kernels (a tile of 16 to 64 rows held in registers, one
     /// codeword at a time) rather than the tiled or scan ones. Only where d is one chunk
     /// and the scores fold (`folds`); the rows are then always packed.
     pub tall: bool,
@@ -362,14 +363,16 @@ const SCAN_MIN_K: usize = 2048;
 
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
 /// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it (on
-/// AVX2 they serve d <= 4 from 65 codewords, so the scan kernels take 5 <= d <= 8).
+/// AVX2 they serve d <= 4 from 256 codewords and more, so the scan kernels take 5 <= d <=
+/// 8).
 fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
-/// instruction set has one ([`tall_kernel`]: AVX-512): rows of d <= 8 against at least 32
-/// codewords at d <= 2 and 256 above. Against
+/// instruction set has one ([`tall_kernel`]: AVX-512, and AVX2 for d <= 4 with
+/// [`tall256_takes`]): rows of d <= 8 against at least 32 codewords at d <= 2 and 256
+/// above, and against small codebooks (below). The bounds were measured on AVX-512. Against
 /// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
 /// medians, n = 100,000 unless given: d = 2, k = 32 0.84 -> 0.64 ms, k = 256 2.07 -> 1.23
 /// ms, k = 4096 (the scan kernel) 13.2 -> 9.3 ms; d = 4, k = 256 2.49 -> 1.90 ms, k = 1024
@@ -385,9 +388,11 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there; the d = 3 and 4
 /// ones were not measured on another AVX2 CPU.
 ///
-/// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords) the tall kernel carries
-/// each lane's index instead (`x86::tall_index_walk`), which wins against the tiled kernels
-/// there too (below). Between 129 and 255 codewords at d > 2 the tiled kernels stay.
+/// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
+/// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
+/// against the tiled kernels there too (below); up to 128 codewords is "small" on either
+/// (AVX2's 65 to 128 take the minima walk). Between 129 and 255 codewords at d > 2 the
+/// tiled kernels stay.
 fn tall_wins(d: usize, k: usize) -> bool {
     let small = k > NARROW_K && k <= TALL_INDEX_MAX_PANELS * TALL_NR;
     d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
@@ -424,9 +429,9 @@ const TALL_NR: usize = 32;
 ///
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
-/// `min` per vector of rows and codeword: at d <= 2 against every codebook `tall_wins`
-/// gives it (more than four codewords; at d = 3 too), at d = 4 past four panels
-/// ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D --threads 1
+/// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
+/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256), at d = 4 only
+/// past four panels ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D --threads 1
 /// --seconds 1` on a 2-core Zen 1, one build with the choice read once from the
 /// environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
 /// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
@@ -2005,7 +2010,7 @@ mod x86 {
     }
 
     /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
-    /// width of rows at a time (the tall kernels' blocks have 32 or 64): each step's rows
+    /// width of rows at a time (the tall kernels' blocks have 16, 32 or 64): each step's rows
     /// loaded ([`load_step`]: a whole vector, or under a mask of the rows at the block's
     /// end), squared and added into its partial (separate roundings, as in
     /// [`super::sq_norm`]), the 16 partials added in order.
@@ -3176,9 +3181,9 @@ mod tests {
     /// chosen, the first of them), NaN scores beside the best one in a panel, rows where
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
-    /// (x held in registers, read in a loop over d), the tall ones (AVX-512) at d = 1 to 8,
-    /// the cols ones at d = 33 (unfolded), the widths where each is chosen; elsewhere the
-    /// tiled kernel against itself.
+    /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
+    /// d = 1 to 3), the cols ones at d = 33 (unfolded); elsewhere the tiled kernel against
+    /// itself.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall) in [
