@@ -530,16 +530,18 @@ macro_rules! backend_suite {
                 (70, 129, 4096),
                 (19, (1 << 20) + 3, 4),
                 (301, 5003, 2),
-                // Short rows against many codewords (the AVX2 scan kernels, the AVX-512
-                // tall one): d = 8 and 6, rows and codewords leaving remainders.
+                // Short rows against many codewords (the AVX2 scan kernels, the tall ones:
+                // AVX-512's, and AVX2's at d <= 4): rows and codewords leaving remainders.
                 (53, 4099, 8),
                 (29, 4097, 6),
                 (45, 700, 100),
-                // Short rows against small codebooks (the AVX-512 tall kernel carrying
-                // indices): partial panels, up to its four panels.
+                // Short rows against small codebooks (the tall kernels carrying indices,
+                // AVX2's at d <= 3): partial panels, up to four panels.
                 (70, 16, 4),
                 (33, 7, 8),
                 (65, 128, 3),
+                (40, 50, 2),
+                (37, 40, 3),
             ];
             for b in $make() {
                 for &(n, k, d) in &shapes {
