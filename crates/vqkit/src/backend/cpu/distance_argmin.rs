@@ -504,11 +504,37 @@ fn cols_wins(shape: Shape) -> bool {
 #[cfg(target_arch = "x86_64")]
 const COLS_WIDE_D: usize = 512;
 
-/// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2.
+/// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2, but at
+/// least [`COLS_GROUP_MIN_CODEWORDS`] codewords.
 #[cfg(target_arch = "x86_64")]
 fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
-    (caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>())).max(1)
+    let fit = caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>());
+    fit.max(COLS_GROUP_MIN_CODEWORDS.div_ceil(mr)).max(1)
 }
+
+/// The fewest codewords a group of [`codebook_stream`] holds, whatever L2 holds. Each group
+/// walks every packed row again, so at wide d, where half of L2 holds only a few tiles
+/// (5 tiles of 6 codewords at d = 2048 with 512 KiB of L2), the rows are read from beyond
+/// L2 once per few codewords; a larger group, whose tiles then spill to L3, streams its
+/// tiles (24 bytes a step of d on AVX2, t-major) and keeps the rows' pass (64 bytes a step)
+/// for many more codewords. On a 2-core Zen 1 (512 KiB of L2 per core, 8 MiB of L3),
+/// `vqkit bench --op assign --n N --k K --d D --threads T --seconds 1`, the build before
+/// (groups of 5 tiles at d = 2048, 10 at 1024) and this one alternating, the one before
+/// first, 5 runs, medians: 1192 x 4096 x 2048 on two threads 335.0 -> 296.7 ms and, again,
+/// 332.2 -> 301.7; on one thread 634.2 -> 579.2; 256 x 65,536 x 2048 (two threads) 1021.2
+/// -> 980.8; 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 -> 248.7, though in a first set
+/// of 5 runs three of this build's took 394 to 410 ms against the other's 255 to 265 (the
+/// group in the shared L3, where neighbours' lines evict it; not seen again). A build with
+/// the group read from the environment, at 1192 x 4096 x 2048 (2 runs each): 2 tiles 590 to
+/// 656 ms on one thread, 5 tiles 553 to 575, 10 543 to 552, 20 541 to 574, 40 531 to 543;
+/// on two threads 5 tiles 286 to 291, 20 274 to 275, 40 274 to 275, 160 281 to 338. At
+/// d <= 512 half of L2 holds 20 tiles or more and the rule changes nothing; there groups
+/// four times larger than half of L2 tied or lost (1192 x 262,144 x 32 330-373 against
+/// 347-379 ms, 298 x 65,536 x 512 and 2048 x 8192 x 256 within noise). AVX-512's tiles of
+/// 12 take 10 tiles at least (more than half of 1 MiB of L2 holds at d = 2048): not
+/// measured on AVX-512.
+#[cfg(target_arch = "x86_64")]
+const COLS_GROUP_MIN_CODEWORDS: usize = 120;
 
 /// The CPU distance-argmin. Shapes are checked by the caller.
 #[allow(clippy::too_many_arguments)]
@@ -3477,5 +3503,28 @@ mod tests {
         // multiple of 12), and never fewer than 12.
         assert_eq!(Blocking::for_shape(caches, 12, 32, 2048, 1).rows, 60);
         assert_eq!(Blocking::for_shape(caches, 12, 32, 1 << 20, 1).rows, 12);
+    }
+
+    /// A group of the cols kernels fills half of L2 with its tiles, but holds at least
+    /// [`COLS_GROUP_MIN_CODEWORDS`] codewords: whole tiles of `mr`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn cols_groups_hold_half_of_l2_or_the_fewest_codewords() {
+        let l2 = |l2| crate::backend::cpu::CacheSizes { l1d: 32 << 10, l2 };
+        let least = COLS_GROUP_MIN_CODEWORDS;
+        // 512 KiB of L2, tiles of 6 codewords: 10.7 tiles of 1024 floats fill half of it,
+        // 21.3 of 512.
+        assert_eq!(cols_group(l2(512 << 10), 6, 32), 341);
+        assert_eq!(cols_group(l2(512 << 10), 6, 512), 21);
+        assert_eq!(cols_group(l2(512 << 10), 6, 1024), least.div_ceil(6));
+        assert_eq!(cols_group(l2(512 << 10), 6, 2048), least.div_ceil(6));
+        // 2 MiB, tiles of 12: 10.7 tiles of 2048 floats fill half of it, 5.3 of 4096.
+        assert_eq!(
+            cols_group(l2(2 << 20), 12, 2048),
+            10.max(least.div_ceil(12))
+        );
+        assert_eq!(cols_group(l2(2 << 20), 12, 4096), least.div_ceil(12));
+        assert!(least.div_ceil(12) * 12 >= least && least.div_ceil(6) * 6 >= least);
+        assert_eq!(cols_group(l2(64 << 10), 13, 1 << 20), least.div_ceil(13));
     }
 }
