@@ -524,7 +524,10 @@ fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
 /// 332.2 -> 301.7; on one thread 634.2 -> 579.2; 256 x 65,536 x 2048 (two threads) 1021.2
 /// -> 980.8; 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 -> 248.7, though in a first set
 /// of 5 runs three of this build's took 394 to 410 ms against the other's 255 to 265 (the
-/// group in the shared L3, where neighbours' lines evict it; not seen again). A build with
+/// group in the shared L3, where neighbours' lines evict it; not seen again). On a quieter
+/// machine later (5 runs each, this build won every pair): 1192 x 4096 x 2048 on two
+/// threads 307.3 -> 289.7 ms (85% -> 92% of the FMA ceiling), 1024 x 2048 x 2048 on one
+/// 261.3 -> 246.9. A build with
 /// the group read from the environment, at 1192 x 4096 x 2048 (2 runs each): 2 tiles 590 to
 /// 656 ms on one thread, 5 tiles 553 to 575, 10 543 to 552, 20 541 to 574, 40 531 to 543;
 /// on two threads 5 tiles 286 to 291, 20 274 to 275, 40 274 to 275, 160 281 to 338. At
