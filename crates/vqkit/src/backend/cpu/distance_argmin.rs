@@ -266,7 +266,7 @@ pub(crate) struct Blocking {
     /// Steps of d per chunk: a chunk of MR rows of x stays in L1 while panels pass by.
     pub kc: usize,
     /// Panels per group: a group of the codebook stays in L2 while the task's row blocks
-    /// pass over it.
+    /// pass over it. (With `cols`, tiles of codewords per group: [`cols_group`].)
     pub group: usize,
     /// Rows per parallel task ([`task_rows`]).
     pub rows: usize,
@@ -505,12 +505,24 @@ fn cols_wins(shape: Shape) -> bool {
 const COLS_WIDE_D: usize = 512;
 
 /// Tiles of `mr` codewords per group for [`codebook_stream`]: a group in half of L2, but at
-/// least [`COLS_GROUP_MIN_CODEWORDS`] codewords.
+/// least [`COLS_GROUP_MIN_CODEWORDS`] codewords where those fit in
+/// [`COLS_GROUP_MAX_BYTES`] (each task packs its group into a buffer of its own), and one
+/// tile at least.
 #[cfg(target_arch = "x86_64")]
 fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
-    let fit = caches.l2 / 2 / (mr * d.max(1) * std::mem::size_of::<f32>());
-    fit.max(COLS_GROUP_MIN_CODEWORDS.div_ceil(mr)).max(1)
+    let tile_bytes = mr * d.max(1) * std::mem::size_of::<f32>();
+    let fit = caches.l2 / 2 / tile_bytes;
+    let least = COLS_GROUP_MIN_CODEWORDS
+        .div_ceil(mr)
+        .min(COLS_GROUP_MAX_BYTES / tile_bytes);
+    fit.max(least).max(1)
 }
+
+/// The most bytes a group raised to [`COLS_GROUP_MIN_CODEWORDS`] takes (120 codewords of
+/// up to 8738 floats): beyond, a panel of 16 rows alone exceeds 512 KiB of L2, and a larger
+/// group would only grow each task's buffer.
+#[cfg(target_arch = "x86_64")]
+const COLS_GROUP_MAX_BYTES: usize = 4 << 20;
 
 /// The fewest codewords a group of [`codebook_stream`] holds, whatever L2 holds. Each group
 /// walks every packed row again, so at wide d, where half of L2 holds only a few tiles
@@ -522,16 +534,16 @@ fn cols_group(caches: super::CacheSizes, mr: usize, d: usize) -> usize {
 /// (groups of 5 tiles at d = 2048, 10 at 1024) and this one alternating, the one before
 /// first, 5 runs, medians: 1192 x 4096 x 2048 on two threads 335.0 -> 296.7 ms and, again,
 /// 332.2 -> 301.7; on one thread 634.2 -> 579.2; 256 x 65,536 x 2048 (two threads) 1021.2
-/// -> 980.8; 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 -> 248.7, though in a first set
+/// -> 980.8 (its 2 MiB of rows in L3); 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 -> 248.7, though in a first set
 /// of 5 runs three of this build's took 394 to 410 ms against the other's 255 to 265 (the
 /// group in the shared L3, where neighbours' lines evict it; not seen again). On a quieter
 /// machine later (5 runs each, this build won every pair): 1192 x 4096 x 2048 on two
 /// threads 307.3 -> 289.7 ms (85% -> 92% of the FMA ceiling), 1024 x 2048 x 2048 on one
-/// 261.3 -> 246.9. A build with
-/// the group read from the environment, at 1192 x 4096 x 2048 (2 runs each): 2 tiles 590 to
-/// 656 ms on one thread, 5 tiles 553 to 575, 10 543 to 552, 20 541 to 574, 40 531 to 543;
-/// on two threads 5 tiles 286 to 291, 20 274 to 275, 40 274 to 275, 160 281 to 338. At
-/// d <= 512 half of L2 holds 20 tiles or more and the rule changes nothing; there groups
+/// 261.3 -> 246.9. A build with the group read from the environment, at 1192 x 4096 x 2048
+/// (`--seconds 2`, 2 runs each): 2 tiles 590 to 656 ms on one thread, 5 tiles 553 to 575,
+/// 10 543 to 552, 20 541 to 574, 40 531 to 543; on two threads 5 tiles 286 to 291, 20 274
+/// to 275, 40 274 to 275, 80 279 to 289, 160 281 to 338. With 512 KiB of L2 per thread,
+/// up to d = 546 half of L2 holds 20 tiles or more and the rule changes nothing; there groups
 /// four times larger than half of L2 tied or lost (1192 x 262,144 x 32 330-373 against
 /// 347-379 ms, 298 x 65,536 x 512 and 2048 x 8192 x 256 within noise). AVX-512's tiles of
 /// 12 take 10 tiles at least (more than half of 1 MiB of L2 holds at d = 2048): not
@@ -720,7 +732,8 @@ fn fold_parts(parts: Vec<(Vec<u32>, Vec<f32>)>, idx: &mut [u32], dist: &mut [f32
 /// place, MR codewords at a time broadcast against a panel of rows, so the codebook is
 /// read once and never copied (packing 65,536 codewords of 2048 floats for 256 rows moved
 /// 1 GB). Tasks take slices of whole tiles of MR codewords, in groups that stay in half of
-/// L2 (`group` tiles) while each panel of rows (in the other half) passes over them; each
+/// L2, or larger at wide d (`group` tiles: [`cols_group`]), while each panel of rows passes
+/// over them; each
 /// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
 /// its scores into the rows' best in codeword order with a strict `<`. The slices are
 /// folded in order the same way. Each score is the tiled kernels' chain of FMAs (`c * x +
@@ -2858,8 +2871,8 @@ mod x86 {
     }
 
     /// Steps of d ahead at which the AVX-512 tile and the cols kernels prefetch the operand
-    /// they stream from L2 (the codebook panel; the rows' panel and the codeword tile) into
-    /// L1, 2 lines a step. On a 2-core Xeon (2 MiB of L2 per core; `vqkit bench --op
+    /// they stream from L2 (the codebook panel; the rows' panel and the codeword tile, the
+    /// latter from L3 where a group exceeds L2: `cols_group`) into L1, 2 lines a step. On a 2-core Xeon (2 MiB of L2 per core; `vqkit bench --op
     /// assign --threads 2`, alternating runs), where the kernels had run at 69% to 77% of
     /// the FMA ceiling at wide d: 1192 x 4096 x 2048 (cols) 67.7-70.4 -> 60.4-63.3 ms,
     /// 256 x 65,536 x 2048 (cols) 222-225 -> 204-212 ms, 298 x 65,536 x 512 (cols) 71-73
@@ -3527,7 +3540,18 @@ mod tests {
             10.max(least.div_ceil(12))
         );
         assert_eq!(cols_group(l2(2 << 20), 12, 4096), least.div_ceil(12));
-        assert!(least.div_ceil(12) * 12 >= least && least.div_ceil(6) * 6 >= least);
-        assert_eq!(cols_group(l2(64 << 10), 13, 1 << 20), least.div_ceil(13));
+        // From d = 547 (6 tiles fit in half of 512 KiB at d = 768: 14, raised to 20).
+        assert_eq!(cols_group(l2(512 << 10), 6, 546), 20);
+        assert_eq!(cols_group(l2(512 << 10), 6, 768), least.div_ceil(6));
+        // Raised only as far as COLS_GROUP_MAX_BYTES holds: 4 MiB holds 120 codewords up
+        // to 8738 floats, then fewer, and one tile at least.
+        let tile = |mr: usize, d: usize| mr * d * 4;
+        assert_eq!(cols_group(l2(512 << 10), 6, 8738), least.div_ceil(6));
+        assert_eq!(
+            cols_group(l2(512 << 10), 6, 8739),
+            COLS_GROUP_MAX_BYTES / tile(6, 8739)
+        );
+        assert!(cols_group(l2(512 << 10), 6, 1 << 16) * tile(6, 1 << 16) <= COLS_GROUP_MAX_BYTES);
+        assert_eq!(cols_group(l2(64 << 10), 13, 1 << 20), 1);
     }
 }
