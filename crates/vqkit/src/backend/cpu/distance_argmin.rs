@@ -431,9 +431,9 @@ const TALL_NR: usize = 32;
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
 /// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256), at d = 4 only
-/// past four panels ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D --threads 1
-/// --seconds 1` on a 2-core Zen 1, one build with the choice read once from the
-/// environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
+/// past four panels ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
+/// --threads 1 --seconds 1` on a 2-core Zen 1, one build with the choice read once from
+/// the environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
 /// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
 /// k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 ->
 /// 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n =
@@ -534,17 +534,18 @@ const COLS_GROUP_MAX_BYTES: usize = 4 << 20;
 /// (groups of 5 tiles at d = 2048, 10 at 1024) and this one alternating, the one before
 /// first, 5 runs, medians: 1192 x 4096 x 2048 on two threads 335.0 -> 296.7 ms and, again,
 /// 332.2 -> 301.7; on one thread 634.2 -> 579.2; 256 x 65,536 x 2048 (two threads) 1021.2
-/// -> 980.8 (its 2 MiB of rows in L3); 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 -> 248.7, though in a first set
-/// of 5 runs three of this build's took 394 to 410 ms against the other's 255 to 265 (the
-/// group in the shared L3, where neighbours' lines evict it; not seen again). On a quieter
+/// -> 980.8 (its 2 MiB of rows in L3); 1024 x 2048 x 2048 (one thread, 6 runs) 257.2 ->
+/// 248.7, though in a first set of 5 runs three of this build's took 394 to 410 ms against
+/// the other's 255 to 265 (the group in the shared L3, where neighbours' lines evict it;
+/// not seen again). On a quieter
 /// machine later (5 runs each, this build won every pair): 1192 x 4096 x 2048 on two
 /// threads 307.3 -> 289.7 ms (85% -> 92% of the FMA ceiling), 1024 x 2048 x 2048 on one
 /// 261.3 -> 246.9. A build with the group read from the environment, at 1192 x 4096 x 2048
 /// (`--seconds 2`, 2 runs each): 2 tiles 590 to 656 ms on one thread, 5 tiles 553 to 575,
 /// 10 543 to 552, 20 541 to 574, 40 531 to 543; on two threads 5 tiles 286 to 291, 20 274
 /// to 275, 40 274 to 275, 80 279 to 289, 160 281 to 338. With 512 KiB of L2 per thread,
-/// up to d = 546 half of L2 holds 20 tiles or more and the rule changes nothing; there groups
-/// four times larger than half of L2 tied or lost (1192 x 262,144 x 32 330-373 against
+/// up to d = 546 half of L2 holds 20 tiles or more and the rule changes nothing; there
+/// groups four times larger than half of L2 tied or lost (1192 x 262,144 x 32 330-373 against
 /// 347-379 ms, 298 x 65,536 x 512 and 2048 x 8192 x 256 within noise). AVX-512's tiles of
 /// 12 take 10 tiles at least (more than half of 1 MiB of L2 holds at d = 2048): not
 /// measured on AVX-512.
@@ -732,9 +733,9 @@ fn fold_parts(parts: Vec<(Vec<u32>, Vec<f32>)>, idx: &mut [u32], dist: &mut [f32
 /// place, MR codewords at a time broadcast against a panel of rows, so the codebook is
 /// read once and never copied (packing 65,536 codewords of 2048 floats for 256 rows moved
 /// 1 GB). Tasks take slices of whole tiles of MR codewords, in groups that stay in half of
-/// L2, or larger at wide d (`group` tiles: [`cols_group`]), while each panel of rows passes
-/// over them; each
-/// (tile, panel) runs over the whole of d with its accumulators in registers, and folds
+/// L2, or larger at wide d (`group` tiles: [`cols_group`]), while each panel of rows
+/// passes over them; each (tile, panel) runs over the whole of d with its accumulators in
+/// registers, and folds
 /// its scores into the rows' best in codeword order with a strict `<`. The slices are
 /// folded in order the same way. Each score is the tiled kernels' chain of FMAs (`c * x +
 /// acc` is `x * c + acc`), so the bits are theirs (unfolded: rows of d >= 32 only).
@@ -2872,8 +2873,9 @@ mod x86 {
 
     /// Steps of d ahead at which the AVX-512 tile and the cols kernels prefetch the operand
     /// they stream from L2 (the codebook panel; the rows' panel and the codeword tile, the
-    /// latter from L3 where a group exceeds L2: `cols_group`) into L1, 2 lines a step. On a 2-core Xeon (2 MiB of L2 per core; `vqkit bench --op
-    /// assign --threads 2`, alternating runs), where the kernels had run at 69% to 77% of
+    /// latter from L3 where a group exceeds L2: `cols_group`) into L1, 2 lines a step. On
+    /// a 2-core Xeon (2 MiB of L2 per core; `vqkit bench --op assign --threads 2`,
+    /// alternating runs), where the kernels had run at 69% to 77% of
     /// the FMA ceiling at wide d: 1192 x 4096 x 2048 (cols) 67.7-70.4 -> 60.4-63.3 ms,
     /// 256 x 65,536 x 2048 (cols) 222-225 -> 204-212 ms, 298 x 65,536 x 512 (cols) 71-73
     /// -> 65-66 ms; the tile kernel, with the cols prefetch in both builds, 19,073 x 256 x
@@ -3535,23 +3537,17 @@ mod tests {
         assert_eq!(cols_group(l2(512 << 10), 6, 1024), least.div_ceil(6));
         assert_eq!(cols_group(l2(512 << 10), 6, 2048), least.div_ceil(6));
         // 2 MiB, tiles of 12: 10.7 tiles of 2048 floats fill half of it, 5.3 of 4096.
-        assert_eq!(
-            cols_group(l2(2 << 20), 12, 2048),
-            10.max(least.div_ceil(12))
-        );
+        assert_eq!(cols_group(l2(2 << 20), 12, 2048), 10);
         assert_eq!(cols_group(l2(2 << 20), 12, 4096), least.div_ceil(12));
         // From d = 547 (6 tiles fit in half of 512 KiB at d = 768: 14, raised to 20).
         assert_eq!(cols_group(l2(512 << 10), 6, 546), 20);
         assert_eq!(cols_group(l2(512 << 10), 6, 768), least.div_ceil(6));
         // Raised only as far as COLS_GROUP_MAX_BYTES holds: 4 MiB holds 120 codewords up
         // to 8738 floats, then fewer, and one tile at least.
-        let tile = |mr: usize, d: usize| mr * d * 4;
         assert_eq!(cols_group(l2(512 << 10), 6, 8738), least.div_ceil(6));
-        assert_eq!(
-            cols_group(l2(512 << 10), 6, 8739),
-            COLS_GROUP_MAX_BYTES / tile(6, 8739)
-        );
-        assert!(cols_group(l2(512 << 10), 6, 1 << 16) * tile(6, 1 << 16) <= COLS_GROUP_MAX_BYTES);
+        assert_eq!(cols_group(l2(512 << 10), 6, 8739), 19);
+        // 1.5 MiB tiles at d = 2^16: two in 4 MiB.
+        assert_eq!(cols_group(l2(512 << 10), 6, 1 << 16), 2);
         assert_eq!(cols_group(l2(64 << 10), 13, 1 << 20), 1);
     }
 }
