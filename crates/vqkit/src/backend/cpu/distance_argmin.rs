@@ -871,7 +871,14 @@ unsafe fn row_norms_avx512(x: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn row_norms_avx2(x: &[f32], d: usize, out: &mut [f32]) {
-    row_norms_body(x, d, out)
+    if d == 0 || d % 16 != 0 {
+        return row_norms_body(x, d, out);
+    }
+    let rows = (x.len() / d).min(out.len());
+    for (g, out) in out[..rows].chunks_mut(4).enumerate() {
+        // SAFETY: AVX2 is enabled here; the group's rows lie inside x.
+        unsafe { x86::norms4_rows(&x[g * 4 * d..(g * 4 + out.len()) * d], d, out) };
+    }
 }
 
 /// `|x|^2` of the first `out.len()` rows of a block packed t-major by [`pack_rows`]
@@ -1940,6 +1947,64 @@ mod x86 {
             }
         }
         steps
+    }
+
+    /// [`super::row_norms`] of up to four rows of x (row-major, d a multiple of 16) on
+    /// AVX2: each row's 16 partial sums in two ymm ([`super::sq_norm`]'s partials), their
+    /// four 128-bit quarters transposed across the rows so that one xmm holds a partial of
+    /// every row, and the partials added in order: [`super::sq_norm`]'s bits, with 15 xmm
+    /// adds for the four rows where row by row each took 15 scalar adds and the lane
+    /// extractions feeding them. Only 128-bit shuffles: on Zen 1 one across the halves of a
+    /// ymm is 8 micro-ops (eight rows transposed in ymm lost, docs/performance.md).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `d % 16 == 0` and `1 <= out.len() <= 4`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn norms4_rows(x: &[f32], d: usize, out: &mut [f32]) {
+        assert!(d % 16 == 0 && (1..=4).contains(&out.len()) && x.len() >= out.len() * d);
+        let add_square = |a: __m256, v: __m256| _mm256_add_ps(a, _mm256_mul_ps(v, v));
+        // Four rows always, those past `out` repeating its last (their sums dropped).
+        let p: [*const f32; 4] =
+            std::array::from_fn(|i| x.as_ptr().wrapping_add(i.min(out.len() - 1) * d));
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = lo;
+        for t in (0..d).step_by(16) {
+            for i in 0..4 {
+                // SAFETY: t + 16 <= d: both loads lie in row i.
+                unsafe {
+                    lo[i] = add_square(lo[i], _mm256_loadu_ps(p[i].add(t)));
+                    hi[i] = add_square(hi[i], _mm256_loadu_ps(p[i].add(t + 8)));
+                }
+            }
+        }
+        // Row i's partials as quarters: lanes 0..4, 4..8, 8..12, 12..16.
+        let q = |i: usize| {
+            [
+                _mm256_castps256_ps128(lo[i]),
+                _mm256_extractf128_ps::<1>(lo[i]),
+                _mm256_castps256_ps128(hi[i]),
+                _mm256_extractf128_ps::<1>(hi[i]),
+            ]
+        };
+        let q = [q(0), q(1), q(2), q(3)];
+        let mut n = _mm_setzero_ps();
+        for j in 0..4 {
+            for (m, v) in transpose4(q[0][j], q[1][j], q[2][j], q[3][j])
+                .into_iter()
+                .enumerate()
+            {
+                // The first partial as it is (+0 + p would be p: the partials are never -0).
+                n = if j == 0 && m == 0 {
+                    v
+                } else {
+                    _mm_add_ps(n, v)
+                };
+            }
+        }
+        let mut lanes = [0.0f32; 4];
+        // SAFETY: four floats into `lanes`; SSE is part of x86-64.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), n) };
+        out.copy_from_slice(&lanes[..out.len()]);
     }
 
     /// [`super::row_norms`] of up to sixteen rows of x (row-major, d wide): each row's 16
