@@ -871,7 +871,9 @@ unsafe fn row_norms_avx512(x: &[f32], d: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn row_norms_avx2(x: &[f32], d: usize, out: &mut [f32]) {
-    if d == 0 || d % 16 != 0 {
+    // Below 16 floats a row's norm is a short fold (`sq_norm`), which the transposes lost
+    // to (d = 8 and 12, docs/performance.md).
+    if d < 16 {
         return row_norms_body(x, d, out);
     }
     let rows = (x.len() / d).min(out.len());
@@ -1949,8 +1951,8 @@ mod x86 {
         steps
     }
 
-    /// [`super::row_norms`] of up to four rows of x (row-major, d a multiple of 16) on
-    /// AVX2: each row's 16 partial sums in two ymm ([`super::sq_norm`]'s partials), their
+    /// [`super::row_norms`] of up to four rows of x (row-major, d >= 16) on AVX2: each
+    /// row's 16 partial sums in two ymm ([`super::sq_norm`]'s partials), their
     /// four 128-bit quarters transposed across the rows so that one xmm holds a partial of
     /// every row, and the partials added in order: [`super::sq_norm`]'s bits, with 15 xmm
     /// adds for the four rows where row by row each took 15 scalar adds and the lane
@@ -1958,22 +1960,50 @@ mod x86 {
     /// ymm is 8 micro-ops (eight rows transposed in ymm lost, docs/performance.md).
     ///
     /// # Safety
-    /// The CPU has AVX2; `d % 16 == 0` and `1 <= out.len() <= 4`.
+    /// The CPU has AVX2; `d >= 16` and `1 <= out.len() <= 4`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn norms4_rows(x: &[f32], d: usize, out: &mut [f32]) {
-        assert!(d % 16 == 0 && (1..=4).contains(&out.len()) && x.len() >= out.len() * d);
+        assert!(d >= 16 && (1..=4).contains(&out.len()) && x.len() >= out.len() * d);
+        let (full, rem) = (d / 16 * 16, d % 16);
         let add_square = |a: __m256, v: __m256| _mm256_add_ps(a, _mm256_mul_ps(v, v));
         // Four rows always, those past `out` repeating its last (their sums dropped).
         let p: [*const f32; 4] =
             std::array::from_fn(|i| x.as_ptr().wrapping_add(i.min(out.len() - 1) * d));
         let mut lo = [_mm256_setzero_ps(); 4];
         let mut hi = lo;
-        for t in (0..d).step_by(16) {
+        for t in (0..full).step_by(16) {
             for i in 0..4 {
-                // SAFETY: t + 16 <= d: both loads lie in row i.
+                // SAFETY: t + 16 <= full <= d: both loads lie in row i.
                 unsafe {
                     lo[i] = add_square(lo[i], _mm256_loadu_ps(p[i].add(t)));
                     hi[i] = add_square(hi[i], _mm256_loadu_ps(p[i].add(t + 8)));
+                }
+            }
+        }
+        if rem > 0 {
+            // The last `r` floats of a row (r <= 8) in lanes 0..r and zeros above, from the
+            // 8 floats that end the row: a lane permute and a mask, where a masked
+            // load is slow on Zen 1. The zeros add +0 to their partials: no bit changes,
+            // the partials being never -0.
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let r = if rem <= 8 { rem } else { rem - 8 };
+            let from = _mm256_add_epi32(lane, _mm256_set1_epi32((8 - r) as i32));
+            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(r as i32), lane);
+            for i in 0..4 {
+                // SAFETY: d >= 16, so the 8 floats before the row's end lie in row i; with
+                // rem > 8, full + 8 < d.
+                unsafe {
+                    let end = _mm256_loadu_ps(p[i].add(d - 8));
+                    let tail = _mm256_and_ps(
+                        _mm256_permutevar8x32_ps(end, from),
+                        _mm256_castsi256_ps(keep),
+                    );
+                    if rem <= 8 {
+                        lo[i] = add_square(lo[i], tail);
+                    } else {
+                        lo[i] = add_square(lo[i], _mm256_loadu_ps(p[i].add(full)));
+                        hi[i] = add_square(hi[i], tail);
+                    }
                 }
             }
         }
