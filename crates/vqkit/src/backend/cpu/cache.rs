@@ -2,9 +2,11 @@
 //!
 //! On Linux they come from sysfs (`/sys/devices/system/cpu/cpu0/cache/index*/`): the level-1
 //! data cache and the level-2 cache, each divided by the number of logical CPUs sharing it,
-//! since every thread of a core blocks for itself. Elsewhere, or when sysfs says nothing
-//! usable, safe defaults below every x86-64 and Arm server core of the last decade (32 KiB
-//! L1d, 256 KiB L2) leave blocking slightly conservative rather than wrong.
+//! since every thread of a core blocks for itself, and the last-level cache whole, which
+//! decides whether data that every thread reads can stay cached between passes. Elsewhere,
+//! or when sysfs says nothing usable, safe defaults below every x86-64 and Arm server core
+//! of the last decade (32 KiB L1d, 256 KiB L2) leave blocking slightly conservative rather
+//! than wrong; the last level's default (32 MiB) takes only data beyond it as streamed.
 
 use std::sync::OnceLock;
 
@@ -15,6 +17,9 @@ pub struct CacheSizes {
     pub l1d: usize,
     /// Level-2 cache per thread.
     pub l2: usize,
+    /// The last-level cache as a whole (L3 where there is one), shared by the CPUs it
+    /// serves: what data read by every thread at once can stay in between passes.
+    pub llc: usize,
 }
 
 impl CacheSizes {
@@ -22,6 +27,7 @@ impl CacheSizes {
     pub const DEFAULT: CacheSizes = CacheSizes {
         l1d: 32 << 10,
         l2: 256 << 10,
+        llc: 32 << 20,
     };
 
     /// This machine's caches, detected once.
@@ -35,6 +41,8 @@ impl CacheSizes {
 fn read_sysfs() -> Option<CacheSizes> {
     let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
     let (mut l1d, mut l2) = (None, None);
+    // The highest level's unified cache, whole: (level, bytes).
+    let mut llc: Option<(u32, usize)> = None;
     for entry in dir.flatten() {
         let path = entry.path();
         let read = |name: &str| std::fs::read_to_string(path.join(name)).ok();
@@ -43,9 +51,15 @@ fn read_sysfs() -> Option<CacheSizes> {
             continue;
         };
         let sharers = read("shared_cpu_list").map_or(1, |s| count_cpus(s.trim()));
-        let Some(bytes) = parse_size(size.trim()).map(|b| b / sharers.max(1)) else {
+        let Some(whole) = parse_size(size.trim()) else {
             continue;
         };
+        if let (Ok(l), "Unified") = (level.trim().parse::<u32>(), kind.trim())
+            && llc.is_none_or(|(at, _)| l > at)
+        {
+            llc = Some((l, whole));
+        }
+        let bytes = whole / sharers.max(1);
         match (level.trim(), kind.trim()) {
             ("1", "Data") => l1d = Some(bytes),
             ("2", "Unified" | "Data") => l2 = Some(bytes),
@@ -53,9 +67,11 @@ fn read_sysfs() -> Option<CacheSizes> {
         }
     }
     // A cache reported smaller than these floors is not worth blocking for literally.
+    let (l1d, l2) = (l1d?.max(8 << 10), l2?.max(64 << 10));
     Some(CacheSizes {
-        l1d: l1d?.max(8 << 10),
-        l2: l2?.max(64 << 10),
+        l1d,
+        l2,
+        llc: llc.map_or(CacheSizes::DEFAULT.llc, |(_, b)| b).max(l2),
     })
 }
 
@@ -111,6 +127,9 @@ mod tests {
     #[test]
     fn detected_sizes_are_usable() {
         let c = CacheSizes::detect();
-        assert!(c.l1d >= 8 << 10 && c.l2 >= 64 << 10, "{c:?}");
+        assert!(
+            c.l1d >= 8 << 10 && c.l2 >= 64 << 10 && c.llc >= c.l2,
+            "{c:?}"
+        );
     }
 }

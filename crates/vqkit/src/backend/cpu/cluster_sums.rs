@@ -157,6 +157,8 @@ struct Split {
     range: usize,
     wave: usize,
     acc_ahead_over: usize,
+    /// Whether x is read past the caches ([`Accumulate::stream`]).
+    stream: bool,
 }
 
 /// The split of a reduction of n rows onto a k x d result.
@@ -183,7 +185,8 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // Accumulators up to four times L2 (and up to STREAM_ACC_BYTES whatever the L2) are
     // still mostly hit in L2 and L3 when streamed over (k = 4096, d = 128: bucketing there
     // cost twice the time); beyond that, ranges.
-    let l2 = super::CacheSizes::detect().l2;
+    let caches = super::CacheSizes::detect();
+    let l2 = caches.l2;
     let streamed = STREAM_ACC_BYTES.max(4 * l2);
     let range = (streamed / (width.min(d) * 8)).clamp(1, k.max(1));
     // Every chunk whose partial sums fit in WAVE_BYTES, and at least one per thread.
@@ -204,6 +207,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
         range,
         wave,
         acc_ahead_over: l2,
+        stream: n.saturating_mul(d).saturating_mul(4) > caches.llc,
     }
 }
 
@@ -289,6 +293,7 @@ fn reduce(
         range,
         wave,
         acc_ahead_over,
+        stream,
     } = split;
     let n = idx.len();
     let buckets = (range < k).then(|| bucket_rows(idx, range, k.div_ceil(range)));
@@ -321,6 +326,7 @@ fn reduce(
             rows,
             ahead: ahead_rows(b.w, d, rows),
             acc_ahead: b.len() * std::mem::size_of::<f64>() > acc_ahead_over,
+            stream,
         };
         in_isa(isa, &job, acc);
     };
@@ -549,6 +555,31 @@ fn prefetch_l1(v: &[f64]) {
     let _ = v;
 }
 
+/// `v`'s cache lines prefetched: into L2, or with `stream` non-temporally (x beyond the
+/// last-level cache, [`Accumulate::stream`]), so that rows read once no longer push the
+/// accumulators out of L2. Where x fits in the last level it stays there for the next
+/// pass (the accumulation follows an assignment over the same rows, and the bench repeats
+/// a call), which a non-temporal fetch gives up: on a 2-core Zen 1 (8 MiB of L3), `vqkit
+/// bench --op ema --threads 2 --seconds 1`, a build with the hint read from the
+/// environment, 4 alternating runs, medians, 10,000 x 256 x 128 (5 MB) took 0.42 -> 0.58
+/// ms and 100,000 x 256 x 16 (6.4 MB) 0.55 -> 0.76 non-temporally, while the shapes past
+/// L3 gained (100,000 x 4096 x 128 7.68 -> 6.14 ms, 5 runs). The build with this rule
+/// against the one before, 7 alternating runs, medians, n = 100,000: k x d = 256 x 32
+/// 0.90 -> 0.85 ms, 256 x 128 4.02 -> 3.14, 1024 x 32 0.96 -> 0.94, 1024 x 128 4.69 ->
+/// 3.94, 4096 x 32 1.74 -> 1.23, 4096 x 128 7.58 -> 6.84 (docs/performance.md).
+#[inline(always)]
+fn prefetch_x(v: &[f32], stream: bool) {
+    if !stream {
+        return super::distance_argmin::prefetch_l2(v);
+    }
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(16) {
+        use std::arch::x86_64::{_MM_HINT_NTA, _mm_prefetch};
+        // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_NTA>(line.as_ptr().cast()) };
+    }
+}
+
 /// One task of [`sums`]: columns `t0..t0 + w` of the rows whose code is in `c0..c0 + codes`
 /// among `rows`, added into `acc` (codes x w, f64).
 struct Accumulate<'a> {
@@ -564,6 +595,9 @@ struct Accumulate<'a> {
     /// Whether the accumulators of the row [`ACC_AHEAD_ROWS`] ahead are prefetched too:
     /// where the task's accumulators exceed L2 (see there).
     acc_ahead: bool,
+    /// Whether x exceeds the last-level cache, so that no row of it stays cached until the
+    /// next pass: its rows are then prefetched non-temporally ([`prefetch_x`]).
+    stream: bool,
 }
 
 /// The rows a task reads.
@@ -709,7 +743,7 @@ impl Accumulate<'_> {
         let at = i * self.d + self.t0;
         if let Some(row) = self.x.get(at..at + W) {
             for line in (0..W).step_by(16) {
-                super::distance_argmin::prefetch_l2(&row[line..line + 1]);
+                prefetch_x(&row[line..line + 1], self.stream);
             }
         }
     }
@@ -775,7 +809,7 @@ impl Accumulate<'_> {
     fn prefetch_any(&self, i: usize) {
         let at = i * self.d + self.t0;
         if let Some(ahead) = self.x.get(at..at + self.w) {
-            super::distance_argmin::prefetch_l2(ahead);
+            prefetch_x(ahead, self.stream);
         }
     }
 }
@@ -963,6 +997,9 @@ mod tests {
                                         range,
                                         wave,
                                         acc_ahead_over,
+                                        // x streamed where the accumulators are
+                                        // prefetched: both prefetches in some splits.
+                                        stream: acc_ahead_over == 0,
                                     };
                                     [false, true].map(|p| (isa, split, p))
                                 })
@@ -1055,6 +1092,7 @@ mod tests {
             range: 5,
             wave: 3,
             acc_ahead_over: 0,
+            stream: true,
         };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -3571,8 +3571,8 @@ mod tests {
     #[test]
     fn blocking_fits_the_caches() {
         let caches = crate::backend::cpu::CacheSizes {
-            l1d: 32 << 10,
             l2: 1 << 20,
+            ..crate::backend::cpu::CacheSizes::DEFAULT
         };
         // The 6-row AVX2 and 4-row portable tiles read their rows in place against up to
         // 32 panels, the 12-row AVX-512 one only against one or two.
@@ -3623,7 +3623,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn cols_groups_hold_half_of_l2_or_the_fewest_codewords() {
-        let l2 = |l2| crate::backend::cpu::CacheSizes { l1d: 32 << 10, l2 };
+        let l2 = |l2| crate::backend::cpu::CacheSizes {
+            l2,
+            ..crate::backend::cpu::CacheSizes::DEFAULT
+        };
         let least = COLS_GROUP_MIN_CODEWORDS;
         // 512 KiB of L2, tiles of 6 codewords: 10.7 tiles of 1024 floats fill half of it,
         // 21.3 of 512.
