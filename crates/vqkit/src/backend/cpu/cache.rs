@@ -10,15 +10,20 @@
 
 use std::sync::OnceLock;
 
-/// Bytes of cache one thread may count on.
+/// Bytes of cache one thread may count on, and the last level's size, for data every
+/// thread reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct CacheSizes {
     /// Level-1 data cache per thread.
     pub l1d: usize,
     /// Level-2 cache per thread.
     pub l2: usize,
-    /// The last-level cache as a whole (L3 where there is one), shared by the CPUs it
-    /// serves: what data read by every thread at once can stay in between passes.
+    /// Cpu0's level-3 (or higher) cache, whole rather than divided among the CPUs that
+    /// share it: how much of the data that every thread reads can stay cached between
+    /// passes. On a machine with several such caches (several dies or sockets) threads
+    /// spread over them could keep more; this counts one. [`CacheSizes::DEFAULT`]'s where
+    /// no level-3 cache is reported (a VM may hide it).
     pub llc: usize,
 }
 
@@ -40,27 +45,44 @@ impl CacheSizes {
 /// Reads cpu0's caches from sysfs; `None` if the level-1 data or level-2 entry is missing.
 fn read_sysfs() -> Option<CacheSizes> {
     let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
-    let (mut l1d, mut l2) = (None, None);
-    // The highest level's unified cache, whole: (level, bytes).
-    let mut llc: Option<(u32, usize)> = None;
-    for entry in dir.flatten() {
+    let entries = dir.flatten().filter_map(|entry| {
         let path = entry.path();
         let read = |name: &str| std::fs::read_to_string(path.join(name)).ok();
-        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
-        else {
+        Some(Entry {
+            level: read("level")?,
+            kind: read("type")?,
+            size: read("size")?,
+            shared: read("shared_cpu_list"),
+        })
+    });
+    from_entries(entries)
+}
+
+/// One cache as sysfs describes it (`index*/level`, `type`, `size`, `shared_cpu_list`).
+struct Entry {
+    level: String,
+    kind: String,
+    size: String,
+    shared: Option<String>,
+}
+
+/// The sizes from a CPU's caches; `None` without a level-1 data or level-2 cache.
+fn from_entries(entries: impl IntoIterator<Item = Entry>) -> Option<CacheSizes> {
+    let (mut l1d, mut l2) = (None, None);
+    // The highest level from 3 on, whole: (level, bytes).
+    let mut llc: Option<(u32, usize)> = None;
+    for e in entries {
+        let sharers = e.shared.map_or(1, |s| count_cpus(s.trim()));
+        let Some(whole) = parse_size(e.size.trim()) else {
             continue;
         };
-        let sharers = read("shared_cpu_list").map_or(1, |s| count_cpus(s.trim()));
-        let Some(whole) = parse_size(size.trim()) else {
-            continue;
-        };
-        if let (Ok(l), "Unified") = (level.trim().parse::<u32>(), kind.trim())
+        if let (Ok(l @ 3..), "Unified" | "Data") = (e.level.trim().parse::<u32>(), e.kind.trim())
             && llc.is_none_or(|(at, _)| l > at)
         {
             llc = Some((l, whole));
         }
         let bytes = whole / sharers.max(1);
-        match (level.trim(), kind.trim()) {
+        match (e.level.trim(), e.kind.trim()) {
             ("1", "Data") => l1d = Some(bytes),
             ("2", "Unified" | "Data") => l2 = Some(bytes),
             _ => {}
@@ -122,6 +144,57 @@ mod tests {
         assert_eq!(count_cpus("0,32"), 2);
         assert_eq!(count_cpus("0-3,8-11"), 8);
         assert_eq!(count_cpus("garbage"), 1);
+    }
+
+    /// Sysfs-like entries: (level, type, size, shared CPUs).
+    fn entries(list: &[(&str, &str, &str, &str)]) -> Vec<Entry> {
+        list.iter()
+            .map(|&(level, kind, size, shared)| Entry {
+                level: format!("{level}\n"),
+                kind: format!("{kind}\n"),
+                size: format!("{size}\n"),
+                shared: Some(format!("{shared}\n")),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sizes_from_entries() {
+        // This Zen 1 VM: L1 and L2 per core, one 8 MiB L3 for both, listed in sysfs order.
+        let zen1 = entries(&[
+            ("1", "Data", "32K", "0"),
+            ("1", "Instruction", "64K", "0"),
+            ("2", "Unified", "512K", "0"),
+            ("3", "Unified", "8192K", "0-1"),
+        ]);
+        let want = |l1d, l2, llc| Some(CacheSizes { l1d, l2, llc });
+        assert_eq!(from_entries(zen1), want(32 << 10, 512 << 10, 8 << 20));
+        // Two hyper-threads per core share L1 and L2, which are divided; L3 stays whole.
+        let smt = entries(&[
+            ("3", "Unified", "32M", "0-15"),
+            ("2", "Unified", "2M", "0,8"),
+            ("1", "Data", "48K", "0,8"),
+        ]);
+        assert_eq!(from_entries(smt), want(24 << 10, 1 << 20, 32 << 20));
+        // No level 3 (or a VM hiding it): the default, not L2.
+        let no_l3 = entries(&[("1", "Data", "32K", "0"), ("2", "Unified", "1M", "0")]);
+        assert_eq!(from_entries(no_l3), want(32 << 10, 1 << 20, 32 << 20));
+        // The highest level wins; a level-3 cache smaller than L2 counts as L2.
+        let l4 = entries(&[
+            ("1", "Data", "32K", "0"),
+            ("2", "Unified", "1M", "0"),
+            ("3", "Unified", "512K", "0-3"),
+            ("4", "Unified", "128M", "0-7"),
+        ]);
+        assert_eq!(from_entries(l4), want(32 << 10, 1 << 20, 128 << 20));
+        let small = entries(&[
+            ("1", "Data", "32K", "0"),
+            ("2", "Unified", "1M", "0"),
+            ("3", "Unified", "512K", "0-3"),
+        ]);
+        assert_eq!(from_entries(small), want(32 << 10, 1 << 20, 1 << 20));
+        // No L2: nothing usable.
+        assert_eq!(from_entries(entries(&[("1", "Data", "32K", "0")])), None);
     }
 
     #[test]

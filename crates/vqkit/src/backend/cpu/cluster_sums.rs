@@ -148,8 +148,9 @@ fn chunk_rows(n: usize, k: usize, d: usize) -> usize {
 
 /// How a reduction is ordered and shared out: the rows' chunk length, which fixes the bits,
 /// and the tasks' column slice width and code range length, the chunks summed in one
-/// parallel pass before they are added up, and the accumulator bytes beyond which a task
-/// prefetches them ([`ACC_AHEAD_ROWS`]; L2), which do not.
+/// parallel pass before they are added up, the accumulator bytes beyond which a task
+/// prefetches them ([`ACC_AHEAD_ROWS`]; L2) and whether x's rows are prefetched
+/// non-temporally ([`prefetch_x`]), which do not.
 #[derive(Clone, Copy, Debug)]
 struct Split {
     chunk: usize,
@@ -498,10 +499,10 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
     (start, rows)
 }
 
-/// Rows ahead of the one being added whose slice of x is prefetched into L2, for a task
-/// whose slices are `w` of the rows' `d` columns: where it streams whole rows in order,
-/// enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it reads
-/// column slices or a bucket's rows, [`MIN_AHEAD_ROWS`].
+/// Rows ahead of the one being added whose slice of x is prefetched ([`prefetch_x`]), for a
+/// task whose slices are `w` of the rows' `d` columns: where it streams whole rows in
+/// order, enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
+/// reads column slices or a bucket's rows, [`MIN_AHEAD_ROWS`].
 ///
 /// Where a task reads only its slice of each row (a few lines, then a stride), or a
 /// bucket's rows in scattered order, the hardware prefetchers follow late or not at all:
@@ -569,14 +570,15 @@ fn prefetch_l1(v: &[f64]) {
 /// 3.94, 4096 x 32 1.74 -> 1.23, 4096 x 128 7.58 -> 6.84 (docs/performance.md).
 #[inline(always)]
 fn prefetch_x(v: &[f32], stream: bool) {
-    if !stream {
-        return super::distance_argmin::prefetch_l2(v);
-    }
-    #[cfg(target_arch = "x86_64")]
-    for line in v.chunks(16) {
-        use std::arch::x86_64::{_MM_HINT_NTA, _mm_prefetch};
-        // SAFETY: SSE is part of x86-64, and a prefetch never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_NTA>(line.as_ptr().cast()) };
+    if stream {
+        #[cfg(target_arch = "x86_64")]
+        for line in v.chunks(16) {
+            use std::arch::x86_64::{_MM_HINT_NTA, _mm_prefetch};
+            // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_NTA>(line.as_ptr().cast()) };
+        }
+    } else {
+        super::distance_argmin::prefetch_l2(v);
     }
 }
 
@@ -737,7 +739,7 @@ impl Accumulate<'_> {
         }
     }
 
-    /// Row `i`'s slice prefetched into L2, a line at a time, if it lies in x.
+    /// Row `i`'s slice prefetched ([`prefetch_x`]), a line at a time, if it lies in x.
     #[inline(always)]
     fn prefetch_fixed<const W: usize>(&self, i: usize) {
         let at = i * self.d + self.t0;
@@ -973,7 +975,7 @@ mod tests {
 
     /// Every (chunk length, column width, code range, wave, accumulators prefetched or not)
     /// split of n x k x d, in parallel or not, on every ISA: one chunk, and chunks of 7 and
-    /// 64 rows.
+    /// 64 rows; x prefetched non-temporally where the accumulators are prefetched.
     fn splits(n: usize, k: usize, d: usize) -> impl Iterator<Item = (Isa, Split, bool)> {
         Isa::available().into_iter().flat_map(move |isa| {
             [n, 7, 64].into_iter().flat_map(move |chunk| {

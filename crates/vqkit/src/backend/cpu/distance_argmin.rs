@@ -831,11 +831,13 @@ fn fuses_norms(blocking: &Blocking) -> bool {
 /// `out[i] = |x_i|^2` ([`sq_norm`]) for the rows of `x`, compiled for each instruction set
 /// it runs on. [`sq_norm`] multiplies and adds in separate roundings (Rust never fuses the
 /// two) and sums its lanes in order, so its bits are the same on all of them; wider
-/// registers only take fewer instructions. Built for the baseline SSE2 alone, [`finish`]'s
-/// loop took a fifth of a call at k = 16, d = 128 (in `perf`, against the micro-kernel's
-/// 128 steps of 2 FMAs per row). `vqkit bench --op assign --n 100000 --threads 2`, 8
-/// alternating runs, medians: k = 16, d = 32 1.98 -> 1.78 ms, d = 128 5.09 -> 4.54 ms,
-/// d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 -> 6.28 ms.
+/// registers only take fewer instructions. With AVX-512 sixteen rows at a time, their
+/// partials transposed into vectors of rows (`x86::norms16_rows`), with AVX2 four at a
+/// time from d = 16 (`x86::norms4_rows`), row by row otherwise. Built for the baseline
+/// SSE2 alone, [`finish`]'s loop took a fifth of a call at k = 16, d = 128 (in `perf`,
+/// against the micro-kernel's 128 steps of 2 FMAs per row). `vqkit bench --op assign --n
+/// 100000 --threads 2`, 8 alternating runs, medians: k = 16, d = 32 1.98 -> 1.78 ms,
+/// d = 128 5.09 -> 4.54 ms, d = 512 18.3 -> 17.4 ms; k = 32, d = 128 6.97 -> 6.28 ms.
 pub(crate) fn row_norms(x: &[f32], d: usize, out: &mut [f32]) {
     if d == 0 {
         return out.fill(0.0);
@@ -1965,7 +1967,8 @@ mod x86 {
     pub(super) unsafe fn norms4_rows(x: &[f32], d: usize, out: &mut [f32]) {
         assert!(d >= 16 && (1..=4).contains(&out.len()) && x.len() >= out.len() * d);
         let (full, rem) = (d / 16 * 16, d % 16);
-        let add_square = |a: __m256, v: __m256| _mm256_add_ps(a, _mm256_mul_ps(v, v));
+        // SAFETY: compiled for AVX2 (and so AVX).
+        let add_square = |a, v| unsafe { <__m256 as Lanes>::add_square(a, v) };
         // Four rows always, those past `out` repeating its last (their sums dropped).
         let p: [*const f32; 4] =
             std::array::from_fn(|i| x.as_ptr().wrapping_add(i.min(out.len() - 1) * d));
@@ -1985,10 +1988,10 @@ mod x86 {
             // 8 floats that end the row: a lane permute and a mask, where a masked
             // load is slow on Zen 1. The zeros add +0 to their partials: no bit changes,
             // the partials being never -0.
-            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let r = if rem <= 8 { rem } else { rem - 8 };
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let from = _mm256_add_epi32(lane, _mm256_set1_epi32((8 - r) as i32));
-            let keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(r as i32), lane);
+            let keep = first_lanes(r);
             for i in 0..4 {
                 // SAFETY: d >= 16, so the 8 floats before the row's end lie in row i; with
                 // rem > 8, full + 8 < d.
@@ -2306,6 +2309,14 @@ mod x86 {
         unsafe fn add(a: Self, b: Self) -> Self;
     }
 
+    /// Lanes `0..lanes` of 8 with every bit set, the others clear.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn first_lanes(lanes: usize) -> __m256i {
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes.min(8) as i32), lane)
+    }
+
     impl Lanes for __m256 {
         type I = __m256i;
         type M = __m256;
@@ -2363,11 +2374,7 @@ mod x86 {
             unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_set1_ps(m))) as u32 }
         }
         unsafe fn load_first(p: *const f32, lanes: usize) -> Self {
-            unsafe {
-                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes as i32), lane);
-                _mm256_maskload_ps(p, mask)
-            }
+            unsafe { _mm256_maskload_ps(p, first_lanes(lanes)) }
         }
         unsafe fn add_square(a: Self, v: Self) -> Self {
             unsafe { _mm256_add_ps(a, _mm256_mul_ps(v, v)) }
@@ -3120,13 +3127,21 @@ mod tests {
             // SAFETY: AVX-512F was detected at run time.
             ways.push(("avx512", |x, d, out| unsafe { row_norms_avx512(x, d, out) }));
         }
+        // Rows in groups of four (AVX2) and sixteen (AVX-512) with every remainder of four
+        // and some of sixteen; awkward values (most rows of 64 floats or more hold a NaN or
+        // an infinity), and plain normal ones, whose sums' rounding the order decides.
         for d in (1..=50).chain([63, 64, 65, 784]) {
-            for rows in [1, 15, 16, 17, 40] {
-                let x = awkward(&mut rng, rows * d);
-                for &(way, norms) in &ways {
-                    let mut out = vec![0.0f32; rows];
-                    norms(&x, d, &mut out);
-                    assert_sq_norms(&x, d, &out, &format!("{way} d={d} rows={rows}"));
+            for rows in [1, 2, 15, 16, 17, 18, 40] {
+                for (kind, x) in [
+                    ("awkward", awkward(&mut rng, rows * d)),
+                    ("normal", rng.normal_vec(rows * d)),
+                ] {
+                    for &(way, norms) in &ways {
+                        let mut out = vec![0.0f32; rows];
+                        norms(&x, d, &mut out);
+                        let at = format!("{way} {kind} d={d} rows={rows}");
+                        assert_sq_norms(&x, d, &out, &at);
+                    }
                 }
             }
         }
