@@ -567,7 +567,8 @@ fn prefetch_l1(v: &[f64]) {
 /// L3 gained (100,000 x 4096 x 128 7.68 -> 6.14 ms, 5 runs). The build with this rule
 /// against the one before, 7 alternating runs, medians, n = 100,000: k x d = 256 x 32
 /// 0.90 -> 0.85 ms, 256 x 128 4.02 -> 3.14, 1024 x 32 0.96 -> 0.94, 1024 x 128 4.69 ->
-/// 3.94, 4096 x 32 1.74 -> 1.23, 4096 x 128 7.58 -> 6.84 (docs/performance.md).
+/// 3.94, 4096 x 32 1.74 -> 1.23 (1.82 -> 1.58 in the build above), 4096 x 128 7.58 ->
+/// 6.84 (docs/performance.md).
 #[inline(always)]
 fn prefetch_x(v: &[f32], stream: bool) {
     if stream {
