@@ -219,6 +219,12 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
 /// order), and is stored back to `acc` unless this is the last chunk (`last`); on the last
 /// chunk the scores are folded instead, and the range's best score (without |x|^2) and its
 /// index are written per row to `val` / `idx`, the lowest index on a tie.
+///
+/// A step over the whole of d (`first` and `last`) may cover `blocks` blocks of MR rows
+/// alike: block b's element (r, t) at `x[b * bs + r * rs + t * ts]`, its rows' results at
+/// `val` / `idx` from `b * MR` on. Only `x86::rows_avx2` and [`rows_portable`] walk more
+/// than one block (the kernels that read blocks in place, [`rows_block`]); the others
+/// assert one.
 pub(crate) struct Step<'a> {
     x: &'a [f32],
     rs: usize,
@@ -229,6 +235,29 @@ pub(crate) struct Step<'a> {
     kc: usize,
     first: bool,
     last: bool,
+    blocks: usize,
+    bs: usize,
+}
+
+impl Step<'_> {
+    /// Runs `kernel` (of `mr` rows) on each block of a step of several in turn, as steps of
+    /// one block: the kernels that do not walk the blocks themselves. Returns whether the
+    /// step had several (and so was done here).
+    fn each_block(&self, mr: usize, val: &mut [f32], idx: &mut [u32], kernel: RowsKernel) -> bool {
+        if self.blocks <= 1 {
+            return false;
+        }
+        for b in 0..self.blocks {
+            let one = Step {
+                x: &self.x[b * self.bs..],
+                panels: self.panels.clone(),
+                blocks: 1,
+                ..*self
+            };
+            kernel(&one, &mut [], &mut val[b * mr..], &mut idx[b * mr..]);
+        }
+        true
+    }
 }
 
 /// A micro-kernel: see [`Step`].
@@ -790,6 +819,8 @@ fn codebook_stream(
                         kc: d,
                         first: true,
                         last: true,
+                        blocks: 1,
+                        bs: 0,
                     };
                     kernel(&step, (&norms[j0..j0 + m], j0), &mut best_v, &mut best_i);
                 }
@@ -1467,11 +1498,42 @@ fn rows_block(
     }
     dist.fill(f32::INFINITY);
     idx.fill(0);
-    let mut val = vec![0.0f32; mr];
-    let mut ix = vec![0u32; mr];
+    // Blocks in lanes over the whole of d go to the kernel in one step (see [`Step`]), its
+    // entry and checks paid once per group rather than once per block of MR rows.
+    let merged = if lanes && !chunked && d > 0 {
+        packed
+    } else {
+        0
+    };
+    let mut val = vec![0.0f32; mr * merged.max(1)];
+    let mut ix = vec![0u32; mr * merged.max(1)];
     for g0 in panels.clone().step_by(group) {
         let panels = g0..panels.end.min(g0 + group);
-        for b in 0..blocks {
+        if merged > 0 {
+            let step = Step {
+                x,
+                rs: packed * d,
+                ts: 1,
+                p,
+                panels: panels.clone(),
+                t0: 0,
+                kc: d,
+                first: true,
+                last: true,
+                blocks: merged,
+                bs: d,
+            };
+            kernel(&step, &mut acc, &mut val, &mut ix);
+            for r in 0..mr {
+                for b in 0..merged {
+                    let (i, v) = (row(b, r), b * mr + r);
+                    if val[v] < dist[i] {
+                        (dist[i], idx[i]) = (val[v], ix[v]);
+                    }
+                }
+            }
+        }
+        for b in merged..blocks {
             if !lanes && d <= PREFETCH_MAX_D && b + 1 < packed {
                 let ahead = (b + 1) * mr * d;
                 prefetch_l2(&x[ahead..ahead + mr * d]);
@@ -1495,6 +1557,8 @@ fn rows_block(
                     kc,
                     first: t0 == 0,
                     last: t0 + kc == d,
+                    blocks: 1,
+                    bs: 0,
                 };
                 kernel(&step, &mut acc, &mut val, &mut ix);
             }
@@ -1620,6 +1684,9 @@ const PORTABLE_NR: usize = 16;
 fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
     const MR: usize = PORTABLE_MR;
     const NR: usize = PORTABLE_NR;
+    if s.each_block(MR, val, idx, rows_portable) {
+        return;
+    }
     let (p, x) = (s.p, s.x);
     let d = p.d;
     let mut best_v = [[f32::INFINITY; NR]; MR];
@@ -1681,8 +1748,10 @@ mod x86 {
     /// Asserts every bound a kernel's pointer arithmetic relies on.
     fn check(s: &Step, acc: &[f32], val: &[f32], idx: &[u32], mr: usize, nr: usize) {
         let p = s.p;
-        assert!(s.kc >= 1 && s.x.len() > (mr - 1) * s.rs + (s.kc - 1) * s.ts);
-        assert!(val.len() >= mr && idx.len() >= mr);
+        assert!(s.blocks >= 1 && (s.blocks == 1 || (s.first && s.last)));
+        let last_block = (s.blocks - 1) * s.bs;
+        assert!(s.kc >= 1 && s.x.len() > last_block + (mr - 1) * s.rs + (s.kc - 1) * s.ts);
+        assert!(val.len() >= s.blocks * mr && idx.len() >= s.blocks * mr);
         assert!(s.panels.end <= p.panels && s.t0 + s.kc <= p.d);
         assert!(p.data.len() >= p.panels * nr * p.d && p.norms.len() >= p.panels * nr);
         assert!((s.first && s.last) || acc.len() >= s.panels.len() * mr * nr);
@@ -1702,6 +1771,9 @@ mod x86 {
     }
 
     pub(super) fn rows_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        if s.each_block(AVX512_MR, val, idx, rows_avx512_entry) {
+            return;
+        }
         check(s, acc, val, idx, AVX512_MR, AVX512_NR);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
         // `check` bounds every pointer offset the kernel takes.
@@ -1726,80 +1798,85 @@ mod x86 {
         const MR: usize = AVX2_MR;
         const NR: usize = AVX2_NR;
         let (p, d) = (s.p, s.p.d);
-        let xp = s.x.as_ptr();
-        // Per row, per lane: the best score so far and its codeword.
-        let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
-        let mut best_i = [_mm256_setzero_si256(); MR];
-        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let minus_two = _mm256_set1_ps(-2.0);
-        for (q, panel) in s.panels.clone().enumerate() {
-            // SAFETY (all pointer accesses below): `check` asserted that the panel range,
-            // the chunk t0..t0 + kc, the MR rows of x and the saved tiles are in bounds.
-            let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
-            let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
-            let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-            // Folded, each chain starts from its codeword's norm (see `folds`).
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            if FOLD && s.first {
-                acc = [unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] }; MR];
-            }
-            if !s.first {
-                for r in 0..MR {
-                    for h in 0..2 {
-                        acc[r][h] = unsafe { _mm256_loadu_ps(ap.add(r * NR + h * 8)) };
+        // A step of several blocks (see `Step`): each in turn, as if called for it alone.
+        for blk in 0..s.blocks {
+            let xp = s.x.as_ptr().wrapping_add(blk * s.bs);
+            let (val, idx) = (&mut val[blk * MR..], &mut idx[blk * MR..]);
+            // Per row, per lane: the best score so far and its codeword.
+            let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
+            let mut best_i = [_mm256_setzero_si256(); MR];
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let minus_two = _mm256_set1_ps(-2.0);
+            for (q, panel) in s.panels.clone().enumerate() {
+                // SAFETY (all pointer accesses below): `check` asserted that the panel range,
+                // the chunk t0..t0 + kc, every block's MR rows of x and the saved tiles are
+                // in bounds.
+                let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
+                let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
+                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
+                // Folded, each chain starts from its codeword's norm (see `folds`).
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                if FOLD && s.first {
+                    acc = [unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] }; MR];
+                }
+                if !s.first {
+                    for r in 0..MR {
+                        for h in 0..2 {
+                            acc[r][h] = unsafe { _mm256_loadu_ps(ap.add(r * NR + h * 8)) };
+                        }
                     }
                 }
-            }
-            for t in 0..s.kc {
-                let (c0, c1) = unsafe {
-                    (
-                        _mm256_loadu_ps(cp.add(t * NR)),
-                        _mm256_loadu_ps(cp.add(t * NR + 8)),
-                    )
-                };
-                let xt = unsafe { xp.add(t * s.ts) };
+                for t in 0..s.kc {
+                    let (c0, c1) = unsafe {
+                        (
+                            _mm256_loadu_ps(cp.add(t * NR)),
+                            _mm256_loadu_ps(cp.add(t * NR + 8)),
+                        )
+                    };
+                    let xt = unsafe { xp.add(t * s.ts) };
+                    for r in 0..MR {
+                        let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
+                        acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
+                        acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
+                    }
+                }
+                if !s.last {
+                    for r in 0..MR {
+                        for h in 0..2 {
+                            unsafe { _mm256_storeu_ps(ap.add(r * NR + h * 8), acc[r][h]) };
+                        }
+                    }
+                    continue;
+                }
+                let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
+                let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
+                let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
                 for r in 0..MR {
-                    let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
-                    acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
+                    // Each half into the running best in codeword order, the first half (lower
+                    // indices) first, with a strict <: a tie keeps the lower index and a NaN
+                    // score never wins. (Folding the halves into each other first kept a NaN
+                    // first half and so dropped the second half's score.)
+                    let (s0, s1) = if FOLD {
+                        (acc[r][0], acc[r][1])
+                    } else {
+                        (
+                            _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]),
+                            _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]),
+                        )
+                    };
+                    for (s, i) in [(s0, ids[0]), (s1, ids[1])] {
+                        let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
+                        best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
+                        best_i[r] = blend_epi32(best_i[r], i, lt);
+                    }
                 }
             }
             if !s.last {
-                for r in 0..MR {
-                    for h in 0..2 {
-                        unsafe { _mm256_storeu_ps(ap.add(r * NR + h * 8), acc[r][h]) };
-                    }
-                }
-                continue;
+                return;
             }
-            let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
-            let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
-            let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
             for r in 0..MR {
-                // Each half into the running best in codeword order, the first half (lower
-                // indices) first, with a strict <: a tie keeps the lower index and a NaN
-                // score never wins. (Folding the halves into each other first kept a NaN
-                // first half and so dropped the second half's score.)
-                let (s0, s1) = if FOLD {
-                    (acc[r][0], acc[r][1])
-                } else {
-                    (
-                        _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]),
-                        _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]),
-                    )
-                };
-                for (s, i) in [(s0, ids[0]), (s1, ids[1])] {
-                    let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
-                    best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
-                    best_i[r] = blend_epi32(best_i[r], i, lt);
-                }
+                (val[r], idx[r]) = reduce_avx2(best_v[r], best_i[r]);
             }
-        }
-        if !s.last {
-            return;
-        }
-        for r in 0..MR {
-            (val[r], idx[r]) = reduce_avx2(best_v[r], best_i[r]);
         }
     }
 
@@ -1808,6 +1885,9 @@ mod x86 {
     pub(super) const SCAN256_MR: usize = 4;
 
     pub(super) fn scan_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        if s.each_block(SCAN256_MR, val, idx, scan_avx2_entry) {
+            return;
+        }
         check(s, acc, val, idx, SCAN256_MR, AVX2_NR);
         assert!(s.first && s.last && s.t0 == 0 && s.kc == s.p.d && s.p.fold);
         // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
@@ -2249,7 +2329,7 @@ mod x86 {
     /// Asserts every bound a cols kernel's pointer arithmetic relies on.
     fn check_cols(s: &Step, tile: (&[f32], usize), best: (usize, usize), mr: usize, nr: usize) {
         let (p, (norms, j0)) = (s.p, tile);
-        assert!(s.first && s.last && s.t0 == 0 && s.kc == p.d && p.d >= 1);
+        assert!(s.first && s.last && s.t0 == 0 && s.kc == p.d && p.d >= 1 && s.blocks == 1);
         assert!(s.x.len() > (mr - 1) * s.rs + (s.kc - 1) * s.ts);
         assert!(s.panels.end <= p.panels && p.data.len() >= p.panels * nr * p.d);
         assert!(norms.len() <= mr && j0 + norms.len() <= u32::MAX as usize);
@@ -2689,6 +2769,9 @@ mod x86 {
     }
 
     pub(super) fn tall_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        if s.each_block(tall_rows(s.p.d), val, idx, tall_avx512_entry) {
+            return;
+        }
         let mr = tall_rows(s.p.d);
         check(s, acc, val, idx, mr, AVX512_NR);
         assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= super::SCAN_MAX_D);
@@ -2734,6 +2817,9 @@ mod x86 {
     pub(super) const TALL256_MAX_D: usize = 4;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        if s.each_block(TALL256_ROWS, val, idx, tall_avx2_entry) {
+            return;
+        }
         let mr = TALL256_ROWS;
         check(s, acc, val, idx, mr, AVX2_NR);
         assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= TALL256_MAX_D);
