@@ -222,9 +222,11 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
 ///
 /// A step over the whole of d (`first` and `last`) may cover `blocks` blocks of MR rows
 /// alike: block b's element (r, t) at `x[b * bs + r * rs + t * ts]`, its rows' results at
-/// `val` / `idx` from `b * MR` on. `x86::rows_avx2` and [`rows_portable`] (the kernels
-/// that read blocks in place in lanes, [`rows_block`]) walk the blocks themselves; the
-/// others run such a step one block at a time ([`Step::each_block`]).
+/// `val` / `idx` from `b * MR` on. `x86::rows_avx2` walks the blocks itself; the other
+/// kernels run such a step one block at a time ([`Step::each_block`]), paying per block
+/// what AVX2 pays per step ([`rows_block`] gives such steps to every kernel that reads
+/// blocks in place in lanes: AVX2's, the portable one, and the scan kernel where a test
+/// forces it).
 pub(crate) struct Step<'a> {
     x: &'a [f32],
     rs: usize,
@@ -247,6 +249,8 @@ impl Step<'_> {
         if self.blocks <= 1 {
             return false;
         }
+        // Only whole-d steps cover several blocks: no accumulator tiles are carried.
+        assert!(self.first && self.last, "several blocks in a chunked step");
         for b in 0..self.blocks {
             let one = Step {
                 x: &self.x[b * self.bs..],
@@ -1498,8 +1502,9 @@ fn rows_block(
     }
     dist.fill(f32::INFINITY);
     idx.fill(0);
-    // Blocks in lanes over the whole of d go to the kernel in one step (see [`Step`]), its
-    // entry and checks paid once per group rather than once per block of MR rows. On a
+    // Blocks in lanes over the whole of d go to the kernel in one step (see [`Step`]): with
+    // AVX2, its entry and checks paid once per group rather than once per block of MR rows
+    // (the portable kernel still runs per block, through `Step::each_block`). On a
     // 2-core Zen 1, `vqkit bench --op assign --n 100000 --k K --d D --threads T`, the
     // medians of 8 alternating pairs' ratios (new / old): k = 16, one thread, d = 8 0.86,
     // d = 32 0.93, d = 128 0.96; two threads, d = 8 0.90; k = 64, d = 32 0.98; k = 512
@@ -1750,12 +1755,22 @@ mod x86 {
     pub(super) const AVX512_NR: usize = 32;
 
     /// Asserts every bound a kernel's pointer arithmetic relies on.
-    fn check(s: &Step, acc: &[f32], val: &[f32], idx: &[u32], mr: usize, nr: usize) {
+    pub(super) fn check(s: &Step, acc: &[f32], val: &[f32], idx: &[u32], mr: usize, nr: usize) {
         let p = s.p;
-        assert!(s.blocks >= 1 && (s.blocks == 1 || (s.first && s.last)));
-        let last_block = (s.blocks - 1) * s.bs;
-        assert!(s.kc >= 1 && s.x.len() > last_block + (mr - 1) * s.rs + (s.kc - 1) * s.ts);
-        assert!(val.len() >= s.blocks * mr && idx.len() >= s.blocks * mr);
+        assert!(s.blocks >= 1 && (s.blocks == 1 || (s.first && s.last)) && s.kc >= 1);
+        // The last element read (the last block's last row at the chunk's last step), in
+        // checked arithmetic: this is the only guard in front of the kernels' pointers.
+        let reach = [(s.blocks - 1, s.bs), (mr - 1, s.rs), (s.kc - 1, s.ts)]
+            .into_iter()
+            .try_fold(0usize, |sum, (n, stride)| {
+                sum.checked_add(n.checked_mul(stride)?)
+            });
+        assert!(
+            reach.is_some_and(|last| last < s.x.len()),
+            "a step past its rows"
+        );
+        let outs = s.blocks.checked_mul(mr).expect("a step's results overflow");
+        assert!(val.len() >= outs && idx.len() >= outs);
         assert!(s.panels.end <= p.panels && s.t0 + s.kc <= p.d);
         assert!(p.data.len() >= p.panels * nr * p.d && p.norms.len() >= p.panels * nr);
         assert!((s.first && s.last) || acc.len() >= s.panels.len() * mr * nr);
@@ -3441,7 +3456,8 @@ mod tests {
             (6, false, false, true),
             (8, false, false, true),
         ] {
-            let (n, k) = (7, 1500);
+            // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable).
+            let (n, k) = (13, 1500);
             let mut x = clustered(n, d, 2, 0.5, 4);
             let mut c = clustered(k, d, 5, 0.5, 6);
             // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
@@ -3469,37 +3485,90 @@ mod tests {
                 // The tiled kernels, then the scan or the cols ones; the tall ones over
                 // the whole codebook (their minima walk) and in groups of two panels
                 // (their index walk).
-                let run = |norms: &[f32], (scan, cols, tall): (bool, bool, bool), whole: bool| {
-                    let (_, _, nr) = kernel_for(isa, scan);
-                    let b = Blocking {
-                        kc: d,
-                        group: if whole { k.div_ceil(nr) } else { 2 },
-                        rows: TASK_ROWS,
-                        direct: false,
-                        scan,
-                        cols,
-                        tall,
+                // `direct`: rows read in place, several blocks a step (the tiled kernel).
+                let run =
+                    |norms: &[f32], kernels: (bool, bool, bool), whole: bool, direct: bool| {
+                        let (scan, cols, tall) = kernels;
+                        let (_, _, nr) = kernel_for(isa, scan);
+                        let b = Blocking {
+                            kc: d,
+                            group: if whole { k.div_ceil(nr) } else { 2 },
+                            rows: TASK_ROWS,
+                            direct,
+                            scan,
+                            cols,
+                            tall,
+                        };
+                        let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                        distance_argmin_blocked(
+                            isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
+                        )
+                        .unwrap();
+                        (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                     };
-                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
-                    distance_argmin_blocked(
-                        isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
-                    )
-                    .unwrap();
-                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-                };
                 let at = format!("{isa:?} d={d}");
-                let tiled = run(&norms, (false, false, false), true);
+                let tiles = (false, false, false);
+                let kernels = (scan, cols, tall);
+                let tiled = run(&norms, tiles, true, false);
                 assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
-                assert_eq!(run(&norms, (scan, cols, tall), true), tiled, "{at}");
-                assert_eq!(run(&norms, (scan, cols, tall), false), tiled, "{at} by 2");
+                assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
+                assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
+                assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
+                assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
                 norms.fill(f32::INFINITY);
-                let tiled = run(&norms, (false, false, false), true);
+                let tiled = run(&norms, tiles, true, false);
                 assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
-                assert_eq!(run(&norms, (scan, cols, tall), true), tiled, "{at}");
-                assert_eq!(run(&norms, (scan, cols, tall), false), tiled, "{at} by 2");
+                assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
+                assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
+                assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
+                assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
                 norms = c.chunks_exact(d).map(sq_norm).collect();
             }
         }
+    }
+
+    /// `x86::check`, the guard in front of the kernels' pointers, takes a task's blocks in
+    /// lanes and refuses a step reaching past its rows (one block too many, blocks too far
+    /// apart, offsets that overflow) and several blocks in a step over a chunk of d.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn check_refuses_steps_past_their_rows() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (d, k, mr, nr, packed) = (5, 16, x86::AVX2_MR, x86::AVX2_NR, 3);
+        let c = vec![0.5f32; k * d];
+        let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+        let p = Packed::new(false, &c, &norms, (k, d, nr), false).unwrap();
+        let x = vec![0.0f32; mr * packed * d];
+        let (val, idx, acc) = (
+            vec![0.0; mr * packed],
+            vec![0u32; mr * packed],
+            vec![0.0; mr * nr],
+        );
+        let step = |blocks: usize, bs: usize, last: bool| Step {
+            x: &x,
+            rs: packed * d,
+            ts: 1,
+            p: &p,
+            panels: 0..1,
+            t0: 0,
+            kc: d,
+            first: true,
+            last,
+            blocks,
+            bs,
+        };
+        let passes = |s: &Step| {
+            catch_unwind(AssertUnwindSafe(|| x86::check(s, &acc, &val, &idx, mr, nr))).is_ok()
+        };
+        assert!(passes(&step(packed, d, true)), "the task's blocks in lanes");
+        assert!(passes(&step(1, 0, false)), "one block over a chunk");
+        assert!(!passes(&step(packed + 1, d, true)), "one block too many");
+        assert!(!passes(&step(packed, 2 * d, true)), "blocks too far apart");
+        assert!(
+            !passes(&step(2, usize::MAX / 2, true)),
+            "offsets that overflow"
+        );
+        assert!(!passes(&step(2, d, false)), "several blocks over a chunk");
     }
 
     /// [`exact_scores`] gives the kernel's bits: the lowest (score, index) over every
