@@ -14,8 +14,8 @@
 //! packed once per call into panels of NR codewords, d-major (`panel[t][lane]`), and each
 //! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
 //! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
-//! (Against one or two panels, and up to 32 for tiles of at most 6 rows, the rows are read
-//! in place instead: see `DIRECT_MAX_MR`.)
+//! (Against one or two panels, and up to 32 where at most 6 of a tile's rows start in one
+//! set of L1, the rows are read in place instead: see `DIRECT_MAX_MR`.)
 //! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
 //! lane into the row's running (score, index), the first half first (strict <, so a NaN
 //! score never wins); after the last panel, one branch-free horizontal reduction per row.
@@ -335,7 +335,8 @@ impl Blocking {
         let kc = d.div_ceil(d.div_ceil(kc_max).max(1)).max(1);
         let group = (caches.l2 / 2 / (nr * d.max(1) * f32s)).clamp(1, panels.max(1));
         let rows = task_rows(caches, d);
-        let direct = panels <= 2 || (mr <= DIRECT_MAX_MR && panels <= DIRECT_MAX_PANELS);
+        let direct =
+            panels <= 2 || (rows_per_l1_set(mr, d) <= DIRECT_MAX_MR && panels <= DIRECT_MAX_PANELS);
         Blocking {
             kc,
             group,
@@ -363,10 +364,43 @@ impl Blocking {
 /// 283.2. Against larger codebooks the packing weighs little and the rows in place lost:
 /// read in place at every size, 100,000 x 1024 x 32 100.5 -> 102.8 and, the order
 /// reversed, 101.2 -> 102.7; x 4096 x 32 391.6 -> 408.0 (reversed; 5 runs each), one
-/// thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3 (reversed). The 12-row
-/// AVX-512 tile, whose 12 rows in place would be 12 streams, was not measured this way
-/// and keeps its packing beyond two panels.
+/// thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3 (reversed).
+///
+/// The 12-row AVX-512 tile reads its rows in place too wherever at most this many of them
+/// share a set of L1 ([`rows_per_l1_set`]): all but rows of a multiple of 1024 floats. On a
+/// 2-core Zen 4 (AVX-512 on 256-bit units; 32 KiB of L1, 8-way; 1 MiB of L2 per core),
+/// `vqkit bench --op assign --n N --k K --d D --threads 1 --seconds 0.3`, one build with
+/// the choice read once from the environment, packed and in place alternating, 3 runs,
+/// medians of the ratios (in place / packed): 100,000 x 128 x 32 0.870, x 256 x 16 0.934,
+/// x 256 x 32 0.934, x 512 x 32 0.961, x 64 x 32 1.005, x 1024 x 32 0.982, x 256 x 128
+/// 0.899, x 512 x 128 0.952; 50,000 x 1024 x 128 0.982; 76,293 x 256 x 512 0.944; 30,000
+/// x 512 x 512 0.967; 20,000 x 1024 x 512 1.003; 50,000 x 256 x 640 0.942, x 768 0.949;
+/// 25,000 x 256 x 1536 0.960 (rows 6 KiB apart: 6 of the 12 on each of two sets). Rows of
+/// 1024 and 2048 floats, 12 to a set of 8 ways, lost: 38,000 x 256 x 1024 1.071, 40,000 x
+/// 512 x 1024 1.090, 19,073 x 256 x 2048 1.066 and 1.070. (The AVX2 tile's 6 rows fit a
+/// set at any width: 19,073 x 256 x 2048 above.)
 const DIRECT_MAX_MR: usize = 6;
+
+/// The span of addresses over which x86 cores' L1 data caches repeat their sets: 64 sets
+/// of 64-byte lines (32 KiB in 8 ways, 48 KiB in 12).
+const L1_SET_PERIOD: usize = 4096;
+
+/// How many of a tile's `mr` rows of `d` floats, read in place, start in the same set of
+/// L1: rows `4 d` bytes apart start at `L1_SET_PERIOD / gcd(4 d, L1_SET_PERIOD)` offsets
+/// within the period (one where `4 d` is a multiple of it), the rows spread over them in
+/// turn. Rows that share a set evict each other's lines, and the codebook's, while the
+/// micro-kernel walks them a few floats at a time.
+fn rows_per_l1_set(mr: usize, d: usize) -> usize {
+    // Wrapping is exact here: 2^64 is a multiple of the period.
+    let bytes = d.wrapping_mul(std::mem::size_of::<f32>()) % L1_SET_PERIOD;
+    // The period is a power of two, so the gcd is the stride's largest power-of-two factor.
+    let gcd = if bytes == 0 {
+        L1_SET_PERIOD
+    } else {
+        1 << bytes.trailing_zeros()
+    };
+    mr.div_ceil(L1_SET_PERIOD / gcd)
+}
 
 /// Codebooks of at most this many panels are read against rows in place by tiles of at
 /// most [`DIRECT_MAX_MR`] rows (512 codewords on AVX2): see there.
@@ -3750,22 +3784,32 @@ mod tests {
             ..crate::backend::cpu::CacheSizes::DEFAULT
         };
         // The 6-row AVX2 and 4-row portable tiles read their rows in place against up to
-        // 32 panels, the 12-row AVX-512 one only against one or two.
+        // 32 panels at any width; the 12-row AVX-512 one too, unless 12 of its rows would
+        // start in one set of L1 (rows of a multiple of 1024 floats), then against one or
+        // two panels only.
         for panels in [1, 2, 3, 32, 33, 64, 1 << 14] {
             let small = panels <= DIRECT_MAX_PANELS;
-            assert_eq!(
-                Blocking::for_shape(caches, 6, 16, 128, panels).direct,
-                small
-            );
-            assert_eq!(
-                Blocking::for_shape(caches, 4, 16, 128, panels).direct,
-                small
-            );
-            assert_eq!(
-                Blocking::for_shape(caches, 12, 32, 128, panels).direct,
-                panels <= 2
-            );
+            for d in [1, 2, 8, 33, 128, 512, 1024, 1536, 2048, 4096] {
+                for mr in [4, 6] {
+                    assert_eq!(Blocking::for_shape(caches, mr, 16, d, panels).direct, small);
+                }
+                let apart = d % 1024 != 0;
+                assert_eq!(
+                    Blocking::for_shape(caches, 12, 32, d, panels).direct,
+                    panels <= 2 || (small && apart),
+                    "d = {d}, {panels} panels"
+                );
+            }
         }
+        // Rows 2 KiB apart start on two sets, 6 KiB apart too, 512 bytes apart on 8, an
+        // odd number of floats apart on 1024 offsets (more than L1 has sets: spread).
+        assert_eq!(rows_per_l1_set(12, 512), 6);
+        assert_eq!(rows_per_l1_set(12, 1536), 6);
+        assert_eq!(rows_per_l1_set(12, 128), 2);
+        assert_eq!(rows_per_l1_set(12, 1024), 12);
+        assert_eq!(rows_per_l1_set(12, 0), 12);
+        assert_eq!(rows_per_l1_set(12, 33), 1);
+        assert_eq!(rows_per_l1_set(6, 2048), 6);
         // d fits in one chunk; 1 MiB / 2 holds 1024 codewords of 128 floats.
         let b = Blocking::for_shape(caches, 12, 32, 128, 2048);
         assert_eq!(
