@@ -349,9 +349,11 @@ impl Blocking {
     }
 }
 
-/// Tiles of at most this many rows (the 6-row AVX2 and the 4-row portable kernels) read
-/// their rows in place ([`Blocking::direct`], from lanes: [`LANES_MAX_MR`]) against up to
-/// [`DIRECT_MAX_PANELS`] panels, not only against one or two. Packing a block costs a
+/// Tiles at most this many of whose rows start in one set of L1 ([`rows_per_l1_set`]: all
+/// of the 6-row AVX2 and the 4-row portable kernels' rows at any width, the 12-row AVX-512
+/// tile's below) read their rows in place ([`Blocking::direct`], from lanes for tiles of up
+/// to [`LANES_MAX_MR`] rows) against up to [`DIRECT_MAX_PANELS`] panels, not only against
+/// one or two. Packing a block costs a
 /// load, a store and a share of its norms per element of x, against k / 8 FMAs (AVX2) for
 /// that element once packed: a few percent of a call at k = 256, a fifth at k = 64; read
 /// in place, the rows pay for their norms in a pass at the end of each task instead
@@ -402,8 +404,9 @@ fn rows_per_l1_set(mr: usize, d: usize) -> usize {
     mr.div_ceil(L1_SET_PERIOD / gcd)
 }
 
-/// Codebooks of at most this many panels are read against rows in place by tiles of at
-/// most [`DIRECT_MAX_MR`] rows (512 codewords on AVX2): see there.
+/// Codebooks of at most this many panels are read against rows in place by tiles at most
+/// [`DIRECT_MAX_MR`] of whose rows start in one set of L1 (512 codewords on AVX2, 1024 on
+/// AVX-512): see there.
 const DIRECT_MAX_PANELS: usize = 32;
 
 /// Rows at most this wide go to the scan kernels (see `x86::scan_walk`). Against the
