@@ -14,8 +14,9 @@
 //! packed once per call into panels of NR codewords, d-major (`panel[t][lane]`), and each
 //! block of MR rows of x is packed t-major (`xt[t][r]`), so per step of d the micro-kernel
 //! loads one contiguous run of NR codeword values and broadcasts MR consecutive x values.
-//! (Against one or two panels, and up to 32 where at most 6 of a tile's rows start in one
-//! set of L1, the rows are read in place instead: see `DIRECT_MAX_MR`.)
+//! (Against one or two panels, and up to 32 where at most 6 of a tile's rows start at one
+//! offset of L1's 4 KiB set period, the rows are read in place instead: see
+//! `DIRECT_MAX_MR`.)
 //! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
 //! lane into the row's running (score, index), the first half first (strict <, so a NaN
 //! score never wins); after the last panel, one branch-free horizontal reduction per row.
@@ -305,7 +306,8 @@ pub(crate) struct Blocking {
     pub rows: usize,
     /// Whole blocks of MR rows are read in place rather than packed: for codebooks of at
     /// most two panels, where packing a row would cost about as much as its products, and
-    /// for tiles of at most [`DIRECT_MAX_MR`] rows against up to [`DIRECT_MAX_PANELS`].
+    /// against up to [`DIRECT_MAX_PANELS`] for tiles of which at most [`DIRECT_MAX_MR`]
+    /// rows start at one offset of L1's set period ([`rows_per_l1_set`]).
     pub direct: bool,
     /// Short rows against many panels: the scan kernels (AVX2; minima only, the index found
     /// afterwards) rather than the tiled ones. Only where d is one chunk (`kc >= d`).
@@ -349,12 +351,11 @@ impl Blocking {
     }
 }
 
-/// Tiles at most this many of whose rows start in one set of L1 ([`rows_per_l1_set`]: all
-/// of the 6-row AVX2 and the 4-row portable kernels' rows at any width, the 12-row AVX-512
-/// tile's below) read their rows in place ([`Blocking::direct`], from lanes for tiles of up
-/// to [`LANES_MAX_MR`] rows) against up to [`DIRECT_MAX_PANELS`] panels, not only against
-/// one or two. Packing a block costs a
-/// load, a store and a share of its norms per element of x, against k / 8 FMAs (AVX2) for
+/// A tile reads its rows in place ([`Blocking::direct`], from lanes for tiles of up to
+/// [`LANES_MAX_MR`] rows) against up to [`DIRECT_MAX_PANELS`] panels, not only against one
+/// or two, where at most this many of its rows start at one offset of L1's set period
+/// ([`rows_per_l1_set`]): the 6-row AVX2 and 4-row portable tiles at any width, the 12-row
+/// AVX-512 tile as below. Packing a block costs a load, a store and a share of its norms per element of x, against k / 8 FMAs (AVX2) for
 /// that element once packed: a few percent of a call at k = 256, a fifth at k = 64; read
 /// in place, the rows pay for their norms in a pass at the end of each task instead
 /// ([`fuses_norms`]). On a 2-core Zen 1 (AVX2, 512 KiB of L2 per core), `vqkit bench --op
@@ -369,31 +370,40 @@ impl Blocking {
 /// thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3 (reversed).
 ///
 /// The 12-row AVX-512 tile reads its rows in place too wherever at most this many of them
-/// share a set of L1 ([`rows_per_l1_set`]): all but rows of a multiple of 1024 floats. On a
+/// start at one offset ([`rows_per_l1_set`]): all but rows of a multiple of 1024 floats. On a
 /// 2-core Zen 4 (AVX-512 on 256-bit units; 32 KiB of L1, 8-way; 1 MiB of L2 per core),
 /// `vqkit bench --op assign --n N --k K --d D --threads 1 --seconds 0.3`, one build with
 /// the choice read once from the environment, packed and in place alternating, 3 runs,
 /// medians of the ratios (in place / packed): 100,000 x 128 x 32 0.870, x 256 x 16 0.934,
-/// x 256 x 32 0.934, x 512 x 32 0.961, x 64 x 32 1.005, x 1024 x 32 0.982, x 256 x 128
-/// 0.899, x 512 x 128 0.952; 50,000 x 1024 x 128 0.982; 76,293 x 256 x 512 0.944; 30,000
-/// x 512 x 512 0.967; 20,000 x 1024 x 512 1.003; 50,000 x 256 x 640 0.942, x 768 0.949;
-/// 25,000 x 256 x 1536 0.960 (rows 6 KiB apart: 6 of the 12 on each of two sets). Rows of
-/// 1024 and 2048 floats, 12 to a set of 8 ways, lost: 38,000 x 256 x 1024 1.071, 40,000 x
-/// 512 x 1024 1.090, 19,073 x 256 x 2048 1.066 and 1.070. (The AVX2 tile's 6 rows fit a
-/// set at any width: 19,073 x 256 x 2048 above.)
+/// x 256 x 32 0.934, x 512 x 32 0.961, x 1024 x 32 0.982, x 256 x 128 0.899, x 512 x 128
+/// 0.952, x 128 x 9 0.962, x 200 x 6 0.961, x 256 x 12 0.975, x 512 x 15 0.976; 50,000 x
+/// 1024 x 128 0.982; 76,293 x 256 x 512 0.944; 30,000 x 512 x 512 0.967; 20,000 x 1024 x
+/// 512 1.003; 50,000 x 256 x 640 0.942, x 768 0.949; 60,000 x 256 x 682 0.947; 40,000 x
+/// 256 x 992 0.954, x 1000 0.945, x 1025 0.988, x 1056 0.954; 25,000 x 256 x 1536 0.960
+/// (rows 6 KiB apart: 6 of the 12 on each of two sets); 20,000 x 256 x 2000 0.952 (and
+/// 100,000 x 64 x 32, two panels, in place in both: 1.005). Rows of 1024 and 2048 floats
+/// lost: 38,000 x 256 x 1024 1.071, 40,000 x 512 x 1024 1.090, 19,073 x 256 x 2048 1.066
+/// and 1.070. There the 12 rows start at one offset of the 4 KiB period, so at each step
+/// of d the tile reads 12 lines of one set of 8 ways at the same place of their pages. At
+/// 1025 floats (rows 4 bytes apart in the period) the 12 lines of a step mostly share a
+/// set too, at different offsets, and in place tied; at 1000 (rows 96 bytes apart) they
+/// lie in 12 sets. So the rule is the same offset, not the same set; which part of the
+/// core loses there (the set's 8 ways, or the 4 KiB aliasing of the load queue) was not
+/// measured. (The AVX2 tile's 6 rows in place won at 2048: 19,073 x 256 x 2048 above.)
 const DIRECT_MAX_MR: usize = 6;
 
 /// The span of addresses over which x86 cores' L1 data caches repeat their sets: 64 sets
 /// of 64-byte lines (32 KiB in 8 ways, 48 KiB in 12).
 const L1_SET_PERIOD: usize = 4096;
 
-/// How many of a tile's `mr` rows of `d` floats, read in place, start in the same set of
-/// L1: rows `4 d` bytes apart start at `L1_SET_PERIOD / gcd(4 d, L1_SET_PERIOD)` offsets
-/// within the period (one where `4 d` is a multiple of it), the rows spread over them in
-/// turn. Rows that share a set evict each other's lines, and the codebook's, while the
-/// micro-kernel walks them a few floats at a time.
+/// How many of a tile's `mr` rows of `d` floats, read in place, start at the same offset
+/// of the [`L1_SET_PERIOD`] (and so in the same set of L1, at the same place of their
+/// 4 KiB pages): rows `4 d` bytes apart start at `L1_SET_PERIOD / gcd(4 d, L1_SET_PERIOD)`
+/// offsets (one where `4 d` is a multiple of it), the rows spread over them in turn. The
+/// micro-kernel reads the rows a few floats at a time, all at the same offset in d, so
+/// rows that start at one offset meet in one set at every step (see [`DIRECT_MAX_MR`]).
 fn rows_per_l1_set(mr: usize, d: usize) -> usize {
-    // Wrapping is exact here: 2^64 is a multiple of the period.
+    // Wrapping is exact here: 2^usize::BITS is a multiple of the period.
     let bytes = d.wrapping_mul(std::mem::size_of::<f32>()) % L1_SET_PERIOD;
     // The period is a power of two, so the gcd is the stride's largest power-of-two factor.
     let gcd = if bytes == 0 {
@@ -405,8 +415,8 @@ fn rows_per_l1_set(mr: usize, d: usize) -> usize {
 }
 
 /// Codebooks of at most this many panels are read against rows in place by tiles at most
-/// [`DIRECT_MAX_MR`] of whose rows start in one set of L1 (512 codewords on AVX2, 1024 on
-/// AVX-512): see there.
+/// [`DIRECT_MAX_MR`] of whose rows start at one offset of L1's set period (512 codewords on
+/// AVX2, 1024 on AVX-512): see there.
 const DIRECT_MAX_PANELS: usize = 32;
 
 /// Rows at most this wide go to the scan kernels (see `x86::scan_walk`). Against the
@@ -3788,11 +3798,11 @@ mod tests {
         };
         // The 6-row AVX2 and 4-row portable tiles read their rows in place against up to
         // 32 panels at any width; the 12-row AVX-512 one too, unless 12 of its rows would
-        // start in one set of L1 (rows of a multiple of 1024 floats), then against one or
-        // two panels only.
+        // start at one offset of L1's set period (rows of a multiple of 1024 floats), then
+        // against one or two panels only.
         for panels in [1, 2, 3, 32, 33, 64, 1 << 14] {
             let small = panels <= DIRECT_MAX_PANELS;
-            for d in [1, 2, 8, 33, 128, 512, 1024, 1536, 2048, 4096] {
+            for d in [1, 2, 8, 33, 128, 512, 1000, 1024, 1025, 1536, 2048, 4096] {
                 for mr in [4, 6] {
                     assert_eq!(Blocking::for_shape(caches, mr, 16, d, panels).direct, small);
                 }
@@ -3804,8 +3814,9 @@ mod tests {
                 );
             }
         }
-        // Rows 2 KiB apart start on two sets, 6 KiB apart too, 512 bytes apart on 8, an
-        // odd number of floats apart on 1024 offsets (more than L1 has sets: spread).
+        // Rows 2 KiB apart start at two offsets, 6 KiB apart too, 512 bytes apart at 8,
+        // an odd number of floats apart at 1024; rows of 1000 or 1025 floats at 256 and
+        // 1024 (measured: in place won or tied there).
         assert_eq!(rows_per_l1_set(12, 512), 6);
         assert_eq!(rows_per_l1_set(12, 1536), 6);
         assert_eq!(rows_per_l1_set(12, 128), 2);
@@ -3813,6 +3824,8 @@ mod tests {
         assert_eq!(rows_per_l1_set(12, 0), 12);
         assert_eq!(rows_per_l1_set(12, 33), 1);
         assert_eq!(rows_per_l1_set(6, 2048), 6);
+        assert_eq!(rows_per_l1_set(12, 1000), 1);
+        assert_eq!(rows_per_l1_set(12, 1025), 1);
         // d fits in one chunk; 1 MiB / 2 holds 1024 codewords of 128 floats.
         let b = Blocking::for_shape(caches, 12, 32, 128, 2048);
         assert_eq!(
