@@ -355,19 +355,20 @@ impl Blocking {
 /// [`LANES_MAX_MR`] rows) against up to [`DIRECT_MAX_PANELS`] panels, not only against one
 /// or two, where at most this many of its rows start at one offset of L1's set period
 /// ([`rows_per_l1_set`]): the 6-row AVX2 and 4-row portable tiles at any width, the 12-row
-/// AVX-512 tile as below. Packing a block costs a load, a store and a share of its norms per element of x, against k / 8 FMAs (AVX2) for
-/// that element once packed: a few percent of a call at k = 256, a fifth at k = 64; read
-/// in place, the rows pay for their norms in a pass at the end of each task instead
-/// ([`fuses_norms`]). On a 2-core Zen 1 (AVX2, 512 KiB of L2 per core), `vqkit bench --op
-/// assign --n N --k K --d D --threads 2 --seconds 1`, the build before (2614fd2) and this
-/// one alternating, the one before first, 5 runs, medians, in ms: 100,000 x 64 x 32 9.69
-/// -> 7.78, x 128 x 16 10.01 -> 8.61, x 256 x 2 5.03 -> 4.80, x 256 x 8 9.60 -> 8.86, x
-/// 256 x 32 28.62 -> 27.71, x 512 x 32 53.08 -> 51.58, x 256 x 128 100.56 -> 93.32, x 512
-/// x 128 194.5 -> 186.3; 76,293 x 256 x 512 292.4 -> 276.6; 19,073 x 256 x 2048 293.3 ->
-/// 283.2. Against larger codebooks the packing weighs little and the rows in place lost:
-/// read in place at every size, 100,000 x 1024 x 32 100.5 -> 102.8 and, the order
-/// reversed, 101.2 -> 102.7; x 4096 x 32 391.6 -> 408.0 (reversed; 5 runs each), one
-/// thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3 (reversed).
+/// AVX-512 tile as below. Packing a block costs a load, a store and a share of its norms
+/// per element of x, against k / 8 FMAs (AVX2) for that element once packed: a few percent
+/// of a call at k = 256, a fifth at k = 64; read in place, the rows pay for their norms in
+/// a pass at the end of each task instead ([`fuses_norms`]). On a 2-core Zen 1 (AVX2, 512
+/// KiB of L2 per core), `vqkit bench --op assign --n N --k K --d D --threads 2 --seconds
+/// 1`, the build before (2614fd2) and this one alternating, the one before first, 5 runs,
+/// medians, in ms: 100,000 x 64 x 32 9.69 -> 7.78, x 128 x 16 10.01 -> 8.61, x 256 x 2 5.03
+/// -> 4.80, x 256 x 8 9.60 -> 8.86, x 256 x 32 28.62 -> 27.71, x 512 x 32 53.08 -> 51.58, x
+/// 256 x 128 100.56 -> 93.32, x 512 x 128 194.5 -> 186.3; 76,293 x 256 x 512 292.4 ->
+/// 276.6; 19,073 x 256 x 2048 293.3 -> 283.2. Against larger codebooks the packing weighs
+/// little and the rows in place lost: read in place at every size, 100,000 x 1024 x 32
+/// 100.5 -> 102.8 and, the order reversed, 101.2 -> 102.7; x 4096 x 32 391.6 -> 408.0
+/// (reversed; 5 runs each), one thread 795.0 -> 840.6 (3 runs); x 1024 x 128 365.5 -> 362.3
+/// (reversed).
 ///
 /// The 12-row AVX-512 tile reads its rows in place too wherever at most this many of them
 /// start at one offset ([`rows_per_l1_set`]): all but rows of a multiple of 1024 floats. On a
@@ -380,7 +381,7 @@ impl Blocking {
 /// 1024 x 128 0.982; 76,293 x 256 x 512 0.944; 30,000 x 512 x 512 0.967; 20,000 x 1024 x
 /// 512 1.003; 50,000 x 256 x 640 0.942, x 768 0.949; 60,000 x 256 x 682 0.947; 40,000 x
 /// 256 x 992 0.954, x 1000 0.945, x 1025 0.988, x 1056 0.954; 25,000 x 256 x 1536 0.960
-/// (rows 6 KiB apart: 6 of the 12 on each of two sets); 20,000 x 256 x 2000 0.952 (and
+/// (rows 6 KiB apart: 6 of the 12 at each of two offsets); 20,000 x 256 x 2000 0.952 (and
 /// 100,000 x 64 x 32, two panels, in place in both: 1.005). Rows of 1024 and 2048 floats
 /// lost: 38,000 x 256 x 1024 1.071, 40,000 x 512 x 1024 1.090, 19,073 x 256 x 2048 1.066
 /// and 1.070. There the 12 rows start at one offset of the 4 KiB period, so at each step
@@ -3815,7 +3816,7 @@ mod tests {
             }
         }
         // Rows 2 KiB apart start at two offsets, 6 KiB apart too, 512 bytes apart at 8,
-        // an odd number of floats apart at 1024; rows of 1000 or 1025 floats at 256 and
+        // an odd number of floats apart at 1024; rows of 1000 or 1025 floats at 128 and
         // 1024 (measured: in place won or tied there).
         assert_eq!(rows_per_l1_set(12, 512), 6);
         assert_eq!(rows_per_l1_set(12, 1536), 6);
