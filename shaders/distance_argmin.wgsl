@@ -79,9 +79,13 @@ fn finish(i: u32, best: f32, best_j: u32) {
     idx[p.out_base + i] = best_j;
     if (p.flags & LAST) != 0u {
         // Clamped at zero with a compare, so that a NaN (an overflowed score plus an
-        // overflowed |x|^2) stays one, as on the CPU, where max() would give 0.
+        // overflowed |x|^2) stays one, as on the CPU, where max() would give 0; and a
+        // value that is not finite, tested on its bits, passes through whole: a GLSL
+        // compiler (wgpu's GL backend on llvmpipe) took NaN for impossible and turned the
+        // compare and select into max(v, 0), so the host saw 0, not the overflow.
         let v = best + row_sq_norm(p.x_base + i * p.d);
-        dist[p.out_base + i] = select(v, 0.0, v < 0.0);
+        let finite = (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+        dist[p.out_base + i] = select(v, select(v, 0.0, v < 0.0), finite);
     } else {
         dist[p.out_base + i] = best;
     }
