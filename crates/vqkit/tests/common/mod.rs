@@ -522,7 +522,7 @@ macro_rules! backend_suite {
         /// codebooks of a million codewords and more (the coarse quantizers of IVF indexes);
         /// and on the CPU, every kernel variant against the f64 reference: short rows
         /// against thousands of codewords (scan), a few rows against a codebook many times
-        /// larger (cols).
+        /// larger (cols), many rows against a few codewords (few).
         #[test]
         fn argmin_accepts_wide_rows_and_million_codeword_codebooks() {
             let shapes = [
@@ -542,6 +542,11 @@ macro_rules! backend_suite {
                 (65, 128, 3),
                 (40, 50, 2),
                 (37, 40, 3),
+                // Many rows of 9 to 32 floats against a few codewords (AVX-512's few
+                // kernel): panels of 32 rows and tiles of 8 codewords, full and short.
+                (100, 37, 9),
+                (70, 256, 32),
+                (45, 13, 17),
             ];
             for b in $make() {
                 for &(n, k, d) in &shapes {

@@ -53,6 +53,11 @@
 //!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm; panels of 16, so the
 //!   index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
 //!   only from 65 codewords: `tall256_takes`), where it serves instead of v4.
+//! - v7 `few` (AVX-512: 8 codewords x 32 rows), for rows of 9 to 32 floats against at most
+//!   256 codewords (`few_wins`): v5's roles for many rows, each task packing its rows 32 to
+//!   a panel, the whole codebook (packed once, in tiles of 8) walked against each panel,
+//!   the rows' best carried in registers across the tiles; no horizontal reduction, no
+//!   norms' pass. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -280,6 +285,85 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
     }
 }
 
+/// Whether [`rows_stream`] serves a shape on AVX-512: rows of more than [`SCAN_MAX_D`]
+/// floats (narrower ones fold, and the tall kernels take them) up to [`FEW_MAX_D`],
+/// against at most [`FEW_MAX_K`] codewords. Against the kernels it replaces there (the
+/// 12-row AVX-512 tile; at k <= 16 the 6-row AVX2 one), on the 2-core Zen 4 VM
+/// (2026-12-06), `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds
+/// 0.3`, one build with the choice read once from the environment, the replaced kernel
+/// first in each pair, medians of the pairs' ratios (new / old), 3 pairs on one thread:
+/// d = 9, k = 16 0.580, k = 32 0.544, k = 256 0.922; d = 16, k = 16 0.706, k = 32 0.684,
+/// k = 64 0.779, k = 128 0.881, k = 256 0.950; d = 24, k = 24 0.639; d = 32, k = 16 0.914,
+/// k = 32 0.817, k = 64 0.876, k = 128 0.948, k = 256 0.944; 5 pairs on two threads: d = 9,
+/// k = 16 0.639; d = 16, k = 16 0.704, k = 32 0.669, k = 256 0.945; d = 32, k = 16 0.837,
+/// k = 32 0.774, k = 64 0.894, k = 256 0.981.
+fn few_wins(d: usize, k: usize) -> bool {
+    d > SCAN_MAX_D && d <= FEW_MAX_D && k > NARROW_K && k <= FEW_MAX_K
+}
+
+/// The widest rows [`rows_stream`] takes (see [`few_wins`]). Wider, the packing (a load
+/// and a store per element, and a row of 48 floats or more comes from beyond L2 at n =
+/// 100,000) costs more than the reduction it saves: the command of [`few_wins`], one
+/// thread, 3 pairs: d = 40, k = 16 1.055, k = 128 0.972; d = 48, k = 16 1.098; d = 64,
+/// k = 16 1.225, k = 32 1.100, k = 64 1.085.
+const FEW_MAX_D: usize = 32;
+
+/// The largest codebook [`rows_stream`] takes (see [`few_wins`]): the tiled kernels'
+/// per-row reduction shrinks against the walk as k grows, and at k = 256 the two were
+/// within 2% to 6%; larger codebooks were not measured with it.
+const FEW_MAX_K: usize = 256;
+
+/// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
+/// the codewords are in the lanes (the tiled kernels), every row ends in a reduction
+/// across its lanes, and at k <= 32 that, the running best across the tile's rows and the
+/// norms' pass cost more than the row's 2 k d FMAs. Here each task packs its rows 32 to a
+/// panel (two vectors of 16 rows per step of d, [`pack_rows`]), takes their norms from
+/// the panel ([`packed_norms`]), and walks the codebook, packed once into tiles of
+/// [`x86::FEW_MR`] codewords (`tile[t * 8 + j]`), each codeword broadcast against the
+/// panel: one compare and two blends per codeword and vector of 16 rows carry the rows'
+/// best, in codeword order with a strict `<`, and no lane is ever reduced. Each score is
+/// the tiled kernels' chain of FMAs from zero (`c * x + acc` is `x * c + acc`) and
+/// `norm - 2 acc` in one rounding, so the bits are theirs (unfolded: d > 8 only).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn rows_stream(
+    parallel: bool,
+    rows: usize,
+    x: &[f32],
+    codebook: &[f32],
+    norms: &[f32],
+    shape: Shape,
+    idx: &mut [u32],
+    dist: &mut [f32],
+) -> Result<()> {
+    use x86::{FEW_MR as MR, FEW_NR as NR};
+    let Shape { k, d, .. } = shape;
+    // A few codewords of a few dozen floats (`few_wins`): kilobytes.
+    let mut tiles = vec![0.0f32; k.div_ceil(MR) * MR * d];
+    for (j0, tile) in (0..k).step_by(MR).zip(tiles.chunks_exact_mut(MR * d)) {
+        pack_rows(&codebook[j0 * d..(j0 + MR).min(k) * d], d, MR, tile);
+    }
+    for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
+        let mut panel = vec![0.0f32; NR * d];
+        let mut x_sq = [0.0f32; NR];
+        let blocks = xs
+            .chunks(NR * d)
+            .zip(idx.chunks_mut(NR).zip(dist.chunks_mut(NR)));
+        for (b, (block, (idx, dist))) in blocks.enumerate() {
+            // The next panel's rows on their way to L2 while this one is walked.
+            let next = ((b + 1) * NR * d).min(xs.len());
+            prefetch_l2(&xs[next..(next + NR * d).min(xs.len())]);
+            if block.len() < NR * d {
+                panel.fill(0.0);
+            }
+            pack_rows(block, d, NR, &mut panel);
+            packed_norms(&panel, d, NR, &mut x_sq[..idx.len()]);
+            x86::few_avx512_entry(&panel, d, (&tiles, norms), &x_sq, idx, dist);
+        }
+    });
+    Ok(())
+}
+
 /// Rows per parallel task at most: a multiple of the micro-kernels' MR (4, 6, 12), large
 /// enough to amortise the task and to reuse each codebook group many times, small enough to
 /// balance two to a few dozen threads.
@@ -319,6 +403,10 @@ pub(crate) struct Blocking {
     /// codeword at a time) rather than the tiled or scan ones. Only where d is one chunk
     /// and the scores fold (`folds`); the rows are then always packed.
     pub tall: bool,
+    /// Many rows of a few dozen floats against a few codewords: rows packed 32 to a panel,
+    /// the codebook in tiles of 8 broadcast against them ([`rows_stream`], AVX-512 only).
+    /// Only where the scores do not fold; elsewhere moot.
+    pub few: bool,
 }
 
 impl Blocking {
@@ -347,6 +435,7 @@ impl Blocking {
             scan: false,
             cols: false,
             tall: false,
+            few: false,
         }
     }
 }
@@ -647,12 +736,15 @@ pub(crate) fn distance_argmin(
 ) -> Result<()> {
     // A codebook of 16 or fewer would fill at most half of AVX-512's 32-wide panel: the
     // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding. (The
-    // tall kernel, which serves short rows, skips its padding lanes.)
+    // tall kernel skips its padding lanes; the few kernel, rows in its lanes, takes
+    // codewords in tiles of 8.)
+    let few = isa == Isa::Avx512 && few_wins(shape.d, shape.k);
     #[cfg(target_arch = "x86_64")]
     let isa = if isa == Isa::Avx512
         && shape.k <= 16
         && Isa::Avx2.supported()
         && !tall_wins(shape.d, shape.k)
+        && !few
     {
         Isa::Avx2
     } else {
@@ -668,6 +760,7 @@ pub(crate) fn distance_argmin(
     let mut blocking = Blocking {
         scan,
         tall: tall.is_some(),
+        few,
         ..Blocking::for_shape(caches, mr, nr, shape.d, shape.k.div_ceil(nr))
     };
     #[cfg(target_arch = "x86_64")]
@@ -715,6 +808,19 @@ pub(crate) fn distance_argmin_blocked(
     if let (true, Some(cols)) = (blocking.cols && !fold, x86::cols_for(isa)) {
         let group = blocking.group;
         return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if blocking.few && !fold && isa == Isa::Avx512 {
+        return rows_stream(
+            parallel,
+            blocking.rows,
+            x,
+            codebook,
+            norms,
+            shape,
+            idx,
+            dist,
+        );
     }
     let scan = blocking.scan && blocking.kc >= d && fold;
     let tall = if blocking.tall && blocking.kc >= d && fold {
@@ -2410,6 +2516,101 @@ mod x86 {
         unsafe { cols_avx512(s, tile, best_v, best_i) }
     }
 
+    /// Codewords per tile of the few kernel ([`super::rows_stream`]): with their 16
+    /// accumulators (8 codewords x two vectors of 16 rows), the panel's step, the broadcast
+    /// and the rows' best scores and indices, 23 of AVX-512's 32 registers.
+    pub(super) const FEW_MR: usize = 8;
+
+    /// Rows per panel of the few kernel: two vectors of 16.
+    pub(super) const FEW_NR: usize = 32;
+
+    /// The few kernel on one panel of up to 32 rows (`panel[t * 32 + r]`, d steps) against
+    /// every codeword (`tiles` packed by [`super::rows_stream`], `norms` one per codeword):
+    /// each row's index and distance (`finished(score, x_sq)`) into `idx` and `dist`.
+    /// The caller runs it only where [`super::Isa::Avx512`] was chosen, and that is only
+    /// constructed after runtime detection of AVX-512F.
+    pub(super) fn few_avx512_entry(
+        panel: &[f32],
+        d: usize,
+        (tiles, norms): (&[f32], &[f32]),
+        x_sq: &[f32],
+        idx: &mut [u32],
+        dist: &mut [f32],
+    ) {
+        let rows = idx.len();
+        assert!(d >= 1 && panel.len() >= FEW_NR * d);
+        assert!(tiles.len() >= norms.len().div_ceil(FEW_MR) * FEW_MR * d);
+        assert!(norms.len() <= u32::MAX as usize);
+        assert!(rows <= FEW_NR && dist.len() == rows && x_sq.len() >= rows);
+        // SAFETY: AVX-512F was detected at run time (above); the asserts bound every
+        // offset the kernel takes: the panel's d steps of 32, each tile's d steps of 8,
+        // the rows' first `rows` lanes (masked loads and stores).
+        unsafe { few_avx512(panel, d, (tiles, norms), x_sq, idx, dist) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn few_avx512(
+        panel: &[f32],
+        d: usize,
+        (tiles, norms): (&[f32], &[f32]),
+        x_sq: &[f32],
+        idx: &mut [u32],
+        dist: &mut [f32],
+    ) {
+        const MR: usize = FEW_MR;
+        let k = norms.len();
+        let (xp, cp) = (panel.as_ptr(), tiles.as_ptr());
+        let minus_two = _mm512_set1_ps(-2.0);
+        let mut best_v = [_mm512_set1_ps(f32::INFINITY); 2];
+        let mut best_i = [_mm512_setzero_si512(); 2];
+        // SAFETY (the pointer accesses below): the entry's asserts.
+        unsafe {
+            for (tile, j0) in (0..k).step_by(MR).enumerate() {
+                let tp = cp.add(tile * MR * d);
+                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+                for t in 0..d {
+                    let x = [
+                        _mm512_loadu_ps(xp.add(t * 32)),
+                        _mm512_loadu_ps(xp.add(t * 32 + 16)),
+                    ];
+                    let ct = tp.add(t * MR);
+                    for j in 0..MR {
+                        let c = _mm512_set1_ps(*ct.add(j));
+                        acc[j][0] = _mm512_fmadd_ps(c, x[0], acc[j][0]);
+                        acc[j][1] = _mm512_fmadd_ps(c, x[1], acc[j][1]);
+                    }
+                }
+                // Into the rows' best in codeword order: a tie keeps the lower index, a
+                // NaN score never wins; padding codewords are skipped.
+                for j in 0..MR.min(k - j0) {
+                    let norm = _mm512_set1_ps(norms[j0 + j]);
+                    let at = _mm512_set1_epi32((j0 + j) as i32);
+                    for h in 0..2 {
+                        let s = _mm512_fmadd_ps(acc[j][h], minus_two, norm);
+                        let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[h]);
+                        best_v[h] = _mm512_mask_blend_ps(lt, best_v[h], s);
+                        best_i[h] = _mm512_mask_blend_epi32(lt, best_i[h], at);
+                    }
+                }
+            }
+            // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept
+            // (an ordered compare is false on NaN).
+            let rows = idx.len();
+            for h in 0..2 {
+                let lanes = rows.saturating_sub(16 * h).min(16);
+                let m = ((1u32 << lanes) - 1) as __mmask16;
+                let v = _mm512_add_ps(
+                    best_v[h],
+                    _mm512_maskz_loadu_ps(m, x_sq.as_ptr().add(16 * h)),
+                );
+                let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
+                let v = _mm512_mask_blend_ps(neg, v, _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(dist.as_mut_ptr().add(16 * h), m, v);
+                _mm512_mask_storeu_epi32(idx.as_mut_ptr().add(16 * h).cast(), m, best_i[h]);
+            }
+        }
+    }
+
     /// Codewords per tile of the AVX2 cols kernel, against 16 rows (two ymm).
     const COLS256_MR: usize = 6;
 
@@ -3423,6 +3624,11 @@ mod tests {
             (40, 50, 2),
             (33, 7, 1),
             (37, 40, 3),
+            // Many rows against a few codewords (the few kernel): panels of 32 full and
+            // short, tiles of 8 full and short, widths from 9.
+            (70, 16, 16),
+            (33, 37, 9),
+            (100, 13, 31),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -3452,18 +3658,20 @@ mod tests {
                     scan: false,
                     cols: false,
                     tall: false,
+                    few: false,
                 });
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
-                            for (direct, scan, cols, tall) in [
-                                (false, false, false, false),
-                                (true, false, false, false),
-                                (false, true, false, false),
-                                (true, true, false, false),
-                                (false, false, true, false),
-                                (false, false, false, true),
-                                (true, false, false, true),
+                            for (direct, scan, cols, tall, few) in [
+                                (false, false, false, false, false),
+                                (true, false, false, false, false),
+                                (false, true, false, false, false),
+                                (true, true, false, false, false),
+                                (false, false, true, false, false),
+                                (false, false, false, true, false),
+                                (true, false, false, true, false),
+                                (false, false, false, false, true),
                             ] {
                                 let b = Blocking {
                                     kc,
@@ -3473,6 +3681,7 @@ mod tests {
                                     scan,
                                     cols,
                                     tall,
+                                    few,
                                 };
                                 assert_eq!(run(b), whole, "{isa:?} n={n} k={k} d={d} {b:?}");
                             }
@@ -3493,16 +3702,18 @@ mod tests {
     /// itself.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
-        for (d, scan, cols, tall) in [
-            (3, true, false, false),
-            (6, true, false, false),
-            (8, true, false, false),
-            (33, false, true, false),
-            (1, false, false, true),
-            (2, false, false, true),
-            (3, false, false, true),
-            (6, false, false, true),
-            (8, false, false, true),
+        for (d, scan, cols, tall, few) in [
+            (3, true, false, false, false),
+            (6, true, false, false, false),
+            (8, true, false, false, false),
+            (33, false, true, false, false),
+            (1, false, false, true, false),
+            (2, false, false, true, false),
+            (3, false, false, true, false),
+            (6, false, false, true, false),
+            (8, false, false, true, false),
+            (12, false, false, false, true),
+            (32, false, false, false, true),
         ] {
             // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable).
             let (n, k) = (13, 1500);
@@ -3534,29 +3745,32 @@ mod tests {
                 // the whole codebook (their minima walk) and in groups of two panels
                 // (their index walk).
                 // `direct`: rows read in place, several blocks a step (the tiled kernel).
-                let run =
-                    |norms: &[f32], kernels: (bool, bool, bool), whole: bool, direct: bool| {
-                        let (scan, cols, tall) = kernels;
-                        let (_, _, nr) = kernel_for(isa, scan);
-                        let b = Blocking {
-                            kc: d,
-                            group: if whole { k.div_ceil(nr) } else { 2 },
-                            rows: TASK_ROWS,
-                            direct,
-                            scan,
-                            cols,
-                            tall,
-                        };
-                        let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
-                        distance_argmin_blocked(
-                            isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
-                        )
-                        .unwrap();
-                        (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                let run = |norms: &[f32],
+                           kernels: (bool, bool, bool, bool),
+                           whole: bool,
+                           direct: bool| {
+                    let (scan, cols, tall, few) = kernels;
+                    let (_, _, nr) = kernel_for(isa, scan);
+                    let b = Blocking {
+                        kc: d,
+                        group: if whole { k.div_ceil(nr) } else { 2 },
+                        rows: TASK_ROWS,
+                        direct,
+                        scan,
+                        cols,
+                        tall,
+                        few,
                     };
+                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                    distance_argmin_blocked(
+                        isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
+                    )
+                    .unwrap();
+                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
                 let at = format!("{isa:?} d={d}");
-                let tiles = (false, false, false);
-                let kernels = (scan, cols, tall);
+                let tiles = (false, false, false, false);
+                let kernels = (scan, cols, tall, few);
                 let tiled = run(&norms, tiles, true, false);
                 assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
                 assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
@@ -3839,6 +4053,7 @@ mod tests {
                 scan: false,
                 cols: false,
                 tall: false,
+                few: false,
             }
         );
         // 12 rows x 341 floats fill half of L1: d = 1536 goes in 5 even chunks.
