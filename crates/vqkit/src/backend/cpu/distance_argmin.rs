@@ -1725,10 +1725,23 @@ fn rows_block(
                 };
                 kernel(&step, &mut acc, &mut val, &mut ix);
             }
-            for r in 0..mr.min(rows - b * mr) {
-                let i = row(b, r);
-                if val[r] < dist[i] {
-                    (dist[i], idx[i]) = (val[r], ix[r]);
+            let r0 = b * mr;
+            let m = mr.min(rows - r0);
+            if lanes && b < packed {
+                for r in 0..m {
+                    let i = row(b, r);
+                    if val[r] < dist[i] {
+                        (dist[i], idx[i]) = (val[r], ix[r]);
+                    }
+                }
+            } else {
+                // Consecutive rows: the same strict `<`, branch-free, so that it runs as
+                // vector compares and blends (see [`pack_rows`]'s narrow rows).
+                let (dist, idx) = (&mut dist[r0..r0 + m], &mut idx[r0..r0 + m]);
+                for ((d, i), (&v, &j)) in dist.iter_mut().zip(idx).zip(val.iter().zip(&ix)) {
+                    let better = v < *d;
+                    *d = if better { v } else { *d };
+                    *i = if better { j } else { *i };
                 }
             }
         }
@@ -1789,7 +1802,28 @@ pub(crate) fn prefetch_l2(v: &[f32]) {
 /// loop around them. (Row by row, the stores went MR floats apart, and the scalar store
 /// and its index arithmetic were 10% of a call at n = 76,293, k = 256, d = 512.)
 fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
+    // Rows of one to seven floats (the tall tiles'): both sides' lengths known, so the
+    // copy compiles to vector loads and shuffles, where the SSE transposes take four steps
+    // at a time and left the rest (all of d = 1 to 3) to a scalar loop.
+    fn narrow<const MR: usize, const D: usize>(block: &[f32], xb: &mut [f32]) {
+        let (block, xb) = (&block[..MR * D], &mut xb[..MR * D]);
+        for r in 0..MR {
+            for t in 0..D {
+                xb[t * MR + r] = block[r * D + t];
+            }
+        }
+    }
     fn steps<const MR: usize>(block: &[f32], d: usize, xb: &mut [f32]) {
+        match d {
+            1 => return narrow::<MR, 1>(block, xb),
+            2 => return narrow::<MR, 2>(block, xb),
+            3 => return narrow::<MR, 3>(block, xb),
+            4 => return narrow::<MR, 4>(block, xb),
+            5 => return narrow::<MR, 5>(block, xb),
+            6 => return narrow::<MR, 6>(block, xb),
+            7 => return narrow::<MR, 7>(block, xb),
+            _ => {}
+        }
         #[cfg(target_arch = "x86_64")]
         let start = x86::pack_steps_sse::<MR>(block, d, xb);
         #[cfg(not(target_arch = "x86_64"))]
@@ -3896,10 +3930,11 @@ mod tests {
         }
     }
 
-    /// Rows packed for the tiled and tall kernels are the block's transpose.
+    /// Rows packed for the tiled, tall and few kernels are the block's transpose.
     #[test]
     fn row_packing_is_the_block_transpose() {
-        // Every tile height, d at every remainder mod 4 (the SSE steps and the scalar tail),
+        // Every tile height, d from 1 to 7 (the narrow copies) and from 8 at every
+        // remainder mod 4 (the SSE steps and the scalar tail),
         // whole blocks and short ones (the last block of a task), over a buffer holding
         // stale values (a short block's missing rows must stay as they were).
         let mut mrs = vec![PORTABLE_MR, 1, 3, 5, 8];
