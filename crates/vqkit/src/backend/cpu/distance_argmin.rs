@@ -32,7 +32,8 @@
 //!   vectors + 1 broadcast of the 16 ymm registers.
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
-//!   Shipped wherever the CPU has AVX-512F.
+//!   The tiled kernel wherever the CPU has AVX-512F (at k <= 16 the AVX2 tile, v2, where
+//!   neither v6 nor v7 serves).
 //! - v4 `scan` (AVX2, MR = 4, NR = 16), for 5 <= d <= 8 against 2048 codewords or more
 //!   (v6 serves d <= 4), where the tiled kernels' epilogue (compares and blends to carry each
 //!   lane's index) costs more than their 2 d FMAs: each panel's scores only lower
@@ -301,16 +302,17 @@ fn few_wins(d: usize, k: usize) -> bool {
     d > SCAN_MAX_D && d <= FEW_MAX_D && k > NARROW_K && k <= FEW_MAX_K
 }
 
-/// The widest rows [`rows_stream`] takes (see [`few_wins`]). Wider, the packing (a load
-/// and a store per element, and a row of 48 floats or more comes from beyond L2 at n =
-/// 100,000) costs more than the reduction it saves: the command of [`few_wins`], one
-/// thread, 3 pairs: d = 40, k = 16 1.055, k = 128 0.972; d = 48, k = 16 1.098; d = 64,
-/// k = 16 1.225, k = 32 1.100, k = 64 1.085.
+/// The widest rows [`rows_stream`] takes (see [`few_wins`]). What the few kernel saves per
+/// row (the reduction across lanes, the norms' pass) is the same at any width, and what
+/// it adds (packing: a load and a store per element) grows with d; wider, it lost (the
+/// command of [`few_wins`], one thread, 3 pairs: d = 40, k = 16 1.055, k = 128 0.972;
+/// d = 48, k = 16 1.098; d = 64, k = 16 1.225, k = 32 1.100, k = 64 1.085). Where between
+/// 32 and 40 the two cross at each k was not measured.
 const FEW_MAX_D: usize = 32;
 
 /// The largest codebook [`rows_stream`] takes (see [`few_wins`]): the tiled kernels'
-/// per-row reduction shrinks against the walk as k grows, and at k = 256 the two were
-/// within 2% to 6%; larger codebooks were not measured with it.
+/// per-row reduction shrinks against the walk as k grows, and at k = 256 the few kernel
+/// gained 2% to 8%; larger codebooks were not measured with it.
 const FEW_MAX_K: usize = 256;
 
 /// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
@@ -405,7 +407,8 @@ pub(crate) struct Blocking {
     pub tall: bool,
     /// Many rows of a few dozen floats against a few codewords: rows packed 32 to a panel,
     /// the codebook in tiles of 8 broadcast against them ([`rows_stream`], AVX-512 only).
-    /// Only where the scores do not fold; elsewhere moot.
+    /// Only where the scores do not fold and `cols` is not set (few rows against a
+    /// codebook four times their number take [`codebook_stream`]); elsewhere moot.
     pub few: bool,
 }
 
@@ -1809,8 +1812,8 @@ pub(crate) fn prefetch_l2(v: &[f32]) {
 /// loop around them. (Row by row, the stores went MR floats apart, and the scalar store
 /// and its index arithmetic were 10% of a call at n = 76,293, k = 256, d = 512.)
 fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
-    // Rows of one to seven floats (the tall tiles'): both sides' lengths known, so the
-    // copy compiles to vector loads and shuffles, where the SSE transposes take four steps
+    // Rows of one to seven floats (whole blocks of every tile height below): both sides'
+    // lengths known, so the copy compiles to vector loads and shuffles, where the SSE transposes take four steps
     // at a time and left the rest (all of d = 1 to 3) to a scalar loop. One build with the
     // choice read from the environment (and the branch-free merge of `rows_block`), the
     // command there, 3 pairs: k = 16, d = 1 0.783, d = 2 0.742, d = 3 0.764, d = 4 0.957,
@@ -2574,7 +2577,8 @@ mod x86 {
     /// every codeword (`tiles` packed by [`super::rows_stream`], `norms` one per codeword):
     /// each row's index and distance (`finished(score, x_sq)`) into `idx` and `dist`.
     /// The caller runs it only where [`super::Isa::Avx512`] was chosen, and that is only
-    /// constructed after runtime detection of AVX-512F.
+    /// constructed after runtime detection of AVX-512F. `x_sq` holds at least the rows'
+    /// norms.
     pub(super) fn few_avx512_entry(
         panel: &[f32],
         d: usize,
@@ -2588,9 +2592,11 @@ mod x86 {
         assert!(tiles.len() >= norms.len().div_ceil(FEW_MR) * FEW_MR * d);
         assert!(norms.len() <= u32::MAX as usize);
         assert!(rows <= FEW_NR && dist.len() == rows && x_sq.len() >= rows);
-        // SAFETY: AVX-512F was detected at run time (above); the asserts bound every
-        // offset the kernel takes: the panel's d steps of 32, each tile's d steps of 8,
-        // the rows' first `rows` lanes (masked loads and stores).
+        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F,
+        // and the caller runs this only with it; the asserts bound every offset the kernel
+        // takes: the panel's d steps of 32, each tile's d steps of 8, the rows' first
+        // `rows` lanes (masked loads and stores, from a half's first lane only where it
+        // holds a row).
         unsafe { few_avx512(panel, d, (tiles, norms), x_sq, idx, dist) }
     }
 
@@ -2644,6 +2650,11 @@ mod x86 {
             let rows = idx.len();
             for h in 0..2 {
                 let lanes = rows.saturating_sub(16 * h).min(16);
+                // No lane: no pointer to form (one past the rows' ends would be out of
+                // their allocation, mask or not).
+                if lanes == 0 {
+                    break;
+                }
                 let m = ((1u32 << lanes) - 1) as __mmask16;
                 let v = _mm512_add_ps(
                     best_v[h],
@@ -3744,8 +3755,8 @@ mod tests {
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
-    /// d = 1 to 3), the cols ones at d = 33 (unfolded); elsewhere the tiled kernel against
-    /// itself.
+    /// d = 1 to 3), the cols ones at d = 33 and the few one (AVX-512) at d = 12 and 32
+    /// (unfolded); elsewhere the tiled kernel against itself.
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall, few) in [
@@ -3895,6 +3906,9 @@ mod tests {
             (6, 4100, 3),
             (25, 100, 33),
             (9, 70, 301),
+            // The few kernel (AVX-512), chosen by the dispatch: a short panel, a short tile.
+            (40, 37, 16),
+            (70, 256, 32),
         ] {
             let x = clustered(n, d, 3, 0.5, 5 + d as u64);
             let mut c = Vec::with_capacity(k * d);
@@ -4050,6 +4064,16 @@ mod tests {
         let first = run();
         *SPARE.lock().unwrap() = vec![f32::NAN; 1 << 16];
         assert_eq!(run(), first);
+    }
+
+    /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
+    #[test]
+    fn few_kernel_bounds() {
+        // Rows of 9 to 32 floats (narrower ones fold), 5 to 256 codewords (fewer: the
+        // narrow kernel).
+        assert!(few_wins(9, 5) && few_wins(32, 256) && few_wins(16, 16));
+        assert!(!few_wins(8, 16) && !few_wins(33, 16) && !few_wins(32, 257));
+        assert!(!few_wins(16, NARROW_K));
     }
 
     #[test]
