@@ -1748,9 +1748,9 @@ fn rows_block(
                 // k = 256, d = 2 0.963, d = 8 0.932; k = 256, d = 128 and k = 4096, d = 32
                 // 1.000.
                 let (dist, idx) = (&mut dist[r0..r0 + m], &mut idx[r0..r0 + m]);
-                for ((d, i), (&v, &j)) in dist.iter_mut().zip(idx).zip(val.iter().zip(&ix)) {
-                    let better = v < *d;
-                    *d = if better { v } else { *d };
+                for ((o, i), (&v, &j)) in dist.iter_mut().zip(idx).zip(val.iter().zip(&ix)) {
+                    let better = v < *o;
+                    *o = if better { v } else { *o };
                     *i = if better { j } else { *i };
                 }
             }
@@ -1813,13 +1813,13 @@ pub(crate) fn prefetch_l2(v: &[f32]) {
 /// and its index arithmetic were 10% of a call at n = 76,293, k = 256, d = 512.)
 fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
     // Rows of one to seven floats (whole blocks of every tile height below): both sides'
-    // lengths known, so the copy compiles to vector loads and shuffles, where the SSE transposes take four steps
-    // at a time and left the rest (all of d = 1 to 3) to a scalar loop. One build with the
-    // choice read from the environment (and the branch-free merge of `rows_block`), the
-    // command there, 3 pairs: k = 16, d = 1 0.783, d = 2 0.742, d = 3 0.764, d = 4 0.957,
-    // d = 5 0.671, d = 6 0.989, d = 8 1.037 (so from 8 the SSE steps); k = 64, d = 2 0.851;
-    // k = 256, d = 2 0.930, d = 3 0.949, d = 4 0.981, d = 6 1.000, d = 8 1.033; k = 4096,
-    // d = 2 0.997.
+    // lengths known, so the copy compiles to vector loads and shuffles, where the SSE
+    // transposes take four steps at a time and left the rest (all of d = 1 to 3) to a
+    // scalar loop. One build with the choice read from the environment (and the
+    // branch-free merge of `rows_block`), the command there, 3 pairs: k = 16, d = 1 0.783,
+    // d = 2 0.742, d = 3 0.764, d = 4 0.957, d = 5 0.671, d = 6 0.989, d = 8 1.037 (so from
+    // 8 the SSE steps); k = 64, d = 2 0.851; k = 256, d = 2 0.930, d = 3 0.949, d = 4
+    // 0.981, d = 6 1.000, d = 8 1.033; k = 4096, d = 2 0.997.
     fn narrow<const MR: usize, const D: usize>(block: &[f32], xb: &mut [f32]) {
         let (block, xb) = (&block[..MR * D], &mut xb[..MR * D]);
         for r in 0..MR {
