@@ -1738,10 +1738,12 @@ fn rows_block(
                     }
                 }
             } else {
-                // Consecutive rows: the same strict `<`, branch-free, so that it runs as
-                // vector compares and blends. Row by row with a branch, it took most of
-                // this function's samples at n = 100,000, k = 16, d = 2 (`perf record -e
-                // cpu-clock`, the Zen 4 VM), and this function 45% of the call's. One build
+                // Consecutive rows: the same strict `<` in one loop over the block's slices,
+                // bounded once, with no map through `row` per row (written as selects; the
+                // compiler still emits a compare and branch per row, not vector code, in
+                // `objdump -d`). The loop above took most of this function's samples at
+                // n = 100,000, k = 16, d = 2 (`perf record -e cpu-clock`, the Zen 4 VM),
+                // and this function 45% of the call's. One build
                 // with the choice read from the environment, `vqkit bench --op assign --n
                 // 100000 --threads 1 --seconds 0.3`, 3 pairs, medians of the ratios (new /
                 // old): k = 16, d = 2 0.870, d = 4 0.834, d = 8 0.913; k = 64, d = 4 0.935;
@@ -1813,10 +1815,11 @@ pub(crate) fn prefetch_l2(v: &[f32]) {
 /// and its index arithmetic were 10% of a call at n = 76,293, k = 256, d = 512.)
 fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
     // Rows of one to seven floats (whole blocks of every tile height below): both sides'
-    // lengths known, so the copy compiles to vector loads and shuffles, where the SSE
-    // transposes take four steps at a time and left the rest (all of d = 1 to 3) to a
-    // scalar loop. One build with the choice read from the environment (and the
-    // branch-free merge of `rows_block`), the command there, 3 pairs: k = 16, d = 1 0.783,
+    // lengths known, so the copy is unrolled with no bounds checks (into shuffles at some
+    // widths, scalar moves at others, in `objdump -d`), where the SSE transposes take four
+    // steps at a time and left the rest (all of d = 1 to 3) to a loop through an array of
+    // row slices. One build with the choice read from the environment (and the one-loop
+    // merge of `rows_block`), the command there, 3 pairs: k = 16, d = 1 0.783,
     // d = 2 0.742, d = 3 0.764, d = 4 0.957, d = 5 0.671, d = 6 0.989, d = 8 1.037 (so from
     // 8 the SSE steps); k = 64, d = 2 0.851; k = 256, d = 2 0.930, d = 3 0.949, d = 4
     // 0.981, d = 6 1.000, d = 8 1.033; k = 4096, d = 2 0.997.
