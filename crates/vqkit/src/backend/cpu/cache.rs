@@ -128,9 +128,66 @@ fn count_cpus(list: &str) -> usize {
         .max(1)
 }
 
+/// Whether a software prefetch meant for L2 (`_MM_HINT_T1`) fills L1 as well on this CPU,
+/// read once per process: on AMD cores before Zen 4 (family 0x17, Zen 1 and 2, and its
+/// Hygon relative 0x18) every temporal hint loads into L1 like `_MM_HINT_T0`, while from
+/// Zen 4 AMD documents T1 and T2 as filling L2 only, as Intel's cores have long done.
+/// Where it fills L1, rows streamed from beyond the last-level cache are better prefetched
+/// non-temporally; where it does not, the L2 prefetch wins (`cluster_sums`'s
+/// `prefetch_x`). Family 0x19 covers Zen 3 as well, which is counted with Zen 4 unmeasured.
+pub(crate) fn t1_prefetch_fills_l1() -> bool {
+    static FILLS: OnceLock<bool> = OnceLock::new();
+    *FILLS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            let leaf0 = __cpuid(0);
+            let mut vendor = [0u8; 12];
+            for (bytes, reg) in vendor.chunks_mut(4).zip([leaf0.ebx, leaf0.edx, leaf0.ecx]) {
+                bytes.copy_from_slice(&reg.to_le_bytes());
+            }
+            t1_fills_l1(&vendor, __cpuid(1).eax)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// [`t1_prefetch_fills_l1`] from CPUID's vendor string and leaf 1's EAX (family in bits 8 to
+/// 11, plus the extended family in bits 20 to 27 where the base family is 0xF).
+fn t1_fills_l1(vendor: &[u8; 12], eax: u32) -> bool {
+    let base = (eax >> 8) & 0xF;
+    let family = if base == 0xF {
+        base + ((eax >> 20) & 0xFF)
+    } else {
+        base
+    };
+    matches!(vendor, b"AuthenticAMD" | b"HygonGenuine") && family < 0x19
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn t1_fills_l1_on_amd_before_zen_4_only() {
+        // Leaf 1's EAX: Zen 1 (EPYC 7601), Zen 2, Zen 4 (EPYC 9004), a Hygon Dhyana, an
+        // Intel Sapphire Rapids core, and an old AMD family (0x10).
+        let zen1 = 0x0080_0F12;
+        let zen2 = 0x0083_0F10;
+        let zen4 = 0x00A1_0F11;
+        let hygon = 0x0090_0F01;
+        let intel = 0x0008_06F8;
+        let k10 = 0x0010_0F42;
+        assert!(t1_fills_l1(b"AuthenticAMD", zen1));
+        assert!(t1_fills_l1(b"AuthenticAMD", zen2));
+        assert!(t1_fills_l1(b"HygonGenuine", hygon));
+        assert!(t1_fills_l1(b"AuthenticAMD", k10));
+        assert!(!t1_fills_l1(b"AuthenticAMD", zen4));
+        assert!(!t1_fills_l1(b"GenuineIntel", intel));
+        // An Intel family of 0xF with an extended family (the Pentium 4's leaf) stays Intel.
+        assert!(!t1_fills_l1(b"GenuineIntel", 0x0000_0F29));
+    }
 
     #[test]
     fn sizes_and_cpu_lists_parse() {

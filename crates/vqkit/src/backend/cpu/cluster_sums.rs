@@ -158,7 +158,7 @@ struct Split {
     range: usize,
     wave: usize,
     acc_ahead_over: usize,
-    /// Whether x is read past the caches ([`Accumulate::stream`]).
+    /// Whether x's rows are prefetched non-temporally ([`Accumulate::stream`]).
     stream: bool,
 }
 
@@ -202,13 +202,18 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     } else {
         (width, range)
     };
+    // x past the last level is prefetched non-temporally where an L2 prefetch would take
+    // L1 too, or would share L2 with more than half of it in accumulators ([`prefetch_x`]).
+    let acc = range.min(k).saturating_mul(width.min(d)).saturating_mul(8);
+    let stream = n.saturating_mul(d).saturating_mul(4) > caches.llc
+        && (super::cache::t1_prefetch_fills_l1() || acc > l2 / 2);
     Split {
         chunk,
         width,
         range,
         wave,
         acc_ahead_over: l2,
-        stream: n.saturating_mul(d).saturating_mul(4) > caches.llc,
+        stream,
     }
 }
 
@@ -569,6 +574,19 @@ fn prefetch_l1(v: &[f64]) {
 /// 0.90 -> 0.85 ms, 256 x 128 4.02 -> 3.14, 1024 x 32 0.96 -> 0.94, 1024 x 128 4.69 ->
 /// 3.94, 4096 x 32 1.74 -> 1.23 (1.82 -> 1.58 in the build above), 4096 x 128 7.58 ->
 /// 6.84 (docs/performance.md).
+///
+/// That Zen 1 fetches into L1 on the L2 hint; Zen 4 does not
+/// ([`super::cache::t1_prefetch_fills_l1`]), and there the non-temporal fetch of x past L3
+/// lost or tied at every shape tried (a build with the hint read from the environment,
+/// `--threads 2`, 5 alternating pairs, medians of the ratios L2 / non-temporal: n =
+/// 100,000, k x d = 256 x 128 0.868, 1024 x 128 0.984, 4096 x 128 0.992; 400,000 x 256 x
+/// 32 0.835; 3 pairs: 100,000 x 512 x 128 0.803, 400,000 x 1024 x 64 0.865, 400,000 x 64 x
+/// 128 0.787, 1,000,000 x 256 x 128 0.774, 1,000,000 x 4096 x 128 1.027). So x past L3 is
+/// fetched non-temporally only where the L2 hint fills L1 or where a task's accumulators
+/// take more than half of L2 (at 1024 x 128, 1 MiB, one thread, two sets of pairs gave
+/// 0.870 and 1.072). This rule against 1c21191 on the Zen 4 VM, `--threads 2`, 9 pairs:
+/// 100,000 x 256 x 128 0.968, 400,000 x 64 x 128 0.909, 1,000,000 x 256 x 128 0.909; one
+/// thread, 100,000 x 256 x 128 1.006.
 #[inline(always)]
 fn prefetch_x(v: &[f32], stream: bool) {
     if stream {
@@ -598,8 +616,9 @@ struct Accumulate<'a> {
     /// Whether the accumulators of the row [`ACC_AHEAD_ROWS`] ahead are prefetched too:
     /// where the task's accumulators exceed L2 (see there).
     acc_ahead: bool,
-    /// Whether x exceeds the last-level cache, so that no row of it stays cached until the
-    /// next pass: its rows are then prefetched non-temporally ([`prefetch_x`]).
+    /// Whether x's rows are prefetched non-temporally ([`prefetch_x`]): where x exceeds the
+    /// last-level cache, so that no row of it stays cached until the next pass, on a CPU
+    /// whose L2 prefetch fills L1 as well.
     stream: bool,
 }
 
