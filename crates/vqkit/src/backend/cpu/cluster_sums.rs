@@ -676,6 +676,13 @@ impl IsaLoop<&mut [f64]> for Accumulate<'_> {
     #[inline(always)]
     fn body(&self, acc: &mut [f64]) {
         match self.w {
+            1 => self.body_fixed::<1>(acc),
+            2 => self.body_fixed::<2>(acc),
+            3 => self.body_fixed::<3>(acc),
+            4 => self.body_fixed::<4>(acc),
+            6 => self.body_fixed::<6>(acc),
+            8 => self.body_fixed::<8>(acc),
+            12 => self.body_fixed::<12>(acc),
             16 => self.body_fixed::<16>(acc),
             32 => self.body_fixed::<32>(acc),
             64 => self.body_fixed::<64>(acc),
@@ -737,13 +744,19 @@ impl Accumulate<'_> {
             // --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 4 alternating
             // runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
             // 16 to 64 within noise; docs/performance.md).
-            const { assert!(W.is_multiple_of(LINE), "whole lines") };
-            let (a, _) = a.as_chunks_mut::<LINE>();
-            let (row, _) = row.as_chunks::<LINE>();
+            let (a, a_rest) = a.as_chunks_mut::<LINE>();
+            let (row, rest) = row.as_chunks::<LINE>();
             for (a, &line) in a.iter_mut().zip(row) {
                 for (a, v) in a.iter_mut().zip(line) {
                     *a += v as f64;
                 }
+            }
+            // The last W % 16 floats (all of a short row) copied out the same way: their
+            // count is a constant, so the copy and the adds unroll.
+            let mut line = [0.0f32; LINE];
+            line[..rest.len()].copy_from_slice(rest);
+            for (a, v) in a_rest.iter_mut().zip(line) {
+                *a += v as f64;
             }
         }
     }
@@ -764,6 +777,15 @@ impl Accumulate<'_> {
     fn prefetch_fixed<const W: usize>(&self, i: usize) {
         let at = i * self.d + self.t0;
         if let Some(row) = self.x.get(at..at + W) {
+            if W < LINE && W == self.d {
+                // Short whole rows: one prefetch for each line the rows reach, from the
+                // row whose last float starts it, rather than one for every row.
+                let end = row.as_ptr() as usize + 4 * W;
+                if (end - 4) / 64 != (end - 4 * W - 1) / 64 {
+                    prefetch_x(&row[W - 1..], self.stream);
+                }
+                return;
+            }
             for line in (0..W).step_by(16) {
                 prefetch_x(&row[line..line + 1], self.stream);
             }
@@ -979,12 +1001,23 @@ mod tests {
     /// (n, k, d, x, idx).
     type Case = (usize, usize, usize, Vec<f32>, Vec<u32>);
 
-    /// Shapes with every remainder of a 16-column slice, and rows wide enough for each
-    /// fixed-width loop (16 to 128 columns), random codes (one out of range).
+    /// Shapes with every remainder of a 16-column slice, and rows for each fixed-width loop
+    /// (1 to 128 columns, short rows whole), random codes (one out of range).
     fn cases() -> Vec<Case> {
         let mut rng = Rng::new(3);
         let mut v = Vec::new();
-        for &(n, k, d) in &[(200, 7, 5), (300, 50, 40), (64, 130, 17), (90, 11, 200)] {
+        let shapes = [
+            (200, 7, 5),
+            (300, 50, 40),
+            (64, 130, 17),
+            (90, 11, 200),
+            // Short whole rows of the fixed widths below 16.
+            (150, 9, 3),
+            (120, 20, 12),
+            (61, 6, 2),
+            (40, 3, 1),
+        ];
+        for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);
             let mut idx: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
             idx[0] = k as u32 + 5; // out of range: skipped
