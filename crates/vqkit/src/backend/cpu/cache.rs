@@ -129,40 +129,54 @@ fn count_cpus(list: &str) -> usize {
 }
 
 /// Whether a software prefetch meant for L2 (`_MM_HINT_T1`) fills L1 as well on this CPU,
-/// read once per process: on AMD cores before Zen 4 (family 0x17, Zen 1 and 2, and its
-/// Hygon relative 0x18) every temporal hint loads into L1 like `_MM_HINT_T0`, while from
-/// Zen 4 AMD documents T1 and T2 as filling L2 only, as Intel's cores have long done.
-/// Where it fills L1, rows streamed from beyond the last-level cache are better prefetched
-/// non-temporally; where it does not, the L2 prefetch wins (`cluster_sums`'s
-/// `prefetch_x`). Family 0x19 covers Zen 3 as well, which is counted with Zen 4 unmeasured.
+/// read once per process. AMD presents T1 and T2 filling L2 only as new in Zen 4; before it
+/// (K8 to Zen 3, and Hygon's family 0x18) every temporal hint loads into L1 like
+/// `_MM_HINT_T0`, while Intel's cores have long filled L2 only. Where it fills L1, rows
+/// streamed from beyond the last-level cache are better prefetched non-temporally; where it
+/// does not, the L2 prefetch wins (`cluster_sums`'s `prefetch_x`). Measured on Zen 1 and
+/// Zen 4 only: Zen 3, Zen 5 (family 0x1A, taken as Zen 4) and Intel follow the documented
+/// behaviour unmeasured.
 pub(crate) fn t1_prefetch_fills_l1() -> bool {
     static FILLS: OnceLock<bool> = OnceLock::new();
     *FILLS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::x86_64::__cpuid;
-            let leaf0 = __cpuid(0);
+            use std::arch::x86_64::{__cpuid, CpuidResult};
+            // A safe function from Rust 1.94, unsafe before it (this crate builds from
+            // 1.89).
+            #[allow(unused_unsafe)]
+            // SAFETY: every x86-64 CPU has CPUID, with leaves 0 and 1.
+            let (leaf0, leaf1): (CpuidResult, CpuidResult) = unsafe { (__cpuid(0), __cpuid(1)) };
             let mut vendor = [0u8; 12];
             for (bytes, reg) in vendor.chunks_mut(4).zip([leaf0.ebx, leaf0.edx, leaf0.ecx]) {
                 bytes.copy_from_slice(&reg.to_le_bytes());
             }
-            t1_fills_l1(&vendor, __cpuid(1).eax)
+            t1_fills_l1(&vendor, leaf1.eax)
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
     })
 }
 
-/// [`t1_prefetch_fills_l1`] from CPUID's vendor string and leaf 1's EAX (family in bits 8 to
-/// 11, plus the extended family in bits 20 to 27 where the base family is 0xF).
+/// [`t1_prefetch_fills_l1`] from CPUID's vendor string and leaf 1's EAX: the family in bits
+/// 8 to 11, plus the extended family in bits 20 to 27 where the base family is 0xF; the
+/// model in bits 4 to 7, with the extended model in bits 16 to 19 above them there.
+#[cfg(any(target_arch = "x86_64", test))]
 fn t1_fills_l1(vendor: &[u8; 12], eax: u32) -> bool {
     let base = (eax >> 8) & 0xF;
-    let family = if base == 0xF {
-        base + ((eax >> 20) & 0xFF)
+    let (family, model) = if base == 0xF {
+        (
+            base + ((eax >> 20) & 0xFF),
+            ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0),
+        )
     } else {
-        base
+        (base, (eax >> 4) & 0xF)
     };
-    matches!(vendor, b"AuthenticAMD" | b"HygonGenuine") && family < 0x19
+    // Family 0x19 is Zen 3 and Zen 4; Zen 4's models: Genoa (0x10 to 0x1F), Raphael and
+    // Phoenix (0x60 to 0x7F), Bergamo (0xA0 to 0xAF).
+    let zen4 = matches!(model, 0x10..=0x1F | 0x60..=0x7F | 0xA0..=0xAF);
+    matches!(vendor, b"AuthenticAMD" | b"HygonGenuine")
+        && (family < 0x19 || (family == 0x19 && !zen4))
 }
 
 #[cfg(test)]
@@ -171,22 +185,25 @@ mod tests {
 
     #[test]
     fn t1_fills_l1_on_amd_before_zen_4_only() {
-        // Leaf 1's EAX: Zen 1 (EPYC 7601), Zen 2, Zen 4 (EPYC 9004), a Hygon Dhyana, an
-        // Intel Sapphire Rapids core, and an old AMD family (0x10).
-        let zen1 = 0x0080_0F12;
-        let zen2 = 0x0083_0F10;
-        let zen4 = 0x00A1_0F11;
-        let hygon = 0x0090_0F01;
-        let intel = 0x0008_06F8;
-        let k10 = 0x0010_0F42;
-        assert!(t1_fills_l1(b"AuthenticAMD", zen1));
-        assert!(t1_fills_l1(b"AuthenticAMD", zen2));
-        assert!(t1_fills_l1(b"HygonGenuine", hygon));
-        assert!(t1_fills_l1(b"AuthenticAMD", k10));
-        assert!(!t1_fills_l1(b"AuthenticAMD", zen4));
-        assert!(!t1_fills_l1(b"GenuineIntel", intel));
-        // An Intel family of 0xF with an extended family (the Pentium 4's leaf) stays Intel.
+        // Leaf 1's EAX: Zen 1 (EPYC 7601), Zen 2 (Rome), Zen 3 (Milan, Vermeer), Zen 4
+        // (Genoa, Phoenix), Zen 5 (Turin), a Hygon Dhyana, an Intel Sapphire Rapids core,
+        // and an old AMD family (K10, 0x10).
+        let amd = |eax| t1_fills_l1(b"AuthenticAMD", eax);
+        assert!(amd(0x0080_0F12), "Zen 1");
+        assert!(amd(0x0083_0F10), "Zen 2");
+        assert!(amd(0x00A0_0F11), "Zen 3, Milan");
+        assert!(amd(0x00A2_0F10), "Zen 3, Vermeer");
+        assert!(!amd(0x00A1_0F11), "Zen 4, Genoa");
+        assert!(!amd(0x00A7_0F41), "Zen 4, Phoenix");
+        assert!(!amd(0x00B0_0F21), "Zen 5");
+        assert!(amd(0x0010_0F42), "K10");
+        assert!(t1_fills_l1(b"HygonGenuine", 0x0090_0F01));
+        assert!(!t1_fills_l1(b"GenuineIntel", 0x0008_06F8));
+        // Intel's family 0xF (a Pentium 4's leaf, extended family 0) stays Intel.
         assert!(!t1_fills_l1(b"GenuineIntel", 0x0000_0F29));
+        // The extended fields count only under base family 0xF: with them set under base
+        // family 6 this is still family 6 (were they added, family 0x105, past Zen 4).
+        assert!(amd(0x0FF0_0612));
     }
 
     #[test]

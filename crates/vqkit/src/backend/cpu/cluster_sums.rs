@@ -577,7 +577,8 @@ fn prefetch_l1(v: &[f64]) {
 ///
 /// That Zen 1 fetches into L1 on the L2 hint; Zen 4 does not
 /// ([`super::cache::t1_prefetch_fills_l1`]), and there the non-temporal fetch of x past L3
-/// lost or tied at every shape tried (a build with the hint read from the environment,
+/// lost wherever a task's accumulators fit in half of L2, and tied or won only beyond (a
+/// build with the hint read from the environment,
 /// `--threads 2`, 5 alternating pairs, medians of the ratios L2 / non-temporal: n =
 /// 100,000, k x d = 256 x 128 0.868, 1024 x 128 0.984, 4096 x 128 0.992; 400,000 x 256 x
 /// 32 0.835; 3 pairs: 100,000 x 512 x 128 0.803, 400,000 x 1024 x 64 0.865, 400,000 x 64 x
@@ -674,10 +675,11 @@ impl IsaLoop<&mut [f64]> for Accumulate<'_> {
     /// ms, k = 4096 0.94-1.57 -> 0.81-0.98 ms; d = 128, k = 4096 3.94-4.34 -> 3.77-3.96 ms;
     /// k = 256 and 1024 at d = 128 the same within noise.
     ///
-    /// The short widths (1 to 12 floats: 2-D and 3-D points, a product quantizer's
-    /// subvectors) are constants too: at any width each row paid a runtime-length loop with
-    /// its overlap checks. `vqkit bench --op ema --n 100000 --k K --d D --threads 2
-    /// --seconds 0.3`, 6279e1c against bb6169c, 3 alternating pairs, medians of the ratios,
+    /// Short widths (1, 2, 3, 4, 6, 8 and 12 floats: 2-D and 3-D points, a product
+    /// quantizer's subvectors) are constants too: at any width each row paid a
+    /// runtime-length loop with its overlap checks. `vqkit bench --op ema --n 100000 --k K
+    /// --d D --threads 2 --seconds 0.3`, bb6169c against 6279e1c (the loop at any width), 3
+    /// alternating pairs, medians of the ratios,
     /// k = 256: d = 1 0.659, 2 0.494, 3 0.791, 4 0.468, 6 0.500, 8 0.524, 12 0.686; k = 16,
     /// d = 2 0.495; k = 4096, d = 8 0.535 (the Zen 4 VM).
     #[inline(always)]
@@ -702,7 +704,7 @@ impl IsaLoop<&mut [f64]> for Accumulate<'_> {
 impl Accumulate<'_> {
     /// [`Self::body_any`] for `W = self.w`: each row's converts and adds unrolled, one
     /// bounds check per row for x and none for the accumulators, the prefetch one
-    /// instruction per line.
+    /// instruction per line of the row (short whole rows in order: one per line of x).
     #[inline(always)]
     fn body_fixed<const W: usize>(&self, acc: &mut [f64]) {
         let (acc, _) = acc.as_chunks_mut::<W>();
@@ -784,12 +786,22 @@ impl Accumulate<'_> {
     fn prefetch_fixed<const W: usize>(&self, i: usize) {
         let at = i * self.d + self.t0;
         if let Some(row) = self.x.get(at..at + W) {
-            if W < LINE && W == self.d {
-                // Short whole rows: one prefetch for each line the rows reach, from the
-                // row whose last float starts it, rather than one for every row.
-                let end = row.as_ptr() as usize + 4 * W;
-                if (end - 4) / 64 != (end - 4 * W - 1) / 64 {
-                    prefetch_x(&row[W - 1..], self.stream);
+            if W < LINE {
+                let start = row.as_ptr() as usize;
+                let last = (start + 4 * (W - 1)) / 64;
+                if W == self.d && matches!(self.rows, Rows::Range(..)) {
+                    // Short whole rows read in order: one prefetch for each line they
+                    // reach, by the row whose last float starts it (the line of the byte
+                    // before the row is the previous row's), rather than one every row.
+                    if last != (start - 1) / 64 {
+                        prefetch_x(&row[W - 1..], self.stream);
+                    }
+                } else {
+                    // A slice of a row, or a bucket's scattered rows: each its own lines.
+                    prefetch_x(&row[..1], self.stream);
+                    if last != start / 64 {
+                        prefetch_x(&row[W - 1..], self.stream);
+                    }
                 }
                 return;
             }
@@ -1018,11 +1030,16 @@ mod tests {
             (300, 50, 40),
             (64, 130, 17),
             (90, 11, 200),
-            // Short whole rows of the fixed widths below 16.
+            // Short whole rows of each fixed width below 16 (in bucket splits too, below),
+            // and a last column slice of 6.
             (150, 9, 3),
             (120, 20, 12),
             (61, 6, 2),
             (40, 3, 1),
+            (70, 9, 4),
+            (100, 5, 6),
+            (80, 13, 8),
+            (45, 10, 22),
         ];
         for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);
