@@ -575,11 +575,11 @@ fn prefetch_l1(v: &[f64]) {
 /// 3.94, 4096 x 32 1.74 -> 1.23 (1.82 -> 1.58 in the build above), 4096 x 128 7.58 ->
 /// 6.84 (docs/performance.md).
 ///
-/// That Zen 1 fetches into L1 on the L2 hint; Zen 4 does not
+/// Zen 1 fetches into L1 on the L2 hint; Zen 4 does not
 /// ([`super::cache::t1_prefetch_fills_l1`]), and there the non-temporal fetch of x past L3
 /// lost wherever a task's accumulators fit in half of L2, and tied or won only beyond (a
-/// build with the hint read from the environment,
-/// `--threads 2`, 5 alternating pairs, medians of the ratios L2 / non-temporal: n =
+/// build with the hint read from the environment, `--threads 2`, 5 alternating pairs,
+/// medians of the ratios L2 / non-temporal: n =
 /// 100,000, k x d = 256 x 128 0.868, 1024 x 128 0.984, 4096 x 128 0.992; 400,000 x 256 x
 /// 32 0.835; 3 pairs: 100,000 x 512 x 128 0.803, 400,000 x 1024 x 64 0.865, 400,000 x 64 x
 /// 128 0.787, 1,000,000 x 256 x 128 0.774, 1,000,000 x 4096 x 128 1.027). So x past L3 is
