@@ -724,6 +724,25 @@ impl Accumulate<'_> {
                     self.add_fixed(acc, i);
                 }
             }
+            Rows::Range(r0, r1) if W == self.d => {
+                // Whole rows in order: the task's rows of x as one run of [f32; W] beside
+                // their codes, with no bounds check per row.
+                let r1 = r1.min(self.idx.len()).min(self.x.len() / W);
+                let r0 = r0.min(r1);
+                let (rows, _) = self.x[r0 * W..r1 * W].as_chunks::<W>();
+                for (p, (row, &j)) in rows.iter().zip(&self.idx[r0..r1]).enumerate() {
+                    let i = r0 + p;
+                    self.prefetch_fixed::<W>(i + self.ahead);
+                    if self.acc_ahead {
+                        self.prefetch_acc_fixed(acc, i + ACC_AHEAD_ROWS);
+                    }
+                    // A code below c0 wraps to a huge index: skipped, as are codes past
+                    // the range.
+                    if let Some(a) = acc.get_mut((j as usize).wrapping_sub(self.c0)) {
+                        add_row(a, row);
+                    }
+                }
+            }
             Rows::Range(r0, r1) => {
                 for i in r0..r1 {
                     self.prefetch_fixed::<W>(i + self.ahead);
@@ -745,28 +764,7 @@ impl Accumulate<'_> {
         if let Some(a) = acc.get_mut(j)
             && let Some(row) = self.x.get(at..at + W)
         {
-            // A line of the row at a time, each read whole before its adds are stored:
-            // the compiler cannot tell that `a` and `row` do not overlap, and would add
-            // element by element. Not the whole row at once: at W = 128 the compiler then
-            // converted all of it before the first add, 32 ymm of f64 on AVX2's 16
-            // registers, and spilled half to the stack and back (`vqkit bench --op ema
-            // --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 4 alternating
-            // runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
-            // 16 to 64 within noise; docs/performance.md).
-            let (a, a_rest) = a.as_chunks_mut::<LINE>();
-            let (row, rest) = row.as_chunks::<LINE>();
-            for (a, &line) in a.iter_mut().zip(row) {
-                for (a, v) in a.iter_mut().zip(line) {
-                    *a += v as f64;
-                }
-            }
-            // The last W % 16 floats (all of a short row) copied out the same way: their
-            // count is a constant, so the copy and the adds unroll.
-            let mut line = [0.0f32; LINE];
-            line[..rest.len()].copy_from_slice(rest);
-            for (a, v) in a_rest.iter_mut().zip(line) {
-                *a += v as f64;
-            }
+            add_row(a, row);
         }
     }
 
@@ -874,6 +872,33 @@ impl Accumulate<'_> {
         if let Some(ahead) = self.x.get(at..at + self.w) {
             prefetch_x(ahead, self.stream);
         }
+    }
+}
+
+/// `row` (W floats) added into `a`, element by element in f64.
+///
+/// A line of the row at a time, each read whole before its adds are stored: the compiler
+/// cannot tell that `a` and `row` do not overlap, and would add element by element. Not the
+/// whole row at once: at W = 128 the compiler then converted all of it before the first
+/// add, 32 ymm of f64 on AVX2's 16 registers, and spilled half to the stack and back
+/// (`vqkit bench --op ema --n 100000 --d 128 --threads 1 --seconds 1`, 2-core Zen 1, 4
+/// alternating runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
+/// 16 to 64 within noise; docs/performance.md).
+#[inline(always)]
+fn add_row<const W: usize>(a: &mut [f64; W], row: &[f32]) {
+    let (a, a_rest) = a.as_chunks_mut::<LINE>();
+    let (row, rest) = row.as_chunks::<LINE>();
+    for (a, &line) in a.iter_mut().zip(row) {
+        for (a, v) in a.iter_mut().zip(line) {
+            *a += v as f64;
+        }
+    }
+    // The last W % 16 floats (all of a short row) copied out the same way: their count is
+    // a constant, so the copy and the adds unroll.
+    let mut line = [0.0f32; LINE];
+    line[..rest.len()].copy_from_slice(rest);
+    for (a, v) in a_rest.iter_mut().zip(line) {
+        *a += v as f64;
     }
 }
 
@@ -1021,7 +1046,8 @@ mod tests {
     type Case = (usize, usize, usize, Vec<f32>, Vec<u32>);
 
     /// Shapes with every remainder of a 16-column slice, and rows for each fixed-width loop
-    /// (1 to 128 columns, short rows whole), random codes (one out of range).
+    /// (1 to 128 columns; whole rows at every width but 128), random codes (one out of
+    /// range).
     fn cases() -> Vec<Case> {
         let mut rng = Rng::new(3);
         let mut v = Vec::new();
@@ -1040,6 +1066,10 @@ mod tests {
             (100, 5, 6),
             (80, 13, 8),
             (45, 10, 22),
+            // Whole rows of the fixed widths from 16.
+            (50, 7, 16),
+            (40, 9, 32),
+            (30, 5, 64),
         ];
         for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);
