@@ -703,8 +703,9 @@ impl IsaLoop<&mut [f64]> for Accumulate<'_> {
 
 impl Accumulate<'_> {
     /// [`Self::body_any`] for `W = self.w`: each row's converts and adds unrolled, one
-    /// bounds check per row for x and none for the accumulators, the prefetch one
-    /// instruction per line of the row (short whole rows in order: one per line of x).
+    /// bounds check per row for x (none for whole rows in order) and none for the
+    /// accumulators, the prefetch one instruction per line of the row (short whole rows in
+    /// order: one per line of x).
     #[inline(always)]
     fn body_fixed<const W: usize>(&self, acc: &mut [f64]) {
         let (acc, _) = acc.as_chunks_mut::<W>();
@@ -725,8 +726,9 @@ impl Accumulate<'_> {
                 }
             }
             Rows::Range(r0, r1) if W == self.d => {
-                // Whole rows in order: the task's rows of x as one run of [f32; W] beside
-                // their codes, with no bounds check per row.
+                // Whole rows in order (W == d: t0 is 0): the task's rows of x as one run of
+                // [f32; W] beside their codes, so no row's read or code is bounds-checked
+                // (the prefetches still check theirs).
                 let r1 = r1.min(self.idx.len()).min(self.x.len() / W);
                 let r0 = r0.min(r1);
                 let (rows, _) = self.x[r0 * W..r1 * W].as_chunks::<W>();
@@ -762,7 +764,7 @@ impl Accumulate<'_> {
         // A code below c0 wraps to a huge j: skipped, as are codes past the range.
         let j = (self.idx[i] as usize).wrapping_sub(self.c0);
         if let Some(a) = acc.get_mut(j)
-            && let Some(row) = self.x.get(at..at + W)
+            && let Some(row) = self.x.get(at..).and_then(|x| x.first_chunk::<W>())
         {
             add_row(a, row);
         }
@@ -875,7 +877,7 @@ impl Accumulate<'_> {
     }
 }
 
-/// `row` (W floats) added into `a`, element by element in f64.
+/// `row` added into `a`, element by element in f64.
 ///
 /// A line of the row at a time, each read whole before its adds are stored: the compiler
 /// cannot tell that `a` and `row` do not overlap, and would add element by element. Not the
@@ -885,7 +887,7 @@ impl Accumulate<'_> {
 /// alternating runs, medians: k = 256 7.45 -> 6.68 ms, k = 4096 10.76 -> 9.87 ms; widths
 /// 16 to 64 within noise; docs/performance.md).
 #[inline(always)]
-fn add_row<const W: usize>(a: &mut [f64; W], row: &[f32]) {
+fn add_row<const W: usize>(a: &mut [f64; W], row: &[f32; W]) {
     let (a, a_rest) = a.as_chunks_mut::<LINE>();
     let (row, rest) = row.as_chunks::<LINE>();
     for (a, &line) in a.iter_mut().zip(row) {
@@ -1046,8 +1048,7 @@ mod tests {
     type Case = (usize, usize, usize, Vec<f32>, Vec<u32>);
 
     /// Shapes with every remainder of a 16-column slice, and rows for each fixed-width loop
-    /// (1 to 128 columns; whole rows at every width but 128), random codes (one out of
-    /// range).
+    /// (1 to 128 columns, whole rows at each), random codes (one out of range).
     fn cases() -> Vec<Case> {
         let mut rng = Rng::new(3);
         let mut v = Vec::new();
@@ -1070,6 +1071,7 @@ mod tests {
             (50, 7, 16),
             (40, 9, 32),
             (30, 5, 64),
+            (20, 3, 128),
         ];
         for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);
