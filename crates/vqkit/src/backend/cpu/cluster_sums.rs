@@ -579,10 +579,10 @@ fn prefetch_l1(v: &[f64]) {
 /// ([`super::cache::t1_prefetch_fills_l1`]), and there the non-temporal fetch of x past L3
 /// lost wherever a task's accumulators fit in half of L2, and tied or won only beyond (a
 /// build with the hint read from the environment, `--threads 2`, 5 alternating pairs,
-/// medians of the ratios L2 / non-temporal: n =
-/// 100,000, k x d = 256 x 128 0.868, 1024 x 128 0.984, 4096 x 128 0.992; 400,000 x 256 x
-/// 32 0.835; 3 pairs: 100,000 x 512 x 128 0.803, 400,000 x 1024 x 64 0.865, 400,000 x 64 x
-/// 128 0.787, 1,000,000 x 256 x 128 0.774, 1,000,000 x 4096 x 128 1.027). So x past L3 is
+/// medians of the ratios L2 / non-temporal: n = 100,000, k x d = 256 x 128 0.868, 1024 x
+/// 128 0.984, 4096 x 128 0.992; 400,000 x 256 x 32 0.835; 3 pairs: 100,000 x 512 x 128
+/// 0.803, 400,000 x 1024 x 64 0.865, 400,000 x 64 x 128 0.787, 1,000,000 x 256 x 128
+/// 0.774, 1,000,000 x 4096 x 128 1.027). So x past L3 is
 /// fetched non-temporally only where the L2 hint fills L1 or where a task's accumulators
 /// take more than half of L2 (at 1024 x 128, 1 MiB, one thread, two sets of pairs gave
 /// 0.870 and 1.072). This rule against 1c21191 on the Zen 4 VM, `--threads 2`, 9 pairs:
@@ -679,9 +679,9 @@ impl IsaLoop<&mut [f64]> for Accumulate<'_> {
     /// quantizer's subvectors) are constants too: at any width each row paid a
     /// runtime-length loop with its overlap checks. `vqkit bench --op ema --n 100000 --k K
     /// --d D --threads 2 --seconds 0.3`, bb6169c against 6279e1c (the loop at any width), 3
-    /// alternating pairs, medians of the ratios,
-    /// k = 256: d = 1 0.659, 2 0.494, 3 0.791, 4 0.468, 6 0.500, 8 0.524, 12 0.686; k = 16,
-    /// d = 2 0.495; k = 4096, d = 8 0.535 (the Zen 4 VM).
+    /// alternating pairs, medians of the ratios, k = 256: d = 1 0.659, 2 0.494, 3 0.791, 4
+    /// 0.468, 6 0.500, 8 0.524, 12 0.686; k = 16, d = 2 0.495; k = 4096, d = 8 0.535 (the
+    /// Zen 4 VM).
     #[inline(always)]
     fn body(&self, acc: &mut [f64]) {
         match self.w {
