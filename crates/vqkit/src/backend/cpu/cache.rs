@@ -133,7 +133,8 @@ fn count_cpus(list: &str) -> usize {
 /// (K8 to Zen 3, and Hygon's family 0x18) every temporal hint loads into L1 like
 /// `_MM_HINT_T0`, while Intel's cores have long filled L2 only. Where it fills L1, rows
 /// streamed from beyond the last-level cache are better prefetched non-temporally; where it
-/// does not, the L2 prefetch wins (`cluster_sums`'s `prefetch_x`). Measured on Zen 1 and
+/// does not, the L2 prefetch won wherever the accumulators left half of L2 to the rows
+/// (`cluster_sums`'s `prefetch_x`). Measured on Zen 1 and
 /// Zen 4 only: Zen 3, Zen 5 (family 0x1A, taken as Zen 4) and Intel follow the documented
 /// behaviour unmeasured.
 pub(crate) fn t1_prefetch_fills_l1() -> bool {

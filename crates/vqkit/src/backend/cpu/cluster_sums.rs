@@ -204,7 +204,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     };
     // x past the last level is prefetched non-temporally where an L2 prefetch would take
     // L1 too, or would share L2 with more than half of it in accumulators ([`prefetch_x`]).
-    let acc = range.min(k).saturating_mul(width.min(d)).saturating_mul(8);
+    let acc = range.saturating_mul(width.min(d)).saturating_mul(8);
     let stream = n.saturating_mul(d).saturating_mul(4) > caches.llc
         && (super::cache::t1_prefetch_fills_l1() || acc > l2 / 2);
     Split {
@@ -619,7 +619,8 @@ struct Accumulate<'a> {
     acc_ahead: bool,
     /// Whether x's rows are prefetched non-temporally ([`prefetch_x`]): where x exceeds the
     /// last-level cache, so that no row of it stays cached until the next pass, on a CPU
-    /// whose L2 prefetch fills L1 as well.
+    /// whose L2 prefetch fills L1 as well or for a task whose accumulators take more than
+    /// half of L2 (see [`split`]).
     stream: bool,
 }
 
