@@ -1646,10 +1646,16 @@ fn rows_block(
         }
     };
     let (mut xt, mut acc) = SCRATCH.take();
-    xt.clear();
+    // The buffer keeps what the last call packed (cleared, it was written twice, and the
+    // clearing took two fifths of this function's samples at n = 100,000, k = 16, d = 8):
+    // every whole block is packed over, and a last, partial block is cleared first, its
+    // missing rows zeros.
     xt.resize((blocks - packed) * mr * d, 0.0);
     for (b, block) in x[packed * mr * d..].chunks(mr * d).enumerate() {
         let xb = &mut xt[b * mr * d..(b + 1) * mr * d];
+        if block.len() < xb.len() {
+            xb.fill(0.0);
+        }
         pack_rows(block, d, mr, xb);
         if finish {
             let r0 = b * mr;
