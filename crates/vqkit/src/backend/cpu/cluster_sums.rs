@@ -744,11 +744,7 @@ impl Accumulate<'_> {
                     if self.acc_ahead {
                         self.prefetch_acc_fixed(acc, i + ACC_AHEAD_ROWS);
                     }
-                    // A code below c0 wraps to a huge index: skipped, as are codes past
-                    // the range.
-                    if let Some(a) = acc.get_mut((j as usize).wrapping_sub(self.c0)) {
-                        add_row(a, row);
-                    }
+                    self.add_coded(acc, row, j);
                 }
             }
             Rows::Range(r0, r1) => {
@@ -764,10 +760,12 @@ impl Accumulate<'_> {
     }
 
     /// Whole rows of `W < LINE` floats in order, from row `r0`: in runs of [`LINE`] rows,
-    /// which span `W` lines of x, the `W` lines about [`Accumulate::ahead`] rows ahead
-    /// prefetched once per run, and the run's rows added with no prefetch, no check and no branch but
-    /// the code's. (Row by row, each row asked whether it started a line and checked its
-    /// prefetch's bounds: about 30 instructions a row at d = 2, where this takes about 8.)
+    /// `W` lines' worth of x (on `W` or `W + 1` lines, as the run falls), those of the run
+    /// about [`Accumulate::ahead`] rows ahead prefetched once per run (consecutive runs'
+    /// prefetches tile x, so every line is asked for), and the run's rows added with no
+    /// prefetch, no check and no branch but the code's. (Row by row, each row asked
+    /// whether it started a line and checked its prefetch's bounds: about 30 instructions
+    /// a row at d = 2, where this takes about 8.)
     /// `vqkit bench --op ema --n N --k K --d D --threads T --seconds 0.3` against the row by
     /// row loop, 5 alternating pairs, medians of the ratios (the Zen 4 VM), one thread:
     /// 100,000 x 256 x 2 0.514, x 256 x 8 0.644, x 16 x 4 0.892, x 4096 x 8 0.567; two
@@ -790,17 +788,21 @@ impl Accumulate<'_> {
                 prefetch_x(lines, self.stream);
             }
             for (row, &j) in run.iter().zip(codes) {
-                // A code below c0 wraps to a huge index: skipped, as are codes past the
-                // range.
-                if let Some(a) = acc.get_mut((j as usize).wrapping_sub(self.c0)) {
-                    add_row(a, row);
-                }
+                self.add_coded(acc, row, j);
             }
         }
         for (row, &j) in rest.iter().zip(rest_codes) {
-            if let Some(a) = acc.get_mut((j as usize).wrapping_sub(self.c0)) {
-                add_row(a, row);
-            }
+            self.add_coded(acc, row, j);
+        }
+    }
+
+    /// `row`, whose code is `j`, added into its code's accumulators if the code is in the
+    /// task's range.
+    #[inline(always)]
+    fn add_coded<const W: usize>(&self, acc: &mut [[f64; W]], row: &[f32; W], j: u32) {
+        // A code below c0 wraps to a huge index: skipped, as are codes past the range.
+        if let Some(a) = acc.get_mut((j as usize).wrapping_sub(self.c0)) {
+            add_row(a, row);
         }
     }
 
@@ -1072,8 +1074,9 @@ impl IsaLoop<&[f64]> for EmaBlock<'_> {
     /// accumulation). `vqkit bench --op ema --n N --k K --d D --threads 1 --seconds 0.3`,
     /// against the loop at any width, 5 alternating pairs, medians of the ratios (the Zen 4
     /// VM), n x k x d: 19,073 x 65,536 x 12 0.592, x 8 0.452, x 4 0.732, 76,293 x 65,536 x
-    /// 2 0.883, 4768 x 262,144 x 8 0.645 (the same loop without the arrays below, which
-    /// the compiler left scalar: 0.829, 0.921 at d = 2, 0.850). From 16 floats the loop at
+    /// 2 0.883, 4768 x 262,144 x 8 0.645 (a build with the arrays at every width); the
+    /// same loop without the arrays below, which the compiler left scalar: 0.829, 0.921 at
+    /// d = 2, 0.850. From 16 floats the loop at
     /// any width stays: constant widths there lost (19,073 x 65,536 x 16 1.223, 4768 x
     /// 65,536 x 32 1.353 and 1.473, 1192 x 65,536 x 128 1.004 and 1.047).
     #[inline(always)]
@@ -1103,6 +1106,8 @@ impl EmaBlock<'_> {
     #[inline(always)]
     fn codes<const W: usize>(&self, acc: &[f64]) {
         let (b, d, decay) = (self.block, self.d, self.decay);
+        // The state's rows below are w long: W must be w.
+        assert_eq!(W, b.w, "EMA step: the row width");
         let (es, cb) = self.state;
         let (acc, _) = acc.as_chunks::<W>();
         for (j, a) in (b.c0..b.c1).zip(acc) {
@@ -1112,10 +1117,7 @@ impl EmaBlock<'_> {
                 continue;
             };
             let old = *e;
-            let new: [f32; W] = std::array::from_fn(|t| {
-                let batch = a[t] as f32 as f64;
-                (decay * old[t] as f64 + (1.0 - decay) * batch) as f32
-            });
+            let new: [f32; W] = std::array::from_fn(|t| running_sum(decay, old[t], a[t]));
             *e = new;
             if let Some(&inv) = self.inv.get(j) {
                 // SAFETY: as above.
@@ -1132,21 +1134,28 @@ impl EmaBlock<'_> {
     fn code(&self, j: usize, a: &[f64]) {
         let (b, d, decay) = (self.block, self.d, self.decay);
         let (es, cb) = self.state;
-        // SAFETY: see `Out`; (j, t0..t0 + w) lies inside the k x d state, and `a` is one
-        // code's run of the block's sums, w long.
-        let e = unsafe { es.row(j * d + b.t0, a.len()) };
+        // SAFETY: see `Out`; (j, t0..t0 + w) lies inside the k x d state.
+        let e = unsafe { es.row(j * d + b.t0, b.w) };
         for (e, &v) in e.iter_mut().zip(a) {
-            let batch = v as f32 as f64;
-            *e = (decay * *e as f64 + (1.0 - decay) * batch) as f32;
+            *e = running_sum(decay, *e, v);
         }
         if let Some(&inv) = self.inv.get(j) {
             // SAFETY: as above.
-            let c = unsafe { cb.row(j * d + b.t0, a.len()) };
+            let c = unsafe { cb.row(j * d + b.t0, b.w) };
             for (c, &e) in c.iter_mut().zip(e.iter()) {
                 *c = (e as f64 * inv) as f32;
             }
         }
     }
+}
+
+/// One element of a code's running sum after the step: `decay e + (1 - decay) batch`,
+/// the batch sum `v` rounded to f32 first (as a stored one would be), in f64, rounded to
+/// f32. Both of [`EmaBlock`]'s loops take it from here, so they give the same bits.
+#[inline(always)]
+fn running_sum(decay: f64, e: f32, v: f64) -> f32 {
+    let batch = v as f32 as f64;
+    (decay * e as f64 + (1.0 - decay) * batch) as f32
 }
 
 #[cfg(test)]
@@ -1183,11 +1192,16 @@ mod tests {
             (40, 9, 32),
             (30, 5, 64),
             (20, 3, 128),
+            // Short whole rows past the prefetch's distance (its runs' prefetch taken).
+            (1100, 9, 2),
         ];
         for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);
             let mut idx: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
-            idx[0] = k as u32 + 5; // out of range: skipped
+            // Out of range, skipped: the first row, one in the middle and the last.
+            for i in [0, n / 2 + 1, n - 1] {
+                idx[i] = k as u32 + 5;
+            }
             v.push((n, k, d, x, idx));
         }
         v

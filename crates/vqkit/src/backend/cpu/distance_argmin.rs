@@ -1648,8 +1648,10 @@ fn rows_block(
     let (mut xt, mut acc) = SCRATCH.take();
     // The buffer keeps what the last call packed (cleared, it was written twice, and the
     // clearing took two fifths of this function's samples at n = 100,000, k = 16, d = 8):
-    // every whole block is packed over, and a last, partial block is cleared first, its
-    // missing rows zeros.
+    // every whole block is packed over (`pack_rows` writes all of it), and a last,
+    // partial block is cleared first. Its missing rows' lanes are computed and dropped,
+    // so their values cannot reach a result; zeros keep a stale NaN or subnormal out of
+    // them all the same.
     xt.resize((blocks - packed) * mr * d, 0.0);
     for (b, block) in x[packed * mr * d..].chunks(mr * d).enumerate() {
         let xb = &mut xt[b * mr * d..(b + 1) * mr * d];
