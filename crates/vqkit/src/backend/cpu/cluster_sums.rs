@@ -1076,9 +1076,9 @@ impl IsaLoop<&[f64]> for EmaBlock<'_> {
     /// VM), n x k x d: 19,073 x 65,536 x 12 0.592, x 8 0.452, x 4 0.732, 76,293 x 65,536 x
     /// 2 0.883, 4768 x 262,144 x 8 0.645 (a build with the arrays at every width); the
     /// same loop without the arrays below, which the compiler left scalar: 0.829, 0.921 at
-    /// d = 2, 0.850. From 16 floats the loop at
-    /// any width stays: constant widths there lost (19,073 x 65,536 x 16 1.223, 4768 x
-    /// 65,536 x 32 1.353 and 1.473, 1192 x 65,536 x 128 1.004 and 1.047).
+    /// d = 2, 0.850. From 16 floats the loop at any width stays: constant widths there lost
+    /// (19,073 x 65,536 x 16 1.223, 4768 x 65,536 x 32 1.353 and 1.473, 1192 x 65,536 x 128
+    /// 1.004 and 1.047).
     #[inline(always)]
     fn body(&self, acc: &[f64]) {
         match self.block.w {
