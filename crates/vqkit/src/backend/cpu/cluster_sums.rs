@@ -1028,7 +1028,7 @@ fn ema_in(
     let total: f64 = cluster_size.iter().map(|&s| s as f64).sum();
     // The Laplace smoothing of the sizes; none while no code has weight, when the codebook
     // is left as it is.
-    let smooth = (total > 0.0).then(|| Smooth {
+    let smooth = (total > 0.0).then_some(Smooth {
         sizes: cluster_size,
         eps,
         total,
