@@ -79,27 +79,16 @@ static void widen(const float *x, const uint32_t *idx, long n, uint32_t k) {
     sink = _mm512_reduce_add_pd(s);
 }
 
-static void accumulate(const float *x, const uint32_t *idx, long n, uint32_t k, double *acc) {
-    for (long i = 0; i < n; i++) {
-        const float *r = x + i * D;
-        uint32_t j = idx[i];
-        if (j < k) {
-            double *a = acc + (long)j * D;
-            for (int q = 0; q < 4; q++) {
-                __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(r + 8 * q));
-                _mm512_storeu_pd(a + 8 * q, _mm512_add_pd(_mm512_loadu_pd(a + 8 * q), v));
-            }
-        }
-    }
-    sink = acc[0];
-}
-
 // The multiplier of the FMA loop: 1.0, read through a volatile so that it is not a
 // constant the compiler could fold the FMA away with.
 static volatile double one = 1.0;
 
-static void accumulate_fma(const float *x, const uint32_t *idx, long n, uint32_t k,
-                           double *acc) {
+// The read-modify-write loop; with `fma` (a constant at each call, so the compiler builds
+// each loop apart) each add is an FMA by `one`.
+static inline __attribute__((always_inline)) void accumulate_with(const float *x,
+                                                                  const uint32_t *idx, long n,
+                                                                  uint32_t k, double *acc,
+                                                                  int fma) {
     const __m512d m = _mm512_set1_pd(one);
     for (long i = 0; i < n; i++) {
         const float *r = x + i * D;
@@ -108,11 +97,22 @@ static void accumulate_fma(const float *x, const uint32_t *idx, long n, uint32_t
             double *a = acc + (long)j * D;
             for (int q = 0; q < 4; q++) {
                 __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(r + 8 * q));
-                _mm512_storeu_pd(a + 8 * q, _mm512_fmadd_pd(v, m, _mm512_loadu_pd(a + 8 * q)));
+                __m512d old = _mm512_loadu_pd(a + 8 * q);
+                _mm512_storeu_pd(a + 8 * q,
+                                 fma ? _mm512_fmadd_pd(v, m, old) : _mm512_add_pd(old, v));
             }
         }
     }
     sink = acc[0];
+}
+
+static void accumulate(const float *x, const uint32_t *idx, long n, uint32_t k, double *acc) {
+    accumulate_with(x, idx, n, k, acc, 0);
+}
+
+static void accumulate_fma(const float *x, const uint32_t *idx, long n, uint32_t k,
+                           double *acc) {
+    accumulate_with(x, idx, n, k, acc, 1);
 }
 
 static uint64_t state = 0x9e3779b97f4a7c15ull;

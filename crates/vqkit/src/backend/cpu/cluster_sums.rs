@@ -810,12 +810,8 @@ impl Accumulate<'_> {
     #[inline(always)]
     fn add_fixed<const W: usize>(&self, acc: &mut [[f64; W]], i: usize) {
         let at = i * self.d + self.t0;
-        // A code below c0 wraps to a huge j: skipped, as are codes past the range.
-        let j = (self.idx[i] as usize).wrapping_sub(self.c0);
-        if let Some(a) = acc.get_mut(j)
-            && let Some(row) = self.x.get(at..).and_then(|x| x.first_chunk::<W>())
-        {
-            add_row(a, row);
+        if let Some(row) = self.x.get(at..).and_then(|x| x.first_chunk::<W>()) {
+            self.add_coded(acc, row, self.idx[i]);
         }
     }
 
@@ -1149,7 +1145,7 @@ impl EmaBlock<'_> {
                 // SAFETY: as above.
                 let c = unsafe { cb.row(j * d + b.t0, W) };
                 if let Some(c) = c.first_chunk_mut::<W>() {
-                    *c = std::array::from_fn(|t| (new[t] as f64 * inv) as f32);
+                    *c = std::array::from_fn(|t| codeword(new[t], inv));
                 }
             }
         }
@@ -1169,7 +1165,7 @@ impl EmaBlock<'_> {
             // SAFETY: as above.
             let c = unsafe { cb.row(j * d + b.t0, b.w) };
             for (c, &e) in c.iter_mut().zip(e.iter()) {
-                *c = (e as f64 * inv) as f32;
+                *c = codeword(e, inv);
             }
         }
     }
@@ -1177,11 +1173,19 @@ impl EmaBlock<'_> {
 
 /// One element of a code's running sum after the step: `decay e + (1 - decay) batch`,
 /// the batch sum `v` rounded to f32 first (as a stored one would be), in f64, rounded to
-/// f32. Both of [`EmaBlock`]'s loops take it from here, so they give the same bits.
+/// f32. Both of [`EmaBlock`]'s loops take it (and [`codeword`]) from here, so they give
+/// the same bits.
 #[inline(always)]
 fn running_sum(decay: f64, e: f32, v: f64) -> f32 {
     let batch = v as f32 as f64;
     (decay * e as f64 + (1.0 - decay) * batch) as f32
+}
+
+/// One element of a codeword from its running sum `e` and the code's 1 / smoothed size,
+/// in f64, rounded to f32 (shared by both loops as [`running_sum`] is).
+#[inline(always)]
+fn codeword(e: f32, inv: f64) -> f32 {
+    (e as f64 * inv) as f32
 }
 
 #[cfg(test)]
@@ -1194,7 +1198,8 @@ mod tests {
     type Case = (usize, usize, usize, Vec<f32>, Vec<u32>);
 
     /// Shapes with every remainder of a 16-column slice, and rows for each fixed-width loop
-    /// (1 to 128 columns, whole rows at each), random codes (one out of range).
+    /// (1 to 128 columns, whole rows at each), random codes (three out of range: the
+    /// first row's, one in the middle and the last).
     fn cases() -> Vec<Case> {
         let mut rng = Rng::new(3);
         let mut v = Vec::new();
