@@ -51,8 +51,8 @@
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3. On AVX2 (16 rows, two ymm; panels of 16, so the
-//!   index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
+//!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
+//!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
 //!   only from 65 codewords: `tall256_takes`), where it serves instead of v4.
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows), for rows of 9 to 32 floats against at most
 //!   256 codewords (`few_wins`): v5's roles for many rows, each task packing its rows 32 to
@@ -627,7 +627,7 @@ fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && d <= x86::TALL256_MAX_D {
-        return Some((x86::tall_avx2_entry, x86::TALL256_ROWS, x86::AVX2_NR));
+        return Some((x86::tall_avx2_entry, x86::tall256_rows(d), x86::AVX2_NR));
     }
     let _ = (isa, d);
     None
@@ -3113,7 +3113,7 @@ mod x86 {
     /// rows as AVX-512's 32 registers hold with d + 4 each (the rows' d elements, the
     /// chain, the panel's minima, the running minima and their panels) and one or two more
     /// (the codeword's broadcast): four, or two above d = 4. `tall_avx512`'s G per d must
-    /// agree (`tall_walk` asserts it).
+    /// agree (`tall_step` asserts it).
     pub(super) const fn tall_rows(d: usize) -> usize {
         16 * if d <= 4 { 4 } else { 2 }
     }
@@ -3149,15 +3149,28 @@ mod x86 {
         }
     }
 
-    /// Rows per tile of the AVX2 tall kernel: two vectors of 8. With their d elements,
-    /// chains, minima and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's
-    /// 16 registers at d = 2; at d = 3 and 4 the compiler keeps some of the rows' elements
-    /// in memory and reads them as FMA operands from L1, which still beat one vector of 8
-    /// rows held whole (`vqkit bench --op assign --n 100000 --k K --d 4 --threads 1
-    /// --seconds 1` on a 2-core Zen 1, 3 alternating runs, medians, against the tiled and
-    /// scan kernels: 8 rows, k = 256 11.56 -> 12.77 ms, k = 4096 135.07 -> 165.26; 16 rows,
-    /// in another build, 12.27 -> 10.51 and 136.67 -> 131.12). `tall_avx2`'s G must agree.
-    pub(super) const TALL256_ROWS: usize = 16;
+    /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
+    /// vectors of 8 up to d = 3, two at d = 4. `tall_avx2`'s G per d must agree
+    /// (`tall_step` asserts it).
+    ///
+    /// Two vectors first, tuned on a 2-core Zen 1: with their d elements, chains, minima
+    /// and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's 16 registers at
+    /// d = 2; at d = 3 and 4 the compiler keeps some of the rows' elements in memory and
+    /// reads them as FMA operands from L1, which still beat one vector of 8 rows held whole
+    /// (`vqkit bench --op assign --n 100000 --k K --d 4 --threads 1 --seconds 1` on that
+    /// Zen 1, 3 alternating runs, medians, against the tiled and scan kernels: 8 rows,
+    /// k = 256 11.56 -> 12.77 ms, k = 4096 135.07 -> 165.26; 16 rows, in another build,
+    /// 12.27 -> 10.51 and 136.67 -> 131.12).
+    ///
+    /// Four vectors up to d = 3: per codeword its d + 1 broadcasts then serve twice the
+    /// rows, where with two vectors a codeword's few FMAs came with as many other
+    /// instructions. On the Zen 4 VM with `--isa avx2` (the same command, `--seconds 0.3`,
+    /// 3 alternating pairs, medians of the ratios, 32 rows against 16): d = 2, k = 256
+    /// 0.705, k = 4096 0.596, k = 16 0.841, k = 32 0.954; d = 1, k = 256 0.819; d = 3,
+    /// k = 256 0.641; but d = 4, k = 4096 1.253 (more of the rows' elements through memory).
+    pub(super) const fn tall256_rows(d: usize) -> usize {
+        8 * if d <= 3 { 4 } else { 2 }
+    }
 
     /// The widest rows the AVX2 tall kernel takes: from d = 5 more of the rows' elements go
     /// through memory, and it won at one shape only (the same command, 16 rows against the
@@ -3167,10 +3180,10 @@ mod x86 {
     pub(super) const TALL256_MAX_D: usize = 4;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
-        if s.each_block(TALL256_ROWS, val, idx, tall_avx2_entry) {
+        if s.each_block(tall256_rows(s.p.d), val, idx, tall_avx2_entry) {
             return;
         }
-        let mr = TALL256_ROWS;
+        let mr = tall256_rows(s.p.d);
         check(s, acc, val, idx, mr, AVX2_NR);
         assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= TALL256_MAX_D);
         assert!(s.p.fold && s.rs == 1 && s.ts == mr);
@@ -3181,14 +3194,13 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
-        const { assert!(TALL256_ROWS == 2 * 8) };
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
-        // `TALL256_ROWS`.
+        // `tall256_rows`.
         unsafe {
             match s.p.d {
-                1 => tall_step::<__m256, 1, 2>(s, val, idx),
-                2 => tall_step::<__m256, 2, 2>(s, val, idx),
-                3 => tall_step::<__m256, 3, 2>(s, val, idx),
+                1 => tall_step::<__m256, 1, 4>(s, val, idx),
+                2 => tall_step::<__m256, 2, 4>(s, val, idx),
+                3 => tall_step::<__m256, 3, 4>(s, val, idx),
                 4 => tall_step::<__m256, 4, 2>(s, val, idx),
                 d => unreachable!("the AVX2 tall kernel serves d <= 4, not {d}"),
             }
