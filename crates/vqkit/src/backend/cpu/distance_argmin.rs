@@ -54,11 +54,11 @@
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
 //!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
 //!   only from 65 codewords: `tall256_takes`), where it serves instead of v4.
-//! - v7 `few` (AVX-512: 8 codewords x 32 rows), for rows of 9 to 32 floats against at most
-//!   256 codewords (`few_wins`): v5's roles for many rows, each task packing its rows 32 to
-//!   a panel, the whole codebook (packed once, in tiles of 8) walked against each panel,
-//!   the rows' best carried in registers across the tiles; no horizontal reduction, no
-//!   norms' pass. Same scores, same bits as v3.
+//! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
+//!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
+//!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
+//!   tiles of 8 (4)) walked against each panel, the rows' best carried in registers across
+//!   the tiles; no horizontal reduction, no norms' pass. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -286,7 +286,7 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
     }
 }
 
-/// Whether [`rows_stream`] serves a shape on AVX-512: rows of more than [`SCAN_MAX_D`]
+/// Whether [`rows_stream`] serves a shape on `isa`: on AVX-512, rows of more than [`SCAN_MAX_D`]
 /// floats (narrower ones fold, and the tall kernels take them) up to [`FEW_MAX_D`],
 /// against at most [`FEW_MAX_K`] codewords. Against the kernels it replaces there (the
 /// 12-row AVX-512 tile; at k <= 16 the 6-row AVX2 one), on the 2-core Zen 4 VM
@@ -298,9 +298,26 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 /// k = 32 0.817, k = 64 0.876, k = 128 0.948, k = 256 0.944; 5 pairs on two threads: d = 9,
 /// k = 16 0.639; d = 16, k = 16 0.704, k = 32 0.669, k = 256 0.945; d = 32, k = 16 0.837,
 /// k = 32 0.774, k = 64 0.894, k = 256 0.981.
-fn few_wins(d: usize, k: usize) -> bool {
-    d > SCAN_MAX_D && d <= FEW_MAX_D && k > NARROW_K && k <= FEW_MAX_K
+///
+/// On AVX2 (tiles of 4 codewords, panels of 16 rows) up to [`FEW256_MAX_D`] only, against
+/// the 6-row AVX2 tile, the same command with `--isa avx2` on the same VM, 3 pairs on one
+/// thread: d = 9, k = 16 0.653, k = 64 0.967, k = 256 0.842; d = 12, k = 16 0.713; d = 16,
+/// k = 16 0.755, k = 32 0.824, k = 64 0.915, k = 128 1.022, k = 256 0.927; 5 pairs: d = 12,
+/// k = 32 0.798, k = 256 0.877; d = 20, k = 16 0.905; two threads, 5 pairs: d = 9, k = 16
+/// 0.712; d = 12, k = 64 0.867; d = 16, k = 16 0.731, k = 256 0.935. From d = 24 it lost or
+/// tied (5 pairs: d = 24, k = 16 1.016, k = 64 1.029; 3 pairs: k = 128 1.087, k = 256
+/// 1.071; d = 32, k = 16 1.103, k = 256 1.082).
+fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
+    let widest = match isa {
+        Isa::Avx512 => FEW_MAX_D,
+        Isa::Avx2 => FEW256_MAX_D,
+        Isa::Portable => return false,
+    };
+    d > SCAN_MAX_D && d <= widest && k > NARROW_K && k <= FEW_MAX_K
 }
+
+/// The widest rows the few kernel takes on AVX2 (see [`few_wins`]).
+const FEW256_MAX_D: usize = 16;
 
 /// The widest rows [`rows_stream`] takes (see [`few_wins`]). What the few kernel saves per
 /// row (the reduction across lanes, the norms' pass) is the same at any width, and what
@@ -319,16 +336,18 @@ const FEW_MAX_K: usize = 256;
 /// the codewords are in the lanes (the tiled kernels), every row ends in a reduction
 /// across its lanes, and at k <= 32 that, the running best across the tile's rows and the
 /// norms' pass cost more than the row's 2 k d FMAs. Here each task packs its rows 32 to a
-/// panel (two vectors of 16 rows per step of d, [`pack_rows`]), takes their norms from
-/// the panel ([`packed_norms`]), and walks the codebook, packed once into tiles of
-/// [`x86::FEW_MR`] codewords (`tile[t * 8 + j]`), each codeword broadcast against the
-/// panel: one compare and two blends per codeword and vector of 16 rows carry the rows'
-/// best, in codeword order with a strict `<`, and no lane is ever reduced. Each score is
+/// panel (two vectors of 16 rows per step of d, [`pack_rows`]; with AVX2 16, two vectors
+/// of 8), takes their norms from the panel ([`packed_norms`]), and walks the codebook,
+/// packed once into tiles of [`x86::FEW_MR`] codewords (`tile[t * 8 + j]`; with AVX2
+/// [`x86::FEW256_MR`]), each codeword broadcast against the panel: one compare and two
+/// blends per codeword and vector of rows carry the rows' best, in codeword order with a
+/// strict `<`, and no lane is ever reduced. Each score is
 /// the tiled kernels' chain of FMAs from zero (`c * x + acc` is `x * c + acc`) and
 /// `norm - 2 acc` in one rounding, so the bits are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn rows_stream(
+    isa: Isa,
     parallel: bool,
     rows: usize,
     x: &[f32],
@@ -338,19 +357,19 @@ fn rows_stream(
     idx: &mut [u32],
     dist: &mut [f32],
 ) -> Result<()> {
-    use x86::{FEW_MR as MR, FEW_NR as NR};
+    let (mr, nr) = x86::few_for(isa);
     let Shape { k, d, .. } = shape;
     // A few codewords of a few dozen floats (`few_wins`): kilobytes.
-    let mut tiles = vec![0.0f32; k.div_ceil(MR) * MR * d];
-    for (j0, tile) in (0..k).step_by(MR).zip(tiles.chunks_exact_mut(MR * d)) {
-        pack_rows(&codebook[j0 * d..(j0 + MR).min(k) * d], d, MR, tile);
+    let mut tiles = vec![0.0f32; k.div_ceil(mr) * mr * d];
+    for (j0, tile) in (0..k).step_by(mr).zip(tiles.chunks_exact_mut(mr * d)) {
+        pack_rows(&codebook[j0 * d..(j0 + mr).min(k) * d], d, mr, tile);
     }
     for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-        let mut panel = vec![0.0f32; NR * d];
-        let mut x_sq = [0.0f32; NR];
+        let mut panel = vec![0.0f32; nr * d];
+        let mut x_sq = [0.0f32; 32];
         let blocks = xs
-            .chunks(NR * d)
-            .zip(idx.chunks_mut(NR).zip(dist.chunks_mut(NR)));
+            .chunks(nr * d)
+            .zip(idx.chunks_mut(nr).zip(dist.chunks_mut(nr)));
         for (b, (block, (idx, dist))) in blocks.enumerate() {
             // The next panel's rows on their way to L2 while this one is walked. Without
             // it (a build reading the choice from the environment, `vqkit bench --op
@@ -358,14 +377,14 @@ fn rows_stream(
             // pairs, medians of the ratios without / with, on a busy Zen 4 VM): one
             // thread, 16 x 9 0.975, 16 x 16 0.944, 16 x 32 1.049, 32 x 32 1.407, 256 x 32
             // 1.055 (k x d); two threads, 16 x 16 1.126, 16 x 32 0.974, 64 x 32 1.130.
-            let next = ((b + 1) * NR * d).min(xs.len());
-            prefetch_l2(&xs[next..(next + NR * d).min(xs.len())]);
-            if block.len() < NR * d {
+            let next = ((b + 1) * nr * d).min(xs.len());
+            prefetch_l2(&xs[next..(next + nr * d).min(xs.len())]);
+            if block.len() < nr * d {
                 panel.fill(0.0);
             }
-            pack_rows(block, d, NR, &mut panel);
-            packed_norms(&panel, d, NR, &mut x_sq[..idx.len()]);
-            x86::few_avx512_entry(&panel, d, (&tiles, norms), &x_sq, idx, dist);
+            pack_rows(block, d, nr, &mut panel);
+            packed_norms(&panel, d, nr, &mut x_sq[..idx.len()]);
+            x86::few_entry(isa, &panel, d, (&tiles, norms), &x_sq, idx, dist);
         }
     });
     Ok(())
@@ -411,7 +430,8 @@ pub(crate) struct Blocking {
     /// and the scores fold (`folds`); the rows are then always packed.
     pub tall: bool,
     /// Many rows of a few dozen floats against a few codewords: rows packed 32 to a panel,
-    /// the codebook in tiles of 8 broadcast against them ([`rows_stream`], AVX-512 only).
+    /// the codebook in tiles of 8 broadcast against them ([`rows_stream`]; with AVX2 16
+    /// rows and tiles of 4; not in the portable build).
     /// Only where the scores do not fold and `cols` is not set (few rows against a
     /// codebook four times their number take [`codebook_stream`]); elsewhere moot.
     pub few: bool,
@@ -746,7 +766,7 @@ pub(crate) fn distance_argmin(
     // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding. (The
     // tall kernel skips its padding lanes; the few kernel, rows in its lanes, takes
     // codewords in tiles of 8.)
-    let few = isa == Isa::Avx512 && few_wins(shape.d, shape.k);
+    let few = few_wins(isa, shape.d, shape.k);
     #[cfg(target_arch = "x86_64")]
     let isa = if isa == Isa::Avx512
         && shape.k <= 16
@@ -818,8 +838,9 @@ pub(crate) fn distance_argmin_blocked(
         return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
     }
     #[cfg(target_arch = "x86_64")]
-    if blocking.few && !fold && isa == Isa::Avx512 {
+    if blocking.few && !fold && isa != Isa::Portable {
         return rows_stream(
+            isa,
             parallel,
             blocking.rows,
             x,
@@ -1873,6 +1894,8 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         (x86::AVX512_MR, true) => steps::<{ x86::AVX512_MR }>(block, d, xb),
         #[cfg(target_arch = "x86_64")]
+        (16, true) => steps::<16>(block, d, xb),
+        #[cfg(target_arch = "x86_64")]
         (32, true) => steps::<32>(block, d, xb),
         #[cfg(target_arch = "x86_64")]
         (64, true) => steps::<64>(block, d, xb),
@@ -2581,21 +2604,33 @@ mod x86 {
         unsafe { cols_avx512(s, tile, best_v, best_i) }
     }
 
-    /// Codewords per tile of the few kernel ([`super::rows_stream`]): with their 16
-    /// accumulators (8 codewords x two vectors of 16 rows), the panel's step, the broadcast
-    /// and the rows' best scores and indices, 23 of AVX-512's 32 registers.
+    /// Codewords per tile of the few kernel ([`super::rows_stream`]) on AVX-512: with their
+    /// 16 accumulators (8 codewords x two vectors of 16 rows), the panel's step, the
+    /// broadcast and the rows' best scores and indices, 23 of AVX-512's 32 registers.
     pub(super) const FEW_MR: usize = 8;
 
-    /// Rows per panel of the few kernel: two vectors of 16.
-    pub(super) const FEW_NR: usize = 32;
+    /// Codewords per tile of the few kernel on AVX2: 8 accumulators (4 codewords x two
+    /// vectors of 8 rows), the panel's step, the broadcast and the rows' best scores and
+    /// indices, 15 of AVX2's 16 registers.
+    pub(super) const FEW256_MR: usize = 4;
 
-    /// The few kernel on one panel of up to 32 rows (`panel[t * 32 + r]`, d steps) against
-    /// every codeword (`tiles` packed by [`super::rows_stream`], `norms` one per codeword):
-    /// each row's index and distance (`finished(score, x_sq)`) into `idx` and `dist`.
-    /// The caller runs it only where [`super::Isa::Avx512`] was chosen, and that is only
-    /// constructed after runtime detection of AVX-512F. `x_sq` holds at least the rows'
+    /// The few kernel's tile and panel (codewords per tile, rows per panel: two vectors)
+    /// for `isa` (AVX2 or AVX-512).
+    pub(super) fn few_for(isa: super::Isa) -> (usize, usize) {
+        match isa {
+            super::Isa::Avx512 => (FEW_MR, 32),
+            _ => (FEW256_MR, 16),
+        }
+    }
+
+    /// The few kernel on one panel of up to NR rows (`panel[t * NR + r]`, d steps, NR of
+    /// [`few_for`]) against every codeword (`tiles` packed by [`super::rows_stream`] in
+    /// tiles of MR, `norms` one per codeword): each row's index and distance
+    /// (`finished(score, x_sq)`) into `idx` and `dist`. `isa` is AVX2 or AVX-512, whose
+    /// `Isa` is only constructed after runtime detection. `x_sq` holds at least the rows'
     /// norms.
-    pub(super) fn few_avx512_entry(
+    pub(super) fn few_entry(
+        isa: super::Isa,
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
@@ -2603,64 +2638,37 @@ mod x86 {
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
+        let (mr, nr) = few_for(isa);
         let rows = idx.len();
-        assert!(d >= 1 && panel.len() >= FEW_NR * d);
-        assert!(tiles.len() >= norms.len().div_ceil(FEW_MR) * FEW_MR * d);
+        assert!(d >= 1 && panel.len() >= nr * d);
+        assert!(tiles.len() >= norms.len().div_ceil(mr) * mr * d);
         assert!(norms.len() <= u32::MAX as usize);
-        assert!(rows <= FEW_NR && dist.len() == rows && x_sq.len() >= rows);
-        // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F,
-        // and the caller runs this only with it; the asserts bound every offset the kernel
-        // takes: the panel's d steps of 32, each tile's d steps of 8, the rows' first
-        // `rows` lanes (masked loads and stores, from a half's first lane only where it
-        // holds a row).
-        unsafe { few_avx512(panel, d, (tiles, norms), x_sq, idx, dist) }
+        assert!(rows <= nr && dist.len() == rows && x_sq.len() >= rows);
+        // SAFETY: the `Isa` was constructed after runtime detection of its instruction
+        // set; the asserts bound every offset the kernel takes: the panel's d steps of NR,
+        // each tile's d steps of MR, the rows' first `rows` results.
+        unsafe {
+            match isa {
+                super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), x_sq, idx, dist),
+                super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), x_sq, idx, dist),
+                _ => unreachable!("the few kernel runs on AVX2 or AVX-512"),
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
     unsafe fn few_avx512(
         panel: &[f32],
         d: usize,
-        (tiles, norms): (&[f32], &[f32]),
+        tiles: (&[f32], &[f32]),
         x_sq: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
-        const MR: usize = FEW_MR;
-        let k = norms.len();
-        let (xp, cp) = (panel.as_ptr(), tiles.as_ptr());
-        let minus_two = _mm512_set1_ps(-2.0);
-        let mut best_v = [_mm512_set1_ps(f32::INFINITY); 2];
-        let mut best_i = [_mm512_setzero_si512(); 2];
-        // SAFETY (the pointer accesses below): the entry's asserts.
+        // SAFETY: compiled for AVX-512F; the caller's asserts (masked loads and stores, from
+        // a half's first lane only where it holds a row).
         unsafe {
-            for (tile, j0) in (0..k).step_by(MR).enumerate() {
-                let tp = cp.add(tile * MR * d);
-                let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-                for t in 0..d {
-                    let x = [
-                        _mm512_loadu_ps(xp.add(t * 32)),
-                        _mm512_loadu_ps(xp.add(t * 32 + 16)),
-                    ];
-                    let ct = tp.add(t * MR);
-                    for j in 0..MR {
-                        let c = _mm512_set1_ps(*ct.add(j));
-                        acc[j][0] = _mm512_fmadd_ps(c, x[0], acc[j][0]);
-                        acc[j][1] = _mm512_fmadd_ps(c, x[1], acc[j][1]);
-                    }
-                }
-                // Into the rows' best in codeword order: a tie keeps the lower index, a
-                // NaN score never wins; padding codewords are skipped.
-                for j in 0..MR.min(k - j0) {
-                    let norm = _mm512_set1_ps(norms[j0 + j]);
-                    let at = _mm512_set1_epi32((j0 + j) as i32);
-                    for h in 0..2 {
-                        let s = _mm512_fmadd_ps(acc[j][h], minus_two, norm);
-                        let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(s, best_v[h]);
-                        best_v[h] = _mm512_mask_blend_ps(lt, best_v[h], s);
-                        best_i[h] = _mm512_mask_blend_epi32(lt, best_i[h], at);
-                    }
-                }
-            }
+            let (best_v, best_i) = few_walk::<__m512, FEW_MR>(panel, d, tiles);
             // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept
             // (an ordered compare is false on NaN).
             let rows = idx.len();
@@ -2681,6 +2689,80 @@ mod x86 {
                 _mm512_mask_storeu_ps(dist.as_mut_ptr().add(16 * h), m, v);
                 _mm512_mask_storeu_epi32(idx.as_mut_ptr().add(16 * h).cast(), m, best_i[h]);
             }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn few_avx2(
+        panel: &[f32],
+        d: usize,
+        tiles: (&[f32], &[f32]),
+        x_sq: &[f32],
+        idx: &mut [u32],
+        dist: &mut [f32],
+    ) {
+        // SAFETY: compiled for AVX2 and FMA; the caller's asserts.
+        unsafe {
+            let (best_v, best_i) = few_walk::<__m256, FEW256_MR>(panel, d, tiles);
+            // `finished` on each row: the score plus |x|^2, clamped at 0 with a NaN kept.
+            let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
+            for h in 0..2 {
+                best_v[h].store(v.as_mut_ptr().add(8 * h));
+                <__m256 as Lanes>::store_i(best_i[h], i.as_mut_ptr().add(8 * h));
+            }
+            for (r, (o, j)) in dist.iter_mut().zip(idx.iter_mut()).enumerate() {
+                (*o, *j) = (super::finished(v[r], x_sq[r]), i[r]);
+            }
+        }
+    }
+
+    /// [`few_entry`]'s walk on vectors V: the codebook tile by tile against the panel's
+    /// two vectors of rows, each codeword's scores into the rows' best at once; the rows'
+    /// best scores (without |x|^2) and indices.
+    ///
+    /// # Safety
+    /// The caller is compiled for V's instruction set and `few_entry`'s asserts hold for
+    /// MR codewords a tile and 2 V::W rows a panel.
+    #[inline(always)]
+    unsafe fn few_walk<V: Lanes, const MR: usize>(
+        panel: &[f32],
+        d: usize,
+        (tiles, norms): (&[f32], &[f32]),
+    ) -> ([V; 2], [V::I; 2]) {
+        let (w, k) = (V::W, norms.len());
+        let nr = 2 * w;
+        let (xp, cp) = (panel.as_ptr(), tiles.as_ptr());
+        // SAFETY (the pointer accesses below): the caller's contract.
+        unsafe {
+            let minus_two = V::splat(-2.0);
+            let mut best_v = [V::splat(f32::INFINITY); 2];
+            let mut best_i = [V::splat_i(0); 2];
+            for (tile, j0) in (0..k).step_by(MR).enumerate() {
+                let tp = cp.add(tile * MR * d);
+                let mut acc = [[V::splat(0.0); 2]; MR];
+                for t in 0..d {
+                    let x = [V::load(xp.add(t * nr)), V::load(xp.add(t * nr + w))];
+                    let ct = tp.add(t * MR);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let c = V::splat(*ct.add(j));
+                        a[0] = V::fmadd(c, x[0], a[0]);
+                        a[1] = V::fmadd(c, x[1], a[1]);
+                    }
+                }
+                // Into the rows' best in codeword order: a tie keeps the lower index, a
+                // NaN score never wins; padding codewords are skipped.
+                for (j, a) in acc.iter().enumerate().take(MR.min(k - j0)) {
+                    let norm = V::splat(norms[j0 + j]);
+                    let at = V::splat_i((j0 + j) as u32);
+                    for h in 0..2 {
+                        let s = V::fmadd(a[h], minus_two, norm);
+                        let lt = V::lt(s, best_v[h]);
+                        best_v[h] = V::blend(lt, best_v[h], s);
+                        best_i[h] = V::blend_i(lt, best_i[h], at);
+                    }
+                }
+            }
+            (best_v, best_i)
         }
     }
 
@@ -4106,11 +4188,16 @@ mod tests {
     /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
     #[test]
     fn few_kernel_bounds() {
-        // Rows of 9 to 32 floats (narrower ones fold), 5 to 256 codewords (fewer: the
-        // narrow kernel).
-        assert!(few_wins(9, 5) && few_wins(32, 256) && few_wins(16, 16));
-        assert!(!few_wins(8, 16) && !few_wins(33, 16) && !few_wins(32, 257));
-        assert!(!few_wins(16, NARROW_K));
+        // Rows of 9 to 32 floats on AVX-512, 9 to 16 on AVX2 (narrower ones fold), 5 to 256
+        // codewords (fewer: the narrow kernel); never in the portable build.
+        let avx512 = |d, k| few_wins(Isa::Avx512, d, k);
+        assert!(avx512(9, 5) && avx512(32, 256) && avx512(16, 16));
+        assert!(!avx512(8, 16) && !avx512(33, 16) && !avx512(32, 257));
+        assert!(!avx512(16, NARROW_K));
+        let avx2 = |d, k| few_wins(Isa::Avx2, d, k);
+        assert!(avx2(9, 5) && avx2(16, 256) && !avx2(17, 16) && !avx2(8, 16));
+        assert!(!avx2(16, 257) && !avx2(16, NARROW_K));
+        assert!(!few_wins(Isa::Portable, 16, 16));
     }
 
     #[test]
