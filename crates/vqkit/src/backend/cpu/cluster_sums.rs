@@ -1270,6 +1270,8 @@ mod tests {
             (20, 3, 128),
             // Short whole rows past the prefetch's distance (its runs' prefetch taken).
             (1100, 9, 2),
+            // A codebook of whole runs of the sizes' 8 partial sums (no remainder).
+            (60, 16, 5),
         ];
         for &(n, k, d) in &shapes {
             let x = rng.normal_vec(n * d);

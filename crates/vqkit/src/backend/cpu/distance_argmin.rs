@@ -52,8 +52,9 @@
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
-//!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only, with `tall_wins`'s codebooks (d = 4
-//!   only from 65 codewords: `tall256_takes`), where it serves instead of v4.
+//!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only,
+//!   with `tall_wins`'s codebooks (d = 4 only from 65 codewords: `tall256_takes`), where
+//!   it serves instead of v4.
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
 //!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
@@ -306,7 +307,8 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 /// k = 32 0.798, k = 256 0.877; d = 20, k = 16 0.905; two threads, 5 pairs: d = 9, k = 16
 /// 0.712; d = 12, k = 64 0.867; d = 16, k = 16 0.731, k = 256 0.935. From d = 24 it lost or
 /// tied (5 pairs: d = 24, k = 16 1.016, k = 64 1.029; 3 pairs: k = 128 1.087, k = 256
-/// 1.071; d = 32, k = 16 1.103, k = 256 1.082).
+/// 1.071; d = 32, k = 16 1.103, k = 256 1.082). Between 17 and 23 only d = 20, k = 16 was
+/// measured: 16 is the widest width measured to win at every k tried.
 fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
     let widest = match isa {
         Isa::Avx512 => FEW_MAX_D,
@@ -584,7 +586,8 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// VM, one or two vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61
 /// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
 /// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there; the d = 3 and 4
-/// ones were not measured on another AVX2 CPU.
+/// ones were not measured on another AVX2 CPU. Later, four vectors up to d = 3 gained
+/// again on the Zen 4 VM (`x86::tall256_rows`: d = 2, k = 4096 0.670).
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
@@ -2618,10 +2621,15 @@ mod x86 {
     /// for `isa` (AVX2 or AVX-512).
     pub(super) fn few_for(isa: super::Isa) -> (usize, usize) {
         match isa {
-            super::Isa::Avx512 => (FEW_MR, 32),
-            _ => (FEW256_MR, 16),
+            super::Isa::Avx512 => (FEW_MR, FEW_NR),
+            super::Isa::Avx2 => (FEW256_MR, FEW256_NR),
+            super::Isa::Portable => unreachable!("the few kernel runs on AVX2 or AVX-512"),
         }
     }
+
+    /// Rows per panel of the few kernel: two vectors, of 16 (AVX-512) and of 8 (AVX2).
+    const FEW_NR: usize = 2 * 16;
+    const FEW256_NR: usize = 2 * 8;
 
     /// The few kernel on one panel of up to NR rows (`panel[t * NR + r]`, d steps, NR of
     /// [`few_for`]) against every codeword (`tiles` packed by [`super::rows_stream`] in
@@ -2665,6 +2673,8 @@ mod x86 {
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
+        // `few_entry` bounds the panel by `few_for`'s rows: two of these vectors.
+        const { assert!(FEW_NR == 2 * <__m512 as Lanes>::W) };
         // SAFETY: compiled for AVX-512F; the caller's asserts (masked loads and stores, from
         // a half's first lane only where it holds a row).
         unsafe {
@@ -2701,6 +2711,7 @@ mod x86 {
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
+        const { assert!(FEW256_NR == 2 * <__m256 as Lanes>::W) };
         // SAFETY: compiled for AVX2 and FMA; the caller's asserts.
         unsafe {
             let (best_v, best_i) = few_walk::<__m256, FEW256_MR>(panel, d, tiles);
@@ -2776,8 +2787,8 @@ mod x86 {
         unsafe { cols_avx2(s, tile, best_v, best_i) }
     }
 
-    /// One vector of f32 lanes with its u32 lanes and lane mask, as the scan and cols walks
-    /// use it: `__m256` (AVX2 + FMA, 8 lanes) and `__m512` (AVX-512F, 16 lanes).
+    /// One vector of f32 lanes with its u32 lanes and lane mask, as the scan, cols, tall and
+    /// few walks use it: `__m256` (AVX2 + FMA, 8 lanes) and `__m512` (AVX-512F, 16 lanes).
     ///
     /// # Safety
     /// Every method runs its instruction set's intrinsics: call them only from a function
@@ -3091,8 +3102,9 @@ mod x86 {
     }
 
     /// Row `r`'s first codeword in `panel` whose score is `m` (a minimum the scan or tall
-    /// walk found there), with that score: the score itself, not `m`, so that a zero keeps
-    /// its sign, as in the tiled walk. None where no score of the panel equals `m`.
+    /// walk found there), with that score: `m` itself where it is not zero (equal floats
+    /// other than zeros have the same bits), the score itself for a zero, so that it keeps
+    /// its sign as in the tiled walk. None where no score of the panel equals `m`.
     ///
     /// # Safety
     /// As for [`panel_scores`].
@@ -3276,6 +3288,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+        const { assert!(tall256_rows(3) == 4 * 8 && tall256_rows(4) == 2 * 8) };
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
         // `tall256_rows`.
         unsafe {
@@ -3301,7 +3314,7 @@ mod x86 {
         idx: &mut [u32],
     ) {
         let w = V::W;
-        const { assert!(G * 16 <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
+        const { assert!(G * V::W <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
         assert!(s.p.d == D && s.rs == 1 && s.ts == G * w && G * w <= 64);
         let xp = s.x.as_ptr();
         // SAFETY: the caller's contract: `check` bounds the panels, the norms, the tile's
@@ -3736,7 +3749,7 @@ mod tests {
     #[test]
     fn packed_norms_are_sq_norm() {
         let mut rng = Rng::new(5);
-        let mut mrs = vec![PORTABLE_MR, 5, 32, 64];
+        let mut mrs = vec![PORTABLE_MR, 5, 16, 32, 64];
         #[cfg(target_arch = "x86_64")]
         mrs.extend([x86::AVX2_MR, x86::AVX512_MR]);
         let mut ways: Vec<(&str, PackedNorms)> = vec![
@@ -3790,18 +3803,19 @@ mod tests {
             // Tall tiles of 64 and 32 rows, full and short, over several blocks.
             (150, 300, 3),
             (70, 300, 7),
+            (70, 300, 1),
             // Small codebooks of short rows (the tall kernel's index walk): a partial
             // panel, padding lanes skipped.
             (90, 16, 4),
             (45, 9, 8),
             (70, 100, 2),
-            // The AVX2 tall kernel's index walk (at most four panels of 16): tiles of 16
-            // rows, full and short, partial panels.
+            // The AVX2 tall kernel's index walk (at most four panels of 16): tiles of 32
+            // rows (16 at d = 4), full and short, partial panels.
             (40, 50, 2),
             (33, 7, 1),
             (37, 40, 3),
-            // Many rows against a few codewords (the few kernel): panels of 32 full and
-            // short, tiles of 8 full and short, widths from 9.
+            // Many rows against a few codewords (the few kernel): panels of 32 (AVX2: 16)
+            // full and short, tiles of 8 (AVX2: 4) full and short, widths from 9.
             (70, 16, 16),
             (33, 37, 9),
             (100, 13, 31),
@@ -3874,8 +3888,9 @@ mod tests {
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
-    /// d = 1 to 3), the cols ones at d = 33 and the few one (AVX-512) at d = 12 and 32
-    /// (unfolded); elsewhere the tiled kernel against itself.
+    /// d = 1 to 3), the cols ones at d = 33 and the few ones at d = 12 and 32 (unfolded; at
+    /// d = 32 the test forces AVX2's past its widest); elsewhere the tiled kernel against
+    /// itself. With 13 rows (every tile short) and 40 (a full tile of each kernel first).
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall, few) in [
@@ -3891,76 +3906,80 @@ mod tests {
             (12, false, false, false, true),
             (32, false, false, false, true),
         ] {
-            // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable).
-            let (n, k) = (13, 1500);
-            let mut x = clustered(n, d, 2, 0.5, 4);
-            let mut c = clustered(k, d, 5, 0.5, 6);
-            // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
-            x[d..2 * d].fill(1e21);
-            x[2 * d..3 * d].fill(0.0);
-            // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
-            // first halves of 24's lane pair in a 32-wide and a 16-wide panel.
-            for j in [5usize, 8, 16, 700, 1499] {
-                c[j * d..(j + 1) * d].fill(3e38);
-            }
-            // Finite norms whose products with row 1 overflow: scores of -inf, the first at
-            // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
-            for j in [0usize, 9, 701, 1400] {
-                c[j * d..(j + 1) * d].fill(1e18);
-            }
-            // Zero codewords, the first (the zero row's best) beside a NaN score in both
-            // panel widths.
-            for j in [24usize, 40, 900] {
-                c[j * d..(j + 1) * d].fill(0.0);
-            }
-            let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
-            assert!(norms[5].is_infinite() && norms[0].is_finite());
-            let shape = Shape::new(n, k, d);
-            for isa in Isa::available() {
-                // The tiled kernels, then the scan or the cols ones; the tall ones over
-                // the whole codebook (their minima walk) and in groups of two panels
-                // (their index walk).
-                // `direct`: rows read in place, several blocks a step (the tiled kernel).
-                let run = |norms: &[f32],
-                           kernels: (bool, bool, bool, bool),
-                           whole: bool,
-                           direct: bool| {
-                    let (scan, cols, tall, few) = kernels;
-                    let (_, _, nr) = kernel_for(isa, scan);
-                    let b = Blocking {
-                        kc: d,
-                        group: if whole { k.div_ceil(nr) } else { 2 },
-                        rows: TASK_ROWS,
-                        direct,
-                        scan,
-                        cols,
-                        tall,
-                        few,
+            // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable);
+            // 40: a whole tile of every kernel first (64 rows for AVX-512's tall one at d <= 4
+            // excepted).
+            for n in [13, 40] {
+                let k = 1500;
+                let mut x = clustered(n, d, 2, 0.5, 4);
+                let mut c = clustered(k, d, 5, 0.5, 6);
+                // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
+                x[d..2 * d].fill(1e21);
+                x[2 * d..3 * d].fill(0.0);
+                // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
+                // first halves of 24's lane pair in a 32-wide and a 16-wide panel.
+                for j in [5usize, 8, 16, 700, 1499] {
+                    c[j * d..(j + 1) * d].fill(3e38);
+                }
+                // Finite norms whose products with row 1 overflow: scores of -inf, the first at
+                // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
+                for j in [0usize, 9, 701, 1400] {
+                    c[j * d..(j + 1) * d].fill(1e18);
+                }
+                // Zero codewords, the first (the zero row's best) beside a NaN score in both
+                // panel widths.
+                for j in [24usize, 40, 900] {
+                    c[j * d..(j + 1) * d].fill(0.0);
+                }
+                let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+                assert!(norms[5].is_infinite() && norms[0].is_finite());
+                let shape = Shape::new(n, k, d);
+                for isa in Isa::available() {
+                    // The tiled kernels, then the scan or the cols ones; the tall ones over
+                    // the whole codebook (their minima walk) and in groups of two panels
+                    // (their index walk).
+                    // `direct`: rows read in place, several blocks a step (the tiled kernel).
+                    let run = |norms: &[f32],
+                               kernels: (bool, bool, bool, bool),
+                               whole: bool,
+                               direct: bool| {
+                        let (scan, cols, tall, few) = kernels;
+                        let (_, _, nr) = kernel_for(isa, scan);
+                        let b = Blocking {
+                            kc: d,
+                            group: if whole { k.div_ceil(nr) } else { 2 },
+                            rows: TASK_ROWS,
+                            direct,
+                            scan,
+                            cols,
+                            tall,
+                            few,
+                        };
+                        let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                        distance_argmin_blocked(
+                            isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
+                        )
+                        .unwrap();
+                        (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                     };
-                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
-                    distance_argmin_blocked(
-                        isa, b, true, &x, &c, norms, shape, &mut idx, &mut dist,
-                    )
-                    .unwrap();
-                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-                };
-                let at = format!("{isa:?} d={d}");
-                let tiles = (false, false, false, false);
-                let kernels = (scan, cols, tall, few);
-                let tiled = run(&norms, tiles, true, false);
-                assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
-                assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
-                assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
-                assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
-                assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
-                norms.fill(f32::INFINITY);
-                let tiled = run(&norms, tiles, true, false);
-                assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
-                assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
-                assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
-                assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
-                assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
-                norms = c.chunks_exact(d).map(sq_norm).collect();
+                    let at = format!("{isa:?} d={d}");
+                    let tiles = (false, false, false, false);
+                    let kernels = (scan, cols, tall, few);
+                    let tiled = run(&norms, tiles, true, false);
+                    assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
+                    assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
+                    assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
+                    assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
+                    assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
+                    norms.fill(f32::INFINITY);
+                    let tiled = run(&norms, tiles, true, false);
+                    assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
+                    assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
+                    assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
+                    assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
+                    assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
+                    norms = c.chunks_exact(d).map(sq_norm).collect();
+                }
             }
         }
     }
@@ -4089,6 +4108,7 @@ mod tests {
             x86::AVX512_MR,
             x86::tall_rows(8),
             x86::tall_rows(1),
+            x86::tall256_rows(4),
         ]);
         for &mr in &mrs {
             // Every short block for the tiled heights; for the tall ones (64 and 32 rows,
