@@ -287,10 +287,10 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
     }
 }
 
-/// Whether [`rows_stream`] serves a shape on `isa`: on AVX-512, rows of more than [`SCAN_MAX_D`]
-/// floats (narrower ones fold, and the tall kernels take them) up to [`FEW_MAX_D`],
-/// against at most [`FEW_MAX_K`] codewords. Against the kernels it replaces there (the
-/// 12-row AVX-512 tile; at k <= 16 the 6-row AVX2 one), on the 2-core Zen 4 VM
+/// Whether [`rows_stream`] serves a shape on `isa`: on AVX-512, rows of more than
+/// [`SCAN_MAX_D`] floats (narrower ones fold, and the tall kernels take them) up to
+/// [`FEW_MAX_D`], against at most [`FEW_MAX_K`] codewords. Against the kernels it replaces
+/// there (the 12-row AVX-512 tile; at k <= 16 the 6-row AVX2 one), on the 2-core Zen 4 VM
 /// (2026-12-06), `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds
 /// 0.3`, one build with the choice read once from the environment, the replaced kernel
 /// first in each pair, medians of the pairs' ratios (new / old), 3 pairs on one thread:
@@ -343,9 +343,9 @@ const FEW_MAX_K: usize = 256;
 /// packed once into tiles of [`x86::FEW_MR`] codewords (`tile[t * 8 + j]`; with AVX2
 /// [`x86::FEW256_MR`]), each codeword broadcast against the panel: one compare and two
 /// blends per codeword and vector of rows carry the rows' best, in codeword order with a
-/// strict `<`, and no lane is ever reduced. Each score is
-/// the tiled kernels' chain of FMAs from zero (`c * x + acc` is `x * c + acc`) and
-/// `norm - 2 acc` in one rounding, so the bits are theirs (unfolded: d > 8 only).
+/// strict `<`, and no lane is ever reduced. Each score is the tiled kernels' chain of FMAs
+/// from zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the
+/// bits are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn rows_stream(
