@@ -542,11 +542,13 @@ macro_rules! backend_suite {
                 (65, 128, 3),
                 (40, 50, 2),
                 (37, 40, 3),
-                // Many rows of 9 to 32 floats against a few codewords (AVX-512's few
-                // kernel): panels of 32 rows and tiles of 8 codewords, full and short.
+                // Many rows of 9 to 32 floats against a few codewords (the few kernels:
+                // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4
+                // up to 16 floats), full and short.
                 (100, 37, 9),
                 (70, 256, 32),
                 (45, 13, 17),
+                (48, 22, 16),
             ];
             for b in $make() {
                 for &(n, k, d) in &shapes {

@@ -2659,7 +2659,7 @@ mod x86 {
             match isa {
                 super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), x_sq, idx, dist),
                 super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), x_sq, idx, dist),
-                _ => unreachable!("the few kernel runs on AVX2 or AVX-512"),
+                super::Isa::Portable => unreachable!("the few kernel runs on AVX2 or AVX-512"),
             }
         }
     }
