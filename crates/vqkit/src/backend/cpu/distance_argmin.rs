@@ -54,7 +54,8 @@
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
 //!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only,
 //!   with `tall_wins`'s codebooks (d = 4 only from 65 codewords: `tall256_takes`), where
-//!   it serves instead of v4.
+//!   it serves instead of v4. Where the codebook is one group of panels, a task takes its
+//!   blocks one at a time, each written out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
 //!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
@@ -878,6 +879,12 @@ pub(crate) fn distance_argmin_blocked(
     } else {
         1
     };
+    if tall.is_some() && groups == 1 {
+        for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
+            tall_stream(kernel, mr, xs, &packed, idx, dist)
+        });
+        return Ok(());
+    }
     if slices <= 1 {
         let fused = fuses_norms(&blocking);
         for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
@@ -929,6 +936,71 @@ pub(crate) fn distance_argmin_blocked(
     fold_parts(parts, idx, dist);
     finish(x, d, dist);
     Ok(())
+}
+
+/// The most floats of a tall kernel's tile (64 rows of 4, 32 of 8).
+const TALL_TILE_MAX: usize = 256;
+
+/// A task of the tall kernels (`mr` rows a tile) where the whole codebook is one group:
+/// block by block, the rows packed into a buffer on the stack, their norms taken from it
+/// ([`packed_norms`]), the codebook walked and each row's index and distance written out
+/// at once. [`rows_block`] instead keeps every block's running best for the next group
+/// of panels: it set the task's outputs to +inf, allocated its norms and results, and
+/// merged each block's results into the outputs row by row with a compare and a branch,
+/// which at k = 16, d = 2 took a quarter of a call (`perf record -e cpu-clock`, one
+/// thread) against the kernel's two fifths. The same bits: a single group's walk starts
+/// from (+inf, 0) and never keeps a NaN, so the merge into (+inf, 0) copied its results.
+///
+/// `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`, one build
+/// with the choice read from the environment, 5 alternating pairs, medians of the ratios
+/// (new / old), k x d: one thread 16 x 2 0.715, 16 x 8 0.893, 64 x 4 0.880, 256 x 2 0.936,
+/// 256 x 8 0.975, 4096 x 2 0.994; two threads 16 x 2 0.689, 16 x 8 0.831, 32 x 1 0.803,
+/// 128 x 5 0.873, 256 x 2 0.876, 256 x 8 0.965; `--isa avx2`, one thread, 3 pairs: 16 x 2
+/// 0.777, 16 x 3 0.802, 256 x 2 0.931, 4096 x 4 0.991 (the Zen 4 VM). Prefetching the next
+/// block into L2, as [`rows_stream`] does, lost (16 x 8 1.080, 16 x 2 1.067).
+fn tall_stream(
+    kernel: RowsKernel,
+    mr: usize,
+    x: &[f32],
+    p: &Packed,
+    idx: &mut [u32],
+    dist: &mut [f32],
+) {
+    let d = p.d;
+    assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
+    let mut xb = [0.0f32; TALL_TILE_MAX];
+    let xb = &mut xb[..mr * d];
+    let mut x_sq = [0.0f32; 64];
+    let (mut val, mut ix) = ([0.0f32; 64], [0u32; 64]);
+    let blocks = x
+        .chunks(mr * d)
+        .zip(idx.chunks_mut(mr).zip(dist.chunks_mut(mr)));
+    for (block, (idx, dist)) in blocks {
+        if block.len() < xb.len() {
+            xb.fill(0.0);
+        }
+        pack_rows(block, d, mr, xb);
+        let m = idx.len();
+        packed_norms(xb, d, mr, &mut x_sq[..m]);
+        let step = Step {
+            x: xb,
+            rs: 1,
+            ts: mr,
+            p,
+            panels: 0..p.panels,
+            t0: 0,
+            kc: d,
+            first: true,
+            last: true,
+            blocks: 1,
+            bs: 0,
+        };
+        kernel(&step, &mut [], &mut val, &mut ix);
+        for r in 0..m {
+            idx[r] = ix[r];
+            dist[r] = finished(val[r], x_sq[r]);
+        }
+    }
 }
 
 /// Each row's best over `parts` (its index and score in each part, the parts in codebook
@@ -1880,9 +1952,20 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
             _ => {}
         }
         #[cfg(target_arch = "x86_64")]
-        let start = x86::pack_steps_sse::<MR>(block, d, xb);
+        let start = {
+            let eights = if super::has_avx() {
+                // SAFETY: AVX was detected at run time.
+                unsafe { x86::pack_steps_avx::<MR>(block, d, xb) }
+            } else {
+                0
+            };
+            x86::pack_steps_sse::<MR>(block, d, xb, eights)
+        };
         #[cfg(not(target_arch = "x86_64"))]
         let start = 0;
+        if start == d {
+            return;
+        }
         let rows: [&[f32]; MR] = std::array::from_fn(|r| &block[r * d..(r + 1) * d]);
         for (t, step) in xb.chunks_exact_mut(MR).enumerate().skip(start) {
             for r in 0..MR {
@@ -2226,14 +2309,15 @@ mod x86 {
         block: &[f32],
         d: usize,
         xb: &mut [f32],
+        from: usize,
     ) -> usize {
         if !MR.is_multiple_of(4) {
-            return 0;
+            return from;
         }
         assert!(block.len() >= MR * d && xb.len() >= MR * d);
         let steps = d / 4 * 4;
         let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
-        for t in (0..steps).step_by(4) {
+        for t in (from.next_multiple_of(4)..steps).step_by(4) {
             for r in (0..MR).step_by(4) {
                 // SAFETY: rows r..r + 4 at steps t..t + 4 are inside `block` (t + 4 <= d,
                 // r + 4 <= MR) and their slots inside `xb` ((t + 3) * MR + r + 4 <= MR * d),
@@ -2252,6 +2336,91 @@ mod x86 {
             }
         }
         steps
+    }
+
+    /// The steps of d that [`super::pack_rows`] packs eight at a time for tiles of a
+    /// multiple of eight rows, with AVX: eight rows by eight steps loaded as eight ymm,
+    /// transposed in registers (floats interleaved in pairs of vectors, then pairs of
+    /// floats, then 128-bit halves exchanged: 24 shuffles) and stored as eight steps.
+    /// Returns how many steps it packed (a multiple of eight); [`pack_steps_sse`] takes
+    /// the rest from there. A copy: the bits of the scalar loop.
+    ///
+    /// For the tall kernel's 32 rows at d = 8 the SSE steps were a quarter of a call at
+    /// k = 16 (`perf record -e cpu-clock`, one thread, after `super::tall_stream`); this
+    /// takes about half that. The few kernel's panels (32 rows, 16 with AVX2) pack this way
+    /// too. `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`,
+    /// against the build before this and `tall_stream`, medians of the alternating pairs'
+    /// ratios (new / old), k x d, the Zen 4 VM: one thread, 5 pairs, 16 x 8 0.683 (with
+    /// `tall_stream`); where only this and the stores of [`store_first`] changed, the few
+    /// kernel's shapes, 7 pairs: 16 x 12 0.856, 16 x 32 0.940, 32 x 32 0.978, 64 x 24
+    /// 0.988; 5 pairs: 16 x 16 0.947, `--isa avx2` 16 x 16 0.943, 64 x 12 0.977; two
+    /// threads, 9 pairs: 16 x 32 0.852, 32 x 32 0.932, 128 x 32 0.984.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn pack_steps_avx<const MR: usize>(
+        block: &[f32],
+        d: usize,
+        xb: &mut [f32],
+    ) -> usize {
+        if !MR.is_multiple_of(8) {
+            return 0;
+        }
+        assert!(block.len() >= MR * d && xb.len() >= MR * d);
+        let steps = d / 8 * 8;
+        let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
+        for t in (0..steps).step_by(8) {
+            for r in (0..MR).step_by(8) {
+                // SAFETY: rows r..r + 8 at steps t..t + 8 are inside `block` (t + 8 <= d,
+                // r + 8 <= MR) and their slots inside `xb` ((t + 7) * MR + r + 8 <= MR * d),
+                // as asserted above; the loads and stores are unaligned ones.
+                unsafe {
+                    let v: [__m256; 8] =
+                        std::array::from_fn(|i| _mm256_loadu_ps(src.add((r + i) * d + t)));
+                    for (s, v) in transpose8(v).into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.add((t + s) * MR + r), v);
+                    }
+                }
+            }
+        }
+        steps
+    }
+
+    /// Eight rows of eight floats as eight columns: vector `i`, lane `j` into vector `j`,
+    /// lane `i`.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        // Lane pairs of rows (2i, 2i + 1), within each 128-bit half: t[2i] holds their
+        // floats 0, 1 (and 4, 5), t[2i + 1] floats 2, 3 (and 6, 7).
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // u[4 h + m]: float m (and m + 4) of rows 4 h..4 h + 3.
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let (h, m) = (i / 4, i % 4);
+            let (a, b) = (t[4 * h + m / 2], t[4 * h + 2 + m / 2]);
+            if m % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        // Float j of all eight rows: the low halves for j < 4, the high ones above.
+        std::array::from_fn(|j| {
+            let (a, b) = (u[j % 4], u[4 + j % 4]);
+            if j < 4 {
+                _mm256_permute2f128_ps::<0x20>(a, b)
+            } else {
+                _mm256_permute2f128_ps::<0x31>(a, b)
+            }
+        })
     }
 
     /// Four steps of four rows, `a`, `b`, `c`, `e`, as four rows of steps:
@@ -2437,12 +2606,19 @@ mod x86 {
         }
     }
 
-    /// Lanes `0..out.len()` of `v` written to `out` (at most 16).
+    /// Lanes `0..out.len()` of `v` written to `out` (at most 16): one store where `out`
+    /// holds a whole vector (the tall and few kernels' blocks); otherwise through a copy
+    /// of runtime length, which is a call to `memcpy` (5.5% of a call at n = 100,000,
+    /// k = 16, d = 2 in `perf`, one thread, for the tall kernel's norms).
     ///
     /// # Safety
     /// The caller is compiled for `V`'s instruction set.
     #[inline(always)]
     unsafe fn store_first<V: Lanes>(v: V, out: &mut [f32]) {
+        if out.len() == V::W {
+            // SAFETY: the caller's contract; `out` holds a whole vector.
+            return unsafe { v.store(out.as_mut_ptr()) };
+        }
         let mut lanes = [0.0f32; 16];
         // SAFETY: the caller's contract; 16 floats hold any V.
         unsafe { v.store(lanes.as_mut_ptr()) };
@@ -4098,7 +4274,7 @@ mod tests {
     #[test]
     fn row_packing_is_the_block_transpose() {
         // Every tile height, d from 1 to 7 (the narrow copies) and from 8 at every
-        // remainder mod 4 (the SSE steps and the scalar tail),
+        // remainder mod 8 (the AVX steps, the SSE ones and the scalar tail),
         // whole blocks and short ones (the last block of a task), over a buffer holding
         // stale values (a short block's missing rows must stay as they were).
         let mut mrs = vec![PORTABLE_MR, 1, 3, 5, 8];
@@ -4119,7 +4295,7 @@ mod tests {
             } else {
                 vec![1, mr - 5, mr - 4, mr - 1, mr]
             };
-            for d in (1..=13).chain([31, 64, 130, 2049]) {
+            for d in (1..=17).chain([31, 64, 130, 2049]) {
                 for &rows in &rows {
                     let block: Vec<f32> = (0..rows * d).map(|v| v as f32 * 0.25 - 7.0).collect();
                     let mut xb = vec![f32::NAN; mr * d];
