@@ -1931,7 +1931,10 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
     // merge of `rows_block`), the command there, 3 pairs: k = 16, d = 1 0.783,
     // d = 2 0.742, d = 3 0.764, d = 4 0.957, d = 5 0.671, d = 6 0.989, d = 8 1.037 (so from
     // 8 the SSE steps); k = 64, d = 2 0.851; k = 256, d = 2 0.930, d = 3 0.949, d = 4
-    // 0.981, d = 6 1.000, d = 8 1.033; k = 4096, d = 2 0.997.
+    // 0.981, d = 6 1.000, d = 8 1.033; k = 4096, d = 2 0.997. With AVX-512, tiles of a
+    // multiple of 16 rows (the tall kernels') take permutes instead
+    // (`x86::pack_narrow_avx512`), and from d = 8 tiles of a multiple of 8 rows take
+    // eight steps at a time with AVX (`x86::pack_steps_avx`) before the SSE steps.
     fn narrow<const MR: usize, const D: usize>(block: &[f32], xb: &mut [f32]) {
         let (block, xb) = (&block[..MR * D], &mut xb[..MR * D]);
         for r in 0..MR {
@@ -1941,6 +1944,21 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         }
     }
     fn steps<const MR: usize>(block: &[f32], d: usize, xb: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if MR.is_multiple_of(16) && (2..8).contains(&d) && Isa::Avx512.supported() {
+            // SAFETY: AVX-512F was detected at run time.
+            unsafe {
+                match d {
+                    2 => x86::pack_narrow_avx512::<MR, 2>(block, xb),
+                    3 => x86::pack_narrow_avx512::<MR, 3>(block, xb),
+                    4 => x86::pack_narrow_avx512::<MR, 4>(block, xb),
+                    5 => x86::pack_narrow_avx512::<MR, 5>(block, xb),
+                    6 => x86::pack_narrow_avx512::<MR, 6>(block, xb),
+                    _ => x86::pack_narrow_avx512::<MR, 7>(block, xb),
+                }
+            }
+            return;
+        }
         match d {
             1 => return narrow::<MR, 1>(block, xb),
             2 => return narrow::<MR, 2>(block, xb),
@@ -2074,6 +2092,7 @@ fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Step, scan_block};
+    use crate::backend::cpu::gemm::transpose8_avx;
 
     use std::arch::x86_64::*;
 
@@ -2339,9 +2358,8 @@ mod x86 {
     }
 
     /// The steps of d that [`super::pack_rows`] packs eight at a time for tiles of a
-    /// multiple of eight rows, with AVX: eight rows by eight steps loaded as eight ymm,
-    /// transposed in registers (floats interleaved in pairs of vectors, then pairs of
-    /// floats, then 128-bit halves exchanged: 24 shuffles) and stored as eight steps.
+    /// multiple of eight rows, with AVX: eight rows by eight steps transposed in registers
+    /// (the GEMM's `transpose8_avx`) and stored as eight steps.
     /// Returns how many steps it packed (a multiple of eight); [`pack_steps_sse`] takes
     /// the rest from there. A copy: the bits of the scalar loop.
     ///
@@ -2375,52 +2393,61 @@ mod x86 {
                 // SAFETY: rows r..r + 8 at steps t..t + 8 are inside `block` (t + 8 <= d,
                 // r + 8 <= MR) and their slots inside `xb` ((t + 7) * MR + r + 8 <= MR * d),
                 // as asserted above; the loads and stores are unaligned ones.
-                unsafe {
-                    let v: [__m256; 8] =
-                        std::array::from_fn(|i| _mm256_loadu_ps(src.add((r + i) * d + t)));
-                    for (s, v) in transpose8(v).into_iter().enumerate() {
-                        _mm256_storeu_ps(dst.add((t + s) * MR + r), v);
-                    }
-                }
+                unsafe { transpose8_avx(src.add(r * d + t), d, dst.add(t * MR + r), MR) };
             }
         }
         steps
     }
 
-    /// Eight rows of eight floats as eight columns: vector `i`, lane `j` into vector `j`,
-    /// lane `i`.
-    #[inline]
-    #[target_feature(enable = "avx")]
-    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
-        // Lane pairs of rows (2i, 2i + 1), within each 128-bit half: t[2i] holds their
-        // floats 0, 1 (and 4, 5), t[2i + 1] floats 2, 3 (and 6, 7).
-        let t: [__m256; 8] = std::array::from_fn(|i| {
-            let (a, b) = (v[i & !1], v[i | 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_ps(a, b)
-            } else {
-                _mm256_unpackhi_ps(a, b)
+    /// [`super::pack_rows`] for whole blocks of MR rows (a multiple of 16) of D < 8 floats,
+    /// with AVX-512: each 16 rows' 16 D floats loaded as D vectors, and each step's 16
+    /// values picked out of them by two-vector permutes, one per pair of vectors that holds
+    /// some (lane r takes float r D + t), merged under masks. D = 2 takes one permute a
+    /// step, D = 7 four. A copy: the bits of the scalar loop.
+    ///
+    /// The tall kernels' blocks of 64 rows (d <= 4) and 32 (d <= 8) were copied float by
+    /// float (`narrow`): at k = 16, d = 2, 15% of a call in `perf` (one thread), 9% this
+    /// way. `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`
+    /// against the copies, 5 alternating pairs, medians of the ratios, k x d: one thread
+    /// 16 x 3 0.923, 32 x 4 0.944, 16 x 6 0.927, 16 x 5 0.986, 64 x 7 1.006, 256 x 2 1.005,
+    /// 16 x 2 1.014 and 1.019; two threads 16 x 2 0.982, 16 x 3 0.930, 32 x 4 0.940,
+    /// 16 x 6 0.885, 256 x 4 0.986, 1024 x 2 0.988 (the Zen 4 VM).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_narrow_avx512<const MR: usize, const D: usize>(
+        block: &[f32],
+        xb: &mut [f32],
+    ) {
+        const { assert!(D >= 2 && D < 8) };
+        assert!(MR.is_multiple_of(16) && block.len() >= MR * D && xb.len() >= MR * D);
+        let pairs = D.div_ceil(2);
+        let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
+        for g in 0..MR / 16 {
+            // SAFETY: the group's 16 D floats lie inside `block` and step t's 16 slots of
+            // the group inside `xb` (asserted above); the loads and stores are unaligned.
+            unsafe {
+                let v: [__m512; D] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(src.add((g * D + i) * 16)));
+                for t in 0..D {
+                    let mut out = _mm512_setzero_ps();
+                    for p in 0..pairs {
+                        // Lane r's float, counted from this pair's first, if it lies there.
+                        let at = |r: usize| (r * D + t).wrapping_sub(32 * p);
+                        let idx: [i32; 16] = std::array::from_fn(|r| (at(r) & 31) as i32);
+                        let mask = (0..16)
+                            .filter(|&r| at(r) < 32)
+                            .fold(0u16, |m, r| m | 1 << r);
+                        let (a, b) = (v[2 * p], v[(2 * p + 1).min(D - 1)]);
+                        let picked =
+                            _mm512_permutex2var_ps(a, _mm512_loadu_si512(idx.as_ptr().cast()), b);
+                        out = _mm512_mask_mov_ps(out, mask, picked);
+                    }
+                    _mm512_storeu_ps(dst.add(t * MR + g * 16), out);
+                }
             }
-        });
-        // u[4 h + m]: float m (and m + 4) of rows 4 h..4 h + 3.
-        let u: [__m256; 8] = std::array::from_fn(|i| {
-            let (h, m) = (i / 4, i % 4);
-            let (a, b) = (t[4 * h + m / 2], t[4 * h + 2 + m / 2]);
-            if m % 2 == 0 {
-                _mm256_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm256_shuffle_ps::<0xEE>(a, b)
-            }
-        });
-        // Float j of all eight rows: the low halves for j < 4, the high ones above.
-        std::array::from_fn(|j| {
-            let (a, b) = (u[j % 4], u[4 + j % 4]);
-            if j < 4 {
-                _mm256_permute2f128_ps::<0x20>(a, b)
-            } else {
-                _mm256_permute2f128_ps::<0x31>(a, b)
-            }
-        })
+        }
     }
 
     /// Four steps of four rows, `a`, `b`, `c`, `e`, as four rows of steps:
@@ -4273,8 +4300,9 @@ mod tests {
     /// Rows packed for the tiled, tall and few kernels are the block's transpose.
     #[test]
     fn row_packing_is_the_block_transpose() {
-        // Every tile height, d from 1 to 7 (the narrow copies) and from 8 at every
-        // remainder mod 8 (the AVX steps, the SSE ones and the scalar tail),
+        // Every tile height, d from 1 to 7 (the narrow copies, and AVX-512's permutes for
+        // tiles of a multiple of 16 rows) and from 8 at every remainder mod 8 (the AVX
+        // steps, the SSE ones and the scalar tail),
         // whole blocks and short ones (the last block of a task), over a buffer holding
         // stale values (a short block's missing rows must stay as they were).
         let mut mrs = vec![PORTABLE_MR, 1, 3, 5, 8];

@@ -166,12 +166,7 @@ pub(super) mod x86 {
     /// # Safety
     /// AVX detected; `src` and `dst` hold 8 rows of 8 floats at strides `ss` and `ds`.
     #[target_feature(enable = "avx")]
-    pub(in super::super) unsafe fn transpose8_avx(
-        src: *const f32,
-        ss: usize,
-        dst: *mut f32,
-        ds: usize,
-    ) {
+    pub(crate) unsafe fn transpose8_avx(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
         // SAFETY: rows r < 8 of 8 floats each, inside both buffers by the caller's contract.
         unsafe {
             let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
