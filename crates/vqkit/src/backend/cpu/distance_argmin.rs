@@ -52,9 +52,9 @@
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
-//!   two at d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 only,
-//!   with `tall_wins`'s codebooks (d = 4 only from 65 codewords: `tall256_takes`), where
-//!   it serves instead of v4. Where the codebook is one group of panels, a task takes its
+//!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 with
+//!   `tall_wins`'s codebooks, and for d = 5 to 8 against at most 32 codewords
+//!   (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one group of panels, a task takes its
 //!   blocks one at a time, each written out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
@@ -571,7 +571,7 @@ fn scan_wins(d: usize, k: usize) -> bool {
 }
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
-/// instruction set has one ([`tall_kernel`]: AVX-512, and AVX2 for d <= 4 with
+/// instruction set has one ([`tall_kernel`]: AVX-512, and AVX2 with
 /// [`tall256_takes`]): rows of d <= 8 against at least 32 codewords at d <= 2 and 256
 /// above, and against small codebooks (below). The bounds were measured on AVX-512. Against
 /// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
@@ -600,19 +600,33 @@ fn tall_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
 }
 
-/// Whether the AVX2 tall kernel takes rows of `d <= TALL256_MAX_D` against `k` codewords
-/// where [`tall_wins`] does: at d <= 3 always, at d = 4 only past the index walk's
-/// [`TALL_INDEX_MAX_PANELS`] panels of 16. There, with some of the rows' elements read from
-/// memory, the index walk (a compare and two blends per codeword and vector of rows) lost
-/// on two threads: `vqkit bench --op assign --n 100000 --k K --d 4 --threads 2 --seconds
+/// Whether the AVX2 tall kernel takes rows of `d` floats against `k` codewords where
+/// [`tall_wins`] does: up to d = 4 always, from d = 5 (to `x86::TALL256_MAX_D`) against
+/// at most [`TALL256_FEW_K`] codewords, its index walk (the minima walk lost there, see
+/// `x86::TALL256_MAX_D`).
+///
+/// At d = 4 the index walk (at most [`TALL_INDEX_MAX_PANELS`] panels of 16) once lost on
+/// two threads, when each block's results were merged into the task's outputs by
+/// [`rows_block`]: `vqkit bench --op assign --n 100000 --k K --d 4 --threads 2 --seconds
 /// 1` on a 2-core Zen 1, the tiled kernel against it, 5 alternating runs in each order,
 /// medians: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a
 /// tie; on one thread k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31). At d = 3 it won (the
 /// same command, the tiled kernel first, 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 ->
-/// 1.000, k = 32 1.424 -> 1.244, k = 64 1.990 -> 1.871.
+/// 1.000, k = 32 1.424 -> 1.244, k = 64 1.990 -> 1.871. Since [`tall_stream`] it wins at
+/// d = 4 to 8 against a few codewords on the Zen 4 VM (`--isa avx2`, the same command with
+/// `--seconds 0.3`, 5 alternating pairs, medians of the ratios against the tiled kernel,
+/// k x d): one thread 16 x 4 0.629, 64 x 4 0.752, 16 x 5 0.847, 16 x 8 0.799, 32 x 8
+/// 0.874, 32 x 6 0.983; two threads 16 x 4 0.617, 64 x 4 0.746, 16 x 6 0.908, 16 x 8
+/// 0.781, 32 x 8 0.860; but from d = 5 against 48 or 64 codewords it lost (one thread 64
+/// x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8 0.971; two threads 64 x 6 1.311, 64 x 8
+/// 1.043). Not measured on an AVX2-only CPU since.
 fn tall256_takes(d: usize, k: usize) -> bool {
-    d <= 3 || k > TALL_INDEX_MAX_PANELS * 16
+    d <= 4 || k <= TALL256_FEW_K
 }
+
+/// The most codewords the AVX2 tall kernel takes rows of 5 to 8 floats against (two panels
+/// of 16): see [`tall256_takes`].
+const TALL256_FEW_K: usize = 32;
 
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
 /// its minimum alone. `vqkit bench --op assign --n 100000 --threads 2`, 3 alternating runs
@@ -627,13 +641,13 @@ const TALL_INDEX_MAX_PANELS: usize = 4;
 const TALL_NR: usize = 32;
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
-/// the instruction set has one: AVX-512 for d <= 8, AVX2 for d <= 4 (`TALL256_MAX_D`).
+/// the instruction set has one: AVX-512 and AVX2 (`TALL256_MAX_D`) for d <= 8.
 ///
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
-/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256), at d = 4 only
-/// past four panels ([`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
+/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256; from d = 5 a
+/// few: [`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
 /// --threads 1 --seconds 1` on a 2-core Zen 1, one build with the choice read once from
 /// the environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
 /// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
@@ -3447,8 +3461,8 @@ mod x86 {
     }
 
     /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
-    /// vectors of 8 up to d = 3, two at d = 4. `tall_avx2`'s G per d must agree
-    /// (`tall_step` asserts it).
+    /// vectors of 8 up to d = 3, two from d = 4. `tall_avx2`'s G per d must agree
+    /// (`tall_step` asserts it). (From d = 5, the index walk only: `super::tall256_takes`.)
     ///
     /// Two vectors first, tuned on a 2-core Zen 1: with their d elements, chains, minima
     /// and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's 16 registers at
@@ -3469,12 +3483,13 @@ mod x86 {
         8 * if d <= 3 { 4 } else { 2 }
     }
 
-    /// The widest rows the AVX2 tall kernel takes: from d = 5 more of the rows' elements go
-    /// through memory, and it won at one shape only (the same command, 16 rows against the
-    /// shipped kernels: d = 5, k = 256 13.67 -> 12.51 ms but k = 4096 159.66 -> 160.02;
-    /// d = 6, k = 256 13.80 -> 14.28; d = 8, k = 256 17.60 -> 19.16, k = 4096 230.24 ->
-    /// 253.16).
-    pub(super) const TALL256_MAX_D: usize = 4;
+    /// The widest rows the AVX2 tall kernel takes, those of the scan kernels; from d = 5
+    /// against a few codewords only (`super::tall256_takes`). There the minima walk, with
+    /// more of the rows' elements through memory, won at one shape only (the same command
+    /// on the Zen 1, 16 rows against the shipped kernels: d = 5, k = 256 13.67 -> 12.51 ms
+    /// but k = 4096 159.66 -> 160.02; d = 6, k = 256 13.80 -> 14.28; d = 8, k = 256 17.60
+    /// -> 19.16, k = 4096 230.24 -> 253.16).
+    pub(super) const TALL256_MAX_D: usize = super::SCAN_MAX_D;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         if s.each_block(tall256_rows(s.p.d), val, idx, tall_avx2_entry) {
@@ -3492,6 +3507,7 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
         const { assert!(tall256_rows(3) == 4 * 8 && tall256_rows(4) == 2 * 8) };
+        const { assert!(tall256_rows(TALL256_MAX_D) == 2 * 8 && TALL256_MAX_D == 8) };
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
         // `tall256_rows`.
         unsafe {
@@ -3500,7 +3516,11 @@ mod x86 {
                 2 => tall_step::<__m256, 2, 4>(s, val, idx),
                 3 => tall_step::<__m256, 3, 4>(s, val, idx),
                 4 => tall_step::<__m256, 4, 2>(s, val, idx),
-                d => unreachable!("the AVX2 tall kernel serves d <= 4, not {d}"),
+                5 => tall_step::<__m256, 5, 2>(s, val, idx),
+                6 => tall_step::<__m256, 6, 2>(s, val, idx),
+                7 => tall_step::<__m256, 7, 2>(s, val, idx),
+                8 => tall_step::<__m256, 8, 2>(s, val, idx),
+                d => unreachable!("the AVX2 tall kernel serves d <= 8, not {d}"),
             }
         }
     }
@@ -4091,7 +4111,7 @@ mod tests {
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
-    /// d = 1 to 3), the cols ones at d = 33 and the few ones at d = 12 and 32 (unfolded; at
+    /// d = 1, 2, 3, 6 and 8), the cols ones at d = 33 and the few ones at d = 12 and 32 (unfolded; at
     /// d = 32 the test forces AVX2's past its widest); elsewhere the tiled kernel against
     /// itself. With 13 rows (every tile short) and 40 (a full tile of each kernel first).
     #[test]
