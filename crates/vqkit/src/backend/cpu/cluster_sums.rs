@@ -160,12 +160,34 @@ struct Split {
     acc_ahead_over: usize,
     /// Whether x's rows are prefetched non-temporally ([`Accumulate::stream`]).
     stream: bool,
+    /// Code ranges whose tasks each pick their rows out of their chunk themselves, in row
+    /// order, before adding them (whole rows, no bucketing pass): where there are fewer
+    /// chunks than threads, in place of column slices (see [`COMPACT_MIN_D`]).
+    compact: bool,
 }
+
+/// Where a reduction has fewer chunks than threads, its tasks take code ranges of whole
+/// rows, each task first picking out its rows' numbers from the chunk's codes (a pass over
+/// the codes without a branch), rather than column slices of every row, wherever x fits in
+/// the last-level cache or its rows have at least this many floats. Each slice's task
+/// reads every row of its chunk, and at d = 32 a slice of 16 floats is one line, so two
+/// threads ran the step no faster than one; a range's task reads only its rows, whole,
+/// and pays each row's loop once. But from memory the ranges' rows, half of them with
+/// gaps between, lost to the slices' streams at short rows. `vqkit bench --op ema --n N
+/// --k K --d D --threads 2 --seconds 0.3`, one build with the choice read from the
+/// environment, alternating pairs (5 or 7), medians of the ratios (ranges / slices),
+/// n x k x d, the Zen 4 VM (32 MiB of L3): x in L3, 100,000 x 4096 x 32 0.783, 0.795 and
+/// 0.591, x 4096 x 64 0.774 and 0.661, x 8192 x 32 0.655; x from memory, 100,000 x 4096 x
+/// 128 0.932 to 0.963, 200,000 x 4096 x 128 0.975, 100,000 x 1024 x 256 0.906, but
+/// 300,000 x 4096 x 32 1.279, x 4096 x 64 1.209, 400,000 x 8192 x 32 1.371 to 1.660.
+/// The same bits: a code's rows are added in row order either way.
+const COMPACT_MIN_D: usize = 128;
 
 /// The split of a reduction of n rows onto a k x d result.
 ///
-/// Threads take chunks of rows; column slices split d between them only where there are
-/// fewer chunks than threads. Code ranges keep each task's f64 accumulators
+/// Threads take chunks of rows; where there are fewer chunks than threads, code ranges
+/// whose tasks pick out their own rows ([`COMPACT_MIN_D`]) or column slices split the
+/// work between them. Code ranges keep each task's f64 accumulators
 /// (`codes x width x 8` bytes) within four times L2: with one range every task streams its
 /// chunk's rows; with several, the rows are first bucketed by range (a counting sort of row
 /// numbers, which keeps row order inside a bucket), and a task reads only its bucket's
@@ -196,9 +218,16 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // whole rows in code ranges of GATHER_ACC_BYTES (see there).
     let gather = chunk >= n
         && k.saturating_mul(width.min(d)).saturating_mul(8) > STREAM_ACC_BYTES.max(2 * l2);
+    // Fewer chunks than threads, x in the last level or long rows: code ranges whose
+    // tasks pick out their own rows ([`Split::compact`]) rather than column slices.
+    let x_cached = n.saturating_mul(d).saturating_mul(4) <= caches.llc;
+    let compact = !gather && slices > 1 && (x_cached || d >= COMPACT_MIN_D);
     let (width, range) = if gather {
         let range = (GATHER_ACC_BYTES / (d.max(1) * 8)).clamp(1, k.max(1));
         (d.div_ceil(LINE) * LINE, range)
+    } else if compact {
+        let range = k.div_ceil(slices).min(streamed / (d.max(1) * 8));
+        (d.div_ceil(LINE) * LINE, range.clamp(1, k.max(1)))
     } else {
         (width, range)
     };
@@ -214,6 +243,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
         wave,
         acc_ahead_over: l2,
         stream,
+        compact,
     }
 }
 
@@ -260,6 +290,9 @@ thread_local! {
     /// and cleared page by page on every call. The calling thread of a chunked reduction
     /// takes its running total and partial sums from here as well.
     static ACC: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's row numbers for a compact task ([`Split::compact`]), kept between
+    /// tasks and calls as the accumulators are.
+    static MINE: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Accumulators above this size are freed after use rather than kept by the thread.
@@ -300,9 +333,10 @@ fn reduce(
         wave,
         acc_ahead_over,
         stream,
+        compact,
     } = split;
     let n = idx.len();
-    let buckets = (range < k).then(|| bucket_rows(idx, range, k.div_ceil(range)));
+    let buckets = (range < k && !compact).then(|| bucket_rows(idx, range, k.div_ceil(range)));
     let mut blocks = Vec::new();
     for c0 in (0..k).step_by(range) {
         for t0 in (0..d).step_by(width) {
@@ -312,6 +346,19 @@ fn reduce(
     }
     // Block `b`'s rows `r0..r1` added into `acc`.
     let accumulate = |b: &Block, (r0, r1): (usize, usize), acc: &mut [f64]| {
+        // A compact task's rows: those of its chunk whose code is in its range, in order
+        // (every row's number written, the count moved on only for the task's own).
+        let mut mine = MINE.take();
+        if compact {
+            mine.clear();
+            mine.resize(r1 - r0, 0usize);
+            let mut len = 0;
+            for (i, &j) in (r0..r1).zip(&idx[r0..r1]) {
+                mine[len] = i;
+                len += ((j as usize).wrapping_sub(b.c0) < b.c1 - b.c0) as usize;
+            }
+            mine.truncate(len);
+        }
         let rows = buckets.as_ref().map(|(start, rows)| {
             let g = b.c0 / range;
             let bucket = &rows[start[g]..start[g + 1]];
@@ -321,7 +368,11 @@ fn reduce(
             );
             &bucket[a..z]
         });
-        let rows = rows.map_or(Rows::Range(r0, r1), Rows::Bucket);
+        let rows = if compact {
+            Rows::Bucket(&mine)
+        } else {
+            rows.map_or(Rows::Range(r0, r1), Rows::Bucket)
+        };
         let job = Accumulate {
             x,
             idx,
@@ -330,11 +381,15 @@ fn reduce(
             w: b.w,
             c0: b.c0,
             rows,
-            ahead: ahead_rows(b.w, d, rows),
+            // A compact task's rows lie close together, in order: the stream's distance.
+            ahead: ahead_rows(b.w, d, if compact { Rows::Range(r0, r1) } else { rows }),
             acc_ahead: b.len() * std::mem::size_of::<f64>() > acc_ahead_over,
             stream,
         };
         in_isa(isa, &job, acc);
+        if mine.capacity() * std::mem::size_of::<usize>() <= ACC_KEEP_BYTES {
+            MINE.set(mine);
+        }
     };
     let chunks = n.div_ceil(chunk.max(1));
     if chunks <= 1 {
@@ -1285,8 +1340,8 @@ mod tests {
         v
     }
 
-    /// Every (chunk length, column width, code range, wave, accumulators prefetched or not)
-    /// split of n x k x d, in parallel or not, on every ISA: one chunk, and chunks of 7 and
+    /// Every (chunk length, column width, code range, wave, accumulators prefetched or not,
+    /// ranges bucketed or picked out by their tasks) split of n x k x d, in parallel or not, on every ISA: one chunk, and chunks of 7 and
     /// 64 rows; x prefetched non-temporally where the accumulators are prefetched.
     fn splits(n: usize, k: usize, d: usize) -> impl Iterator<Item = (Isa, Split, bool)> {
         Isa::available().into_iter().flat_map(move |isa| {
@@ -1303,20 +1358,25 @@ mod tests {
                             };
                             // Accumulators prefetched or not (the production split
                             // prefetches those beyond L2).
+                            // Ranges picked out by each task, not bucketed, where the
+                            // accumulators are prefetched.
                             waves.into_iter().flat_map(move |wave| {
-                                [0, usize::MAX].into_iter().flat_map(move |acc_ahead_over| {
-                                    let split = Split {
-                                        chunk,
-                                        width,
-                                        range,
-                                        wave,
-                                        acc_ahead_over,
-                                        // x streamed where the accumulators are
-                                        // prefetched: both prefetches in some splits.
-                                        stream: acc_ahead_over == 0,
-                                    };
-                                    [false, true].map(|p| (isa, split, p))
-                                })
+                                [(0, false), (0, true), (usize::MAX, false)]
+                                    .into_iter()
+                                    .flat_map(move |(acc_ahead_over, compact)| {
+                                        let split = Split {
+                                            chunk,
+                                            width,
+                                            range,
+                                            wave,
+                                            acc_ahead_over,
+                                            // x streamed where the accumulators are
+                                            // prefetched: both prefetches in some splits.
+                                            stream: acc_ahead_over == 0,
+                                            compact,
+                                        };
+                                        [false, true].map(|p| (isa, split, p))
+                                    })
                             })
                         })
                     })
@@ -1407,6 +1467,11 @@ mod tests {
             wave: 3,
             acc_ahead_over: 0,
             stream: true,
+            compact: false,
+        };
+        let picked = Split {
+            compact: true,
+            ..buckets
         };
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -1420,11 +1485,54 @@ mod tests {
                 assert_eq!(got, want, "{isa:?} on {threads} threads");
                 pool.install(|| sums_in(isa, parallel, &x, &idx, (k, d), buckets, &mut got));
                 assert_eq!(got, want, "{isa:?} on {threads} threads, bucketed");
+                pool.install(|| sums_in(isa, parallel, &x, &idx, (k, d), picked, &mut got));
+                assert_eq!(got, want, "{isa:?} on {threads} threads, picked out");
                 let mut state = start.clone();
                 let view = (&mut state.0[..], &mut state.1[..], &mut state.2[..]);
                 let params = (decay as f32, eps as f32);
                 pool.install(|| ema(isa, parallel, params, &x, &idx, (k, d), view));
                 assert_eq!(state, want_ema, "{isa:?} on {threads} threads, EMA");
+            }
+        }
+    }
+
+    /// With fewer chunks than threads (one chunk here, x far smaller than any last-level
+    /// cache) the production split takes code ranges whose tasks pick out their own rows,
+    /// and its sums and EMA step give the one-thread bits on 2 and 3 threads.
+    #[test]
+    fn one_chunk_on_several_threads_picks_out_ranges() {
+        let (n, k, d) = (3001, 70, 24);
+        assert_eq!(chunk_rows(n, k, d), n, "one chunk");
+        let mut rng = Rng::new(13);
+        let x = rng.normal_vec(n * d);
+        let mut idx: Vec<u32> = (0..n).map(|_| rng.below(k) as u32).collect();
+        idx[n / 2] = k as u32 + 1;
+        let start: State = (vec![1.0; k], rng.normal_vec(k * d), vec![0.0; k * d]);
+        let params = (0.8, 1e-5);
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool")
+        };
+        for isa in Isa::available() {
+            let run = |threads: usize| {
+                let parallel = threads > 1;
+                let mut got = vec![f32::NAN; k * d];
+                let mut state = start.clone();
+                let view = (&mut state.0[..], &mut state.1[..], &mut state.2[..]);
+                pool(threads).install(|| {
+                    sums(isa, parallel, &x, &idx, k, d, &mut got);
+                    ema(isa, parallel, params, &x, &idx, (k, d), view);
+                });
+                (got, state)
+            };
+            let want = run(1);
+            assert_eq!(want.0, chunked_sums(&x, &idx, (k, d), n), "{isa:?}");
+            for threads in [2, 3] {
+                let split = pool(threads).install(|| split(true, n, k, d));
+                assert!(split.compact && split.range < k, "{split:?}");
+                assert_eq!(run(threads), want, "{isa:?} on {threads} threads");
             }
         }
     }
