@@ -162,26 +162,35 @@ struct Split {
     stream: bool,
     /// Code ranges whose tasks each pick their rows out of their chunk themselves, in row
     /// order, before adding them (whole rows, no bucketing pass): where there are fewer
-    /// chunks than threads, in place of column slices (see [`COMPACT_MIN_D`]).
+    /// chunks than threads, in place of column slices, for x in the last level (see
+    /// [`COMPACT_MIN_D`]).
     compact: bool,
 }
 
-/// Where a reduction has fewer chunks than threads, its tasks take code ranges of whole
-/// rows, each task first picking out its rows' numbers from the chunk's codes (a pass over
-/// the codes without a branch), rather than column slices of every row, wherever x fits in
-/// the last-level cache or its rows have at least this many floats. Each slice's task
-/// reads every row of its chunk, and at d = 32 a slice of 16 floats is one line, so two
-/// threads ran the step no faster than one; a range's task reads only its rows, whole,
-/// and pays each row's loop once. But from memory the ranges' rows, half of them with
-/// gaps between, lost to the slices' streams at short rows. `vqkit bench --op ema --n N
-/// --k K --d D --threads 2 --seconds 0.3`, one build with the choice read from the
-/// environment, alternating pairs (5 or 7), medians of the ratios (ranges / slices),
-/// n x k x d, the Zen 4 VM (32 MiB of L3): x in L3, 100,000 x 4096 x 32 0.783, 0.795 and
-/// 0.591, x 4096 x 64 0.774 and 0.661, x 8192 x 32 0.655; x from memory, 100,000 x 4096 x
-/// 128 0.932 to 0.963, 200,000 x 4096 x 128 0.975, 100,000 x 1024 x 256 0.906, but
-/// 300,000 x 4096 x 32 1.279, x 4096 x 64 1.209, 400,000 x 8192 x 32 1.371 to 1.660.
-/// The same bits: a code's rows are added in row order either way.
-const COMPACT_MIN_D: usize = 128;
+/// Where a reduction has fewer chunks than threads, x fits in the last-level cache and
+/// its rows have at least this many floats, its tasks take code ranges of whole rows, each
+/// task first picking out its rows' numbers from the chunk's codes (a pass over the codes
+/// without a branch), rather than column slices of every row. Each slice's task reads
+/// every row of its chunk, and at d = 32 a slice of 16 floats is one line, so two threads
+/// ran the step no faster than one; a range's task reads only its rows, whole, and pays
+/// each row's loop once. `vqkit bench --op ema --n N --k K --d D --threads 2 --seconds
+/// 0.3`, one build with the choice read from the environment or the build before,
+/// alternating pairs (5 to 9), medians of the ratios (ranges / slices), n x k x d, the
+/// Zen 4 VM (32 MiB of L3): 100,000 x 4096 x 32 0.783, 0.795, 0.591, 0.615 and 0.598,
+/// x 4096 x 64 0.774, 0.661 and 0.735, x 8192 x 32 0.655.
+///
+/// From memory the ranges' rows, half of them with gaps between, lost to the slices'
+/// streams at short rows (300,000 x 4096 x 32 1.279, x 4096 x 64 1.209, 400,000 x 8192 x
+/// 32 1.371 to 1.660) and moved either way at long ones (100,000 x 4096 x 128 0.932 to
+/// 1.168 over five sets, 200,000 x 4096 x 128 0.975 and 1.164, 100,000 x 1024 x 256
+/// 0.906). Shorter rows have no column slices to share (a slice is at least a line), so
+/// one task takes them on one thread; picked out and added one by one (where one task
+/// streams short rows in runs, `Accumulate::short_rows`), they lost even so, two threads
+/// against one: 1,000,000 x 65,536 x 2 1.961, 300,000 x 8192 x 4 1.733, 500,000 x 16,384
+/// x 8 1.548, 200,000 x 8192 x 16 1.126 (from memory, 5,000,000 x 65,536 x 2 3.943); only
+/// a small batch against a large codebook of 2-D points gained (19,073 x 262,144 x 2:
+/// 0.662). The same bits: a code's rows are added in row order either way.
+const COMPACT_MIN_D: usize = 32;
 
 /// The split of a reduction of n rows onto a k x d result.
 ///
@@ -218,10 +227,11 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // whole rows in code ranges of GATHER_ACC_BYTES (see there).
     let gather = chunk >= n
         && k.saturating_mul(width.min(d)).saturating_mul(8) > STREAM_ACC_BYTES.max(2 * l2);
-    // Fewer chunks than threads, x in the last level or long rows: code ranges whose
-    // tasks pick out their own rows ([`Split::compact`]) rather than column slices.
+    // Fewer chunks than threads, rows of two lines or more and x in the last level: code
+    // ranges whose tasks pick out their own rows ([`Split::compact`]) rather than column
+    // slices.
     let x_cached = n.saturating_mul(d).saturating_mul(4) <= caches.llc;
-    let compact = !gather && slices > 1 && (x_cached || d >= COMPACT_MIN_D);
+    let compact = !gather && slices > 1 && d >= COMPACT_MIN_D && x_cached;
     let (width, range) = if gather {
         let range = (GATHER_ACC_BYTES / (d.max(1) * 8)).clamp(1, k.max(1));
         (d.div_ceil(LINE) * LINE, range)
@@ -381,7 +391,8 @@ fn reduce(
             w: b.w,
             c0: b.c0,
             rows,
-            // A compact task's rows lie close together, in order: the stream's distance.
+            // A compact task's rows lie close together, in order: the stream's distance (x
+            // is in the last level: `split`).
             ahead: ahead_rows(b.w, d, if compact { Rows::Range(r0, r1) } else { rows }),
             acc_ahead: b.len() * std::mem::size_of::<f64>() > acc_ahead_over,
             stream,
@@ -1501,7 +1512,7 @@ mod tests {
     /// and its sums and EMA step give the one-thread bits on 2 and 3 threads.
     #[test]
     fn one_chunk_on_several_threads_picks_out_ranges() {
-        let (n, k, d) = (3001, 70, 24);
+        let (n, k, d) = (3001, 70, 40);
         assert_eq!(chunk_rows(n, k, d), n, "one chunk");
         let mut rng = Rng::new(13);
         let x = rng.normal_vec(n * d);
