@@ -572,7 +572,7 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
 
 /// Rows ahead of the one being added whose slice of x is prefetched ([`prefetch_x`]), for a
 /// task whose slices are `w` of the rows' `d` columns: where it streams whole rows in
-/// order, enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
+/// order (or picks out its own, [`Split::compact`]), enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
 /// reads column slices or a bucket's rows, [`MIN_AHEAD_ROWS`].
 ///
 /// Where a task reads only its slice of each row (a few lines, then a stride), or a
