@@ -572,8 +572,9 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
 
 /// Rows ahead of the one being added whose slice of x is prefetched ([`prefetch_x`]), for a
 /// task whose slices are `w` of the rows' `d` columns: where it streams whole rows in
-/// order (or picks out its own, [`Split::compact`]), enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
-/// reads column slices or a bucket's rows, [`MIN_AHEAD_ROWS`].
+/// order (or picks out its own, [`Split::compact`]), enough rows to come to
+/// [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it reads column slices or a
+/// bucket's rows, [`MIN_AHEAD_ROWS`].
 ///
 /// Where a task reads only its slice of each row (a few lines, then a stride), or a
 /// bucket's rows in scattered order, the hardware prefetchers follow late or not at all:
@@ -1352,8 +1353,9 @@ mod tests {
     }
 
     /// Every (chunk length, column width, code range, wave, accumulators prefetched or not,
-    /// ranges bucketed or picked out by their tasks) split of n x k x d, in parallel or not, on every ISA: one chunk, and chunks of 7 and
-    /// 64 rows; x prefetched non-temporally where the accumulators are prefetched.
+    /// ranges bucketed or picked out by their tasks) split of n x k x d, in parallel or
+    /// not, on every ISA: one chunk, and chunks of 7 and 64 rows; x prefetched
+    /// non-temporally where the accumulators are prefetched.
     fn splits(n: usize, k: usize, d: usize) -> impl Iterator<Item = (Isa, Split, bool)> {
         Isa::available().into_iter().flat_map(move |isa| {
             [n, 7, 64].into_iter().flat_map(move |chunk| {

@@ -54,8 +54,9 @@
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
 //!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 with
 //!   `tall_wins`'s codebooks, and for d = 5 to 8 against at most 32 codewords
-//!   (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one group of panels, a task takes its
-//!   blocks one at a time, each written out as it is done (`tall_stream`).
+//!   (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one
+//!   group of panels, a task takes its blocks one at a time, each written out as it is
+//!   done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
 //!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
@@ -4111,9 +4112,10 @@ mod tests {
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
-    /// d = 1, 2, 3, 6 and 8), the cols ones at d = 33 and the few ones at d = 12 and 32 (unfolded; at
-    /// d = 32 the test forces AVX2's past its widest); elsewhere the tiled kernel against
-    /// itself. With 13 rows (every tile short) and 40 (a full tile of each kernel first).
+    /// d = 1, 2, 3, 6 and 8), the cols ones at d = 33 and the few ones at d = 12 and 32
+    /// (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere the tiled
+    /// kernel against itself. With 13 rows (every tile short) and 40 (a full tile of each
+    /// kernel first).
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall, few) in [
