@@ -251,7 +251,25 @@ pub(crate) struct Step<'a> {
     bs: usize,
 }
 
-impl Step<'_> {
+impl<'a> Step<'a> {
+    /// A step over the whole of d of one block of `mr` rows packed t-major (`x[t * mr +
+    /// r]`) against `panels` of `p`.
+    fn packed(x: &'a [f32], mr: usize, p: &'a Packed, panels: std::ops::Range<usize>) -> Self {
+        Step {
+            x,
+            rs: 1,
+            ts: mr,
+            p,
+            panels,
+            t0: 0,
+            kc: p.d,
+            first: true,
+            last: true,
+            blocks: 1,
+            bs: 0,
+        }
+    }
+
     /// Runs `kernel` (of `mr` rows) on each block of a step of several in turn, as steps of
     /// one block: the kernels that do not walk the blocks themselves. Returns whether the
     /// step had several (and so was done here).
@@ -997,19 +1015,7 @@ fn tall_stream(
         pack_rows(block, d, mr, xb);
         let m = idx.len();
         packed_norms(xb, d, mr, &mut x_sq[..m]);
-        let step = Step {
-            x: xb,
-            rs: 1,
-            ts: mr,
-            p,
-            panels: 0..p.panels,
-            t0: 0,
-            kc: d,
-            first: true,
-            last: true,
-            blocks: 1,
-            bs: 0,
-        };
+        let step = Step::packed(xb, mr, p, 0..p.panels);
         kernel(&step, &mut [], &mut val, &mut ix);
         for r in 0..m {
             idx[r] = ix[r];
@@ -1086,19 +1092,7 @@ fn codebook_stream(
                 for (tile, tb) in g.clone().zip(packed.chunks_exact(mr * d)) {
                     let j0 = tile * mr;
                     let m = mr.min(k - j0);
-                    let step = Step {
-                        x: tb,
-                        rs: 1,
-                        ts: mr,
-                        p: &rows,
-                        panels: panel..panel + 1,
-                        t0: 0,
-                        kc: d,
-                        first: true,
-                        last: true,
-                        blocks: 1,
-                        bs: 0,
-                    };
+                    let step = Step::packed(tb, mr, &rows, panel..panel + 1);
                     kernel(&step, (&norms[j0..j0 + m], j0), &mut best_v, &mut best_i);
                 }
             }
