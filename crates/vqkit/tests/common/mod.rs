@@ -536,11 +536,11 @@ macro_rules! backend_suite {
                 (29, 4097, 6),
                 (45, 700, 100),
                 // Short rows against small codebooks (the tall kernels carrying indices,
-                // AVX2's at d <= 4, and at d = 5 to 8 up to 32 codewords): partial panels,
-                // up to four panels.
+                // AVX2's at d <= 3, and at d = 8 up to 32 codewords): partial panels, up to
+                // four panels.
                 (70, 16, 4),
                 (33, 7, 8),
-                (41, 32, 6),
+                (41, 32, 8),
                 (65, 128, 3),
                 (40, 50, 2),
                 (37, 40, 3),

@@ -53,8 +53,8 @@
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
 //!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 with
-//!   `tall_wins`'s codebooks, and for d = 5 to 8 against at most 32 codewords
-//!   (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one
+//!   `tall_wins`'s codebooks (d = 4 only from 65 codewords), and for d = 8 against at
+//!   most 32 codewords (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one
 //!   group of panels, a task takes its blocks one at a time, each written out as it is
 //!   done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
@@ -620,31 +620,36 @@ fn tall_wins(d: usize, k: usize) -> bool {
 }
 
 /// Whether the AVX2 tall kernel takes rows of `d` floats against `k` codewords where
-/// [`tall_wins`] does: up to d = 4 always, from d = 5 (to `x86::TALL256_MAX_D`) against
-/// at most [`TALL256_FEW_K`] codewords, its index walk (the minima walk lost there, see
-/// `x86::TALL256_MAX_D`).
+/// [`tall_wins`] does: at d <= 3 always, at d = 4 only past the index walk's
+/// [`TALL_INDEX_MAX_PANELS`] panels of 16, and at d = 8 against at most [`TALL256_FEW_K`]
+/// codewords (its index walk; the minima walk lost there, see `x86::TALL256_MAX_D`).
 ///
-/// At d = 4 the index walk (at most [`TALL_INDEX_MAX_PANELS`] panels of 16) once lost on
-/// two threads, when each block's results were merged into the task's outputs by
-/// [`rows_block`]: `vqkit bench --op assign --n 100000 --k K --d 4 --threads 2 --seconds
-/// 1` on a 2-core Zen 1, the tiled kernel against it, 5 alternating runs in each order,
-/// medians: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a
-/// tie; on one thread k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31). At d = 3 it won (the
-/// same command, the tiled kernel first, 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 ->
-/// 1.000, k = 32 1.424 -> 1.244, k = 64 1.990 -> 1.871. Since [`tall_stream`] it wins at
-/// d = 4 to 8 against a few codewords on the Zen 4 VM (`--isa avx2`, the same command with
-/// `--seconds 0.3`, 5 alternating pairs, medians of the ratios against the tiled kernel,
-/// k x d): one thread 16 x 4 0.629, 64 x 4 0.752, 16 x 5 0.847, 16 x 8 0.799, 32 x 8
-/// 0.874, 32 x 6 0.983; two threads 16 x 4 0.617, 64 x 4 0.746, 16 x 6 0.908, 16 x 8
-/// 0.781, 32 x 8 0.860; but from d = 5 against 48 or 64 codewords it lost (one thread 64
-/// x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8 0.971; two threads 64 x 6 1.311, 64 x 8
-/// 1.043). Not measured on an AVX2-only CPU since.
+/// At d = 4, with some of the rows' elements read from memory, the index walk (a compare
+/// and two blends per codeword and vector of rows) lost on two threads: `vqkit bench --op
+/// assign --n 100000 --k K --d 4 --threads 2 --seconds 1` on a 2-core Zen 1, the tiled
+/// kernel against it, 5 alternating runs in each order, medians: k = 16 1.084 -> 1.308 ms
+/// and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a tie; on one thread k = 16 2.14 ->
+/// 1.96, k = 64 4.30 -> 4.31). At d = 3 it won (the same command, the tiled kernel first,
+/// 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 -> 1.000, k = 32 1.424 -> 1.244, k = 64
+/// 1.990 -> 1.871.
+///
+/// With [`tall_stream`], on the Zen 4 VM with `--isa avx2` and the rows packed as an
+/// AVX2-only CPU packs them (copies for d < 8: no AVX-512 permutes; eight steps at a time
+/// with AVX at d = 8), one build with the choices read from the environment, the same
+/// command with `--seconds 0.3`, 5 alternating pairs, medians of the ratios against the
+/// tiled kernel, k x d: one thread 16 x 8 0.837, 32 x 8 0.868, 16 x 4 0.886, 32 x 4 0.906,
+/// 64 x 4 0.914, but 16 x 5 1.271, 32 x 6 1.219, 16 x 7 1.155; two threads 16 x 8 0.833,
+/// 32 x 8 0.955, but 16 x 4 1.142, 64 x 4 1.039 (d = 4 on two threads as on the Zen 1).
+/// With the AVX-512 permutes packing those rows (this CPU's own path under `--isa avx2`)
+/// d = 4 to 7 won too (16 x 4 0.629, 16 x 5 0.847, 32 x 6 0.983 on one thread), but the
+/// AVX2 path is for CPUs without them. Against 48 and 64 codewords at d >= 5 it lost
+/// either way (64 x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8 0.971, one thread).
 fn tall256_takes(d: usize, k: usize) -> bool {
-    d <= 4 || k <= TALL256_FEW_K
+    d <= 3 || (d == 4 && k > TALL_INDEX_MAX_PANELS * 16) || (d == 8 && k <= TALL256_FEW_K)
 }
 
-/// The most codewords the AVX2 tall kernel takes rows of 5 to 8 floats against (two panels
-/// of 16): see [`tall256_takes`].
+/// The most codewords the AVX2 tall kernel takes rows of 8 floats against (two panels of
+/// 16): see [`tall256_takes`].
 const TALL256_FEW_K: usize = 32;
 
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
@@ -665,8 +670,8 @@ const TALL_NR: usize = 32;
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
-/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256; from d = 5 a
-/// few: [`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
+/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256, at d = 4 only
+/// past four panels; at d = 8 a few: [`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
 /// --threads 1 --seconds 1` on a 2-core Zen 1, one build with the choice read once from
 /// the environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
 /// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
@@ -3457,7 +3462,7 @@ mod x86 {
 
     /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
     /// vectors of 8 up to d = 3, two from d = 4. `tall_avx2`'s G per d must agree
-    /// (`tall_step` asserts it). (From d = 5, the index walk only: `super::tall256_takes`.)
+    /// (`tall_step` asserts it). (At d = 8, the index walk only: `super::tall256_takes`.)
     ///
     /// Two vectors first, tuned on a 2-core Zen 1: with their d elements, chains, minima
     /// and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's 16 registers at
@@ -3479,7 +3484,7 @@ mod x86 {
     }
 
     /// The widest rows the AVX2 tall kernel takes, those of the scan kernels; from d = 5
-    /// against a few codewords only (`super::tall256_takes`). There the minima walk, with
+    /// only d = 8, against a few codewords (`super::tall256_takes`). There the minima walk, with
     /// more of the rows' elements through memory, won at one shape only (the same command
     /// on the Zen 1, 16 rows against the shipped kernels: d = 5, k = 256 13.67 -> 12.51 ms
     /// but k = 4096 159.66 -> 160.02; d = 6, k = 256 13.80 -> 14.28; d = 8, k = 256 17.60
