@@ -174,10 +174,16 @@ struct Split {
 /// every row of its chunk, and at d = 32 a slice of 16 floats is one line, so two threads
 /// ran the step no faster than one; a range's task reads only its rows, whole, and pays
 /// each row's loop once. `vqkit bench --op ema --n N --k K --d D --threads 2 --seconds
-/// 0.3`, one build with the choice read from the environment or the build before,
-/// alternating pairs (5 to 9), medians of the ratios (ranges / slices), n x k x d, the
-/// Zen 4 VM (32 MiB of L3): 100,000 x 4096 x 32 0.783, 0.795, 0.591, 0.615 and 0.598,
-/// x 4096 x 64 0.774, 0.661 and 0.735, x 8192 x 32 0.655.
+/// 0.3` (or 0.5), alternating pairs (5 to 9), medians of the ratios (ranges / slices),
+/// n x k x d, the Zen 4 VM (32 MiB of L3): in a build with the choice read from the
+/// environment, 100,000 x 4096 x 32 0.795, 0.783 and 0.591 (three sets, the trial's
+/// versions), x 4096 x 64 0.661 and 0.774, x 8192 x 32 0.655; against the build before,
+/// 100,000 x 4096 x 32 0.615, 0.598 and 0.598, x 4096 x 64 0.735.
+///
+/// The ranges hold equal numbers of codes, not of rows: where most rows fall in one range
+/// (codes far from uniform, a codebook with dead codes), its task does most of the work
+/// and the others wait, at worst one thread's time, which is what the slices gave at
+/// d = 32; the benchmarks' codes are near uniform.
 ///
 /// From memory the ranges' rows, half of them with gaps between, lost to the slices'
 /// streams at short rows (300,000 x 4096 x 32 1.279, x 4096 x 64 1.209, 400,000 x 8192 x
@@ -357,17 +363,18 @@ fn reduce(
     // Block `b`'s rows `r0..r1` added into `acc`.
     let accumulate = |b: &Block, (r0, r1): (usize, usize), acc: &mut [f64]| {
         // A compact task's rows: those of its chunk whose code is in its range, in order
-        // (every row's number written, the count moved on only for the task's own).
-        let mut mine = MINE.take();
+        // (every row's number written, the count moved on only for the task's own), into
+        // the thread's kept buffer (what it held past `picked` is never read).
+        let (mut mine, mut picked) = (Vec::new(), 0);
         if compact {
-            mine.clear();
-            mine.resize(r1 - r0, 0usize);
-            let mut len = 0;
-            for (i, &j) in (r0..r1).zip(&idx[r0..r1]) {
-                mine[len] = i;
-                len += ((j as usize).wrapping_sub(b.c0) < b.c1 - b.c0) as usize;
+            mine = MINE.take();
+            if mine.len() < r1 - r0 {
+                mine.resize(r1 - r0, 0usize);
             }
-            mine.truncate(len);
+            for (i, &j) in (r0..r1).zip(&idx[r0..r1]) {
+                mine[picked] = i;
+                picked += ((j as usize).wrapping_sub(b.c0) < b.c1 - b.c0) as usize;
+            }
         }
         let rows = buckets.as_ref().map(|(start, rows)| {
             let g = b.c0 / range;
@@ -379,7 +386,7 @@ fn reduce(
             &bucket[a..z]
         });
         let rows = if compact {
-            Rows::Bucket(&mine)
+            Rows::Bucket(&mine[..picked])
         } else {
             rows.map_or(Rows::Range(r0, r1), Rows::Bucket)
         };
@@ -398,7 +405,7 @@ fn reduce(
             stream,
         };
         in_isa(isa, &job, acc);
-        if mine.capacity() * std::mem::size_of::<usize>() <= ACC_KEEP_BYTES {
+        if compact && mine.capacity() * std::mem::size_of::<usize>() <= ACC_KEEP_BYTES {
             MINE.set(mine);
         }
     };
@@ -572,9 +579,10 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
 
 /// Rows ahead of the one being added whose slice of x is prefetched ([`prefetch_x`]), for a
 /// task whose slices are `w` of the rows' `d` columns: where it streams whole rows in
-/// order (or picks out its own, [`Split::compact`]), enough rows to come to
-/// [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it reads column slices or a
-/// bucket's rows, [`MIN_AHEAD_ROWS`].
+/// order, enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
+/// reads column slices or a bucket's rows, [`MIN_AHEAD_ROWS`]. (A task that picks out its
+/// own rows, [`Split::compact`], reads them in order and close together: `reduce` asks
+/// for its chunk's range, and so the stream's distance.)
 ///
 /// Where a task reads only its slice of each row (a few lines, then a stride), or a
 /// bucket's rows in scattered order, the hardware prefetchers follow late or not at all:
@@ -696,7 +704,7 @@ struct Accumulate<'a> {
 enum Rows<'a> {
     /// Rows `r0..r1`.
     Range(usize, usize),
-    /// Those of a bucket (ascending).
+    /// Those of a bucket, or those a compact task picked out of its chunk (ascending).
     Bucket(&'a [usize]),
 }
 
@@ -1370,9 +1378,8 @@ mod tests {
                                 vec![1]
                             };
                             // Accumulators prefetched or not (the production split
-                            // prefetches those beyond L2).
-                            // Ranges picked out by each task, not bucketed, where the
-                            // accumulators are prefetched.
+                            // prefetches those beyond L2), and with them ranges picked
+                            // out by each task rather than bucketed.
                             waves.into_iter().flat_map(move |wave| {
                                 [(0, false), (0, true), (usize::MAX, false)]
                                     .into_iter()
@@ -1514,7 +1521,7 @@ mod tests {
     /// and its sums and EMA step give the one-thread bits on 2 and 3 threads.
     #[test]
     fn one_chunk_on_several_threads_picks_out_ranges() {
-        let (n, k, d) = (3001, 70, 40);
+        let (n, k, d) = (1001, 70, 40);
         assert_eq!(chunk_rows(n, k, d), n, "one chunk");
         let mut rng = Rng::new(13);
         let x = rng.normal_vec(n * d);

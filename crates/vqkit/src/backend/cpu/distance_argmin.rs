@@ -387,7 +387,15 @@ fn rows_stream(
         pack_rows(&codebook[j0 * d..(j0 + mr).min(k) * d], d, mr, tile);
     }
     for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-        let mut panel = vec![0.0f32; nr * d];
+        // On the stack up to the widest rows the kernel serves (wider only where a test
+        // forces it), on the heap beyond.
+        let (mut stack, mut heap) = (FewPanel([0.0f32; FEW_PANEL_MAX]), Vec::new());
+        let panel: &mut [f32] = if nr * d <= FEW_PANEL_MAX {
+            &mut stack.0[..nr * d]
+        } else {
+            heap.resize(nr * d, 0.0f32);
+            &mut heap
+        };
         let mut x_sq = [0.0f32; 32];
         let blocks = xs
             .chunks(nr * d)
@@ -404,13 +412,20 @@ fn rows_stream(
             if block.len() < nr * d {
                 panel.fill(0.0);
             }
-            pack_rows(block, d, nr, &mut panel);
-            packed_norms(&panel, d, nr, &mut x_sq[..idx.len()]);
-            x86::few_entry(isa, &panel, d, (&tiles, norms), &x_sq, idx, dist);
+            pack_rows(block, d, nr, panel);
+            packed_norms(panel, d, nr, &mut x_sq[..idx.len()]);
+            x86::few_entry(isa, panel, d, (&tiles, norms), &x_sq, idx, dist);
         }
     });
     Ok(())
 }
+
+/// The most floats of the few kernel's panel of rows (32 rows of [`FEW_MAX_D`]).
+const FEW_PANEL_MAX: usize = 32 * FEW_MAX_D;
+
+/// The few kernel's packed panel of rows on the stack, on cache lines (see [`TallTile`]).
+#[repr(C, align(64))]
+struct FewPanel([f32; FEW_PANEL_MAX]);
 
 /// Rows per parallel task at most: a multiple of the micro-kernels' MR (4, 6, 12), large
 /// enough to amortise the task and to reuse each codebook group many times, small enough to
@@ -584,7 +599,7 @@ const SCAN_MIN_K: usize = 2048;
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
 /// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it (on
 /// AVX2 they serve d <= 4 from 256 codewords and more, so the scan kernels take 5 <= d <=
-/// 8).
+/// 8; the AVX2 tall kernel takes d = 8 only against a few codewords).
 fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
@@ -605,15 +620,16 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// computed again, against few panels. With AVX2's 16 registers (`--isa avx2` on that Zen 4
 /// VM, one or two vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61
 /// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
-/// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there; the d = 3 and 4
-/// ones were not measured on another AVX2 CPU. Later, four vectors up to d = 3 gained
+/// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there (and at d = 8
+/// against a few codewords: [`tall256_takes`]); the d = 3 and 4 ones were not measured on
+/// another AVX2 CPU. Later, four vectors up to d = 3 gained
 /// again on the Zen 4 VM (`x86::tall256_rows`: d = 2, k = 4096 0.670).
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
 /// against the tiled kernels there too (below); up to 128 codewords is "small" on either
-/// (AVX2's 65 to 128 take the minima walk). Between 129 and 255 codewords at d > 2 the
-/// tiled kernels stay.
+/// (AVX2's 65 to 128 take the minima walk; [`tall256_takes`] leaves AVX2 fewer of these
+/// shapes). Between 129 and 255 codewords at d > 2 the tiled kernels stay.
 fn tall_wins(d: usize, k: usize) -> bool {
     let small = k > NARROW_K && k <= TALL_INDEX_MAX_PANELS * TALL_NR;
     d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
@@ -979,6 +995,11 @@ pub(crate) fn distance_argmin_blocked(
 /// The most floats of a tall kernel's tile (64 rows of 4, 32 of 8).
 const TALL_TILE_MAX: usize = 256;
 
+/// A tall kernel's packed tile on the stack, on cache lines: the kernel's vector loads of
+/// its steps then never split a line.
+#[repr(C, align(64))]
+struct TallTile([f32; TALL_TILE_MAX]);
+
 /// A task of the tall kernels (`mr` rows a tile) where the whole codebook is one group:
 /// block by block, the rows packed into a buffer on the stack, their norms taken from it
 /// ([`packed_norms`]), the codebook walked and each row's index and distance written out
@@ -1006,8 +1027,8 @@ fn tall_stream(
 ) {
     let d = p.d;
     assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
-    let mut xb = [0.0f32; TALL_TILE_MAX];
-    let xb = &mut xb[..mr * d];
+    let mut tile = TallTile([0.0f32; TALL_TILE_MAX]);
+    let xb = &mut tile.0[..mr * d];
     let mut x_sq = [0.0f32; 64];
     let (mut val, mut ix) = ([0.0f32; 64], [0u32; 64]);
     let blocks = x
@@ -4133,8 +4154,13 @@ mod tests {
             // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable);
             // 40: a whole tile of every kernel first (64 rows for AVX-512's tall one at d <= 4
             // excepted).
-            for n in [13, 40] {
-                let k = 1500;
+            // 1500 codewords: the tall kernels' minima walk over the whole codebook; 100 and
+            // 40: their index walk over it (AVX-512's four panels and two, AVX2's three at
+            // 40), the streamed blocks of `tall_stream` either way.
+            let sizes = [13, 40]
+                .into_iter()
+                .flat_map(|n| [1500, 100, 40].map(|k| (n, k)));
+            for (n, k) in sizes {
                 let mut x = clustered(n, d, 2, 0.5, 4);
                 let mut c = clustered(k, d, 5, 0.5, 6);
                 // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
@@ -4142,17 +4168,17 @@ mod tests {
                 x[2 * d..3 * d].fill(0.0);
                 // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
                 // first halves of 24's lane pair in a 32-wide and a 16-wide panel.
-                for j in [5usize, 8, 16, 700, 1499] {
+                for j in [5usize, 8, 16, 700, 1499].into_iter().filter(|&j| j < k) {
                     c[j * d..(j + 1) * d].fill(3e38);
                 }
                 // Finite norms whose products with row 1 overflow: scores of -inf, the first at
                 // codeword 0; NaN once every norm is +inf, so that row 1's first +inf is 1's.
-                for j in [0usize, 9, 701, 1400] {
+                for j in [0usize, 9, 701, 1400].into_iter().filter(|&j| j < k) {
                     c[j * d..(j + 1) * d].fill(1e18);
                 }
                 // Zero codewords, the first (the zero row's best) beside a NaN score in both
                 // panel widths.
-                for j in [24usize, 40, 900] {
+                for j in [24usize, 40, 900].into_iter().filter(|&j| j < k) {
                     c[j * d..(j + 1) * d].fill(0.0);
                 }
                 let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
@@ -4186,7 +4212,7 @@ mod tests {
                         .unwrap();
                         (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                     };
-                    let at = format!("{isa:?} d={d}");
+                    let at = format!("{isa:?} n={n} k={k} d={d}");
                     let tiles = (false, false, false, false);
                     let kernels = (scan, cols, tall, few);
                     let tiled = run(&norms, tiles, true, false);
