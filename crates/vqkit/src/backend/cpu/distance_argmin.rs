@@ -1016,7 +1016,7 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// 256 x 8 0.975, 4096 x 2 0.994; two threads 16 x 2 0.689, 16 x 8 0.831, 32 x 1 0.803,
 /// 128 x 5 0.873, 256 x 2 0.876, 256 x 8 0.965; `--isa avx2`, one thread, 3 pairs: 16 x 2
 /// 0.777, 16 x 3 0.802, 256 x 2 0.931, 4096 x 4 0.991 (the Zen 4 VM). Prefetching the next
-/// block into L2, as [`rows_stream`] does, lost (16 x 8 1.080, 16 x 2 1.067).
+/// block into L2, as `rows_stream` does, lost (16 x 8 1.080, 16 x 2 1.067).
 fn tall_stream(
     kernel: RowsKernel,
     mr: usize,
