@@ -195,7 +195,8 @@ struct Split {
 /// against one: 1,000,000 x 65,536 x 2 1.961, 300,000 x 8192 x 4 1.733, 500,000 x 16,384
 /// x 8 1.548, 200,000 x 8192 x 16 1.126 (from memory, 5,000,000 x 65,536 x 2 3.943); only
 /// a small batch against a large codebook of 2-D points gained (19,073 x 262,144 x 2:
-/// 0.662). The same bits: a code's rows are added in row order either way.
+/// 0.662), and it too keeps its one task. The same bits: a code's rows are added in row
+/// order either way.
 const COMPACT_MIN_D: usize = 32;
 
 /// The split of a reduction of n rows onto a k x d result.

@@ -54,9 +54,9 @@
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
 //!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 with
 //!   `tall_wins`'s codebooks (d = 4 only from 65 codewords), and for d = 8 against at
-//!   most 32 codewords (`tall256_takes`), where it serves instead of v2 and v4. Where the codebook is one
-//!   group of panels, a task takes its blocks one at a time, each written out as it is
-//!   done (`tall_stream`).
+//!   most 32 codewords (`tall256_takes`), where it serves instead of v2 and v4. Where the
+//!   codebook is one group of panels, a task takes its blocks one at a time, each written
+//!   out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
 //!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
@@ -687,9 +687,10 @@ const TALL_NR: usize = 32;
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
 /// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256, at d = 4 only
-/// past four panels; at d = 8 a few: [`tall256_takes`]). `vqkit bench --op assign --n 100000 --k K --d D
-/// --threads 1 --seconds 1` on a 2-core Zen 1, one build with the choice read once from
-/// the environment, the shipped kernels first in each pair, 3 runs, medians, in ms: d = 2,
+/// past four panels; at d = 8 a few: [`tall256_takes`]). `vqkit bench --op assign --n
+/// 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with the
+/// choice read once from the environment, the shipped kernels first in each pair, 3 runs,
+/// medians, in ms: d = 2,
 /// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
 /// k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 ->
 /// 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n =
