@@ -252,8 +252,8 @@ pub(crate) struct Step<'a> {
 }
 
 impl<'a> Step<'a> {
-    /// A step over the whole of d of one block of `mr` rows packed t-major (`x[t * mr +
-    /// r]`) against `panels` of `p`.
+    /// A step over the whole of d of one block of `mr` vectors packed t-major (`x[t * mr +
+    /// r]`: a tile's rows, or the cols kernels' codewords) against `panels` of `p`.
     fn packed(x: &'a [f32], mr: usize, p: &'a Packed, panels: std::ops::Range<usize>) -> Self {
         Step {
             x,
@@ -421,9 +421,11 @@ fn rows_stream(
 }
 
 /// The most floats of the few kernel's panel of rows (32 rows of [`FEW_MAX_D`]).
+#[cfg(target_arch = "x86_64")]
 const FEW_PANEL_MAX: usize = 32 * FEW_MAX_D;
 
 /// The few kernel's packed panel of rows on the stack, on cache lines (see [`TallTile`]).
+#[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
 struct FewPanel([f32; FEW_PANEL_MAX]);
 
@@ -622,8 +624,8 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
 /// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there (and at d = 8
 /// against a few codewords: [`tall256_takes`]); the d = 3 and 4 ones were not measured on
-/// another AVX2 CPU. Later, four vectors up to d = 3 gained
-/// again on the Zen 4 VM (`x86::tall256_rows`: d = 2, k = 4096 0.670).
+/// another AVX2 CPU. Later, four vectors up to d = 3 gained again on the Zen 4 VM
+/// (`x86::tall256_rows`: d = 2, k = 4096 0.670).
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
@@ -658,11 +660,16 @@ fn tall_wins(d: usize, k: usize) -> bool {
 /// 32 x 8 0.955, but 16 x 4 1.142, 64 x 4 1.039 (d = 4 on two threads as on the Zen 1).
 /// With the AVX-512 permutes packing those rows (this CPU's own path under `--isa avx2`)
 /// d = 4 to 7 won too (16 x 4 0.629, 16 x 5 0.847, 32 x 6 0.983 on one thread), but the
-/// AVX2 path is for CPUs without them. Against 48 and 64 codewords at d >= 5 it lost
-/// either way (64 x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8 0.971, one thread).
+/// AVX2 path is for CPUs without them; with those permutes, against 48 and 64 codewords
+/// at d >= 5 it lost or tied (one thread 64 x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8
+/// 0.971; two threads 64 x 6 1.311, 64 x 8 1.043). Not measured on an AVX2-only CPU.
 fn tall256_takes(d: usize, k: usize) -> bool {
-    d <= 3 || (d == 4 && k > TALL_INDEX_MAX_PANELS * 16) || (d == 8 && k <= TALL256_FEW_K)
+    let index_walk = TALL_INDEX_MAX_PANELS * TALL256_NR;
+    d <= 3 || (d == 4 && k > index_walk) || (d == 8 && k <= TALL256_FEW_K)
 }
+
+/// Codewords per panel of the AVX2 tall kernel (two ymm: `x86::AVX2_NR`).
+const TALL256_NR: usize = 16;
 
 /// The most codewords the AVX2 tall kernel takes rows of 8 floats against (two panels of
 /// 16): see [`tall256_takes`].
@@ -690,14 +697,14 @@ const TALL_NR: usize = 32;
 /// past four panels; at d = 8 a few: [`tall256_takes`]). `vqkit bench --op assign --n
 /// 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with the
 /// choice read once from the environment, the shipped kernels first in each pair, 3 runs,
-/// medians, in ms: d = 2,
-/// k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05, k = 64 3.42 -> 3.06,
-/// k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 -> 22.55, k = 4096 87.71 ->
-/// 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73, k = 256 7.87 -> 5.25; n =
-/// 76,293, k = 65,536, d = 2 942.1 -> 933.7 (a tie). At d = 3 and 4 (another build, the
-/// same command): d = 4, k = 16 2.14 -> 1.96, k = 64 4.30 -> 4.31, k = 128 7.00 -> 6.43,
-/// k = 256 12.27 -> 10.51, k = 1024 40.98 -> 32.66, k = 4096 136.67 -> 131.12; d = 3,
-/// k = 16 2.15 -> 1.82, k = 256 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
+/// medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05,
+/// k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 ->
+/// 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73,
+/// k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2 942.1 -> 933.7 (a tie). At d = 3
+/// and 4 (another build, the same command): d = 4, k = 16 2.14 -> 1.96, k = 64 4.30 ->
+/// 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k = 1024 40.98 -> 32.66, k = 4096
+/// 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256 11.04 -> 8.91, k = 4096 114.39 ->
+/// 105.73.
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
@@ -706,6 +713,7 @@ fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && d <= x86::TALL256_MAX_D {
+        const { assert!(TALL256_NR == x86::AVX2_NR) };
         return Some((x86::tall_avx2_entry, x86::tall256_rows(d), x86::AVX2_NR));
     }
     let _ = (isa, d);
@@ -4132,8 +4140,9 @@ mod tests {
     /// chosen, the first of them), NaN scores beside the best one in a panel, rows where
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
-    /// (x held in registers, read in a loop over d), the tall ones at d = 1 to 8 (AVX2's at
-    /// d = 1, 2, 3, 6 and 8), the cols ones at d = 33 and the few ones at d = 12 and 32
+    /// (x held in registers, read in a loop over d), the tall ones at d = 1, 2, 3, 6 and 8
+    /// on both (AVX2's at d = 6, and at d = 8 against 40 codewords and more, only because
+    /// the test asks for them), the cols ones at d = 33 and the few ones at d = 12 and 32
     /// (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere the tiled
     /// kernel against itself. With 13 rows (every tile short) and 40 (a full tile of each
     /// kernel first).
@@ -4470,6 +4479,20 @@ mod tests {
         assert!(avx2(9, 5) && avx2(16, 256) && !avx2(17, 16) && !avx2(8, 16));
         assert!(!avx2(16, 257) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
+    }
+
+    /// The shapes the AVX2 tall kernel takes where the tall kernels win ([`tall256_takes`]),
+    /// at its bounds: d <= 3 always, d = 4 past 64 codewords, d = 8 up to 32, d = 5 to 7
+    /// never.
+    #[test]
+    fn avx2_tall_kernel_bounds() {
+        for k in [5, 16, 64, 65, 256, 4096] {
+            assert!((1..=3).all(|d| tall256_takes(d, k)), "k = {k}");
+            assert!((5..=7).all(|d| !tall256_takes(d, k)), "k = {k}");
+        }
+        assert!(!tall256_takes(4, 64) && tall256_takes(4, 65) && tall256_takes(4, 4096));
+        assert!(tall256_takes(8, 5) && tall256_takes(8, 32) && !tall256_takes(8, 33));
+        assert!(!tall256_takes(8, 4096));
     }
 
     #[test]
