@@ -252,8 +252,7 @@ fn split(parallel: bool, n: usize, k: usize, d: usize) -> Split {
     // x past the last level is prefetched non-temporally where an L2 prefetch would take
     // L1 too, or would share L2 with more than half of it in accumulators ([`prefetch_x`]).
     let acc = range.saturating_mul(width.min(d)).saturating_mul(8);
-    let stream = n.saturating_mul(d).saturating_mul(4) > caches.llc
-        && (super::cache::t1_prefetch_fills_l1() || acc > l2 / 2);
+    let stream = !x_cached && (super::cache::t1_prefetch_fills_l1() || acc > l2 / 2);
     Split {
         chunk,
         width,
@@ -400,9 +399,7 @@ fn reduce(
             w: b.w,
             c0: b.c0,
             rows,
-            // A compact task's rows lie close together, in order: the stream's distance (x
-            // is in the last level: `split`).
-            ahead: ahead_rows(b.w, d, if compact { Rows::Range(r0, r1) } else { rows }),
+            ahead: ahead_rows(b.w, d, buckets.is_some()),
             acc_ahead: b.len() * std::mem::size_of::<f64>() > acc_ahead_over,
             stream,
         };
@@ -580,11 +577,11 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
 }
 
 /// Rows ahead of the one being added whose slice of x is prefetched ([`prefetch_x`]), for a
-/// task whose slices are `w` of the rows' `d` columns: where it streams whole rows in
-/// order, enough rows to come to [`AHEAD_BYTES`], at least [`MIN_AHEAD_ROWS`]; where it
-/// reads column slices or a bucket's rows, [`MIN_AHEAD_ROWS`]. (A task that picks out its
-/// own rows, [`Split::compact`], reads them in order and close together: `reduce` asks
-/// for its chunk's range, and so the stream's distance.)
+/// task whose slices are `w` of the rows' `d` columns: where it reads whole rows in order
+/// (a chunk's stream, or the rows a task picks out of its chunk, [`Split::compact`],
+/// which lie close together), enough rows to come to [`AHEAD_BYTES`], at least
+/// [`MIN_AHEAD_ROWS`]; where it reads column slices or a bucket's `scattered` rows,
+/// [`MIN_AHEAD_ROWS`].
 ///
 /// Where a task reads only its slice of each row (a few lines, then a stride), or a
 /// bucket's rows in scattered order, the hardware prefetchers follow late or not at all:
@@ -600,8 +597,8 @@ fn bucket_rows(idx: &[u32], range: usize, groups: usize) -> (Vec<usize>, Vec<usi
 /// 64) 8, 32 and 64 rows ran within noise. A bucket's rows, scattered, keep 8 rows too:
 /// at n = 40,000, k = 65,536, d = 128 (whole rows of a bucket), 16 rows ahead ran 5.80 ms
 /// against 5.18 ms at 8 (6 alternating runs, medians, 2 threads).
-fn ahead_rows(w: usize, d: usize, rows: Rows) -> usize {
-    if w < d || matches!(rows, Rows::Bucket(_)) {
+fn ahead_rows(w: usize, d: usize, scattered: bool) -> usize {
+    if w < d || scattered {
         MIN_AHEAD_ROWS
     } else {
         (AHEAD_BYTES / (4 * w.max(1))).max(MIN_AHEAD_ROWS)

@@ -1052,10 +1052,9 @@ fn tall_stream(
         packed_norms(xb, d, mr, &mut x_sq[..m]);
         let step = Step::packed(xb, mr, p, 0..p.panels);
         kernel(&step, &mut [], &mut val, &mut ix);
-        for r in 0..m {
-            idx[r] = ix[r];
-            dist[r] = finished(val[r], x_sq[r]);
-        }
+        idx.copy_from_slice(&ix[..m]);
+        dist.copy_from_slice(&val[..m]);
+        add_norms(dist, &x_sq[..m]);
     }
 }
 
