@@ -942,9 +942,10 @@ pub(crate) fn distance_argmin_blocked(
     } else {
         1
     };
+    #[cfg(target_arch = "x86_64")]
     if tall.is_some() && groups == 1 {
         for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-            tall_stream(kernel, mr, xs, &packed, idx, dist)
+            tall_stream(isa, mr, xs, &packed, idx, dist)
         });
         return Ok(());
     }
@@ -1002,21 +1003,24 @@ pub(crate) fn distance_argmin_blocked(
 }
 
 /// The most floats of a tall kernel's tile (64 rows of 4, 32 of 8).
+#[cfg(target_arch = "x86_64")]
 const TALL_TILE_MAX: usize = 256;
 
 /// A tall kernel's packed tile on the stack, on cache lines: the kernel's vector loads of
 /// its steps then never split a line.
+#[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
 struct TallTile([f32; TALL_TILE_MAX]);
 
 /// A task of the tall kernels (`mr` rows a tile) where the whole codebook is one group:
-/// block by block, the rows packed into a buffer on the stack, their norms taken from it
-/// ([`packed_norms`]), the codebook walked and each row's index and distance written out
-/// at once. [`rows_block`] instead keeps every block's running best for the next group
-/// of panels: it set the task's outputs to +inf, allocated its norms and results, and
-/// merged each block's results into the outputs row by row with a compare and a branch,
-/// which at k = 16, d = 2 took a quarter of a call (`perf record -e cpu-clock`, one
-/// thread) against the kernel's two fifths. The same bits: a single group's walk starts
+/// block by block, the rows packed into a buffer on the stack, the codebook walked and
+/// each row's index and distance written out at once, the kernel taking the rows' norms
+/// from the tile it holds in registers (`x86::TallFinisher`). [`rows_block`] instead
+/// keeps every block's running best for the next group of panels: it set the task's
+/// outputs to +inf, allocated its norms and results, and merged each block's results into
+/// the outputs row by row with a compare and a branch, which at k = 16, d = 2 took a
+/// quarter of a call (`perf record -e cpu-clock`, one thread) against the kernel's two
+/// fifths. The same bits: a single group's walk starts
 /// from (+inf, 0) and never keeps a NaN, so the merge into (+inf, 0) copied its results.
 ///
 /// `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`, one build
@@ -1026,20 +1030,24 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// 128 x 5 0.873, 256 x 2 0.876, 256 x 8 0.965; `--isa avx2`, one thread, 3 pairs: 16 x 2
 /// 0.777, 16 x 3 0.802, 256 x 2 0.931, 4096 x 4 0.991 (the Zen 4 VM). Prefetching the next
 /// block into L2, as `rows_stream` does, lost (16 x 8 1.080, 16 x 2 1.067).
-fn tall_stream(
-    kernel: RowsKernel,
-    mr: usize,
-    x: &[f32],
-    p: &Packed,
-    idx: &mut [u32],
-    dist: &mut [f32],
-) {
+///
+/// The norms' pass ([`packed_norms`]) and `add_norms` after the kernel, with the
+/// copies out of its buffers and the kernel's checks on every block, took about a
+/// sixth of a call at k = 16, d = 2 (`perf`, one thread). With the kernel finishing the
+/// rows from its registers, the step checked once per task, and the index walk counting
+/// its codewords' index up in a vector (`x86::tall_index_walk`), against 092f6c0 (the
+/// command above, 5 pairs; the packed norms' change of 9e0f2bd, which the tall kernels
+/// do not use, in between): one thread 16 x 1 0.862, 16 x 2 0.876, 16 x 4 0.896, 16 x 8
+/// 0.938, 64 x 4 0.886, 256 x 2 0.993, 256 x 8 0.987, 4096 x 2 1.002; two threads 16 x 2
+/// 0.699, 16 x 8 0.865, 64 x 4 0.845, 256 x 2 0.952; `--isa avx2`, one thread, 3 pairs:
+/// 16 x 2 0.839, 16 x 4 1.005, 256 x 2 0.998, 4096 x 2 1.036.
+#[cfg(target_arch = "x86_64")]
+fn tall_stream(isa: Isa, mr: usize, x: &[f32], p: &Packed, idx: &mut [u32], dist: &mut [f32]) {
     let d = p.d;
     assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
     let mut tile = TallTile([0.0f32; TALL_TILE_MAX]);
     let xb = &mut tile.0[..mr * d];
-    let mut x_sq = [0.0f32; 64];
-    let (mut val, mut ix) = ([0.0f32; 64], [0u32; 64]);
+    let mut tall = x86::TallFinisher::new(isa, mr);
     let blocks = x
         .chunks(mr * d)
         .zip(idx.chunks_mut(mr).zip(dist.chunks_mut(mr)));
@@ -1048,13 +1056,7 @@ fn tall_stream(
             xb.fill(0.0);
         }
         pack_rows(block, d, mr, xb);
-        let m = idx.len();
-        packed_norms(xb, d, mr, &mut x_sq[..m]);
-        let step = Step::packed(xb, mr, p, 0..p.panels);
-        kernel(&step, &mut [], &mut val, &mut ix);
-        idx.copy_from_slice(&ix[..m]);
-        dist.copy_from_slice(&val[..m]);
-        add_norms(dist, &x_sq[..m]);
+        tall.run(&Step::packed(xb, mr, p, 0..p.panels), idx, dist);
     }
 }
 
@@ -3108,6 +3110,8 @@ mod x86 {
         /// `a + v * v`, two roundings (as Rust computes `a += v * v`).
         unsafe fn add_square(a: Self, v: Self) -> Self;
         unsafe fn add(a: Self, b: Self) -> Self;
+        /// `a + b` lane by lane, wrapping.
+        unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     }
 
     /// Lanes `0..lanes` of 8 with every bit set, the others clear.
@@ -3183,6 +3187,10 @@ mod x86 {
         unsafe fn add(a: Self, b: Self) -> Self {
             unsafe { _mm256_add_ps(a, b) }
         }
+        #[inline(always)]
+        unsafe fn add_i(a: __m256i, b: __m256i) -> __m256i {
+            unsafe { _mm256_add_epi32(a, b) }
+        }
     }
 
     impl Lanes for __m512 {
@@ -3253,6 +3261,10 @@ mod x86 {
         }
         unsafe fn add(a: Self, b: Self) -> Self {
             unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
+            unsafe { _mm512_add_epi32(a, b) }
         }
     }
 
@@ -3509,26 +3521,109 @@ mod x86 {
         assert!(s.p.fold && s.rs == 1 && s.ts == mr);
         // SAFETY: `Isa::Avx512` is only constructed after runtime detection of AVX-512F;
         // `check` bounds every pointer offset the kernel takes; the rows are packed.
-        unsafe { tall_avx512(s, val, idx) }
+        unsafe { tall_avx512(s, val, idx, None) }
+    }
+
+    /// The tall kernel of `isa` (AVX2 or AVX-512) on packed tiles against the whole
+    /// codebook, each tile's rows finished ([`tall_finish`]): for [`super::tall_stream`],
+    /// whose every tile is the same step (the same buffer, codebook and panels), checked
+    /// once rather than per tile (the checks took 7% of a call at n = 100,000, k = 16,
+    /// d = 2, one thread), and with the kernel's results in buffers kept across tiles.
+    pub(super) struct TallFinisher {
+        isa: super::Isa,
+        mr: usize,
+        val: [f32; 64],
+        ix: [u32; 64],
+        /// The last step checked: its rows' buffer, the codebook and the panels.
+        checked: Option<(
+            *const f32,
+            usize,
+            *const super::Packed,
+            std::ops::Range<usize>,
+        )>,
+    }
+
+    impl TallFinisher {
+        /// Tiles of `mr` rows on `isa`'s tall kernel: `mr` as [`tall_rows`] or
+        /// [`tall256_rows`] give for the steps' d (asserted on the first).
+        pub(super) fn new(isa: super::Isa, mr: usize) -> Self {
+            assert!(matches!(isa, super::Isa::Avx512 | super::Isa::Avx2) && mr <= 64);
+            TallFinisher {
+                isa,
+                mr,
+                val: [0.0; 64],
+                ix: [0; 64],
+                checked: None,
+            }
+        }
+
+        /// Step `s` (one packed tile of `mr` rows, every panel) run and its first
+        /// `idx.len()` rows finished into `idx` and `dist`.
+        pub(super) fn run(&mut self, s: &Step, idx: &mut [u32], dist: &mut [f32]) {
+            let mr = self.mr;
+            let id = (s.x.as_ptr(), s.x.len(), s.p as *const _, s.panels.clone());
+            if self.checked.as_ref() != Some(&id) {
+                let rows = match self.isa {
+                    super::Isa::Avx512 => tall_rows(s.p.d),
+                    _ => tall256_rows(s.p.d),
+                };
+                assert!(mr == rows && s.p.d <= TALL256_MAX_D && s.p.d <= super::SCAN_MAX_D);
+                check(
+                    s,
+                    &[],
+                    &self.val[..mr],
+                    &self.ix[..mr],
+                    mr,
+                    2 * self.lanes(),
+                );
+                assert!(s.blocks == 1 && s.first && s.last && s.kc == s.p.d);
+                assert!(s.p.fold && s.rs == 1 && s.ts == mr);
+                self.checked = Some(id);
+            }
+            assert!(idx.len() == dist.len() && idx.len() <= mr);
+            let (val, ix) = (&mut self.val[..mr], &mut self.ix[..mr]);
+            // SAFETY: `Isa::Avx512` and `Isa::Avx2` are only constructed after runtime
+            // detection of their instruction sets; `check` and the asserts above bounded
+            // every pointer offset the kernel takes, for this step or one with the same
+            // rows' buffer, codebook and panels (and so the same bounds); the outputs hold
+            // at most the tile's rows.
+            unsafe {
+                match self.isa {
+                    super::Isa::Avx512 => tall_avx512(s, val, ix, Some((idx, dist))),
+                    _ => tall_avx2(s, val, ix, Some((idx, dist))),
+                }
+            }
+        }
+
+        /// Lanes of the kernel's vectors (a panel is two).
+        fn lanes(&self) -> usize {
+            match self.isa {
+                super::Isa::Avx512 => 16,
+                _ => 8,
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32], fin: Finish) {
         // SAFETY: compiled for AVX-512F; the caller checked the step. G as `tall_rows`.
         unsafe {
             match s.p.d {
-                1 => tall_step::<__m512, 1, 4>(s, val, idx),
-                2 => tall_step::<__m512, 2, 4>(s, val, idx),
-                3 => tall_step::<__m512, 3, 4>(s, val, idx),
-                4 => tall_step::<__m512, 4, 4>(s, val, idx),
-                5 => tall_step::<__m512, 5, 2>(s, val, idx),
-                6 => tall_step::<__m512, 6, 2>(s, val, idx),
-                7 => tall_step::<__m512, 7, 2>(s, val, idx),
-                8 => tall_step::<__m512, 8, 2>(s, val, idx),
+                1 => tall_step::<__m512, 1, 4>(s, val, idx, fin),
+                2 => tall_step::<__m512, 2, 4>(s, val, idx, fin),
+                3 => tall_step::<__m512, 3, 4>(s, val, idx, fin),
+                4 => tall_step::<__m512, 4, 4>(s, val, idx, fin),
+                5 => tall_step::<__m512, 5, 2>(s, val, idx, fin),
+                6 => tall_step::<__m512, 6, 2>(s, val, idx, fin),
+                7 => tall_step::<__m512, 7, 2>(s, val, idx, fin),
+                8 => tall_step::<__m512, 8, 2>(s, val, idx, fin),
                 d => unreachable!("the tall kernel serves d <= 8, not {d}"),
             }
         }
     }
+
+    /// Where a tall kernel finishes its tile's rows: their indices and distances.
+    type Finish<'a> = Option<(&'a mut [u32], &'a mut [f32])>;
 
     /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
     /// vectors of 8 up to d = 3, two from d = 4. `tall_avx2`'s G per d must agree
@@ -3571,40 +3666,42 @@ mod x86 {
         assert!(s.p.fold && s.rs == 1 && s.ts == mr);
         // SAFETY: `Isa::Avx2` is only constructed after runtime detection of AVX2 and FMA;
         // `check` bounds every pointer offset the kernel takes; the rows are packed.
-        unsafe { tall_avx2(s, val, idx) }
+        unsafe { tall_avx2(s, val, idx, None) }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32]) {
+    unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32], fin: Finish) {
         const { assert!(tall256_rows(3) == 4 * 8 && tall256_rows(4) == 2 * 8) };
         const { assert!(tall256_rows(TALL256_MAX_D) == 2 * 8 && TALL256_MAX_D == 8) };
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
         // `tall256_rows`.
         unsafe {
             match s.p.d {
-                1 => tall_step::<__m256, 1, 4>(s, val, idx),
-                2 => tall_step::<__m256, 2, 4>(s, val, idx),
-                3 => tall_step::<__m256, 3, 4>(s, val, idx),
-                4 => tall_step::<__m256, 4, 2>(s, val, idx),
-                5 => tall_step::<__m256, 5, 2>(s, val, idx),
-                6 => tall_step::<__m256, 6, 2>(s, val, idx),
-                7 => tall_step::<__m256, 7, 2>(s, val, idx),
-                8 => tall_step::<__m256, 8, 2>(s, val, idx),
+                1 => tall_step::<__m256, 1, 4>(s, val, idx, fin),
+                2 => tall_step::<__m256, 2, 4>(s, val, idx, fin),
+                3 => tall_step::<__m256, 3, 4>(s, val, idx, fin),
+                4 => tall_step::<__m256, 4, 2>(s, val, idx, fin),
+                5 => tall_step::<__m256, 5, 2>(s, val, idx, fin),
+                6 => tall_step::<__m256, 6, 2>(s, val, idx, fin),
+                7 => tall_step::<__m256, 7, 2>(s, val, idx, fin),
+                8 => tall_step::<__m256, 8, 2>(s, val, idx, fin),
                 d => unreachable!("the AVX2 tall kernel serves d <= 8, not {d}"),
             }
         }
     }
 
     /// A step of the tall kernel: [`tall_index_walk`] over at most
-    /// [`super::TALL_INDEX_MAX_PANELS`] panels, [`tall_walk`] over more.
+    /// [`super::TALL_INDEX_MAX_PANELS`] panels, [`tall_walk`] over more; with `fin`, the
+    /// rows then finished ([`tall_finish`]).
     ///
     /// # Safety
-    /// As for [`tall_walk`].
+    /// As for [`tall_walk`]; `fin` holds at most G * W rows.
     #[inline(always)]
     unsafe fn tall_step<V: Lanes, const D: usize, const G: usize>(
         s: &Step,
         val: &mut [f32],
         idx: &mut [u32],
+        fin: Finish,
     ) {
         let w = V::W;
         const { assert!(G * V::W <= 64 && D >= 1 && D <= super::SCAN_MAX_D) };
@@ -3621,6 +3718,51 @@ mod x86 {
             } else {
                 tall_walk(s, &xs, val, idx)
             }
+            if let Some(out) = fin {
+                tall_finish(&xs, val, idx, out);
+            }
+        }
+    }
+
+    /// The tile's first rows finished into `out` (indices, distances): each row's norm
+    /// from its elements in registers (the chain of [`super::packed_norms`] below 16
+    /// floats: from +0, each square added in order with its own rounding) added to its
+    /// best score in `val` and clamped at zero with a NaN kept ([`super::finished`], lane
+    /// by lane), the same bits as the norms' pass and `add_norms` after the kernel. Those
+    /// two and the copies out, at n = 100,000, k = 16, one thread (`perf record -e
+    /// cpu-clock`), took about 16% of a call at d = 2 and 11% at d = 8.
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set; `val` and `idx` hold G * W rows,
+    /// `out` at most that.
+    #[inline(always)]
+    unsafe fn tall_finish<V: Lanes, const D: usize, const G: usize>(
+        xs: &[[V; G]; D],
+        val: &mut [f32],
+        idx: &[u32],
+        (oi, od): (&mut [u32], &mut [f32]),
+    ) {
+        let w = V::W;
+        // SAFETY: the caller's contract: G vectors of W lanes in `val`.
+        unsafe {
+            let zero = V::splat(0.0);
+            for g in 0..G {
+                let mut n = zero;
+                for x in xs {
+                    n = V::add_square(n, x[g]);
+                }
+                let v = V::add(V::load(val.as_ptr().add(g * w)), n);
+                V::blend(V::lt(v, zero), v, zero).store(val.as_mut_ptr().add(g * w));
+            }
+        }
+        // A whole tile's copies of a constant length, which unroll.
+        let m = oi.len();
+        if m == G * w {
+            oi.copy_from_slice(&idx[..G * w]);
+            od.copy_from_slice(&val[..G * w]);
+        } else {
+            oi.copy_from_slice(&idx[..m]);
+            od.copy_from_slice(&val[..m]);
         }
     }
 
@@ -3675,16 +3817,22 @@ mod x86 {
         unsafe {
             let mut best = [V::splat(f32::INFINITY); G];
             let mut at = [V::splat_i(0); G];
+            let one = V::splat_i(1);
             for panel in s.panels.clone() {
                 let cp = p.data.as_ptr().add(panel * nr * D);
                 let np = p.norms.as_ptr().add(panel * nr);
+                // The codeword's index in every lane, counted up from the panel's first
+                // rather than broadcast from a general register per codeword (on Zen 4,
+                // two operations, and a fifth of the kernel's samples at k = 16, d = 2).
+                let mut next = V::splat_i((panel * nr) as u32);
                 for lane in 0..nr {
+                    let j = next;
+                    next = V::add_i(next, one);
                     let norm = *np.add(lane);
                     if norm.is_nan() || norm == f32::INFINITY {
                         continue;
                     }
                     let acc = tall_chain(xs, cp.add(lane), nr, norm);
-                    let j = V::splat_i((panel * nr + lane) as u32);
                     for g in 0..G {
                         let lt = V::lt(acc[g], best[g]);
                         best[g] = V::blend(lt, best[g], acc[g]);
