@@ -1,15 +1,17 @@
-// Three other orders for the EMA's accumulation (`cluster_sums.rs`), each adding every
-// code's rows in row order into f64, so each gives the crate's bits (checked here against
-// the first): can any of them beat the crate's loop on this CPU? AVX-512, rows of 32
-// floats (the main job's d), codes uniform in 0..k (docs/performance.md, "On Zen 4, tried
-// at 08c6713 and not kept"; `scripts/accumulate_mix.c` times the crate's loop's parts).
+// Three other orders for the EMA's accumulation (crates/vqkit/src/backend/cpu/
+// cluster_sums.rs), each adding every code's rows in row order into f64, so each gives
+// the crate's bits (checked here against the first): can any of them beat the crate's
+// loop on this CPU? AVX-512, rows of 32 floats (the main job's d), codes uniform in 0..k
+// (docs/performance.md, "On Zen 4, tried at 08c6713 and not kept";
+// `scripts/accumulate_mix.c` times the crate's loop's parts).
 //
 //     gcc -O2 -mavx512f scripts/accumulate_orders.c -o /tmp/accumulate_orders
 //     /tmp/accumulate_orders N K
 //
 // Loops, one thread, over n rows (x of n x 32 floats):
 //   rows     the crate's order: each row widened and added into its code's accumulators
-//            in memory (k x 32 f64), the row 64 rows ahead prefetched into L2
+//            in memory (k x 32 f64), the row 64 rows ahead prefetched into L2 (the
+//            crate's 8 KiB ahead at rows of 32 floats)
 //   sorted   the rows' numbers sorted by code first (a counting sort, stable), then each
 //            code's rows added into 4 registers and stored once: no accumulator in memory
 //            but the rows read out of order
@@ -135,7 +137,10 @@ int main(int argc, char **argv) {
     list = malloc(n * sizeof *list);
     enum { LOOPS = 6 };
     double *acc[LOOPS];
-    for (int l = 0; l < LOOPS; l++) acc[l] = aligned_alloc(64, (size_t)k * D * sizeof(double));
+    for (int l = 0; l < LOOPS; l++) {
+        acc[l] = aligned_alloc(64, (size_t)k * D * sizeof(double));
+        if (!acc[l]) return 1;
+    }
     if (!x || !idx || !start || !next || !list) return 1;
     srand(1);
     for (long i = 0; i < (n + 64) * D; i++) x[i] = (float)(rand() % 2001 - 1000) * 1e-3f;

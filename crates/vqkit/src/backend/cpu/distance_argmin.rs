@@ -254,6 +254,7 @@ pub(crate) struct Step<'a> {
 impl<'a> Step<'a> {
     /// A step over the whole of d of one block of `mr` vectors packed t-major (`x[t * mr +
     /// r]`: a tile's rows, or the cols kernels' codewords) against `panels` of `p`.
+    #[cfg(target_arch = "x86_64")]
     fn packed(x: &'a [f32], mr: usize, p: &'a Packed, panels: std::ops::Range<usize>) -> Self {
         Step {
             x,
@@ -651,7 +652,7 @@ fn tall_wins(d: usize, k: usize) -> bool {
 /// 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 -> 1.000, k = 32 1.424 -> 1.244, k = 64
 /// 1.990 -> 1.871.
 ///
-/// With [`tall_stream`], on the Zen 4 VM with `--isa avx2` and the rows packed as an
+/// With `tall_stream`, on the Zen 4 VM with `--isa avx2` and the rows packed as an
 /// AVX2-only CPU packs them (copies for d < 8: no AVX-512 permutes; eight steps at a time
 /// with AVX at d = 8), one build with the choices read from the environment, the same
 /// command with `--seconds 0.3`, 5 alternating pairs, medians of the ratios against the
@@ -1020,8 +1021,8 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// outputs to +inf, allocated its norms and results, and merged each block's results into
 /// the outputs row by row with a compare and a branch, which at k = 16, d = 2 took a
 /// quarter of a call (`perf record -e cpu-clock`, one thread) against the kernel's two
-/// fifths. The same bits: a single group's walk starts
-/// from (+inf, 0) and never keeps a NaN, so the merge into (+inf, 0) copied its results.
+/// fifths. The same bits: a single group's walk starts from (+inf, 0) and never keeps a
+/// NaN, so the merge into (+inf, 0) copied its results.
 ///
 /// `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`, one build
 /// with the choice read from the environment, 5 alternating pairs, medians of the ratios
@@ -1033,7 +1034,7 @@ struct TallTile([f32; TALL_TILE_MAX]);
 ///
 /// The norms' pass ([`packed_norms`]) and `add_norms` after the kernel, with the
 /// copies out of its buffers and the kernel's checks on every block, took about a
-/// sixth of a call at k = 16, d = 2 (`perf`, one thread). With the kernel finishing the
+/// fifth of a call at k = 16, d = 2 (`perf`, one thread). With the kernel finishing the
 /// rows from its registers, the step checked once per task, and the index walk counting
 /// its codewords' index up in a vector (`x86::tall_index_walk`), against 092f6c0 (the
 /// command above, 5 pairs; the packed norms' change of 9e0f2bd, which the tall kernels
@@ -1047,7 +1048,7 @@ fn tall_stream(isa: Isa, mr: usize, x: &[f32], p: &Packed, idx: &mut [u32], dist
     assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
     let mut tile = TallTile([0.0f32; TALL_TILE_MAX]);
     let xb = &mut tile.0[..mr * d];
-    let mut tall = x86::TallFinisher::new(isa, mr);
+    let mut tall = x86::TallFinisher::new(isa, mr, p);
     let blocks = x
         .chunks(mr * d)
         .zip(idx.chunks_mut(mr).zip(dist.chunks_mut(mr)));
@@ -1056,7 +1057,7 @@ fn tall_stream(isa: Isa, mr: usize, x: &[f32], p: &Packed, idx: &mut [u32], dist
             xb.fill(0.0);
         }
         pack_rows(block, d, mr, xb);
-        tall.run(&Step::packed(xb, mr, p, 0..p.panels), idx, dist);
+        tall.run(xb, idx, dist);
     }
 }
 
@@ -2743,7 +2744,9 @@ mod x86 {
     }
 
     /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
-    /// width of rows at a time (the tall kernels' blocks have 16, 32 or 64): each step's rows
+    /// width of rows at a time (the few kernel's panels have 32 rows, 16 on AVX2; the tall
+    /// kernels' blocks in `rows_block` 16, 32 or 64; the tiles of 6 and 12 rows take the
+    /// tested loads throughout, their last vector reaching past the block): each step's rows
     /// loaded ([`load_step`]: a whole vector, or under a mask of the rows at the block's
     /// end), squared and added into its partial (separate roundings, as in
     /// [`super::sq_norm`]), the 16 partials added in order.
@@ -3524,82 +3527,69 @@ mod x86 {
         unsafe { tall_avx512(s, val, idx, None) }
     }
 
-    /// The tall kernel of `isa` (AVX2 or AVX-512) on packed tiles against the whole
-    /// codebook, each tile's rows finished ([`tall_finish`]): for [`super::tall_stream`],
-    /// whose every tile is the same step (the same buffer, codebook and panels), checked
-    /// once rather than per tile (the checks took 7% of a call at n = 100,000, k = 16,
-    /// d = 2, one thread), and with the kernel's results in buffers kept across tiles.
-    pub(super) struct TallFinisher {
+    /// The tall kernel of `isa` (AVX2 or AVX-512) on packed tiles of `mr` rows against the
+    /// whole of a codebook `p`, each tile's rows finished ([`tall_finish`]): for
+    /// [`super::tall_stream`], whose every tile is a step over the same buffer and the same
+    /// codebook, checked once rather than per tile (the checks took 7% of a call at
+    /// n = 100,000, k = 16, d = 2, one thread), and with the kernel's results in buffers
+    /// kept across tiles. The codebook is borrowed for the finisher's life, so only the
+    /// tile's buffer can differ from one call to the next, and a different one is checked.
+    pub(super) struct TallFinisher<'a> {
         isa: super::Isa,
         mr: usize,
+        p: &'a super::Packed,
         val: [f32; 64],
         ix: [u32; 64],
-        /// The last step checked: its rows' buffer, the codebook and the panels.
-        checked: Option<(
-            *const f32,
-            usize,
-            *const super::Packed,
-            std::ops::Range<usize>,
-        )>,
+        /// The tile's buffer (address and length) last checked.
+        checked: Option<(*const f32, usize)>,
     }
 
-    impl TallFinisher {
-        /// Tiles of `mr` rows on `isa`'s tall kernel: `mr` as [`tall_rows`] or
-        /// [`tall256_rows`] give for the steps' d (asserted on the first).
-        pub(super) fn new(isa: super::Isa, mr: usize) -> Self {
-            assert!(matches!(isa, super::Isa::Avx512 | super::Isa::Avx2) && mr <= 64);
+    impl<'a> TallFinisher<'a> {
+        /// Tiles of `mr` rows of `p.d` floats on `isa`'s tall kernel against all of `p`.
+        pub(super) fn new(isa: super::Isa, mr: usize, p: &'a super::Packed) -> Self {
+            let rows = match isa {
+                super::Isa::Avx512 => tall_rows(p.d),
+                super::Isa::Avx2 => tall256_rows(p.d),
+                super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
+            };
+            assert!(mr == rows && mr <= 64);
+            assert!(p.d >= 1 && p.d <= TALL256_MAX_D && p.d <= super::SCAN_MAX_D && p.fold);
             TallFinisher {
                 isa,
                 mr,
+                p,
                 val: [0.0; 64],
                 ix: [0; 64],
                 checked: None,
             }
         }
 
-        /// Step `s` (one packed tile of `mr` rows, every panel) run and its first
-        /// `idx.len()` rows finished into `idx` and `dist`.
-        pub(super) fn run(&mut self, s: &Step, idx: &mut [u32], dist: &mut [f32]) {
-            let mr = self.mr;
-            let id = (s.x.as_ptr(), s.x.len(), s.p as *const _, s.panels.clone());
-            if self.checked.as_ref() != Some(&id) {
-                let rows = match self.isa {
-                    super::Isa::Avx512 => tall_rows(s.p.d),
-                    _ => tall256_rows(s.p.d),
+        /// The packed tile `xb` (`mr` rows, `xb[t * mr + r]`) against every panel, its
+        /// first `idx.len()` rows finished into `idx` and `dist`.
+        pub(super) fn run(&mut self, xb: &[f32], idx: &mut [u32], dist: &mut [f32]) {
+            let (mr, p) = (self.mr, self.p);
+            let s = Step::packed(xb, mr, p, 0..p.panels);
+            if self.checked != Some((xb.as_ptr(), xb.len())) {
+                let nr = match self.isa {
+                    super::Isa::Avx512 => AVX512_NR,
+                    _ => AVX2_NR,
                 };
-                assert!(mr == rows && s.p.d <= TALL256_MAX_D && s.p.d <= super::SCAN_MAX_D);
-                check(
-                    s,
-                    &[],
-                    &self.val[..mr],
-                    &self.ix[..mr],
-                    mr,
-                    2 * self.lanes(),
-                );
-                assert!(s.blocks == 1 && s.first && s.last && s.kc == s.p.d);
-                assert!(s.p.fold && s.rs == 1 && s.ts == mr);
-                self.checked = Some(id);
+                check(&s, &[], &self.val[..mr], &self.ix[..mr], mr, nr);
+                self.checked = Some((xb.as_ptr(), xb.len()));
             }
             assert!(idx.len() == dist.len() && idx.len() <= mr);
             let (val, ix) = (&mut self.val[..mr], &mut self.ix[..mr]);
             // SAFETY: `Isa::Avx512` and `Isa::Avx2` are only constructed after runtime
-            // detection of their instruction sets; `check` and the asserts above bounded
-            // every pointer offset the kernel takes, for this step or one with the same
-            // rows' buffer, codebook and panels (and so the same bounds); the outputs hold
-            // at most the tile's rows.
+            // detection of their instruction sets; `check` bounded every pointer offset
+            // the kernel takes for a step over this buffer and this codebook (borrowed,
+            // so unchanged since), a step of one packed block over the whole of d with
+            // folded scores (`new`, `Step::packed`); the outputs hold at most the tile's
+            // rows.
             unsafe {
                 match self.isa {
-                    super::Isa::Avx512 => tall_avx512(s, val, ix, Some((idx, dist))),
-                    _ => tall_avx2(s, val, ix, Some((idx, dist))),
+                    super::Isa::Avx512 => tall_avx512(&s, val, ix, Some((idx, dist))),
+                    _ => tall_avx2(&s, val, ix, Some((idx, dist))),
                 }
-            }
-        }
-
-        /// Lanes of the kernel's vectors (a panel is two).
-        fn lanes(&self) -> usize {
-            match self.isa {
-                super::Isa::Avx512 => 16,
-                _ => 8,
             }
         }
     }
@@ -4224,6 +4214,52 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The tall kernels' finisher checks each tile buffer it has not checked last: a
+    /// second buffer gives the results a finisher of its own gives, going back to the
+    /// first too, and a buffer too short for the tile panics in the check rather than
+    /// being read past its end.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tall_finisher_checks_each_buffer() {
+        let (k, d) = (300, 3);
+        let c = clustered(k, d, 5, 0.5, 6);
+        let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
+            let (_, mr, nr) = tall_kernel(isa, d).expect("a tall kernel on x86 SIMD");
+            let p = Packed::new(false, &c, &norms, (k, d, nr), true).unwrap();
+            let tiles: Vec<Vec<f32>> = (0..2)
+                .map(|t| {
+                    let x = clustered(mr, d, 2, 0.5, 10 + t);
+                    let mut xb = vec![0.0f32; mr * d];
+                    pack_rows(&x, d, mr, &mut xb);
+                    xb
+                })
+                .collect();
+            let run = |tall: &mut x86::TallFinisher, xb: &[f32], rows: usize| {
+                let (mut idx, mut dist) = (vec![0u32; rows], vec![0.0f32; rows]);
+                tall.run(xb, &mut idx, &mut dist);
+                (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            let alone: Vec<_> = tiles
+                .iter()
+                .map(|xb| run(&mut x86::TallFinisher::new(isa, mr, &p), xb, mr))
+                .collect();
+            assert!(alone[0] != alone[1], "{isa:?}: the two tiles differ");
+            let mut tall = x86::TallFinisher::new(isa, mr, &p);
+            for t in [0, 1, 0, 1] {
+                assert_eq!(run(&mut tall, &tiles[t], mr), alone[t], "{isa:?} tile {t}");
+            }
+            // A short last block: its first rows only.
+            let (i, v) = run(&mut tall, &tiles[0], 5);
+            assert_eq!((&i[..], &v[..]), (&alone[0].0[..5], &alone[0].1[..5]));
+            let short = vec![0.0f32; mr * d - 1];
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&mut tall, &short, mr)
+            }));
+            assert!(caught.is_err(), "{isa:?}: a short buffer passed the check");
         }
     }
 
