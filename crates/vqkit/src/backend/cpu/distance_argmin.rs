@@ -946,7 +946,7 @@ pub(crate) fn distance_argmin_blocked(
     #[cfg(target_arch = "x86_64")]
     if tall.is_some() && groups == 1 {
         for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-            tall_stream(isa, mr, xs, &packed, idx, dist)
+            tall_stream(isa, xs, &packed, idx, dist)
         });
         return Ok(());
     }
@@ -1043,12 +1043,12 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// 0.699, 16 x 8 0.865, 64 x 4 0.845, 256 x 2 0.952; `--isa avx2`, one thread, 3 pairs:
 /// 16 x 2 0.839, 16 x 4 1.005, 256 x 2 0.998, 4096 x 2 1.036.
 #[cfg(target_arch = "x86_64")]
-fn tall_stream(isa: Isa, mr: usize, x: &[f32], p: &Packed, idx: &mut [u32], dist: &mut [f32]) {
-    let d = p.d;
+fn tall_stream(isa: Isa, x: &[f32], p: &Packed, idx: &mut [u32], dist: &mut [f32]) {
+    let (d, mut tall) = (p.d, x86::TallFinisher::new(isa, p));
+    let mr = tall.rows();
     assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
     let mut tile = TallTile([0.0f32; TALL_TILE_MAX]);
     let xb = &mut tile.0[..mr * d];
-    let mut tall = x86::TallFinisher::new(isa, mr, p);
     let blocks = x
         .chunks(mr * d)
         .zip(idx.chunks_mut(mr).zip(dist.chunks_mut(mr)));
@@ -3545,15 +3545,15 @@ mod x86 {
     }
 
     impl<'a> TallFinisher<'a> {
-        /// Tiles of `mr` rows of `p.d` floats on `isa`'s tall kernel against all of `p`.
-        pub(super) fn new(isa: super::Isa, mr: usize, p: &'a super::Packed) -> Self {
-            let rows = match isa {
+        /// Tiles of rows of `p.d` floats on `isa`'s tall kernel against all of `p`, as many
+        /// rows a tile as the kernel takes ([`Self::rows`]).
+        pub(super) fn new(isa: super::Isa, p: &'a super::Packed) -> Self {
+            assert!(p.d >= 1 && p.d <= super::SCAN_MAX_D && p.fold);
+            let mr = match isa {
                 super::Isa::Avx512 => tall_rows(p.d),
                 super::Isa::Avx2 => tall256_rows(p.d),
                 super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
             };
-            assert!(mr == rows && mr <= 64);
-            assert!(p.d >= 1 && p.d <= TALL256_MAX_D && p.d <= super::SCAN_MAX_D && p.fold);
             TallFinisher {
                 isa,
                 mr,
@@ -3562,6 +3562,11 @@ mod x86 {
                 ix: [0; 64],
                 checked: None,
             }
+        }
+
+        /// Rows per tile: `mr`, the packed tiles' width.
+        pub(super) fn rows(&self) -> usize {
+            self.mr
         }
 
         /// The packed tile `xb` (`mr` rows, `xb[t * mr + r]`) against every panel, its
@@ -4228,8 +4233,9 @@ mod tests {
         let c = clustered(k, d, 5, 0.5, 6);
         let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
         for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
-            let (_, mr, nr) = tall_kernel(isa, d).expect("a tall kernel on x86 SIMD");
+            let (_, _, nr) = tall_kernel(isa, d).expect("a tall kernel on x86 SIMD");
             let p = Packed::new(false, &c, &norms, (k, d, nr), true).unwrap();
+            let mr = x86::TallFinisher::new(isa, &p).rows();
             let tiles: Vec<Vec<f32>> = (0..2)
                 .map(|t| {
                     let x = clustered(mr, d, 2, 0.5, 10 + t);
@@ -4245,10 +4251,10 @@ mod tests {
             };
             let alone: Vec<_> = tiles
                 .iter()
-                .map(|xb| run(&mut x86::TallFinisher::new(isa, mr, &p), xb, mr))
+                .map(|xb| run(&mut x86::TallFinisher::new(isa, &p), xb, mr))
                 .collect();
             assert!(alone[0] != alone[1], "{isa:?}: the two tiles differ");
-            let mut tall = x86::TallFinisher::new(isa, mr, &p);
+            let mut tall = x86::TallFinisher::new(isa, &p);
             for t in [0, 1, 0, 1] {
                 assert_eq!(run(&mut tall, &tiles[t], mr), alone[t], "{isa:?} tile {t}");
             }
