@@ -360,11 +360,12 @@ const FEW_MAX_K: usize = 256;
 /// across its lanes, and at k <= 32 that, the running best across the tile's rows and the
 /// norms' pass cost more than the row's 2 k d FMAs. Here each task packs its rows 32 to a
 /// panel (two vectors of 16 rows per step of d, [`pack_rows`]; with AVX2 16, two vectors
-/// of 8), takes their norms from the panel ([`packed_norms`]), and walks the codebook,
-/// packed once into tiles of [`x86::FEW_MR`] codewords (`tile[t * 8 + j]`; with AVX2
-/// [`x86::FEW256_MR`]), each codeword broadcast against the panel: one compare and two
-/// blends per codeword and vector of rows carry the rows' best, in codeword order with a
-/// strict `<`, and no lane is ever reduced. Each score is the tiled kernels' chain of FMAs
+/// of 8), and walks the codebook, packed once into tiles of [`x86::FEW_MR`] codewords
+/// (`tile[t * 8 + j]`; with AVX2 [`x86::FEW256_MR`]), each codeword broadcast against the
+/// panel: one compare and two blends per codeword and vector of rows carry the rows' best,
+/// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come
+/// from the walk's first tile on AVX-512, from a pass over the panel on AVX2
+/// (`x86::few_walk`). Each score is the tiled kernels' chain of FMAs
 /// from zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the
 /// bits are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
@@ -388,16 +389,8 @@ fn rows_stream(
         pack_rows(&codebook[j0 * d..(j0 + mr).min(k) * d], d, mr, tile);
     }
     for_each_task(parallel, rows, x, d, idx, dist, |xs, idx, dist| {
-        // On the stack up to the widest rows the kernel serves (wider only where a test
-        // forces it), on the heap beyond.
-        let (mut stack, mut heap) = (FewPanel([0.0f32; FEW_PANEL_MAX]), Vec::new());
-        let panel: &mut [f32] = if nr * d <= FEW_PANEL_MAX {
-            &mut stack.0[..nr * d]
-        } else {
-            heap.resize(nr * d, 0.0f32);
-            &mut heap
-        };
-        let mut x_sq = [0.0f32; 32];
+        let mut panel = FewPanel([0.0f32; FEW_PANEL_MAX]);
+        let panel = &mut panel.0[..nr * d];
         let blocks = xs
             .chunks(nr * d)
             .zip(idx.chunks_mut(nr).zip(dist.chunks_mut(nr)));
@@ -414,8 +407,7 @@ fn rows_stream(
                 panel.fill(0.0);
             }
             pack_rows(block, d, nr, panel);
-            packed_norms(panel, d, nr, &mut x_sq[..idx.len()]);
-            x86::few_entry(isa, panel, d, (&tiles, norms), &x_sq, idx, dist);
+            x86::few_entry(isa, panel, d, (&tiles, norms), idx, dist);
         }
     });
     Ok(())
@@ -906,7 +898,7 @@ pub(crate) fn distance_argmin_blocked(
         return codebook_stream(cols, group, parallel, x, codebook, norms, shape, idx, dist);
     }
     #[cfg(target_arch = "x86_64")]
-    if blocking.few && !fold && isa != Isa::Portable {
+    if blocking.few && !fold && isa != Isa::Portable && d <= FEW_MAX_D {
         return rows_stream(
             isa,
             parallel,
@@ -2744,7 +2736,7 @@ mod x86 {
     }
 
     /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
-    /// width of rows at a time (the few kernel's panels have 32 rows, 16 on AVX2; the tall
+    /// width of rows at a time (the few kernel's panels of 16 rows on AVX2; the tall
     /// kernels' blocks in `rows_block` 16, 32 or 64; the tiles of 6 and 12 rows take the
     /// tested loads throughout, their last vector reaching past the block): each step's rows
     /// loaded ([`load_step`]: a whole vector, or under a mask of the rows at the block's
@@ -2926,31 +2918,30 @@ mod x86 {
     /// The few kernel on one panel of up to NR rows (`panel[t * NR + r]`, d steps, NR of
     /// [`few_for`]) against every codeword (`tiles` packed by [`super::rows_stream`] in
     /// tiles of MR, `norms` one per codeword): each row's index and distance
-    /// (`finished(score, x_sq)`) into `idx` and `dist`. `isa` is AVX2 or AVX-512, whose
-    /// `Isa` is only constructed after runtime detection. `x_sq` holds at least the rows'
-    /// norms.
+    /// (`finished(score, |x|^2)`, the norms from the panel) into `idx` and `dist`, for
+    /// rows of at most [`super::FEW_MAX_D`] floats. `isa` is AVX2 or AVX-512, whose `Isa`
+    /// is only constructed after runtime detection.
     pub(super) fn few_entry(
         isa: super::Isa,
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
-        x_sq: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
         let (mr, nr) = few_for(isa);
         let rows = idx.len();
-        assert!(d >= 1 && panel.len() >= nr * d);
+        assert!((1..=super::FEW_MAX_D).contains(&d) && panel.len() >= nr * d);
         assert!(tiles.len() >= norms.len().div_ceil(mr) * mr * d);
         assert!(norms.len() <= u32::MAX as usize);
-        assert!(rows <= nr && dist.len() == rows && x_sq.len() >= rows);
+        assert!(rows <= nr && dist.len() == rows);
         // SAFETY: the `Isa` was constructed after runtime detection of its instruction
         // set; the asserts bound every offset the kernel takes: the panel's d steps of NR,
         // each tile's d steps of MR, the rows' first `rows` results.
         unsafe {
             match isa {
-                super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), x_sq, idx, dist),
-                super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), x_sq, idx, dist),
+                super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), idx, dist),
+                super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), idx, dist),
                 super::Isa::Portable => unreachable!("the few kernel runs on AVX2 or AVX-512"),
             }
         }
@@ -2961,7 +2952,6 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
-        x_sq: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
@@ -2970,7 +2960,7 @@ mod x86 {
         // SAFETY: compiled for AVX-512F; the caller's asserts (masked loads and stores, from
         // a half's first lane only where it holds a row).
         unsafe {
-            let (best_v, best_i) = few_walk::<__m512, FEW_MR>(panel, d, tiles);
+            let (best_v, best_i, x_sq) = few_walk::<__m512, FEW_MR, true>(panel, d, tiles);
             // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept
             // (an ordered compare is false on NaN).
             let rows = idx.len();
@@ -2982,10 +2972,7 @@ mod x86 {
                     break;
                 }
                 let m = ((1u32 << lanes) - 1) as __mmask16;
-                let v = _mm512_add_ps(
-                    best_v[h],
-                    _mm512_maskz_loadu_ps(m, x_sq.as_ptr().add(16 * h)),
-                );
+                let v = _mm512_add_ps(best_v[h], x_sq[h]);
                 let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
                 let v = _mm512_mask_blend_ps(neg, v, _mm512_setzero_ps());
                 _mm512_mask_storeu_ps(dist.as_mut_ptr().add(16 * h), m, v);
@@ -2999,14 +2986,20 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
-        x_sq: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
         const { assert!(FEW256_NR == 2 * <__m256 as Lanes>::W) };
         // SAFETY: compiled for AVX2 and FMA; the caller's asserts.
         unsafe {
-            let (best_v, best_i) = few_walk::<__m256, FEW256_MR>(panel, d, tiles);
+            // The norms in a pass of their own: taken in the walk, as on AVX-512, they
+            // moved AVX2's register allocation in the walk (`vqkit bench --op assign --n
+            // 100000 --k K --d D --threads 1 --seconds 0.3 --isa avx2`, 5 alternating
+            // pairs against the pass, medians of the ratios, the Zen 4 VM: k x d = 128 x 16
+            // 1.148, 64 x 12 1.179, 256 x 16 1.220, 16 x 16 0.996).
+            let mut n = [0.0f32; FEW256_NR];
+            packed_norms_simd::<__m256>(panel, d, FEW256_NR, &mut n);
+            let (best_v, best_i, _) = few_walk::<__m256, FEW256_MR, false>(panel, d, tiles);
             // `finished` on each row: the score plus |x|^2, clamped at 0 with a NaN kept.
             let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
             for h in 0..2 {
@@ -3014,42 +3007,74 @@ mod x86 {
                 <__m256 as Lanes>::store_i(best_i[h], i.as_mut_ptr().add(8 * h));
             }
             for (r, (o, j)) in dist.iter_mut().zip(idx.iter_mut()).enumerate() {
-                (*o, *j) = (super::finished(v[r], x_sq[r]), i[r]);
+                (*o, *j) = (super::finished(v[r], n[r]), i[r]);
             }
         }
     }
 
     /// [`few_entry`]'s walk on vectors V: the codebook tile by tile against the panel's
     /// two vectors of rows, each codeword's scores into the rows' best at once; the rows'
-    /// best scores (without |x|^2) and indices.
+    /// best scores (without |x|^2), their indices, and their norms.
+    ///
+    /// The norms are taken in the first tile's pass over the panel, with the bits of
+    /// [`super::sq_norm`] (and of [`packed_norms_simd`], which the kernel had run over the
+    /// panel before it: 16% of a call at n = 4096, k = 16, d = 16 in `perf`, one thread,
+    /// much of it the 15 adds of its partials in one chain, latency-bound). Up to d = 32
+    /// partial l of `sq_norm` is step l's square plus step l + 16's (+0 where a step is
+    /// missing, which changes no bit of a sum of squares), and the partials are added in
+    /// order: at d <= 16 one chain over the steps; wider, partial l is completed at step
+    /// l + 16 (step l reloaded from the panel, in L1) and added there, and the partials
+    /// without a second step, l >= d - 16, are added after the pass. The adds go to the
+    /// adder pipes, which the FMAs leave idle, and their chain runs beside the FMAs'.
     ///
     /// # Safety
     /// The caller is compiled for V's instruction set and `few_entry`'s asserts hold for
-    /// MR codewords a tile and 2 V::W rows a panel.
+    /// MR codewords a tile and 2 V::W rows a panel, with d <= 32.
     #[inline(always)]
-    unsafe fn few_walk<V: Lanes, const MR: usize>(
+    unsafe fn few_walk<V: Lanes, const MR: usize, const NORMS: bool>(
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
-    ) -> ([V; 2], [V::I; 2]) {
+    ) -> ([V; 2], [V::I; 2], [V; 2]) {
         let (w, k) = (V::W, norms.len());
         let nr = 2 * w;
         let (xp, cp) = (panel.as_ptr(), tiles.as_ptr());
         // SAFETY (the pointer accesses below): the caller's contract.
         unsafe {
-            let minus_two = V::splat(-2.0);
+            let (zero, minus_two) = (V::splat(0.0), V::splat(-2.0));
             let mut best_v = [V::splat(f32::INFINITY); 2];
             let mut best_i = [V::splat_i(0); 2];
+            let mut x_sq = [zero; 2];
             for (tile, j0) in (0..k).step_by(MR).enumerate() {
                 let tp = cp.add(tile * MR * d);
-                let mut acc = [[V::splat(0.0); 2]; MR];
-                for t in 0..d {
-                    let x = [V::load(xp.add(t * nr)), V::load(xp.add(t * nr + w))];
-                    let ct = tp.add(t * MR);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let c = V::splat(*ct.add(j));
-                        a[0] = V::fmadd(c, x[0], a[0]);
-                        a[1] = V::fmadd(c, x[1], a[1]);
+                let mut acc = [[zero; 2]; MR];
+                if NORMS && tile == 0 {
+                    for t in 0..d.min(16) {
+                        let x = few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
+                        if d <= 16 {
+                            for h in 0..2 {
+                                x_sq[h] = V::add_square(x_sq[h], x[h]);
+                            }
+                        }
+                    }
+                    for t in 16..d {
+                        let x = few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
+                        for h in 0..2 {
+                            let first = V::load(xp.add((t - 16) * nr + h * w));
+                            let p = V::add_square(V::add_square(zero, first), x[h]);
+                            x_sq[h] = V::add(x_sq[h], p);
+                        }
+                    }
+                    if d > 16 {
+                        for l in d - 16..16 {
+                            for (h, n) in x_sq.iter_mut().enumerate() {
+                                *n = V::add_square(*n, V::load(xp.add(l * nr + h * w)));
+                            }
+                        }
+                    }
+                } else {
+                    for t in 0..d {
+                        few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
                     }
                 }
                 // Into the rows' best in codeword order: a tie keeps the lower index, a
@@ -3065,7 +3090,31 @@ mod x86 {
                     }
                 }
             }
-            (best_v, best_i)
+            (best_v, best_i, x_sq)
+        }
+    }
+
+    /// One step of [`few_walk`]: the panel's two vectors of rows at `x` into the tile's
+    /// accumulators, each codeword (MR floats at `c`) broadcast; the rows' vectors.
+    ///
+    /// # Safety
+    /// The caller is compiled for V's instruction set; `x` holds two vectors, `c` MR
+    /// floats.
+    #[inline(always)]
+    unsafe fn few_step<V: Lanes, const MR: usize>(
+        x: *const f32,
+        c: *const f32,
+        acc: &mut [[V; 2]; MR],
+    ) -> [V; 2] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let x = [V::load(x), V::load(x.add(V::W))];
+            for (j, a) in acc.iter_mut().enumerate() {
+                let c = V::splat(*c.add(j));
+                a[0] = V::fmadd(c, x[0], a[0]);
+                a[1] = V::fmadd(c, x[1], a[1]);
+            }
+            x
         }
     }
 
@@ -4694,6 +4743,46 @@ mod tests {
         let first = run();
         *SPARE.lock().unwrap() = vec![f32::NAN; 1 << 16];
         assert_eq!(run(), first);
+    }
+
+    /// The few kernel takes its rows' norms in its first tile's pass with the bits of
+    /// `sq_norm` at every width it serves, 9 to 32 (one chain to 16, partials of two
+    /// steps beyond, the partials without a second step added after the pass): the tiled
+    /// kernel's bits, on panels full and short, rows of every magnitude (a norm of +inf,
+    /// a zero row, a subnormal one) and a NaN row.
+    #[test]
+    fn few_kernel_norms_at_every_width() {
+        for d in 9..=FEW_MAX_D {
+            let (n, k) = (45, 21);
+            let mut x = clustered(n, d, 3, 0.5, 40 + d as u64);
+            x[d..2 * d].fill(1e21);
+            x[2 * d..3 * d].fill(0.0);
+            x[3 * d..4 * d].fill(1e-23);
+            x[5 * d + d / 2] = f32::NAN;
+            let c = clustered(k, d, 4, 0.5, 80 + d as u64);
+            let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+            let shape = Shape::new(n, k, d);
+            for isa in Isa::available()
+                .into_iter()
+                .filter(|&isa| isa != Isa::Portable)
+            {
+                let run = |few| {
+                    let b = Blocking {
+                        few,
+                        ..Blocking::for_shape(crate::backend::cpu::CacheSizes::DEFAULT, 4, 8, d, 3)
+                    };
+                    let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
+                    distance_argmin_blocked(
+                        isa, b, false, &x, &c, &norms, shape, &mut idx, &mut dist,
+                    )
+                    .unwrap();
+                    (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                };
+                let (tiled, few) = (run(false), run(true));
+                assert_eq!(few, tiled, "{isa:?} d={d}");
+                assert!(f32::from_bits(few.1[5]).is_nan() && few.1[1] == f32::INFINITY.to_bits());
+            }
+        }
     }
 
     /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
