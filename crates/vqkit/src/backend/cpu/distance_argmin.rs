@@ -395,19 +395,15 @@ fn rows_stream(
             .chunks(nr * d)
             .zip(idx.chunks_mut(nr).zip(dist.chunks_mut(nr)));
         for (b, (block, (idx, dist))) in blocks.enumerate() {
-            // The next panel's rows on their way to L2 while this one is walked. Without
-            // it (a build reading the choice from the environment, `vqkit bench --op
-            // assign --n 100000 --k K --d D --threads T --seconds 0.3`, 5 alternating
-            // pairs, medians of the ratios without / with, on a busy Zen 4 VM): one
-            // thread, 16 x 9 0.975, 16 x 16 0.944, 16 x 32 1.049, 32 x 32 1.407, 256 x 32
-            // 1.055 (k x d); two threads, 16 x 16 1.126, 16 x 32 0.974, 64 x 32 1.130.
+            // The next panel's rows, fetched into L1 a line per step of the walk over
+            // this one (`x86::Ahead`).
             let next = ((b + 1) * nr * d).min(xs.len());
-            prefetch_l2(&xs[next..(next + nr * d).min(xs.len())]);
+            let ahead = &xs[next..(next + nr * d).min(xs.len())];
             if block.len() < nr * d {
                 panel.fill(0.0);
             }
             pack_rows(block, d, nr, panel);
-            x86::few_entry(isa, panel, d, (&tiles, norms), idx, dist);
+            x86::few_entry(isa, panel, d, (&tiles, norms), ahead, idx, dist);
         }
     });
     Ok(())
@@ -2926,9 +2922,11 @@ mod x86 {
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
+        ahead: &[f32],
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
+        let ahead = Ahead::new(ahead);
         let (mr, nr) = few_for(isa);
         let rows = idx.len();
         assert!((1..=super::FEW_MAX_D).contains(&d) && panel.len() >= nr * d);
@@ -2940,8 +2938,8 @@ mod x86 {
         // each tile's d steps of MR, the rows' first `rows` results.
         unsafe {
             match isa {
-                super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), idx, dist),
-                super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), idx, dist),
+                super::Isa::Avx512 => few_avx512(panel, d, (tiles, norms), ahead, idx, dist),
+                super::Isa::Avx2 => few_avx2(panel, d, (tiles, norms), ahead, idx, dist),
                 super::Isa::Portable => unreachable!("the few kernel runs on AVX2 or AVX-512"),
             }
         }
@@ -2952,6 +2950,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
+        ahead: Ahead,
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
@@ -2960,7 +2959,7 @@ mod x86 {
         // SAFETY: compiled for AVX-512F; the caller's asserts (masked loads and stores, from
         // a half's first lane only where it holds a row).
         unsafe {
-            let (best_v, best_i, x_sq) = few_walk::<__m512, FEW_MR, true>(panel, d, tiles);
+            let (best_v, best_i, x_sq) = few_walk::<__m512, FEW_MR, true>(panel, d, tiles, ahead);
             // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept
             // (an ordered compare is false on NaN).
             let rows = idx.len();
@@ -2986,6 +2985,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
+        ahead: Ahead,
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
@@ -2999,7 +2999,7 @@ mod x86 {
             // 1.148, 64 x 12 1.179, 256 x 16 1.220, 16 x 16 0.996).
             let mut n = [0.0f32; FEW256_NR];
             packed_norms_simd::<__m256>(panel, d, FEW256_NR, &mut n);
-            let (best_v, best_i, _) = few_walk::<__m256, FEW256_MR, false>(panel, d, tiles);
+            let (best_v, best_i, _) = few_walk::<__m256, FEW256_MR, false>(panel, d, tiles, ahead);
             // `finished` on each row: the score plus |x|^2, clamped at 0 with a NaN kept.
             let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
             for h in 0..2 {
@@ -3035,6 +3035,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
+        mut ahead: Ahead,
     ) -> ([V; 2], [V::I; 2], [V; 2]) {
         let (w, k) = (V::W, norms.len());
         let nr = 2 * w;
@@ -3050,6 +3051,7 @@ mod x86 {
                 let mut acc = [[zero; 2]; MR];
                 if NORMS && tile == 0 {
                     for t in 0..d.min(16) {
+                        ahead.step();
                         let x = few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
                         if d <= 16 {
                             for h in 0..2 {
@@ -3058,6 +3060,7 @@ mod x86 {
                         }
                     }
                     for t in 16..d {
+                        ahead.step();
                         let x = few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
                         for h in 0..2 {
                             let first = V::load(xp.add((t - 16) * nr + h * w));
@@ -3074,6 +3077,7 @@ mod x86 {
                     }
                 } else {
                     for t in 0..d {
+                        ahead.step();
                         few_step(xp.add(t * nr), tp.add(t * MR), &mut acc);
                     }
                 }
@@ -3090,7 +3094,58 @@ mod x86 {
                     }
                 }
             }
+            ahead.rest();
             (best_v, best_i, x_sq)
+        }
+    }
+
+    /// The few kernel's prefetch of the rows it walks next (the next panel's, before they
+    /// are packed): one cache line into L1 per step of the walk, so that the lines are
+    /// asked for among the FMAs rather than all at once. Prefetched together before each
+    /// panel (64 lines at d = 32), into L2, they stalled the core: `perf` (n = 100,000,
+    /// k = 16, d = 32, one thread) put 19% of a call on that loop's prefetches, and x is
+    /// read from L3 there. Spread over the walk and into L1 against that (a build reading
+    /// the choice from the environment, `vqkit bench --op assign --n 100000 --k K --d D
+    /// --threads T --seconds 0.3`, 7 alternating pairs, medians of the ratios, k x d, the
+    /// Zen 4 VM): one thread 16 x 32 0.826, 16 x 12 0.894, 32 x 20 0.896, 256 x 32
+    /// 0.976; two threads 16 x 32 0.907, 16 x 16 0.882, 64 x 24 0.962; `--isa avx2`, 5
+    /// pairs, 16 x 16 0.688, 64 x 12 0.908. Spread into L2 instead: 16 x 32 1.139,
+    /// 16 x 16 0.882, 64 x 24 0.995 (5 pairs); none at all: 1.436, 1.168, 1.108. A panel
+    /// has two lines per step of d on AVX-512 and one on AVX2, and the walk takes tiles x
+    /// d steps: against 8 codewords or fewer (one tile of AVX-512's) the lines left are
+    /// asked for after it ([`Ahead::rest`]).
+    pub(super) struct Ahead {
+        p: *const f32,
+        lines: usize,
+        next: usize,
+    }
+
+    impl Ahead {
+        fn new(rows: &[f32]) -> Ahead {
+            Ahead {
+                p: rows.as_ptr(),
+                lines: rows.len().div_ceil(16),
+                next: 0,
+            }
+        }
+
+        /// The next line, if any is left.
+        #[inline(always)]
+        fn step(&mut self) {
+            if self.next < self.lines {
+                // SAFETY: SSE is part of x86-64 and a prefetch never faults; the line
+                // starts inside the rows (16 * next < rows.len()).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.p.add(self.next * 16).cast()) };
+                self.next += 1;
+            }
+        }
+
+        /// The lines left.
+        #[inline(always)]
+        fn rest(&mut self) {
+            while self.next < self.lines {
+                self.step();
+            }
         }
     }
 
