@@ -330,17 +330,33 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 /// tied (5 pairs: d = 24, k = 16 1.016, k = 64 1.029; 3 pairs: k = 128 1.087, k = 256
 /// 1.071; d = 32, k = 16 1.103, k = 256 1.082). Between 17 and 23 only d = 20, k = 16 was
 /// measured: 16 is the widest width measured to win at every k tried.
+///
+/// Since the few kernel prefetches a line per step (`x86::Ahead`) and `pack_rows` copies
+/// the last steps directly, AVX2's few kernel also wins up to [`FEW_MAX_D`] against at
+/// most [`FEW256_WIDE_MAX_K`] codewords (a build reading AVX2's widest rows from the
+/// environment, against d <= 16 at 673e085, 5 pairs, one thread: k x d = 8 x 32 0.526,
+/// 16 x 20 0.661, 16 x 24 0.860, 16 x 28 0.787, 16 x 32 0.775, 32 x 17 0.783, 32 x 20
+/// 0.799, 32 x 32 0.857; two threads 16 x 24 0.818, 16 x 32 0.933, 32 x 24 0.857 (7
+/// pairs), 32 x 32 1.066 (5 pairs) and 0.740 (7 pairs)), not beyond (64 x 24 1.042, 64 x 32
+/// 1.059, 256 x 24 1.073, 256 x 32 1.043, 48 x 32 1.132; 48 x 24 0.846 and two threads
+/// 0.943, 64 x 20 0.884: between 33 and 63 codewords the two cross by width).
 fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
     let widest = match isa {
         Isa::Avx512 => FEW_MAX_D,
+        Isa::Avx2 if k <= FEW256_WIDE_MAX_K => FEW_MAX_D,
         Isa::Avx2 => FEW256_MAX_D,
         Isa::Portable => return false,
     };
     d > SCAN_MAX_D && d <= widest && k > NARROW_K && k <= FEW_MAX_K
 }
 
-/// The widest rows the few kernel takes on AVX2 (see [`few_wins`]).
+/// The widest rows the few kernel takes on AVX2 against more than [`FEW256_WIDE_MAX_K`]
+/// codewords (see [`few_wins`]).
 const FEW256_MAX_D: usize = 16;
+
+/// The most codewords against which AVX2's few kernel takes rows as wide as on AVX-512
+/// (see [`few_wins`]).
+const FEW256_WIDE_MAX_K: usize = 32;
 
 /// The widest rows [`rows_stream`] takes (see [`few_wins`]). What the few kernel saves per
 /// row (the reduction across lanes, the norms' pass) is the same at any width, and what
@@ -4846,14 +4862,16 @@ mod tests {
     /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
     #[test]
     fn few_kernel_bounds() {
-        // Rows of 9 to 32 floats on AVX-512, 9 to 16 on AVX2 (narrower ones fold), 5 to 256
-        // codewords (fewer: the narrow kernel); never in the portable build.
+        // Rows of 9 to 32 floats on AVX-512 and on AVX2 against up to 32 codewords, 9 to 16
+        // on AVX2 beyond (narrower ones fold), 5 to 256 codewords (fewer: the narrow
+        // kernel); never in the portable build.
         let avx512 = |d, k| few_wins(Isa::Avx512, d, k);
         assert!(avx512(9, 5) && avx512(32, 256) && avx512(16, 16));
         assert!(!avx512(8, 16) && !avx512(33, 16) && !avx512(32, 257));
         assert!(!avx512(16, NARROW_K));
         let avx2 = |d, k| few_wins(Isa::Avx2, d, k);
-        assert!(avx2(9, 5) && avx2(16, 256) && !avx2(17, 16) && !avx2(8, 16));
+        assert!(avx2(9, 5) && avx2(16, 256) && !avx2(17, 33) && !avx2(8, 16));
+        assert!(avx2(17, 16) && avx2(32, 32) && !avx2(33, 16) && !avx2(32, 33));
         assert!(!avx2(16, 257) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
     }
