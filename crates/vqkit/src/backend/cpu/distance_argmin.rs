@@ -58,10 +58,11 @@
 //!   codebook is one group of panels, a task takes its blocks one at a time, each written
 //!   out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
-//!   (AVX2: 9 to 16) against at most 256 codewords (`few_wins`): v5's roles for many rows,
-//!   each task packing its rows 32 (16) to a panel, the whole codebook (packed once, in
-//!   tiles of 8 (4)) walked against each panel, the rows' best carried in registers across
-//!   the tiles; no horizontal reduction, no norms' pass. Same scores, same bits as v3.
+//!   (AVX2: 9 to 16, to 32 against at most 32 codewords) against codebooks of up to 48 Ki
+//!   floats (`few_wins`): v5's roles for many rows, each task packing its rows 32 (16) to
+//!   a panel, the whole codebook (packed once, in tiles of 8 (4)) walked against each
+//!   panel, the rows' best carried in registers across the tiles; no horizontal reduction,
+//!   and on AVX-512 no norms' pass. Same scores, same bits as v3.
 
 // Register tiles are indexed `acc[r][h]` by row and half: the index form states the MR x NR
 // structure that an iterator chain would hide.
@@ -310,7 +311,7 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 
 /// Whether [`rows_stream`] serves a shape on `isa`: on AVX-512, rows of more than
 /// [`SCAN_MAX_D`] floats (narrower ones fold, and the tall kernels take them) up to
-/// [`FEW_MAX_D`], against at most [`FEW_MAX_K`] codewords. Against the kernels it replaces
+/// [`FEW_MAX_D`], against codebooks of at most [`FEW_MAX_FLOATS`]. Against the kernels it replaces
 /// there (the 12-row AVX-512 tile; at k <= 16 the 6-row AVX2 one), on the 2-core Zen 4 VM
 /// (2026-12-06), `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds
 /// 0.3`, one build with the choice read once from the environment, the replaced kernel
@@ -347,7 +348,7 @@ fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
         Isa::Avx2 => FEW256_MAX_D,
         Isa::Portable => return false,
     };
-    d > SCAN_MAX_D && d <= widest && k > NARROW_K && k <= FEW_MAX_K
+    d > SCAN_MAX_D && d <= widest && k > NARROW_K && k.saturating_mul(d) <= FEW_MAX_FLOATS
 }
 
 /// The widest rows the few kernel takes on AVX2 against more than [`FEW256_WIDE_MAX_K`]
@@ -366,10 +367,21 @@ const FEW256_WIDE_MAX_K: usize = 32;
 /// 32 and 40 the two cross at each k was not measured.
 const FEW_MAX_D: usize = 32;
 
-/// The largest codebook [`rows_stream`] takes (see [`few_wins`]): the tiled kernels'
-/// per-row reduction shrinks against the walk as k grows, and at k = 256 the few kernel
-/// gained 2% to 8%; larger codebooks were not measured with it.
-const FEW_MAX_K: usize = 256;
+/// The largest codebook [`rows_stream`] takes, in floats (see [`few_wins`]): 192 KiB, so
+/// that the tiles the kernel walks once per panel of 32 rows stay in L2. The tiled kernels'
+/// per-row reduction shrinks against the walk as k grows; the few kernel had been measured
+/// to k = 256 only (2% to 8% gained there) and held to it. With the prefetch of
+/// `x86::Ahead`, against a build reading the bound from the environment (at most 256
+/// codewords), `vqkit bench --op assign --n N --k K --d D --threads T --seconds 0.3`,
+/// medians of the alternating pairs' ratios, n x k x d, the Zen 4 VM: one thread, 5 pairs,
+/// 100,000 x 512 x 16 0.877, x 512 x 32 0.949, 50,000 x 2048 x 24 0.961, x 4096 x 12
+/// 0.973; `--isa avx2` 100,000 x 512 x 16 0.984, 50,000 x 2048 x 12 0.949; two threads
+/// 100,000 x 512 x 16 0.892, x 512 x 32 0.956, 50,000 x 1536 x 32 0.951. Past L2 it still
+/// tied on one thread, 3 pairs (20,000 x 16,384 x 32 0.995, 10,000 x 65,536 x 32 0.995,
+/// 10,000 x 262,144 x 16 0.990; two threads 20,000 x 65,536 x 16 0.949), but there it
+/// reads the codebook from L3 or memory once per 32 rows, 16 flop a byte, which many
+/// threads sharing memory would not sustain; so not past this bound.
+const FEW_MAX_FLOATS: usize = 48 * 1024;
 
 /// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
 /// the codewords are in the lanes (the tiled kernels), every row ends in a reduction
@@ -4863,16 +4875,16 @@ mod tests {
     #[test]
     fn few_kernel_bounds() {
         // Rows of 9 to 32 floats on AVX-512 and on AVX2 against up to 32 codewords, 9 to 16
-        // on AVX2 beyond (narrower ones fold), 5 to 256 codewords (fewer: the narrow
-        // kernel); never in the portable build.
+        // on AVX2 beyond (narrower ones fold); more than 4 codewords (fewer: the narrow
+        // kernel), 48 Ki floats of codebook at most; never in the portable build.
         let avx512 = |d, k| few_wins(Isa::Avx512, d, k);
-        assert!(avx512(9, 5) && avx512(32, 256) && avx512(16, 16));
-        assert!(!avx512(8, 16) && !avx512(33, 16) && !avx512(32, 257));
-        assert!(!avx512(16, NARROW_K));
+        assert!(avx512(9, 5) && avx512(32, 1536) && avx512(16, 16) && avx512(12, 4096));
+        assert!(!avx512(8, 16) && !avx512(33, 16) && !avx512(32, 1537) && !avx512(12, 4097));
+        assert!(!avx512(16, NARROW_K) && !avx512(9, usize::MAX));
         let avx2 = |d, k| few_wins(Isa::Avx2, d, k);
-        assert!(avx2(9, 5) && avx2(16, 256) && !avx2(17, 33) && !avx2(8, 16));
+        assert!(avx2(9, 5) && avx2(16, 3072) && !avx2(17, 33) && !avx2(8, 16));
         assert!(avx2(17, 16) && avx2(32, 32) && !avx2(33, 16) && !avx2(32, 33));
-        assert!(!avx2(16, 257) && !avx2(16, NARROW_K));
+        assert!(!avx2(16, 3073) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
     }
 
