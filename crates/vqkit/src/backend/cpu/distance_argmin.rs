@@ -4437,6 +4437,8 @@ mod tests {
             (70, 16, 16),
             (33, 37, 9),
             (100, 13, 31),
+            // And against hundreds of codewords (many tiles, the best moving late).
+            (45, 700, 12),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
