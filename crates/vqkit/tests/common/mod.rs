@@ -530,14 +530,13 @@ macro_rules! backend_suite {
                 (70, 129, 4096),
                 (19, (1 << 20) + 3, 4),
                 (301, 5003, 2),
-                // Short rows against many codewords (the AVX2 scan kernels, the tall ones:
-                // AVX-512's, and AVX2's at d <= 4): rows and codewords leaving remainders.
+                // Short rows against many codewords (the tall kernels, AVX-512's and
+                // AVX2's): rows and codewords leaving remainders.
                 (53, 4099, 8),
                 (29, 4097, 6),
                 (45, 700, 100),
                 // Short rows against small codebooks (the tall kernels carrying indices,
-                // AVX2's at d <= 3, and at d = 8 up to 32 codewords): partial panels, up to
-                // four panels.
+                // AVX2's up to 64 codewords): partial panels, up to four panels.
                 (70, 16, 4),
                 (33, 7, 8),
                 (41, 32, 8),
@@ -545,8 +544,8 @@ macro_rules! backend_suite {
                 (40, 50, 2),
                 (37, 40, 3),
                 // Many rows of 9 to 32 floats against a few codewords (the few kernels:
-                // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4
-                // up to 16 floats), full and short.
+                // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4,
+                // past 16 floats against at most 32 codewords), full and short.
                 (100, 37, 9),
                 (70, 256, 32),
                 (45, 13, 17),

@@ -52,9 +52,8 @@
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
-//!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 4 with
-//!   `tall_wins`'s codebooks (d = 4 only from 65 codewords), and for d = 8 against at
-//!   most 32 codewords (`tall256_takes`), where it serves instead of v2 and v4. Where the
+//!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 8 with
+//!   `tall_wins`'s codebooks, where it serves instead of v2 and v4. Where the
 //!   codebook is one group of panels, a task takes its blocks one at a time, each written
 //!   out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
@@ -616,16 +615,18 @@ const SCAN_MAX_D: usize = 8;
 const SCAN_MIN_K: usize = 2048;
 
 /// Whether the scan kernels serve a shape (rather than the tiled ones), where the
-/// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it (on
-/// AVX2 they serve d <= 4 from 256 codewords and more, so the scan kernels take 5 <= d <=
-/// 8; the AVX2 tall kernel takes d = 8 only against a few codewords).
+/// instruction set has them ([`kernel_for`]: AVX2) and the tall ones do not serve it.
+/// Since the AVX2 tall kernel serves every codebook `tall_wins` gives it (see
+/// [`tall_kernel`]), which includes all of these, the scan kernels run only where a
+/// blocking asks for them (the tests); they stay as the minima walk's first form, checked
+/// bit for bit against the tiled kernel.
 fn scan_wins(d: usize, k: usize) -> bool {
     d <= SCAN_MAX_D && k >= SCAN_MIN_K
 }
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
-/// instruction set has one ([`tall_kernel`]: AVX-512, and AVX2 with
-/// [`tall256_takes`]): rows of d <= 8 against at least 32 codewords at d <= 2 and 256
+/// instruction set has one ([`tall_kernel`]: AVX-512 and AVX2): rows of d <= 8 against
+/// at least 32 codewords at d <= 2 and 256
 /// above, and against small codebooks (below). The bounds were measured on AVX-512. Against
 /// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
 /// medians, n = 100,000 unless given: d = 2, k = 32 0.84 -> 0.64 ms, k = 256 2.07 -> 1.23
@@ -639,58 +640,22 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// computed again, against few panels. With AVX2's 16 registers (`--isa avx2` on that Zen 4
 /// VM, one or two vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61
 /// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
-/// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 takes them there (and at d = 8
-/// against a few codewords: [`tall256_takes`]); the d = 3 and 4 ones were not measured on
-/// another AVX2 CPU. Later, four vectors up to d = 3 gained again on the Zen 4 VM
-/// (`x86::tall256_rows`: d = 2, k = 4096 0.670).
+/// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 took them there; four vectors
+/// up to d = 3 gained again on the Zen 4 VM (`x86::tall256_rows`: d = 2, k = 4096 0.670),
+/// and once its rows were packed with AVX (`x86::pack_narrow_avx`) AVX2 took every width.
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
 /// against the tiled kernels there too (below); up to 128 codewords is "small" on either
-/// (AVX2's 65 to 128 take the minima walk; [`tall256_takes`] leaves AVX2 fewer of these
-/// shapes). Between 129 and 255 codewords at d > 2 the tiled kernels stay.
+/// (AVX2's 65 to 128 take the minima walk). Between 129 and 255 codewords at d > 2 the
+/// tiled kernels stay.
 fn tall_wins(d: usize, k: usize) -> bool {
     let small = k > NARROW_K && k <= TALL_INDEX_MAX_PANELS * TALL_NR;
     d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
 }
 
-/// Whether the AVX2 tall kernel takes rows of `d` floats against `k` codewords where
-/// [`tall_wins`] does: at d <= 3 always, at d = 4 only past the index walk's
-/// [`TALL_INDEX_MAX_PANELS`] panels of 16, and at d = 8 against at most [`TALL256_FEW_K`]
-/// codewords (its index walk; the minima walk lost there, see `x86::TALL256_MAX_D`).
-///
-/// At d = 4, with some of the rows' elements read from memory, the index walk (a compare
-/// and two blends per codeword and vector of rows) lost on two threads: `vqkit bench --op
-/// assign --n 100000 --k K --d 4 --threads 2 --seconds 1` on a 2-core Zen 1, the tiled
-/// kernel against it, 5 alternating runs in each order, medians: k = 16 1.084 -> 1.308 ms
-/// and 1.082 -> 1.186, k = 64 2.081 -> 2.230 (k = 32 a tie; on one thread k = 16 2.14 ->
-/// 1.96, k = 64 4.30 -> 4.31). At d = 3 it won (the same command, the tiled kernel first,
-/// 5 runs): k = 8 1.130 -> 0.868 ms, k = 16 1.142 -> 1.000, k = 32 1.424 -> 1.244, k = 64
-/// 1.990 -> 1.871.
-///
-/// With `tall_stream`, on the Zen 4 VM with `--isa avx2` and the rows packed as an
-/// AVX2-only CPU packs them (copies for d < 8: no AVX-512 permutes; eight steps at a time
-/// with AVX at d = 8), one build with the choices read from the environment, the same
-/// command with `--seconds 0.3`, 5 alternating pairs, medians of the ratios against the
-/// tiled kernel, k x d: one thread 16 x 8 0.837, 32 x 8 0.868, 16 x 4 0.886, 32 x 4 0.906,
-/// 64 x 4 0.914, but 16 x 5 1.271, 32 x 6 1.219, 16 x 7 1.155; two threads 16 x 8 0.833,
-/// 32 x 8 0.955, but 16 x 4 1.142, 64 x 4 1.039 (d = 4 on two threads as on the Zen 1).
-/// With the AVX-512 permutes packing those rows (this CPU's own path under `--isa avx2`)
-/// d = 4 to 7 won too (16 x 4 0.629, 16 x 5 0.847, 32 x 6 0.983 on one thread), but the
-/// AVX2 path is for CPUs without them; with those permutes, against 48 and 64 codewords
-/// at d >= 5 it lost or tied (one thread 64 x 6 1.145 and 1.214, 48 x 7 1.081, 64 x 8
-/// 0.971; two threads 64 x 6 1.311, 64 x 8 1.043). Not measured on an AVX2-only CPU.
-fn tall256_takes(d: usize, k: usize) -> bool {
-    let index_walk = TALL_INDEX_MAX_PANELS * TALL256_NR;
-    d <= 3 || (d == 4 && k > index_walk) || (d == 8 && k <= TALL256_FEW_K)
-}
-
 /// Codewords per panel of the AVX2 tall kernel (two ymm: `x86::AVX2_NR`).
 const TALL256_NR: usize = 16;
-
-/// The most codewords the AVX2 tall kernel takes rows of 8 floats against (two panels of
-/// 16): see [`tall256_takes`].
-const TALL256_FEW_K: usize = 32;
 
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
 /// its minimum alone. `vqkit bench --op assign --n 100000 --threads 2`, 3 alternating runs
@@ -710,8 +675,7 @@ const TALL_NR: usize = 32;
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
-/// d <= 2 more than four codewords; at d = 3 and 4 up to 128 and from 256, at d = 4 only
-/// past four panels; at d = 8 a few: [`tall256_takes`]). `vqkit bench --op assign --n
+/// d <= 2 more than four codewords; at d = 3 to 8 up to 128 and from 256). `vqkit bench --op assign --n
 /// 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with the
 /// choice read once from the environment, the shipped kernels first in each pair, 3 runs,
 /// medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05,
@@ -722,6 +686,28 @@ const TALL_NR: usize = 32;
 /// 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k = 1024 40.98 -> 32.66, k = 4096
 /// 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256 11.04 -> 8.91, k = 4096 114.39 ->
 /// 105.73.
+///
+/// Until 2026-12-06's seventh session AVX2 took d = 4 only past the index walk's four panels and d = 5 to 8
+/// only at d = 8 against at most 32 codewords: on that Zen 1 the index walk at d = 4 lost
+/// on two threads (`--n 100000 --k K --d 4 --threads 2 --seconds 1`, 5 runs in each order:
+/// k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230), and the minima walk
+/// lost at d = 5 to 8 (16 rows: d = 6, k = 256 13.80 -> 14.28 ms; d = 8, k = 256 17.60 ->
+/// 19.16, k = 4096 230.24 -> 253.16); on the Zen 4 VM with `--isa avx2`, rows packed by
+/// copies for d < 8 as an AVX2-only CPU then packed them, 16 x 5 1.271, 32 x 6 1.219, 16 x
+/// 7 1.155 (one thread, 5 pairs). Since then the tall kernels stream their blocks and
+/// finish their rows, and rows of 2 to 7 floats pack with AVX's transposes where there is
+/// no AVX-512 (`x86::pack_narrow_avx`). Against that rule on the Zen 4 VM, `vqkit bench
+/// --op assign --n N --k K --d D --threads T --seconds 0.3 --isa avx2` in a build packing
+/// as an AVX2-only CPU does (no AVX-512 permutes) with the rule read from the environment,
+/// medians of the alternating pairs' ratios (n = 100,000 unless given, k x d), one thread,
+/// 5 pairs: 16 x 4 0.635, 16 x 5 0.636, 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4
+/// 0.878, 64 x 6 0.920, 64 x 8 0.951; 3 pairs: 128 x 6 0.802, 256 x 5 0.727, 256 x 7
+/// 0.566, 256 x 8 0.855, 1024 x 6 0.694, 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833, 20,000
+/// x 1024 x 8 0.834, 5000 x 65,536 x 6 0.974; two threads, 5 pairs: 16 x 4 0.607, 16 x 6
+/// 1.046 (7 pairs: 0.676), 64 x 4 0.933, 64 x 7 0.906, 256 x 6 0.766, 4096 x 5 0.811;
+/// 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3 pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6 0.742,
+/// 5000 x 65,536 x 8 0.912. So AVX2 takes every shape `tall_wins` gives it, the scan
+/// kernels' included (not measured again on an AVX2-only CPU, nor on the Zen 1).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
@@ -865,8 +851,7 @@ pub(crate) fn distance_argmin(
     let scan = scan_wins(shape.d, shape.k);
     let tall = tall_wins(shape.d, shape.k)
         .then(|| tall_kernel(isa, shape.d))
-        .flatten()
-        .filter(|_| isa != Isa::Avx2 || tall256_takes(shape.d, shape.k));
+        .flatten();
     let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
     let caches = super::CacheSizes::detect();
     let mut blocking = Blocking {
@@ -2021,6 +2006,23 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
             }
             return;
         }
+        // Without AVX-512, blocks of a multiple of 8 rows take 8 x 8 transposes with AVX
+        // (`x86::pack_narrow_avx`).
+        #[cfg(target_arch = "x86_64")]
+        if MR.is_multiple_of(8) && (2..8).contains(&d) && super::has_avx() {
+            // SAFETY: AVX was detected at run time.
+            unsafe {
+                match d {
+                    2 => x86::pack_narrow_avx::<MR, 2>(block, xb),
+                    3 => x86::pack_narrow_avx::<MR, 3>(block, xb),
+                    4 => x86::pack_narrow_avx::<MR, 4>(block, xb),
+                    5 => x86::pack_narrow_avx::<MR, 5>(block, xb),
+                    6 => x86::pack_narrow_avx::<MR, 6>(block, xb),
+                    _ => x86::pack_narrow_avx::<MR, 7>(block, xb),
+                }
+            }
+            return;
+        }
         match d {
             1 => return narrow::<MR, 1>(block, xb),
             2 => return narrow::<MR, 2>(block, xb),
@@ -2157,7 +2159,7 @@ fn rows_portable(s: &Step, acc_buf: &mut [f32], val: &mut [f32], idx: &mut [u32]
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Step, scan_block};
-    use crate::backend::cpu::gemm::transpose8_avx;
+    use crate::backend::cpu::gemm::{transpose8_avx, transpose8_regs};
 
     use std::arch::x86_64::*;
 
@@ -2462,6 +2464,47 @@ mod x86 {
             }
         }
         steps
+    }
+
+    /// [`super::pack_rows`] for whole blocks of MR rows (a multiple of 8) of D < 8 floats,
+    /// with AVX: each 8 rows loaded as 8 vectors from their first floats (a row's vector
+    /// holds the next row's first 8 - D floats too, never stored; the block's last rows,
+    /// whose vectors would reach past the block, under a mask), transposed in registers
+    /// ([`transpose8_regs`]), and the first D vectors, the rows' D steps, stored. A copy:
+    /// the bits of the scalar loop.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn pack_narrow_avx<const MR: usize, const D: usize>(
+        block: &[f32],
+        xb: &mut [f32],
+    ) {
+        assert!(MR.is_multiple_of(8) && D < 8);
+        assert!(block.len() >= MR * D && xb.len() >= MR * D);
+        let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
+        let first: [i32; 8] = std::array::from_fn(|l| if l < D { -1 } else { 0 });
+        // SAFETY: AVX by the caller's contract; `first` holds 8 ints.
+        let mask = unsafe { _mm256_loadu_si256(first.as_ptr().cast()) };
+        for r0 in (0..MR).step_by(8) {
+            // SAFETY: row r's vector from r * D: whole where its 8 floats lie in the block,
+            // else its D floats alone (masked lanes are not read); steps t < D of rows
+            // r0..r0 + 8 are stored at t * MR + r0, inside `xb` (asserted above).
+            unsafe {
+                let rows: [__m256; 8] = std::array::from_fn(|i| {
+                    let at = (r0 + i) * D;
+                    if at + 8 <= MR * D {
+                        _mm256_loadu_ps(src.add(at))
+                    } else {
+                        _mm256_maskload_ps(src.add(at), mask)
+                    }
+                });
+                let steps = transpose8_regs(rows);
+                for (t, v) in steps.iter().enumerate().take(D) {
+                    _mm256_storeu_ps(dst.add(t * MR + r0), *v);
+                }
+            }
+        }
     }
 
     /// [`super::pack_rows`] for whole blocks of MR rows (a multiple of 16) of D < 8 floats,
@@ -3757,7 +3800,7 @@ mod x86 {
 
     /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
     /// vectors of 8 up to d = 3, two from d = 4. `tall_avx2`'s G per d must agree
-    /// (`tall_step` asserts it). (At d = 8, the index walk only: `super::tall256_takes`.)
+    /// (`tall_step` asserts it).
     ///
     /// Two vectors first, tuned on a 2-core Zen 1: with their d elements, chains, minima
     /// and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's 16 registers at
@@ -3778,12 +3821,9 @@ mod x86 {
         8 * if d <= 3 { 4 } else { 2 }
     }
 
-    /// The widest rows the AVX2 tall kernel takes, those of the scan kernels; from d = 5
-    /// only d = 8, against a few codewords (`super::tall256_takes`). There the minima walk, with
-    /// more of the rows' elements through memory, won at one shape only (the same command
-    /// on the Zen 1, 16 rows against the shipped kernels: d = 5, k = 256 13.67 -> 12.51 ms
-    /// but k = 4096 159.66 -> 160.02; d = 6, k = 256 13.80 -> 14.28; d = 8, k = 256 17.60
-    /// -> 19.16, k = 4096 230.24 -> 253.16).
+    /// The widest rows the AVX2 tall kernel takes, those of the scan kernels (from d = 5
+    /// the minima walk keeps more of the rows' elements in memory; it lost on the Zen 1
+    /// and now wins on the Zen 4 VM: `super::tall_kernel`).
     pub(super) const TALL256_MAX_D: usize = super::SCAN_MAX_D;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
@@ -4508,8 +4548,7 @@ mod tests {
     /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1, 2, 3, 6 and 8
-    /// on both (AVX2's at d = 6, and at d = 8 against 40 codewords and more, only because
-    /// the test asks for them), the cols ones at d = 33 and the few ones at d = 12 and 32
+    /// on both, the cols ones at d = 33 and the few ones at d = 12 and 32
     /// (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere the tiled
     /// kernel against itself. With 13 rows (every tile short) and 40 (a full tile of each
     /// kernel first).
@@ -4873,6 +4912,40 @@ mod tests {
         }
     }
 
+    /// Blocks of 16, 32 and 64 rows of 2 to 7 floats packed with AVX's transposes
+    /// (`x86::pack_narrow_avx`, which `pack_rows` calls only without AVX-512, so this calls
+    /// it itself) are the block's transpose: the blocks' last rows loaded under a mask, in
+    /// buffers of exactly the block (memcheck sees a read past it).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx_narrow_packing_is_the_block_transpose() {
+        fn check<const MR: usize, const D: usize>() {
+            let block: Vec<f32> = (0..MR * D).map(|v| v as f32 * 0.5 - 3.0).collect();
+            let mut xb = vec![f32::NAN; MR * D];
+            // SAFETY: the caller checked for AVX.
+            unsafe { x86::pack_narrow_avx::<MR, D>(&block, &mut xb) };
+            for (at, &v) in xb.iter().enumerate() {
+                let (t, r) = (at / MR, at % MR);
+                let want = block[r * D + t].to_bits();
+                assert_eq!(v.to_bits(), want, "mr={MR} d={D} t={t} r={r}");
+            }
+        }
+        if !crate::backend::cpu::has_avx() {
+            return;
+        }
+        check::<16, 2>();
+        check::<16, 3>();
+        check::<16, 4>();
+        check::<16, 5>();
+        check::<16, 6>();
+        check::<16, 7>();
+        check::<32, 2>();
+        check::<32, 5>();
+        check::<32, 7>();
+        check::<64, 3>();
+        check::<64, 4>();
+    }
+
     /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
     #[test]
     fn few_kernel_bounds() {
@@ -4888,20 +4961,6 @@ mod tests {
         assert!(avx2(17, 16) && avx2(32, 32) && !avx2(33, 16) && !avx2(32, 33));
         assert!(!avx2(16, 3073) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
-    }
-
-    /// The shapes the AVX2 tall kernel takes where the tall kernels win ([`tall256_takes`]),
-    /// at its bounds: d <= 3 always, d = 4 past 64 codewords, d = 8 up to 32, d = 5 to 7
-    /// never.
-    #[test]
-    fn avx2_tall_kernel_bounds() {
-        for k in [5, 16, 64, 65, 256, 4096] {
-            assert!((1..=3).all(|d| tall256_takes(d, k)), "k = {k}");
-            assert!((5..=7).all(|d| !tall256_takes(d, k)), "k = {k}");
-        }
-        assert!(!tall256_takes(4, 64) && tall256_takes(4, 65) && tall256_takes(4, 4096));
-        assert!(tall256_takes(8, 5) && tall256_takes(8, 32) && !tall256_takes(8, 33));
-        assert!(!tall256_takes(8, 4096));
     }
 
     #[test]

@@ -170,6 +170,21 @@ pub(super) mod x86 {
         // SAFETY: rows r < 8 of 8 floats each, inside both buffers by the caller's contract.
         unsafe {
             let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+            for (i, v) in transpose8_regs(r).iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * ds), *v);
+            }
+        }
+    }
+
+    /// The 8 x 8 transpose of eight vectors in registers: element j of vector i becomes
+    /// element i of vector j.
+    ///
+    /// # Safety
+    /// The caller is compiled for AVX (this is inlined into it).
+    #[inline(always)]
+    pub(crate) unsafe fn transpose8_regs(r: [__m256; 8]) -> [__m256; 8] {
+        // SAFETY: register operations only, on AVX by the caller's contract.
+        unsafe {
             // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves.
             let t0 = _mm256_unpacklo_ps(r[0], r[1]);
             let t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -187,7 +202,7 @@ pub(super) mod x86 {
             let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
             let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
             let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            let out = [
+            [
                 _mm256_permute2f128_ps::<0x20>(u0, u4),
                 _mm256_permute2f128_ps::<0x20>(u1, u5),
                 _mm256_permute2f128_ps::<0x20>(u2, u6),
@@ -196,10 +211,7 @@ pub(super) mod x86 {
                 _mm256_permute2f128_ps::<0x31>(u1, u5),
                 _mm256_permute2f128_ps::<0x31>(u2, u6),
                 _mm256_permute2f128_ps::<0x31>(u3, u7),
-            ];
-            for (i, v) in out.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(i * ds), *v);
-            }
+            ]
         }
     }
 

@@ -59,7 +59,7 @@ use pack::pack_b;
 /// The 8 x 8 register transpose behind [`transpose8`], for other packings of the CPU
 /// backend (the distance kernels' rows).
 #[cfg(target_arch = "x86_64")]
-pub(crate) use micro::x86::transpose8_avx;
+pub(crate) use micro::x86::{transpose8_avx, transpose8_regs};
 pub use pack::{Transpose8, transpose8};
 
 /// A read-only strided view of a matrix: element (i, j) is `data[i * rs + j * cs]`.
