@@ -321,7 +321,8 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 /// k = 16 0.639; d = 16, k = 16 0.704, k = 32 0.669, k = 256 0.945; d = 32, k = 16 0.837,
 /// k = 32 0.774, k = 64 0.894, k = 256 0.981.
 ///
-/// On AVX2 (tiles of 4 codewords, panels of 16 rows) up to [`FEW256_MAX_D`] only, against
+/// On AVX2 (tiles of 4 codewords, panels of 16 rows), before the two changes of the next
+/// paragraph, up to [`FEW256_MAX_D`] only, against
 /// the 6-row AVX2 tile, the same command with `--isa avx2` on the same VM, 3 pairs on one
 /// thread: d = 9, k = 16 0.653, k = 64 0.967, k = 256 0.842; d = 12, k = 16 0.713; d = 16,
 /// k = 16 0.755, k = 32 0.824, k = 64 0.915, k = 128 1.022, k = 256 0.927; 5 pairs: d = 12,
@@ -358,8 +359,10 @@ const FEW256_MAX_D: usize = 16;
 /// (see [`few_wins`]).
 const FEW256_WIDE_MAX_K: usize = 32;
 
-/// The widest rows [`rows_stream`] takes (see [`few_wins`]). What the few kernel saves per
-/// row (the reduction across lanes, the norms' pass) is the same at any width, and what
+/// The widest rows [`rows_stream`] takes (see [`few_wins`]), and the widest whose norms
+/// `x86::few_walk` takes in its first tile (partials of at most two steps). What the few
+/// kernel saves per row (the reduction across lanes; on AVX-512 the norms' pass) is the
+/// same at any width, and what
 /// it adds (packing: a load and a store per element) grows with d; wider, it lost (the
 /// command of [`few_wins`], one thread, 3 pairs: d = 40, k = 16 1.055, k = 128 0.972;
 /// d = 48, k = 16 1.098; d = 64, k = 16 1.225, k = 32 1.100, k = 64 1.085). Where between
@@ -367,7 +370,8 @@ const FEW256_WIDE_MAX_K: usize = 32;
 const FEW_MAX_D: usize = 32;
 
 /// The largest codebook [`rows_stream`] takes, in floats (see [`few_wins`]): 192 KiB, so
-/// that the tiles the kernel walks once per panel of 32 rows stay in L2. The tiled kernels'
+/// that the tiles the kernel walks once per panel of 32 rows (16 on AVX2) stay in L2 (a
+/// constant, not the detected L2: every x86 core of the last decade has 256 KiB or more). The tiled kernels'
 /// per-row reduction shrinks against the walk as k grows; the few kernel had been measured
 /// to k = 256 only (2% to 8% gained there) and held to it. With the prefetch of
 /// `x86::Ahead`, against a build reading the bound from the environment (at most 256
@@ -378,8 +382,9 @@ const FEW_MAX_D: usize = 32;
 /// 100,000 x 512 x 16 0.892, x 512 x 32 0.956, 50,000 x 1536 x 32 0.951. Past L2 it still
 /// tied on one thread, 3 pairs (20,000 x 16,384 x 32 0.995, 10,000 x 65,536 x 32 0.995,
 /// 10,000 x 262,144 x 16 0.990; two threads 20,000 x 65,536 x 16 0.949), but there it
-/// reads the codebook from L3 or memory once per 32 rows, 16 flop a byte, which many
-/// threads sharing memory would not sustain; so not past this bound.
+/// reads the codebook from L3 or memory once per panel, 16 flop a byte (8 on AVX2), which
+/// many threads sharing memory would not sustain; so not past this bound. Only 512 x 16
+/// gained clearly; the rest by 3% to 5%, within the noise of single sets.
 const FEW_MAX_FLOATS: usize = 48 * 1024;
 
 /// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
@@ -410,7 +415,7 @@ fn rows_stream(
 ) -> Result<()> {
     let (mr, nr) = x86::few_for(isa);
     let Shape { k, d, .. } = shape;
-    // A few codewords of a few dozen floats (`few_wins`): kilobytes.
+    // At most `FEW_MAX_FLOATS` (`few_wins`): 192 KiB.
     let mut tiles = vec![0.0f32; k.div_ceil(mr) * mr * d];
     for (j0, tile) in (0..k).step_by(mr).zip(tiles.chunks_exact_mut(mr * d)) {
         pack_rows(&codebook[j0 * d..(j0 + mr).min(k) * d], d, mr, tile);
@@ -484,7 +489,8 @@ pub(crate) struct Blocking {
     /// codeword at a time) rather than the tiled or scan ones. Only where d is one chunk
     /// and the scores fold (`folds`); the rows are then always packed.
     pub tall: bool,
-    /// Many rows of a few dozen floats against a few codewords: rows packed 32 to a panel,
+    /// Many rows of 9 to 32 floats against a codebook of up to 48 Ki floats ([`few_wins`]):
+    /// rows packed 32 to a panel,
     /// the codebook in tiles of 8 broadcast against them ([`rows_stream`]; with AVX2 16
     /// rows and tiles of 4; not in the portable build).
     /// Only where the scores do not fold and `cols` is not set (few rows against a
@@ -1031,7 +1037,7 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// 256 x 8 0.975, 4096 x 2 0.994; two threads 16 x 2 0.689, 16 x 8 0.831, 32 x 1 0.803,
 /// 128 x 5 0.873, 256 x 2 0.876, 256 x 8 0.965; `--isa avx2`, one thread, 3 pairs: 16 x 2
 /// 0.777, 16 x 3 0.802, 256 x 2 0.931, 4096 x 4 0.991 (the Zen 4 VM). Prefetching the next
-/// block into L2, as `rows_stream` does, lost (16 x 8 1.080, 16 x 2 1.067).
+/// block into L2, as `rows_stream` then did, lost (16 x 8 1.080, 16 x 2 1.067).
 ///
 /// The norms' pass ([`packed_norms`]) and `add_norms` after the kernel, with the
 /// copies out of its buffers and the kernel's checks on every block, took about a
@@ -2048,9 +2054,11 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         if start == d {
             return;
         }
-        // The last d % 4 steps (d % 8 without SSE's), one float at a time. Through an array
-        // of the MR rows' slices, built per block, this was a fifth of a call at n = 100,000,
-        // k = 16, d = 9 (`perf`, one thread, `--isa avx2`).
+        // The steps the transposes above leave (the last d % 4; every step for tiles of 6
+        // rows, and off x86-64), one float at a time. Through an array of the MR rows'
+        // slices, built per block, this was a fifth of a call at n = 100,000, k = 16,
+        // d = 9 (`perf`, one thread, `--isa avx2`); 6-row tiles, `--isa avx2`, one thread,
+        // 5 pairs: 20,000 x 4096 x 64 0.976, x 4096 x 33 0.961.
         let block = &block[..MR * d];
         for (t, step) in xb[..MR * d].chunks_exact_mut(MR).enumerate().skip(start) {
             for (r, v) in step.iter_mut().enumerate() {
@@ -2963,7 +2971,8 @@ mod x86 {
 
     /// Codewords per tile of the few kernel ([`super::rows_stream`]) on AVX-512: with their
     /// 16 accumulators (8 codewords x two vectors of 16 rows), the panel's step, the
-    /// broadcast and the rows' best scores and indices, 23 of AVX-512's 32 registers.
+    /// broadcast and the rows' best scores and indices, 23 of AVX-512's 32 registers (26
+    /// in the first tile, with the rows' norms and a zero).
     pub(super) const FEW_MR: usize = 8;
 
     /// Codewords per tile of the few kernel on AVX2: 8 accumulators (4 codewords x two
@@ -3092,7 +3101,7 @@ mod x86 {
     ///
     /// The norms are taken in the first tile's pass over the panel, with the bits of
     /// [`super::sq_norm`] (and of [`packed_norms_simd`], which the kernel had run over the
-    /// panel before it: 16% of a call at n = 4096, k = 16, d = 16 in `perf`, one thread,
+    /// panel before it: 15% of the samples at n = 4096, k = 16, d = 16 in `perf`, one thread,
     /// much of it the 15 adds of its partials in one chain, latency-bound). Up to d = 32
     /// partial l of `sq_norm` is step l's square plus step l + 16's (+0 where a step is
     /// missing, which changes no bit of a sum of squares), and the partials are added in
@@ -3101,9 +3110,12 @@ mod x86 {
     /// without a second step, l >= d - 16, are added after the pass. The adds go to the
     /// adder pipes, which the FMAs leave idle, and their chain runs beside the FMAs'.
     ///
+    /// The norms are right for d <= 32 only ([`super::FEW_MAX_D`], which `few_entry`
+    /// asserts).
+    ///
     /// # Safety
     /// The caller is compiled for V's instruction set and `few_entry`'s asserts hold for
-    /// MR codewords a tile and 2 V::W rows a panel, with d <= 32.
+    /// MR codewords a tile and 2 V::W rows a panel.
     #[inline(always)]
     unsafe fn few_walk<V: Lanes, const MR: usize, const NORMS: bool>(
         panel: &[f32],
@@ -3111,6 +3123,8 @@ mod x86 {
         (tiles, norms): (&[f32], &[f32]),
         mut ahead: Ahead,
     ) -> ([V; 2], [V::I; 2], [V; 2]) {
+        // Partials of at most two steps: steps l and l + 16.
+        const { assert!(super::FEW_MAX_D <= 32) };
         let (w, k) = (V::W, norms.len());
         let nr = 2 * w;
         let (xp, cp) = (panel.as_ptr(), tiles.as_ptr());
@@ -3183,41 +3197,39 @@ mod x86 {
     /// --threads T --seconds 0.3`, 7 alternating pairs, medians of the ratios, k x d, the
     /// Zen 4 VM): one thread 16 x 32 0.826, 16 x 12 0.894, 32 x 20 0.896, 256 x 32
     /// 0.976; two threads 16 x 32 0.907, 16 x 16 0.882, 64 x 24 0.962; `--isa avx2`, 5
-    /// pairs, 16 x 16 0.688, 64 x 12 0.908. Spread into L2 instead: 16 x 32 1.139,
-    /// 16 x 16 0.882, 64 x 24 0.995 (5 pairs); none at all: 1.436, 1.168, 1.108. A panel
+    /// pairs, 16 x 16 0.688, 64 x 12 0.908. One thread, 5 pairs, against the same burst:
+    /// spread into L2 instead, 16 x 32 1.139, 16 x 16 0.882, 64 x 24 0.995; none at all,
+    /// 1.436, 1.168, 1.108. The rows need not start on a line, so a panel's last line may
+    /// go unasked. Against large codebooks the lines reach L1 early in the walk and may be
+    /// back in L2 by the time they are packed. A panel
     /// has two lines per step of d on AVX-512 and one on AVX2, and the walk takes tiles x
     /// d steps: against 8 codewords or fewer (one tile of AVX-512's) the lines left are
     /// asked for after it ([`Ahead::rest`]).
-    pub(super) struct Ahead {
-        p: *const f32,
-        lines: usize,
+    pub(super) struct Ahead<'a> {
+        rows: &'a [f32],
+        /// The float whose line is asked for next (every 16th from the first).
         next: usize,
     }
 
-    impl Ahead {
-        fn new(rows: &[f32]) -> Ahead {
-            Ahead {
-                p: rows.as_ptr(),
-                lines: rows.len().div_ceil(16),
-                next: 0,
-            }
+    impl<'a> Ahead<'a> {
+        fn new(rows: &'a [f32]) -> Ahead<'a> {
+            Ahead { rows, next: 0 }
         }
 
         /// The next line, if any is left.
         #[inline(always)]
         fn step(&mut self) {
-            if self.next < self.lines {
-                // SAFETY: SSE is part of x86-64 and a prefetch never faults; the line
-                // starts inside the rows (16 * next < rows.len()).
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.p.add(self.next * 16).cast()) };
-                self.next += 1;
+            if let Some(v) = self.rows.get(self.next) {
+                // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(v).cast()) };
+                self.next += 16;
             }
         }
 
         /// The lines left.
         #[inline(always)]
         fn rest(&mut self) {
-            while self.next < self.lines {
+            while self.next < self.rows.len() {
                 self.step();
             }
         }
@@ -3359,12 +3371,15 @@ mod x86 {
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
             unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_set1_ps(m))) as u32 }
         }
+        #[inline(always)]
         unsafe fn load_first(p: *const f32, lanes: usize) -> Self {
             unsafe { _mm256_maskload_ps(p, first_lanes(lanes)) }
         }
+        #[inline(always)]
         unsafe fn add_square(a: Self, v: Self) -> Self {
             unsafe { _mm256_add_ps(a, _mm256_mul_ps(v, v)) }
         }
+        #[inline(always)]
         unsafe fn add(a: Self, b: Self) -> Self {
             unsafe { _mm256_add_ps(a, b) }
         }
@@ -3434,12 +3449,15 @@ mod x86 {
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
             unsafe { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m)) as u32 }
         }
+        #[inline(always)]
         unsafe fn load_first(p: *const f32, lanes: usize) -> Self {
             unsafe { _mm512_maskz_loadu_ps(((1u32 << lanes) - 1) as __mmask16, p) }
         }
+        #[inline(always)]
         unsafe fn add_square(a: Self, v: Self) -> Self {
             unsafe { _mm512_add_ps(a, _mm512_mul_ps(v, v)) }
         }
+        #[inline(always)]
         unsafe fn add(a: Self, b: Self) -> Self {
             unsafe { _mm512_add_ps(a, b) }
         }
@@ -4477,8 +4495,10 @@ mod tests {
             (70, 16, 16),
             (33, 37, 9),
             (100, 13, 31),
-            // And against hundreds of codewords (many tiles, the best moving late).
+            // And against hundreds of codewords (many tiles, the best moving late), and
+            // against one tile (AVX-512's: the prefetch's last lines after the walk).
             (45, 700, 12),
+            (70, 6, 24),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -4876,7 +4896,8 @@ mod tests {
     /// `sq_norm` at every width it serves, 9 to 32 (one chain to 16, partials of two
     /// steps beyond, the partials without a second step added after the pass): the tiled
     /// kernel's bits, on panels full and short, rows of every magnitude (a norm of +inf,
-    /// a zero row, a subnormal one) and a NaN row.
+    /// a zero row, one whose squares are subnormal) and a NaN row. (The last partials left
+    /// out, `d - 16..15`, fail it: `cargo test --release -p vqkit --lib -- few_kernel_norms`.)
     #[test]
     fn few_kernel_norms_at_every_width() {
         for d in 9..=FEW_MAX_D {
@@ -4884,7 +4905,7 @@ mod tests {
             let mut x = clustered(n, d, 3, 0.5, 40 + d as u64);
             x[d..2 * d].fill(1e21);
             x[2 * d..3 * d].fill(0.0);
-            x[3 * d..4 * d].fill(1e-23);
+            x[3 * d..4 * d].fill(1e-20);
             x[5 * d + d / 2] = f32::NAN;
             let c = clustered(k, d, 4, 0.5, 80 + d as u64);
             let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
