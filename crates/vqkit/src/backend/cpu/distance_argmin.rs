@@ -371,20 +371,20 @@ const FEW_MAX_D: usize = 32;
 
 /// The largest codebook [`rows_stream`] takes, in floats (see [`few_wins`]): 192 KiB, so
 /// that the tiles the kernel walks once per panel of 32 rows (16 on AVX2) stay in L2 (a
-/// constant, not the detected L2: every x86 core of the last decade has 256 KiB or more). The tiled kernels'
-/// per-row reduction shrinks against the walk as k grows; the few kernel had been measured
-/// to k = 256 only (2% to 8% gained there) and held to it. With the prefetch of
-/// `x86::Ahead`, against a build reading the bound from the environment (at most 256
-/// codewords), `vqkit bench --op assign --n N --k K --d D --threads T --seconds 0.3`,
-/// medians of the alternating pairs' ratios, n x k x d, the Zen 4 VM: one thread, 5 pairs,
-/// 100,000 x 512 x 16 0.877, x 512 x 32 0.949, 50,000 x 2048 x 24 0.961, x 4096 x 12
+/// constant, not the detected L2: every x86 core of the last decade has 256 KiB or more).
+/// The tiled kernels' per-row reduction shrinks against the walk as k grows; the few kernel
+/// had been measured to k = 256 only (2% to 8% gained there) and held to it. With the
+/// prefetch of `x86::Ahead`, against a build reading the bound from the environment (at
+/// most 256 codewords), `vqkit bench --op assign --n N --k K --d D --threads T --seconds
+/// 0.3`, medians of the alternating pairs' ratios, n x k x d, the Zen 4 VM: one thread, 5
+/// pairs, 100,000 x 512 x 16 0.877, x 512 x 32 0.949, 50,000 x 2048 x 24 0.961, x 4096 x 12
 /// 0.973; `--isa avx2` 100,000 x 512 x 16 0.984, 50,000 x 2048 x 12 0.949; two threads
 /// 100,000 x 512 x 16 0.892, x 512 x 32 0.956, 50,000 x 1536 x 32 0.951. Past L2 it still
 /// tied on one thread, 3 pairs (20,000 x 16,384 x 32 0.995, 10,000 x 65,536 x 32 0.995,
-/// 10,000 x 262,144 x 16 0.990; two threads 20,000 x 65,536 x 16 0.949), but there it
-/// reads the codebook from L3 or memory once per panel, 16 flop a byte (8 on AVX2), which
-/// many threads sharing memory would not sustain; so not past this bound. Only 512 x 16
-/// gained clearly; the rest by 3% to 5%, within the noise of single sets.
+/// 10,000 x 262,144 x 16 0.990; two threads 20,000 x 65,536 x 16 0.949), but there it reads
+/// the codebook from L3 or memory once per panel, 16 flop a byte (8 on AVX2), which many
+/// threads sharing memory would not sustain; so not past this bound. Only 512 x 16 gained
+/// clearly; the rest by 3% to 5%, within the noise of single sets.
 const FEW_MAX_FLOATS: usize = 48 * 1024;
 
 /// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
@@ -680,40 +680,41 @@ const TALL_NR: usize = 32;
 ///
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
-/// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at
-/// d <= 2 more than four codewords; at d = 3 to 8 up to 128 and from 256). `vqkit bench --op assign --n
-/// 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with the
-/// choice read once from the environment, the shipped kernels first in each pair, 3 runs,
-/// medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32 2.53 -> 2.05,
-/// k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024 29.80 ->
-/// 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32 2.24 -> 1.73,
-/// k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2 942.1 -> 933.7 (a tie). At d = 3
-/// and 4 (another build, the same command): d = 4, k = 16 2.14 -> 1.96, k = 64 4.30 ->
-/// 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k = 1024 40.98 -> 32.66, k = 4096
-/// 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256 11.04 -> 8.91, k = 4096 114.39 ->
-/// 105.73.
+/// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at d
+/// <= 2 more than four codewords; at d = 3 to 8 up to 128 and from 256). `vqkit bench --op
+/// assign --n 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with
+/// the choice read once from the environment, the shipped kernels first in each pair, 3
+/// runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32
+/// 2.53 -> 2.05, k = 64 3.42 -> 3.06, k = 128 5.41 -> 4.51, k = 256 9.52 -> 7.07, k = 1024
+/// 29.80 -> 22.55, k = 4096 87.71 -> 80.32; d = 1, k = 16 1.81 -> 1.29, k = 32
+/// 2.24 -> 1.73, k = 256 7.87 -> 5.25; n = 76,293, k = 65,536, d = 2 942.1 -> 933.7 (a
+/// tie). At d = 3 and 4 (another build, the same command): d = 4, k = 16 2.14 -> 1.96,
+/// k = 64 4.30 -> 4.31, k = 128 7.00 -> 6.43, k = 256 12.27 -> 10.51, k = 1024
+/// 40.98 -> 32.66, k = 4096 136.67 -> 131.12; d = 3, k = 16 2.15 -> 1.82, k = 256
+/// 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
 ///
-/// Until 2026-12-06's seventh session AVX2 took d = 4 only past the index walk's four panels and d = 5 to 8
-/// only at d = 8 against at most 32 codewords: on that Zen 1 the index walk at d = 4 lost
-/// on two threads (`--n 100000 --k K --d 4 --threads 2 --seconds 1`, 5 runs in each order:
-/// k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64 2.081 -> 2.230), and the minima walk
-/// lost at d = 5 to 8 (16 rows: d = 6, k = 256 13.80 -> 14.28 ms; d = 8, k = 256 17.60 ->
-/// 19.16, k = 4096 230.24 -> 253.16); on the Zen 4 VM with `--isa avx2`, rows packed by
-/// copies for d < 8 as an AVX2-only CPU then packed them, 16 x 5 1.271, 32 x 6 1.219, 16 x
-/// 7 1.155 (one thread, 5 pairs). Since then the tall kernels stream their blocks and
-/// finish their rows, and rows of 2 to 7 floats pack with AVX's transposes where there is
-/// no AVX-512 (`x86::pack_narrow_avx`). Against that rule on the Zen 4 VM, `vqkit bench
-/// --op assign --n N --k K --d D --threads T --seconds 0.3 --isa avx2` in a build packing
-/// as an AVX2-only CPU does (no AVX-512 permutes) with the rule read from the environment,
-/// medians of the alternating pairs' ratios (n = 100,000 unless given, k x d), one thread,
-/// 5 pairs: 16 x 4 0.635, 16 x 5 0.636, 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4
-/// 0.878, 64 x 6 0.920, 64 x 8 0.951; 3 pairs: 128 x 6 0.802, 256 x 5 0.727, 256 x 7
-/// 0.566, 256 x 8 0.855, 1024 x 6 0.694, 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833, 20,000
-/// x 1024 x 8 0.834, 5000 x 65,536 x 6 0.974; two threads, 5 pairs: 16 x 4 0.607, 16 x 6
-/// 1.046 (7 pairs: 0.676), 64 x 4 0.933, 64 x 7 0.906, 256 x 6 0.766, 4096 x 5 0.811;
-/// 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3 pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6 0.742,
-/// 5000 x 65,536 x 8 0.912. So AVX2 takes every shape `tall_wins` gives it, the scan
-/// kernels' included (not measured again on an AVX2-only CPU, nor on the Zen 1).
+/// Until 2026-12-06's seventh session AVX2 took d = 4 only past the index walk's four
+/// panels and d = 5 to 8 only at d = 8 against at most 32 codewords: on that Zen 1 the
+/// index walk at d = 4 lost on two threads (`--n 100000 --k K --d 4 --threads 2 --seconds
+/// 1`, 5 runs in each order: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64
+/// 2.081 -> 2.230), and the minima walk lost at d = 5 to 8 (16 rows: d = 6, k = 256
+/// 13.80 -> 14.28 ms; d = 8, k = 256 17.60 -> 19.16, k = 4096 230.24 -> 253.16); on the Zen
+/// 4 VM with `--isa avx2`, rows packed by copies for d < 8 as an AVX2-only CPU then packed
+/// them, 16 x 5 1.271, 32 x 6 1.219, 16 x 7 1.155 (one thread, 5 pairs). Since then the
+/// tall kernels stream their blocks and finish their rows, and rows of 2 to 7 floats pack
+/// with AVX's transposes where there is no AVX-512 (`x86::pack_narrow_avx`). Against that
+/// rule on the Zen 4 VM, `vqkit bench --op assign --n N --k K --d D --threads T --seconds
+/// 0.3 --isa avx2` in a build packing as an AVX2-only CPU does (no AVX-512 permutes) with
+/// the rule read from the environment, medians of the alternating pairs' ratios
+/// (n = 100,000 unless given, k x d), one thread, 5 pairs: 16 x 4 0.635, 16 x 5 0.636,
+/// 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4 0.878, 64 x 6 0.920, 64 x 8 0.951; 3
+/// pairs: 128 x 6 0.802, 256 x 5 0.727, 256 x 7 0.566, 256 x 8 0.855, 1024 x 6 0.694,
+/// 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833, 20,000 x 1024 x 8 0.834, 5000 x 65,536 x 6
+/// 0.974; two threads, 5 pairs: 16 x 4 0.607, 16 x 6 1.046 (7 pairs: 0.676), 64 x 4 0.933,
+/// 64 x 7 0.906, 256 x 6 0.766, 4096 x 5 0.811; 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3
+/// pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6 0.742, 5000 x 65,536 x 8 0.912. So AVX2 takes
+/// every shape `tall_wins` gives it, the scan kernels' included (not measured again on an
+/// AVX2-only CPU, nor on the Zen 1).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
