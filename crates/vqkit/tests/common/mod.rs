@@ -520,8 +520,10 @@ macro_rules! backend_suite {
 
         /// The shapes users bring beyond the proptest sides: rows of 4096 floats, and
         /// codebooks of a million codewords and more (the coarse quantizers of IVF indexes);
-        /// and on the CPU, every kernel variant against the f64 reference: short rows
-        /// against thousands of codewords (scan), a few rows against a codebook many times
+        /// and on the CPU, the kernel variants against the f64 reference: short rows
+        /// against thousands of codewords (the tall kernels' minima walk; the AVX2 scan
+        /// kernels, which no shape takes by default, are checked bit for bit against the
+        /// tiled kernel in the crate's own tests), a few rows against a codebook many times
         /// larger (cols), many rows against a few codewords (few).
         #[test]
         fn argmin_accepts_wide_rows_and_million_codeword_codebooks() {

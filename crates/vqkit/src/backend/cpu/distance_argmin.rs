@@ -34,9 +34,11 @@
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
 //!   The tiled kernel wherever the CPU has AVX-512F (at k <= 16 the AVX2 tile, v2, where
 //!   neither v6 nor v7 serves).
-//! - v4 `scan` (AVX2, MR = 4, NR = 16), for 5 <= d <= 8 against 2048 codewords or more
-//!   (v6 serves d <= 4), where the tiled kernels' epilogue (compares and blends to carry each
-//!   lane's index) costs more than their 2 d FMAs: each panel's scores only lower
+//! - v4 `scan` (AVX2, MR = 4, NR = 16), built for 5 <= d <= 8 against 2048 codewords or
+//!   more; since AVX2's v6 takes every width (`tall_kernel`) it serves no shape by default
+//!   and stays checked bit for bit against v2. It was for where the tiled kernels'
+//!   epilogue (compares and blends to carry each lane's index) costs more than their 2 d
+//!   FMAs: each panel's scores only lower
 //!   per-lane minima, the block of panels where each lane last fell is noted once per
 //!   block, and the one block holding a row's minimum is computed again at the end for its
 //!   index. Same scores, same bits as v2 and v3. (AVX-512 had one too, until v6 beat it
@@ -322,15 +324,15 @@ fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
 /// k = 32 0.774, k = 64 0.894, k = 256 0.981.
 ///
 /// On AVX2 (tiles of 4 codewords, panels of 16 rows), before the two changes of the next
-/// paragraph, up to [`FEW256_MAX_D`] only, against
-/// the 6-row AVX2 tile, the same command with `--isa avx2` on the same VM, 3 pairs on one
-/// thread: d = 9, k = 16 0.653, k = 64 0.967, k = 256 0.842; d = 12, k = 16 0.713; d = 16,
-/// k = 16 0.755, k = 32 0.824, k = 64 0.915, k = 128 1.022, k = 256 0.927; 5 pairs: d = 12,
-/// k = 32 0.798, k = 256 0.877; d = 20, k = 16 0.905; two threads, 5 pairs: d = 9, k = 16
-/// 0.712; d = 12, k = 64 0.867; d = 16, k = 16 0.731, k = 256 0.935. From d = 24 it lost or
-/// tied (5 pairs: d = 24, k = 16 1.016, k = 64 1.029; 3 pairs: k = 128 1.087, k = 256
-/// 1.071; d = 32, k = 16 1.103, k = 256 1.082). Between 17 and 23 only d = 20, k = 16 was
-/// measured: 16 is the widest width measured to win at every k tried.
+/// paragraph, up to [`FEW256_MAX_D`] only, against the 6-row AVX2 tile, the same command
+/// with `--isa avx2` on the same VM, 3 pairs on one thread: d = 9, k = 16 0.653, k = 64
+/// 0.967, k = 256 0.842; d = 12, k = 16 0.713; d = 16, k = 16 0.755, k = 32 0.824, k = 64
+/// 0.915, k = 128 1.022, k = 256 0.927; 5 pairs: d = 12, k = 32 0.798, k = 256 0.877;
+/// d = 20, k = 16 0.905; two threads, 5 pairs: d = 9, k = 16 0.712; d = 12, k = 64 0.867;
+/// d = 16, k = 16 0.731, k = 256 0.935. From d = 24 it lost or tied (5 pairs: d = 24,
+/// k = 16 1.016, k = 64 1.029; 3 pairs: k = 128 1.087, k = 256 1.071; d = 32, k = 16 1.103,
+/// k = 256 1.082). Between 17 and 23 only d = 20, k = 16 was measured: 16 is the widest
+/// width measured to win at every k tried.
 ///
 /// Since the few kernel prefetches a line per step (`x86::Ahead`) and `pack_rows` copies
 /// the last steps directly, AVX2's few kernel also wins up to [`FEW_MAX_D`] against at
@@ -362,11 +364,10 @@ const FEW256_WIDE_MAX_K: usize = 32;
 /// The widest rows [`rows_stream`] takes (see [`few_wins`]), and the widest whose norms
 /// `x86::few_walk` takes in its first tile (partials of at most two steps). What the few
 /// kernel saves per row (the reduction across lanes; on AVX-512 the norms' pass) is the
-/// same at any width, and what
-/// it adds (packing: a load and a store per element) grows with d; wider, it lost (the
-/// command of [`few_wins`], one thread, 3 pairs: d = 40, k = 16 1.055, k = 128 0.972;
-/// d = 48, k = 16 1.098; d = 64, k = 16 1.225, k = 32 1.100, k = 64 1.085). Where between
-/// 32 and 40 the two cross at each k was not measured.
+/// same at any width, and what it adds (packing: a load and a store per element) grows with
+/// d; wider, it lost (the command of [`few_wins`], one thread, 3 pairs: d = 40, k = 16
+/// 1.055, k = 128 0.972; d = 48, k = 16 1.098; d = 64, k = 16 1.225, k = 32 1.100, k = 64
+/// 1.085). Where between 32 and 40 the two cross at each k was not measured.
 const FEW_MAX_D: usize = 32;
 
 /// The largest codebook [`rows_stream`] takes, in floats (see [`few_wins`]): 192 KiB, so
@@ -384,7 +385,7 @@ const FEW_MAX_D: usize = 32;
 /// 10,000 x 262,144 x 16 0.990; two threads 20,000 x 65,536 x 16 0.949), but there it reads
 /// the codebook from L3 or memory once per panel, 16 flop a byte (8 on AVX2), which many
 /// threads sharing memory would not sustain; so not past this bound. Only 512 x 16 gained
-/// clearly; the rest by 3% to 5%, within the noise of single sets.
+/// clearly; the rest by 2% to 5%, within the noise of single sets.
 const FEW_MAX_FLOATS: usize = 48 * 1024;
 
 /// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
@@ -490,11 +491,10 @@ pub(crate) struct Blocking {
     /// and the scores fold (`folds`); the rows are then always packed.
     pub tall: bool,
     /// Many rows of 9 to 32 floats against a codebook of up to 48 Ki floats ([`few_wins`]):
-    /// rows packed 32 to a panel,
-    /// the codebook in tiles of 8 broadcast against them ([`rows_stream`]; with AVX2 16
-    /// rows and tiles of 4; not in the portable build).
-    /// Only where the scores do not fold and `cols` is not set (few rows against a
-    /// codebook four times their number take [`codebook_stream`]); elsewhere moot.
+    /// rows packed 32 to a panel, the codebook in tiles of 8 broadcast against them
+    /// ([`rows_stream`]; with AVX2 16 rows and tiles of 4; not in the portable build). Only
+    /// where the scores do not fold and `cols` is not set (few rows against a codebook four
+    /// times their number take [`codebook_stream`]); elsewhere moot.
     pub few: bool,
 }
 
@@ -598,19 +598,20 @@ fn rows_per_l1_set(mr: usize, d: usize) -> usize {
 /// AVX2, 1024 on AVX-512): see there.
 const DIRECT_MAX_PANELS: usize = 32;
 
-/// Rows at most this wide go to the scan kernels (see `x86::scan_walk`). Against the
-/// tiled kernel, `vqkit bench --op assign --threads 2` (2 or 3 alternating runs): d = 2,
-/// k = 4096 22 -> 15.5 ms, k = 65,536 256 -> 150 ms; d = 4, k = 4096 30 -> 25 ms; d = 8,
-/// k = 4096 to 262,144 the same to 5% faster; d = 16, k = 4096 5% slower. With `--isa
-/// avx2`: d = 2, k = 65,536 320-360 -> 206-310 ms; d = 8, k = 4096 62 -> 44-57 ms.
+/// Rows at most this wide went to the scan kernels (see `x86::scan_walk`), and go to the
+/// tall ones ([`tall_wins`]). Against the tiled kernel, `vqkit bench --op assign --threads
+/// 2` (2 or 3 alternating runs): d = 2, k = 4096 22 -> 15.5 ms, k = 65,536 256 -> 150 ms;
+/// d = 4, k = 4096 30 -> 25 ms; d = 8, k = 4096 to 262,144 the same to 5% faster; d = 16,
+/// k = 4096 5% slower. With `--isa avx2`: d = 2, k = 65,536 320-360 -> 206-310 ms; d = 8,
+/// k = 4096 62 -> 44-57 ms.
 const SCAN_MAX_D: usize = 8;
 
-/// Codebooks of at least this many codewords go to the scan kernels: below, the work
-/// each call repeats per row (the reduction, one block computed again) weighs too much
-/// (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the tiled kernel). (Rows of at most 4
-/// floats took them from 1024 codewords, 1dd8c3e: d = 2, k = 1024 35.4 -> 30.8 ms, k =
-/// 2048 68.4 -> 51.7; d = 4, k = 1024 46.8 -> 44.4, in the runs below; until the AVX2
-/// tall kernel took those rows, [`tall_kernel`].)
+/// Codebooks of at least this many codewords went to the scan kernels (now to the AVX2 tall
+/// kernel, [`tall_kernel`]): below, the work each call repeats per row (the reduction, one
+/// block computed again) weighs too much (d = 2 to 8, k = 256: 1.4x to 1.6x slower than the
+/// tiled kernel). (Rows of at most 4 floats took them from 1024 codewords, 1dd8c3e: d = 2,
+/// k = 1024 35.4 -> 30.8 ms, k = 2048 68.4 -> 51.7; d = 4, k = 1024 46.8 -> 44.4, in the
+/// runs below; until the AVX2 tall kernel took those rows, [`tall_kernel`].)
 ///
 /// On a 2-core Zen 1 (AVX2), `vqkit bench --op assign --n 100000 --k K --d D --threads 1
 /// --seconds 1`, the tiled kernel against the scan kernel (a build with the bound read once
@@ -694,7 +695,7 @@ const TALL_NR: usize = 32;
 /// 11.04 -> 8.91, k = 4096 114.39 -> 105.73.
 ///
 /// Until 2026-12-06's seventh session AVX2 took d = 4 only past the index walk's four
-/// panels and d = 5 to 8 only at d = 8 against at most 32 codewords: on that Zen 1 the
+/// panels and, of d = 5 to 8, only d = 8 against at most 32 codewords: on that Zen 1 the
 /// index walk at d = 4 lost on two threads (`--n 100000 --k K --d 4 --threads 2 --seconds
 /// 1`, 5 runs in each order: k = 16 1.084 -> 1.308 ms and 1.082 -> 1.186, k = 64
 /// 2.081 -> 2.230), and the minima walk lost at d = 5 to 8 (16 rows: d = 6, k = 256
@@ -702,19 +703,22 @@ const TALL_NR: usize = 32;
 /// 4 VM with `--isa avx2`, rows packed by copies for d < 8 as an AVX2-only CPU then packed
 /// them, 16 x 5 1.271, 32 x 6 1.219, 16 x 7 1.155 (one thread, 5 pairs). Since then the
 /// tall kernels stream their blocks and finish their rows, and rows of 2 to 7 floats pack
-/// with AVX's transposes where there is no AVX-512 (`x86::pack_narrow_avx`). Against that
-/// rule on the Zen 4 VM, `vqkit bench --op assign --n N --k K --d D --threads T --seconds
-/// 0.3 --isa avx2` in a build packing as an AVX2-only CPU does (no AVX-512 permutes) with
-/// the rule read from the environment, medians of the alternating pairs' ratios
-/// (n = 100,000 unless given, k x d), one thread, 5 pairs: 16 x 4 0.635, 16 x 5 0.636,
-/// 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4 0.878, 64 x 6 0.920, 64 x 8 0.951; 3
-/// pairs: 128 x 6 0.802, 256 x 5 0.727, 256 x 7 0.566, 256 x 8 0.855, 1024 x 6 0.694,
+/// with AVX's transposes where there is no AVX-512 (`x86::pack_narrow_avx`). On the Zen 4
+/// VM, `vqkit bench --op assign --n N --k K --d D --threads T --seconds 0.3 --isa avx2` in
+/// a build packing as an AVX2-only CPU does (no AVX-512 permutes) with the packing and the
+/// rule read from the environment, medians of the alternating pairs' ratios (n = 100,000
+/// unless given, k x d). Against the copies and the old rule, one thread, 5 pairs: 16 x 4
+/// 0.635, 16 x 5 0.636, 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4 0.878, 64 x 6
+/// 0.920, 64 x 8 0.951. Against the old rule, both packing with AVX, one thread, 3 pairs:
+/// 128 x 6 0.802, 256 x 5 0.727, 256 x 7 0.566, 256 x 8 0.855, 1024 x 6 0.694,
 /// 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833, 20,000 x 1024 x 8 0.834, 5000 x 65,536 x 6
 /// 0.974; two threads, 5 pairs: 16 x 4 0.607, 16 x 6 1.046 (7 pairs: 0.676), 64 x 4 0.933,
 /// 64 x 7 0.906, 256 x 6 0.766, 4096 x 5 0.811; 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3
 /// pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6 0.742, 5000 x 65,536 x 8 0.912. So AVX2 takes
-/// every shape `tall_wins` gives it, the scan kernels' included (not measured again on an
-/// AVX2-only CPU, nor on the Zen 1).
+/// every shape `tall_wins` gives it, the scan kernels' included. Not measured again on an
+/// AVX2-only CPU, nor on the Zen 1: at d >= 5 the walk reads some of the rows' elements
+/// from L1 as FMA operands, and a core with fewer load ports than Zen 4's three may lose
+/// there (the old rule is one line, and the scan kernels stay).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
@@ -1987,8 +1991,10 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
     // 8 the SSE steps); k = 64, d = 2 0.851; k = 256, d = 2 0.930, d = 3 0.949, d = 4
     // 0.981, d = 6 1.000, d = 8 1.033; k = 4096, d = 2 0.997. With AVX-512, tiles of a
     // multiple of 16 rows (the tall kernels') take permutes instead
-    // (`x86::pack_narrow_avx512`), and from d = 8 tiles of a multiple of 8 rows take
-    // eight steps at a time with AVX (`x86::pack_steps_avx`) before the SSE steps.
+    // (`x86::pack_narrow_avx512`), and without AVX-512 tiles of a multiple of 8 rows take
+    // AVX's 8 x 8 transposes (`x86::pack_narrow_avx`); from d = 8 tiles of a multiple of
+    // 8 rows take eight steps at a time with AVX (`x86::pack_steps_avx`) before the SSE
+    // steps.
     fn narrow<const MR: usize, const D: usize>(block: &[f32], xb: &mut [f32]) {
         let (block, xb) = (&block[..MR * D], &mut xb[..MR * D]);
         for r in 0..MR {
@@ -2477,10 +2483,10 @@ mod x86 {
 
     /// [`super::pack_rows`] for whole blocks of MR rows (a multiple of 8) of D < 8 floats,
     /// with AVX: each 8 rows loaded as 8 vectors from their first floats (a row's vector
-    /// holds the next row's first 8 - D floats too, never stored; the block's last rows,
-    /// whose vectors would reach past the block, under a mask), transposed in registers
-    /// ([`transpose8_regs`]), and the first D vectors, the rows' D steps, stored. A copy:
-    /// the bits of the scalar loop.
+    /// holds the following rows' first 8 - D floats too, never stored; the block's last
+    /// rows, whose vectors would reach past the block, under a mask), transposed in
+    /// registers ([`transpose8_regs`]), and the first D vectors, the rows' D steps, stored.
+    /// A copy: the bits of the scalar loop.
     ///
     /// # Safety
     /// The CPU has AVX.
@@ -3034,7 +3040,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
-        ahead: Ahead,
+        ahead: Ahead<'_>,
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
@@ -3069,7 +3075,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         tiles: (&[f32], &[f32]),
-        ahead: Ahead,
+        ahead: Ahead<'_>,
         idx: &mut [u32],
         dist: &mut [f32],
     ) {
@@ -3122,7 +3128,7 @@ mod x86 {
         panel: &[f32],
         d: usize,
         (tiles, norms): (&[f32], &[f32]),
-        mut ahead: Ahead,
+        mut ahead: Ahead<'_>,
     ) -> ([V; 2], [V::I; 2], [V; 2]) {
         // Partials of at most two steps: steps l and l + 16.
         const { assert!(super::FEW_MAX_D <= 32) };
@@ -4498,7 +4504,7 @@ mod tests {
             (100, 13, 31),
             // And against hundreds of codewords (many tiles, the best moving late), and
             // against one tile (AVX-512's: the prefetch's last lines after the walk).
-            (45, 700, 12),
+            (45, 300, 12),
             (70, 6, 24),
         ];
         for &(n, k, d) in &shapes {
@@ -4723,8 +4729,7 @@ mod tests {
     #[test]
     fn exact_scores_are_the_kernels() {
         let mut rng = Rng::new(3);
-        // (6, 4100, 3): the scan kernels (AVX2) or the tall one (AVX-512); d <= 8 folds (see
-        // `folds`).
+        // (6, 4100, 3): the tall kernels; d <= 8 folds (see `folds`).
         for &(n, k, d) in &[
             (31, 5, 1),
             (40, 37, 7),
@@ -4962,6 +4967,7 @@ mod tests {
         check::<16, 6>();
         check::<16, 7>();
         check::<32, 2>();
+        check::<32, 3>();
         check::<32, 5>();
         check::<32, 7>();
         check::<64, 3>();
