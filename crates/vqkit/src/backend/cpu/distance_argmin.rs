@@ -702,23 +702,24 @@ const TALL_NR: usize = 32;
 /// 13.80 -> 14.28 ms; d = 8, k = 256 17.60 -> 19.16, k = 4096 230.24 -> 253.16); on the Zen
 /// 4 VM with `--isa avx2`, rows packed by copies for d < 8 as an AVX2-only CPU then packed
 /// them, 16 x 5 1.271, 32 x 6 1.219, 16 x 7 1.155 (one thread, 5 pairs). Since then the
-/// tall kernels stream their blocks and finish their rows, and rows of 2 to 7 floats pack
-/// with AVX's transposes where there is no AVX-512 (`x86::pack_narrow_avx`). On the Zen 4
-/// VM, `vqkit bench --op assign --n N --k K --d D --threads T --seconds 0.3 --isa avx2` in
-/// a build packing as an AVX2-only CPU does (no AVX-512 permutes) with the packing and the
-/// rule read from the environment, medians of the alternating pairs' ratios (n = 100,000
-/// unless given, k x d). Against the copies and the old rule, one thread, 5 pairs: 16 x 4
-/// 0.635, 16 x 5 0.636, 16 x 6 0.644, 16 x 7 0.576, 32 x 6 0.838, 64 x 4 0.878, 64 x 6
-/// 0.920, 64 x 8 0.951. Against the old rule, both packing with AVX, one thread, 3 pairs:
-/// 128 x 6 0.802, 256 x 5 0.727, 256 x 7 0.566, 256 x 8 0.855, 1024 x 6 0.694,
-/// 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833, 20,000 x 1024 x 8 0.834, 5000 x 65,536 x 6
-/// 0.974; two threads, 5 pairs: 16 x 4 0.607, 16 x 6 1.046 (7 pairs: 0.676), 64 x 4 0.933,
-/// 64 x 7 0.906, 256 x 6 0.766, 4096 x 5 0.811; 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3
-/// pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6 0.742, 5000 x 65,536 x 8 0.912. So AVX2 takes
-/// every shape `tall_wins` gives it, the scan kernels' included. Not measured again on an
-/// AVX2-only CPU, nor on the Zen 1: at d >= 5 the walk reads some of the rows' elements
-/// from L1 as FMA operands, and a core with fewer load ports than Zen 4's three may lose
-/// there (the old rule is one line, and the scan kernels stay).
+/// tall kernels stream their blocks (after the Zen 1's runs) and finish their rows (after
+/// both), and rows of 2 to 7 floats pack with AVX's transposes where there is no AVX-512
+/// (`x86::pack_narrow_avx`). On the Zen 4 VM, `vqkit bench --op assign --n N --k K --d D
+/// --threads T --seconds 0.3 --isa avx2` in a build packing as an AVX2-only CPU does (no
+/// AVX-512 permutes) with the packing and the rule read from the environment, medians of
+/// the alternating pairs' ratios (n = 100,000 unless given, k x d). Against the copies and
+/// the old rule, one thread, 5 pairs: 16 x 4 0.635, 16 x 5 0.636, 16 x 6 0.644, 16 x 7
+/// 0.576, 32 x 6 0.838, 64 x 4 0.878, 64 x 6 0.920, 64 x 8 0.951. Against the old rule,
+/// both packing with AVX, one thread, 3 pairs: 128 x 6 0.802, 256 x 5 0.727, 256 x 7 0.566,
+/// 256 x 8 0.855, 1024 x 6 0.694, 20,000 x 4096 x 7 0.902, x 4096 x 8 0.833,
+/// 20,000 x 1024 x 8 0.834, 5000 x 65,536 x 6 0.974; two threads, 5 pairs: 16 x 4 0.607,
+/// 16 x 6 1.046 (7 pairs: 0.676), 64 x 4 0.933, 64 x 7 0.906, 256 x 6 0.766, 4096 x 5
+/// 0.811; 7 pairs: 16 x 5 0.723, 32 x 7 0.752; 3 pairs: 20,000 x 4096 x 8 0.878, x 4096 x 6
+/// 0.742, 5000 x 65,536 x 8 0.912. So AVX2 takes every shape `tall_wins` gives it, the scan
+/// kernels' included. Not measured again on an AVX2-only CPU, nor on the Zen 1: at d >= 5
+/// the walk reads some of the rows' elements from L1 as FMA operands, and a core with fewer
+/// load ports than Zen 4's three may lose there (the old rule is one line, and the scan
+/// kernels stay).
 fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
