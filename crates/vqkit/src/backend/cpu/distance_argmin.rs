@@ -2005,19 +2005,23 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         }
     }
     fn steps<const MR: usize>(block: &[f32], d: usize, xb: &mut [f32]) {
+        // `f::<MR, D>(block, xb)` for D = d, from 2 to 7.
+        macro_rules! by_width {
+            ($($f:ident)::+) => {
+                match d {
+                    2 => $($f)::+::<MR, 2>(block, xb),
+                    3 => $($f)::+::<MR, 3>(block, xb),
+                    4 => $($f)::+::<MR, 4>(block, xb),
+                    5 => $($f)::+::<MR, 5>(block, xb),
+                    6 => $($f)::+::<MR, 6>(block, xb),
+                    _ => $($f)::+::<MR, 7>(block, xb),
+                }
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if MR.is_multiple_of(16) && (2..8).contains(&d) && Isa::Avx512.supported() {
             // SAFETY: AVX-512F was detected at run time.
-            unsafe {
-                match d {
-                    2 => x86::pack_narrow_avx512::<MR, 2>(block, xb),
-                    3 => x86::pack_narrow_avx512::<MR, 3>(block, xb),
-                    4 => x86::pack_narrow_avx512::<MR, 4>(block, xb),
-                    5 => x86::pack_narrow_avx512::<MR, 5>(block, xb),
-                    6 => x86::pack_narrow_avx512::<MR, 6>(block, xb),
-                    _ => x86::pack_narrow_avx512::<MR, 7>(block, xb),
-                }
-            }
+            unsafe { by_width!(x86::pack_narrow_avx512) };
             return;
         }
         // Without AVX-512, blocks of a multiple of 8 rows take 8 x 8 transposes with AVX
@@ -2025,26 +2029,12 @@ fn pack_rows(block: &[f32], d: usize, mr: usize, xb: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if MR.is_multiple_of(8) && (2..8).contains(&d) && super::has_avx() {
             // SAFETY: AVX was detected at run time.
-            unsafe {
-                match d {
-                    2 => x86::pack_narrow_avx::<MR, 2>(block, xb),
-                    3 => x86::pack_narrow_avx::<MR, 3>(block, xb),
-                    4 => x86::pack_narrow_avx::<MR, 4>(block, xb),
-                    5 => x86::pack_narrow_avx::<MR, 5>(block, xb),
-                    6 => x86::pack_narrow_avx::<MR, 6>(block, xb),
-                    _ => x86::pack_narrow_avx::<MR, 7>(block, xb),
-                }
-            }
+            unsafe { by_width!(x86::pack_narrow_avx) };
             return;
         }
         match d {
             1 => return narrow::<MR, 1>(block, xb),
-            2 => return narrow::<MR, 2>(block, xb),
-            3 => return narrow::<MR, 3>(block, xb),
-            4 => return narrow::<MR, 4>(block, xb),
-            5 => return narrow::<MR, 5>(block, xb),
-            6 => return narrow::<MR, 6>(block, xb),
-            7 => return narrow::<MR, 7>(block, xb),
+            2..8 => return by_width!(narrow),
             _ => {}
         }
         #[cfg(target_arch = "x86_64")]
