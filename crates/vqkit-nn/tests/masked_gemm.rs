@@ -7,13 +7,12 @@ use vqkit::reference;
 use vqkit::rng::Rng;
 use vqkit_nn::conv::{Dim, TapMask};
 
-/// One masked product against the f64 reference. Where B carries both taps and pixels, its
-/// entries at invalid pairs are zero (the promise a mask makes) and C is compared in full;
-/// where C carries both (taps on M), only its entries at valid pairs are compared.
-#[allow(clippy::too_many_arguments)] // one case: ISA, parallelism, placement, shape, flags
+/// One masked product against the f64 reference, on every ISA this CPU has, serial and
+/// parallel (the reference made once: under valgrind's memcheck it costs more than the
+/// products). Where B carries both taps and pixels, its entries at invalid pairs are zero
+/// (the promise a mask makes) and C is compared in full; where C carries both (taps on M),
+/// only its entries at valid pairs are compared.
 fn check_masked(
-    isa: Isa,
-    par: Parallelism,
     (taps, pixels): (Dim, Dim),
     (channels, images): (usize, usize),
     (m, n, k): (usize, usize, usize),
@@ -60,26 +59,31 @@ fn check_masked(
     let b64: Vec<f64> = (0..k * n).map(|t| b[at(t / n, t % n)] as f64).collect();
     let want = reference::gemm(m, n, k, &a64, &b64);
     let init = rng.normal_vec(m * n);
-    let mut c = if acc {
-        init.clone()
-    } else {
-        vec![f32::NAN; m * n]
-    };
     let mask = TapMask::new(taps, channels, pixels, images, &valid).unwrap();
-    sgemm_masked_with(isa, par, m, n, k, am, bm, &mut c, n, acc, Some(&mask)).unwrap();
-    for i in 0..m {
-        for j in 0..n {
-            if taps == Dim::M && !live(i, j, 0) {
-                continue;
+    for isa in Isa::available() {
+        for par in [Parallelism::None, Parallelism::Rayon] {
+            let mut c = if acc {
+                init.clone()
+            } else {
+                vec![f32::NAN; m * n]
+            };
+            sgemm_masked_with(isa, par, m, n, k, am, bm, &mut c, n, acc, Some(&mask)).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    if taps == Dim::M && !live(i, j, 0) {
+                        continue;
+                    }
+                    let w = if acc { init[i * n + j] as f64 } else { 0.0 } + want[i * n + j];
+                    let got = c[i * n + j] as f64;
+                    let tol = 4e-5 * (k as f64).sqrt().max(1.0) + 1e-6 * w.abs();
+                    assert!(
+                        (got - w).abs() <= tol,
+                        "{isa:?} {par:?} taps {taps:?} x{channels} pixels {pixels:?} \
+                         x{images} {m}x{n}x{k} tb={tb} acc={acc} density {density} at \
+                         ({i},{j}): {got} vs {w}"
+                    );
+                }
             }
-            let w = if acc { init[i * n + j] as f64 } else { 0.0 } + want[i * n + j];
-            let got = c[i * n + j] as f64;
-            let tol = 4e-5 * (k as f64).sqrt().max(1.0) + 1e-6 * w.abs();
-            assert!(
-                (got - w).abs() <= tol,
-                "{isa:?} {par:?} taps {taps:?} x{channels} pixels {pixels:?} x{images} \
-                 {m}x{n}x{k} tb={tb} acc={acc} density {density} at ({i},{j}): {got} vs {w}"
-            );
         }
     }
 }
@@ -90,62 +94,36 @@ fn masked_gemm_skips_only_zero_products() {
     // not divide MR, NR and KC, masks from empty to full (an all-invalid column panel must
     // come out zero, or untouched when accumulating), a long k that is split into parts.
     let placements = [(Dim::K, Dim::N), (Dim::N, Dim::K), (Dim::M, Dim::N)];
-    for isa in Isa::available() {
-        for (pi, &(taps, pixels)) in placements.iter().enumerate() {
-            for (ci, &(channels, images)) in [(1, 1), (3, 5), (32, 32), (64, 7), (48, 16)]
-                .iter()
-                .enumerate()
-            {
-                for (di, &density) in [0.0, 0.3, 0.8, 1.0].iter().enumerate() {
-                    let ntaps = [9, 16, 4, 25][(pi + ci + di) % 4];
-                    let tap_len = ntaps * channels;
-                    let pix_len = [49, 7, 30][(ci + di) % 3] * images;
-                    let other = [17, 130, 8][(pi + di) % 3];
-                    let (m, n, k) = match (taps, pixels) {
-                        (Dim::K, Dim::N) => (other, pix_len, tap_len),
-                        (Dim::N, Dim::K) => (other, tap_len, pix_len),
-                        _ => (tap_len, pix_len, other),
-                    };
-                    let (tb, acc) = ((ci + di) % 2 == 1, (pi + ci + di) % 2 == 0);
-                    for par in [Parallelism::None, Parallelism::Rayon] {
-                        check_masked(
-                            isa,
-                            par,
-                            (taps, pixels),
-                            (channels, images),
-                            (m, n, k),
-                            tb,
-                            acc,
-                            density,
-                        );
-                    }
-                }
+    for (pi, &(taps, pixels)) in placements.iter().enumerate() {
+        for (ci, &(channels, images)) in [(1, 1), (3, 5), (32, 32), (64, 7), (48, 16)]
+            .iter()
+            .enumerate()
+        {
+            for (di, &density) in [0.0, 0.3, 0.8, 1.0].iter().enumerate() {
+                let ntaps = [9, 16, 4, 25][(pi + ci + di) % 4];
+                let tap_len = ntaps * channels;
+                let pix_len = [49, 7, 30][(ci + di) % 3] * images;
+                let other = [17, 130, 8][(pi + di) % 3];
+                let (m, n, k) = match (taps, pixels) {
+                    (Dim::K, Dim::N) => (other, pix_len, tap_len),
+                    (Dim::N, Dim::K) => (other, tap_len, pix_len),
+                    _ => (tap_len, pix_len, other),
+                };
+                let (tb, acc) = ((ci + di) % 2 == 1, (pi + ci + di) % 2 == 0);
+                check_masked(
+                    (taps, pixels),
+                    (channels, images),
+                    (m, n, k),
+                    tb,
+                    acc,
+                    density,
+                );
             }
         }
-        // Split along k: a small C over a long masked k.
-        for par in [Parallelism::None, Parallelism::Rayon] {
-            check_masked(
-                isa,
-                par,
-                (Dim::N, Dim::K),
-                (16, 32),
-                (64, 16, 6272),
-                true,
-                false,
-                0.7,
-            );
-            check_masked(
-                isa,
-                par,
-                (Dim::K, Dim::N),
-                (70, 1),
-                (9, 20, 4480),
-                false,
-                true,
-                0.5,
-            );
-        }
     }
+    // Split along k: a small C over a long masked k.
+    check_masked((Dim::N, Dim::K), (16, 32), (64, 16, 6272), true, false, 0.7);
+    check_masked((Dim::K, Dim::N), (70, 1), (9, 20, 4480), false, true, 0.5);
 }
 
 #[test]

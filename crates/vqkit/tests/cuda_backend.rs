@@ -136,8 +136,8 @@ fn repeated_ema_and_kmeans_steps_are_bit_identical_on_a_larger_problem() {
             e1.codebook.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             e2.codebook.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
-        common::check_cluster_sums(&b, n, k, d, 3).unwrap();
-        common::check_ema(&b, n, k, d, 4).unwrap();
+        common::check_cluster_sums(std::slice::from_ref(&b), n, k, d, 3).unwrap();
+        common::check_ema(std::slice::from_ref(&b), n, k, d, 4).unwrap();
     }
 }
 

@@ -71,17 +71,13 @@ backend_suite!(backends, 257, 32);
 #[test]
 fn chunked_paths_match_reference() {
     let Some(t) = tiny() else { return };
-    for v in [ArgminVariant::V2Tiled, ArgminVariant::V1Naive] {
-        let b = t.with_variant(v);
-        // d = 17: 56 rows or codes per binding, so x, the codebook, sums and centroids all
-        // split; k = 300 needs two radix passes.
-        for (n, k, d) in [(300, 70, 17), (200, 300, 3), (65, 5, 129)] {
-            common::check_argmin(&b, n, k, d, 7).unwrap();
-        }
-    }
+    let variants = [ArgminVariant::V2Tiled, ArgminVariant::V1Naive].map(|v| t.with_variant(v));
+    // d = 17: 56 rows or codes per binding, so x, the codebook, sums and centroids all
+    // split; k = 300 needs two radix passes.
     for (n, k, d) in [(300, 70, 17), (200, 300, 3), (65, 5, 129)] {
-        common::check_cluster_sums(&t, n, k, d, 8).unwrap();
-        common::check_ema(&t, n, k, d, 9).unwrap();
+        common::check_argmin(&variants, n, k, d, 7).unwrap();
+        common::check_cluster_sums(std::slice::from_ref(&t), n, k, d, 8).unwrap();
+        common::check_ema(std::slice::from_ref(&t), n, k, d, 9).unwrap();
     }
     common::check_determinism(&t, 150, 40, 9).unwrap();
 }
@@ -114,7 +110,7 @@ fn many_codes_use_several_radix_passes_and_2d_dispatch() {
     let Some(b) = shared() else { return };
     // k > 65535: three 8-bit passes, and one segment_sums workgroup per code exceeds a
     // single dimension of the dispatch grid on every adapter.
-    common::check_cluster_sums(&b, 300, 70_000, 2, 11).unwrap();
+    common::check_cluster_sums(std::slice::from_ref(&b), 300, 70_000, 2, 11).unwrap();
 }
 
 #[test]
@@ -193,14 +189,13 @@ fn long_loops_are_split_across_dispatches() {
     // unsplit v1 gets 1 x 257 x 257 wrong (k d > 65535), and a single workgroup summing
     // one code's 70,000 rows would too. Both must match the reference.
     let Some(b) = shared() else { return };
-    for v in [ArgminVariant::V1Naive, ArgminVariant::V2Tiled] {
-        let b = b.with_variant(v);
-        common::check_argmin(&b, 3, 257, 257, 0).unwrap();
-        common::check_argmin(&b, 70, 4096, 256, 1).unwrap();
-    }
+    let variants = [ArgminVariant::V1Naive, ArgminVariant::V2Tiled].map(|v| b.with_variant(v));
+    common::check_argmin(&variants, 3, 257, 257, 0).unwrap();
+    common::check_argmin(&variants, 70, 4096, 256, 1).unwrap();
     // k = 1: every row in one run, spread over ~42 tiles of 1666.
-    common::check_cluster_sums(&b, 70_000, 1, 2, 2).unwrap();
-    common::check_ema(&b, 70_000, 1, 2, 3).unwrap();
+    let one = std::slice::from_ref(&b);
+    common::check_cluster_sums(one, 70_000, 1, 2, 2).unwrap();
+    common::check_ema(one, 70_000, 1, 2, 3).unwrap();
 }
 
 #[test]
