@@ -79,6 +79,8 @@ pub(crate) struct Packed {
     data: Vec<f32>,
     norms: Vec<f32>,
     panels: usize,
+    /// The codewords (or rows) packed: the lanes past them are padding (norms of +inf).
+    len: usize,
     d: usize,
     /// The codewords are stored times -2 and each score's chain starts from the norm
     /// ([`folds`]); never for packed rows.
@@ -105,6 +107,7 @@ impl Packed {
             data,
             norms: padded_norms,
             panels,
+            len: k,
             d,
             fold,
             recycle: true,
@@ -121,6 +124,7 @@ impl Packed {
             data,
             norms: Vec::new(),
             panels,
+            len: n,
             d,
             fold: false,
             recycle: false,
@@ -3984,8 +3988,18 @@ mod x86 {
     /// end. That recomputation, one panel of scalar chains per row, is what made the tall
     /// kernel lose to the tiled one against few codewords.
     ///
-    /// A codeword whose norm is +inf (a padding lane, or a norm that overflowed) or NaN is
-    /// skipped: every chain from it is +inf or NaN, which the strict `<` never takes.
+    /// The walk stops at the last panel's last codeword (`Packed::len`), so padding lanes
+    /// cost nothing. A codeword whose norm overflowed to +inf, or is NaN, is walked: every
+    /// chain from it is +inf or NaN, which the strict `<` never takes. Until a819dba each
+    /// codeword's norm was tested for that and the codeword skipped, a load, a compare and
+    /// a branch per codeword and tile. Without them (`vqkit bench --op assign --n 100000
+    /// --k K --d D --threads T --seconds 0.3`, alternating pairs, medians of new / old,
+    /// k x d, the Zen 4 VM), one thread, 15 pairs: 16 x 2 0.910, 16 x 8 0.967, 32 x 6
+    /// 0.981, 128 x 3 0.981, 16 x 4 1.000, 64 x 4 1.047 (21 pairs: 1.005, and the old
+    /// build first 0.994); two threads 16 x 2 0.929, 16 x 8 0.930; `--isa avx2` 16 x 2
+    /// 0.955, 16 x 8 0.931, 32 x 4 0.748. The old build first, 21 pairs, old / new: one
+    /// thread 16 x 2 1.070, 16 x 8 1.015; two threads 1.089, 1.003. A gain at d = 2, where
+    /// the test was a larger part of a codeword's work, little or none elsewhere.
     ///
     /// # Safety
     /// As for [`tall_walk`].
@@ -4011,14 +4025,10 @@ mod x86 {
                 // rather than broadcast from a general register per codeword (on Zen 4,
                 // two operations, and a fifth of the kernel's samples at k = 16, d = 2).
                 let mut next = V::splat_i((panel * nr) as u32);
-                for lane in 0..nr {
+                for lane in 0..(p.len - panel * nr).min(nr) {
                     let j = next;
                     next = V::add_i(next, one);
-                    let norm = *np.add(lane);
-                    if norm.is_nan() || norm == f32::INFINITY {
-                        continue;
-                    }
-                    let acc = tall_chain(xs, cp.add(lane), nr, norm);
+                    let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
                     for g in 0..G {
                         let lt = V::lt(acc[g], best[g]);
                         best[g] = V::blend(lt, best[g], acc[g]);
