@@ -13,20 +13,45 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 command -v valgrind > /dev/null || { echo "memcheck: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
-# The test executables, built once in the dev profile (optimised, with debug info).
+# The test executables in the dev profile (optimised, with debug info): those of the whole
+# workspace's `cargo test --all-features`, which CI has built just before, picked out here.
+# (Selecting them with `-p vqkit --lib --test ...` changed the features cargo unified, and
+# compiled the core crate and its dependents again: 4 to 5 minutes of CI.)
 json="$(mktemp)"
 trap 'rm -f "$json"' EXIT
-cargo test --all-features --no-run --message-format=json \
-    -p vqkit --lib --test cpu_backend --test gemm \
-    -p vqkit-nn --test gradients --test masked_gemm > "$json"
+cargo test --all-features --no-run --message-format=json > "$json"
 mapfile -t exes < <(python3 - "$json" <<'PY'
 import json, sys
+# (package, target): the core library's unit tests, the CPU backend's suite, the GEMM's;
+# the network crate's unit tests, gradient checks and masked GEMMs.
+wanted = {("vqkit", "vqkit"), ("vqkit", "cpu_backend"), ("vqkit", "gemm"),
+          ("vqkit-nn", "vqkit_nn"), ("vqkit-nn", "gradients"), ("vqkit-nn", "masked_gemm")}
+found = set()
 for line in open(sys.argv[1]):
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    if not m["profile"]["test"]:
+        continue
+    # package_id names the package: "path+file:///.../dir#name@version", or
+    # "path+file:///.../name#version" where the folder is the name, or (older cargo)
+    # "name version (path+file:///...)".
+    pid = m["package_id"]
+    if "#" in pid:
+        path, _, tail = pid.partition("#")
+        package = tail.split("@")[0] if "@" in tail else path.rstrip("/").split("/")[-1]
+    else:
+        package = pid.split(" ")[0]
+    key = (package, m["target"]["name"])
+    if key in wanted and key not in found:
+        found.add(key)
         print(m["target"]["name"] + " " + m["executable"])
+missing = wanted - found
+if missing:
+    sys.exit(f"memcheck: no test executable for {sorted(missing)}")
 PY
 )
+[ "${#exes[@]}" -eq 6 ] || { echo "memcheck: expected 6 test executables" >&2; exit 1; }
 # One test executable under valgrind; the log is kept in $TMPDIR.
 check() {
     local name="$1" exe="$2" filter=()

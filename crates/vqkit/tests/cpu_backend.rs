@@ -81,8 +81,8 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
         (100, 16400, 16),
     ];
     let mut rng = vqkit::rng::Rng::new(11);
-    for isa in Isa::available() {
-        for threads in [1, 2] {
+    for (ii, isa) in Isa::available().into_iter().enumerate() {
+        for (ti, threads) in [1, 2].into_iter().enumerate() {
             let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
             for (si, &(n, k, d)) in shapes.iter().enumerate() {
                 let x = common::data(&mut rng, n * d);
@@ -90,12 +90,15 @@ fn non_finite_points_are_found_after_the_kernel_on_every_path() {
                 assert!(vqkit::ops::assign(&b, &x, &c, d).is_ok());
                 // The first and last value, one in the middle, and two rows at once (the
                 // earlier one is named); each place with one of the three bad values in
-                // turn, so every shape meets all three (the whole cross product tripled
-                // the test's time under valgrind's memcheck in CI).
+                // turn, the turn shifted by the ISA and the thread count, so every shape
+                // meets all three, and every place all three over three or more
+                // (ISA, threads) pairs (the whole cross product tripled the test's time
+                // under valgrind's memcheck in CI).
                 let mid = rng.below(n) * d + rng.below(d);
                 let places = [vec![0], vec![n * d - 1], vec![mid], vec![n * d - 1, mid]];
                 for (pi, at) in places.into_iter().enumerate() {
-                    let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][(si + pi) % 3];
+                    let turn = si + pi + ti + ii;
+                    let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][turn % 3];
                     let (xb, first) = poisoned(&x, &at, bad);
                     let got = vqkit::ops::assign(&b, &xb, &c, d);
                     assert!(

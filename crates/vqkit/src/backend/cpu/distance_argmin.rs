@@ -79,7 +79,8 @@ pub(crate) struct Packed {
     data: Vec<f32>,
     norms: Vec<f32>,
     panels: usize,
-    /// The codewords (or rows) packed: the lanes past them are padding (norms of +inf).
+    /// The codewords (or rows) packed: the lanes past them are padding (norms of +inf for
+    /// a codebook, zero rows for [`Packed::rows`]).
     len: usize,
     d: usize,
     /// The codewords are stored times -2 and each score's chain starts from the norm
@@ -3998,8 +3999,10 @@ mod x86 {
     /// 0.981, 128 x 3 0.981, 16 x 4 1.000, 64 x 4 1.047 (21 pairs: 1.005, and the old
     /// build first 0.994); two threads 16 x 2 0.929, 16 x 8 0.930; `--isa avx2` 16 x 2
     /// 0.955, 16 x 8 0.931, 32 x 4 0.748. The old build first, 21 pairs, old / new: one
-    /// thread 16 x 2 1.070, 16 x 8 1.015; two threads 1.089, 1.003. A gain at d = 2, where
-    /// the test was a larger part of a codeword's work, little or none elsewhere.
+    /// thread 16 x 2 1.070, 16 x 8 1.015; two threads 1.089, 1.003. Again with `--isa
+    /// avx2`, 21 pairs: 32 x 4 0.577 (old first; 1.417 the other way, old / new), 16 x 8
+    /// 0.939 (1.066). Gains at d = 2 and on AVX2 (16 registers, where the test's
+    /// registers were dearest); a few percent or none elsewhere.
     ///
     /// # Safety
     /// As for [`tall_walk`].
@@ -4573,7 +4576,8 @@ mod tests {
     /// The scan, tall and cols kernels give the tiled kernels' bits where scores overflow:
     /// codewords whose norm is +inf (never chosen), products of +inf (scores of -inf,
     /// chosen, the first of them), NaN scores beside the best one in a panel, rows where
-    /// every score is +inf or NaN (index 0, +inf), and zeros of either sign; over ranges of
+    /// every score is +inf or NaN (index 0, +inf), NaN norms (never chosen: the tall index
+    /// walk walks them), and zeros of either sign; over ranges of
     /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
     /// (x held in registers, read in a loop over d), the tall ones at d = 1, 2, 3, 6 and 8
     /// on both, the cols ones at d = 33 and the few ones at d = 12 and 32
@@ -4665,6 +4669,15 @@ mod tests {
                     assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
                     assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
                     assert_eq!(run(&norms, tiles, false, true), tiled, "{at} in place by 2");
+                    // NaN norms (no codebook passing the non-finite check has one): scores of
+                    // NaN, never taken; one the first of a panel, one mid-panel, one last.
+                    let mut nan = norms.clone();
+                    for j in [3usize, 32, 33, 650, k - 1].into_iter().filter(|&j| j < k) {
+                        nan[j] = f32::NAN;
+                    }
+                    let tiled_nan = run(&nan, tiles, true, false);
+                    assert_eq!(run(&nan, kernels, true, false), tiled_nan, "{at} NaN");
+                    assert_eq!(run(&nan, kernels, false, false), tiled_nan, "{at} NaN by 2");
                     norms.fill(f32::INFINITY);
                     let tiled = run(&norms, tiles, true, false);
                     assert_eq!(tiled.0, vec![0; n], "{at}: no score below +inf");
