@@ -1416,6 +1416,12 @@ mod tests {
         [n, 7, 64]
     }
 
+    /// Of references made per chunk length of n rows (`chunks(n).map(...)`), the one for
+    /// `chunk`.
+    fn for_chunk<T>(wants: &[T; 3], n: usize, chunk: usize) -> &T {
+        &wants[chunks(n).iter().position(|&c| c == chunk).unwrap()]
+    }
+
     /// The per-code sums in f64, each chunk of `chunk` rows in row order from zero, the
     /// chunks' sums added in chunk order, rounded to f32: the reference for both tests.
     fn chunked_sums(x: &[f32], idx: &[u32], (k, d): (usize, usize), chunk: usize) -> Vec<f32> {
@@ -1442,7 +1448,7 @@ mod tests {
             // cost more than the sums they check).
             let wants = chunks(n).map(|chunk| chunked_sums(&x, &idx, (k, d), chunk));
             for (isa, split, parallel) in splits(n, k, d) {
-                let want = &wants[chunks(n).iter().position(|&c| c == split.chunk).unwrap()];
+                let want = for_chunk(&wants, n, split.chunk);
                 let mut got = vec![f32::NAN; k * d];
                 sums_in(isa, parallel, &x, &idx, (k, d), split, &mut got);
                 assert_eq!(&got, want, "{isa:?} n={n} k={k} d={d} split={split:?}");
@@ -1649,7 +1655,7 @@ mod tests {
                 let wants = chunks(n)
                     .map(|chunk| plain_ema(params, &x, &idx, (k, d), chunk, start.clone()));
                 for (isa, split, parallel) in splits(n, k, d) {
-                    let want = &wants[chunks(n).iter().position(|&c| c == split.chunk).unwrap()];
+                    let want = for_chunk(&wants, n, split.chunk);
                     let mut got = start.clone();
                     let state = (&mut got.0[..], &mut got.1[..], &mut got.2[..]);
                     ema_in(isa, parallel, (decay, eps), &x, &idx, (k, d), split, state);
