@@ -32,8 +32,10 @@
 //!   vectors + 1 broadcast of the 16 ymm registers.
 //! - v3 `avx512`: AVX-512F intrinsics, MR = 12, NR = 32: 24 zmm accumulators + 2 codeword
 //!   vectors + 1 broadcast of the 32 zmm registers; 24 FMAs per 14 loads keeps it FMA-bound.
-//!   The tiled kernel wherever the CPU has AVX-512F (at k <= 16 the AVX2 tile, v2, where
-//!   neither v6 nor v7 serves).
+//!   The tiled kernel wherever the CPU has AVX-512F; at k <= 16, where neither v6 nor v7
+//!   serves, v2's 6 x 16 tile with one zmm per row (`x86::rows6`: a panel of 16 is half
+//!   of v3's, and each step is 6 FMAs that broadcast x from memory, where AVX2 takes 12 and
+//!   6 broadcasts).
 //! - v4 `scan` (AVX2, MR = 4, NR = 16), built for 5 <= d <= 8 against 2048 codewords or
 //!   more; since AVX2's v6 takes every width (`tall_kernel`) it serves no shape by default
 //!   and stays checked bit for bit against v2. It was for where the tiled kernels'
@@ -303,13 +305,18 @@ impl<'a> Step<'a> {
 /// A micro-kernel: see [`Step`].
 type RowsKernel = fn(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]);
 
-fn kernel_for(isa: Isa, scan: bool) -> (RowsKernel, usize, usize) {
+/// The tiled (or scan) kernel of `isa` for `k` codewords, its MR and NR. On AVX-512, a
+/// codebook of at most 16 would fill at most half of the 32-wide panel: the 6 x 16 tile
+/// instead, in one zmm per row (the AVX2 tile's FMAs, the same bits).
+fn kernel_for(isa: Isa, scan: bool, k: usize) -> (RowsKernel, usize, usize) {
     match isa {
         Isa::Portable => (rows_portable, PORTABLE_MR, PORTABLE_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if scan => (x86::scan_avx2_entry, x86::SCAN256_MR, x86::AVX2_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => (x86::rows_avx2_entry, x86::AVX2_MR, x86::AVX2_NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if k <= x86::AVX2_NR => (x86::rows6_avx512_entry, x86::AVX2_MR, x86::AVX2_NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => (x86::rows_avx512_entry, x86::AVX512_MR, x86::AVX512_NR),
     }
@@ -850,26 +857,15 @@ pub(crate) fn distance_argmin(
     dist: &mut [f32],
 ) -> Result<()> {
     // A codebook of 16 or fewer would fill at most half of AVX-512's 32-wide panel: the
-    // 16-wide AVX2 kernel (same FMAs, same bits) wastes none of its work on padding. (The
-    // tall kernel skips its padding lanes; the few kernel, rows in its lanes, takes
-    // codewords in tiles of 8.)
+    // 16-wide tile (`kernel_for`) wastes none of its work on padding. (The tall kernel
+    // skips its padding lanes; the few kernel, rows in its lanes, takes codewords in tiles
+    // of 8.)
     let few = few_wins(isa, shape.d, shape.k);
-    #[cfg(target_arch = "x86_64")]
-    let isa = if isa == Isa::Avx512
-        && shape.k <= 16
-        && Isa::Avx2.supported()
-        && !tall_wins(shape.d, shape.k)
-        && !few
-    {
-        Isa::Avx2
-    } else {
-        isa
-    };
     let scan = scan_wins(shape.d, shape.k);
     let tall = tall_wins(shape.d, shape.k)
         .then(|| tall_kernel(isa, shape.d))
         .flatten();
-    let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
+    let (_, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan, shape.k));
     let caches = super::CacheSizes::detect();
     let mut blocking = Blocking {
         scan,
@@ -943,7 +939,7 @@ pub(crate) fn distance_argmin_blocked(
     } else {
         None
     };
-    let (kernel, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan));
+    let (kernel, mr, nr) = tall.unwrap_or_else(|| kernel_for(isa, scan, k));
     // The tall kernels read their rows packed.
     let blocking = Blocking {
         direct: blocking.direct && tall.is_none(),
@@ -2239,87 +2235,126 @@ mod x86 {
         val: &mut [f32],
         idx: &mut [u32],
     ) {
+        // SAFETY: the caller's contract; compiled for AVX2 and FMA.
+        unsafe { rows6::<__m256, FOLD>(s, acc_buf, val, idx) }
+    }
+
+    /// v2's tile of 6 rows x 16 codewords in one zmm per row.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows6_avx512<const FOLD: bool>(
+        s: &Step,
+        acc_buf: &mut [f32],
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
+        // SAFETY: the caller's contract; compiled for AVX-512F.
+        unsafe { rows6::<__m512, FOLD>(s, acc_buf, val, idx) }
+    }
+
+    pub(super) fn rows6_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
+        check(s, acc, val, idx, AVX2_MR, AVX2_NR);
+        // SAFETY: only chosen after runtime detection of AVX-512F; `check` bounds every
+        // pointer offset the kernel takes.
+        unsafe {
+            if s.p.fold {
+                rows6_avx512::<true>(s, acc, val, idx)
+            } else {
+                rows6_avx512::<false>(s, acc, val, idx)
+            }
+        }
+    }
+
+    /// The tile of 6 rows x 16 codewords, in vectors of `V::W` lanes (a panel is `16 /
+    /// V::W` of them).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set and FMA; `check` passed for
+    /// [`AVX2_MR`] x [`AVX2_NR`].
+    #[inline(always)]
+    unsafe fn rows6<V: Lanes, const FOLD: bool>(
+        s: &Step,
+        acc_buf: &mut [f32],
+        val: &mut [f32],
+        idx: &mut [u32],
+    ) {
         const MR: usize = AVX2_MR;
         const NR: usize = AVX2_NR;
+        let h = NR / V::W;
         let (p, d) = (s.p, s.p.d);
-        // A step of several blocks (see `Step`): each in turn, as if called for it alone.
-        for blk in 0..s.blocks {
-            let xp = s.x.as_ptr().wrapping_add(blk * s.bs);
-            let (val, idx) = (&mut val[blk * MR..], &mut idx[blk * MR..]);
-            // Per row, per lane: the best score so far and its codeword.
-            let mut best_v = [_mm256_set1_ps(f32::INFINITY); MR];
-            let mut best_i = [_mm256_setzero_si256(); MR];
-            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let minus_two = _mm256_set1_ps(-2.0);
-            for (q, panel) in s.panels.clone().enumerate() {
-                // SAFETY (all pointer accesses below): `check` asserted that the panel range,
-                // the chunk t0..t0 + kc, every block's MR rows of x and the saved tiles are
-                // in bounds.
-                let cp = unsafe { p.data.as_ptr().add(panel * NR * d + s.t0 * NR) };
-                let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
-                let np = unsafe { p.norms.as_ptr().add(panel * NR) };
-                // Folded, each chain starts from its codeword's norm (see `folds`).
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                if FOLD && s.first {
-                    acc = [unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] }; MR];
-                }
-                if !s.first {
-                    for r in 0..MR {
-                        for h in 0..2 {
-                            acc[r][h] = unsafe { _mm256_loadu_ps(ap.add(r * NR + h * 8)) };
+        // SAFETY (all intrinsics and pointer accesses below): the caller's contract;
+        // `check` asserted that the panel range, the chunk t0..t0 + kc, every block's MR
+        // rows of x and the saved tiles are in bounds.
+        unsafe {
+            let lane: V::I =
+                V::load_i([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15].as_ptr());
+            let minus_two = V::splat(-2.0);
+            // A step of several blocks (see `Step`): each in turn, as if called for it alone.
+            for blk in 0..s.blocks {
+                let xp = s.x.as_ptr().wrapping_add(blk * s.bs);
+                let (val, idx) = (&mut val[blk * MR..], &mut idx[blk * MR..]);
+                // Per row, per lane: the best score so far and its codeword.
+                let mut best_v = [V::splat(f32::INFINITY); MR];
+                let mut best_i = [V::splat_i(0); MR];
+                for (q, panel) in s.panels.clone().enumerate() {
+                    let cp = p.data.as_ptr().add(panel * NR * d + s.t0 * NR);
+                    let ap = acc_buf.as_mut_ptr().wrapping_add(q * MR * NR);
+                    let np = p.norms.as_ptr().add(panel * NR);
+                    // Folded, each chain starts from its codeword's norm (see `folds`).
+                    let mut acc = [[V::splat(0.0); 2]; MR];
+                    if FOLD && s.first {
+                        acc = [[V::load(np), V::load(np.add(V::W % NR))]; MR];
+                    }
+                    if !s.first {
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            for (j, a) in acc.iter_mut().enumerate().take(h) {
+                                *a = V::load(ap.add(r * NR + j * V::W));
+                            }
                         }
                     }
-                }
-                for t in 0..s.kc {
-                    let (c0, c1) = unsafe {
-                        (
-                            _mm256_loadu_ps(cp.add(t * NR)),
-                            _mm256_loadu_ps(cp.add(t * NR + 8)),
-                        )
-                    };
-                    let xt = unsafe { xp.add(t * s.ts) };
-                    for r in 0..MR {
-                        let xv = unsafe { _mm256_broadcast_ss(&*xt.add(r * s.rs)) };
-                        acc[r][0] = _mm256_fmadd_ps(xv, c0, acc[r][0]);
-                        acc[r][1] = _mm256_fmadd_ps(xv, c1, acc[r][1]);
+                    for t in 0..s.kc {
+                        let c = [V::load(cp.add(t * NR)), V::load(cp.add(t * NR + V::W % NR))];
+                        let xt = xp.add(t * s.ts);
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let xv = V::splat(*xt.add(r * s.rs));
+                            for (a, &c) in acc.iter_mut().zip(&c).take(h) {
+                                *a = V::fmadd(xv, c, *a);
+                            }
+                        }
+                    }
+                    if !s.last {
+                        for (r, acc) in acc.iter().enumerate() {
+                            for (j, a) in acc.iter().enumerate().take(h) {
+                                a.store(ap.add(r * NR + j * V::W));
+                            }
+                        }
+                        continue;
+                    }
+                    let norms = [V::load(np), V::load(np.add(V::W % NR))];
+                    let i0 = V::add_i(lane, V::splat_i((panel * NR) as u32));
+                    let ids = [i0, V::add_i(i0, V::splat_i(V::W as u32))];
+                    for (r, acc) in acc.iter().enumerate() {
+                        // Each vector into the running best in codeword order, the lower
+                        // indices first, with a strict <: a tie keeps the lower index and a
+                        // NaN score never wins. (Folding the halves into each other first
+                        // kept a NaN first half and so dropped the second half's score.)
+                        for j in 0..h {
+                            let s = if FOLD {
+                                acc[j]
+                            } else {
+                                V::fmadd(acc[j], minus_two, norms[j])
+                            };
+                            let lt = V::lt(s, best_v[r]);
+                            best_v[r] = V::blend(lt, best_v[r], s);
+                            best_i[r] = V::blend_i(lt, best_i[r], ids[j]);
+                        }
                     }
                 }
                 if !s.last {
-                    for r in 0..MR {
-                        for h in 0..2 {
-                            unsafe { _mm256_storeu_ps(ap.add(r * NR + h * 8), acc[r][h]) };
-                        }
-                    }
-                    continue;
+                    return;
                 }
-                let norms = unsafe { [_mm256_loadu_ps(np), _mm256_loadu_ps(np.add(8))] };
-                let i0 = _mm256_add_epi32(lane, _mm256_set1_epi32((panel * NR) as i32));
-                let ids = [i0, _mm256_add_epi32(i0, _mm256_set1_epi32(8))];
                 for r in 0..MR {
-                    // Each half into the running best in codeword order, the first half (lower
-                    // indices) first, with a strict <: a tie keeps the lower index and a NaN
-                    // score never wins. (Folding the halves into each other first kept a NaN
-                    // first half and so dropped the second half's score.)
-                    let (s0, s1) = if FOLD {
-                        (acc[r][0], acc[r][1])
-                    } else {
-                        (
-                            _mm256_fmadd_ps(acc[r][0], minus_two, norms[0]),
-                            _mm256_fmadd_ps(acc[r][1], minus_two, norms[1]),
-                        )
-                    };
-                    for (s, i) in [(s0, ids[0]), (s1, ids[1])] {
-                        let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(s, best_v[r]);
-                        best_v[r] = _mm256_blendv_ps(best_v[r], s, lt);
-                        best_i[r] = blend_epi32(best_i[r], i, lt);
-                    }
+                    (val[r], idx[r]) = V::reduce(best_v[r], best_i[r]);
                 }
-            }
-            if !s.last {
-                return;
-            }
-            for r in 0..MR {
-                (val[r], idx[r]) = reduce_avx2(best_v[r], best_i[r]);
             }
         }
     }
@@ -4521,7 +4556,7 @@ mod tests {
             let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
             let shape = Shape::new(n, k, d);
             for isa in Isa::available() {
-                let (_, _, nr) = kernel_for(isa, false);
+                let (_, _, nr) = kernel_for(isa, false, k);
                 let panels = k.div_ceil(nr);
                 let run = |b: Blocking| {
                     let (mut idx, mut dist) = (vec![0u32; n], vec![0f32; n]);
@@ -4642,7 +4677,7 @@ mod tests {
                                whole: bool,
                                direct: bool| {
                         let (scan, cols, tall, few) = kernels;
-                        let (_, _, nr) = kernel_for(isa, scan);
+                        let (_, _, nr) = kernel_for(isa, scan, k);
                         let b = Blocking {
                             kc: d,
                             group: if whole { k.div_ceil(nr) } else { 2 },
