@@ -2288,6 +2288,11 @@ mod x86 {
             let lane: V::I =
                 V::load_i([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15].as_ptr());
             let minus_two = V::splat(-2.0);
+            // One panel in one vector: each lane holds one codeword, in order, and the
+            // index is found from the lane of the minimum (`V::reduce` reduces the indices
+            // too: at k = 16, d = 128 the epilogue was 14% of the kernel's samples).
+            let one = h == 1 && s.panels.len() == 1;
+            let first = s.panels.start * NR;
             // A step of several blocks (see `Step`): each in turn, as if called for it alone.
             for blk in 0..s.blocks {
                 let xp = s.x.as_ptr().wrapping_add(blk * s.bs);
@@ -2345,7 +2350,9 @@ mod x86 {
                             };
                             let lt = V::lt(s, best_v[r]);
                             best_v[r] = V::blend(lt, best_v[r], s);
-                            best_i[r] = V::blend_i(lt, best_i[r], ids[j]);
+                            if !one {
+                                best_i[r] = V::blend_i(lt, best_i[r], ids[j]);
+                            }
                         }
                     }
                 }
@@ -2353,7 +2360,23 @@ mod x86 {
                     return;
                 }
                 for r in 0..MR {
-                    (val[r], idx[r]) = V::reduce(best_v[r], best_i[r]);
+                    (val[r], idx[r]) = if one {
+                        // Lane l holds codeword `first + l` alone, or +inf where its score
+                        // was +inf or NaN: the lowest lane at the minimum is the lowest
+                        // index, and at +inf every lane is, and index 0 is `reduce`'s.
+                        let m = V::min_lane(best_v[r]);
+                        let l = V::eq_bits(best_v[r], m).trailing_zeros() as usize;
+                        (
+                            m,
+                            if m < f32::INFINITY {
+                                (first + l) as u32
+                            } else {
+                                0
+                            },
+                        )
+                    } else {
+                        V::reduce(best_v[r], best_i[r])
+                    };
                 }
             }
         }
@@ -3334,6 +3357,8 @@ mod x86 {
         unsafe fn blend_i(m: Self::M, a: Self::I, b: Self::I) -> Self::I;
         /// The lowest lane, and the lowest `i` among the lanes holding it (no NaN lanes).
         unsafe fn reduce(v: Self, i: Self::I) -> (f32, u32);
+        /// The lowest lane (no NaN lanes): [`Lanes::reduce`]'s score.
+        unsafe fn min_lane(v: Self) -> f32;
         /// Bit `l` set where lane `l` equals `m`.
         unsafe fn eq_bits(v: Self, m: f32) -> u32;
         /// Lanes `0..lanes` from `p` (not read beyond), the others zero.
@@ -3404,6 +3429,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn reduce(v: Self, i: __m256i) -> (f32, u32) {
             unsafe { reduce_avx2(v, i) }
+        }
+        #[inline(always)]
+        unsafe fn min_lane(v: Self) -> f32 {
+            unsafe {
+                let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let m = _mm_min_ps(m, _mm_shuffle_ps::<0b01_00_11_10>(m, m));
+                _mm_cvtss_f32(_mm_min_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m)))
+            }
         }
         #[inline(always)]
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
@@ -3482,6 +3515,10 @@ mod x86 {
                 let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_set1_ps(m));
                 (m, _mm512_mask_reduce_min_epu32(at_min, i))
             }
+        }
+        #[inline(always)]
+        unsafe fn min_lane(v: Self) -> f32 {
+            unsafe { _mm512_reduce_min_ps(v) }
         }
         #[inline(always)]
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
@@ -4639,10 +4676,11 @@ mod tests {
             // excepted).
             // 1500 codewords: the tall kernels' minima walk over the whole codebook; 100 and
             // 40: their index walk over it (AVX-512's four panels and two, AVX2's three at
-            // 40), the streamed blocks of `tall_stream` either way.
+            // 40), the streamed blocks of `tall_stream` either way. 12: one panel of 16 with
+            // padding (on AVX-512 the 16-wide tile, whose index is its lane's).
             let sizes = [13, 40]
                 .into_iter()
-                .flat_map(|n| [1500, 100, 40].map(|k| (n, k)));
+                .flat_map(|n| [1500, 100, 40, 12].map(|k| (n, k)));
             for (n, k) in sizes {
                 let mut x = clustered(n, d, 2, 0.5, 4);
                 let mut c = clustered(k, d, 5, 0.5, 6);
