@@ -17,9 +17,11 @@
 //! (Against one or two panels, and up to 32 where at most 6 of a tile's rows start at one
 //! offset of L1's 4 KiB set period, the rows are read in place instead: see
 //! `DIRECT_MAX_MR`.)
-//! Epilogue per panel and row: score = norm - 2 acc, the panel's two halves folded lane by
-//! lane into the row's running (score, index), the first half first (strict <, so a NaN
-//! score never wins); after the last panel, one branch-free horizontal reduction per row.
+//! Epilogue per panel and row: score = norm - 2 acc, the panel's vectors (two halves, or
+//! one zmm for a panel of 16) folded lane by lane into the row's running (score, index),
+//! the first half first (strict <, so a NaN score never wins); after the last panel, one
+//! branch-free horizontal reduction per row (against a single zmm panel, the minimum's
+//! reduction and its lowest lane).
 //! A padded codeword has norm +inf: never chosen.
 //! Rows are independent, so the result does not depend on the thread count.
 //!
@@ -241,11 +243,11 @@ pub(crate) fn sq_norm(v: &[f32]) -> f32 {
 ///
 /// A step over the whole of d (`first` and `last`) may cover `blocks` blocks of MR rows
 /// alike: block b's element (r, t) at `x[b * bs + r * rs + t * ts]`, its rows' results at
-/// `val` / `idx` from `b * MR` on. `x86::rows_avx2` walks the blocks itself; the other
-/// kernels run such a step one block at a time ([`Step::each_block`]), paying per block
-/// what AVX2 pays per step ([`rows_block`] gives such steps to every kernel that reads
-/// blocks in place in lanes: AVX2's, the portable one, and the scan kernel where a test
-/// forces it).
+/// `val` / `idx` from `b * MR` on. The 6 x 16 tile (`x86::rows6`: AVX2's, and AVX-512's
+/// at k <= 16) walks the blocks itself; the other kernels run such a step one block at a
+/// time ([`Step::each_block`]), paying per block what the 6 x 16 tile pays per step
+/// ([`rows_block`] gives such steps to every kernel that reads blocks in place in lanes:
+/// the 6 x 16 tile, the portable one, and the scan kernel where a test forces it).
 pub(crate) struct Step<'a> {
     x: &'a [f32],
     rs: usize,
@@ -2253,6 +2255,9 @@ mod x86 {
 
     pub(super) fn rows6_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
         check(s, acc, val, idx, AVX2_MR, AVX2_NR);
+        // Chosen for k <= 16 only (`kernel_for`): the whole codebook is one panel, and the
+        // tile's index is its lane's (`rows6`'s `one`).
+        assert_eq!(s.panels.len(), 1, "the 16-wide zmm tile takes one panel");
         // SAFETY: only chosen after runtime detection of AVX-512F; `check` bounds every
         // pointer offset the kernel takes.
         unsafe {
@@ -3339,7 +3344,8 @@ mod x86 {
     trait Lanes: Copy {
         type I: Copy;
         type M: Copy;
-        /// Lanes per vector; a panel is two vectors.
+        /// Lanes per vector (the 6 x 16 tile's panel is two ymm or one zmm; the tall, scan
+        /// and few kernels' panels are two vectors).
         const W: usize;
         unsafe fn load(p: *const f32) -> Self;
         unsafe fn store(self, p: *mut f32);
@@ -4688,7 +4694,7 @@ mod tests {
                 x[d..2 * d].fill(1e21);
                 x[2 * d..3 * d].fill(0.0);
                 // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
-                // first halves of 24's lane pair in a 32-wide and a 16-wide panel.
+                // first halves of 24's lane pair in a 32-wide panel and AVX2's 16-wide one.
                 for j in [5usize, 8, 16, 700, 1499].into_iter().filter(|&j| j < k) {
                     c[j * d..(j + 1) * d].fill(3e38);
                 }
@@ -4698,8 +4704,10 @@ mod tests {
                     c[j * d..(j + 1) * d].fill(1e18);
                 }
                 // Zero codewords, the first (the zero row's best) beside a NaN score in both
-                // panel widths.
-                for j in [24usize, 40, 900].into_iter().filter(|&j| j < k) {
+                // panel widths; against one panel (k = 12), 4, between the +inf norm of 5 and
+                // the NaN norm of 3 below.
+                let zeros = [24usize, 40, 900].into_iter().chain((k <= 16).then_some(4));
+                for j in zeros.filter(|&j| j < k) {
                     c[j * d..(j + 1) * d].fill(0.0);
                 }
                 let mut norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
@@ -4838,6 +4846,8 @@ mod tests {
             // The few kernel (AVX-512), chosen by the dispatch: a short panel, a short tile.
             (40, 37, 16),
             (70, 256, 32),
+            // k <= 16 past the few kernel's rows: the 6 x 16 tile (AVX-512: in zmm).
+            (40, 13, 40),
         ] {
             let x = clustered(n, d, 3, 0.5, 5 + d as u64);
             let mut c = Vec::with_capacity(k * d);
