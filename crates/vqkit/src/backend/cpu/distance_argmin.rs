@@ -2415,9 +2415,7 @@ mod x86 {
     pub(super) fn reduce_avx2(v: __m256, i: __m256i) -> (f32, u32) {
         let (v0, v1) = (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let (i0, i1) = (_mm256_castsi256_si128(i), _mm256_extracti128_si256::<1>(i));
-        let m = _mm_min_ps(v0, v1);
-        let m = _mm_min_ps(m, _mm_shuffle_ps::<0b01_00_11_10>(m, m));
-        let m = _mm_min_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m));
+        let m = min_avx2(v);
         // Each half's indices where it holds the minimum, u32::MAX elsewhere.
         let at = |v: __m128, i: __m128i| {
             _mm_castps_si128(_mm_blendv_ps(
@@ -2430,6 +2428,15 @@ mod x86 {
         let c = _mm_min_epu32(c, _mm_shuffle_epi32::<0b01_00_11_10>(c));
         let c = _mm_min_epu32(c, _mm_shuffle_epi32::<0b10_11_00_01>(c));
         (_mm_cvtss_f32(m), _mm_cvtsi128_si32(c) as u32)
+    }
+
+    /// The lowest of the 8 lanes of `v` (no NaN lanes) in every lane of an xmm: the halves
+    /// folded into one, then 128-bit shuffles (see [`reduce_avx2`]).
+    #[target_feature(enable = "avx2")]
+    fn min_avx2(v: __m256) -> __m128 {
+        let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_min_ps(m, _mm_shuffle_ps::<0b01_00_11_10>(m, m));
+        _mm_min_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m))
     }
 
     /// Lanes of `b` where `mask` is set, of `a` elsewhere (AVX2 has no integer blendv on
@@ -3438,11 +3445,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn min_lane(v: Self) -> f32 {
-            unsafe {
-                let m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let m = _mm_min_ps(m, _mm_shuffle_ps::<0b01_00_11_10>(m, m));
-                _mm_cvtss_f32(_mm_min_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m)))
-            }
+            unsafe { _mm_cvtss_f32(min_avx2(v)) }
         }
         #[inline(always)]
         unsafe fn eq_bits(v: Self, m: f32) -> u32 {
