@@ -3683,6 +3683,26 @@ mod x86 {
         }
     }
 
+    /// Row `r` of the step's rows against half `q` of the panels (codewords `q * W` to
+    /// `q * W + W - 1`): their scores as [`panel_scores`] computes them.
+    ///
+    /// # Safety
+    /// As for [`panel_scores`], for panel `q / 2`.
+    #[inline(always)]
+    unsafe fn half_scores<V: Lanes>(s: &Step, r: usize, q: usize) -> V {
+        let (p, d, xp, w) = (s.p, s.p.d, s.x.as_ptr(), V::W);
+        // SAFETY: the caller's `check` bounds the panel, the row and d.
+        unsafe {
+            let cp = p.data.as_ptr().add((q / 2) * 2 * w * d + (q % 2) * w);
+            let mut a = V::load(p.norms.as_ptr().add(q * w));
+            for t in 0..d {
+                let xv = V::splat(*xp.add(t * s.ts + r * s.rs));
+                a = V::fmadd(xv, V::load(cp.add(t * 2 * w)), a);
+            }
+            a
+        }
+    }
+
     /// Row `r`'s first codeword in `panel` whose score is `m` (a minimum the scan or tall
     /// walk found there), with that score: `m` itself where it is not zero (equal floats
     /// other than zeros have the same bits), the score itself for a zero, so that it keeps
@@ -4127,16 +4147,35 @@ mod x86 {
         }
     }
 
+    /// The most panels against which AVX-512's tall walk notes the half panel (one zmm of
+    /// codewords) that first reached each row's minimum rather than the panel: a compare
+    /// and two blends per vector of rows every 16 codewords rather than 32, so that each row
+    /// then computes one vector of scores again rather than two (at d = 2, 2 of the row's 34
+    /// zmm FMAs and compares at k = 256, on the FMA pipes). `vqkit bench --op assign --n N
+    /// --k K --d D --threads 1 --seconds 0.3`, a build with the bound read from the
+    /// environment, alternating pairs, medians of halves / panels, k x d: 7 pairs,
+    /// n = 100,000, 256 x 2 0.964, 256 x 8 0.939, 512 x 4 0.968, 256 x 5 0.988; 5 pairs,
+    /// 1024 x 2 0.988, 1024 x 8 0.989; n = 50,000, 4096 x 2 1.023, 4096 x 6 1.006 (the
+    /// extra compares cost more than the one panel of 128 saves). On AVX2 (`--isa avx2`,
+    /// halves of 8 codewords) it lost: 256 x 2 1.099, 512 x 3 1.045, 256 x 8 0.995.
+    const TALL_HALVES_MAX_PANELS: usize = 32;
+
     /// The tall kernels: G vectors of W rows (the rows in the lanes, from the packed block:
     /// element (r, t) at `t * G * W + r`) held in registers over the step's panels, against
     /// one codeword at a time, its d values and norm broadcast. Each score is the folded
     /// chain of the tiled kernels (from the norm, one FMA per element, in order). Per
     /// codeword and vector of rows the kernel keeps only the lanes' minima (one `min`);
     /// per panel it notes, in each lane, whether the panel lowered the row's minimum and
-    /// so which panel first reached it. The one panel holding a row's minimum is then
-    /// computed again for the row, as [`scan_walk`] does, and its first codeword scoring
-    /// the minimum is the row's: the tiled walk's strict `<` over codewords in order (a
-    /// NaN score never wins, and a row with no score below +inf keeps (+inf, 0)).
+    /// so which panel first reached it (on AVX-512 against at most
+    /// [`TALL_HALVES_MAX_PANELS`] panels, which half panel). The one panel (or half) holding a
+    /// row's minimum is then computed again for the row, as [`scan_walk`] does, and its
+    /// first codeword scoring the minimum is the row's: the tiled walk's strict `<` over
+    /// codewords in order (a NaN score never wins, and a row with no score below +inf keeps
+    /// (+inf, 0)). Where every row's minimum is finite and not zero (the rule), the score is
+    /// the minimum itself and only the index is looked for, without [`first_scoring`]'s
+    /// tests per row (`vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds
+    /// 0.3`, 7 alternating pairs, medians of new / old, k x d: 256 x 2 0.944, 256 x 8 0.994,
+    /// 512 x 4 0.985, 256 x 5 0.981).
     ///
     /// Where the tiled kernel spends on each row and panel its compares and blends and,
     /// per block, a horizontal reduction, which at d <= 8 outweigh the 2 to 8 FMAs of a
@@ -4162,28 +4201,66 @@ mod x86 {
             let inf = V::splat(f32::INFINITY);
             let mut low = [inf; G];
             let mut at = [V::splat_i(0); G];
+            let split = 2 * w == AVX512_NR && range.len() <= TALL_HALVES_MAX_PANELS;
+            let sub = if split { w } else { nr };
             for panel in range.clone() {
                 let cp = p.data.as_ptr().add(panel * nr * D);
                 let np = p.norms.as_ptr().add(panel * nr);
-                let mut pm = [inf; G];
-                for lane in 0..nr {
-                    let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
-                    for g in 0..G {
-                        // A NaN score never enters the minima, as it never wins the tiled `<`.
-                        pm[g] = V::min(acc[g], pm[g]);
+                for first in (0..nr).step_by(sub) {
+                    let mut pm = [inf; G];
+                    for lane in first..first + sub {
+                        let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
+                        for g in 0..G {
+                            // A NaN score never enters the minima, as it never wins the tiled `<`.
+                            pm[g] = V::min(acc[g], pm[g]);
+                        }
                     }
-                }
-                let here = V::splat_i(panel as u32);
-                for g in 0..G {
-                    let lower = V::lt(pm[g], low[g]);
-                    low[g] = V::blend(lower, low[g], pm[g]);
-                    at[g] = V::blend_i(lower, at[g], here);
+                    let here = V::splat_i(((panel * nr + first) / sub) as u32);
+                    for g in 0..G {
+                        let lower = V::lt(pm[g], low[g]);
+                        low[g] = V::blend(lower, low[g], pm[g]);
+                        at[g] = V::blend_i(lower, at[g], here);
+                    }
                 }
             }
             let (mut lows, mut ats) = ([0.0f32; 64], [0u32; 64]);
+            let mut rare = 0;
             for g in 0..G {
                 low[g].store(lows.as_mut_ptr().add(g * w));
                 V::store_i(at[g], ats.as_mut_ptr().add(g * w));
+                rare |= V::eq_bits(low[g], 0.0) | V::eq_bits(low[g], f32::INFINITY);
+            }
+            if rare == 0 {
+                // Every row's minimum is finite and not zero (the rule, on any data but
+                // the contrived): its score is the minimum itself, and only its index is
+                // looked for, without the tests of `first_scoring` per row.
+                let (vp, ip) = (val.as_mut_ptr(), idx.as_mut_ptr());
+                if split {
+                    for r in 0..G * w {
+                        let (m, q) = (lows[r], ats[r] as usize);
+                        let hit = V::eq_bits(half_scores::<V>(s, r, q), m);
+                        assert!(hit != 0, "the minimum comes from this half's own scores");
+                        *vp.add(r) = m;
+                        *ip.add(r) = (q * w) as u32 + hit.trailing_zeros();
+                    }
+                    return;
+                }
+                for r in 0..G * w {
+                    let (m, panel) = (lows[r], ats[r] as usize);
+                    let (s0, s1) = panel_scores::<V>(s, r, panel);
+                    let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
+                    assert!(hit != 0, "the minimum comes from this panel's own scores");
+                    *vp.add(r) = m;
+                    *ip.add(r) = (panel * nr) as u32 + hit.trailing_zeros();
+                }
+                return;
+            }
+            if split {
+                // The first half of a panel to reach a minimum is the first half of the
+                // panel holding it: the panel's first codeword scoring it is the row's.
+                for a in &mut ats[..G * w] {
+                    *a /= 2;
+                }
             }
             for r in 0..G * w {
                 let m = lows[r];
@@ -4683,13 +4760,14 @@ mod tests {
             // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable);
             // 40: a whole tile of every kernel first (64 rows for AVX-512's tall one at d <= 4
             // excepted).
-            // 1500 codewords: the tall kernels' minima walk over the whole codebook; 100 and
-            // 40: their index walk over it (AVX-512's four panels and two, AVX2's three at
-            // 40), the streamed blocks of `tall_stream` either way. 12: one panel of 16 with
-            // padding (on AVX-512 the 16-wide tile, whose index is its lane's).
+            // 1500 codewords: the tall kernels' minima walk over the whole codebook (1000:
+            // on AVX-512 by half panels, `x86::TALL_HALVES_MAX_PANELS`); 100 and 40: their
+            // index walk over it (AVX-512's four panels and two, AVX2's three at 40), the
+            // streamed blocks of `tall_stream` either way. 12: one panel of 16 with padding
+            // (on AVX-512 the 16-wide tile, whose index is its lane's).
             let sizes = [13, 40]
                 .into_iter()
-                .flat_map(|n| [1500, 100, 40, 12].map(|k| (n, k)));
+                .flat_map(|n| [1500, 1000, 100, 40, 12].map(|k| (n, k)));
             for (n, k) in sizes {
                 let mut x = clustered(n, d, 2, 0.5, 4);
                 let mut c = clustered(k, d, 5, 0.5, 6);
