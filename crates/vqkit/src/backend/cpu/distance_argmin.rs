@@ -52,7 +52,7 @@
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
-//! - v6 `tall` (AVX-512: 64 rows, or 32 above d = 4), for d <= 8 against 32 codewords or
+//! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against 32 codewords or
 //!   more (256 above d = 2): the rows in the lanes, held in registers, against one
 //!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
@@ -738,7 +738,7 @@ fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && d <= SCAN_MAX_D {
         const { assert!(TALL_NR == x86::AVX512_NR) };
-        return Some((x86::tall_avx512_entry, x86::tall_rows(d), x86::AVX512_NR));
+        return Some((x86::tall_avx512_entry, x86::TALL_MR, x86::AVX512_NR));
     }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && d <= x86::TALL256_MAX_D {
@@ -1019,9 +1019,9 @@ pub(crate) fn distance_argmin_blocked(
     Ok(())
 }
 
-/// The most floats of a tall kernel's tile (64 rows of 4, 32 of 8).
+/// The most floats of a tall kernel's tile (64 rows of 8).
 #[cfg(target_arch = "x86_64")]
-const TALL_TILE_MAX: usize = 256;
+const TALL_TILE_MAX: usize = 512;
 
 /// A tall kernel's packed tile on the stack, on cache lines: the kernel's vector loads of
 /// its steps then never split a line.
@@ -2594,7 +2594,7 @@ mod x86 {
     /// some (lane r takes float r D + t), merged under masks. D = 2 takes one permute a
     /// step, D = 7 four. A copy: the bits of the scalar loop.
     ///
-    /// The tall kernels' blocks of 64 rows (d <= 4) and 32 (d <= 8) were copied float by
+    /// The tall kernels' blocks of 64 rows (then 32 above d = 4) were copied float by
     /// float (`narrow`): at k = 16, d = 2, 15% of a call in `perf` (one thread), 9% this
     /// way. `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`
     /// against the copies, 5 alternating pairs, medians of the ratios, k x d: one thread
@@ -3805,20 +3805,26 @@ mod x86 {
         }
     }
 
-    /// Rows per tile of the tall kernel for rows of `d <= 8` floats: as many vectors of 16
-    /// rows as AVX-512's 32 registers hold with d + 4 each (the rows' d elements, the
-    /// chain, the panel's minima, the running minima and their panels) and one or two more
-    /// (the codeword's broadcast): four, or two above d = 4. `tall_avx512`'s G per d must
-    /// agree (`tall_step` asserts it).
-    pub(super) const fn tall_rows(d: usize) -> usize {
-        16 * if d <= 4 { 4 } else { 2 }
-    }
+    /// Rows per tile of AVX-512's tall kernel at every width up to d = 8: four vectors of
+    /// 16 (`tall_avx512`'s G must agree: `tall_step` asserts it). Up to d = 4 the rows' d
+    /// elements, the chains, the minima and their panels fit AVX-512's 32 registers. Until
+    /// this session of 2026-12-07 wider rows took two vectors, so as to stay in registers;
+    /// with four, some of the rows' elements are read from L1 as FMA operands (Zen 4 has
+    /// three load ports), and each codeword's d + 1 broadcasts serve twice the rows. `vqkit
+    /// bench --op assign --n N --k K --d D --threads T --seconds 0.3` on the Zen 4 VM, one
+    /// build of each, alternating pairs, medians of four / two, n x k x d: one thread, 7
+    /// pairs, 100,000 x 256 x 8 0.984, x 16 x 8 0.909, x 128 x 8 1.007, x 256 x 7 0.917,
+    /// x 32 x 5 0.897, x 16 x 6 0.889, 50,000 x 1024 x 8 0.942, 30,000 x 4096 x 8 0.922;
+    /// 5 pairs, 100,000 x 256 x 6 0.890, x 256 x 5 0.961, x 64 x 8 0.906, 30,000 x 4096 x 6
+    /// 0.878; two threads, 5 pairs, 100,000 x 256 x 8 0.952, x 256 x 6 0.946, 30,000 x 4096
+    /// x 8 0.929, 100,000 x 16 x 8 1.085 (single pairs from 0.83 to 1.17).
+    pub(super) const TALL_MR: usize = 64;
 
     pub(super) fn tall_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
-        if s.each_block(tall_rows(s.p.d), val, idx, tall_avx512_entry) {
+        if s.each_block(TALL_MR, val, idx, tall_avx512_entry) {
             return;
         }
-        let mr = tall_rows(s.p.d);
+        let mr = TALL_MR;
         check(s, acc, val, idx, mr, AVX512_NR);
         assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= super::SCAN_MAX_D);
         assert!(s.p.fold && s.rs == 1 && s.ts == mr);
@@ -3850,7 +3856,7 @@ mod x86 {
         pub(super) fn new(isa: super::Isa, p: &'a super::Packed) -> Self {
             assert!(p.d >= 1 && p.d <= super::SCAN_MAX_D && p.fold);
             let mr = match isa {
-                super::Isa::Avx512 => tall_rows(p.d),
+                super::Isa::Avx512 => TALL_MR,
                 super::Isa::Avx2 => tall256_rows(p.d),
                 super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
             };
@@ -3901,17 +3907,17 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32], fin: Finish) {
-        // SAFETY: compiled for AVX-512F; the caller checked the step. G as `tall_rows`.
+        // SAFETY: compiled for AVX-512F; the caller checked the step. G as `TALL_MR`.
         unsafe {
             match s.p.d {
                 1 => tall_step::<__m512, 1, 4>(s, val, idx, fin),
                 2 => tall_step::<__m512, 2, 4>(s, val, idx, fin),
                 3 => tall_step::<__m512, 3, 4>(s, val, idx, fin),
                 4 => tall_step::<__m512, 4, 4>(s, val, idx, fin),
-                5 => tall_step::<__m512, 5, 2>(s, val, idx, fin),
-                6 => tall_step::<__m512, 6, 2>(s, val, idx, fin),
-                7 => tall_step::<__m512, 7, 2>(s, val, idx, fin),
-                8 => tall_step::<__m512, 8, 2>(s, val, idx, fin),
+                5 => tall_step::<__m512, 5, 4>(s, val, idx, fin),
+                6 => tall_step::<__m512, 6, 4>(s, val, idx, fin),
+                7 => tall_step::<__m512, 7, 4>(s, val, idx, fin),
+                8 => tall_step::<__m512, 8, 4>(s, val, idx, fin),
                 d => unreachable!("the tall kernel serves d <= 8, not {d}"),
             }
         }
@@ -4758,8 +4764,7 @@ mod tests {
             (32, false, false, false, true),
         ] {
             // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable);
-            // 40: a whole tile of every kernel first (64 rows for AVX-512's tall one at d <= 4
-            // excepted).
+            // 40: a whole tile of every kernel first (AVX-512's tall one, 64 rows, excepted).
             // 1500 codewords: the tall kernels' minima walk over the whole codebook (1000:
             // on AVX-512 by half panels, `x86::TALL_HALVES_MAX_PANELS`); 100 and 40: their
             // index walk over it (AVX-512's four panels and two, AVX2's three at 40), the
@@ -4989,12 +4994,12 @@ mod tests {
         mrs.extend([
             x86::AVX2_MR,
             x86::AVX512_MR,
-            x86::tall_rows(8),
-            x86::tall_rows(1),
+            x86::TALL_MR,
+            x86::tall256_rows(1),
             x86::tall256_rows(4),
         ]);
         for &mr in &mrs {
-            // Every short block for the tiled heights; for the tall ones (64 and 32 rows,
+            // Every short block for the tiled heights; for the tall ones (64, 32 and 16 rows,
             // which memcheck runs slowly) one short by one row, by a whole SSE group of
             // four and to a single row.
             let rows: Vec<usize> = if mr <= 12 {
