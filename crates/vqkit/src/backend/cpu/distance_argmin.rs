@@ -53,8 +53,9 @@
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
 //! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against 32 codewords or
-//!   more (256 above d = 2): the rows in the lanes, held in registers, against one
-//!   codeword at a time; v4's minima and recomputed panel, with panels for blocks and no
+//!   more (256 above d = 2): the rows in the lanes, held in registers (above d = 4 some
+//!   read from L1), against one codeword at a time; v4's minima and recomputed panel
+//!   (on AVX-512 against at most 32 panels, half panel), with panels for blocks and no
 //!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
