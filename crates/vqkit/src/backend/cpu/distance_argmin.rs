@@ -52,14 +52,14 @@
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
-//! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against 32 codewords or
-//!   more (256 above d = 2): the rows in the lanes, held in registers (above d = 4 some
-//!   read from L1), against one codeword at a time; v4's minima and recomputed panel
-//!   (on AVX-512 against at most 32 panels, half panel), with panels for blocks and no
-//!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
+//! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against 32 codewords or more (256 above
+//!   d = 2): the rows in the lanes, held in registers (above d = 4 some read from L1),
+//!   against one codeword at a time; v4's minima and recomputed panel (on AVX-512
+//!   against at most 32 panels, half panel), with panels for blocks and no horizontal
+//!   reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
-//!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm up to d = 3, 16 in
-//!   two from d = 4; panels of 16, so the index walk up to 64 codewords) for d <= 8 with
+//!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm; panels of 16, so
+//!   the index walk up to 64 codewords) for d <= 8 with
 //!   `tall_wins`'s codebooks, where it serves instead of v2 and v4. Where the
 //!   codebook is one group of panels, a task takes its blocks one at a time, each written
 //!   out as it is done (`tall_stream`).
@@ -663,7 +663,7 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// VM, one or two vectors of 8 rows per tile) they lost or tied: d = 8, k = 4096 48 -> 61
 /// ms, d = 4, k = 1024 9.2 -> 10.2 ms, d = 2, k = 4096 18.3 and 18.4 ms. On a Zen 1, two
 /// vectors won at d <= 4 (see [`tall_kernel`]), and AVX2 took them there; four vectors
-/// up to d = 3 gained again on the Zen 4 VM (`x86::tall256_rows`: d = 2, k = 4096 0.670),
+/// up to d = 3 gained again on the Zen 4 VM (`x86::TALL256_MR`: d = 2, k = 4096 0.670),
 /// and once its rows were packed with AVX (`x86::pack_narrow_avx`) AVX2 took every width.
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
@@ -744,7 +744,7 @@ fn tall_kernel(isa: Isa, d: usize) -> Option<(RowsKernel, usize, usize)> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && d <= x86::TALL256_MAX_D {
         const { assert!(TALL256_NR == x86::AVX2_NR) };
-        return Some((x86::tall_avx2_entry, x86::tall256_rows(d), x86::AVX2_NR));
+        return Some((x86::tall_avx2_entry, x86::TALL256_MR, x86::AVX2_NR));
     }
     let _ = (isa, d);
     None
@@ -2512,7 +2512,7 @@ mod x86 {
     /// Returns how many steps it packed (a multiple of eight); [`pack_steps_sse`] takes
     /// the rest from there. A copy: the bits of the scalar loop.
     ///
-    /// For the tall kernel's 32 rows at d = 8 the SSE steps were a quarter of a call at
+    /// For the tall kernel's 32 rows at d = 8 (then) the SSE steps were a quarter of a call at
     /// k = 16 (`perf record -e cpu-clock`, one thread, after `super::tall_stream`); this
     /// takes about half that. The few kernel's panels (32 rows, 16 with AVX2) pack this way
     /// too. `vqkit bench --op assign --n 100000 --k K --d D --threads T --seconds 0.3`,
@@ -3818,7 +3818,8 @@ mod x86 {
     /// x 32 x 5 0.897, x 16 x 6 0.889, 50,000 x 1024 x 8 0.942, 30,000 x 4096 x 8 0.922;
     /// 5 pairs, 100,000 x 256 x 6 0.890, x 256 x 5 0.961, x 64 x 8 0.906, 30,000 x 4096 x 6
     /// 0.878; two threads, 5 pairs, 100,000 x 256 x 8 0.952, x 256 x 6 0.946, 30,000 x 4096
-    /// x 8 0.929, 100,000 x 16 x 8 1.085 (single pairs from 0.83 to 1.17).
+    /// x 8 0.929, 100,000 x 16 x 8 1.085 (single pairs from 0.83 to 1.17; 9 pairs more,
+    /// 0.925, single pairs from 0.39 to 1.81), x 64 x 7 0.951 (9 pairs).
     pub(super) const TALL_MR: usize = 64;
 
     pub(super) fn tall_avx512_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
@@ -3858,7 +3859,7 @@ mod x86 {
             assert!(p.d >= 1 && p.d <= super::SCAN_MAX_D && p.fold);
             let mr = match isa {
                 super::Isa::Avx512 => TALL_MR,
-                super::Isa::Avx2 => tall256_rows(p.d),
+                super::Isa::Avx2 => TALL256_MR,
                 super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
             };
             TallFinisher {
@@ -3908,6 +3909,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn tall_avx512(s: &Step, val: &mut [f32], idx: &mut [u32], fin: Finish) {
+        const { assert!(TALL_MR == 4 * 16) };
         // SAFETY: compiled for AVX-512F; the caller checked the step. G as `TALL_MR`.
         unsafe {
             match s.p.d {
@@ -3927,9 +3929,8 @@ mod x86 {
     /// Where a tall kernel finishes its tile's rows: their indices and distances.
     type Finish<'a> = Option<(&'a mut [u32], &'a mut [f32])>;
 
-    /// Rows per tile of the AVX2 tall kernel for rows of `d <= TALL256_MAX_D` floats: four
-    /// vectors of 8 up to d = 3, two from d = 4. `tall_avx2`'s G per d must agree
-    /// (`tall_step` asserts it).
+    /// Rows per tile of the AVX2 tall kernel at every width up to `TALL256_MAX_D`: four
+    /// vectors of 8. `tall_avx2`'s G must agree (`tall_step` asserts it).
     ///
     /// Two vectors first, tuned on a 2-core Zen 1: with their d elements, chains, minima
     /// and panels and the codeword's d + 1 broadcasts they take 15 of AVX2's 16 registers at
@@ -3946,20 +3947,31 @@ mod x86 {
     /// 3 alternating pairs, medians of the ratios, 32 rows against 16): d = 2, k = 256
     /// 0.705, k = 4096 0.596, k = 16 0.841, k = 32 0.954; d = 1, k = 256 0.819; d = 3,
     /// k = 256 0.641; but d = 4, k = 4096 1.253 (more of the rows' elements through memory).
-    pub(super) const fn tall256_rows(d: usize) -> usize {
-        8 * if d <= 3 { 4 } else { 2 }
-    }
+    ///
+    /// Four vectors at every width since the second session of 2026-12-07, when four
+    /// vectors of 16 also won on AVX-512 above d = 4 ([`TALL_MR`]): with two vectors the
+    /// rows' elements were already read from L1 from d = 5 (16 registers), so four cost no
+    /// more loads an FMA and halve the broadcasts'. `vqkit bench --op assign --n N --k K
+    /// --d D --threads T --seconds 0.3 --isa avx2` on the Zen 4 VM, one build of each,
+    /// alternating pairs, medians of four / two, n x k x d: one thread, 7 pairs, 100,000 x
+    /// 256 x 8 0.914, x 16 x 8 0.832, x 32 x 6 0.796, x 128 x 7 0.783, x 256 x 5 0.962,
+    /// x 16 x 5 0.744, x 256 x 4 0.963, x 16 x 4 0.883, x 64 x 4 0.938, 30,000 x 4096 x 8
+    /// 0.942, x 4096 x 5 0.954, x 4096 x 4 0.962; two threads, 5 pairs, 100,000 x 256 x 8
+    /// 0.921, x 16 x 8 0.913, x 64 x 6 0.889. Not measured on an AVX2-only CPU, most of
+    /// which have two load ports where Zen 4 has three: four vectors read more of the
+    /// rows' elements from L1 than two at d = 4, and about as many an FMA above.
+    pub(super) const TALL256_MR: usize = 32;
 
-    /// The widest rows the AVX2 tall kernel takes, those of the scan kernels (from d = 5
-    /// the minima walk keeps more of the rows' elements in memory; it lost on the Zen 1
-    /// and now wins on the Zen 4 VM: `super::tall_kernel`).
+    /// The widest rows the AVX2 tall kernel takes, those of the scan kernels (with more
+    /// elements a row the minima walk keeps more of them in memory; from d = 5 it lost on
+    /// the Zen 1 and now wins on the Zen 4 VM: `super::tall_kernel`).
     pub(super) const TALL256_MAX_D: usize = super::SCAN_MAX_D;
 
     pub(super) fn tall_avx2_entry(s: &Step, acc: &mut [f32], val: &mut [f32], idx: &mut [u32]) {
-        if s.each_block(tall256_rows(s.p.d), val, idx, tall_avx2_entry) {
+        if s.each_block(TALL256_MR, val, idx, tall_avx2_entry) {
             return;
         }
-        let mr = tall256_rows(s.p.d);
+        let mr = TALL256_MR;
         check(s, acc, val, idx, mr, AVX2_NR);
         assert!(s.first && s.last && s.kc == s.p.d && s.p.d <= TALL256_MAX_D);
         assert!(s.p.fold && s.rs == 1 && s.ts == mr);
@@ -3970,20 +3982,19 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tall_avx2(s: &Step, val: &mut [f32], idx: &mut [u32], fin: Finish) {
-        const { assert!(tall256_rows(3) == 4 * 8 && tall256_rows(4) == 2 * 8) };
-        const { assert!(tall256_rows(TALL256_MAX_D) == 2 * 8 && TALL256_MAX_D == 8) };
+        const { assert!(TALL256_MR == 4 * 8 && TALL256_MAX_D == 8) };
         // SAFETY: compiled for AVX2 and FMA; the caller checked the step. G as
-        // `tall256_rows`.
+        // `TALL256_MR`.
         unsafe {
             match s.p.d {
                 1 => tall_step::<__m256, 1, 4>(s, val, idx, fin),
                 2 => tall_step::<__m256, 2, 4>(s, val, idx, fin),
                 3 => tall_step::<__m256, 3, 4>(s, val, idx, fin),
-                4 => tall_step::<__m256, 4, 2>(s, val, idx, fin),
-                5 => tall_step::<__m256, 5, 2>(s, val, idx, fin),
-                6 => tall_step::<__m256, 6, 2>(s, val, idx, fin),
-                7 => tall_step::<__m256, 7, 2>(s, val, idx, fin),
-                8 => tall_step::<__m256, 8, 2>(s, val, idx, fin),
+                4 => tall_step::<__m256, 4, 4>(s, val, idx, fin),
+                5 => tall_step::<__m256, 5, 4>(s, val, idx, fin),
+                6 => tall_step::<__m256, 6, 4>(s, val, idx, fin),
+                7 => tall_step::<__m256, 7, 4>(s, val, idx, fin),
+                8 => tall_step::<__m256, 8, 4>(s, val, idx, fin),
                 d => unreachable!("the AVX2 tall kernel serves d <= 8, not {d}"),
             }
         }
@@ -4164,7 +4175,7 @@ mod x86 {
     /// n = 100,000, 256 x 2 0.964, 256 x 8 0.939, 512 x 4 0.968, 256 x 5 0.988; 5 pairs,
     /// 1024 x 2 0.988, 1024 x 8 0.989; n = 50,000, 4096 x 2 1.023, 4096 x 6 1.006 (the
     /// extra compares cost more than the one panel of 128 saves). On AVX2 (`--isa avx2`,
-    /// halves of 8 codewords) it lost: 256 x 2 1.099, 512 x 3 1.045, 256 x 8 0.995.
+    /// halves of 8 codewords) it lost or tied: 256 x 2 1.099, 512 x 3 1.045, 256 x 8 0.995.
     const TALL_HALVES_MAX_PANELS: usize = 32;
 
     /// The tall kernels: G vectors of W rows (the rows in the lanes, from the packed block:
@@ -4178,7 +4189,7 @@ mod x86 {
     /// row's minimum is then computed again for the row, as [`scan_walk`] does, and its
     /// first codeword scoring the minimum is the row's: the tiled walk's strict `<` over
     /// codewords in order (a NaN score never wins, and a row with no score below +inf keeps
-    /// (+inf, 0)). Where every row's minimum is finite and not zero (the rule), the score is
+    /// (+inf, 0)). Where no row's minimum is +inf or zero (the rule), the score is
     /// the minimum itself and only the index is looked for, without [`first_scoring`]'s
     /// tests per row (`vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds
     /// 0.3`, 7 alternating pairs, medians of new / old, k x d: 256 x 2 0.944, 256 x 8 0.994,
@@ -4238,13 +4249,15 @@ mod x86 {
                 rare |= V::eq_bits(low[g], 0.0) | V::eq_bits(low[g], f32::INFINITY);
             }
             if rare == 0 {
-                // Every row's minimum is finite and not zero (the rule, on any data but
+                // No row's minimum is +inf or zero (the rule, on any data but
                 // the contrived): its score is the minimum itself, and only its index is
                 // looked for, without the tests of `first_scoring` per row.
                 let (vp, ip) = (val.as_mut_ptr(), idx.as_mut_ptr());
                 if split {
                     for r in 0..G * w {
                         let (m, q) = (lows[r], ats[r] as usize);
+                        // The walk noted a half of one of the step's panels: `check` bounds it.
+                        debug_assert!(q / 2 >= range.start && q / 2 < range.end);
                         let hit = V::eq_bits(half_scores::<V>(s, r, q), m);
                         assert!(hit != 0, "the minimum comes from this half's own scores");
                         *vp.add(r) = m;
@@ -4652,7 +4665,8 @@ mod tests {
             (10, 700, 8),
             (11, 700, 6),
             (6, 300, 1),
-            // Tall tiles of 64 and 32 rows, full and short, over several blocks.
+            // Tall tiles (AVX-512's 64 rows, AVX2's 32), full and short, over several
+            // blocks.
             (150, 300, 3),
             (70, 300, 7),
             (70, 300, 1),
@@ -4765,7 +4779,10 @@ mod tests {
             (32, false, false, false, true),
         ] {
             // 13 rows: two blocks of 6 in place and one more (AVX2), three of 4 (portable);
-            // 40: a whole tile of every kernel first (AVX-512's tall one, 64 rows, excepted).
+            // 40: a whole tile of every kernel first (AVX-512's tall one, 64 rows, excepted);
+            // 130 against the minima walk: a second tall tile of ordinary rows but one
+            // (row 70, huge: a minimum of -inf), so that the walk's path for tiles whose
+            // minima are neither +inf nor zero meets the overflows too.
             // 1500 codewords: the tall kernels' minima walk over the whole codebook (1000:
             // on AVX-512 by half panels, `x86::TALL_HALVES_MAX_PANELS`); 100 and 40: their
             // index walk over it (AVX-512's four panels and two, AVX2's three at 40), the
@@ -4773,13 +4790,17 @@ mod tests {
             // (on AVX-512 the 16-wide tile, whose index is its lane's).
             let sizes = [13, 40]
                 .into_iter()
-                .flat_map(|n| [1500, 1000, 100, 40, 12].map(|k| (n, k)));
+                .flat_map(|n| [1500, 1000, 100, 40, 12].map(|k| (n, k)))
+                .chain([(130, 1500), (130, 1000)]);
             for (n, k) in sizes {
                 let mut x = clustered(n, d, 2, 0.5, 4);
                 let mut c = clustered(k, d, 5, 0.5, 6);
                 // Row 1 is huge, row 2 is zero (its scores are the norms: +0 for zero codewords).
                 x[d..2 * d].fill(1e21);
                 x[2 * d..3 * d].fill(0.0);
+                if n > 70 {
+                    x[70 * d..71 * d].fill(1e21);
+                }
                 // Norms of +inf: scores of +inf (NaN against rows 1 and 2). 8 and 16 are the
                 // first halves of 24's lane pair in a 32-wide panel and AVX2's 16-wide one.
                 for j in [5usize, 8, 16, 700, 1499].into_iter().filter(|&j| j < k) {
@@ -4833,6 +4854,10 @@ mod tests {
                     let kernels = (scan, cols, tall, few);
                     let tiled = run(&norms, tiles, true, false);
                     assert_eq!(tiled.0[1], 0, "{at}: the first -inf score");
+                    assert!(
+                        n <= 70 || tiled.0[70] == 0,
+                        "{at}: row 70's first -inf score"
+                    );
                     assert_eq!(run(&norms, kernels, true, false), tiled, "{at}");
                     assert_eq!(run(&norms, kernels, false, false), tiled, "{at} by 2");
                     assert_eq!(run(&norms, tiles, true, true), tiled, "{at} in place");
@@ -4996,8 +5021,9 @@ mod tests {
             x86::AVX2_MR,
             x86::AVX512_MR,
             x86::TALL_MR,
-            x86::tall256_rows(1),
-            x86::tall256_rows(4),
+            x86::TALL256_MR,
+            // AVX2's few kernel's panels.
+            16,
         ]);
         for &mr in &mrs {
             // Every short block for the tiled heights; for the tall ones (64, 32 and 16 rows,
