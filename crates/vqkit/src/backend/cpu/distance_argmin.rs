@@ -52,8 +52,8 @@
 //!   the roles swapped, codewords broadcast against rows in lanes, the rows packed into
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
-//! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against 32 codewords or more (256 above
-//!   d = 2): the rows in the lanes, held in registers (above d = 4 some read from L1),
+//! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against more than 4 codewords: the rows in
+//!   the lanes, held in registers (above d = 4 some read from L1),
 //!   against one codeword at a time; v4's minima and recomputed panel (on AVX-512
 //!   against at most 32 panels, half panel), with panels for blocks and no horizontal
 //!   reduction. Against at most four panels (5 to 128 codewords), each
@@ -648,8 +648,7 @@ fn scan_wins(d: usize, k: usize) -> bool {
 
 /// Whether the tall kernels serve a shape (rather than the tiled or scan ones), where the
 /// instruction set has one ([`tall_kernel`]: AVX-512 and AVX2): rows of d <= 8 against
-/// at least 32 codewords at d <= 2 and 256
-/// above, and against small codebooks (below). The bounds were measured on AVX-512. Against
+/// more than [`NARROW_K`] codewords. The first bounds (below) were measured on AVX-512. Against
 /// the kernels they replace, `vqkit bench --op assign --threads 2`, 3 alternating runs,
 /// medians, n = 100,000 unless given: d = 2, k = 32 0.84 -> 0.64 ms, k = 256 2.07 -> 1.23
 /// ms, k = 4096 (the scan kernel) 13.2 -> 9.3 ms; d = 4, k = 256 2.49 -> 1.90 ms, k = 1024
@@ -669,11 +668,18 @@ fn scan_wins(d: usize, k: usize) -> bool {
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
 /// against the tiled kernels there too (below); up to 128 codewords is "small" on either
-/// (AVX2's 65 to 128 take the minima walk). Between 129 and 255 codewords at d > 2 the
-/// tiled kernels stay.
+/// (AVX2's 65 to 128 take the minima walk).
+///
+/// Until the second session of 2026-12-07, between 129 and 255 codewords at d > 2 the
+/// tiled kernels stayed. Since the tall walk's half panels and four vectors of rows
+/// (7d0fcaa, 65217a7, f7a1e12) the tall kernels win there too, by far: a build reading
+/// the bound from the environment, tall against tiled, `vqkit bench --op assign --n
+/// 100000 --k K --d D --threads T --seconds 0.3`, 5 alternating pairs, medians, k x d:
+/// one thread 192 x 4 0.484, 160 x 8 0.721, 224 x 6 0.684, 136 x 3 0.446; `--isa avx2`
+/// 192 x 4 0.587, 160 x 8 0.903, 224 x 6 0.743; two threads 192 x 4 0.517, 240 x 8
+/// 0.839, 136 x 3 0.469. So every codebook of more than [`NARROW_K`] codewords.
 fn tall_wins(d: usize, k: usize) -> bool {
-    let small = k > NARROW_K && k <= TALL_INDEX_MAX_PANELS * TALL_NR;
-    d <= SCAN_MAX_D && (small || k >= if d <= 2 { 32 } else { 256 })
+    d <= SCAN_MAX_D && k > NARROW_K
 }
 
 /// Codewords per panel of the AVX2 tall kernel (two ymm: `x86::AVX2_NR`).
@@ -697,7 +703,8 @@ const TALL_NR: usize = 32;
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at d
-/// <= 2 more than four codewords; at d = 3 to 8 up to 128 and from 256). `vqkit bench --op
+/// <= 2 more than four codewords; at d = 3 to 8 then up to 128 and from 256, now all of
+/// them). `vqkit bench --op
 /// assign --n 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with
 /// the choice read once from the environment, the shipped kernels first in each pair, 3
 /// runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32
