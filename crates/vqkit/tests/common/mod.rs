@@ -576,6 +576,11 @@ macro_rules! backend_suite {
                 (65, 128, 3),
                 (40, 50, 2),
                 (37, 40, 3),
+                // Between 129 and 255 codewords (the tall kernels' minima walk since b51eaef,
+                // the tiled kernels before): one codeword in the last panel, a last panel
+                // one short.
+                (65, 129, 3),
+                (70, 255, 8),
                 // Many rows of 9 to 32 floats against a few codewords (the few kernels:
                 // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4,
                 // past 16 floats against at most 32 codewords), full and short.

@@ -667,13 +667,15 @@ fn scan_wins(d: usize, k: usize) -> bool {
 ///
 /// Against at most [`TALL_INDEX_MAX_PANELS`] panels (128 codewords on AVX-512, 64 on AVX2)
 /// the tall kernel carries each lane's index instead (`x86::tall_index_walk`), which wins
-/// against the tiled kernels there too (below); up to 128 codewords is "small" on either
-/// (AVX2's 65 to 128 take the minima walk).
+/// against the tiled kernels there too (below): up to 128 codewords on AVX-512, 64 on AVX2
+/// (whose 65 to 128 take the minima walk).
 ///
-/// Until the second session of 2026-12-07, between 129 and 255 codewords at d > 2 the
-/// tiled kernels stayed. Since the tall walk's half panels and four vectors of rows
-/// (7d0fcaa, 65217a7, f7a1e12) the tall kernels win there too, by far: a build reading
-/// the bound from the environment, tall against tiled, `vqkit bench --op assign --n
+/// Until b51eaef, between 129 and 255 codewords at d > 2 the tiled kernels stayed: the
+/// first bound (the minima walk lost at d = 8, k = 128 and won at 256) and the index
+/// walk's reach (to 128) left them there, unmeasured. Measured after the half panels and
+/// four vectors of rows (7d0fcaa, 65217a7, f7a1e12), the tall kernels win there (0.45 to
+/// 0.90; not measured at k = 129 to 135, d = 8): a build reading the bound from the
+/// environment, tall against tiled, `vqkit bench --op assign --n
 /// 100000 --k K --d D --threads T --seconds 0.3`, 5 alternating pairs, medians, k x d:
 /// one thread 192 x 4 0.484, 160 x 8 0.721, 224 x 6 0.684, 136 x 3 0.446; `--isa avx2`
 /// 192 x 4 0.587, 160 x 8 0.903, 224 x 6 0.743; two threads 192 x 4 0.517, 240 x 8
@@ -683,6 +685,7 @@ fn tall_wins(d: usize, k: usize) -> bool {
 }
 
 /// Codewords per panel of the AVX2 tall kernel (two ymm: `x86::AVX2_NR`).
+#[cfg(target_arch = "x86_64")]
 const TALL256_NR: usize = 16;
 
 /// The most panels a step of the tall kernel walks carrying each lane's index rather than
@@ -692,9 +695,11 @@ const TALL256_NR: usize = 16;
 /// d = 1 0.45 -> 0.25 ms; k = 16, d = 2 0.44 -> 0.33 ms, d = 4 0.47 -> 0.36 ms, d = 8
 /// 0.53 -> 0.51 ms; k = 32, d = 2 0.55 -> 0.36 ms; k = 64, d = 4 0.86 -> 0.57 ms, d = 8
 /// 1.09 -> 0.92 ms; k = 128, d = 4 1.34 -> 0.90 ms, d = 8 1.84 -> 1.54 ms.
+#[cfg(target_arch = "x86_64")]
 const TALL_INDEX_MAX_PANELS: usize = 4;
 
 /// Codewords per panel of the tall kernel (AVX-512's: two zmm).
+#[cfg(target_arch = "x86_64")]
 const TALL_NR: usize = 32;
 
 /// The tall kernel for rows of `d` floats with its rows per tile and panel width, where
@@ -703,8 +708,8 @@ const TALL_NR: usize = 32;
 /// On AVX2 the tiled kernel's epilogue at d <= 4 (a compare and two blends per row and half
 /// panel, against 2 d FMAs) and the scan kernel's per-row work lose to the tall walk's one
 /// `min` per vector of rows and codeword, against the codebooks `tall_wins` gives it (at d
-/// <= 2 more than four codewords; at d = 3 to 8 then up to 128 and from 256, now all of
-/// them). `vqkit bench --op
+/// <= 2 more than four codewords; at d = 3 to 8, before b51eaef, only up to 128 and from
+/// 256). `vqkit bench --op
 /// assign --n 100000 --k K --d D --threads 1 --seconds 1` on a 2-core Zen 1, one build with
 /// the choice read once from the environment, the shipped kernels first in each pair, 3
 /// runs, medians, in ms: d = 2, k = 8 2.11 -> 1.39, k = 16 2.00 -> 1.65, k = 32
@@ -4696,6 +4701,10 @@ mod tests {
             // against one tile (AVX-512's: the prefetch's last lines after the walk).
             (45, 300, 12),
             (70, 6, 24),
+            // Between 129 and 255 codewords (the tall kernels' since b51eaef): AVX-512's
+            // 5 and 8 panels, the last holding one codeword or 31; AVX2's 9 and 16.
+            (70, 129, 5),
+            (45, 255, 8),
         ];
         for &(n, k, d) in &shapes {
             let x = clustered(n, d, 4, 0.3, 11 + d as u64);
@@ -5218,6 +5227,19 @@ mod tests {
         assert!(avx2(17, 16) && avx2(32, 32) && !avx2(33, 16) && !avx2(32, 33));
         assert!(!avx2(16, 3073) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
+    }
+
+    /// The tall kernels take rows of d <= 8 against every codebook of more than
+    /// [`NARROW_K`] codewords, 129 to 255 included (b51eaef).
+    #[test]
+    fn tall_kernel_bounds() {
+        for d in 1..=SCAN_MAX_D {
+            for k in [NARROW_K + 1, 128, 129, 200, 255, 256, 1 << 18] {
+                assert!(tall_wins(d, k), "d = {d}, k = {k}");
+            }
+            assert!(!tall_wins(d, NARROW_K), "d = {d}");
+        }
+        assert!(!tall_wins(SCAN_MAX_D + 1, 256));
     }
 
     #[test]
