@@ -3681,19 +3681,9 @@ mod x86 {
     /// As for [`scan_walk`].
     #[inline(always)]
     unsafe fn panel_scores<V: Lanes>(s: &Step, r: usize, panel: usize) -> (V, V) {
-        let (p, d, xp, w) = (s.p, s.p.d, s.x.as_ptr(), V::W);
-        // SAFETY: the caller's `check` bounds the panel, the row and d.
-        unsafe {
-            let cp = p.data.as_ptr().add(panel * 2 * w * d);
-            let np = p.norms.as_ptr().add(panel * 2 * w);
-            let (mut a0, mut a1) = (V::load(np), V::load(np.add(w)));
-            for t in 0..d {
-                let xv = V::splat(*xp.add(t * s.ts + r * s.rs));
-                a0 = V::fmadd(xv, V::load(cp.add(t * 2 * w)), a0);
-                a1 = V::fmadd(xv, V::load(cp.add(t * 2 * w + w)), a1);
-            }
-            (a0, a1)
-        }
+        // SAFETY: the caller's contract.
+        let [a0, a1] = unsafe { halves_scores::<V, 2>(s, r, 2 * panel) };
+        (a0, a1)
     }
 
     /// Row `r` of the step's rows against half `q` of the panels (codewords `q * W` to
@@ -3703,14 +3693,29 @@ mod x86 {
     /// As for [`panel_scores`], for panel `q / 2`.
     #[inline(always)]
     unsafe fn half_scores<V: Lanes>(s: &Step, r: usize, q: usize) -> V {
+        // SAFETY: the caller's contract.
+        unsafe { halves_scores::<V, 1>(s, r, q)[0] }
+    }
+
+    /// Row `r`'s scores against H consecutive halves of the panels from half `q` (within
+    /// one panel), in one loop over d: each lane one chain from its codeword's norm.
+    ///
+    /// # Safety
+    /// As for [`panel_scores`], for panel `q / 2`; `q % 2 + H <= 2`.
+    #[inline(always)]
+    unsafe fn halves_scores<V: Lanes, const H: usize>(s: &Step, r: usize, q: usize) -> [V; H] {
         let (p, d, xp, w) = (s.p, s.p.d, s.x.as_ptr(), V::W);
+        debug_assert!(q % 2 + H <= 2);
         // SAFETY: the caller's `check` bounds the panel, the row and d.
         unsafe {
             let cp = p.data.as_ptr().add((q / 2) * 2 * w * d + (q % 2) * w);
-            let mut a = V::load(p.norms.as_ptr().add(q * w));
+            let np = p.norms.as_ptr().add(q * w);
+            let mut a: [V; H] = std::array::from_fn(|h| V::load(np.add(h * w)));
             for t in 0..d {
                 let xv = V::splat(*xp.add(t * s.ts + r * s.rs));
-                a = V::fmadd(xv, V::load(cp.add(t * 2 * w)), a);
+                for (h, a) in a.iter_mut().enumerate() {
+                    *a = V::fmadd(xv, V::load(cp.add(t * 2 * w + h * w)), *a);
+                }
             }
             a
         }
@@ -4265,25 +4270,20 @@ mod x86 {
                 // the contrived): its score is the minimum itself, and only its index is
                 // looked for, without the tests of `first_scoring` per row.
                 let (vp, ip) = (val.as_mut_ptr(), idx.as_mut_ptr());
-                if split {
-                    for r in 0..G * w {
-                        let (m, q) = (lows[r], ats[r] as usize);
-                        // The walk noted a half of one of the step's panels: `check` bounds it.
-                        debug_assert!(q / 2 >= range.start && q / 2 < range.end);
-                        let hit = V::eq_bits(half_scores::<V>(s, r, q), m);
-                        assert!(hit != 0, "the minimum comes from this half's own scores");
-                        *vp.add(r) = m;
-                        *ip.add(r) = (q * w) as u32 + hit.trailing_zeros();
-                    }
-                    return;
-                }
                 for r in 0..G * w {
-                    let (m, panel) = (lows[r], ats[r] as usize);
-                    let (s0, s1) = panel_scores::<V>(s, r, panel);
-                    let hit = V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w);
+                    // `q`: the panel, or half, the walk noted: one of the step's, which
+                    // `check` bounds.
+                    let (m, q) = (lows[r], ats[r] as usize);
+                    debug_assert!(range.contains(&(q * sub / nr)));
+                    let hit = if split {
+                        V::eq_bits(half_scores::<V>(s, r, q), m)
+                    } else {
+                        let (s0, s1) = panel_scores::<V>(s, r, q);
+                        V::eq_bits(s0, m) | (V::eq_bits(s1, m) << w)
+                    };
                     assert!(hit != 0, "the minimum comes from this panel's own scores");
                     *vp.add(r) = m;
-                    *ip.add(r) = (panel * nr) as u32 + hit.trailing_zeros();
+                    *ip.add(r) = (q * sub) as u32 + hit.trailing_zeros();
                 }
                 return;
             }
