@@ -4040,24 +4040,39 @@ mod x86 {
             let xs: [[V; G]; D] = std::array::from_fn(|t| {
                 std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
             });
-            if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
-                tall_index_walk(s, &xs, val, idx)
+            let (best, at) = if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
+                tall_index_walk(s, &xs)
             } else {
-                tall_walk(s, &xs, val, idx)
-            }
-            if let Some(out) = fin {
-                tall_finish(&xs, val, idx, out);
+                tall_walk(s, &xs, val, idx);
+                if fin.is_none() {
+                    return;
+                }
+                (
+                    std::array::from_fn(|g| V::load(val.as_ptr().add(g * w))),
+                    std::array::from_fn(|g| V::load_i(idx.as_ptr().add(g * w))),
+                )
+            };
+            match fin {
+                Some(out) => tall_finish(&xs, best, at, (val, idx), out),
+                None => {
+                    for g in 0..G {
+                        best[g].store(val.as_mut_ptr().add(g * w));
+                        V::store_i(at[g], idx.as_mut_ptr().add(g * w));
+                    }
+                }
             }
         }
     }
 
-    /// The tile's first rows finished into `out` (indices, distances): each row's norm
-    /// from its elements in registers (the chain of [`super::packed_norms`] below 16
-    /// floats: from +0, each square added in order with its own rounding) added to its
-    /// best score in `val` and clamped at zero with a NaN kept ([`super::finished`], lane
-    /// by lane), the same bits as the norms' pass and `add_norms` after the kernel. Those
-    /// two and the copies out, at n = 100,000, k = 16, one thread (`perf record -e
-    /// cpu-clock`), took about 16% of a call at d = 2 and 11% at d = 8.
+    /// The tile's first rows finished into `out` (indices, distances) from the walk's best
+    /// scores and indices in registers (`best`, `at`): each row's norm from its elements in
+    /// registers (the chain of [`super::packed_norms`] below 16 floats: from +0, each square
+    /// added in order with its own rounding) added to its best score and clamped at zero
+    /// with a NaN kept ([`super::finished`], lane by lane), the same bits as the norms' pass
+    /// and `add_norms` after the kernel. A whole tile goes straight to `out`; a shorter one
+    /// through the buffers `val` / `idx` (G * W rows). Those two and the copies out, at
+    /// n = 100,000, k = 16, one thread (`perf record -e cpu-clock`), took about 16% of a
+    /// call at d = 2 and 11% at d = 8 when the kernel's results came through the buffers.
     ///
     /// # Safety
     /// The caller is compiled for `V`'s instruction set; `val` and `idx` hold G * W rows,
@@ -4065,12 +4080,21 @@ mod x86 {
     #[inline(always)]
     unsafe fn tall_finish<V: Lanes, const D: usize, const G: usize>(
         xs: &[[V; G]; D],
-        val: &mut [f32],
-        idx: &[u32],
+        best: [V; G],
+        at: [V::I; G],
+        (val, idx): (&mut [f32], &mut [u32]),
         (oi, od): (&mut [u32], &mut [f32]),
     ) {
         let w = V::W;
-        // SAFETY: the caller's contract: G vectors of W lanes in `val`.
+        let m = oi.len();
+        assert!(m == od.len() && m <= G * w && val.len() >= G * w && idx.len() >= G * w);
+        let whole = m == G * w;
+        let (vp, ip) = if whole {
+            (od.as_mut_ptr(), oi.as_mut_ptr())
+        } else {
+            (val.as_mut_ptr(), idx.as_mut_ptr())
+        };
+        // SAFETY: the caller's contract; `vp` / `ip` hold G * W rows (asserted).
         unsafe {
             let zero = V::splat(0.0);
             for g in 0..G {
@@ -4078,16 +4102,12 @@ mod x86 {
                 for x in xs {
                     n = V::add_square(n, x[g]);
                 }
-                let v = V::add(V::load(val.as_ptr().add(g * w)), n);
-                V::blend(V::lt(v, zero), v, zero).store(val.as_mut_ptr().add(g * w));
+                let v = V::add(best[g], n);
+                V::blend(V::lt(v, zero), v, zero).store(vp.add(g * w));
+                V::store_i(at[g], ip.add(g * w));
             }
         }
-        // A whole tile's copies of a constant length, which unroll.
-        let m = oi.len();
-        if m == G * w {
-            oi.copy_from_slice(&idx[..G * w]);
-            od.copy_from_slice(&val[..G * w]);
-        } else {
+        if !whole {
             oi.copy_from_slice(&idx[..m]);
             od.copy_from_slice(&val[..m]);
         }
@@ -4123,7 +4143,8 @@ mod x86 {
     /// at once, a compare and two blends per vector of rows (the score and the codeword's
     /// index), in codeword order with a strict `<`, so no panel is computed again at the
     /// end. That recomputation, one panel of scalar chains per row, is what made the tall
-    /// kernel lose to the tiled one against few codewords.
+    /// kernel lose to the tiled one against few codewords. Returns the rows' best scores and
+    /// indices in registers, G vectors each, for [`tall_finish`].
     ///
     /// The walk stops at the last panel's last codeword (`Packed::len`), so padding lanes
     /// cost nothing. A codeword whose norm overflowed to +inf, or is NaN, is walked: every
@@ -4141,18 +4162,15 @@ mod x86 {
     /// registers were dearest); a few percent or none elsewhere.
     ///
     /// # Safety
-    /// As for [`tall_walk`].
+    /// As for [`tall_walk`] (which also writes `val` and `idx`: this writes neither).
     #[inline(always)]
     unsafe fn tall_index_walk<V: Lanes, const D: usize, const G: usize>(
         s: &Step,
         xs: &[[V; G]; D],
-        val: &mut [f32],
-        idx: &mut [u32],
-    ) {
+    ) -> ([V; G], [V::I; G]) {
         let (p, w) = (s.p, V::W);
         let nr = 2 * w;
-        // SAFETY: the caller's contract: `check` bounds the panels, the norms, and `val` /
-        // `idx` for the tile's G * W rows.
+        // SAFETY: the caller's contract: `check` bounds the panels and the norms.
         unsafe {
             let mut best = [V::splat(f32::INFINITY); G];
             let mut at = [V::splat_i(0); G];
@@ -4175,10 +4193,7 @@ mod x86 {
                     }
                 }
             }
-            for g in 0..G {
-                best[g].store(val.as_mut_ptr().add(g * w));
-                V::store_i(at[g], idx.as_mut_ptr().add(g * w));
-            }
+            (best, at)
         }
     }
 
