@@ -2635,21 +2635,48 @@ mod x86 {
                 for t in 0..D {
                     let mut out = _mm512_setzero_ps();
                     for p in 0..pairs {
-                        // Lane r's float, counted from this pair's first, if it lies there.
-                        let at = |r: usize| (r * D + t).wrapping_sub(32 * p);
-                        let idx: [i32; 16] = std::array::from_fn(|r| (at(r) & 31) as i32);
-                        let mask = (0..16)
-                            .filter(|&r| at(r) < 32)
-                            .fold(0u16, |m, r| m | 1 << r);
+                        let (idx, mask) = &NarrowPicks::<D>::PICKS[t][p];
                         let (a, b) = (v[2 * p], v[(2 * p + 1).min(D - 1)]);
                         let picked =
                             _mm512_permutex2var_ps(a, _mm512_loadu_si512(idx.as_ptr().cast()), b);
-                        out = _mm512_mask_mov_ps(out, mask, picked);
+                        out = _mm512_mask_mov_ps(out, *mask, picked);
                     }
                     _mm512_storeu_ps(dst.add(t * MR + g * 16), out);
                 }
             }
         }
+    }
+
+    /// [`pack_narrow_avx512`]'s permutes for rows of D floats, constants of the program:
+    /// for step t and pair of vectors p, each lane's index into the pair (lane r takes
+    /// float r D + t, counted from the pair's first) and the mask of the lanes whose float
+    /// lies in the pair. Computed in the loop, they were folded or not as the compiler's
+    /// heuristics went: in one build the packing of rows of 7 took as long as the kernel
+    /// at k = 32 (`perf record -e cpu-clock`, `--isa avx2`), its masks built at run time.
+    struct NarrowPicks<const D: usize>;
+
+    impl<const D: usize> NarrowPicks<D> {
+        const PICKS: [[([i32; 16], u16); 4]; 8] = {
+            let mut picks = [[([0i32; 16], 0u16); 4]; 8];
+            let mut t = 0;
+            while t < D {
+                let mut p = 0;
+                while p < D.div_ceil(2) {
+                    let mut r = 0;
+                    while r < 16 {
+                        let at = (r * D + t).wrapping_sub(32 * p);
+                        picks[t][p].0[r] = (at & 31) as i32;
+                        if at < 32 {
+                            picks[t][p].1 |= 1 << r;
+                        }
+                        r += 1;
+                    }
+                    p += 1;
+                }
+                t += 1;
+            }
+            picks
+        };
     }
 
     /// Four steps of four rows, `a`, `b`, `c`, `e`, as four rows of steps:
@@ -4113,26 +4140,62 @@ mod x86 {
         }
     }
 
-    /// One codeword's folded scores for the tile's rows: the chain from `norm` of one FMA
-    /// per element, in order, against the codeword's values `c[t * nr]` (its lane of a
-    /// panel).
+    /// Whether the tall walks at rows of D floats compute two codewords' chains in one loop
+    /// over d ([`tall_chains`]): the index walk (`index`) or the minima walk. Where the
+    /// rows' elements do not all fit in registers beside the chains and minima (AVX2's 16
+    /// with a tile of four vectors), each is read from L1 as an FMA operand once a
+    /// codeword; with two codewords a loop, once for both, at the cost of G more chains in
+    /// registers. Only on AVX2, and only at the widths where it won:
+    ///
+    /// `vqkit bench --op assign --n N --k K --d D --threads 1 --seconds 0.3`, one build
+    /// with two codewords a loop at every width against one with one, 5 alternating pairs,
+    /// medians of two / one, n x k x d (the Zen 4 VM). The minima walk, `--isa avx2`:
+    /// 30,000 x 4096 x 1 1.035, x 2 1.089, x 3 1.107, x 4 1.037, x 5 1.040, x 6 0.982, x 7
+    /// 0.939, x 8 0.912, 19,073 x 65,536 x 8 0.916, 100,000 x 256 x 8 0.921. The index
+    /// walk, n = 100,000, `--isa avx2`: 64 x 1 1.165, 16 x 1 1.125, 64 x 2 0.760, 32 x 2
+    /// 0.801, 16 x 2 0.863, 64 x 3 1.087, x 4 1.137, x 5 1.056, x 6 1.006, x 7 0.988, x 8
+    /// 0.989 (why d = 2 gains and 3 to 6 lose, the compiler's spills differing, was not
+    /// looked into). AVX-512, the minima walk: 30,000 x 4096 x 1 1.010, x 2 1.011, x 4
+    /// 1.016, x 5 0.991, x 6 0.993, x 7 0.989, x 8 0.991; the index walk: 16 x 1 1.009,
+    /// 128 x 1 0.990, 64 x 2 1.012, 16 x 2 1.007, 64 x 4 1.019, x 6 1.003, x 8 1.010. With
+    /// the minima walk's pairs from d = 5 on AVX-512 its index walk at d = 7 lost (7 pairs,
+    /// n = 100,000, 64 x 7 1.110, 128 x 7 1.142, 32 x 6 0.987: the walks and the finish
+    /// share the tile's rows in one function, and its registers), so AVX-512 keeps one
+    /// codeword a loop. Four codewords a loop, in a build choosing at run time: on AVX-512
+    /// (its 32 registers) nothing over two (30,000 x 4096 x 8 1.003), on AVX2 spills
+    /// (1.567).
+    const fn pairs<V: Lanes, const D: usize>(index: bool) -> bool {
+        match (index, V::W) {
+            (true, 8) => D == 2 || D >= 7,
+            (false, 8) => D >= 6,
+            _ => false,
+        }
+    }
+
+    /// C consecutive codewords' folded scores for the tile's rows, in one loop over d (so
+    /// that each of the rows' elements read serves all C): each the chain from the
+    /// codeword's norm (`norms[j]`) of one FMA per element, in order, against its values
+    /// `c[t * nr + j]` (its lane of a panel).
     ///
     /// # Safety
-    /// The caller is compiled for `V`'s instruction set; `c` points at D values `nr` apart.
+    /// The caller is compiled for `V`'s instruction set; `c` points at D rows of C values
+    /// `nr` apart, `norms` at C norms.
     #[inline(always)]
-    unsafe fn tall_chain<V: Lanes, const D: usize, const G: usize>(
+    unsafe fn tall_chains<V: Lanes, const D: usize, const G: usize, const C: usize>(
         xs: &[[V; G]; D],
         c: *const f32,
         nr: usize,
-        norm: f32,
-    ) -> [V; G] {
+        norms: *const f32,
+    ) -> [[V; G]; C] {
         // SAFETY: the caller's contract.
         unsafe {
-            let mut acc = [V::splat(norm); G];
+            let mut acc: [[V; G]; C] = std::array::from_fn(|j| [V::splat(*norms.add(j)); G]);
             for (t, x) in xs.iter().enumerate() {
-                let c = V::splat(*c.add(t * nr));
+                let cs: [V; C] = std::array::from_fn(|j| V::splat(*c.add(t * nr + j)));
                 for g in 0..G {
-                    acc[g] = V::fmadd(x[g], c, acc[g]);
+                    for j in 0..C {
+                        acc[j][g] = V::fmadd(x[g], cs[j], acc[j][g]);
+                    }
                 }
             }
             acc
@@ -4174,7 +4237,6 @@ mod x86 {
         unsafe {
             let mut best = [V::splat(f32::INFINITY); G];
             let mut at = [V::splat_i(0); G];
-            let one = V::splat_i(1);
             for panel in s.panels.clone() {
                 let cp = p.data.as_ptr().add(panel * nr * D);
                 let np = p.norms.as_ptr().add(panel * nr);
@@ -4182,10 +4244,43 @@ mod x86 {
                 // rather than broadcast from a general register per codeword (on Zen 4,
                 // two operations, and a fifth of the kernel's samples at k = 16, d = 2).
                 let mut next = V::splat_i((panel * nr) as u32);
-                for lane in 0..(p.len - panel * nr).min(nr) {
-                    let j = next;
-                    next = V::add_i(next, one);
-                    let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
+                let lanes = (p.len - panel * nr).min(nr);
+                // Two codewords a loop where `pairs` says so, the odd one after.
+                let even = if pairs::<V, D>(true) { lanes & !1 } else { 0 };
+                let run = (&mut best, &mut at, &mut next);
+                index_lanes::<V, D, G, 2>(xs, (cp, np, nr), 0..even, run);
+                let run = (&mut best, &mut at, &mut next);
+                index_lanes::<V, D, G, 1>(xs, (cp, np, nr), even..lanes, run);
+            }
+            (best, at)
+        }
+    }
+
+    /// The index walk over a panel's codewords `lanes` (a multiple of C of them), C
+    /// codewords a loop ([`tall_chains`]) from the panel's values `cp` and norms `np` (`nr`
+    /// codewords wide), each codeword's scores then taken in order by a strict `<` into
+    /// the rows' best and their indices, `next` the first codeword's index in every lane.
+    /// `next` ends as the index after the last codeword.
+    ///
+    /// # Safety
+    /// As for [`tall_chains`], for every codeword of `lanes`.
+    #[inline(always)]
+    unsafe fn index_lanes<V: Lanes, const D: usize, const G: usize, const C: usize>(
+        xs: &[[V; G]; D],
+        (cp, np, nr): (*const f32, *const f32, usize),
+        lanes: std::ops::Range<usize>,
+        (best, at, next): (&mut [V; G], &mut [V::I; G], &mut V::I),
+    ) {
+        debug_assert!(lanes.len().is_multiple_of(C));
+        // SAFETY: the caller's contract.
+        unsafe {
+            let one = V::splat_i(1);
+            for lane in lanes.step_by(C) {
+                let accs = tall_chains::<V, D, G, C>(xs, cp.add(lane), nr, np.add(lane));
+                // By index: an array's by-value iterator kept the chains in memory.
+                for acc in &accs {
+                    let j = *next;
+                    *next = V::add_i(j, one);
                     for g in 0..G {
                         let lt = V::lt(acc[g], best[g]);
                         best[g] = V::blend(lt, best[g], acc[g]);
@@ -4193,7 +4288,33 @@ mod x86 {
                     }
                 }
             }
-            (best, at)
+        }
+    }
+
+    /// The rows' minima `pm` lowered by the scores of a panel's codewords `lanes` (a
+    /// multiple of C of them), C codewords a loop ([`tall_chains`]) from the panel as for
+    /// [`index_lanes`]. A NaN score never enters the minima, as it never wins the tiled `<`.
+    ///
+    /// # Safety
+    /// As for [`tall_chains`], for every codeword of `lanes`.
+    #[inline(always)]
+    unsafe fn minima_lanes<V: Lanes, const D: usize, const G: usize, const C: usize>(
+        xs: &[[V; G]; D],
+        (cp, np, nr): (*const f32, *const f32, usize),
+        lanes: std::ops::Range<usize>,
+        pm: &mut [V; G],
+    ) {
+        debug_assert!(lanes.len().is_multiple_of(C));
+        // SAFETY: the caller's contract.
+        unsafe {
+            for lane in lanes.step_by(C) {
+                let accs = tall_chains::<V, D, G, C>(xs, cp.add(lane), nr, np.add(lane));
+                for acc in &accs {
+                    for g in 0..G {
+                        pm[g] = V::min(acc[g], pm[g]);
+                    }
+                }
+            }
         }
     }
 
@@ -4258,12 +4379,11 @@ mod x86 {
                 let np = p.norms.as_ptr().add(panel * nr);
                 for first in (0..nr).step_by(sub) {
                     let mut pm = [inf; G];
-                    for lane in first..first + sub {
-                        let acc = tall_chain(xs, cp.add(lane), nr, *np.add(lane));
-                        for g in 0..G {
-                            // A NaN score never enters the minima, as it never wins the tiled `<`.
-                            pm[g] = V::min(acc[g], pm[g]);
-                        }
+                    let lanes = first..first + sub;
+                    if pairs::<V, D>(false) {
+                        minima_lanes::<V, D, G, 2>(xs, (cp, np, nr), lanes, &mut pm);
+                    } else {
+                        minima_lanes::<V, D, G, 1>(xs, (cp, np, nr), lanes, &mut pm);
                     }
                     let here = V::splat_i(((panel * nr + first) / sub) as u32);
                     for g in 0..G {
@@ -4707,6 +4827,9 @@ mod tests {
             (40, 50, 2),
             (33, 7, 1),
             (37, 40, 3),
+            // Its two codewords a loop (`x86::pairs`: d = 2 and from 7) and an odd one left.
+            (21, 33, 2),
+            (19, 61, 7),
             // Many rows against a few codewords (the few kernel): panels of 32 (AVX2: 16)
             // full and short, tiles of 8 (AVX2: 4) full and short, widths from 9.
             (70, 16, 16),
