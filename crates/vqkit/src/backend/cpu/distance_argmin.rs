@@ -4068,7 +4068,18 @@ mod x86 {
                 std::array::from_fn(|g| V::load(xp.add(t * G * w + g * w)))
             });
             let (best, at) = if s.panels.len() <= super::TALL_INDEX_MAX_PANELS {
-                tall_index_walk(s, &xs)
+                if G == 4 && split_index::<V, D>() {
+                    let lo: [[V; 2]; D] = std::array::from_fn(|t| [xs[t][0], xs[t][1]]);
+                    let (b0, a0) = tall_index_walk::<V, D, 2>(s, &lo);
+                    let hi: [[V; 2]; D] = std::array::from_fn(|t| [xs[t][2], xs[t][3]]);
+                    let (b1, a1) = tall_index_walk::<V, D, 2>(s, &hi);
+                    (
+                        std::array::from_fn(|g| if g < 2 { b0[g] } else { b1[g - 2] }),
+                        std::array::from_fn(|g| if g < 2 { a0[g] } else { a1[g - 2] }),
+                    )
+                } else {
+                    tall_index_walk(s, &xs)
+                }
             } else {
                 tall_walk(s, &xs, val, idx);
                 if fin.is_none() {
@@ -4138,6 +4149,20 @@ mod x86 {
             oi.copy_from_slice(&idx[..m]);
             od.copy_from_slice(&val[..m]);
         }
+    }
+
+    /// Whether the tall index walk takes its tile of G = 4 vectors as two of 2, one after
+    /// the other (each walking the codebook), rather than all four at once: on AVX2 at
+    /// d = 2, where four vectors' rows, minima and indices (24 registers) spill and two
+    /// vectors' (12) do not, at the cost of walking the codebook's broadcasts twice.
+    /// `vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds 0.3 --isa
+    /// avx2`, a build choosing at run time, 5 alternating pairs, medians of halves / whole,
+    /// k x d: 16 x 2 0.884, 32 x 2 0.824, 64 x 2 0.781; 16 x 1 1.062, 64 x 1 1.170, 16 x 3
+    /// 1.013, 16 x 4 1.025, 64 x 4 1.039, 32 x 6 1.058, 64 x 8 1.077 (the Zen 4 VM). The
+    /// same split of the minima walk lost at every width (256 x 1 1.054, 256 x 2 1.344,
+    /// 256 x 3 1.357, 256 x 4 1.054; n = 30,000: 4096 x 2 1.442, 4096 x 8 1.049).
+    const fn split_index<V: Lanes, const D: usize>() -> bool {
+        V::W == 8 && D == 2
     }
 
     /// Whether the tall walks at rows of D floats compute two codewords' chains in one loop
