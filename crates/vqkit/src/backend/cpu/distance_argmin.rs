@@ -4153,8 +4153,9 @@ mod x86 {
 
     /// Whether the tall index walk takes its tile of G = 4 vectors as two of 2, one after
     /// the other (each walking the codebook), rather than all four at once: on AVX2 at
-    /// d = 2, where four vectors' rows, minima and indices (24 registers) spill and two
-    /// vectors' (12) do not, at the cost of walking the codebook's broadcasts twice.
+    /// d = 2, where four vectors' rows, best scores and indices take all 16 registers
+    /// before a chain or a broadcast, and two vectors' take 8, at the cost of walking the
+    /// codebook's broadcasts twice.
     /// `vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds 0.3 --isa
     /// avx2`, a build choosing at run time, 5 alternating pairs, medians of halves / whole,
     /// k x d: 16 x 2 0.884, 32 x 2 0.824, 64 x 2 0.781; 16 x 1 1.062, 64 x 1 1.170, 16 x 3
