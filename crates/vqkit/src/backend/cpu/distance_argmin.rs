@@ -54,7 +54,8 @@
 //!   never copied whole. Same scores, same bits as v2 and v3.
 //! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against more than 4 codewords: the rows in
 //!   the lanes, held in registers (above d = 4 some read from L1),
-//!   against one codeword at a time; v4's minima and recomputed panel (on AVX-512
+//!   against one codeword at a time (on AVX2 at some widths two: `x86::pairs`); v4's
+//!   minima and recomputed panel (on AVX-512
 //!   against at most 32 panels, half panel), with panels for blocks and no horizontal
 //!   reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
@@ -2626,6 +2627,8 @@ mod x86 {
         assert!(MR.is_multiple_of(16) && block.len() >= MR * D && xb.len() >= MR * D);
         let pairs = D.div_ceil(2);
         let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
+        // A constant's reference (`const`): the table itself in the program, never copied.
+        let picks = const { &NarrowPicks::<D>::PICKS };
         for g in 0..MR / 16 {
             // SAFETY: the group's 16 D floats lie inside `block` and step t's 16 slots of
             // the group inside `xb` (asserted above); the loads and stores are unaligned.
@@ -2635,7 +2638,7 @@ mod x86 {
                 for t in 0..D {
                     let mut out = _mm512_setzero_ps();
                     for p in 0..pairs {
-                        let (idx, mask) = &NarrowPicks::<D>::PICKS[t][p];
+                        let (idx, mask) = &picks[t][p];
                         let (a, b) = (v[2 * p], v[(2 * p + 1).min(D - 1)]);
                         let picked =
                             _mm512_permutex2var_ps(a, _mm512_loadu_si512(idx.as_ptr().cast()), b);
@@ -3882,10 +3885,12 @@ mod x86 {
     /// The tall kernel of `isa` (AVX2 or AVX-512) on packed tiles of `mr` rows against the
     /// whole of a codebook `p`, each tile's rows finished ([`tall_finish`]): for
     /// [`super::tall_stream`], whose every tile is a step over the same buffer and the same
-    /// codebook, checked once rather than per tile (the checks took 7% of a call at
-    /// n = 100,000, k = 16, d = 2, one thread), and with the kernel's results in buffers
-    /// kept across tiles. The codebook is borrowed for the finisher's life, so only the
-    /// tile's buffer can differ from one call to the next, and a different one is checked.
+    /// codebook, checked once rather than per tile (the checks took 7% of a call at n =
+    /// 100,000, k = 16, d = 2, one thread), and with buffers kept across tiles for the
+    /// kernel's results (the minima walk's, and a short tile's; the index walk hands a
+    /// whole tile's to the finish in registers). The codebook is borrowed for the
+    /// finisher's life, so only the tile's buffer can differ from one call to the next, and
+    /// a different one is checked.
     pub(super) struct TallFinisher<'a> {
         isa: super::Isa,
         mr: usize,
@@ -4045,8 +4050,9 @@ mod x86 {
     }
 
     /// A step of the tall kernel: [`tall_index_walk`] over at most
-    /// [`super::TALL_INDEX_MAX_PANELS`] panels, [`tall_walk`] over more; with `fin`, the
-    /// rows then finished ([`tall_finish`]).
+    /// [`super::TALL_INDEX_MAX_PANELS`] panels (on AVX2 at d = 2 as two halves of the tile,
+    /// [`split_index`]), [`tall_walk`] over more; with `fin`, the rows then finished
+    /// ([`tall_finish`]).
     ///
     /// # Safety
     /// As for [`tall_walk`]; `fin` holds at most G * W rows.
@@ -4272,9 +4278,12 @@ mod x86 {
                 let mut next = V::splat_i((panel * nr) as u32);
                 let lanes = (p.len - panel * nr).min(nr);
                 // Two codewords a loop where `pairs` says so, the odd one after.
-                let even = if pairs::<V, D>(true) { lanes & !1 } else { 0 };
-                let run = (&mut best, &mut at, &mut next);
-                index_lanes::<V, D, G, 2>(xs, (cp, np, nr), 0..even, run);
+                let mut even = 0;
+                if pairs::<V, D>(true) {
+                    even = lanes & !1;
+                    let run = (&mut best, &mut at, &mut next);
+                    index_lanes::<V, D, G, 2>(xs, (cp, np, nr), 0..even, run);
+                }
                 let run = (&mut best, &mut at, &mut next);
                 index_lanes::<V, D, G, 1>(xs, (cp, np, nr), even..lanes, run);
             }
@@ -4359,7 +4368,8 @@ mod x86 {
 
     /// The tall kernels: G vectors of W rows (the rows in the lanes, from the packed block:
     /// element (r, t) at `t * G * W + r`) held in registers over the step's panels, against
-    /// one codeword at a time, its d values and norm broadcast. Each score is the folded
+    /// one codeword at a time (on AVX2 at some widths two, [`pairs`]), its d values and norm
+    /// broadcast. Each score is the folded
     /// chain of the tiled kernels (from the norm, one FMA per element, in order). Per
     /// codeword and vector of rows the kernel keeps only the lanes' minima (one `min`);
     /// per panel it notes, in each lane, whether the panel lowered the row's minimum and
@@ -4849,13 +4859,14 @@ mod tests {
             (45, 9, 8),
             (70, 100, 2),
             // The AVX2 tall kernel's index walk (at most four panels of 16): tiles of 32
-            // rows (16 at d = 4), full and short, partial panels.
+            // rows, full and short, partial panels.
             (40, 50, 2),
             (33, 7, 1),
             (37, 40, 3),
-            // Its two codewords a loop (`x86::pairs`: d = 2 and from 7) and an odd one left.
-            (21, 33, 2),
-            (19, 61, 7),
+            // Its two codewords a loop (`x86::pairs`: d = 2 and from 7) and an odd one left,
+            // a whole tile and a short one.
+            (40, 33, 2),
+            (40, 61, 7),
             // Many rows against a few codewords (the few kernel): panels of 32 (AVX2: 16)
             // full and short, tiles of 8 (AVX2: 4) full and short, widths from 9.
             (70, 16, 16),
@@ -4936,13 +4947,13 @@ mod tests {
     /// codewords whose norm is +inf (never chosen), products of +inf (scores of -inf,
     /// chosen, the first of them), NaN scores beside the best one in a panel, rows where
     /// every score is +inf or NaN (index 0, +inf), NaN norms (never chosen: the tall index
-    /// walk walks them), and zeros of either sign; over ranges of
-    /// panels split into blocks with remainders. The scan kernels (AVX2) at d = 3, 6 and 8
-    /// (x held in registers, read in a loop over d), the tall ones at d = 1, 2, 3, 6 and 8
-    /// on both, the cols ones at d = 33 and the few ones at d = 12 and 32
-    /// (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere the tiled
-    /// kernel against itself. With 13 rows (every tile short) and 40 (a full tile of each
-    /// kernel first).
+    /// walk walks them), and zeros of either sign; over ranges of panels split into blocks
+    /// with remainders. The scan kernels (AVX2) at d = 3, 6 and 8 (x held in registers,
+    /// read in a loop over d), the tall ones at d = 1, 2, 3, 6, 7 and 8 on both (AVX2's two
+    /// codewords a loop at 2, 6, 7 and 8), the cols ones at d = 33 and the few ones at d =
+    /// 12 and 32 (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere
+    /// the tiled kernel against itself. With 13 rows (every tile short) and 40 (a full tile
+    /// of each kernel first).
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall, few) in [
@@ -4954,6 +4965,7 @@ mod tests {
             (2, false, false, true, false),
             (3, false, false, true, false),
             (6, false, false, true, false),
+            (7, false, false, true, false),
             (8, false, false, true, false),
             (12, false, false, false, true),
             (32, false, false, false, true),
