@@ -581,6 +581,8 @@ macro_rules! backend_suite {
                 // one short.
                 (65, 129, 3),
                 (70, 255, 8),
+                // AVX2's tall index walk at two codewords a loop (d = 7, an odd one left).
+                (40, 61, 7),
                 // Many rows of 9 to 32 floats against a few codewords (the few kernels:
                 // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4,
                 // past 16 floats against at most 32 codewords), full and short.

@@ -53,17 +53,15 @@
 //!   panels and the codebook a few tiles at a time, so a large codebook is read once and
 //!   never copied whole. Same scores, same bits as v2 and v3.
 //! - v6 `tall` (AVX-512: 64 rows), for d <= 8 against more than 4 codewords: the rows in
-//!   the lanes, held in registers (above d = 4 some read from L1),
-//!   against one codeword at a time (on AVX2 at some widths two: `x86::pairs`); v4's
-//!   minima and recomputed panel (on AVX-512
-//!   against at most 32 panels, half panel), with panels for blocks and no horizontal
-//!   reduction. Against at most four panels (5 to 128 codewords), each
+//!   the lanes, held in registers (above d = 4 some read from L1), against one codeword at
+//!   a time (on AVX2 at some widths two: `x86::pairs`); v4's minima and recomputed panel
+//!   (on AVX-512 against at most 32 panels, half panel), with panels for blocks and no
+//!   horizontal reduction. Against at most four panels (5 to 128 codewords), each
 //!   codeword's scores go into the rows' best and index at once, with no panel computed
 //!   again. Same scores, same bits as v3. On AVX2 (32 rows in four ymm; panels of 16, so
-//!   the index walk up to 64 codewords) for d <= 8 with
-//!   `tall_wins`'s codebooks, where it serves instead of v2 and v4. Where the
-//!   codebook is one group of panels, a task takes its blocks one at a time, each written
-//!   out as it is done (`tall_stream`).
+//!   the index walk up to 64 codewords) for d <= 8 with `tall_wins`'s codebooks, where it
+//!   serves instead of v2 and v4. Where the codebook is one group of panels, a task takes
+//!   its blocks one at a time, each written out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
 //!   (AVX2: 9 to 16, to 32 against at most 32 codewords) against codebooks of up to 48 Ki
 //!   floats (`few_wins`): v5's roles for many rows, each task packing its rows 32 (16) to
@@ -2625,7 +2623,7 @@ mod x86 {
     ) {
         const { assert!(D >= 2 && D < 8) };
         assert!(MR.is_multiple_of(16) && block.len() >= MR * D && xb.len() >= MR * D);
-        let pairs = D.div_ceil(2);
+        let vector_pairs = D.div_ceil(2);
         let (src, dst) = (block.as_ptr(), xb.as_mut_ptr());
         // A constant's reference (`const`): the table itself in the program, never copied.
         let picks = const { &NarrowPicks::<D>::PICKS };
@@ -2637,7 +2635,7 @@ mod x86 {
                     std::array::from_fn(|i| _mm512_loadu_ps(src.add((g * D + i) * 16)));
                 for t in 0..D {
                     let mut out = _mm512_setzero_ps();
-                    for p in 0..pairs {
+                    for p in 0..vector_pairs {
                         let (idx, mask) = &picks[t][p];
                         let (a, b) = (v[2 * p], v[(2 * p + 1).min(D - 1)]);
                         let picked =
@@ -4368,21 +4366,20 @@ mod x86 {
 
     /// The tall kernels: G vectors of W rows (the rows in the lanes, from the packed block:
     /// element (r, t) at `t * G * W + r`) held in registers over the step's panels, against
-    /// one codeword at a time (on AVX2 at some widths two, [`pairs`]), its d values and norm
-    /// broadcast. Each score is the folded
-    /// chain of the tiled kernels (from the norm, one FMA per element, in order). Per
-    /// codeword and vector of rows the kernel keeps only the lanes' minima (one `min`);
-    /// per panel it notes, in each lane, whether the panel lowered the row's minimum and
-    /// so which panel first reached it (on AVX-512 against at most
-    /// [`TALL_HALVES_MAX_PANELS`] panels, which half panel). The one panel (or half) holding a
-    /// row's minimum is then computed again for the row, as [`scan_walk`] does, and its
-    /// first codeword scoring the minimum is the row's: the tiled walk's strict `<` over
-    /// codewords in order (a NaN score never wins, and a row with no score below +inf keeps
-    /// (+inf, 0)). Where no row's minimum is +inf or zero (the rule), the score is
-    /// the minimum itself and only the index is looked for, without [`first_scoring`]'s
-    /// tests per row (`vqkit bench --op assign --n 100000 --k K --d D --threads 1 --seconds
-    /// 0.3`, 7 alternating pairs, medians of new / old, k x d: 256 x 2 0.944, 256 x 8 0.994,
-    /// 512 x 4 0.985, 256 x 5 0.981).
+    /// one codeword at a time (on AVX2 at some widths two, [`pairs`]), its d values and
+    /// norm broadcast. Each score is the folded chain of the tiled kernels (from the norm,
+    /// one FMA per element, in order). Per codeword and vector of rows the kernel keeps
+    /// only the lanes' minima (one `min`); per panel it notes, in each lane, whether the
+    /// panel lowered the row's minimum and so which panel first reached it (on AVX-512
+    /// against at most [`TALL_HALVES_MAX_PANELS`] panels, which half panel). The one panel
+    /// (or half) holding a row's minimum is then computed again for the row, as
+    /// [`scan_walk`] does, and its first codeword scoring the minimum is the row's: the
+    /// tiled walk's strict `<` over codewords in order (a NaN score never wins, and a row
+    /// with no score below +inf keeps (+inf, 0)). Where no row's minimum is +inf or zero
+    /// (the rule), the score is the minimum itself and only the index is looked for,
+    /// without [`first_scoring`]'s tests per row (`vqkit bench --op assign --n 100000 --k K
+    /// --d D --threads 1 --seconds 0.3`, 7 alternating pairs, medians of new / old, k x d:
+    /// 256 x 2 0.944, 256 x 8 0.994, 512 x 4 0.985, 256 x 5 0.981).
     ///
     /// Where the tiled kernel spends on each row and panel its compares and blends and,
     /// per block, a horizontal reduction, which at d <= 8 outweigh the 2 to 8 FMAs of a
