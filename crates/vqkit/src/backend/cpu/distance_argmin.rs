@@ -2928,9 +2928,9 @@ mod x86 {
     }
 
     /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
-    /// width of rows at a time (the few kernel's panels of 16 rows on AVX2; the tall
-    /// kernels' blocks in `rows_block` 16, 32 or 64; the tiles of 6 and 12 rows take the
-    /// tested loads throughout, their last vector reaching past the block): each step's rows
+    /// width of rows at a time (the tall kernels' blocks in `rows_block` 16, 32 or 64, and
+    /// the few kernel's panels on AVX2 until [`few_norms`]; the tiles of 6 and 12 rows take
+    /// the tested loads throughout, their last vector reaching past the block): each step's rows
     /// loaded ([`load_step`]: a whole vector, or under a mask of the rows at the block's
     /// end), squared and added into its partial (separate roundings, as in
     /// [`super::sq_norm`]), the 16 partials added in order.
@@ -3194,18 +3194,65 @@ mod x86 {
             // 100000 --k K --d D --threads 1 --seconds 0.3 --isa avx2`, 5 alternating
             // pairs against the pass, medians of the ratios, the Zen 4 VM: k x d = 128 x 16
             // 1.148, 64 x 12 1.179, 256 x 16 1.220, 16 x 16 0.996).
-            let mut n = [0.0f32; FEW256_NR];
-            packed_norms_simd::<__m256>(panel, d, FEW256_NR, &mut n);
             let (best_v, best_i, _) = few_walk::<__m256, FEW256_MR, false>(panel, d, tiles, ahead);
-            // `finished` on each row: the score plus |x|^2, clamped at 0 with a NaN kept.
+            // After the walk, so that no register holds them through it (computed before
+            // it, the norms took two of the walk's registers, and the rows' best indices
+            // went to the stack: 256 x 16 1.245, the command below). Against
+            // `packed_norms_simd`, whose 16 partials and tests took a quarter of this
+            // function's samples at 16 x 32 (`perf record -e cpu-clock`, one thread),
+            // with the finish in vectors: `vqkit bench --op assign --n 100000 --k K --d D
+            // --threads 1 --seconds 0.3 --isa avx2`, 5 alternating pairs, medians of new /
+            // old, k x d (the Zen 4 VM): 16 x 9 0.906, 16 x 12 0.926, 16 x 16 0.846, 16 x 24
+            // 0.884, 16 x 32 0.908, 32 x 20 0.926, 32 x 32 0.942, 128 x 16 0.968, 256 x 16
+            // 0.979, 64 x 32 1.007, 256 x 32 1.004.
+            let n = few_norms::<__m256>(panel.as_ptr(), d);
+            // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept.
             let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
+            let zero = _mm256_setzero_ps();
             for h in 0..2 {
-                best_v[h].store(v.as_mut_ptr().add(8 * h));
+                let s = _mm256_add_ps(best_v[h], n[h]);
+                let s = _mm256_blendv_ps(s, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(s, zero));
+                s.store(v.as_mut_ptr().add(8 * h));
                 <__m256 as Lanes>::store_i(best_i[h], i.as_mut_ptr().add(8 * h));
             }
-            for (r, (o, j)) in dist.iter_mut().zip(idx.iter_mut()).enumerate() {
-                (*o, *j) = (super::finished(v[r], n[r]), i[r]);
+            let rows = idx.len();
+            dist.copy_from_slice(&v[..rows]);
+            idx.copy_from_slice(&i[..rows]);
+        }
+    }
+
+    /// The norms of a few kernel's panel of two vectors of rows (`panel[t * 2 W + r]`, d
+    /// steps) with [`super::sq_norm`]'s bits, for d <= 32: its partial l is step l's square
+    /// plus step l + 16's where there is one, and the partials are added in order, so that
+    /// the norm is one chain over the partials (steps l + 16 first where they pair, then the
+    /// steps alone). Against the general pass ([`packed_norms_simd`]), which keeps 16
+    /// partials for any d, this keeps two chains and no partials.
+    ///
+    /// # Safety
+    /// The caller is compiled for V's instruction set; `panel` holds d steps of 2 W floats.
+    #[inline(always)]
+    unsafe fn few_norms<V: Lanes>(panel: *const f32, d: usize) -> [V; 2] {
+        const { assert!(super::FEW_MAX_D <= 32) };
+        debug_assert!(d <= super::FEW_MAX_D);
+        let w = V::W;
+        // SAFETY: the caller's contract: steps below d.
+        unsafe {
+            let zero = V::splat(0.0);
+            let step = |t: usize, h: usize| V::load(panel.add(t * 2 * w + h * w));
+            let mut n = [zero; 2];
+            let paired = d.saturating_sub(16);
+            for l in 0..paired {
+                for (h, n) in n.iter_mut().enumerate() {
+                    let p = V::add_square(V::add_square(zero, step(l, h)), step(l + 16, h));
+                    *n = V::add(*n, p);
+                }
             }
+            for l in paired..d.min(16) {
+                for (h, n) in n.iter_mut().enumerate() {
+                    *n = V::add_square(*n, step(l, h));
+                }
+            }
+            n
         }
     }
 
