@@ -63,7 +63,7 @@
 //!   serves instead of v2 and v4. Where the codebook is one group of panels, a task takes
 //!   its blocks one at a time, each written out as it is done (`tall_stream`).
 //! - v7 `few` (AVX-512: 8 codewords x 32 rows; AVX2: 4 x 16), for rows of 9 to 32 floats
-//!   (AVX2: 9 to 16, to 32 against at most 32 codewords) against codebooks of up to 48 Ki
+//!   (AVX2: 9 to 16, to 32 against at most 128 codewords) against codebooks of up to 48 Ki
 //!   floats (`few_wins`): v5's roles for many rows, each task packing its rows 32 (16) to
 //!   a panel, the whole codebook (packed once, in tiles of 8 (4)) walked against each
 //!   panel, the rows' best carried in registers across the tiles; no horizontal reduction,
@@ -357,6 +357,13 @@ fn kernel_for(isa: Isa, scan: bool, k: usize) -> (RowsKernel, usize, usize) {
 /// pairs), 32 x 32 1.066 (5 pairs) and 0.740 (7 pairs)), not beyond (64 x 24 1.042, 64 x 32
 /// 1.059, 256 x 24 1.073, 256 x 32 1.043, 48 x 32 1.132; 48 x 24 0.846 and two threads
 /// 0.943, 64 x 20 0.884: between 33 and 63 codewords the two cross by width).
+///
+/// Since its panel's norms take a pass of their own (`x86::few_norms`), it wins up to 128
+/// codewords at every width to 32 (builds with the bound at 32 and at 64 or unbounded, 5
+/// pairs, one thread, `--isa avx2`: 40 x 28 0.758, 48 x 24 0.865, 48 x 32 0.901, 64 x 20
+/// 0.875, 64 x 24 0.888, 64 x 32 0.916, 96 x 32 0.951, 128 x 24 0.951, 128 x 32 0.980),
+/// and loses or ties beyond (256 x 32 1.039, 512 x 24 1.012, 1024 x 32 0.995; 256 x 20
+/// 0.965, a gain left out).
 fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
     let widest = match isa {
         Isa::Avx512 => FEW_MAX_D,
@@ -373,7 +380,7 @@ const FEW256_MAX_D: usize = 16;
 
 /// The most codewords against which AVX2's few kernel takes rows as wide as on AVX-512
 /// (see [`few_wins`]).
-const FEW256_WIDE_MAX_K: usize = 32;
+const FEW256_WIDE_MAX_K: usize = 128;
 
 /// The widest rows [`rows_stream`] takes (see [`few_wins`]), and the widest whose norms
 /// `x86::few_walk` takes in its first tile (partials of at most two steps). What the few
@@ -5435,16 +5442,16 @@ mod tests {
     /// The shapes the few kernel takes ([`few_wins`]), at its bounds.
     #[test]
     fn few_kernel_bounds() {
-        // Rows of 9 to 32 floats on AVX-512 and on AVX2 against up to 32 codewords, 9 to 16
-        // on AVX2 beyond (narrower ones fold); more than 4 codewords (fewer: the narrow
+        // Rows of 9 to 32 floats on AVX-512 and on AVX2 against up to 128 codewords, 9 to
+        // 16 on AVX2 beyond (narrower ones fold); more than 4 codewords (fewer: the narrow
         // kernel), 48 Ki floats of codebook at most; never in the portable build.
         let avx512 = |d, k| few_wins(Isa::Avx512, d, k);
         assert!(avx512(9, 5) && avx512(32, 1536) && avx512(16, 16) && avx512(12, 4096));
         assert!(!avx512(8, 16) && !avx512(33, 16) && !avx512(32, 1537) && !avx512(12, 4097));
         assert!(!avx512(16, NARROW_K) && !avx512(9, usize::MAX));
         let avx2 = |d, k| few_wins(Isa::Avx2, d, k);
-        assert!(avx2(9, 5) && avx2(16, 3072) && !avx2(17, 33) && !avx2(8, 16));
-        assert!(avx2(17, 16) && avx2(32, 32) && !avx2(33, 16) && !avx2(32, 33));
+        assert!(avx2(9, 5) && avx2(16, 3072) && !avx2(17, 129) && !avx2(8, 16));
+        assert!(avx2(17, 16) && avx2(32, 128) && !avx2(33, 16) && !avx2(32, 129));
         assert!(!avx2(16, 3073) && !avx2(16, NARROW_K));
         assert!(!few_wins(Isa::Portable, 16, 16));
     }
