@@ -2458,15 +2458,13 @@ mod x86 {
         _mm_min_ps(m, _mm_shuffle_ps::<0b10_11_00_01>(m, m))
     }
 
-    /// Lanes of `b` where `mask` is set, of `a` elsewhere (AVX2 has no integer blendv on
-    /// float masks: go through the float domain, a pure bit move).
+    /// Lanes of `b` where `mask` is set, of `a` elsewhere, for masks whose lanes are all
+    /// ones or all zeros (a compare's): blended byte by byte (`vpblendvb`), which on Zen 4
+    /// issues beside the FMAs where `vblendvps` takes part of an FMA's slot (16 ymm FMAs in
+    /// 8 chains, alone and with 4 blends of each kind: 2.334, 2.454 and 2.724 ns).
     #[target_feature(enable = "avx2")]
     fn blend_epi32(a: __m256i, b: __m256i, mask: __m256) -> __m256i {
-        _mm256_castps_si256(_mm256_blendv_ps(
-            _mm256_castsi256_ps(a),
-            _mm256_castsi256_ps(b),
-            mask,
-        ))
+        _mm256_blendv_epi8(a, b, _mm256_castps_si256(mask))
     }
 
     /// Codewords per tile of the AVX-512 cols kernel (broadcast), against 32 rows (two zmm).
@@ -3218,7 +3216,7 @@ mod x86 {
             let zero = _mm256_setzero_ps();
             for h in 0..2 {
                 let s = _mm256_add_ps(best_v[h], n[h]);
-                let s = _mm256_blendv_ps(s, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(s, zero));
+                let s = <__m256 as Lanes>::blend(<__m256 as Lanes>::lt(s, zero), s, zero);
                 s.store(v.as_mut_ptr().add(8 * h));
                 <__m256 as Lanes>::store_i(best_i[h], i.as_mut_ptr().add(8 * h));
             }
@@ -3528,7 +3526,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn blend(m: __m256, a: Self, b: Self) -> Self {
-            unsafe { _mm256_blendv_ps(a, b, m) }
+            // SAFETY: `m` is a compare's (`lt`): every lane all ones or all zeros.
+            unsafe {
+                let (a, b) = (_mm256_castps_si256(a), _mm256_castps_si256(b));
+                _mm256_castsi256_ps(blend_epi32(a, b, m))
+            }
         }
         #[inline(always)]
         unsafe fn blend_i(m: __m256, a: __m256i, b: __m256i) -> __m256i {
