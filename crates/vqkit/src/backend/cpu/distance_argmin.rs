@@ -2461,7 +2461,8 @@ mod x86 {
     /// Lanes of `b` where `mask` is set, of `a` elsewhere, for masks whose lanes are all
     /// ones or all zeros (a compare's): blended byte by byte (`vpblendvb`), which on Zen 4
     /// issues beside the FMAs where `vblendvps` takes part of an FMA's slot (16 ymm FMAs in
-    /// 8 chains, alone and with 4 blends of each kind: 2.334, 2.454 and 2.724 ns).
+    /// 8 chains, alone and with 4 blends of each kind: 2.341, 2.457 and 2.731 ns,
+    /// `scripts/avx2_blend_pipes.c`).
     #[target_feature(enable = "avx2")]
     fn blend_epi32(a: __m256i, b: __m256i, mask: __m256) -> __m256i {
         _mm256_blendv_epi8(a, b, _mm256_castps_si256(mask))
