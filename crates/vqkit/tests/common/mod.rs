@@ -585,8 +585,9 @@ macro_rules! backend_suite {
                 (40, 61, 7),
                 // Many rows of 9 to 32 floats against a few codewords (the few kernels:
                 // AVX-512's panels of 32 rows and tiles of 8 codewords, AVX2's of 16 and 4,
-                // past 16 floats against at most 32 codewords), full and short.
+                // past 16 floats against at most 128 codewords), full and short.
                 (100, 37, 9),
+                (70, 100, 24),
                 (70, 256, 32),
                 (45, 13, 17),
                 (48, 22, 16),

@@ -358,12 +358,12 @@ fn kernel_for(isa: Isa, scan: bool, k: usize) -> (RowsKernel, usize, usize) {
 /// 1.059, 256 x 24 1.073, 256 x 32 1.043, 48 x 32 1.132; 48 x 24 0.846 and two threads
 /// 0.943, 64 x 20 0.884: between 33 and 63 codewords the two cross by width).
 ///
-/// Since its panel's norms take a pass of their own (`x86::few_norms`), it wins up to 128
-/// codewords at every width to 32 (builds with the bound at 32 and at 64 or unbounded, 5
-/// pairs, one thread, `--isa avx2`: 40 x 28 0.758, 48 x 24 0.865, 48 x 32 0.901, 64 x 20
-/// 0.875, 64 x 24 0.888, 64 x 32 0.916, 96 x 32 0.951, 128 x 24 0.951, 128 x 32 0.980),
-/// and loses or ties beyond (256 x 32 1.039, 512 x 24 1.012, 1024 x 32 0.995; 256 x 20
-/// 0.965, a gain left out).
+/// Since its panel's norms take a cheaper pass, after the walk (`x86::few_norms`), it wins
+/// up to 128 codewords at the widths measured, 20 to 32 (builds with the bound at 32 and at
+/// 64 or unbounded, 5 pairs, one thread, `--isa avx2`: 40 x 28 0.758, 48 x 24 0.865, 48 x
+/// 32 0.901, 64 x 20 0.875, 64 x 24 0.888, 64 x 32 0.916, 96 x 32 0.951, 128 x 24 0.951,
+/// 128 x 32 0.980), and loses or ties beyond (256 x 32 1.039, 512 x 24 1.012, 1024 x 32
+/// 0.995; 256 x 20 0.965, a gain left out).
 fn few_wins(isa: Isa, d: usize, k: usize) -> bool {
     let widest = match isa {
         Isa::Avx512 => FEW_MAX_D,
@@ -418,8 +418,8 @@ const FEW_MAX_FLOATS: usize = 48 * 1024;
 /// (`tile[t * 8 + j]`; with AVX2 [`x86::FEW256_MR`]), each codeword broadcast against the
 /// panel: one compare and two blends per codeword and vector of rows carry the rows' best,
 /// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come
-/// from the walk's first tile on AVX-512, from a pass over the panel on AVX2
-/// (`x86::few_walk`). Each score is the tiled kernels' chain of FMAs
+/// from the walk's first tile on AVX-512 (`x86::few_walk`), from a pass over the panel
+/// after the walk on AVX2 (`x86::few_norms`). Each score is the tiled kernels' chain of FMAs
 /// from zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the
 /// bits are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
@@ -2460,8 +2460,8 @@ mod x86 {
 
     /// Lanes of `b` where `mask` is set, of `a` elsewhere, for masks whose lanes are all
     /// ones or all zeros (a compare's): blended byte by byte (`vpblendvb`), which on Zen 4
-    /// issues beside the FMAs where `vblendvps` takes part of an FMA's slot (16 ymm FMAs in
-    /// 8 chains, alone and with 4 blends of each kind: 2.341, 2.457 and 2.731 ns,
+    /// costs the FMAs beside it less than `vblendvps` (16 ymm FMAs in 8 chains took 5% more
+    /// time with 4 `vpblendvb` beside them, 17% more with 4 `vblendvps`:
     /// `scripts/avx2_blend_pipes.c`).
     #[target_feature(enable = "avx2")]
     fn blend_epi32(a: __m256i, b: __m256i, mask: __m256) -> __m256i {
@@ -3205,12 +3205,13 @@ mod x86 {
             // it, the norms took two of the walk's registers, and the rows' best indices
             // went to the stack: 256 x 16 1.245, the command below). Against
             // `packed_norms_simd`, whose 16 partials and tests took a quarter of this
-            // function's samples at 16 x 32 (`perf record -e cpu-clock`, one thread),
-            // with the finish in vectors: `vqkit bench --op assign --n 100000 --k K --d D
-            // --threads 1 --seconds 0.3 --isa avx2`, 5 alternating pairs, medians of new /
-            // old, k x d (the Zen 4 VM): 16 x 9 0.906, 16 x 12 0.926, 16 x 16 0.846, 16 x 24
-            // 0.884, 16 x 32 0.908, 32 x 20 0.926, 32 x 32 0.942, 128 x 16 0.968, 256 x 16
-            // 0.979, 64 x 32 1.007, 256 x 32 1.004.
+            // function's samples at 16 x 32 (`perf record -F 5000 -e cpu-clock` of six runs
+            // of `vqkit bench --op assign --n 100000 --k 16 --d 32 --threads 1 --seconds
+            // 0.5 --isa avx2`), with the finish in vectors: `vqkit bench --op assign --n
+            // 100000 --k K --d D --threads 1 --seconds 0.3 --isa avx2`, 5 alternating
+            // pairs, medians of new / old, k x d (the Zen 4 VM): 16 x 9 0.906, 16 x 12
+            // 0.926, 16 x 16 0.846, 16 x 24 0.884, 16 x 32 0.908, 32 x 20 0.926, 32 x 32
+            // 0.942, 128 x 16 0.968, 256 x 16 0.979, 64 x 32 1.007, 256 x 32 1.004.
             let n = few_norms::<__m256>(panel.as_ptr(), d);
             // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept.
             let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
@@ -3264,18 +3265,20 @@ mod x86 {
 
     /// [`few_entry`]'s walk on vectors V: the codebook tile by tile against the panel's
     /// two vectors of rows, each codeword's scores into the rows' best at once; the rows'
-    /// best scores (without |x|^2), their indices, and their norms.
+    /// best scores (without |x|^2), their indices, and with NORMS their norms (zeros
+    /// without: AVX2 takes them in [`few_norms`]).
     ///
-    /// The norms are taken in the first tile's pass over the panel, with the bits of
-    /// [`super::sq_norm`] (and of [`packed_norms_simd`], which the kernel had run over the
-    /// panel before it: 15% of the samples at n = 4096, k = 16, d = 16 in `perf`, one thread,
-    /// much of it the 15 adds of its partials in one chain, latency-bound). Up to d = 32
-    /// partial l of `sq_norm` is step l's square plus step l + 16's (+0 where a step is
-    /// missing, which changes no bit of a sum of squares), and the partials are added in
-    /// order: at d <= 16 one chain over the steps; wider, partial l is completed at step
-    /// l + 16 (step l reloaded from the panel, in L1) and added there, and the partials
-    /// without a second step, l >= d - 16, are added after the pass. The adds go to the
-    /// adder pipes, which the FMAs leave idle, and their chain runs beside the FMAs'.
+    /// With NORMS (AVX-512) the norms are taken in the first tile's pass over the panel,
+    /// with the bits of [`super::sq_norm`] (and of [`packed_norms_simd`], which the kernel
+    /// had run over the panel before it: 15% of the samples at n = 4096, k = 16, d = 16 in
+    /// `perf`, one thread, much of it the 15 adds of its partials in one chain,
+    /// latency-bound). Up to d = 32 partial l of `sq_norm` is step l's square plus step
+    /// l + 16's (+0 where a step is missing, which changes no bit of a sum of squares), and the
+    /// partials are added in order: at d <= 16 one chain over the steps; wider, partial l
+    /// is completed at step l + 16 (step l reloaded from the panel, in L1) and added there,
+    /// and the partials without a second step, l >= d - 16, are added after the pass. The
+    /// adds go to the adder pipes, which the FMAs leave idle, and their chain runs beside
+    /// the FMAs'.
     ///
     /// The norms are right for d <= 32 only ([`super::FEW_MAX_D`], which `few_entry`
     /// asserts).
@@ -3459,7 +3462,8 @@ mod x86 {
         /// The lower of `new` and `old` per lane; `old` where `new` is NaN.
         unsafe fn min(new: Self, old: Self) -> Self;
         unsafe fn lt(a: Self, b: Self) -> Self::M;
-        /// `b` where `m`, else `a`.
+        /// `b` where `m`, else `a`, for masks from [`Lanes::lt`] alone: AVX2's blends
+        /// (`blend_epi32`) take a lane from all of its bits being set, byte by byte.
         unsafe fn blend(m: Self::M, a: Self, b: Self) -> Self;
         unsafe fn blend_i(m: Self::M, a: Self::I, b: Self::I) -> Self::I;
         /// The lowest lane, and the lowest `i` among the lanes holding it (no NaN lanes).
@@ -3527,7 +3531,8 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn blend(m: __m256, a: Self, b: Self) -> Self {
-            // SAFETY: `m` is a compare's (`lt`): every lane all ones or all zeros.
+            // `m` is `lt`'s: every lane all ones or all zeros, as `blend_epi32` needs.
+            // SAFETY: AVX2, in functions compiled for it (the trait's contract).
             unsafe {
                 let (a, b) = (_mm256_castps_si256(a), _mm256_castps_si256(b));
                 _mm256_castsi256_ps(blend_epi32(a, b, m))
@@ -5005,9 +5010,9 @@ mod tests {
     /// with remainders. The scan kernels (AVX2) at d = 3, 6 and 8 (x held in registers,
     /// read in a loop over d), the tall ones at d = 1, 2, 3, 6, 7 and 8 on both (AVX2's two
     /// codewords a loop at 2, 6, 7 and 8), the cols ones at d = 33 and the few ones at d =
-    /// 12 and 32 (unfolded; at d = 32 the test forces AVX2's past its widest); elsewhere
-    /// the tiled kernel against itself. With 13 rows (every tile short) and 40 (a full tile
-    /// of each kernel first).
+    /// 12 and 32 (unfolded; at d = 32 against 1000 and 1500 codewords the test forces
+    /// AVX2's past its widest); elsewhere the tiled kernel against itself. With 13 rows
+    /// (every tile short) and 40 (a full tile of each kernel first).
     #[test]
     fn scan_and_cols_match_tiled_at_overflow() {
         for (d, scan, cols, tall, few) in [
@@ -5366,12 +5371,13 @@ mod tests {
         assert_eq!(run(), first);
     }
 
-    /// The few kernel takes its rows' norms in its first tile's pass with the bits of
-    /// `sq_norm` at every width it serves, 9 to 32 (one chain to 16, partials of two
-    /// steps beyond, the partials without a second step added after the pass): the tiled
-    /// kernel's bits, on panels full and short, rows of every magnitude (a norm of +inf,
-    /// a zero row, one whose squares are subnormal) and a NaN row. (The last partials left
-    /// out, `d - 16..15`, fail it: `cargo test --release -p vqkit --lib -- few_kernel_norms`.)
+    /// The few kernel takes its rows' norms (AVX-512: in its first tile's pass; AVX2: in a
+    /// pass after the walk, `x86::few_norms`) with the bits of `sq_norm` at every width it
+    /// serves, 9 to 32 (one chain to 16, partials of two steps beyond, the partials without
+    /// a second step added after the pass): the tiled kernel's bits, on panels full and
+    /// short, rows of every magnitude (a norm of +inf, a zero row, one whose squares are
+    /// subnormal) and a NaN row. (The last partials left out, `d - 16..15`, fail it: `cargo
+    /// test --release -p vqkit --lib -- few_kernel_norms`.)
     #[test]
     fn few_kernel_norms_at_every_width() {
         for d in 9..=FEW_MAX_D {
