@@ -37,7 +37,9 @@ pub struct Args {
     /// The GPU backends' distance_argmin kernel: v1 (naive) or v2 (tiled, shipped).
     #[arg(long, value_parser = super::choice::<ArgminVariant>(), default_value_t = ArgminVariant::V2Tiled)]
     variant: ArgminVariant,
-    /// The CPU micro-kernels' instruction set (default: the best this CPU has).
+    /// The CPU micro-kernels' instruction set (default: the best this CPU has). The rows'
+    /// packing and norms still take the best this CPU has (the same bits either way), so
+    /// `avx2` on an AVX-512 CPU times AVX2's kernels, not an AVX2-only CPU.
     #[arg(long, value_parser = super::choice::<Isa>())]
     isa: Option<Isa>,
     /// Seconds to spend timing each kernel (at least 3 runs after a warm-up; on the CPU,
