@@ -62,11 +62,11 @@ fn unsupported_settings_are_errors() {
 #[test]
 fn non_finite_points_are_found_after_the_kernel_on_every_path() {
     use vqkit::Error;
-    // (n, k, d): k <= 4; k = 16 read in place; k = 64 at d = 20 (the few kernel) and k =
-    // 300 at d = 17 (the few kernel on AVX-512, tiled on AVX2); tiled; tall (d <= 8:
-    // AVX-512's tiles of 64 rows, AVX2's of 32, with a short last one); cols (few rows, k
-    // >= 4n, d >= 32); d longer than one chunk (in lanes with AVX2); a codebook of several
-    // L2 groups for fewer row tasks than threads (split, then folded).
+    // (n, k, d): k <= 4; k = 16 read in place; k = 64 at d = 20 (the few kernel) and
+    // k = 300 at d = 17 (the few kernel on AVX-512, tiled on AVX2); tiled; tall (d <= 8:
+    // AVX-512's tiles of 64 rows, AVX2's of 32, with a short last one); cols (few rows,
+    // k >= 4n, d >= 32); d longer than one chunk (in lanes with AVX2); a codebook of
+    // several L2 groups for fewer row tasks than threads (split, then folded).
     let shapes = [
         (50, 3, 5),
         (1000, 16, 33),

@@ -409,19 +409,19 @@ const FEW_MAX_D: usize = 32;
 /// clearly; the rest by 2% to 5%, within the noise of single sets.
 const FEW_MAX_FLOATS: usize = 48 * 1024;
 
-/// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where
-/// the codewords are in the lanes (the tiled kernels), every row ends in a reduction
-/// across its lanes, and at k <= 32 that, the running best across the tile's rows and the
-/// norms' pass cost more than the row's 2 k d FMAs. Here each task packs its rows 32 to a
-/// panel (two vectors of 16 rows per step of d, [`pack_rows`]; with AVX2 16, two vectors
-/// of 8), and walks the codebook, packed once into tiles of [`x86::FEW_MR`] codewords
+/// v7 `few`: many short rows against a few codewords, with the rows in the lanes. Where the
+/// codewords are in the lanes (the tiled kernels), every row ends in a reduction across its
+/// lanes, and at k <= 32 that, the running best across the tile's rows and the norms' pass
+/// cost more than the row's 2 k d FMAs. Here each task packs its rows 32 to a panel (two
+/// vectors of 16 rows per step of d, [`pack_rows`]; with AVX2 16, two vectors of 8), and
+/// walks the codebook, packed once into tiles of [`x86::FEW_MR`] codewords
 /// (`tile[t * 8 + j]`; with AVX2 [`x86::FEW256_MR`]), each codeword broadcast against the
 /// panel: one compare and two blends per codeword and vector of rows carry the rows' best,
-/// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come
-/// from the walk's first tile on AVX-512 (`x86::few_walk`), from a pass over the panel
-/// after the walk on AVX2 (`x86::few_norms`). Each score is the tiled kernels' chain of FMAs
-/// from zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the
-/// bits are theirs (unfolded: d > 8 only).
+/// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come from the
+/// walk's first tile on AVX-512 (`x86::few_walk`), from a pass over the panel after the
+/// walk on AVX2 (`x86::few_norms`). Each score is the tiled kernels' chain of FMAs from
+/// zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the bits
+/// are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn rows_stream(
@@ -2936,9 +2936,9 @@ mod x86 {
     /// [`super::packed_norms`] with the block's rows in the lanes of a vector, a vector's
     /// width of rows at a time (the tall kernels' blocks in `rows_block` 16, 32 or 64, and
     /// the few kernel's panels on AVX2 until [`few_norms`]; the tiles of 6 and 12 rows take
-    /// the tested loads throughout, their last vector reaching past the block): each step's rows
-    /// loaded ([`load_step`]: a whole vector, or under a mask of the rows at the block's
-    /// end), squared and added into its partial (separate roundings, as in
+    /// the tested loads throughout, their last vector reaching past the block): each step's
+    /// rows loaded ([`load_step`]: a whole vector, or under a mask of the rows at the
+    /// block's end), squared and added into its partial (separate roundings, as in
     /// [`super::sq_norm`]), the 16 partials added in order.
     ///
     /// With the partials in registers (where whole vectors of every step lie in `xt`; the
@@ -3231,9 +3231,9 @@ mod x86 {
     /// The norms of a few kernel's panel of two vectors of rows (`panel[t * 2 W + r]`, d
     /// steps) with [`super::sq_norm`]'s bits, for d <= 32: its partial l is step l's square
     /// plus step l + 16's where there is one, and the partials are added in order, so that
-    /// the norm is one chain over the partials (steps l + 16 first where they pair, then the
-    /// steps alone). Against the general pass ([`packed_norms_simd`]), which keeps 16
-    /// partials for any d, this keeps two chains and no partials.
+    /// the norm is one chain over the partials (those of two steps first, then those of
+    /// one). Against the general pass ([`packed_norms_simd`]), which keeps 16 partials for
+    /// any d, this keeps two chains and no partials.
     ///
     /// # Safety
     /// The caller is compiled for V's instruction set; `panel` holds d steps of 2 W floats.
@@ -3273,12 +3273,12 @@ mod x86 {
     /// had run over the panel before it: 15% of the samples at n = 4096, k = 16, d = 16 in
     /// `perf`, one thread, much of it the 15 adds of its partials in one chain,
     /// latency-bound). Up to d = 32 partial l of `sq_norm` is step l's square plus step
-    /// l + 16's (+0 where a step is missing, which changes no bit of a sum of squares), and the
-    /// partials are added in order: at d <= 16 one chain over the steps; wider, partial l
-    /// is completed at step l + 16 (step l reloaded from the panel, in L1) and added there,
-    /// and the partials without a second step, l >= d - 16, are added after the pass. The
-    /// adds go to the adder pipes, which the FMAs leave idle, and their chain runs beside
-    /// the FMAs'.
+    /// l + 16's (+0 where a step is missing, which changes no bit of a sum of squares), and
+    /// the partials are added in order: at d <= 16 one chain over the steps; wider, partial
+    /// l is completed at step l + 16 (step l reloaded from the panel, in L1) and added
+    /// there, and the partials without a second step, l >= d - 16, are added after the
+    /// pass. The adds go to the adder pipes, which the FMAs leave idle, and their chain runs
+    /// beside the FMAs'.
     ///
     /// The norms are right for d <= 32 only ([`super::FEW_MAX_D`], which `few_entry`
     /// asserts).
