@@ -417,11 +417,11 @@ const FEW_MAX_FLOATS: usize = 48 * 1024;
 /// walks the codebook, packed once into tiles of [`x86::FEW_MR`] codewords
 /// (`tile[t * 8 + j]`; with AVX2 [`x86::FEW256_MR`]), each codeword broadcast against the
 /// panel: one compare and two blends per codeword and vector of rows carry the rows' best,
-/// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come from the
-/// walk's first tile on AVX-512 (`x86::few_walk`), from a pass over the panel after the
-/// walk on AVX2 (`x86::few_norms`). Each score is the tiled kernels' chain of FMAs from
-/// zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so the bits
-/// are theirs (unfolded: d > 8 only).
+/// in codeword order with a strict `<`, and no lane is ever reduced. The rows' norms come
+/// from the walk's first tile on AVX-512 (`x86::few_walk`), from a pass over the panel
+/// after the walk on AVX2 (`x86::few_norms`). Each score is the tiled kernels' chain of
+/// FMAs from zero (`c * x + acc` is `x * c + acc`) and `norm - 2 acc` in one rounding, so
+/// the bits are theirs (unfolded: d > 8 only).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn rows_stream(
