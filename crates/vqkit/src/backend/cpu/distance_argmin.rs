@@ -3213,18 +3213,8 @@ mod x86 {
             // 0.926, 16 x 16 0.846, 16 x 24 0.884, 16 x 32 0.908, 32 x 20 0.926, 32 x 32
             // 0.942, 128 x 16 0.968, 256 x 16 0.979, 64 x 32 1.007, 256 x 32 1.004.
             let n = few_norms::<__m256>(panel.as_ptr(), d);
-            // `finished` on each lane: the score plus |x|^2, clamped at 0 with a NaN kept.
-            let (mut v, mut i) = ([0.0f32; 16], [0u32; 16]);
-            let zero = _mm256_setzero_ps();
-            for h in 0..2 {
-                let s = _mm256_add_ps(best_v[h], n[h]);
-                let s = <__m256 as Lanes>::blend(<__m256 as Lanes>::lt(s, zero), s, zero);
-                s.store(v.as_mut_ptr().add(8 * h));
-                <__m256 as Lanes>::store_i(best_i[h], i.as_mut_ptr().add(8 * h));
-            }
-            let rows = idx.len();
-            dist.copy_from_slice(&v[..rows]);
-            idx.copy_from_slice(&i[..rows]);
+            let (mut v, mut i) = ([0.0f32; FEW256_NR], [0u32; FEW256_NR]);
+            finish_rows(best_v, |h| n[h], best_i, (&mut v, &mut i), (idx, dist));
         }
     }
 
@@ -4169,22 +4159,52 @@ mod x86 {
     }
 
     /// The tile's first rows finished into `out` (indices, distances) from the walk's best
-    /// scores and indices in registers (`best`, `at`): each row's norm from its elements in
-    /// registers (the chain of [`super::packed_norms`] below 16 floats: from +0, each square
-    /// added in order with its own rounding) added to its best score and clamped at zero
-    /// with a NaN kept ([`super::finished`], lane by lane), the same bits as the norms' pass
-    /// and `add_norms` after the kernel. A whole tile goes straight to `out`; a shorter one
-    /// through the buffers `val` / `idx` (G * W rows). Those two and the copies out, at
+    /// scores and indices in registers (`best`, `at`) by [`finish_rows`], each row's norm
+    /// from its elements in registers (the chain of [`super::packed_norms`] below 16
+    /// floats: from +0, each square added in order with its own rounding), the same bits as
+    /// the norms' pass and `add_norms` after the kernel. Those two and the copies out, at
     /// n = 100,000, k = 16, one thread (`perf record -e cpu-clock`), took about 16% of a
     /// call at d = 2 and 11% at d = 8 when the kernel's results came through the buffers.
     ///
     /// # Safety
-    /// The caller is compiled for `V`'s instruction set; `val` and `idx` hold G * W rows,
-    /// `out` at most that.
+    /// As for [`finish_rows`].
     #[inline(always)]
     unsafe fn tall_finish<V: Lanes, const D: usize, const G: usize>(
         xs: &[[V; G]; D],
         best: [V; G],
+        at: [V::I; G],
+        bufs: (&mut [f32], &mut [u32]),
+        out: (&mut [u32], &mut [f32]),
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let norm = |g: usize| {
+                let mut n = V::splat(0.0);
+                for x in xs {
+                    n = V::add_square(n, x[g]);
+                }
+                n
+            };
+            finish_rows(best, norm, at, bufs, out);
+        }
+    }
+
+    /// The first rows of G vectors finished into `out` (indices, distances): each row's
+    /// best score (`best`) plus its norm (`norms(g)` for vector g, taken as the vector is
+    /// finished), clamped at zero with a NaN kept ([`super::finished`], lane by lane), and
+    /// its index (`at`). G * W rows go straight to `out`; fewer through the buffers `val` /
+    /// `idx` (G * W rows) and are copied. For the tall kernels' tiles and AVX2's few
+    /// panels, whose whole panels had gone through buffers (`vqkit bench --op assign --n
+    /// 100000 --k K --d D --threads 1 --seconds 0.3 --isa avx2`, 7 alternating pairs,
+    /// medians of new / old against d231702, k x d: 16 x 16 0.946, 16 x 12 0.949, 32 x 20
+    /// 0.979; the tall kernels compiled to the same instructions as before).
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set (the lengths are asserted).
+    #[inline(always)]
+    unsafe fn finish_rows<V: Lanes, const G: usize>(
+        best: [V; G],
+        norms: impl Fn(usize) -> V,
         at: [V::I; G],
         (val, idx): (&mut [f32], &mut [u32]),
         (oi, od): (&mut [u32], &mut [f32]),
@@ -4202,11 +4222,7 @@ mod x86 {
         unsafe {
             let zero = V::splat(0.0);
             for g in 0..G {
-                let mut n = zero;
-                for x in xs {
-                    n = V::add_square(n, x[g]);
-                }
-                let v = V::add(best[g], n);
+                let v = V::add(best[g], norms(g));
                 V::blend(V::lt(v, zero), v, zero).store(vp.add(g * w));
                 V::store_i(at[g], ip.add(g * w));
             }
