@@ -1043,7 +1043,8 @@ pub(crate) fn distance_argmin_blocked(
 const TALL_TILE_MAX: usize = 512;
 
 /// A tall kernel's packed tile on the stack, on cache lines: the kernel's vector loads of
-/// its steps then never split a line.
+/// its steps then never split a line. In the kernel's own frame it also makes the compiler
+/// align that frame, and so the kernel's spills (`x86::tall_tiles`).
 #[cfg(target_arch = "x86_64")]
 #[repr(C, align(64))]
 struct TallTile([f32; TALL_TILE_MAX]);
@@ -1051,7 +1052,7 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// A task of the tall kernels (`mr` rows a tile) where the whole codebook is one group:
 /// block by block, the rows packed into a buffer on the stack, the codebook walked and
 /// each row's index and distance written out at once, the kernel taking the rows' norms
-/// from the tile it holds in registers (`x86::TallFinisher`). [`rows_block`] instead
+/// from the tile it holds in registers (`x86::tall_stream`). [`rows_block`] instead
 /// keeps every block's running best for the next group of panels: it set the task's
 /// outputs to +inf, allocated its norms and results, and merged each block's results into
 /// the outputs row by row with a compare and a branch, which at k = 16, d = 2 took a
@@ -1079,21 +1080,7 @@ struct TallTile([f32; TALL_TILE_MAX]);
 /// 16 x 2 0.839, 16 x 4 1.005, 256 x 2 0.998, 4096 x 2 1.036.
 #[cfg(target_arch = "x86_64")]
 fn tall_stream(isa: Isa, x: &[f32], p: &Packed, idx: &mut [u32], dist: &mut [f32]) {
-    let (d, mut tall) = (p.d, x86::TallFinisher::new(isa, p));
-    let mr = tall.rows();
-    assert!(mr * d <= TALL_TILE_MAX && mr <= 64 && d >= 1);
-    let mut tile = TallTile([0.0f32; TALL_TILE_MAX]);
-    let xb = &mut tile.0[..mr * d];
-    let blocks = x
-        .chunks(mr * d)
-        .zip(idx.chunks_mut(mr).zip(dist.chunks_mut(mr)));
-    for (block, (idx, dist)) in blocks {
-        if block.len() < xb.len() {
-            xb.fill(0.0);
-        }
-        pack_rows(block, d, mr, xb);
-        tall.run(xb, idx, dist);
-    }
+    x86::tall_stream(isa, x, p, idx, dist)
 }
 
 /// Each row's best over `parts` (its index and score in each part, the parts in codebook
@@ -3214,7 +3201,7 @@ mod x86 {
             // 0.942, 128 x 16 0.968, 256 x 16 0.979, 64 x 32 1.007, 256 x 32 1.004.
             let n = few_norms::<__m256>(panel.as_ptr(), d);
             let (mut v, mut i) = ([0.0f32; FEW256_NR], [0u32; FEW256_NR]);
-            finish_rows(best_v, |h| n[h], best_i, (&mut v, &mut i), (idx, dist));
+            finish_rows(best_v, &n, best_i, (&mut v, &mut i), (idx, dist));
         }
     }
 
@@ -3932,77 +3919,158 @@ mod x86 {
         unsafe { tall_avx512(s, val, idx, None) }
     }
 
-    /// The tall kernel of `isa` (AVX2 or AVX-512) on packed tiles of `mr` rows against the
-    /// whole of a codebook `p`, each tile's rows finished ([`tall_finish`]): for
-    /// [`super::tall_stream`], whose every tile is a step over the same buffer and the same
-    /// codebook, checked once rather than per tile (the checks took 7% of a call at n =
-    /// 100,000, k = 16, d = 2, one thread), and with buffers kept across tiles for the
-    /// kernel's results (the minima walk's, and a short tile's; the index walk hands a
-    /// whole tile's to the finish in registers). The codebook is borrowed for the
-    /// finisher's life, so only the tile's buffer can differ from one call to the next, and
-    /// a different one is checked.
-    pub(super) struct TallFinisher<'a> {
+    /// Every row of `x` (rows of `p.d` floats) against the whole of a codebook `p` on
+    /// `isa`'s tall kernel (AVX2 or AVX-512), finished into `idx` and `dist`
+    /// ([`tall_finish`]): for [`super::tall_stream`]. Tile by tile, each packed into one
+    /// buffer on the stack, a step over the same buffer and the same codebook, so checked
+    /// once rather than per tile (the checks took 7% of a call at n = 100,000, k = 16,
+    /// d = 2, one thread), with buffers kept across tiles for the kernel's results (the
+    /// minima walk's, and a short tile's; the index walk hands a whole tile's to the
+    /// finish in registers). The loop over tiles is compiled for each row width
+    /// ([`tall_tiles`]).
+    pub(super) fn tall_stream(
         isa: super::Isa,
-        mr: usize,
-        p: &'a super::Packed,
-        val: [f32; 64],
-        ix: [u32; 64],
-        /// The tile's buffer (address and length) last checked.
-        checked: Option<(*const f32, usize)>,
+        x: &[f32],
+        p: &super::Packed,
+        idx: &mut [u32],
+        dist: &mut [f32],
+    ) {
+        assert!((1..=super::SCAN_MAX_D).contains(&p.d) && p.fold);
+        // SAFETY: `Isa::Avx512` and `Isa::Avx2` are only constructed after runtime
+        // detection of their instruction sets; `tall_tiles` checks the rest.
+        unsafe {
+            match isa {
+                super::Isa::Avx512 => tall_stream_avx512(x, p, (idx, dist)),
+                super::Isa::Avx2 => tall_stream_avx2(x, p, (idx, dist)),
+                super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
+            }
+        }
     }
 
-    impl<'a> TallFinisher<'a> {
-        /// Tiles of rows of `p.d` floats on `isa`'s tall kernel against all of `p`, as many
-        /// rows a tile as the kernel takes ([`Self::rows`]).
-        pub(super) fn new(isa: super::Isa, p: &'a super::Packed) -> Self {
-            assert!(p.d >= 1 && p.d <= super::SCAN_MAX_D && p.fold);
-            let mr = match isa {
-                super::Isa::Avx512 => TALL_MR,
-                super::Isa::Avx2 => TALL256_MR,
-                super::Isa::Portable => panic!("the tall kernels run on AVX2 or AVX-512"),
+    /// [`tall_tiles`] by row width on AVX-512, a tile's rows packed by
+    /// [`pack_narrow_avx512`] (d from 2 to 7), [`pack_steps_avx`] (8), or
+    /// [`super::pack_rows`] (1).
+    ///
+    /// # Safety
+    /// As for [`tall_tiles`]; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tall_stream_avx512(x: &[f32], p: &super::Packed, out: (&mut [u32], &mut [f32])) {
+        const MR: usize = TALL_MR;
+        macro_rules! tiles {
+            ($d:literal, $pack:expr) => {
+                tall_tiles::<__m512, $d, 4, MR>(x, p, AVX512_NR, out, $pack)
             };
-            TallFinisher {
-                isa,
-                mr,
-                p,
-                val: [0.0; 64],
-                ix: [0; 64],
-                checked: None,
+        }
+        // SAFETY: compiled for AVX-512F (and so AVX); the caller's contract.
+        unsafe {
+            match p.d {
+                1 => tiles!(1, |b, xb| super::pack_rows(b, 1, MR, xb)),
+                2 => tiles!(2, |b, xb| pack_narrow_avx512::<MR, 2>(b, xb)),
+                3 => tiles!(3, |b, xb| pack_narrow_avx512::<MR, 3>(b, xb)),
+                4 => tiles!(4, |b, xb| pack_narrow_avx512::<MR, 4>(b, xb)),
+                5 => tiles!(5, |b, xb| pack_narrow_avx512::<MR, 5>(b, xb)),
+                6 => tiles!(6, |b, xb| pack_narrow_avx512::<MR, 6>(b, xb)),
+                7 => tiles!(7, |b, xb| pack_narrow_avx512::<MR, 7>(b, xb)),
+                8 => tiles!(8, |b, xb| assert_eq!(pack_steps_avx::<MR>(b, 8, xb), 8)),
+                d => unreachable!("the tall kernel serves d <= 8, not {d}"),
             }
         }
+    }
 
-        /// Rows per tile: `mr`, the packed tiles' width.
-        pub(super) fn rows(&self) -> usize {
-            self.mr
-        }
-
-        /// The packed tile `xb` (`mr` rows, `xb[t * mr + r]`) against every panel, its
-        /// first `idx.len()` rows finished into `idx` and `dist`.
-        pub(super) fn run(&mut self, xb: &[f32], idx: &mut [u32], dist: &mut [f32]) {
-            let (mr, p) = (self.mr, self.p);
-            let s = Step::packed(xb, mr, p, 0..p.panels);
-            if self.checked != Some((xb.as_ptr(), xb.len())) {
-                let nr = match self.isa {
-                    super::Isa::Avx512 => AVX512_NR,
-                    _ => AVX2_NR,
+    /// [`tall_tiles`] by row width on AVX2, a tile's rows packed as [`super::pack_rows`]
+    /// packs them: by [`pack_narrow_avx512`] where the CPU has AVX-512 (`--isa avx2` on
+    /// an AVX-512 CPU), else [`pack_narrow_avx`] (d from 2 to 7), chosen once; by
+    /// [`pack_steps_avx`] (8); by `pack_rows` (1).
+    ///
+    /// # Safety
+    /// As for [`tall_tiles`]; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tall_stream_avx2(x: &[f32], p: &super::Packed, out: (&mut [u32], &mut [f32])) {
+        const MR: usize = TALL256_MR;
+        let wide = super::Isa::Avx512.supported();
+        macro_rules! tiles {
+            ($d:literal, narrow) => {{
+                let pack: unsafe fn(&[f32], &mut [f32]) = if wide {
+                    pack_narrow_avx512::<MR, $d>
+                } else {
+                    pack_narrow_avx::<MR, $d>
                 };
-                check(&s, &[], &self.val[..mr], &self.ix[..mr], mr, nr);
-                self.checked = Some((xb.as_ptr(), xb.len()));
+                tall_tiles::<__m256, $d, 4, MR>(x, p, AVX2_NR, out, |b, xb| pack(b, xb))
+            }};
+            ($d:literal, $pack:expr) => {
+                tall_tiles::<__m256, $d, 4, MR>(x, p, AVX2_NR, out, $pack)
+            };
+        }
+        // SAFETY: compiled for AVX2 and FMA (and so AVX); each pack function's instruction
+        // set was detected (AVX-512F by `wide`); the caller's contract.
+        unsafe {
+            match p.d {
+                1 => tiles!(1, |b, xb| super::pack_rows(b, 1, MR, xb)),
+                2 => tiles!(2, narrow),
+                3 => tiles!(3, narrow),
+                4 => tiles!(4, narrow),
+                5 => tiles!(5, narrow),
+                6 => tiles!(6, narrow),
+                7 => tiles!(7, narrow),
+                8 => tiles!(8, |b, xb| assert_eq!(pack_steps_avx::<MR>(b, 8, xb), 8)),
+                d => unreachable!("the AVX2 tall kernel serves d <= 8, not {d}"),
             }
-            assert!(idx.len() == dist.len() && idx.len() <= mr);
-            let (val, ix) = (&mut self.val[..mr], &mut self.ix[..mr]);
-            // SAFETY: `Isa::Avx512` and `Isa::Avx2` are only constructed after runtime
-            // detection of their instruction sets; `check` bounded every pointer offset
-            // the kernel takes for a step over this buffer and this codebook (borrowed,
-            // so unchanged since), a step of one packed block over the whole of d with
-            // folded scores (`new`, `Step::packed`); the outputs hold at most the tile's
-            // rows.
-            unsafe {
-                match self.isa {
-                    super::Isa::Avx512 => tall_avx512(&s, val, ix, Some((idx, dist))),
-                    _ => tall_avx2(&s, val, ix, Some((idx, dist))),
-                }
+        }
+    }
+
+    /// The tall kernel's loop over tiles ([`tall_step`], each tile finished into `out`):
+    /// the rows of `x`, MR a tile, each whole tile packed by `pack` into a buffer on this
+    /// frame, a short last one zero-filled and packed by [`super::pack_rows`]; the step
+    /// over that buffer and `p` checked once. Inlined into one function per row width with
+    /// the packing: until this, each tile cost a call through the packing's dispatch by
+    /// width and one into the kernel's (`tall_avx512`, a 3 KB frame, its dispatch by
+    /// width), which at k = 16 outweighed the tile's walk at d <= 2.
+    ///
+    /// The tile's buffer (64-byte aligned) must stay in this function: the compiler then
+    /// realigns the frame to 64 bytes and the vectors it spills (the tile's rows at d = 7
+    /// and 8, four zmm of each of 8 steps not fitting in 32 registers) land on whole lines.
+    /// With the buffer in the caller, this function's spills took whatever alignment the
+    /// stack had (as `tall_avx512`'s still do), and at 16 x 8 the loop over tiles ran 3.4%
+    /// slower than the calls it replaced, where it now runs 3.1% faster (see
+    /// docs/performance.md, "the tall kernels' loop over tiles").
+    ///
+    /// # Safety
+    /// The caller is compiled for `V`'s instruction set and for `pack`'s; `pack` writes a
+    /// whole tile of MR rows of D floats (`xb[t * MR + r]`) from MR rows and no more.
+    #[inline(always)]
+    unsafe fn tall_tiles<V: Lanes, const D: usize, const G: usize, const MR: usize>(
+        x: &[f32],
+        p: &super::Packed,
+        nr: usize,
+        (idx, dist): (&mut [u32], &mut [f32]),
+        pack: impl Fn(&[f32], &mut [f32]),
+    ) {
+        const { assert!(G * V::W == MR && MR * D <= super::TALL_TILE_MAX && MR <= 64) };
+        assert!(p.d == D && x.len() == idx.len() * D && idx.len() == dist.len());
+        let mut tile = super::TallTile([0.0f32; super::TALL_TILE_MAX]);
+        let xb = &mut tile.0[..MR * D];
+        let (mut val, mut ix) = ([0.0f32; MR], [0u32; MR]);
+        check(
+            &Step::packed(xb, MR, p, 0..p.panels),
+            &[],
+            &val,
+            &ix,
+            MR,
+            nr,
+        );
+        let tiles = x
+            .chunks(MR * D)
+            .zip(idx.chunks_mut(MR).zip(dist.chunks_mut(MR)));
+        for (rows, out) in tiles {
+            if rows.len() < xb.len() {
+                xb.fill(0.0);
+                super::pack_rows(rows, D, MR, xb);
+            } else {
+                pack(rows, xb);
             }
+            let s = Step::packed(xb, MR, p, 0..p.panels);
+            // SAFETY: the caller's contract; the tile holds at most MR rows.
+            unsafe { tall_step::<V, D, G>(&s, &mut val, &mut ix, Some(out)) };
         }
     }
 
@@ -4177,15 +4245,45 @@ mod x86 {
         out: (&mut [u32], &mut [f32]),
     ) {
         // SAFETY: the caller's contract.
-        unsafe {
-            let norm = |g: usize| {
+        unsafe { finish_rows(best, &Squares(xs), at, bufs, out) }
+    }
+
+    /// Each vector of rows' norms for [`finish_rows`], taken as the vector is finished.
+    /// A trait with its method always inlined rather than a closure: a closure's call is
+    /// inlined at the compiler's discretion, and once it was not (two callers of
+    /// `tall_step`), its intrinsics were compiled as calls without the caller's instruction
+    /// set (`_mm512_mul_ps` a function, at 16 x 8 five times slower).
+    trait RowNorms<V> {
+        /// Vector g's norms.
+        ///
+        /// # Safety
+        /// The caller is compiled for `V`'s instruction set.
+        unsafe fn norm(&self, g: usize) -> V;
+    }
+
+    /// Norms computed already.
+    impl<V: Copy, const G: usize> RowNorms<V> for [V; G] {
+        #[inline(always)]
+        unsafe fn norm(&self, g: usize) -> V {
+            self[g]
+        }
+    }
+
+    /// Norms from the rows' elements in registers (`xs[t][g]`, as [`tall_step`] loads
+    /// them): from +0, each square added in order with its own rounding.
+    struct Squares<'a, V, const D: usize, const G: usize>(&'a [[V; G]; D]);
+
+    impl<V: Lanes, const D: usize, const G: usize> RowNorms<V> for Squares<'_, V, D, G> {
+        #[inline(always)]
+        unsafe fn norm(&self, g: usize) -> V {
+            // SAFETY: the caller's contract.
+            unsafe {
                 let mut n = V::splat(0.0);
-                for x in xs {
+                for x in self.0 {
                     n = V::add_square(n, x[g]);
                 }
                 n
-            };
-            finish_rows(best, norm, at, bufs, out);
+            }
         }
     }
 
@@ -4204,7 +4302,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn finish_rows<V: Lanes, const G: usize>(
         best: [V; G],
-        norms: impl Fn(usize) -> V,
+        norms: &impl RowNorms<V>,
         at: [V::I; G],
         (val, idx): (&mut [f32], &mut [u32]),
         (oi, od): (&mut [u32], &mut [f32]),
@@ -4222,7 +4320,7 @@ mod x86 {
         unsafe {
             let zero = V::splat(0.0);
             for g in 0..G {
-                let v = V::add(best[g], norms(g));
+                let v = V::add(best[g], norms.norm(g));
                 V::blend(V::lt(v, zero), v, zero).store(vp.add(g * w));
                 V::store_i(at[g], ip.add(g * w));
             }
@@ -4862,50 +4960,54 @@ mod tests {
         }
     }
 
-    /// The tall kernels' finisher checks each tile buffer it has not checked last: a
-    /// second buffer gives the results a finisher of its own gives, going back to the
-    /// first too, and a buffer too short for the tile panics in the check rather than
-    /// being read past its end.
+    /// The tall kernels' loop over tiles, at every width they take (each its own packing)
+    /// and around every tile boundary (no rows, a short tile alone, whole tiles, a short
+    /// last one), against the index walk's codebooks (k = 16) and the minima walk's
+    /// (300): the tiled kernel's bits. Rows and outputs of different lengths are refused.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn tall_finisher_checks_each_buffer() {
-        let (k, d) = (300, 3);
-        let c = clustered(k, d, 5, 0.5, 6);
-        let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
-        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
-            let (_, _, nr) = tall_kernel(isa, d).expect("a tall kernel on x86 SIMD");
-            let p = Packed::new(false, &c, &norms, (k, d, nr), true).unwrap();
-            let mr = x86::TallFinisher::new(isa, &p).rows();
-            let tiles: Vec<Vec<f32>> = (0..2)
-                .map(|t| {
-                    let x = clustered(mr, d, 2, 0.5, 10 + t);
-                    let mut xb = vec![0.0f32; mr * d];
-                    pack_rows(&x, d, mr, &mut xb);
-                    xb
-                })
-                .collect();
-            let run = |tall: &mut x86::TallFinisher, xb: &[f32], rows: usize| {
-                let (mut idx, mut dist) = (vec![0u32; rows], vec![0.0f32; rows]);
-                tall.run(xb, &mut idx, &mut dist);
-                (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
-            };
-            let alone: Vec<_> = tiles
-                .iter()
-                .map(|xb| run(&mut x86::TallFinisher::new(isa, &p), xb, mr))
-                .collect();
-            assert!(alone[0] != alone[1], "{isa:?}: the two tiles differ");
-            let mut tall = x86::TallFinisher::new(isa, &p);
-            for t in [0, 1, 0, 1] {
-                assert_eq!(run(&mut tall, &tiles[t], mr), alone[t], "{isa:?} tile {t}");
+    fn tall_stream_gives_the_tiled_bits() {
+        for d in 1..=SCAN_MAX_D {
+            for k in [16, 300] {
+                let c = clustered(k, d, 5, 0.5, 6 + d as u64);
+                let norms: Vec<f32> = c.chunks_exact(d).map(sq_norm).collect();
+                for isa in Isa::available().into_iter().filter(|&i| i != Isa::Portable) {
+                    let (_, mr, nr) = tall_kernel(isa, d).expect("a tall kernel on x86 SIMD");
+                    let p = Packed::new(false, &c, &norms, (k, d, nr), true).unwrap();
+                    for n in [0, 1, mr - 1, mr, mr + 1, 2 * mr + 5] {
+                        let x = clustered(n, d, 3, 0.5, 20 + n as u64);
+                        let (mut idx, mut dist) = (vec![7u32; n], vec![-1.0f32; n]);
+                        x86::tall_stream(isa, &x, &p, &mut idx, &mut dist);
+                        let (mut ti, mut td) = (vec![0u32; n], vec![0.0f32; n]);
+                        let tiled = Blocking {
+                            kc: d,
+                            group: k.div_ceil(kernel_for(isa, false, k).2),
+                            rows: TASK_ROWS,
+                            direct: false,
+                            scan: false,
+                            cols: false,
+                            tall: false,
+                            few: false,
+                        };
+                        let shape = Shape::new(n, k, d);
+                        distance_argmin_blocked(
+                            isa, tiled, false, &x, &c, &norms, shape, &mut ti, &mut td,
+                        )
+                        .unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        let at = format!("{isa:?} n={n} k={k} d={d}");
+                        assert_eq!((&idx, bits(&dist)), (&ti, bits(&td)), "{at}");
+                    }
+                    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let x = vec![0.0f32; 3 * d];
+                        x86::tall_stream(isa, &x, &p, &mut [0; 2], &mut [0.0; 2]);
+                    }));
+                    assert!(
+                        caught.is_err(),
+                        "{isa:?} d={d}: rows and outputs of two lengths"
+                    );
+                }
             }
-            // A short last block: its first rows only.
-            let (i, v) = run(&mut tall, &tiles[0], 5);
-            assert_eq!((&i[..], &v[..]), (&alone[0].0[..5], &alone[0].1[..5]));
-            let short = vec![0.0f32; mr * d - 1];
-            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&mut tall, &short, mr)
-            }));
-            assert!(caught.is_err(), "{isa:?}: a short buffer passed the check");
         }
     }
 
