@@ -159,11 +159,15 @@ pub fn partial_stats<B: Backend>(
 }
 
 /// Finite inputs can still give infinite squared distances; say so rather than return them.
+/// One pass without a branch (it vectorizes; `position`'s early exit did not, and took a
+/// quarter of the kernel's time at n = 100,000, k = 16, d = 2), and a search for the row
+/// only where there is one.
 fn check_overflow(dist: &[f32]) -> Result<()> {
-    match dist.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(row) => Err(Error::Overflow { row }),
+    if dist.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return Ok(());
     }
+    let row = dist.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    Err(Error::Overflow { row })
 }
 
 /// What one Lloyd step reports.
@@ -400,4 +404,32 @@ pub fn ema_update_in_place<B: Backend>(
         embed_sum,
         codebook,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The overflow check names the first row whose distance is not finite, wherever it is
+    /// (within and past the vectorized pass's lanes), and passes finite distances.
+    #[test]
+    fn overflow_names_the_first_non_finite_row() {
+        for n in [1, 7, 16, 33, 1000] {
+            assert!(check_overflow(&vec![1.5f32; n]).is_ok());
+            for row in [0, n / 2, n - 1] {
+                for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+                    let mut dist = vec![0.25f32; n];
+                    dist[row] = bad;
+                    if row + 1 < n {
+                        dist[n - 1] = f32::NAN;
+                    }
+                    let got = check_overflow(&dist);
+                    assert!(
+                        matches!(got, Err(Error::Overflow { row: r }) if r == row),
+                        "n={n} row={row} {bad}: {got:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -82,29 +82,34 @@ pub fn zeroed<T: Clone + Default>(what: &'static str, len: usize) -> Result<Vec<
     filled(what, len, T::default())
 }
 
-/// `len` zero floats, or an error if they do not fit. Unlike [`zeroed`], nothing is written
-/// here: the allocator hands out memory already zeroed (for large buffers, fresh pages from
-/// the OS), so each page is faulted in and cleared by whichever thread first writes it. A
+/// Types whose all-zero bits are a value (zero), for [`zeroed_lazy`].
+pub trait ZeroBits: Copy {}
+impl ZeroBits for f32 {}
+impl ZeroBits for u32 {}
+
+/// `len` zeros, or an error if they do not fit. Unlike [`zeroed`], nothing is written here:
+/// the allocator hands out memory already zeroed (for large buffers, fresh pages from the
+/// OS), so each page is faulted in and cleared by whichever thread first writes it. A
 /// buffer that parallel code fills at once is then touched once, by every thread, instead
 /// of twice with the first pass on the calling thread alone.
-pub fn zeroed_f32_lazy(what: &'static str, len: usize) -> Result<Vec<f32>> {
-    ensure(what, bytes_of::<f32>(len))?;
+pub fn zeroed_lazy<T: ZeroBits>(what: &'static str, len: usize) -> Result<Vec<T>> {
+    ensure(what, bytes_of::<T>(len))?;
     if len == 0 {
         return Ok(Vec::new());
     }
     let out_of_memory = || Error::OutOfMemory {
         what,
-        needed: bytes_of::<f32>(len),
+        needed: bytes_of::<T>(len),
         available: available_bytes(),
     };
-    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| out_of_memory())?;
-    // SAFETY: the layout has a non-zero size (len > 0).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    let layout = std::alloc::Layout::array::<T>(len).map_err(|_| out_of_memory())?;
+    // SAFETY: the layout has a non-zero size (len > 0, and T is f32 or u32).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
     if ptr.is_null() {
         return Err(out_of_memory());
     }
-    // SAFETY: `ptr` comes from the global allocator with the layout of `len` f32s, which
-    // `Vec` frees with the same layout; all-zero bits are a valid f32 (0.0).
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` values of T,
+    // which `Vec` frees with the same layout; all-zero bits are a valid T (`ZeroBits`).
     Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 

@@ -422,7 +422,7 @@ impl RowReader {
             .ok_or_else(|| Error::format(&self.path, "the shape overflows"))?;
         if self.f32_in_place() {
             // Fresh zero pages, each faulted in by the read that fills it: one pass.
-            let mut data = crate::resources::zeroed_f32_lazy("the points", len)?;
+            let mut data = crate::resources::zeroed_lazy::<f32>("the points", len)?;
             self.read_into(&mut data)?;
             self.next += rows;
             return Ok(super::Matrix {

@@ -124,7 +124,7 @@ impl Bounds {
             return None;
         }
         // Written whole by the first refresh's GEMM, which first-touches its pages.
-        let lower = crate::resources::zeroed_f32_lazy("the k-means bounds", n * k).ok()?;
+        let lower = crate::resources::zeroed_lazy::<f32>("the k-means bounds", n * k).ok()?;
         // In the backend's threads (one thread took 3% of a one-step fit on Fashion-MNIST).
         let (mut x_sq, mut x_norm) = (vec![0.0f32; n], vec![0.0f64; n]);
         let rows = |((x, x_sq), x_norm): ((&[f32], &mut [f32]), &mut [f64])| {

@@ -123,7 +123,7 @@ impl Packed {
     /// the kernels that read the codebook in place instead ([`codebook_stream`]). No norms.
     fn rows(parallel: bool, x: &[f32], (n, d, nr): (usize, usize, usize)) -> Result<Self> {
         let panels = n.div_ceil(nr);
-        let mut data = crate::resources::zeroed_f32_lazy("the packed rows", panels * nr * d)?;
+        let mut data = crate::resources::zeroed_lazy::<f32>("the packed rows", panels * nr * d)?;
         pack_panels(parallel, x, (d, nr), 1.0, &mut data);
         Ok(Packed {
             data,
@@ -205,7 +205,7 @@ fn spare_buffer(len: usize) -> Result<Vec<f32>> {
             Ok(v)
         }
         // Fresh pages, first touched by the (parallel) packing.
-        _ => crate::resources::zeroed_f32_lazy("the packed codebook", len),
+        _ => crate::resources::zeroed_lazy::<f32>("the packed codebook", len),
     }
 }
 
