@@ -4031,8 +4031,8 @@ mod x86 {
     /// and 8, four zmm of each of 8 steps not fitting in 32 registers) land on whole lines.
     /// With the buffer in the caller, this function's spills took whatever alignment the
     /// stack had (as `tall_avx512`'s still do), and at 16 x 8 the loop over tiles ran 3.4%
-    /// slower than the calls it replaced, where it now runs 3.1% faster (see
-    /// docs/performance.md, "the tall kernels' loop over tiles").
+    /// slower than the calls it replaced, where it now runs 1.5% to 3.1% faster (two sets
+    /// of pairs: docs/performance.md, "the tall kernels' loop over tiles").
     ///
     /// # Safety
     /// The caller is compiled for `V`'s instruction set and for `pack`'s; `pack` writes a
