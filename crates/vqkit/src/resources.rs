@@ -83,9 +83,15 @@ pub fn zeroed<T: Clone + Default>(what: &'static str, len: usize) -> Result<Vec<
 }
 
 /// Types whose all-zero bits are a value (zero), for [`zeroed_lazy`].
-pub trait ZeroBits: Copy {}
-impl ZeroBits for f32 {}
-impl ZeroBits for u32 {}
+///
+/// # Safety
+/// Every value of the type's size with all bits zero is a valid value, and the type is not
+/// zero-sized.
+pub unsafe trait ZeroBits: Copy {}
+// SAFETY: all-zero bits are 0.0 and 0, four bytes each.
+unsafe impl ZeroBits for f32 {}
+// SAFETY: as above.
+unsafe impl ZeroBits for u32 {}
 
 /// `len` zeros, or an error if they do not fit. Unlike [`zeroed`], nothing is written here:
 /// the allocator hands out memory already zeroed (for large buffers, fresh pages from the
@@ -93,6 +99,7 @@ impl ZeroBits for u32 {}
 /// buffer that parallel code fills at once is then touched once, by every thread, instead
 /// of twice with the first pass on the calling thread alone.
 pub fn zeroed_lazy<T: ZeroBits>(what: &'static str, len: usize) -> Result<Vec<T>> {
+    const { assert!(std::mem::size_of::<T>() > 0) };
     ensure(what, bytes_of::<T>(len))?;
     if len == 0 {
         return Ok(Vec::new());
@@ -103,13 +110,14 @@ pub fn zeroed_lazy<T: ZeroBits>(what: &'static str, len: usize) -> Result<Vec<T>
         available: available_bytes(),
     };
     let layout = std::alloc::Layout::array::<T>(len).map_err(|_| out_of_memory())?;
-    // SAFETY: the layout has a non-zero size (len > 0, and T is f32 or u32).
+    // SAFETY: the layout has a non-zero size (len > 0, and T is not zero-sized).
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
     if ptr.is_null() {
         return Err(out_of_memory());
     }
     // SAFETY: `ptr` comes from the global allocator with the layout of `len` values of T,
-    // which `Vec` frees with the same layout; all-zero bits are a valid T (`ZeroBits`).
+    // which `Vec` frees with the same layout; all-zero bits are a valid T (`ZeroBits`'s
+    // contract).
     Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 

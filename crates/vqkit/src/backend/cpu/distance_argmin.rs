@@ -3958,7 +3958,7 @@ mod x86 {
         const MR: usize = TALL_MR;
         macro_rules! tiles {
             ($d:literal, $pack:expr) => {
-                tall_tiles::<__m512, $d, 4, MR>(x, p, AVX512_NR, out, $pack)
+                tall_tiles::<__m512, $d, 4, MR>(x, p, out, $pack)
             };
         }
         // SAFETY: compiled for AVX-512F (and so AVX); the caller's contract.
@@ -3995,10 +3995,10 @@ mod x86 {
                 } else {
                     pack_narrow_avx::<MR, $d>
                 };
-                tall_tiles::<__m256, $d, 4, MR>(x, p, AVX2_NR, out, |b, xb| pack(b, xb))
+                tall_tiles::<__m256, $d, 4, MR>(x, p, out, |b, xb| pack(b, xb))
             }};
             ($d:literal, $pack:expr) => {
-                tall_tiles::<__m256, $d, 4, MR>(x, p, AVX2_NR, out, $pack)
+                tall_tiles::<__m256, $d, 4, MR>(x, p, out, $pack)
             };
         }
         // SAFETY: compiled for AVX2 and FMA (and so AVX); each pack function's instruction
@@ -4021,31 +4021,34 @@ mod x86 {
     /// The tall kernel's loop over tiles ([`tall_step`], each tile finished into `out`):
     /// the rows of `x`, MR a tile, each whole tile packed by `pack` into a buffer on this
     /// frame, a short last one zero-filled and packed by [`super::pack_rows`]; the step
-    /// over that buffer and `p` checked once. Inlined into one function per row width with
-    /// the packing: until this, each tile cost a call through the packing's dispatch by
-    /// width and one into the kernel's (`tall_avx512`, a 3 KB frame, its dispatch by
-    /// width), which at k = 16 outweighed the tile's walk at d <= 2.
+    /// over that buffer and `p` checked once. Inlined into one function per instruction set
+    /// and row width, the packing with it on AVX-512 (on AVX2 a function chosen once and
+    /// called through a pointer). Until 8e23db3 each tile took a call through the packing's
+    /// dispatch by width and one into the kernel's (`tall_avx512`, a 3 KB frame, its own
+    /// dispatch by width): with the packing and the finish, a fifth of the kernel's samples
+    /// at k = 16, d = 2 lay outside its walk.
     ///
     /// The tile's buffer (64-byte aligned) must stay in this function: the compiler then
     /// realigns the frame to 64 bytes and the vectors it spills (the tile's rows at d = 7
-    /// and 8, four zmm of each of 8 steps not fitting in 32 registers) land on whole lines.
-    /// With the buffer in the caller, this function's spills took whatever alignment the
-    /// stack had (as `tall_avx512`'s still do), and at 16 x 8 the loop over tiles ran 3.4%
-    /// slower than the calls it replaced, where it now runs 1.5% to 3.1% faster (two sets
-    /// of pairs: docs/performance.md, "the tall kernels' loop over tiles").
+    /// and 8, four zmm for each of 7 or 8 steps, 28 or 32 of the 32 registers) land on whole
+    /// lines. With the buffer in the caller, this function's spills took whatever alignment
+    /// the stack had (as `tall_avx512`'s still do), and at 16 x 8 the loop over tiles ran
+    /// 3.4% slower than the calls it replaced, where it now runs 1.5% faster (3.1% in a
+    /// build packing d = 8 through `pack_rows`; docs/performance.md, "the tall kernels' loop
+    /// over tiles").
     ///
     /// # Safety
-    /// The caller is compiled for `V`'s instruction set and for `pack`'s; `pack` writes a
-    /// whole tile of MR rows of D floats (`xb[t * MR + r]`) from MR rows and no more.
+    /// The caller is compiled for `V`'s instruction set.
     #[inline(always)]
     unsafe fn tall_tiles<V: Lanes, const D: usize, const G: usize, const MR: usize>(
         x: &[f32],
         p: &super::Packed,
-        nr: usize,
         (idx, dist): (&mut [u32], &mut [f32]),
         pack: impl Fn(&[f32], &mut [f32]),
     ) {
         const { assert!(G * V::W == MR && MR * D <= super::TALL_TILE_MAX && MR <= 64) };
+        // The walks' panels: two vectors of codewords (`tall_walk`, `tall_index_walk`).
+        let nr = 2 * V::W;
         assert!(p.d == D && x.len() == idx.len() * D && idx.len() == dist.len());
         let mut tile = super::TallTile([0.0f32; super::TALL_TILE_MAX]);
         let xb = &mut tile.0[..MR * D];
@@ -4288,8 +4291,8 @@ mod x86 {
     }
 
     /// The first rows of G vectors finished into `out` (indices, distances): each row's
-    /// best score (`best`) plus its norm (`norms(g)` for vector g, taken as the vector is
-    /// finished), clamped at zero with a NaN kept ([`super::finished`], lane by lane), and
+    /// best score (`best`) plus its norm (`norms.norm(g)` for vector g, taken as the vector
+    /// is finished), clamped at zero with a NaN kept ([`super::finished`], lane by lane), and
     /// its index (`at`). G * W rows go straight to `out`; fewer through the buffers `val` /
     /// `idx` (G * W rows) and are copied. For the tall kernels' tiles and AVX2's few
     /// panels, whose whole panels had gone through buffers (`vqkit bench --op assign --n
@@ -4963,7 +4966,8 @@ mod tests {
     /// The tall kernels' loop over tiles, at every width they take (each its own packing)
     /// and around every tile boundary (no rows, a short tile alone, whole tiles, a short
     /// last one), against the index walk's codebooks (k = 16) and the minima walk's
-    /// (300): the tiled kernel's bits. Rows and outputs of different lengths are refused.
+    /// (300): the tiled kernel's bits. Rows and outputs of different lengths are refused,
+    /// and so is a codebook packed for narrower panels than the walks read (`check`).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn tall_stream_gives_the_tiled_bits() {
@@ -5005,6 +5009,18 @@ mod tests {
                     assert!(
                         caught.is_err(),
                         "{isa:?} d={d}: rows and outputs of two lengths"
+                    );
+                    // A codebook packed in panels narrower than the kernel's walks read is
+                    // refused by the check, before any tile.
+                    let narrow = Packed::new(false, &c, &norms, (k, d, nr / 2), true).unwrap();
+                    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let x = vec![0.0f32; 3 * d];
+                        x86::tall_stream(isa, &x, &narrow, &mut [0; 3], &mut [0.0; 3]);
+                    }));
+                    assert!(
+                        caught.is_err(),
+                        "{isa:?} d={d}: panels of {} passed",
+                        nr / 2
                     );
                 }
             }
@@ -5558,9 +5574,12 @@ mod tests {
         check::<16, 5>();
         check::<16, 6>();
         check::<16, 7>();
+        // AVX2's tall tiles (32 rows) at every width it packs them for.
         check::<32, 2>();
         check::<32, 3>();
+        check::<32, 4>();
         check::<32, 5>();
+        check::<32, 6>();
         check::<32, 7>();
         check::<64, 3>();
         check::<64, 4>();

@@ -177,9 +177,9 @@ impl Backend for CpuBackend {
         check_len("x", x.len(), n * d)?;
         check_len("codebook", codebook.len(), k * d)?;
         let mut norms = crate::resources::zeroed::<f32>("the codeword norms", k)?;
-        // Written once, by the kernel's threads: zeroed by the allocator, not by a pass of
-        // this thread's (at n = 100,000, k = 16, d = 2 that pass took a quarter of the
-        // kernel's time).
+        // Zeroed by the allocator rather than by a `memset` pass of their own (at n =
+        // 100,000, k = 16, d = 2 from Python, that pass took a quarter of the kernel's time;
+        // the allocator still clears memory it reuses, fresh pages come zeroed).
         let mut idx = crate::resources::zeroed_lazy::<u32>("the codes", n)?;
         let mut dist = crate::resources::zeroed_lazy::<f32>("the distances", n)?;
         self.run(n * k * d, |par| {
