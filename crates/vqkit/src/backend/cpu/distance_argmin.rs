@@ -4963,6 +4963,21 @@ mod tests {
         }
     }
 
+    /// The tiled kernel over the whole of d and `panels` panels in one group: the blocking
+    /// the other kernels' bits are checked against.
+    fn tiled_whole(d: usize, panels: usize) -> Blocking {
+        Blocking {
+            kc: d,
+            group: panels,
+            rows: TASK_ROWS,
+            direct: false,
+            scan: false,
+            cols: false,
+            tall: false,
+            few: false,
+        }
+    }
+
     /// The tall kernels' loop over tiles, at every width they take (each its own packing)
     /// and around every tile boundary (no rows, a short tile alone, whole tiles, a short
     /// last one), against the index walk's codebooks (k = 16) and the minima walk's
@@ -4983,16 +4998,7 @@ mod tests {
                         let (mut idx, mut dist) = (vec![7u32; n], vec![-1.0f32; n]);
                         x86::tall_stream(isa, &x, &p, &mut idx, &mut dist);
                         let (mut ti, mut td) = (vec![0u32; n], vec![0.0f32; n]);
-                        let tiled = Blocking {
-                            kc: d,
-                            group: k.div_ceil(kernel_for(isa, false, k).2),
-                            rows: TASK_ROWS,
-                            direct: false,
-                            scan: false,
-                            cols: false,
-                            tall: false,
-                            few: false,
-                        };
+                        let tiled = tiled_whole(d, k.div_ceil(kernel_for(isa, false, k).2));
                         let shape = Shape::new(n, k, d);
                         distance_argmin_blocked(
                             isa, tiled, false, &x, &c, &norms, shape, &mut ti, &mut td,
@@ -5094,16 +5100,7 @@ mod tests {
                     .unwrap();
                     (idx, dist.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
                 };
-                let whole = run(Blocking {
-                    kc: d,
-                    group: panels,
-                    rows: TASK_ROWS,
-                    direct: false,
-                    scan: false,
-                    cols: false,
-                    tall: false,
-                    few: false,
-                });
+                let whole = run(tiled_whole(d, panels));
                 for kc in [1, 3, 7, d.div_ceil(2), d] {
                     for group in [1, 2, 3, panels] {
                         for rows in [5, 12, TASK_ROWS] {
