@@ -4025,8 +4025,8 @@ mod x86 {
     /// and row width, the packing with it on AVX-512 (on AVX2 a function chosen once and
     /// called through a pointer). Until 8e23db3 each tile took a call through the packing's
     /// dispatch by width and one into the kernel's (`tall_avx512`, a 3 KB frame, its own
-    /// dispatch by width): with the packing and the finish, a fifth of the kernel's samples
-    /// at k = 16, d = 2 lay outside its walk.
+    /// dispatch by width): with the packing and the finish, more than a quarter of the
+    /// kernel's samples at k = 16, d = 2 lay outside its walk.
     ///
     /// The tile's buffer (64-byte aligned) must stay in this function: the compiler then
     /// realigns the frame to 64 bytes and the vectors it spills (the tile's rows at d = 7
