@@ -4,6 +4,9 @@ alternating the two sides, medians.
 
   overhead  vqkit.assign from Python against the same call in Rust (`vqkit assign --json`,
             whose `seconds` time the host call without file reading), n=100,000 d=128 k=1024
+  calls     vqkit.assign at small shapes (n=100,000, k=16 or 256, d from 2 to 32), where
+            what a call does around the kernel shows: the median of 101 calls against the
+            kernel alone (`vqkit bench`'s median, its buffers allocated once)
   kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
             train images, d = 784), same threads and iterations; objectives of both
   ema       vqkit.ema_update on NumPy arrays against the same step in PyTorch ops (bincount,
@@ -17,6 +20,7 @@ Install the release build first (`pip install ./crates/vqkit-python`, plus faiss
 torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
 
     python3 scripts/python_bench.py overhead kmeans ema layer --reps 5
+    OPENBLAS_NUM_THREADS=1 taskset -c 1 python3 scripts/python_bench.py calls --threads 1
 """
 
 import argparse
@@ -75,6 +79,33 @@ def overhead(reps, threads):
     gflop = 2 * 100_000 * 1024 * 128 / 1e9
     print(f"| assign n=100000 d=128 k=1024, {threads} threads | {r:.1f} ms ({gflop / r * 1e3:.0f} GFLOP/s) "
           f"| {p:.1f} ms ({gflop / p * 1e3:.0f} GFLOP/s) | {100 * (p / r - 1):+.1f}% |")
+
+
+def calls(threads):
+    import vqkit
+
+    vqkit.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    cli = REPO / "target" / "release" / "vqkit"
+    for k, d in ((16, 2), (16, 8), (16, 32), (256, 8)):
+        n = 100_000
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        c = np.ascontiguousarray(x[rng.choice(n, k, replace=False)])
+        vqkit.assign(x[:1000], c)  # warm: pools, pages
+        py = []
+        for _ in range(101):
+            t = time.perf_counter()
+            vqkit.assign(x, c)
+            py.append(time.perf_counter() - t)
+        out = subprocess.run(
+            [str(cli), "bench", "--op", "assign", "--n", str(n), "--k", str(k), "--d", str(d),
+             "--threads", str(threads), "--seconds", "0.3", "--json"],
+            check=True, capture_output=True, text=True,
+        )
+        kernel = 1e3 * json.loads(out.stdout.splitlines()[0])["median_s"]
+        p = median_ms(py)
+        print(f"| assign n={n} k={k} d={d}, {threads} threads | {kernel:.3f} ms (the kernel) "
+              f"| {p:.3f} ms | {p / kernel:.2f}x |")
 
 
 def ema(reps, threads):
@@ -206,7 +237,7 @@ def layer(reps, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["overhead", "kmeans", "ema", "layer"])
+    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "kmeans", "ema", "layer"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--k", type=int, default=1024)
@@ -215,6 +246,8 @@ def main():
     for w in a.what:
         if w == "overhead":
             overhead(a.reps, a.threads)
+        elif w == "calls":
+            calls(a.threads)
         elif w == "kmeans":
             kmeans(a.reps, a.threads, a.k)
         elif w == "ema":
