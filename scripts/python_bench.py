@@ -7,6 +7,9 @@ alternating the two sides, medians.
   calls     vqkit.assign at small shapes (n=100,000, k=16 or 256, d from 2 to 32), where
             what a call does around the kernel shows: the median of 101 calls against the
             kernel alone (`vqkit bench`'s median, its buffers allocated once)
+  pq        vqkit.ProductQuantizer.compute_codes against faiss.ProductQuantizer's, the same
+            codebooks (vqkit's, copied into FAISS), n = 200,000 clustered vectors of d = 128,
+            M x nbits in 16 x 8, 32 x 8, 64 x 4, 32 x 4; the share of codes that agree
   kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
             train images, d = 784), same threads and iterations; objectives of both
   ema       vqkit.ema_update on NumPy arrays against the same step in PyTorch ops (bincount,
@@ -20,6 +23,7 @@ Install the release build first (`pip install ./crates/vqkit-python`, plus faiss
 torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
 
     python3 scripts/python_bench.py overhead kmeans ema layer --reps 5
+    python3 scripts/python_bench.py pq --reps 7 --threads 2
     OPENBLAS_NUM_THREADS=1 taskset -c 1 python3 scripts/python_bench.py calls --threads 1
 """
 
@@ -106,6 +110,41 @@ def calls(threads):
         p = median_ms(py)
         print(f"| assign n={n} k={k} d={d}, {threads} threads | {kernel:.3f} ms (the kernel) "
               f"| {p:.3f} ms | {p / kernel:.2f}x |")
+
+
+def pq(reps, threads):
+    # FAISS's OpenMP threads busy-wait after each call by default (see
+    # scripts/compare_faiss_assign.py): set before FAISS loads, unless set already.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import faiss
+    import vqkit
+
+    vqkit.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    rng = np.random.default_rng(2)
+    n, d = 200_000, 128
+    centres = rng.standard_normal((1000, d), dtype=np.float32)
+    x = centres[rng.integers(0, 1000, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+    for m, nbits in ((16, 8), (32, 8), (64, 4), (32, 4)):
+        ours = vqkit.ProductQuantizer(d, m, nbits, niter=10)
+        ours.train(x[:20_000])
+        theirs = faiss.ProductQuantizer(d, m, nbits)
+        faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.centroids)
+        ours.compute_codes(x[:1000]), theirs.compute_codes(x[:1000])  # warm: pools, pages
+        tf, tv = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            cf = theirs.compute_codes(x)
+            tf.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            cv = ours.compute_codes(x)
+            tv.append(time.perf_counter() - t)
+        if nbits == 4:  # FAISS packs two codes a byte, the first in the low half
+            cf = np.stack([cf & 15, cf >> 4], axis=2).reshape(n, m)
+        same = np.mean(cv == cf)
+        f, v = median_ms(tf), median_ms(tv)
+        print(f"| PQ compute_codes n={n} d={d} M={m} nbits={nbits}, {threads} threads "
+              f"| {f:.1f} ms | {v:.1f} ms | {f / v:.2f}x | ({same:.4%} of codes agree)")
 
 
 def ema(reps, threads):
@@ -237,7 +276,7 @@ def layer(reps, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "kmeans", "ema", "layer"])
+    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "pq", "kmeans", "ema", "layer"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--k", type=int, default=1024)
@@ -248,6 +287,8 @@ def main():
             overhead(a.reps, a.threads)
         elif w == "calls":
             calls(a.threads)
+        elif w == "pq":
+            pq(a.reps, a.threads)
         elif w == "kmeans":
             kmeans(a.reps, a.threads, a.k)
         elif w == "ema":
