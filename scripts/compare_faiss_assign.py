@@ -7,6 +7,11 @@ on the same seeded clustered data, at the same thread count, runs alternating, m
     python3 scripts/compare_faiss_assign.py --threads 1 2 --reps 5
     python3 scripts/compare_faiss_assign.py --grid wide --threads 2 --reps 3
     python3 scripts/compare_faiss_assign.py --via python --grid wide --threads 2 --reps 3
+    python3 scripts/compare_faiss_assign.py --via python --grid wide --d 8 --k 256 --json
+
+With --json each line also holds every run's seconds (`faiss_runs_s`, `vqkit_runs_s`):
+on a shared VM one run in a few can take twice its time (a core taken by another tenant),
+and with three runs such a pair can move the median.
 
 `--grid wide` covers the shapes of `vqkit bench --grid wide`: d in 2..2048, k in 16..262,144,
 n = clamp(2e10 / (2 k d), 256, 100,000) rows per shape (`vqkit::bench::wide_rows`). Where
@@ -61,13 +66,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vqkit", default="target/release/vqkit")
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--d", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--k", type=int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--d", type=int, nargs="+",
+                    help="default 32 128; with --grid wide, only these of its d")
+    ap.add_argument("--k", type=int, nargs="+",
+                    help="default 256 1024 4096; with --grid wide, only these of its k")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON object per result line")
     ap.add_argument("--grid", choices=["default", "wide"], default="default",
-                    help="wide: the d x k grid of `vqkit bench --grid wide` (overrides --n/--d/--k)")
+                    help="wide: the d x k grid of `vqkit bench --grid wide` (overrides --n; --d "
+                         "and --k pick from it)")
     ap.add_argument("--via", choices=["cli", "python"], default="cli",
                     help="time vqkit through its CLI (a process per run) or its Python package "
                          "(in this process, as FAISS)")
@@ -79,9 +87,12 @@ def main():
             raise SystemExit(f"--via python needs the vqkit package (pip install "
                              f"./crates/vqkit-python): {e}")
     if args.grid == "wide":
-        shapes = [(wide_rows(k, d), d, k) for d in WIDE_D for k in WIDE_K]
+        ds, ks = args.d or WIDE_D, args.k or WIDE_K
+        shapes = [(wide_rows(k, d), d, k) for d in WIDE_D for k in WIDE_K if d in ds and k in ks]
+        if not shapes:
+            raise SystemExit(f"--d and --k pick no shape of the wide grid (d {WIDE_D}, k {WIDE_K})")
     else:
-        shapes = [(args.n, d, k) for d in args.d for k in args.k]
+        shapes = [(args.n, d, k) for d in args.d or [32, 128] for k in args.k or [256, 1024, 4096]]
 
     rng = np.random.default_rng(42)
     tmp = tempfile.mkdtemp(prefix="vqkit-faiss-")
@@ -137,7 +148,8 @@ def main():
             flops = 2.0 * n * k * d
             row = dict(threads=threads, n=n, d=d, k=k, faiss_s=mf, vqkit_s=mv,
                        faiss_gflops=flops / mf / 1e9, vqkit_gflops=flops / mv / 1e9,
-                       speedup=mf / mv, same_code=same)
+                       speedup=mf / mv, same_code=same,
+                       faiss_runs_s=tf, vqkit_runs_s=tv)
             if args.json:
                 print(json.dumps(row))
             else:

@@ -15,8 +15,15 @@ use crate::backend::{Shape, check_finite};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// A task's buffers: its rows split by sub-space, their codes by sub-space, one search's
-/// distances.
+/// A task's buffers: one sub-space's columns of its rows, the codes of every sub-space
+/// (`skewed` apart), one search's distances.
+/// The distance between two sub-spaces' codes in [`Scratch`]: `len` rounded up to a cache
+/// line, plus one, so that the M columns read together when the codes go into rows (a
+/// power of two apart, they would share L1's sets) fall in different sets.
+fn skewed(len: usize) -> usize {
+    len.div_ceil(16) * 16 + 16
+}
+
 #[derive(Default)]
 struct Scratch {
     xs: Vec<f32>,
@@ -31,50 +38,34 @@ pub(crate) fn block_rows(l2: usize, d: usize) -> usize {
     (fit / 64 * 64).clamp(64, 4096)
 }
 
-/// A block of rows of `x` (rows of `m` sub-vectors of `ds`) split by sub-space: sub-vector
-/// `s` of row `r` to `out[s * stride + r * ds..][..ds]`. One pass over the rows in order;
-/// widths of 1 to 16 as fixed-size copies (a copy whose length is not known is a call to
-/// `memcpy` per sub-vector).
+/// Columns `[s * ds, (s + 1) * ds)` of each row of `x` (rows of `d`) into `out`, row after
+/// row. Widths of 1 to 16 as fixed-size copies: a copy of `ds` floats whose length is
+/// not known is a call to `memcpy` per row.
 ///
-/// Copying one sub-space's columns at a time instead read a cache line of each row for a
-/// few bytes of it, M times: at M = 64, d / M = 2 that copy and the codes' scatter took
-/// nine tenths of the encoder's own time, the searches a tenth (`perf`, one thread).
-fn split(x: &[f32], (m, ds): (usize, usize), stride: usize, out: &mut [f32]) {
-    // Rows a few at a time, so that the rows read sub-space after sub-space stay in L1.
-    const ROWS: usize = 16;
-    fn fixed<const W: usize>(x: &[f32], m: usize, stride: usize, out: &mut [f32]) {
-        let d = m * W;
-        for (b, rows) in x.chunks(ROWS * d).enumerate() {
-            for (s, block) in out.chunks_mut(stride).take(m).enumerate() {
-                let dst = block[b * ROWS * W..].chunks_exact_mut(W);
-                for (o, row) in dst.zip(rows.chunks_exact(d)) {
-                    let o: &mut [f32; W] = o.try_into().expect("W floats");
-                    *o = row[s * W..][..W].try_into().expect("W floats");
-                }
-            }
+/// The task's block of rows is in L2 by then: its first sub-space reads it from memory,
+/// the others from L2. Splitting the block by sub-space in one pass, rows 16 at a time,
+/// instead was no faster at M = 64, d / M = 2: 2% and 1% slower in two sets of 5
+/// alternating runs (one thread; docs/performance.md).
+fn gather(x: &[f32], d: usize, s: usize, ds: usize, out: &mut [f32]) {
+    fn fixed<const W: usize>(x: &[f32], d: usize, c0: usize, out: &mut [f32]) {
+        for (o, row) in out.chunks_exact_mut(W).zip(x.chunks_exact(d)) {
+            let o: &mut [f32; W] = o.try_into().expect("W floats");
+            *o = row[c0..c0 + W].try_into().expect("W columns");
         }
     }
+    let c0 = s * ds;
     match ds {
-        1 => fixed::<1>(x, m, stride, out),
-        2 => fixed::<2>(x, m, stride, out),
-        4 => fixed::<4>(x, m, stride, out),
-        8 => fixed::<8>(x, m, stride, out),
-        16 => fixed::<16>(x, m, stride, out),
+        1 => fixed::<1>(x, d, c0, out),
+        2 => fixed::<2>(x, d, c0, out),
+        4 => fixed::<4>(x, d, c0, out),
+        8 => fixed::<8>(x, d, c0, out),
+        16 => fixed::<16>(x, d, c0, out),
         _ => {
-            for (r, row) in x.chunks_exact(m * ds).enumerate() {
-                for (s, v) in row.chunks_exact(ds).enumerate() {
-                    out[s * stride + r * ds..][..ds].copy_from_slice(v);
-                }
+            for (o, row) in out.chunks_exact_mut(ds).zip(x.chunks_exact(d)) {
+                o.copy_from_slice(&row[c0..c0 + ds]);
             }
         }
     }
-}
-
-/// The distance between two sub-spaces' blocks (`split`'s `stride`) or code columns: `len`
-/// rounded up to a cache line, plus one, so that M blocks written or read together
-/// (a power of two apart, they would share L1's sets) fall in different sets.
-fn skewed(len: usize) -> usize {
-    len.div_ceil(16) * 16 + 16
 }
 
 /// `codes[i * m + s]` = the nearest of sub-space `s`'s `k` codewords (`codebooks`, (m, k,
@@ -132,20 +123,18 @@ pub(crate) fn product_codes(
     // Per task, the first overflow as (sub-space, row): the loop's order.
     let task = |sc: &mut Scratch, (t, out): (usize, &mut [u32])| {
         let len = out.len() / m;
-        let (xstride, cstride) = (skewed(len * ds), skewed(len));
+        let xt = &x[t * rows * d..][..len * d];
+        let cstride = skewed(len);
         // Sized by the first task of each thread's run of tasks, reused by the rest.
-        sc.xs.resize(m * xstride, 0.0);
+        sc.xs.resize(len * ds, 0.0);
         sc.idx.resize(m * cstride, 0);
         sc.dist.resize(len, 0.0);
-        let (xs, idx, dist) = (&mut sc.xs, &mut sc.idx, &mut sc.dist[..len]);
-        split(&x[t * rows * d..][..len * d], (m, ds), xstride, xs);
+        let (xs, dist) = (&mut sc.xs[..len * ds], &mut sc.dist[..len]);
         let mut overflow = None;
         for s in 0..searched {
+            gather(xt, d, s, ds, xs);
             let (cb, nm) = (&codebooks[s * k * ds..][..k * ds], &norms[s * k..][..k]);
-            let (xs, idx) = (
-                &xs[s * xstride..][..len * ds],
-                &mut idx[s * cstride..][..len],
-            );
+            let idx = &mut sc.idx[s * cstride..][..len];
             distance_argmin(isa, false, xs, cb, nm, Shape::new(len, k, ds), idx, dist)?;
             // One pass without a branch, as `ops::check_overflow`.
             if overflow.is_none() && !dist.iter().fold(true, |ok, v| ok & v.is_finite()) {
@@ -153,8 +142,10 @@ pub(crate) fn product_codes(
                 overflow = Some((s, t * rows + r));
             }
         }
-        // The codes from their columns into rows, row by row.
-        for (s, col) in idx.chunks(cstride).take(searched).enumerate() {
+        // The codes, kept by sub-space, into rows: each sub-space's codes written into
+        // the rows after its search instead were 5% slower at M = 64, d / M = 2 (one
+        // thread, 5 alternating runs; the block's rows and codes then share L2).
+        for (s, col) in sc.idx.chunks(cstride).take(searched).enumerate() {
             for (row, &c) in out.chunks_exact_mut(m).zip(col) {
                 row[s] = c;
             }
@@ -196,26 +187,20 @@ mod tests {
     }
 
     #[test]
-    fn split_copies_each_width() {
+    fn gather_copies_each_width() {
         for ds in 1..=17 {
             let (m, n) = (3, 5);
             let d = m * ds;
             let x: Vec<f32> = (0..n * d).map(|v| v as f32).collect();
-            let stride = skewed(n * ds);
-            let mut out = vec![-1.0; m * stride];
-            split(&x, (m, ds), stride, &mut out);
             for s in 0..m {
+                let mut out = vec![-1.0; n * ds];
+                gather(&x, d, s, ds, &mut out);
                 let want: Vec<f32> = x
                     .chunks_exact(d)
                     .flat_map(|r| &r[s * ds..(s + 1) * ds])
                     .copied()
                     .collect();
-                assert_eq!(out[s * stride..][..n * ds], want, "ds {ds} s {s}");
-                assert!(
-                    out[s * stride + n * ds..(s + 1) * stride]
-                        .iter()
-                        .all(|&v| v == -1.0)
-                );
+                assert_eq!(out, want, "ds {ds} s {s}");
             }
         }
     }
