@@ -9,6 +9,9 @@ on the same seeded clustered data, at the same thread count, runs alternating, m
     python3 scripts/compare_faiss_assign.py --via python --grid wide --threads 2 --reps 3
     python3 scripts/compare_faiss_assign.py --via python --grid wide --d 8 --k 256 --json
 
+The data are drawn from one seeded generator, shape after shape: a shape picked with --d
+and --k gets other points than the same shape in the whole grid (the same distribution).
+
 With --json each line also holds every run's seconds (`faiss_runs_s`, `vqkit_runs_s`):
 on a shared VM one run in a few can take twice its time (a core taken by another tenant),
 and with three runs such a pair can move the median.
@@ -88,9 +91,9 @@ def main():
                              f"./crates/vqkit-python): {e}")
     if args.grid == "wide":
         ds, ks = args.d or WIDE_D, args.k or WIDE_K
+        if set(ds) - set(WIDE_D) or set(ks) - set(WIDE_K):
+            raise SystemExit(f"--grid wide has d in {WIDE_D} and k in {WIDE_K} only")
         shapes = [(wide_rows(k, d), d, k) for d in WIDE_D for k in WIDE_K if d in ds and k in ks]
-        if not shapes:
-            raise SystemExit(f"--d and --k pick no shape of the wide grid (d {WIDE_D}, k {WIDE_K})")
     else:
         shapes = [(args.n, d, k) for d in args.d or [32, 128] for k in args.k or [256, 1024, 4096]]
 

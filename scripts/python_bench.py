@@ -9,7 +9,10 @@ alternating the two sides, medians.
             kernel alone (`vqkit bench`'s median, its buffers allocated once)
   pq        vqkit.ProductQuantizer.compute_codes against faiss.ProductQuantizer's, the same
             codebooks (vqkit's, copied into FAISS), n = 200,000 clustered vectors of d = 128,
-            M x nbits in 16 x 8, 32 x 8, 64 x 4, 32 x 4; the share of codes that agree
+            M x nbits in 16 x 8, 32 x 8, 64 x 4, 32 x 4; how many codes differ
+  rq        the same for vqkit.ResidualQuantizer (greedy, its default) against
+            faiss.ResidualQuantizer with max_beam_size = 1, M x nbits in 8 x 8, 4 x 4, 16 x 4;
+            both reconstructions' MSE
   kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
             train images, d = 784), same threads and iterations; objectives of both
   ema       vqkit.ema_update on NumPy arrays against the same step in PyTorch ops (bincount,
@@ -23,7 +26,7 @@ Install the release build first (`pip install ./crates/vqkit-python`, plus faiss
 torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
 
     python3 scripts/python_bench.py overhead kmeans ema layer --reps 5
-    python3 scripts/python_bench.py pq --reps 7 --threads 2
+    python3 scripts/python_bench.py pq rq --reps 5 --threads 2
     OPENBLAS_NUM_THREADS=1 taskset -c 1 python3 scripts/python_bench.py calls --threads 1
 """
 
@@ -112,7 +115,8 @@ def calls(threads):
               f"| {p:.3f} ms | {p / kernel:.2f}x |")
 
 
-def pq(reps, threads):
+def codecs(what, reps, threads):
+    """PQ or greedy RQ codes of vqkit and FAISS from the same codebooks (vqkit's)."""
     # FAISS's OpenMP threads busy-wait after each call by default (see
     # scripts/compare_faiss_assign.py): set before FAISS loads, unless set already.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -125,11 +129,21 @@ def pq(reps, threads):
     n, d = 200_000, 128
     centres = rng.standard_normal((1000, d), dtype=np.float32)
     x = centres[rng.integers(0, 1000, n)] + 0.5 * rng.standard_normal((n, d), dtype=np.float32)
-    for m, nbits in ((16, 8), (32, 8), (64, 4), (32, 4)):
-        ours = vqkit.ProductQuantizer(d, m, nbits, niter=10)
-        ours.train(x[:20_000])
-        theirs = faiss.ProductQuantizer(d, m, nbits)
-        faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.centroids)
+    shapes = ((16, 8), (32, 8), (64, 4), (32, 4)) if what == "pq" else ((8, 8), (4, 4), (16, 4))
+    for m, nbits in shapes:
+        if what == "pq":
+            ours = vqkit.ProductQuantizer(d, m, nbits, niter=10)
+            ours.train(x[:20_000])
+            theirs = faiss.ProductQuantizer(d, m, nbits)
+            faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.centroids)
+        else:
+            ours = vqkit.ResidualQuantizer(d, m, nbits, niter=10)
+            ours.train(x[:20_000])
+            theirs = faiss.ResidualQuantizer(d, m, nbits)
+            theirs.max_beam_size = 1  # greedy, as vqkit's default beam
+            theirs.train(x[:20_000])  # then its codebooks replaced by vqkit's
+            faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.codebooks)
+            theirs.compute_codebook_tables()
         ours.compute_codes(x[:1000]), theirs.compute_codes(x[:1000])  # warm: pools, pages
         tf, tv = [], []
         for _ in range(reps):
@@ -139,12 +153,17 @@ def pq(reps, threads):
             t = time.perf_counter()
             cv = ours.compute_codes(x)
             tv.append(time.perf_counter() - t)
-        if nbits == 4:  # FAISS packs two codes a byte, the first in the low half
+        if what == "pq" and nbits == 4:  # FAISS packs two codes a byte, the first in the low half
             cf = np.stack([cf & 15, cf >> 4], axis=2).reshape(n, m)
-        same = np.mean(cv == cf)
+        if what == "pq":
+            differ = f"{int(np.sum(cv != cf))} of {cv.size} codes differ"
+        else:  # FAISS's RQ codes are bit-packed: compare reconstructions
+            mse = [float(np.mean(np.sum((x - r) ** 2, axis=1))) for r in (theirs.decode(cf), ours.decode(cv))]
+            differ = f"MSE {mse[0]:.4f} (FAISS) and {mse[1]:.4f}"
         f, v = median_ms(tf), median_ms(tv)
-        print(f"| PQ compute_codes n={n} d={d} M={m} nbits={nbits}, {threads} threads "
-              f"| {f:.1f} ms | {v:.1f} ms | {f / v:.2f}x | ({same:.4%} of codes agree)")
+        name = "PQ" if what == "pq" else "RQ (greedy)"
+        print(f"| {name} compute_codes n={n} d={d} M={m} nbits={nbits}, {threads} threads "
+              f"| {f:.1f} ms | {v:.1f} ms | {f / v:.2f}x | ({differ})")
 
 
 def ema(reps, threads):
@@ -276,7 +295,7 @@ def layer(reps, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "pq", "kmeans", "ema", "layer"])
+    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "pq", "rq", "kmeans", "ema", "layer"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--k", type=int, default=1024)
@@ -287,8 +306,8 @@ def main():
             overhead(a.reps, a.threads)
         elif w == "calls":
             calls(a.threads)
-        elif w == "pq":
-            pq(a.reps, a.threads)
+        elif w in ("pq", "rq"):
+            codecs(w, a.reps, a.threads)
         elif w == "kmeans":
             kmeans(a.reps, a.threads, a.k)
         elif w == "ema":

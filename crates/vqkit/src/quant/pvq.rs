@@ -11,7 +11,8 @@
 use super::kmeans::{Init, KMeans, KMeansConfig};
 use super::model_io::TensorFile;
 use super::{check_training, sub_seed};
-use crate::backend::cpu::product_codes;
+use crate::backend::Shape;
+use crate::backend::cpu::{product_codes, size};
 use crate::backend::{Backend, check_finite};
 use crate::error::{Error, Result};
 use crate::ops::{assign, check_codes, rows};
@@ -131,15 +132,18 @@ impl Pvq {
     /// the search per sub-space, which at n = 200,000, d = 128, M = 64, k = 16 read x 64
     /// times from memory (see docs/performance.md).
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32]) -> Result<Vec<u32>> {
+        self.check_model()?;
         let n = rows("points", x, self.d)?;
+        let len = size("codes", &[n, self.m])?;
         if let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) {
-            let mut codes = crate::resources::zeroed_lazy::<u32>("the codes", n * self.m)?;
+            let mut codes = crate::resources::zeroed_lazy::<u32>("the codes", len)?;
             let (m, k) = (self.m, self.k);
             let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), &mut codes);
-            if let Some(done) = b.run_on_host(n * k * self.d, run) {
+            let work = n.saturating_mul(k).saturating_mul(self.d);
+            if let Some(done) = b.run_on_host(work, run) {
                 // A point with a NaN or an infinity fails the search, and is then found
                 // first, as if checked before it: x is not read for one in a pass of its
-                // own (a tenth of the call at M = 64, k = 16).
+                // own.
                 return match done {
                     Ok(()) => Ok(codes),
                     Err(e) => Err(check_finite("points", x).err().unwrap_or(e)),
@@ -150,12 +154,20 @@ impl Pvq {
         self.encode_each(b, x, n)
     }
 
+    /// Errors for fields that disagree: `m` not dividing `d`, no codewords, codebooks of
+    /// another length than (m, k, d / m).
+    fn check_model(&self) -> Result<()> {
+        Self::check_split(self.d, self.m)?;
+        Shape::new(0, self.k, self.dsub()).validate()?;
+        let want = size("codebooks", &[self.m, self.k, self.dsub()])?;
+        crate::backend::check_len("codebooks", self.codebooks.len(), want)
+    }
+
     /// [`Pvq::encode`] as a device runs it: one search of all rows per sub-space.
     fn encode_each<B: Backend>(&self, b: &B, x: &[f32], n: usize) -> Result<Vec<u32>> {
-        Self::check_split(self.d, self.m)?;
-        crate::backend::check_len("codebooks", self.codebooks.len(), self.k * self.d)?;
+        self.check_model()?;
         let ds = self.dsub();
-        let mut codes = vec![0u32; n * self.m];
+        let mut codes = vec![0u32; size("codes", &[n, self.m])?];
         for sub in 0..self.m {
             let xs = sub_columns(x, self.d, sub, ds);
             let a = assign(b, &xs, self.codebook(sub), ds)?;
@@ -230,9 +242,10 @@ mod tests {
     }
 
     /// The blocked host encoder gives the codes of one search per sub-space, bit for bit, on
-    /// every instruction set and thread count: sub-vectors of every fixed-size copy and
-    /// others (1 to 17 and 32 floats), codebooks that take the narrow, tall, few and tiled
-    /// kernels, and row counts around the blocks' edges.
+    /// every instruction set and thread count: sub-vectors of every fixed-size copy (1, 2,
+    /// 4, 8, 16 floats) and others (3, 17, 32), codebooks that take the narrow, tall, few,
+    /// cols and tiled kernels, and row counts around the blocks' edges (a last block of
+    /// one row against 256 codewords of 32 takes the cols kernel, the whole search not).
     #[test]
     fn blocked_codes_are_those_of_each_sub_space() {
         let l2 = CacheSizes::detect().l2;
@@ -246,6 +259,8 @@ mod tests {
             (128, 16, 256),
             (34, 2, 300),
             (64, 2, 4096),
+            (32, 2, 16),
+            (128, 4, 256),
         ];
         for (i, &(d, m, k)) in shapes.iter().enumerate() {
             let pq = model(d, m, k, i as u64);
@@ -303,6 +318,10 @@ mod tests {
             errors(&pq, &big),
             [Error::Overflow { row: n - 2 }.to_string()]
         );
+        // Two in one block: sub-space 0's, at a later row, comes first.
+        let mut two = big.clone();
+        two[20 * d] = 1e30;
+        assert_eq!(errors(&pq, &two), [Error::Overflow { row: 20 }.to_string()]);
         // A NaN point comes first, wherever it is.
         let mut nan = big.clone();
         nan[(n - 1) * d + 7] = f32::NAN;
@@ -314,6 +333,7 @@ mod tests {
         // A bad codebook in sub-space 2: after the overflows of 0 and 1, before that of 3.
         let mut bad = model(d, m, k, 7);
         bad.codebooks[2 * k * 2 + 5] = f32::NAN;
+        bad.codebooks[3 * k * 2 + 9] = f32::NAN;
         assert_eq!(
             errors(&bad, &big),
             [Error::Overflow { row: n - 2 }.to_string()]
@@ -322,6 +342,8 @@ mod tests {
         late[4 * d + 7] = 1e30;
         let e = errors(&bad, &late);
         assert!(e.len() == 1 && e[0].contains("codebook"), "{e:?}");
+        // The first bad codebook's, sub-space 2's (index 5 of it), not sub-space 3's.
+        assert!(e[0].contains("index 5"), "{e:?}");
         // A model whose fields disagree is an error, not a panic.
         let short = Pvq {
             codebooks: vec![0.0; 5],

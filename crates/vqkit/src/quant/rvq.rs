@@ -27,9 +27,10 @@ use super::kmeans::{Init, IterLog, KMeans, KMeansConfig, subsample};
 use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
 use super::{check_input, check_training, code_stats, mean_sq_norm, sub_seed};
-use crate::backend::Backend;
+use crate::backend::cpu::{residual_codes, size};
+use crate::backend::{Backend, Shape, check_finite};
 use crate::error::{Error, Result};
-use crate::ops::{DeviceKMeans, assign, check_codes};
+use crate::ops::{DeviceKMeans, assign, check_codes, rows};
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -284,28 +285,72 @@ impl Rvq {
     }
 
     /// Codes (n, stages): greedy on the backend when `beam` is 1, beam search otherwise.
+    ///
+    /// Greedy on a backend whose memory is the host's (the CPU), in blocks of rows, every
+    /// stage run while a block is in cache (`residual_codes`): the codes and errors of the
+    /// loop per stage (see docs/performance.md).
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
-        let n = check_input(x, self.d)?;
+        Shape::new(0, self.k, self.d).validate()?;
+        let want = size("codebooks", &[self.stages, self.k, self.d])?;
+        crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
         if beam == 0 {
             return Err(Error::invalid("beam", "must be at least 1"));
         }
         if beam == 1 {
-            let mut r = x.to_vec();
-            let mut codes = vec![0u32; n * self.stages];
-            for s in 0..self.stages {
-                let a = assign(b, &r, self.codebook(s), self.d)?;
-                subtract_codewords(&mut r, self.codebook(s), &a.indices, self.d);
-                for (i, &c) in a.indices.iter().enumerate() {
-                    codes[i * self.stages + s] = c;
-                }
+            let n = rows("points", x, self.d)?;
+            // All distances finite means all points finite there (`residual_codes`): the
+            // points are read for a NaN or an infinity only when a search meets one.
+            if let Some(codes) = self.encode_blocked(b, x, n)? {
+                return Ok(codes);
             }
-            return Ok(codes);
+            check_finite("points", x)?;
+            return self.encode_each(b, x, n);
         }
+        let n = check_input(x, self.d)?;
         let mut state = BeamState::new(n, beam, x);
         for s in 0..self.stages {
             state = self.beam_stage(x, &state, s, beam);
         }
         Ok(state.best_codes().concat())
+    }
+
+    /// Greedy codes as a device computes them: per stage, the nearest codeword to every
+    /// residual, then the residuals less their codewords.
+    fn encode_each<B: Backend>(&self, b: &B, x: &[f32], n: usize) -> Result<Vec<u32>> {
+        let mut r = x.to_vec();
+        let mut codes = vec![0u32; size("codes", &[n, self.stages])?];
+        for s in 0..self.stages {
+            let a = assign(b, &r, self.codebook(s), self.d)?;
+            subtract_codewords(&mut r, self.codebook(s), &a.indices, self.d);
+            for (i, &c) in a.indices.iter().enumerate() {
+                codes[i * self.stages + s] = c;
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Greedy codes on a backend whose memory is the host's (the CPU), in blocks of rows,
+    /// every stage run while a block is in cache (`residual_codes`): the codes of the loop
+    /// per stage, bit for bit. `None` on other backends, and where a value is not finite
+    /// (in x, a codebook, a residual or a distance): the loop per stage then gives its
+    /// first error. Where it returns codes, the points were finite: on the CPU a point with
+    /// a NaN or an infinity has a distance that is not finite (`flags_non_finite_points`).
+    fn encode_blocked<B: Backend>(&self, b: &B, x: &[f32], n: usize) -> Result<Option<Vec<u32>>> {
+        let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) else {
+            return Ok(None);
+        };
+        let len = size("codes", &[n, self.stages])?;
+        let mut codes = crate::resources::zeroed_lazy::<u32>("the codes", len)?;
+        let shape = (self.stages, self.k);
+        let run = |par| residual_codes(isa, par, x, self.d, &self.codebooks, shape, &mut codes);
+        let work = [n, self.k, self.d, self.stages]
+            .iter()
+            .fold(1usize, |p, &v| p.saturating_mul(v));
+        match b.run_on_host(work, run) {
+            Some(Ok(true)) => Ok(Some(codes)),
+            Some(Ok(false)) | None => Ok(None),
+            Some(Err(e)) => Err(e),
+        }
     }
 
     /// `x^_i = sum_s C_s[codes[i, s]]`.
@@ -559,4 +604,123 @@ fn shared_round<B: Backend>(
         km.step()?;
     }
     km.centroids()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::{CacheSizes, CpuBackend, Isa, block_rows};
+
+    fn model(d: usize, stages: usize, k: usize, seed: u64) -> Rvq {
+        // Each stage's codewords smaller than the last, as trained ones are.
+        let mut codebooks = Rng::new(seed).normal_vec(stages * k * d);
+        for (s, c) in codebooks.chunks_mut(k * d).enumerate() {
+            c.iter_mut().for_each(|v| *v *= 0.5f32.powi(s as i32));
+        }
+        Rvq {
+            d,
+            k,
+            stages,
+            shared: false,
+            beam: 1,
+            codebooks,
+        }
+    }
+
+    fn backends() -> Vec<CpuBackend> {
+        let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+        let supported = isas.into_iter().filter(|i| i.supported());
+        let threads = supported.flat_map(|i| [(1, i), (2, i)]);
+        threads
+            .map(|(t, i)| CpuBackend::with_isa(Some(t), i).unwrap())
+            .collect()
+    }
+
+    /// The blocked greedy encoder gives the loop per stage's codes bit for bit, on every
+    /// instruction set and thread count: codebooks that take the narrow, tall, few and
+    /// tiled kernels, one and several stages, row counts around the blocks' edges.
+    #[test]
+    fn blocked_greedy_codes_are_those_of_each_stage() {
+        let l2 = CacheSizes::detect().l2;
+        for (i, &(d, stages, k)) in [
+            (2, 3, 16),
+            (8, 4, 256),
+            (3, 2, 4),
+            (16, 1, 64),
+            (128, 3, 16),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let rq = model(d, stages, k, i as u64);
+            let block = block_rows(l2, d);
+            for n in [0, 1, 63, 65, block + 1, 2 * block + 5] {
+                let x = Rng::new(50 + n as u64).normal_vec(n * d);
+                let want = rq
+                    .encode_each(&CpuBackend::new(Some(1)).unwrap(), &x, n)
+                    .unwrap();
+                for b in backends() {
+                    let got = rq.encode(&b, &x, 1).unwrap();
+                    assert_eq!(
+                        got,
+                        want,
+                        "d {d} S {stages} k {k} n {n} {} {}",
+                        b.isa().as_str(),
+                        b.threads()
+                    );
+                }
+            }
+        }
+    }
+
+    fn errors(rq: &Rvq, x: &[f32]) -> Vec<String> {
+        let mut out = vec![];
+        for b in backends() {
+            let got = rq.encode(&b, x, 1).expect_err("an error").to_string();
+            let check = check_finite("points", x);
+            let each = check.and_then(|()| rq.encode_each(&b, x, x.len() / rq.d));
+            assert_eq!(got, each.expect_err("an error").to_string());
+            out.push(got);
+        }
+        out.dedup();
+        out
+    }
+
+    /// Where a value is not finite the loop per stage gives the error, in its order: a NaN
+    /// point, a bad codebook, an overflowing distance. (A residual cannot overflow unless a
+    /// distance of the stage before did.)
+    #[test]
+    fn blocked_greedy_errors_are_the_loops() {
+        let (d, stages, k) = (4, 3, 16);
+        let n = 2 * block_rows(CacheSizes::detect().l2, d) + 3;
+        let x = Rng::new(9).normal_vec(n * d);
+        let rq = model(d, stages, k, 1);
+        let mut nan = x.clone();
+        nan[(n - 1) * d + 2] = f32::NAN;
+        assert!(errors(&rq, &nan)[0].contains(&format!("index {}", (n - 1) * d + 2)));
+        let mut bad = model(d, stages, k, 1);
+        bad.codebooks[k * d + 3] = f32::INFINITY;
+        assert!(errors(&bad, &x)[0].contains("codebook"));
+        let mut big = x.clone();
+        big[(n - 3) * d + 1] = 1e30;
+        assert_eq!(
+            errors(&rq, &big),
+            [Error::Overflow { row: n - 3 }.to_string()]
+        );
+        // Fields that disagree are errors, not panics; so are stages without points checked.
+        let short = Rvq {
+            codebooks: vec![0.0; 7],
+            ..model(d, stages, k, 1)
+        };
+        for b in backends() {
+            assert!(short.encode(&b, &x, 1).is_err());
+            let none = Rvq {
+                stages: 0,
+                codebooks: vec![],
+                ..model(d, stages, k, 1)
+            };
+            assert_eq!(none.encode(&b, &x, 1).unwrap(), Vec::<u32>::new());
+            assert!(none.encode(&b, &nan, 1).is_err());
+        }
+    }
 }

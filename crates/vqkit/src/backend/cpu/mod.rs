@@ -13,13 +13,15 @@ pub mod gemm;
 mod isa;
 pub mod peak;
 mod product;
+mod residual;
 
 pub use cache::CacheSizes;
 pub use isa::{Isa, has_avx};
 
 #[cfg(test)]
 pub(crate) use product::block_rows;
-pub(crate) use product::product_codes;
+pub(crate) use product::{product_codes, size};
+pub(crate) use residual::residual_codes;
 
 pub(crate) use distance_argmin::{
     LANES, NARROW_K, exact_lane_scores, exact_scores, finished, pack_lanes, row_norms, sq_norm,

@@ -1,7 +1,7 @@
 //! A product quantizer's codes on the host: every sub-space's nearest codeword for each row,
 //! the rows in blocks.
 //!
-//! One full distance-argmin per sub-space (the device formulation, `Pvq::encode`'s loop)
+//! One full distance-argmin per sub-space (the device formulation, `Pvq::encode_each`)
 //! first copies that sub-space's columns out of every row, then scatters its codes into
 //! every row of the output: two passes over the data for each of M searches that, at
 //! k = 16, d / M = 2, take a microsecond per thousand rows. Here a task takes a block of rows
@@ -15,20 +15,20 @@ use crate::backend::{Shape, check_finite};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
-/// A task's buffers: one sub-space's columns of its rows, the codes of every sub-space
-/// (`skewed` apart), one search's distances.
 /// The distance between two sub-spaces' codes in [`Scratch`]: `len` rounded up to a cache
 /// line, plus one, so that the M columns read together when the codes go into rows (a
 /// power of two apart, they would share L1's sets) fall in different sets.
-fn skewed(len: usize) -> usize {
+pub(super) fn skewed(len: usize) -> usize {
     len.div_ceil(16) * 16 + 16
 }
 
+/// A task's buffers: one sub-space's columns of its rows (RVQ: the block's residuals), the
+/// codes of every sub-space or stage (`skewed` apart), one search's distances.
 #[derive(Default)]
-struct Scratch {
-    xs: Vec<f32>,
-    idx: Vec<u32>,
-    dist: Vec<f32>,
+pub(super) struct Scratch {
+    pub(super) xs: Vec<f32>,
+    pub(super) idx: Vec<u32>,
+    pub(super) dist: Vec<f32>,
 }
 
 /// Rows per task: the task's rows of x (read once for each sub-space) in half of L2, a
@@ -39,8 +39,8 @@ pub(crate) fn block_rows(l2: usize, d: usize) -> usize {
 }
 
 /// Columns `[s * ds, (s + 1) * ds)` of each row of `x` (rows of `d`) into `out`, row after
-/// row. Widths of 1 to 16 as fixed-size copies: a copy of `ds` floats whose length is
-/// not known is a call to `memcpy` per row.
+/// row. Widths of 1, 2, 4, 8 and 16 as fixed-size copies: a copy of `ds` floats whose
+/// length is not known is a call to `memcpy` per row.
 ///
 /// The task's block of rows is in L2 by then: its first sub-space reads it from memory,
 /// the others from L2. Splitting the block by sub-space in one pass, rows 16 at a time,
@@ -97,26 +97,14 @@ pub(crate) fn product_codes(
     }
     let ds = d / m;
     Shape::new(0, k, ds).validate()?;
-    super::check_len("codebooks", codebooks.len(), m * k * ds)?;
+    super::check_len(
+        "codebooks",
+        codebooks.len(),
+        size("codebooks", &[m, k, ds])?,
+    )?;
     let n = crate::ops::rows("points", x, d)?;
-    super::check_len("codes", codes.len(), n * m)?;
-    // Each sub-space's norms, as `assign_host` computes them; the first codebook whose
-    // norms are not all finite is searched for a NaN or an infinity, as there.
-    let mut norms = crate::resources::zeroed::<f32>("the codeword norms", m * k)?;
-    let mut bad_codebook = None;
-    for (s, (cb, nm)) in codebooks
-        .chunks_exact(k * ds)
-        .zip(norms.chunks_exact_mut(k))
-        .enumerate()
-    {
-        sq_norms(false, cb, ds, nm);
-        if !nm.iter().all(|v| v.is_finite())
-            && let Err(e) = check_finite("codebook", cb)
-        {
-            bad_codebook = Some((s, e));
-            break;
-        }
-    }
+    super::check_len("codes", codes.len(), size("codes", &[n, m])?)?;
+    let (norms, bad_codebook) = codebook_norms(codebooks, m, k, ds)?;
     // Sub-spaces past a bad codebook are never searched: its error comes first.
     let searched = bad_codebook.as_ref().map_or(m, |(s, _)| *s);
     let rows = block_rows(super::CacheSizes::detect().l2, d);
@@ -142,35 +130,98 @@ pub(crate) fn product_codes(
                 overflow = Some((s, t * rows + r));
             }
         }
-        // The codes, kept by sub-space, into rows: each sub-space's codes written into
-        // the rows after its search instead were 5% slower at M = 64, d / M = 2 (one
-        // thread, 5 alternating runs; the block's rows and codes then share L2).
-        for (s, col) in sc.idx.chunks(cstride).take(searched).enumerate() {
-            for (row, &c) in out.chunks_exact_mut(m).zip(col) {
-                row[s] = c;
-            }
-        }
+        codes_into_rows(&sc.idx, cstride, searched, out, m);
         Ok::<_, Error>(overflow)
     };
-    let found: Vec<Result<Option<(usize, usize)>>> = if parallel {
-        let blocks = codes.par_chunks_mut(rows * m).enumerate();
-        blocks.map_init(Scratch::default, task).collect()
-    } else {
-        let mut sc = Scratch::default();
-        let blocks = codes.chunks_mut(rows * m).enumerate();
-        blocks.map(|b| task(&mut sc, b)).collect()
-    };
-    let mut first: Option<(usize, usize)> = None;
-    for r in found {
-        if let Some(o) = r? {
-            first = Some(first.map_or(o, |f| f.min(o)));
-        }
-    }
+    let first = in_blocks(parallel, codes, rows * m, task)?
+        .into_iter()
+        .flatten()
+        .min();
     // An overflow is found only before a bad codebook's sub-space, so it comes first.
     if let Some((_, row)) = first {
         return Err(Error::Overflow { row });
     }
     bad_codebook.map_or(Ok(()), |(_, e)| Err(e))
+}
+
+/// The product of `dims`, or an error naming `what` where it overflows.
+pub(crate) fn size(what: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |p, &v| p.checked_mul(v))
+        .ok_or_else(|| {
+            Error::invalid(
+                what,
+                format!("{dims:?} elements overflow the address space"),
+            )
+        })
+}
+
+/// The first codebook with a NaN or an infinity, and [`check_finite`]'s error for it.
+pub(super) type BadCodebook = (usize, Error);
+
+/// Each codebook's norms (`m` of `k` codewords of `dc`), as `assign_host` computes them,
+/// and the first codebook whose norms are not all finite and that holds a NaN or an
+/// infinity, with [`check_finite`]'s error for it (its norms and those after it are not
+/// computed).
+pub(super) fn codebook_norms(
+    codebooks: &[f32],
+    m: usize,
+    k: usize,
+    dc: usize,
+) -> Result<(Vec<f32>, Option<BadCodebook>)> {
+    let mut norms = crate::resources::zeroed::<f32>("the codeword norms", m * k)?;
+    let chunks = codebooks
+        .chunks_exact(k * dc)
+        .zip(norms.chunks_exact_mut(k));
+    for (s, (cb, nm)) in chunks.enumerate() {
+        sq_norms(false, cb, dc, nm);
+        if !nm.iter().all(|v| v.is_finite())
+            && let Err(e) = check_finite("codebook", cb)
+        {
+            return Ok((norms, Some((s, e))));
+        }
+    }
+    Ok((norms, None))
+}
+
+/// `task(scratch, (block, codes of the block))` on each block of `block` codes, in
+/// parallel or in order, each thread's run of tasks sharing one [`Scratch`]; the results
+/// in block order, or the error of the first block that failed (whatever the threads).
+pub(super) fn in_blocks<T: Send>(
+    parallel: bool,
+    codes: &mut [u32],
+    block: usize,
+    task: impl Fn(&mut Scratch, (usize, &mut [u32])) -> Result<T> + Send + Sync,
+) -> Result<Vec<T>> {
+    let done: Vec<Result<T>> = if parallel {
+        let blocks = codes.par_chunks_mut(block).enumerate();
+        blocks.map_init(Scratch::default, task).collect()
+    } else {
+        let mut sc = Scratch::default();
+        let blocks = codes.chunks_mut(block).enumerate();
+        blocks.map(|b| task(&mut sc, b)).collect()
+    };
+    done.into_iter().collect()
+}
+
+/// Codes kept by codebook (`idx`, columns `cstride` apart) into rows of `m` (`out`), the
+/// first `searched` columns.
+///
+/// Each codebook's codes written into the rows after its search instead were 5% slower at
+/// M = 64, d / M = 2 (one thread, 5 alternating runs; the block's rows and codes then share
+/// L2).
+pub(super) fn codes_into_rows(
+    idx: &[u32],
+    cstride: usize,
+    searched: usize,
+    out: &mut [u32],
+    m: usize,
+) {
+    for (s, col) in idx.chunks(cstride).take(searched).enumerate() {
+        for (row, &c) in out.chunks_exact_mut(m).zip(col) {
+            row[s] = c;
+        }
+    }
 }
 
 #[cfg(test)]

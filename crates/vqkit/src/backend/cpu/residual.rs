@@ -1,0 +1,85 @@
+//! A residual quantizer's greedy codes on the host: each stage's nearest codeword to the
+//! residual of the stages before it, the rows in blocks.
+//!
+//! One full distance-argmin per stage (the device formulation, `Rvq::encode`'s loop) reads
+//! the whole residual from memory, then subtracts the codewords in a second pass that
+//! reads and writes it again, then scatters the stage's codes into every row. At k = 16,
+//! d = 128 those passes cost more than the search. Here a task copies a block of rows that
+//! stays in L2 and runs every stage on it: the search with the sequential
+//! `distance_argmin`, then the subtraction. x is read from memory once and the codes
+//! written once. The searches are the same `distance_argmin` on the same residuals,
+//! codebooks and norms, and each subtraction is the same `r -= c` per element: the same
+//! bits as the loop's, whatever the block and the thread count.
+
+use super::product::{
+    Scratch, block_rows, codebook_norms, codes_into_rows, in_blocks, size, skewed,
+};
+use super::{Isa, distance_argmin::distance_argmin};
+use crate::backend::Shape;
+use crate::error::Result;
+
+/// `codes[i * stages + s]` = the nearest of stage `s`'s `k` codewords (`codebooks`,
+/// (stages, k, d), row-major) to `x_i - sum_{t < s} C_t[codes[i * stages + t]]`.
+///
+/// Returns `Ok(false)`, the codes then unspecified, where a stage's codebook holds a NaN
+/// or an infinity or a residual's distance is not finite: from a NaN or an infinity in x,
+/// from finite values whose squares overflow, or from a residual that overflowed. The
+/// caller then runs the loop per stage, whose first error, in its order, is the answer. An
+/// `Err` is for what the loop would not meet (shapes, memory).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn residual_codes(
+    isa: Isa,
+    parallel: bool,
+    x: &[f32],
+    d: usize,
+    codebooks: &[f32],
+    (stages, k): (usize, usize),
+    codes: &mut [u32],
+) -> Result<bool> {
+    Shape::new(0, k, d).validate()?;
+    super::check_len(
+        "codebooks",
+        codebooks.len(),
+        size("codebooks", &[stages, k, d])?,
+    )?;
+    let n = crate::ops::rows("points", x, d)?;
+    super::check_len("codes", codes.len(), size("codes", &[n, stages])?)?;
+    if n == 0 {
+        return Ok(true);
+    }
+    // No stage searches the points, so none would flag a NaN among them.
+    if stages == 0 {
+        return Ok(false);
+    }
+    let (norms, bad_codebook) = codebook_norms(codebooks, stages, k, d)?;
+    if bad_codebook.is_some() {
+        return Ok(false);
+    }
+    let rows = block_rows(super::CacheSizes::detect().l2, d);
+    let task = |sc: &mut Scratch, (t, out): (usize, &mut [u32])| {
+        let len = out.len() / stages;
+        let cstride = skewed(len);
+        sc.xs.clear();
+        sc.xs.extend_from_slice(&x[t * rows * d..][..len * d]);
+        sc.idx.resize(stages * cstride, 0);
+        sc.dist.resize(len, 0.0);
+        let (r, dist) = (&mut sc.xs[..], &mut sc.dist[..len]);
+        for s in 0..stages {
+            let (cb, nm) = (&codebooks[s * k * d..][..k * d], &norms[s * k..][..k]);
+            let idx = &mut sc.idx[s * cstride..][..len];
+            distance_argmin(isa, false, r, cb, nm, Shape::new(len, k, d), idx, dist)?;
+            if !dist.iter().fold(true, |ok, v| ok & v.is_finite()) {
+                return Ok(false);
+            }
+            for (ri, &j) in r.chunks_exact_mut(d).zip(idx.iter()) {
+                for (a, &b) in ri.iter_mut().zip(&cb[j as usize * d..][..d]) {
+                    *a -= b;
+                }
+            }
+        }
+        codes_into_rows(&sc.idx, cstride, stages, out, stages);
+        Ok(true)
+    };
+    let done = in_blocks(parallel, codes, rows * stages, task)?;
+    Ok(done.into_iter().all(|ok| ok))
+}
