@@ -135,14 +135,16 @@ def codecs(what, reps, threads):
             ours = vqkit.ProductQuantizer(d, m, nbits, niter=10)
             ours.train(x[:20_000])
             theirs = faiss.ProductQuantizer(d, m, nbits)
-            faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.centroids)
+            books = np.ascontiguousarray(ours.codebooks).ravel()
+            faiss.copy_array_to_vector(books, theirs.centroids)
         else:
             ours = vqkit.ResidualQuantizer(d, m, nbits, niter=10)
             ours.train(x[:20_000])
             theirs = faiss.ResidualQuantizer(d, m, nbits)
             theirs.max_beam_size = 1  # greedy, as vqkit's default beam
             theirs.train(x[:20_000])  # then its codebooks replaced by vqkit's
-            faiss.copy_array_to_vector(np.ascontiguousarray(ours.codebooks).ravel(), theirs.codebooks)
+            books = np.ascontiguousarray(ours.codebooks).ravel()
+            faiss.copy_array_to_vector(books, theirs.codebooks)
             theirs.compute_codebook_tables()
         ours.compute_codes(x[:1000]), theirs.compute_codes(x[:1000])  # warm: pools, pages
         tf, tv = [], []
@@ -158,7 +160,8 @@ def codecs(what, reps, threads):
         if what == "pq":
             differ = f"{int(np.sum(cv != cf))} of {cv.size} codes differ"
         else:  # FAISS's RQ codes are bit-packed: compare reconstructions
-            mse = [float(np.mean(np.sum((x - r) ** 2, axis=1))) for r in (theirs.decode(cf), ours.decode(cv))]
+            mse = [float(np.mean(np.sum((x - r) ** 2, axis=1)))
+                   for r in (theirs.decode(cf), ours.decode(cv))]
             differ = f"MSE {mse[0]:.4f} (FAISS) and {mse[1]:.4f}"
         f, v = median_ms(tf), median_ms(tv)
         name = "PQ" if what == "pq" else "RQ (greedy)"
@@ -295,7 +298,8 @@ def layer(reps, threads):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="+", choices=["overhead", "calls", "pq", "rq", "kmeans", "ema", "layer"])
+    ap.add_argument("what", nargs="+",
+                    choices=["overhead", "calls", "pq", "rq", "kmeans", "ema", "layer"])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--k", type=int, default=1024)
