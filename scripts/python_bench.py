@@ -155,14 +155,13 @@ def codecs(what, reps, threads):
             t = time.perf_counter()
             cv = ours.compute_codes(x)
             tv.append(time.perf_counter() - t)
-        if what == "pq" and nbits == 4:  # FAISS packs two codes a byte, the first in the low half
+        if nbits == 4:  # FAISS packs two codes a byte, the first in the low half
             cf = np.stack([cf & 15, cf >> 4], axis=2).reshape(n, m)
-        if what == "pq":
-            differ = f"{int(np.sum(cv != cf))} of {cv.size} codes differ"
-        else:  # FAISS's RQ codes are bit-packed: compare reconstructions
+        differ = f"{int(np.sum(cv != cf))} of {cv.size} codes differ"
+        if what == "rq":
             mse = [float(np.mean(np.sum((x - r) ** 2, axis=1)))
-                   for r in (theirs.decode(cf), ours.decode(cv))]
-            differ = f"MSE {mse[0]:.4f} (FAISS) and {mse[1]:.4f}"
+                   for r in (theirs.decode(theirs.compute_codes(x)), ours.decode(cv))]
+            differ += f"; MSE {mse[0]:.4f} (FAISS) and {mse[1]:.4f}"
         f, v = median_ms(tf), median_ms(tv)
         name = "PQ" if what == "pq" else "RQ (greedy)"
         print(f"| {name} compute_codes n={n} d={d} M={m} nbits={nbits}, {threads} threads "

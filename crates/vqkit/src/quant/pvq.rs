@@ -270,10 +270,9 @@ mod tests {
                     continue;
                 }
                 let x = Rng::new(100 + n as u64).normal_vec(n * d);
-                let want = pq
-                    .encode_each(&CpuBackend::new(Some(1)).unwrap(), &x, n)
-                    .unwrap();
                 for b in backends() {
+                    // Bit for bit on each instruction set: scores fold or not by ISA.
+                    let want = pq.encode_each(&b, &x, n).unwrap();
                     let got = pq.encode(&b, &x).unwrap();
                     assert_eq!(
                         got,
@@ -282,7 +281,6 @@ mod tests {
                         b.isa().as_str(),
                         b.threads()
                     );
-                    assert_eq!(pq.encode_each(&b, &x, n).unwrap(), want);
                 }
             }
         }

@@ -288,12 +288,15 @@ impl Rvq {
     ///
     /// Greedy on a backend whose memory is the host's (the CPU), in blocks of rows, every
     /// stage run while a block is in cache (`residual_codes`): the codes and errors of the
-    /// loop per stage (see docs/performance.md).
+    /// loop per stage (see docs/performance.md). A model whose fields disagree (k = 0,
+    /// codebooks of another length than (stages, k, d)) is refused before the points are
+    /// read; then come the points' errors, then the beam's.
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
         Shape::new(0, self.k, self.d).validate()?;
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
         if beam == 0 {
+            check_input(x, self.d)?;
             return Err(Error::invalid("beam", "must be at least 1"));
         }
         if beam == 1 {
@@ -656,10 +659,9 @@ mod tests {
             let block = block_rows(l2, d);
             for n in [0, 1, 63, 65, block + 1, 2 * block + 5] {
                 let x = Rng::new(50 + n as u64).normal_vec(n * d);
-                let want = rq
-                    .encode_each(&CpuBackend::new(Some(1)).unwrap(), &x, n)
-                    .unwrap();
                 for b in backends() {
+                    // Bit for bit on each instruction set: scores fold or not by ISA.
+                    let want = rq.encode_each(&b, &x, n).unwrap();
                     let got = rq.encode(&b, &x, 1).unwrap();
                     assert_eq!(
                         got,
@@ -701,6 +703,19 @@ mod tests {
         let mut bad = model(d, stages, k, 1);
         bad.codebooks[k * d + 3] = f32::INFINITY;
         assert!(errors(&bad, &x)[0].contains("codebook"));
+        // No points: the codebook is still checked, as `ops::assign` checks it.
+        assert!(errors(&bad, &[])[0].contains("codebook"));
+        // A beam of 0 after the points' errors.
+        for b in backends() {
+            let e = bad.encode(&b, &nan, 0).unwrap_err().to_string();
+            assert!(e.contains("points"), "{e}");
+            assert!(
+                rq.encode(&b, &x, 0)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("beam")
+            );
+        }
         let mut big = x.clone();
         big[(n - 3) * d + 1] = 1e30;
         assert_eq!(

@@ -102,7 +102,9 @@ pub(crate) fn product_codes(
         codebooks.len(),
         size("codebooks", &[m, k, ds])?,
     )?;
-    let n = crate::ops::rows("points", x, d)?;
+    // Whole rows (the callers have said so with `ops::rows`'s error).
+    let n = x.len() / d;
+    super::check_len("points", x.len(), n * d)?;
     super::check_len("codes", codes.len(), size("codes", &[n, m])?)?;
     let (norms, bad_codebook) = codebook_norms(codebooks, m, k, ds)?;
     // Sub-spaces past a bad codebook are never searched: its error comes first.

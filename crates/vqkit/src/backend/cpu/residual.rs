@@ -1,7 +1,7 @@
 //! A residual quantizer's greedy codes on the host: each stage's nearest codeword to the
 //! residual of the stages before it, the rows in blocks.
 //!
-//! One full distance-argmin per stage (the device formulation, `Rvq::encode`'s loop) reads
+//! One full distance-argmin per stage (the device formulation, `Rvq::encode_each`) reads
 //! the whole residual from memory, then subtracts the codewords in a second pass that
 //! reads and writes it again, then scatters the stage's codes into every row. At k = 16,
 //! d = 128 those passes cost more than the search. Here a task copies a block of rows that
@@ -26,7 +26,6 @@ use crate::error::Result;
 /// from finite values whose squares overflow, or from a residual that overflowed. The
 /// caller then runs the loop per stage, whose first error, in its order, is the answer. An
 /// `Err` is for what the loop would not meet (shapes, memory).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn residual_codes(
     isa: Isa,
     parallel: bool,
@@ -42,11 +41,10 @@ pub(crate) fn residual_codes(
         codebooks.len(),
         size("codebooks", &[stages, k, d])?,
     )?;
-    let n = crate::ops::rows("points", x, d)?;
+    // Whole rows (the callers have said so with `ops::rows`'s error).
+    let n = x.len() / d;
+    super::check_len("points", x.len(), n * d)?;
     super::check_len("codes", codes.len(), size("codes", &[n, stages])?)?;
-    if n == 0 {
-        return Ok(true);
-    }
     // No stage searches the points, so none would flag a NaN among them.
     if stages == 0 {
         return Ok(false);
@@ -70,6 +68,10 @@ pub(crate) fn residual_codes(
             distance_argmin(isa, false, r, cb, nm, Shape::new(len, k, d), idx, dist)?;
             if !dist.iter().fold(true, |ok, v| ok & v.is_finite()) {
                 return Ok(false);
+            }
+            // The last stage's residuals are not read.
+            if s + 1 == stages {
+                break;
             }
             for (ri, &j) in r.chunks_exact_mut(d).zip(idx.iter()) {
                 for (a, &b) in ri.iter_mut().zip(&cb[j as usize * d..][..d]) {
