@@ -20,6 +20,8 @@ pub mod pca;
 pub mod pvq;
 pub mod rvq;
 mod seeding;
+#[cfg(test)]
+mod test_support;
 pub mod vq;
 
 use crate::error::{Error, Result};

@@ -220,7 +220,8 @@ impl Pvq {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CacheSizes, CpuBackend, Isa, block_rows};
+    use crate::backend::cpu::{CacheSizes, CpuBackend, block_rows};
+    use crate::quant::test_support::{cpu_backends, same_errors};
     use crate::rng::Rng;
 
     fn model(d: usize, m: usize, k: usize, seed: u64) -> Pvq {
@@ -230,15 +231,6 @@ mod tests {
             k,
             codebooks: Rng::new(seed).normal_vec(k * d),
         }
-    }
-
-    fn backends() -> Vec<CpuBackend> {
-        let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
-        let supported = isas.into_iter().filter(|i| i.supported());
-        let threads = supported.flat_map(|i| [(1, i), (2, i)]);
-        threads
-            .map(|(t, i)| CpuBackend::with_isa(Some(t), i).unwrap())
-            .collect()
     }
 
     /// The blocked host encoder gives the codes of one search per sub-space, bit for bit, on
@@ -270,7 +262,7 @@ mod tests {
                     continue;
                 }
                 let x = Rng::new(100 + n as u64).normal_vec(n * d);
-                for b in backends() {
+                for b in cpu_backends() {
                     // Bit for bit on each instruction set: scores fold or not by ISA.
                     let want = pq.encode_each(&b, &x, n).unwrap();
                     let got = pq.encode(&b, &x).unwrap();
@@ -287,16 +279,8 @@ mod tests {
     }
 
     fn errors(pq: &Pvq, x: &[f32]) -> Vec<String> {
-        let mut out = vec![];
-        for b in backends() {
-            let got = pq.encode(&b, x).expect_err("an error").to_string();
-            let check = super::check_finite("points", x);
-            let each = check.and_then(|()| pq.encode_each(&b, x, x.len() / pq.d));
-            assert_eq!(got, each.expect_err("an error").to_string());
-            out.push(got);
-        }
-        out.dedup();
-        out
+        let each = |b: &CpuBackend| pq.encode_each(b, x, x.len() / pq.d);
+        same_errors(x, |b| pq.encode(b, x), each)
     }
 
     /// The first error of the searches per sub-space, in their order: a NaN or an infinity
@@ -347,13 +331,13 @@ mod tests {
             codebooks: vec![0.0; 5],
             ..model(d, m, k, 1)
         };
-        for b in backends() {
+        for b in cpu_backends() {
             assert!(short.encode(&b, &x).is_err());
         }
         let ragged = Pvq {
             m: 3,
             ..model(d, m, k, 1)
         };
-        assert!(ragged.encode(&backends()[0], &x).is_err());
+        assert!(ragged.encode(&cpu_backends()[0], &x).is_err());
     }
 }

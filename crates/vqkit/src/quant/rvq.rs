@@ -612,7 +612,8 @@ fn shared_round<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CacheSizes, CpuBackend, Isa, block_rows};
+    use crate::backend::cpu::{CacheSizes, CpuBackend, block_rows};
+    use crate::quant::test_support::{cpu_backends, same_errors};
 
     fn model(d: usize, stages: usize, k: usize, seed: u64) -> Rvq {
         // Each stage's codewords smaller than the last, as trained ones are.
@@ -628,15 +629,6 @@ mod tests {
             beam: 1,
             codebooks,
         }
-    }
-
-    fn backends() -> Vec<CpuBackend> {
-        let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
-        let supported = isas.into_iter().filter(|i| i.supported());
-        let threads = supported.flat_map(|i| [(1, i), (2, i)]);
-        threads
-            .map(|(t, i)| CpuBackend::with_isa(Some(t), i).unwrap())
-            .collect()
     }
 
     /// The blocked greedy encoder gives the loop per stage's codes bit for bit, on every
@@ -659,7 +651,7 @@ mod tests {
             let block = block_rows(l2, d);
             for n in [0, 1, 63, 65, block + 1, 2 * block + 5] {
                 let x = Rng::new(50 + n as u64).normal_vec(n * d);
-                for b in backends() {
+                for b in cpu_backends() {
                     // Bit for bit on each instruction set: scores fold or not by ISA.
                     let want = rq.encode_each(&b, &x, n).unwrap();
                     let got = rq.encode(&b, &x, 1).unwrap();
@@ -676,16 +668,8 @@ mod tests {
     }
 
     fn errors(rq: &Rvq, x: &[f32]) -> Vec<String> {
-        let mut out = vec![];
-        for b in backends() {
-            let got = rq.encode(&b, x, 1).expect_err("an error").to_string();
-            let check = check_finite("points", x);
-            let each = check.and_then(|()| rq.encode_each(&b, x, x.len() / rq.d));
-            assert_eq!(got, each.expect_err("an error").to_string());
-            out.push(got);
-        }
-        out.dedup();
-        out
+        let each = |b: &CpuBackend| rq.encode_each(b, x, x.len() / rq.d);
+        same_errors(x, |b| rq.encode(b, x, 1), each)
     }
 
     /// Where a value is not finite the loop per stage gives the error, in its order: a NaN
@@ -706,7 +690,7 @@ mod tests {
         // No points: the codebook is still checked, as `ops::assign` checks it.
         assert!(errors(&bad, &[])[0].contains("codebook"));
         // A beam of 0 after the points' errors.
-        for b in backends() {
+        for b in cpu_backends() {
             let e = bad.encode(&b, &nan, 0).unwrap_err().to_string();
             assert!(e.contains("points"), "{e}");
             assert!(
@@ -727,7 +711,7 @@ mod tests {
             codebooks: vec![0.0; 7],
             ..model(d, stages, k, 1)
         };
-        for b in backends() {
+        for b in cpu_backends() {
             assert!(short.encode(&b, &x, 1).is_err());
             let none = Rvq {
                 stages: 0,
