@@ -12,7 +12,7 @@ alternating the two sides, medians.
             M x nbits in 16 x 8, 32 x 8, 64 x 4, 32 x 4; how many codes differ
   rq        the same for vqkit.ResidualQuantizer (greedy, its default) against
             faiss.ResidualQuantizer with max_beam_size = 1, M x nbits in 8 x 8, 4 x 4, 16 x 4;
-            both reconstructions' MSE
+            both reconstructions' MSE; for both, decode (each side its own codes) too
   kmeans    vqkit.Kmeans.train against faiss.Kmeans.train on real vectors (Fashion-MNIST
             train images, d = 784), same threads and iterations; objectives of both
   ema       vqkit.ema_update on NumPy arrays against the same step in PyTorch ops (bincount,
@@ -26,7 +26,7 @@ Install the release build first (`pip install ./crates/vqkit-python`, plus faiss
 torch, vector-quantize-pytorch) and build the CLI (`cargo build --release`):
 
     python3 scripts/python_bench.py overhead kmeans ema layer --reps 5
-    python3 scripts/python_bench.py pq rq --reps 5 --threads 2
+    OPENBLAS_NUM_THREADS=1 python3 scripts/python_bench.py pq rq --reps 5 --threads 2
     OPENBLAS_NUM_THREADS=1 taskset -c 1 python3 scripts/python_bench.py calls --threads 1
 """
 
@@ -166,6 +166,19 @@ def codecs(what, reps, threads):
         name = "PQ" if what == "pq" else "RQ (greedy)"
         print(f"| {name} compute_codes n={n} d={d} M={m} nbits={nbits}, {threads} threads "
               f"| {f:.1f} ms | {v:.1f} ms | {f / v:.2f}x | ({differ})")
+        # Each side decodes its own codes (the same codes but for the few that differ).
+        cf_packed = theirs.compute_codes(x)
+        tf, tv = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            theirs.decode(cf_packed)
+            tf.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            ours.decode(cv)
+            tv.append(time.perf_counter() - t)
+        f, v = median_ms(tf), median_ms(tv)
+        print(f"| {name} decode n={n} d={d} M={m} nbits={nbits}, {threads} threads "
+              f"| {f:.1f} ms | {v:.1f} ms | {f / v:.2f}x | |")
 
 
 def ema(reps, threads):

@@ -406,7 +406,8 @@ impl PyModel {
             k,
         )?;
         let model = &self.model;
-        let out = py.detach(|| model.decode(&c)).map_err(to_py)?;
+        // On a pool of `set_num_threads`'s size, which the decoders' rayon loops then use.
+        let out = crate::run::compute(py, move || model.decode(&c))?;
         PyArray1::from_vec(py, out).reshape([shape[0], self.model.d()])
     }
 
