@@ -384,31 +384,39 @@ impl PyModel {
         PyArray1::from_vec(py, codes).reshape([n, w])
     }
 
-    /// Reconstructions (n, d) float32 from int64 codes (n, width).
+    /// Reconstructions (n, d) float32 from codes (n, width), uint32 (read in place; the
+    /// package passes unsigned codes of up to 32 bits so) or int64.
     fn decode<'py>(
         &self,
         py: Python<'py>,
-        codes: PyReadonlyArray2<'py, i64>,
+        codes: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (w, k) = self.model.code_shape();
-        let shape = codes.shape();
-        if shape[1] != w {
-            return Err(VqkitError::new_err(format!(
-                "codes: expected {w} codes per vector for this {} model, got {}",
-                self.model.kind(),
-                shape[1]
-            )));
-        }
-        let c = codes_u32(
-            codes
-                .as_slice()
-                .map_err(|e| VqkitError::new_err(format!("codes: {e}")))?,
-            k,
-        )?;
+        let check = |shape: &[usize]| {
+            if shape[1] != w {
+                return Err(VqkitError::new_err(format!(
+                    "codes: expected {w} codes per vector for this {} model, got {}",
+                    self.model.kind(),
+                    shape[1]
+                )));
+            }
+            Ok(shape[0])
+        };
+        let slice_err = |e: numpy::AsSliceError| VqkitError::new_err(format!("codes: {e}"));
         let model = &self.model;
         // On a pool of `set_num_threads`'s size, which the decoders' rayon loops then use.
-        let out = crate::run::compute(py, move || model.decode(&c))?;
-        PyArray1::from_vec(py, out).reshape([shape[0], self.model.d()])
+        // uint32 codes are read where they are; the decoder checks their range.
+        let (n, out) = if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
+            let n = check(c.shape())?;
+            let c = c.as_slice().map_err(slice_err)?;
+            (n, crate::run::compute(py, move || model.decode(c))?)
+        } else {
+            let c = codes.extract::<PyReadonlyArray2<'py, i64>>()?;
+            let n = check(c.shape())?;
+            let c = codes_u32(c.as_slice().map_err(slice_err)?, k)?;
+            (n, crate::run::compute(py, move || model.decode(&c))?)
+        };
+        PyArray1::from_vec(py, out).reshape([n, self.model.d()])
     }
 
     /// Per stage (RQ, AQ: after codebooks 0..=s; PQ: sub-space s): `mse`,

@@ -238,6 +238,19 @@ def test_bad_codes_raise(blobs):
         rq.decode(np.zeros((3, 3), np.int64))
     with pytest.raises(vqkit.VqkitError, match="integers"):
         rq.decode(np.zeros((3, 2), np.float32))
+    # Unsigned codes go to Rust as uint32, read in place: the same checks (the "row" is
+    # the code's flat index, as for int64), the same result.
+    for dtype in (np.uint8, np.uint16, np.uint32, np.int64):
+        with pytest.raises(vqkit.VqkitError, match="code 16 at row 2 is out of range"):
+            rq.decode(np.array([[0, 1], [16, 0]], dtype))
+        with pytest.raises(vqkit.VqkitError, match="2 codes per vector"):
+            rq.decode(np.zeros((3, 3), dtype))
+    codes = rq.compute_codes(blobs[:300])
+    assert codes.dtype == np.uint8
+    want = rq.decode(codes.astype(np.int64))
+    np.testing.assert_array_equal(rq.decode(codes), want)
+    np.testing.assert_array_equal(rq.decode(np.asfortranarray(codes)), want)
+    np.testing.assert_array_equal(rq.decode(codes[::2]), want[::2])
 
 
 def test_missing_and_corrupt_model_files_raise(tmp_path, blobs):

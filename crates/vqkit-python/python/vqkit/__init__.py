@@ -104,7 +104,10 @@ def _codes(codes: ArrayLike, width: int) -> np.ndarray:
         raise VqkitError(f"codes must be a 2-D array (n, {width}); got shape {c.shape}")
     if c.dtype.kind not in "iu":
         raise VqkitError(f"codes have dtype {c.dtype}; expected integers")
-    return np.require(c, dtype=np.int64, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    # Unsigned codes of up to 32 bits (compute_codes's) go as uint32, read in place: int64
+    # was a copy twice their size, then another to u32 in Rust.
+    wide = np.uint32 if c.dtype.kind == "u" and c.dtype.itemsize <= 4 else np.int64
+    return np.require(c, dtype=wide, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _code_dtype(nbits: int) -> np.dtype:
