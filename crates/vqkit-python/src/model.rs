@@ -392,7 +392,14 @@ impl PyModel {
         codes: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (w, k) = self.model.code_shape();
-        let check = |shape: &[usize]| {
+        let check = |shape: &[usize], c_order: bool| {
+            // `as_slice` takes Fortran order too, and would read the codes transposed.
+            if !c_order {
+                return Err(VqkitError::new_err(
+                    "codes must be C-contiguous (vqkit's Python functions convert them; this \
+                     is the low-level module)",
+                ));
+            }
             if shape[1] != w {
                 return Err(VqkitError::new_err(format!(
                     "codes: expected {w} codes per vector for this {} model, got {}",
@@ -405,14 +412,15 @@ impl PyModel {
         let slice_err = |e: numpy::AsSliceError| VqkitError::new_err(format!("codes: {e}"));
         let model = &self.model;
         // On a pool of `set_num_threads`'s size, which the decoders' rayon loops then use.
-        // uint32 codes are read where they are; the decoder checks their range.
+        // uint32 codes are read where they are, without the GIL, as `matrix` reads points:
+        // no other thread may write them during the call. The decoder checks their range.
         let (n, out) = if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
-            let n = check(c.shape())?;
+            let n = check(c.shape(), c.is_c_contiguous())?;
             let c = c.as_slice().map_err(slice_err)?;
             (n, crate::run::compute(py, move || model.decode(c))?)
         } else {
             let c = codes.extract::<PyReadonlyArray2<'py, i64>>()?;
-            let n = check(c.shape())?;
+            let n = check(c.shape(), c.is_c_contiguous())?;
             let c = codes_u32(c.as_slice().map_err(slice_err)?, k)?;
             (n, crate::run::compute(py, move || model.decode(&c))?)
         };

@@ -251,6 +251,11 @@ def test_bad_codes_raise(blobs):
     np.testing.assert_array_equal(rq.decode(codes), want)
     np.testing.assert_array_equal(rq.decode(np.asfortranarray(codes)), want)
     np.testing.assert_array_equal(rq.decode(codes[::2]), want[::2])
+    # The low-level module refuses Fortran order rather than read the codes transposed.
+    square = np.asfortranarray(np.zeros((2, 2), np.uint32))
+    for c in (square, square.astype(np.int64, order="F")):
+        with pytest.raises(vqkit.VqkitError, match="C-contiguous"):
+            rq.model.decode(c)
 
 
 def test_missing_and_corrupt_model_files_raise(tmp_path, blobs):

@@ -204,7 +204,8 @@ impl Pvq {
     /// Reconstructions (n, d) of codes (n, m), row-major: each code's codeword copied into
     /// its sub-vector. (A last row of fewer than m codes gives as many sub-vectors.)
     ///
-    /// Rows in blocks on rayon's current pool, codewords of 1, 2, 4, 8 and 16 floats as
+    /// Rows in blocks on rayon's current pool (called outside one, rayon's global pool: every
+    /// core, whatever a backend's thread count), codewords of 1, 2, 4, 8 and 16 floats as
     /// fixed-size copies: a copy per code through `extend_from_slice`, on one thread, took
     /// five times FAISS's `decode` at n = 200,000, M = 64, k = 16 (docs/performance.md).
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {

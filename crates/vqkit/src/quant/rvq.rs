@@ -358,8 +358,9 @@ impl Rvq {
     }
 
     /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in stage order (the same bits as stage
-    /// after stage over all rows), rows in blocks on rayon's current pool. (A last row of
-    /// fewer than `stages` codes is dropped.)
+    /// after stage over all rows), rows in blocks on rayon's current pool (called outside
+    /// one, rayon's global pool: every core). (A last row of fewer than `stages` codes is
+    /// dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
         check_codes(codes, self.k)?;
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
