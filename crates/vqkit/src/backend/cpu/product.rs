@@ -79,7 +79,6 @@ fn gather(x: &[f32], d: usize, s: usize, ds: usize, out: &mut [f32]) {
 /// point makes its distance in that sub-space not finite too (as `flags_non_finite_points`
 /// says of the CPU's distance-argmin), so the caller need not read x for one first: on an
 /// error, [`check_finite`] of the points says whether one was the cause.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn product_codes(
     isa: Isa,
     parallel: bool,
