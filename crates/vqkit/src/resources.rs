@@ -137,14 +137,14 @@ fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
     #[cfg(target_os = "linux")]
     if bytes >= HUGE_PAGE_MIN_BYTES {
         const HUGE: usize = 2 << 20;
+        // So that the range holds at least one whole extent: end > start below.
+        const { assert!(HUGE_PAGE_MIN_BYTES >= 2 * HUGE) };
         let start = (ptr as usize).next_multiple_of(HUGE);
         let end = (ptr as usize + bytes) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: [start, end) lies within the allocation just made (page-aligned,
-            // as madvise requires); the advice changes no byte of it.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
+        // SAFETY: [start, end) lies within the allocation just made (page-aligned, as
+        // madvise requires, and not empty); the advice changes no byte of it.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
         }
     }
     #[cfg(not(target_os = "linux"))]
@@ -189,8 +189,7 @@ mod tests {
             assert_eq!((v[0], v[len - 1]), (2.0, 1.0));
         }
         // The advice on written memory, on a range that starts one byte past a 2 MiB
-        // boundary (rounded in to the next), changes no byte. (Any range of 4 MiB or more
-        // holds a whole 2 MiB extent, so `end > start` is a guard only.)
+        // boundary (rounded in to the next), changes no byte.
         let mut big = vec![1u8; 8 << 20];
         let base = big.as_mut_ptr() as usize;
         let off = base.next_multiple_of(2 << 20) - base + 1;

@@ -7,9 +7,7 @@ use crate::error::Result;
 
 /// A CPU backend for each instruction set this CPU has, at one thread and at two.
 pub(crate) fn cpu_backends() -> Vec<CpuBackend> {
-    let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
-    let supported = isas.into_iter().filter(|i| i.supported());
-    let threads = supported.flat_map(|i| [(1, i), (2, i)]);
+    let threads = Isa::available().into_iter().flat_map(|i| [(1, i), (2, i)]);
     threads
         .map(|(t, i)| CpuBackend::with_isa(Some(t), i).unwrap())
         .collect()
