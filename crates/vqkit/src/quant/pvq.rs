@@ -12,7 +12,7 @@ use super::kmeans::{Init, KMeans, KMeansConfig};
 use super::model_io::TensorFile;
 use super::{check_training, sub_seed};
 use crate::backend::Shape;
-use crate::backend::cpu::{product_codes, size};
+use crate::backend::cpu::{DECODE_ROWS, product_codes, size};
 use crate::backend::{Backend, check_finite};
 use crate::error::{Error, Result};
 use crate::ops::{assign, check_codes, rows};
@@ -69,9 +69,6 @@ pub struct Pvq {
     /// (m, k, d / m), row-major.
     pub codebooks: Vec<f32>,
 }
-
-/// Rows per task of the decoders (PQ's, RQ's).
-pub(crate) const DECODE_ROWS: usize = 256;
 
 /// [`Pvq::decode`] for codewords of `W` floats: `out`'s rows of `m * W` from `codes`' rows
 /// of `m`, sub-space `s`'s codebook at `codebooks[s * sz..]`.

@@ -26,9 +26,8 @@
 use super::kmeans::{Init, IterLog, KMeans, KMeansConfig, subsample};
 use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
-use super::pvq::DECODE_ROWS;
 use super::{check_input, check_training, code_stats, mean_sq_norm, sub_seed};
-use crate::backend::cpu::{residual_codes, size};
+use crate::backend::cpu::{Isa, residual_codes, residual_decode, size};
 use crate::backend::{Backend, Shape, check_finite};
 use crate::error::{Error, Result};
 use crate::ops::{DeviceKMeans, assign, check_codes, rows};
@@ -365,35 +364,21 @@ impl Rvq {
         check_codes(codes, self.k)?;
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
-        let (d, stages, sz) = (self.d, self.stages, self.k * self.d);
+        let (d, stages) = (self.d, self.stages);
         if stages == 0 {
             return Ok(Vec::new());
         }
         let n = codes.len() / stages;
         let len = size("the reconstructions", &[n, d])?;
         let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        let block = DECODE_ROWS;
-        out.par_chunks_mut((block * d).max(1))
-            .zip(codes.par_chunks(block * stages))
-            .for_each(|(o, c)| {
-                for (o, c) in o.chunks_exact_mut(d).zip(c.chunks_exact(stages)) {
-                    let word = |s: usize| &self.codebooks[s * sz + c[s] as usize * d..][..d];
-                    // Written before it is read: `+=` on the allocator's untouched zero pages
-                    // first mapped the shared zero page, then took a copy-on-write fault
-                    // whose TLB flush interrupted the other threads. On 2 threads that took
-                    // 189 ms against 105 for the one-thread loop before it
-                    // (`vqkit.ResidualQuantizer(128, 4, 4).decode`, 200,000 rows, the
-                    // median of 10 calls; `perf`: 59% of samples in the flush's IPIs).
-                    for (v, &w) in o.iter_mut().zip(word(0)) {
-                        *v = 0.0 + w;
-                    }
-                    for s in 1..stages {
-                        for (v, &w) in o.iter_mut().zip(word(s)) {
-                            *v += w;
-                        }
-                    }
-                }
-            });
+        let shape = (stages, self.k, d);
+        residual_decode(
+            Isa::detect(),
+            &self.codebooks,
+            shape,
+            &codes[..n * stages],
+            &mut out,
+        )?;
         Ok(out)
     }
 
@@ -636,7 +621,7 @@ fn shared_round<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CacheSizes, CpuBackend, block_rows};
+    use crate::backend::cpu::{CacheSizes, CpuBackend, DECODE_ROWS, block_rows};
     use crate::quant::test_support::{cpu_backends, same_errors};
 
     fn model(d: usize, stages: usize, k: usize, seed: u64) -> Rvq {
@@ -691,12 +676,23 @@ mod tests {
         }
     }
 
-    /// The blocked decoder against stage after stage over all rows, bit for bit, with a
-    /// codeword of -0.0 (0 + -0 is +0: the sum starts from zero), rows around the blocks'
-    /// edges and a dropped partial row.
+    /// The blocked decoder against stage after stage over all rows, bit for bit, on every
+    /// instruction set, with a codeword of -0.0 (0 + -0 is +0: the sum starts from zero),
+    /// rows around the blocks' edges, a dropped partial row, and widths around the columns
+    /// summed in registers at a time (64).
     #[test]
     fn decode_adds_stage_after_stage() {
-        for (d, stages, k) in [(1, 1, 2), (3, 2, 5), (128, 4, 16), (8, 8, 256)] {
+        let shapes = [
+            (1, 1, 2),
+            (3, 2, 5),
+            (63, 3, 7),
+            (64, 2, 4),
+            (65, 3, 4),
+            (128, 4, 16),
+            (8, 8, 256),
+            (130, 2, 3),
+        ];
+        for (d, stages, k) in shapes {
             let mut rq = model(d, stages, k, d as u64);
             rq.codebooks[0] = -0.0;
             for n in [0, 1, DECODE_ROWS - 1, DECODE_ROWS + 1, 2 * DECODE_ROWS + 3] {
@@ -723,6 +719,12 @@ mod tests {
                 let got = rq.decode(&codes).unwrap();
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&want), "d {d} S {stages} n {n}");
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; n * d];
+                    let rows = &codes[..n * stages];
+                    residual_decode(isa, &rq.codebooks, (stages, k, d), rows, &mut got).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{isa:?} d {d} S {stages} n {n}");
+                }
             }
         }
         let rq = model(2, 2, 3, 0);

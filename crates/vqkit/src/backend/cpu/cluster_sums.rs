@@ -20,6 +20,7 @@
 //! of whole rows only where its streamed accumulators would exceed twice L2 (see
 //! [`GATHER_ACC_BYTES`]).
 
+use super::isa::{IsaLoop, in_isa};
 use rayon::prelude::*;
 
 /// Columns per parallel task: whole 64-byte lines of f32.
@@ -705,40 +706,6 @@ enum Rows<'a> {
     Range(usize, usize),
     /// Those of a bucket, or those a compact task picked out of its chunk (ascending).
     Bucket(&'a [usize]),
-}
-
-/// A loop run in the build of the reduction's instruction set ([`in_isa`]): its `body` is
-/// `#[inline(always)]`, and so is every method it calls (a closure or method the compiler
-/// keeps apart is compiled for the baseline, SSE2, whatever its caller's build).
-trait IsaLoop<A> {
-    fn body(&self, a: A);
-}
-
-/// `l.body(a)` compiled for `isa`. For the accumulation, AVX-512 does 8 widening converts
-/// and adds per 64-byte line where SSE2 does 4 of each per 16 bytes, so the core runs far
-/// enough ahead to keep memory busy.
-fn in_isa<A, L: IsaLoop<A>>(isa: super::Isa, l: &L, a: A) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-        super::Isa::Avx512 => unsafe { in_avx512(l, a) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        super::Isa::Avx2 => unsafe { in_avx2(l, a) },
-        _ => l.body(a),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn in_avx512<A, L: IsaLoop<A>>(l: &L, a: A) {
-    l.body(a)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn in_avx2<A, L: IsaLoop<A>>(l: &L, a: A) {
-    l.body(a)
 }
 
 impl IsaLoop<&mut [f64]> for Accumulate<'_> {
