@@ -3,7 +3,7 @@
 use super::Common;
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::rows::RowReader;
 use vqkit::io::{self, Matrix, npy};
 use vqkit::{Error, ops};
@@ -72,16 +72,12 @@ pub fn run(args: Args) -> vqkit::Result<()> {
     }
     let chunk = super::chunk_rows(args.chunk_rows, &x)?;
     let mut out = npy::Writer::u32(&args.output, &[n])?;
-    let (sse, seconds, backend) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        Job {
-            x: &mut x,
-            c: &c,
-            out: &mut out,
-            chunk,
-        },
-    )?;
+    let (sse, seconds, backend) = args.common.dispatch(Job {
+        x: &mut x,
+        c: &c,
+        out: &mut out,
+        chunk,
+    })?;
     out.finish()?;
     let mse = if n == 0 { 0.0 } else { sse / n as f64 };
     if args.common.json {

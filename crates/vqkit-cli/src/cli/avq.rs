@@ -5,7 +5,7 @@ use super::rvq::{KmArgs, finish};
 use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::{self, Matrix};
 use vqkit::quant::avq::{Avq, AvqConfig};
 use vqkit::quant::model_io::TensorFile;
@@ -149,15 +149,11 @@ pub fn avq(args: AvqArgs) -> vqkit::Result<()> {
         max_points_per_centroid: args.km.max_points_per_centroid,
     };
     let progress = Progress::new(args.ls_rounds as u64 + 1, "avq");
-    let (model, codes, seconds, backend) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        AvqJob {
-            x: &x,
-            cfg: &cfg,
-            progress: &progress,
-        },
-    )?;
+    let (model, codes, seconds, backend) = args.common.dispatch(AvqJob {
+        x: &x,
+        cfg: &cfg,
+        progress: &progress,
+    })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
     let e = vqkit::quant::mse(&x.data, &model.decode(&codes)?, x.cols);
@@ -325,18 +321,14 @@ pub fn nsvq(args: NsvqArgs) -> vqkit::Result<()> {
     };
     let progress = Progress::new(args.epochs as u64, "nsvq");
     let out = log.guard(|| {
-        dispatch(
-            args.common.backend,
-            &args.common.options(),
-            NsvqJob {
-                x: &x,
-                test: test.as_ref(),
-                cfg: &cfg,
-                progress: &progress,
-                log: &log,
-                log_every: args.log_every,
-            },
-        )
+        args.common.dispatch(NsvqJob {
+            x: &x,
+            test: test.as_ref(),
+            cfg: &cfg,
+            progress: &progress,
+            log: &log,
+            log_every: args.log_every,
+        })
     })?;
     progress.finish();
     let mut file: TensorFile = match &out.model {

@@ -5,7 +5,7 @@
 use super::Common;
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::npy;
 use vqkit::io::rows::RowReader;
 use vqkit::quant::model::Model;
@@ -105,17 +105,13 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     let chunk = super::chunk_rows(args.chunk_rows, &x)?;
     let (width, _) = model.code_shape();
     let mut out = npy::Writer::u32(&args.output, &[n, width])?;
-    let (sums, backend) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        Job {
-            model: &model,
-            x: &mut x,
-            out: &mut out,
-            chunk,
-            beam: args.beam,
-        },
-    )?;
+    let (sums, backend) = args.common.dispatch(Job {
+        model: &model,
+        x: &mut x,
+        out: &mut out,
+        chunk,
+        beam: args.beam,
+    })?;
     out.finish()?;
     let seconds = sums.seconds;
     // As vqkit::quant::mse and relative_error compute them over the whole input.

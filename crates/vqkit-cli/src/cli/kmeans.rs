@@ -4,7 +4,7 @@ use super::log::{Metrics, TrainLog, num};
 use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::Matrix;
 use vqkit::quant::kmeans::{Init, KMeans, KMeansConfig};
 use vqkit::quant::mean_sq_norm;
@@ -198,15 +198,11 @@ fn run_stream(args: Args) -> vqkit::Result<()> {
     let log = TrainLog::open(args.log.as_deref(), "kmeans", log_args(&args))?;
     let progress = Progress::new(0, "mini-batch k-means");
     let (model, rep, seconds, backend, n, d) = log.guard(|| {
-        dispatch(
-            args.common.backend,
-            &args.common.options(),
-            StreamJob {
-                args: &args,
-                progress: &progress,
-                log: &log,
-            },
-        )
+        args.common.dispatch(StreamJob {
+            args: &args,
+            progress: &progress,
+            log: &log,
+        })
     })?;
     progress.finish();
     for (e, m) in rep.epoch_mse.iter().enumerate() {
@@ -259,16 +255,12 @@ pub fn run(args: Args) -> vqkit::Result<()> {
     };
     let progress = Progress::new((args.iters * args.restarts) as u64, "k-means");
     let out = log.guard(|| {
-        dispatch(
-            args.common.backend,
-            &args.common.options(),
-            Job {
-                x: &x,
-                cfg: &cfg,
-                progress: &progress,
-                log: &log,
-            },
-        )
+        args.common.dispatch(Job {
+            x: &x,
+            cfg: &cfg,
+            progress: &progress,
+            log: &log,
+        })
     })?;
     progress.finish();
     out.model.to_file(Some(&cfg)).write(&args.output)?;

@@ -15,7 +15,8 @@ mod vqvae;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use vqkit::Choice;
-use vqkit::backend::{BackendKind, BackendOptions};
+use vqkit::backend::{BackendKind, BackendOptions, WithBackend, dispatch};
+use vqkit_nn::train::with_threads;
 
 #[derive(Parser)]
 #[command(
@@ -81,8 +82,20 @@ pub struct Common {
 }
 
 impl Common {
-    pub fn options(&self) -> BackendOptions {
-        BackendOptions::threads(self.threads)
+    /// Runs `job` on `--backend` inside a pool of `--threads` threads (all cores without
+    /// it), the backend created in that pool. The backend's kernels and the host work
+    /// around them (decoding, the quantizers' loops on the host, which run on rayon's
+    /// current pool) then keep to the threads asked for; with a pool of its own, the
+    /// backend alone did, and `encode --threads 1` decoded its error figures on every core.
+    /// With one thread the CPU backend runs its kernels on the calling thread, without
+    /// rayon, as it did.
+    pub fn dispatch<W>(&self, job: W) -> vqkit::Result<W::Output>
+    where
+        W: WithBackend + Send,
+        W::Output: Send,
+    {
+        let opts = BackendOptions::threads(self.threads.filter(|&t| t == 1));
+        with_threads(self.threads, || dispatch(self.backend, &opts, job))?
     }
 }
 
@@ -159,4 +172,45 @@ pub fn chunk_rows(
 pub fn choice<T: Choice + Clone>() -> impl TypedValueParser<Value = T> {
     PossibleValuesParser::new(T::ALL.iter().map(|v| v.name()))
         .map(|name| T::from_name(&name).expect("clap accepts only the listed names"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vqkit::backend::Backend;
+
+    /// The threads of rayon's current pool where a job runs, and its backend's name.
+    struct Threads;
+
+    impl WithBackend for Threads {
+        type Output = (usize, String);
+        fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
+            Ok((rayon::current_num_threads(), b.name()))
+        }
+    }
+
+    fn common(threads: Option<usize>) -> Common {
+        Common {
+            backend: BackendKind::Cpu,
+            threads,
+            json: false,
+        }
+    }
+
+    /// Host work in a job (decoding) runs on rayon's current pool: it must be the size
+    /// asked for, and the backend's the same.
+    #[test]
+    fn jobs_run_in_a_pool_of_the_threads_asked_for() {
+        for t in [1, 3] {
+            let (pool, name) = common(Some(t)).dispatch(Threads).unwrap();
+            assert_eq!(pool, t);
+            assert!(name.ends_with(&format!(", {t} threads)")), "{name}");
+        }
+        let all = rayon::current_num_threads();
+        let (pool, name) = common(None).dispatch(Threads).unwrap();
+        assert_eq!(pool, all);
+        assert!(name.ends_with(&format!(", {all} threads)")), "{name}");
+        let err = common(Some(0)).dispatch(Threads).unwrap_err().to_string();
+        assert!(err.contains("threads"), "{err}");
+    }
 }

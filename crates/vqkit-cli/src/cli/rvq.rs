@@ -4,7 +4,7 @@ use super::log::{Metrics, TrainLog, num, nums};
 use super::{Common, Progress};
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::{self, Matrix};
 use vqkit::quant::kmeans::Init;
 use vqkit::quant::pvq::{Pvq, PvqConfig};
@@ -178,16 +178,12 @@ pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
     };
     let progress = Progress::new(args.stages as u64, "rq-kmeans");
     let (model, codes, seconds, backend) = log.guard(|| {
-        dispatch(
-            args.common.backend,
-            &args.common.options(),
-            RqJob {
-                x: &x,
-                cfg: &cfg,
-                progress: &progress,
-                log: &log,
-            },
-        )
+        args.common.dispatch(RqJob {
+            x: &x,
+            cfg: &cfg,
+            progress: &progress,
+            log: &log,
+        })
     })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
@@ -294,15 +290,11 @@ pub fn pvq(args: PvqArgs) -> vqkit::Result<()> {
         max_points_per_centroid: args.km.max_points_per_centroid,
     };
     let progress = Progress::new(args.m as u64, "pvq");
-    let (model, codes, seconds, backend) = dispatch(
-        args.common.backend,
-        &args.common.options(),
-        PvqJob {
-            x: &x,
-            cfg: &cfg,
-            progress: &progress,
-        },
-    )?;
+    let (model, codes, seconds, backend) = args.common.dispatch(PvqJob {
+        x: &x,
+        cfg: &cfg,
+        progress: &progress,
+    })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
     let e = mse(&x.data, &model.decode(&codes)?, x.cols);
