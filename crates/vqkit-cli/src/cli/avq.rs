@@ -156,7 +156,8 @@ pub fn avq(args: AvqArgs) -> vqkit::Result<()> {
     })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
-    let e = vqkit::quant::mse(&x.data, &model.decode(&codes)?, x.cols);
+    let recon = args.common.in_pool(|_| model.decode(&codes))?;
+    let e = vqkit::quant::mse(&x.data, &recon, x.cols);
     finish(
         "avq",
         &backend,
@@ -320,16 +321,17 @@ pub fn nsvq(args: NsvqArgs) -> vqkit::Result<()> {
         keep_moments: args.keep_moments,
     };
     let progress = Progress::new(args.epochs as u64, "nsvq");
-    let out = log.guard(|| {
-        args.common.dispatch(NsvqJob {
+    let out = args.common.dispatch_logged(
+        &log,
+        NsvqJob {
             x: &x,
             test: test.as_ref(),
             cfg: &cfg,
             progress: &progress,
             log: &log,
             log_every: args.log_every,
-        })
-    })?;
+        },
+    )?;
     progress.finish();
     let mut file: TensorFile = match &out.model {
         Trained::Rvq(m) => m.to_file(None),

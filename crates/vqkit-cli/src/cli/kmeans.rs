@@ -197,13 +197,14 @@ fn log_args(a: &Args) -> serde_json::Value {
 fn run_stream(args: Args) -> vqkit::Result<()> {
     let log = TrainLog::open(args.log.as_deref(), "kmeans", log_args(&args))?;
     let progress = Progress::new(0, "mini-batch k-means");
-    let (model, rep, seconds, backend, n, d) = log.guard(|| {
-        args.common.dispatch(StreamJob {
+    let (model, rep, seconds, backend, n, d) = args.common.dispatch_logged(
+        &log,
+        StreamJob {
             args: &args,
             progress: &progress,
             log: &log,
-        })
-    })?;
+        },
+    )?;
     progress.finish();
     for (e, m) in rep.epoch_mse.iter().enumerate() {
         println!("epoch {e}  mean batch inertia {m:.6}");
@@ -254,14 +255,15 @@ pub fn run(args: Args) -> vqkit::Result<()> {
         bounds: !args.no_bounds,
     };
     let progress = Progress::new((args.iters * args.restarts) as u64, "k-means");
-    let out = log.guard(|| {
-        args.common.dispatch(Job {
+    let out = args.common.dispatch_logged(
+        &log,
+        Job {
             x: &x,
             cfg: &cfg,
             progress: &progress,
             log: &log,
-        })
-    })?;
+        },
+    )?;
     progress.finish();
     out.model.to_file(Some(&cfg)).write(&args.output)?;
     let rel = out.mse / mean_sq_norm(&x.data, x.cols).max(f64::MIN_POSITIVE);

@@ -263,6 +263,16 @@ impl Interval {
     }
 }
 
+/// A log on `path` whose writes have failed, as on a full disk (for tests).
+#[cfg(test)]
+pub(crate) fn failed_log(path: &Path) -> TrainLog {
+    let log = TrainLog::open(Some(path), "test", Value::Null).expect("a writable path");
+    if let Some(sink) = &log.sink {
+        lock(sink).failed = Some(std::io::Error::other("no space left"));
+    }
+    log
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

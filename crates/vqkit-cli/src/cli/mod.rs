@@ -14,6 +14,7 @@ mod vqvae;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use log::TrainLog;
 use vqkit::Choice;
 use vqkit::backend::{BackendKind, BackendOptions, WithBackend, dispatch};
 use vqkit_nn::train::with_threads;
@@ -73,7 +74,8 @@ pub struct Common {
     /// Backend to run on.
     #[arg(long, value_parser = choice::<BackendKind>(), default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
-    /// CPU worker threads (default: all cores).
+    /// Threads for the CPU backend and for the host work around any backend (default: all
+    /// cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print the figures as one JSON object on the last stdout line.
@@ -82,20 +84,38 @@ pub struct Common {
 }
 
 impl Common {
-    /// Runs `job` on `--backend` inside a pool of `--threads` threads (all cores without
-    /// it), the backend created in that pool. The backend's kernels and the host work
-    /// around them (decoding, the quantizers' loops on the host, which run on rayon's
-    /// current pool) then keep to the threads asked for; with a pool of its own, the
-    /// backend alone did, and `encode --threads 1` decoded its error figures on every core.
-    /// With one thread the CPU backend runs its kernels on the calling thread, without
-    /// rayon, as it did.
+    /// Runs `f` inside a pool of `--threads` threads (all cores without it), with the
+    /// options of a backend created in that pool: its kernels and the host work around them
+    /// (decoding, the quantizers' loops on the host, which run on rayon's current pool)
+    /// then keep to the threads asked for. With a pool of its own, the backend alone did,
+    /// and `encode --threads 1` decoded its error figures on every core. With one thread
+    /// the CPU backend runs its kernels on the calling thread, without rayon, as it did.
+    pub fn in_pool<T: Send>(
+        &self,
+        f: impl FnOnce(&BackendOptions) -> vqkit::Result<T> + Send,
+    ) -> vqkit::Result<T> {
+        let opts = BackendOptions::threads(self.threads.filter(|&t| t == 1));
+        with_threads(self.threads, || f(&opts))?
+    }
+
+    /// Runs `job` on `--backend`, created in [`Common::in_pool`]'s pool.
     pub fn dispatch<W>(&self, job: W) -> vqkit::Result<W::Output>
     where
         W: WithBackend + Send,
         W::Output: Send,
     {
-        let opts = BackendOptions::threads(self.threads.filter(|&t| t == 1));
-        with_threads(self.threads, || dispatch(self.backend, &opts, job))?
+        self.in_pool(|opts| dispatch(self.backend, opts, job))
+    }
+
+    /// [`Common::dispatch`] under `log`'s guard, set on the pool's thread that runs the
+    /// training loop (the guard's hook is per thread: set on the caller's, a failed log
+    /// write would no longer stop the training).
+    pub fn dispatch_logged<W>(&self, log: &TrainLog, job: W) -> vqkit::Result<W::Output>
+    where
+        W: WithBackend + Send,
+        W::Output: Send,
+    {
+        self.in_pool(|opts| log.guard(|| dispatch(self.backend, opts, job)))
     }
 }
 
@@ -189,6 +209,18 @@ mod tests {
         }
     }
 
+    /// Whether `vqkit::interrupt::check` stopped the job where it runs.
+    struct Checks<'a>(&'a std::sync::atomic::AtomicBool);
+
+    impl WithBackend for Checks<'_> {
+        type Output = ();
+        fn run<B: Backend>(self, _: &B) -> vqkit::Result<()> {
+            let stopped = matches!(vqkit::interrupt::check(), Err(vqkit::Error::Interrupted));
+            self.0.store(stopped, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
     fn common(threads: Option<usize>) -> Common {
         Common {
             backend: BackendKind::Cpu,
@@ -212,5 +244,25 @@ mod tests {
         assert!(name.ends_with(&format!(", {all} threads)")), "{name}");
         let err = common(Some(0)).dispatch(Threads).unwrap_err().to_string();
         assert!(err.contains("threads"), "{err}");
+    }
+
+    /// A failed log write stops the training loop, which runs on the pool's thread: the
+    /// guard's hook must be set there, not on the caller's.
+    #[test]
+    fn a_failed_log_write_stops_the_job_in_the_pool() {
+        let path = std::env::temp_dir().join(format!("vqkit-cli-log-{}.jsonl", std::process::id()));
+        let log = log::failed_log(&path);
+        for t in [None, Some(1), Some(2)] {
+            let stopped = std::sync::atomic::AtomicBool::new(false);
+            let err = common(t)
+                .dispatch_logged(&log, Checks(&stopped))
+                .unwrap_err();
+            assert!(
+                stopped.into_inner(),
+                "threads {t:?}: the job was not stopped"
+            );
+            assert!(err.to_string().contains("no space left"), "{err}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }

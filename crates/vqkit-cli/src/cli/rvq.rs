@@ -177,17 +177,19 @@ pub fn rq_kmeans(args: RqArgs) -> vqkit::Result<()> {
         progressive_dim_steps: args.progressive_dim_steps,
     };
     let progress = Progress::new(args.stages as u64, "rq-kmeans");
-    let (model, codes, seconds, backend) = log.guard(|| {
-        args.common.dispatch(RqJob {
+    let (model, codes, seconds, backend) = args.common.dispatch_logged(
+        &log,
+        RqJob {
             x: &x,
             cfg: &cfg,
             progress: &progress,
             log: &log,
-        })
-    })?;
+        },
+    )?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
-    let stats = model.analyse(&x.data, &codes)?;
+    // In the pool too: `analyse` subtracts the codewords on rayon's current pool.
+    let stats = args.common.in_pool(|_| model.analyse(&x.data, &codes))?;
     report_stages(&stats, args.common.json);
     let e = stats.last().map_or(0.0, |s| s.mse);
     let mut m = Metrics::new();
@@ -297,7 +299,11 @@ pub fn pvq(args: PvqArgs) -> vqkit::Result<()> {
     })?;
     progress.finish();
     model.to_file(Some(&cfg)).write(&args.output)?;
-    let e = mse(&x.data, &model.decode(&codes)?, x.cols);
+    let e = mse(
+        &x.data,
+        &args.common.in_pool(|_| model.decode(&codes))?,
+        x.cols,
+    );
     finish(
         "pvq",
         &backend,

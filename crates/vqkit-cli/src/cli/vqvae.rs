@@ -7,14 +7,13 @@ use super::log::{self as trainlog, Interval, TrainLog, num, nums};
 use super::{Common, choice};
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, BackendOptions, WithBackend, dispatch};
+use vqkit::backend::{Backend, WithBackend};
 use vqkit::io::idx;
 use vqkit::quant::model_io::TensorFile;
 use vqkit::{Error, Result};
 use vqkit_nn::data::{self, DEFAULT_DATA_DIR};
 use vqkit_nn::train::{
     self, Checkpoint, Metrics, epoch_order, evaluate, load_checkpoint, save_checkpoint,
-    with_threads,
 };
 use vqkit_nn::{Adam, NsvqSchedule, QuantizerKind, Tensor, VqVae, VqVaeConfig};
 
@@ -123,11 +122,6 @@ pub struct ReconstructArgs {
     #[command(flatten)]
     common: Common,
 }
-
-/// Options of a backend created inside [`with_threads`]: a CPU backend then runs on that
-/// pool, rayon's current one, as the convolutions do, instead of starting a second pool whose
-/// threads would contend with the first for the same cores at every quantizer call.
-const IN_POOL: BackendOptions = BackendOptions::threads(None);
 
 struct TrainJob<'a> {
     args: &'a TrainArgs,
@@ -362,7 +356,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
         start_epoch,
         log: &log,
     };
-    let out = with_threads(threads, || dispatch(args.common.backend, &IN_POOL, job))??;
+    let out = args.common.dispatch(job)?;
     let mut model = out.model;
     if start_epoch >= args.epochs {
         // Nothing trained: still leave a checkpoint where asked, a whole one (optimiser
@@ -463,16 +457,10 @@ pub fn reconstruct(args: ReconstructArgs) -> Result<()> {
             got: x.c(),
         });
     }
-    let levels = with_threads(args.common.threads, || {
-        dispatch(
-            args.common.backend,
-            &IN_POOL,
-            ReconJob {
-                model: &mut model,
-                x: &x,
-            },
-        )
-    })??;
+    let levels = args.common.dispatch(ReconJob {
+        model: &mut model,
+        x: &x,
+    })?;
     // Rows: originals, then the reconstruction after each level (the last is the model's).
     let (gw, gh, px) = train::reconstruction_grid(&x, &levels, args.scale)?;
     vqkit::io::png::write_gray(&args.output, gw, gh, &px)?;

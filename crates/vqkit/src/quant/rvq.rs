@@ -293,6 +293,7 @@ impl Rvq {
     /// read; then come the points' errors, then the beam's.
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
         Shape::new(0, self.k, self.d).validate()?;
+        // Checked before the output is allocated (and again by `residual_decode`).
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
         if beam == 0 {
@@ -362,6 +363,7 @@ impl Rvq {
     /// dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
         check_codes(codes, self.k)?;
+        // Checked before the output is allocated (and again by `residual_decode`).
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
         let (d, stages) = (self.d, self.stages);
@@ -562,18 +564,9 @@ impl BeamState {
     }
 }
 
-/// `r_i -= c[idx_i]` on the host.
+/// `r_i -= c[idx_i]` on the host, on rayon's current pool.
 pub(crate) fn subtract_codewords(r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
-    r.par_chunks_mut(d.max(1) * 256)
-        .zip(idx.par_chunks(256))
-        .for_each(|(rb, ib)| {
-            for (ri, &j) in rb.chunks_exact_mut(d).zip(ib) {
-                let cj = &c[j as usize * d..(j as usize + 1) * d];
-                for (a, &b) in ri.iter_mut().zip(cj) {
-                    *a -= b;
-                }
-            }
-        });
+    crate::backend::cpu::subtract_codewords(Isa::detect(), r, c, idx, d);
 }
 
 /// `r_i += c[idx_i]` on the host.
@@ -684,6 +677,8 @@ mod tests {
     fn decode_adds_stage_after_stage() {
         let shapes = [
             (1, 1, 2),
+            (64, 1, 3),
+            (130, 1, 2),
             (3, 2, 5),
             (63, 3, 7),
             (64, 2, 4),

@@ -80,14 +80,16 @@ pub(crate) trait IsaLoop<A> {
 /// `isa` offers. For the accumulation of `cluster_sums`, AVX-512 does 8 widening converts
 /// and adds per 64-byte line where SSE2 does 4 of each per 16 bytes, so the core runs far
 /// enough ahead to keep memory busy.
+/// An `isa` this CPU lacks (the enum is public: safe code can name any) runs the portable
+/// build.
 pub(crate) fn in_isa<A, L: IsaLoop<A>>(isa: Isa, l: &L, a: A) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-        Isa::Avx512 => unsafe { in_avx512(l, a) },
+        // SAFETY: the CPU supports AVX-512F (the guard).
+        Isa::Avx512 if isa.supported() => unsafe { in_avx512(l, a) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { in_avx2(l, a) },
+        // SAFETY: the CPU supports AVX2 (the guard).
+        Isa::Avx2 if isa.supported() => unsafe { in_avx2(l, a) },
         _ => l.body(a),
     }
 }

@@ -10,6 +10,9 @@
 //! written once. The searches are the same `distance_argmin` on the same residuals,
 //! codebooks and norms, and each subtraction is the same `r -= c` per element: the same
 //! bits as the loop's, whatever the block and the thread count.
+//!
+//! Decoding (`residual_decode`) sums each row's codewords, 64 columns at a time in
+//! registers over every stage, in the build of the detected instruction set.
 
 use super::isa::{IsaLoop, in_isa};
 use super::product::{
@@ -84,6 +87,15 @@ pub(crate) fn residual_codes(
     Ok(done.into_iter().all(|ok| ok))
 }
 
+/// `r_i -= c[idx_i]` (rows of `d`) on rayon's current pool, in the build of `isa`: the
+/// fit's and the device path's subtraction of each stage's codewords.
+pub(crate) fn subtract_codewords(isa: Isa, r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
+    let sub = Subtract { cb: c, d };
+    r.par_chunks_mut(d.max(1).saturating_mul(DECODE_ROWS))
+        .zip(idx.par_chunks(DECODE_ROWS))
+        .for_each(|(r, idx)| in_isa(isa, &sub, (r, idx)));
+}
+
 /// `r_i -= cb[idx_i]` for a block's residuals, in the build of the search's instruction
 /// set: compiled for the baseline, SSE2, it took about 15% of `compute_codes` at M = 16,
 /// nbits = 4 (`perf record`, one thread).
@@ -128,19 +140,16 @@ pub(crate) fn residual_decode(
     }
     let n = codes.len() / stages;
     super::check_len("codes", codes.len(), size("codes", &[n, stages])?)?;
-    super::check_len(
-        "the reconstructions",
-        out.len(),
-        size("reconstructions", &[n, d])?,
-    )?;
+    let len = size("the reconstructions", &[n, d])?;
+    super::check_len("the reconstructions", out.len(), len)?;
     let sum = SumRows {
         codebooks,
         k,
         d,
         stages,
     };
-    out.par_chunks_mut(DECODE_ROWS * d)
-        .zip(codes.par_chunks(DECODE_ROWS * stages))
+    out.par_chunks_mut(DECODE_ROWS.saturating_mul(d))
+        .zip(codes.par_chunks(DECODE_ROWS.saturating_mul(stages)))
         .for_each(|(o, c)| in_isa(isa, &sum, (o, c)));
     Ok(())
 }
@@ -159,10 +168,15 @@ struct SumRows<'a> {
 const SUM_COLS: usize = 64;
 
 impl SumRows<'_> {
-    /// Stage `s`'s codeword `j`, columns `c0..c0 + len`.
+    /// `acc += C_s[codes[s]]` over columns `c0..c0 + acc.len()`, stage after stage.
     #[inline(always)]
-    fn word(&self, s: usize, j: u32, c0: usize, len: usize) -> &[f32] {
-        &self.codebooks[(s * self.k + j as usize) * self.d + c0..][..len]
+    fn sum(&self, codes: &[u32], c0: usize, acc: &mut [f32]) {
+        for (s, &j) in codes.iter().enumerate() {
+            let w = &self.codebooks[(s * self.k + j as usize) * self.d + c0..][..acc.len()];
+            for (a, &w) in acc.iter_mut().zip(w) {
+                *a += w;
+            }
+        }
     }
 }
 
@@ -173,25 +187,23 @@ impl IsaLoop<(&mut [f32], &[u32])> for SumRows<'_> {
             .chunks_exact_mut(self.d)
             .zip(codes.chunks_exact(self.stages))
         {
+            // Every float of the row is written once and never read: `+=` on the
+            // allocator's untouched zero pages first mapped the shared zero page, then took a
+            // copy-on-write fault whose TLB flush interrupted the other threads (on 2
+            // threads, 189 ms against 105 for the one-thread loop before it,
+            // `vqkit.ResidualQuantizer(128, 4, 4).decode` of 200,000 rows; `perf`: 59% of
+            // samples in the flush's IPIs).
             let mut cols = o.chunks_exact_mut(SUM_COLS);
             for (t, o) in (&mut cols).enumerate() {
                 let mut acc = [0.0f32; SUM_COLS];
-                for (s, &j) in c.iter().enumerate() {
-                    let w = self.word(s, j, t * SUM_COLS, SUM_COLS);
-                    for (a, &w) in acc.iter_mut().zip(w) {
-                        *a += w;
-                    }
-                }
+                self.sum(c, t * SUM_COLS, &mut acc);
                 o.copy_from_slice(&acc);
             }
             let o = cols.into_remainder();
-            let (c0, len) = (self.d - o.len(), o.len());
-            o.fill(0.0);
-            for (s, &j) in c.iter().enumerate() {
-                for (a, &w) in o.iter_mut().zip(self.word(s, j, c0, len)) {
-                    *a += w;
-                }
-            }
+            let mut acc = [0.0f32; SUM_COLS];
+            let acc = &mut acc[..o.len()];
+            self.sum(c, self.d - o.len(), acc);
+            o.copy_from_slice(acc);
         }
     }
 }
