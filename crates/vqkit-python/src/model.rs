@@ -385,11 +385,15 @@ impl PyModel {
     }
 
     /// Reconstructions (n, d) float32 from codes (n, width), uint32 (read in place; the
-    /// package passes unsigned codes of up to 32 bits so) or int64.
+    /// package passes unsigned codes of up to 32 bits so) or int64. With `out`, a writable,
+    /// C-contiguous float32 array of shape (n, d) that shares no memory with the codes, they
+    /// are written there and `out` is returned; it is untouched where the call fails.
+    #[pyo3(signature = (codes, out = None))]
     fn decode<'py>(
         &self,
         py: Python<'py>,
         codes: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyArray2<f32>>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (w, k) = self.model.code_shape();
         let check = |shape: &[usize], c_order: bool| {
@@ -410,21 +414,46 @@ impl PyModel {
             Ok(shape[0])
         };
         let slice_err = |e: numpy::AsSliceError| VqkitError::new_err(format!("codes: {e}"));
-        let model = &self.model;
+        let (model, d) = (&self.model, self.model.d());
         // On a pool of `set_num_threads`'s size, which the decoders' rayon loops then use.
         // uint32 codes are read where they are, without the GIL, as `matrix` reads points:
         // no other thread may write them during the call. The decoder checks their range.
-        let (n, out) = if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
+        let run = |c: &[u32], n: usize| match &out {
+            None => {
+                let v = crate::run::compute(py, move || model.decode(c))?;
+                PyArray1::from_vec(py, v).reshape([n, d])
+            }
+            Some(o) => {
+                if o.shape() != [n, d] {
+                    return Err(VqkitError::new_err(format!(
+                        "out: expected shape ({n}, {d}), got {:?}",
+                        o.shape()
+                    )));
+                }
+                if !o.is_c_contiguous() {
+                    return Err(VqkitError::new_err("out must be C-contiguous"));
+                }
+                // numpy's borrow checker refuses a read-only array, and one that overlaps
+                // the codes (borrowed for reading above) (the decoders would read what they
+                // write). Written without the GIL: no other thread may use it meanwhile.
+                let mut rw = o
+                    .try_readwrite()
+                    .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
+                let s = rw
+                    .as_slice_mut()
+                    .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
+                crate::run::compute(py, move || model.decode_into(c, s))?;
+                Ok(o.clone())
+            }
+        };
+        if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
             let n = check(c.shape(), c.is_c_contiguous())?;
-            let c = c.as_slice().map_err(slice_err)?;
-            (n, crate::run::compute(py, move || model.decode(c))?)
+            run(c.as_slice().map_err(slice_err)?, n)
         } else {
             let c = codes.extract::<PyReadonlyArray2<'py, i64>>()?;
             let n = check(c.shape(), c.is_c_contiguous())?;
-            let c = codes_u32(c.as_slice().map_err(slice_err)?, k)?;
-            (n, crate::run::compute(py, move || model.decode(&c))?)
-        };
-        PyArray1::from_vec(py, out).reshape([n, self.model.d()])
+            run(&codes_u32(c.as_slice().map_err(slice_err)?, k)?, n)
+        }
     }
 
     /// Per stage (RQ, AQ: after codebooks 0..=s; PQ: sub-space s): `mse`,

@@ -258,6 +258,55 @@ def test_bad_codes_raise(blobs):
             rq.model.decode(c)
 
 
+def test_decode_into_out(blobs):
+    """``decode(codes, out=)`` writes what ``decode`` returns into the caller's array, for
+    each codec and codes of each dtype, and refuses a bad ``out``, leaving it untouched."""
+    x = blobs[:2000]
+    codecs = [vqkit.ResidualQuantizer(32, 2, 4, niter=2), vqkit.ProductQuantizer(32, 4, 4, niter=2),
+              vqkit.AdditiveQuantizer(32, 2, 4, niter=2, ls_rounds=1)]
+    for q in codecs:
+        q.train(x)
+        codes = q.compute_codes(x[:300])
+        want = q.decode(codes)
+        for c in (codes, codes.astype(np.int64)):
+            out = np.full((300, 32), np.nan, np.float32)
+            assert q.decode(c, out=out) is out
+            np.testing.assert_array_equal(out, want)
+        # One buffer for every batch, as the option is for.
+        out = np.empty((100, 32), np.float32)
+        for b in range(3):
+            np.testing.assert_array_equal(q.decode(codes[100 * b:100 * (b + 1)], out=out),
+                                          want[100 * b:100 * (b + 1)])
+        ro = np.zeros((300, 32), np.float32)
+        ro.flags.writeable = False
+        bad_codes = codes.astype(np.int64)
+        bad_codes[5, 0] = 1 << 20
+        cases = [
+            (np.zeros((300, 32), np.float64), codes, "float32"),
+            ([[0.0] * 32] * 300, codes, "float32 NumPy array"),
+            (np.zeros((299, 32), np.float32), codes, r"shape \(300, 32\)"),
+            (np.zeros((300, 33), np.float32), codes, r"shape \(300, 32\)"),
+            (np.zeros((300, 32), np.float32, order="F"), codes, "C-contiguous"),
+            (np.zeros((300, 64), np.float32)[:, ::2], codes, "C-contiguous"),
+            (ro, codes, "out"),
+            (np.full((300, 32), 7.0, np.float32), bad_codes, "out of range"),
+        ]
+        for out, c, match in cases:
+            before = np.array(out, copy=True)
+            with pytest.raises(vqkit.VqkitError, match=match):
+                q.decode(c, out=out)
+            np.testing.assert_array_equal(np.asarray(out), before)
+    # Codes that share memory with out (PQ with one float per sub-vector: M = d codes a
+    # row, read in place as uint32) are refused, not read while they are overwritten.
+    pq = vqkit.ProductQuantizer(8, 8, 4, niter=2)
+    pq.train(x[:, :8].copy())
+    buf = np.zeros((50, 8), np.float32)
+    aliased = buf.view(np.uint32)
+    with pytest.raises(vqkit.VqkitError, match="out"):
+        pq.decode(aliased, out=buf)
+    assert not buf.any()
+
+
 def test_missing_and_corrupt_model_files_raise(tmp_path, blobs):
     with pytest.raises(FileNotFoundError):
         vqkit.load(tmp_path / "absent.safetensors")

@@ -75,6 +75,7 @@ impl WithBackend for Job<'_> {
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
         let d = self.x.d();
         let mut sums = Sums::default();
+        let mut recon = Vec::new();
         // The next chunk is read while this one is encoded.
         self.x.for_each_chunk(self.chunk, |first, x| {
             let t = Instant::now();
@@ -84,8 +85,9 @@ impl WithBackend for Job<'_> {
                 .map_err(|e| e.after_rows(first, d))?;
             sums.seconds += t.elapsed().as_secs_f64();
             self.out.push_u32(&codes)?;
-            let recon = self.model.decode(&codes)?;
-            for (&a, &r) in x.iter().zip(&recon) {
+            let recon = reuse(&mut recon, x.len())?;
+            self.model.decode_into(&codes, recon)?;
+            for (&a, &r) in x.iter().zip(recon.iter()) {
                 let t = a as f64 - r as f64;
                 sums.sq_err += t * t;
                 sums.sq_norm += a as f64 * a as f64;
@@ -94,6 +96,16 @@ impl WithBackend for Job<'_> {
         })?;
         Ok((sums, b.name()))
     }
+}
+
+/// The first `len` floats of `buf`, which is replaced by a larger one where it is shorter:
+/// a buffer for every chunk of reconstructions, since a fresh one's pages are zeroed by
+/// the kernel as they are first written.
+fn reuse(buf: &mut Vec<f32>, len: usize) -> vqkit::Result<&mut [f32]> {
+    if buf.len() < len {
+        *buf = vqkit::resources::zeroed_lazy("the reconstructions", len)?;
+    }
+    Ok(&mut buf[..len])
 }
 
 pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
@@ -163,14 +175,18 @@ pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
         None => (vqkit::io::rows::CHUNK_BYTES / (4 * model.d()).max(1)).max(1),
     };
     let mut out = npy::Writer::f32(&args.output, &[n, model.d()])?;
-    let mut c = Vec::new();
+    let (mut c, mut x) = (Vec::new(), Vec::new());
     loop {
         let first = codes.position();
-        if codes.next_codes(chunk, &mut c)? == 0 {
+        let rows = codes.next_codes(chunk, &mut c)?;
+        if rows == 0 {
             break;
         }
-        let x = model.decode(&c).map_err(|e| e.after_rows(first, width))?;
-        out.push_f32(&x)?;
+        let x = reuse(&mut x, rows * model.d())?;
+        model
+            .decode_into(&c, x)
+            .map_err(|e| e.after_rows(first, width))?;
+        out.push_f32(x)?;
     }
     out.finish()?;
     if args.json {

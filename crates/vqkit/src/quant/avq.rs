@@ -25,6 +25,7 @@ use super::model_io::TensorFile;
 use super::rvq::{Rvq, RvqConfig};
 use super::{check_input, check_training, mse};
 use crate::backend::Backend;
+use crate::backend::cpu::{Isa, residual_decode, size};
 use crate::error::{Error, Result};
 use crate::ops::check_codes;
 use crate::quant::kmeans::Init;
@@ -187,21 +188,37 @@ impl Avq {
     }
 
     /// `x^_i = sum_m C_m[codes[i, m]]`.
+    /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in codebook order, as
+    /// [`Rvq::decode`] (the same kernel). (A last row of fewer than `m` codes is dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        check_codes(codes, self.k)?;
-        let (m, d) = (self.m, self.d);
-        let n = codes.len() / m;
-        let mut out = vec![0.0f32; n * d];
-        out.par_chunks_mut(d).enumerate().for_each(|(i, o)| {
-            for s in 0..m {
-                let j = codes[i * m + s] as usize;
-                let c = &self.codebook(s)[j * d..(j + 1) * d];
-                for (a, &w) in o.iter_mut().zip(c) {
-                    *a += w;
-                }
-            }
-        });
+        let len = self.decoded_len(codes)?;
+        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
+        self.sum_codewords(codes, &mut out)?;
         Ok(out)
+    }
+
+    /// [`Avq::decode`] into `out`, which must hold `codes.len() / m * d` floats; everything
+    /// is checked before anything is written.
+    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let len = self.decoded_len(codes)?;
+        crate::backend::check_len("the reconstructions", out.len(), len)?;
+        self.sum_codewords(codes, out)
+    }
+
+    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
+        check_codes(codes, self.k)?;
+        let want = size("codebooks", &[self.m, self.k, self.d])?;
+        crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
+        size(
+            "the reconstructions",
+            &[codes.len().checked_div(self.m).unwrap_or(0), self.d],
+        )
+    }
+
+    fn sum_codewords(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let shape = (self.m, self.k, self.d);
+        let whole = codes.len() - codes.len().checked_rem(self.m).unwrap_or(codes.len());
+        residual_decode(Isa::detect(), &self.codebooks, shape, &codes[..whole], out)
     }
 
     /// Replaces every codebook by the joint least-squares solution for fixed codes. Codewords

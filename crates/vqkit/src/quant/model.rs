@@ -3,10 +3,11 @@
 use super::avq::Avq;
 use super::kmeans::KMeans;
 use super::model_io::TensorFile;
-use super::pvq::Pvq;
+use super::pvq::{Pvq, copy_codewords};
 use super::rvq::Rvq;
 use super::vq::VectorQuantizer;
 use crate::backend::Backend;
+use crate::backend::cpu::size;
 use crate::error::{Error, Result};
 use crate::ops::check_codes;
 use std::path::Path;
@@ -68,9 +69,46 @@ impl Model {
         }
     }
 
-    /// Reconstructions from codes (n, width).
+    /// Reconstructions (n, d) from codes (n, width), row-major.
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        let (width, k) = self.code_shape();
+        self.check_width(codes)?;
+        match self {
+            Model::KMeans(m) => {
+                let len = kmeans_decoded_len(m, codes)?;
+                let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
+                copy_codewords(&m.centroids, (1, m.k(), m.d), codes, &mut out);
+                Ok(out)
+            }
+            Model::Rvq(m) => m.decode(codes),
+            Model::Pvq(m) => m.decode(codes),
+            Model::Avq(m) => m.decode(codes),
+            Model::Vq(m) => m.decode(codes),
+        }
+    }
+
+    /// [`Model::decode`] into `out`, which must hold n x d floats; everything is checked
+    /// before anything is written. For callers that decode batch after batch: a fresh
+    /// output's pages are zeroed by the kernel when first written, which can cost as much
+    /// as the decoding (docs/performance.md).
+    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        self.check_width(codes)?;
+        match self {
+            Model::KMeans(m) => {
+                let len = kmeans_decoded_len(m, codes)?;
+                crate::backend::check_len("the reconstructions", out.len(), len)?;
+                copy_codewords(&m.centroids, (1, m.k(), m.d), codes, out);
+                Ok(())
+            }
+            Model::Rvq(m) => m.decode_into(codes, out),
+            Model::Pvq(m) => m.decode_into(codes, out),
+            Model::Avq(m) => m.decode_into(codes, out),
+            Model::Vq(m) => m.decode_into(codes, out),
+        }
+    }
+
+    /// Whole rows of codes.
+    fn check_width(&self, codes: &[u32]) -> Result<()> {
+        let (width, _) = self.code_shape();
         if !codes.len().is_multiple_of(width) {
             return Err(Error::invalid(
                 "codes",
@@ -80,20 +118,7 @@ impl Model {
                 ),
             ));
         }
-        check_codes(codes, k)?;
-        Ok(match self {
-            Model::KMeans(m) => {
-                let mut out = Vec::with_capacity(codes.len() * m.d);
-                for &c in codes {
-                    out.extend_from_slice(&m.centroids[c as usize * m.d..(c as usize + 1) * m.d]);
-                }
-                out
-            }
-            Model::Rvq(m) => m.decode(codes)?,
-            Model::Pvq(m) => m.decode(codes)?,
-            Model::Avq(m) => m.decode(codes)?,
-            Model::Vq(m) => m.decode(codes)?,
-        })
+        Ok(())
     }
 
     pub fn to_file(&self) -> TensorFile {
@@ -130,5 +155,128 @@ impl Model {
             });
         }
         Ok(())
+    }
+}
+
+/// The floats a k-means model's codes decode to, after checking them and its centroids.
+fn kmeans_decoded_len(m: &KMeans, codes: &[u32]) -> Result<usize> {
+    check_codes(codes, m.k())?;
+    let want = size("centroids", &[m.k(), m.d])?;
+    crate::backend::check_len("centroids", m.centroids.len(), want)?;
+    size("the reconstructions", &[codes.len(), m.d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::DECODE_ROWS;
+    use crate::quant::vq::VqConfig;
+    use crate::rng::Rng;
+
+    /// One model of each kind, d = 6, k = 5, with random codebooks.
+    fn models() -> Vec<Model> {
+        let (d, k) = (6, 5);
+        let mut rng = Rng::new(3);
+        let mut vq = VectorQuantizer::new(VqConfig::new(k, d)).unwrap();
+        vq.codebook = rng.normal_vec(k * d);
+        vec![
+            Model::KMeans(KMeans::from_centroids(rng.normal_vec(k * d), d).unwrap()),
+            Model::Rvq(Rvq {
+                d,
+                k,
+                stages: 3,
+                shared: false,
+                beam: 1,
+                codebooks: rng.normal_vec(3 * k * d),
+            }),
+            Model::Pvq(Pvq {
+                d,
+                m: 3,
+                k,
+                codebooks: rng.normal_vec(3 * k * 2),
+            }),
+            Model::Avq(Avq {
+                d,
+                m: 2,
+                k,
+                beam: 1,
+                codebooks: rng.normal_vec(2 * k * d),
+            }),
+            Model::Vq(Box::new(vq)),
+        ]
+    }
+
+    /// Row by row: each code's codeword, summed from zero in code order (RQ, AQ) or laid
+    /// side by side (PQ).
+    fn reference(model: &Model, codes: &[u32]) -> Vec<f32> {
+        let (w, _) = model.code_shape();
+        let d = model.d();
+        let word = |book: &[f32], j: u32, len: usize| book[j as usize * len..][..len].to_vec();
+        codes
+            .chunks(w.max(1))
+            .flat_map(|c| match model {
+                Model::KMeans(m) => word(&m.centroids, c[0], d),
+                Model::Vq(m) => word(&m.codebook, c[0], d),
+                Model::Pvq(m) => (0..w)
+                    .flat_map(|s| word(m.codebook(s), c[s], m.dsub()))
+                    .collect(),
+                Model::Rvq(_) | Model::Avq(_) => {
+                    let book = |s: usize| match model {
+                        Model::Rvq(m) => m.codebook(s).to_vec(),
+                        Model::Avq(m) => m.codebook(s).to_vec(),
+                        _ => unreachable!(),
+                    };
+                    let mut row = vec![0.0f32; d];
+                    for (s, &j) in c.iter().enumerate() {
+                        for (a, b) in row.iter_mut().zip(word(&book(s), j, d)) {
+                            *a += b;
+                        }
+                    }
+                    row
+                }
+            })
+            .collect()
+    }
+
+    /// `decode` and `decode_into` give the reference's bits for every kind of model, rows
+    /// around the decoders' blocks; `decode_into` refuses an output of the wrong length, a
+    /// code out of range and a partial row, and leaves the output as it was.
+    #[test]
+    fn decode_into_is_decode_and_checks_first() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for model in models() {
+            let (w, k) = model.code_shape();
+            let (d, kind) = (model.d(), model.kind());
+            for n in [0, 1, DECODE_ROWS + 1, 3 * DECODE_ROWS] {
+                let mut rng = Rng::new(n as u64);
+                let codes: Vec<u32> = (0..n * w)
+                    .map(|_| (rng.uniform() * k as f64) as u32)
+                    .collect();
+                let want = reference(&model, &codes);
+                assert_eq!(want.len(), n * d);
+                assert_eq!(
+                    bits(&model.decode(&codes).unwrap()),
+                    bits(&want),
+                    "{kind} n {n}"
+                );
+                let mut got = vec![f32::NAN; n * d];
+                model.decode_into(&codes, &mut got).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{kind} n {n}");
+            }
+            let codes = vec![1u32; 2 * w];
+            let mut out_of_range = codes.clone();
+            out_of_range[2 * w - 1] = k as u32;
+            let bad: [(&[u32], usize); 4] = [
+                (&codes, 2 * d - 1),
+                (&codes, 2 * d + 1),
+                (&out_of_range, 2 * d),
+                (&codes[..2 * w - 1], 2 * d),
+            ];
+            for (i, (c, len)) in bad.into_iter().enumerate() {
+                let mut out = vec![7.0f32; len];
+                assert!(model.decode_into(c, &mut out).is_err(), "{kind} case {i}");
+                assert!(out.iter().all(|&v| v == 7.0), "{kind} case {i}");
+            }
+        }
     }
 }

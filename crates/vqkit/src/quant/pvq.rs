@@ -70,9 +70,44 @@ pub struct Pvq {
     pub codebooks: Vec<f32>,
 }
 
-/// [`Pvq::decode`] for codewords of `W` floats: `out`'s rows of `m * W` from `codes`' rows
-/// of `m`, sub-space `s`'s codebook at `codebooks[s * sz..]`.
-fn decode_rows<const W: usize>(
+/// Sub-vector `i` of `out` (`ds` floats) is `codebooks[(i % m) * k * ds + codes[i] * ds..]`:
+/// PQ's decoding, and with `m = 1` that of a single codebook (k-means, VQ). Rows of `m`
+/// codes in blocks of [`DECODE_ROWS`] on rayon's current pool; codewords of 1, 2, 4, 8
+/// and 16 floats as fixed-size copies. The callers check the codes (below `k`) and that
+/// `codebooks` holds `m * k * ds` and `out` `codes.len() * ds` floats.
+pub(crate) fn copy_codewords(
+    codebooks: &[f32],
+    (m, k, ds): (usize, usize, usize),
+    codes: &[u32],
+    out: &mut [f32],
+) {
+    if m == 0 || ds == 0 {
+        return;
+    }
+    let sz = k * ds;
+    let rows = |(o, c): (&mut [f32], &[u32])| match ds {
+        1 => copy_rows::<1>(codebooks, sz, m, c, o),
+        2 => copy_rows::<2>(codebooks, sz, m, c, o),
+        4 => copy_rows::<4>(codebooks, sz, m, c, o),
+        8 => copy_rows::<8>(codebooks, sz, m, c, o),
+        16 => copy_rows::<16>(codebooks, sz, m, c, o),
+        _ => {
+            for (o, c) in o.chunks_mut(m * ds).zip(c.chunks(m)) {
+                for (s, (o, &j)) in o.chunks_exact_mut(ds).zip(c).enumerate() {
+                    o.copy_from_slice(&codebooks[s * sz + j as usize * ds..][..ds]);
+                }
+            }
+        }
+    };
+    let block = DECODE_ROWS.saturating_mul(m);
+    out.par_chunks_mut(block.saturating_mul(ds))
+        .zip(codes.par_chunks(block))
+        .for_each(rows);
+}
+
+/// [`copy_codewords`] for codewords of `W` floats: `out`'s rows of `m * W` from `codes`'
+/// rows of `m`, sub-space `s`'s codebook at `codebooks[s * sz..]`.
+fn copy_rows<const W: usize>(
     codebooks: &[f32],
     sz: usize,
     m: usize,
@@ -207,31 +242,31 @@ impl Pvq {
     /// `ProductQuantizer.decode` from Python take three to five times FAISS's at n =
     /// 200,000, M = 64, k = 16 (docs/performance.md).
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+        let len = self.decoded_len(codes)?;
+        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
+        copy_codewords(
+            &self.codebooks,
+            (self.m, self.k, self.dsub()),
+            codes,
+            &mut out,
+        );
+        Ok(out)
+    }
+
+    /// [`Pvq::decode`] into `out`, which must hold `codes.len() * d / m` floats; everything
+    /// is checked before anything is written.
+    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let len = self.decoded_len(codes)?;
+        crate::backend::check_len("the reconstructions", out.len(), len)?;
+        copy_codewords(&self.codebooks, (self.m, self.k, self.dsub()), codes, out);
+        Ok(())
+    }
+
+    /// The floats `codes` decode to, after checking the model and the codes.
+    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
         self.check_model()?;
         check_codes(codes, self.k)?;
-        let (ds, m) = (self.dsub(), self.m);
-        let len = size("the reconstructions", &[codes.len(), ds])?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        let sz = self.k * ds;
-        let rows = |(o, c): (&mut [f32], &[u32])| match ds {
-            1 => decode_rows::<1>(&self.codebooks, sz, m, c, o),
-            2 => decode_rows::<2>(&self.codebooks, sz, m, c, o),
-            4 => decode_rows::<4>(&self.codebooks, sz, m, c, o),
-            8 => decode_rows::<8>(&self.codebooks, sz, m, c, o),
-            16 => decode_rows::<16>(&self.codebooks, sz, m, c, o),
-            _ => {
-                for (o, c) in o.chunks_mut(m * ds).zip(c.chunks(m)) {
-                    for (s, (o, &j)) in o.chunks_exact_mut(ds).zip(c).enumerate() {
-                        o.copy_from_slice(&self.codebooks[s * sz + j as usize * ds..][..ds]);
-                    }
-                }
-            }
-        };
-        let block = DECODE_ROWS * m;
-        out.par_chunks_mut(block * ds)
-            .zip(codes.par_chunks(block))
-            .for_each(rows);
-        Ok(out)
+        size("the reconstructions", &[codes.len(), self.dsub()])
     }
 
     pub fn to_file(&self, cfg: Option<&PvqConfig>) -> TensorFile {

@@ -362,26 +362,35 @@ impl Rvq {
     /// one, rayon's global pool: every core). (A last row of fewer than `stages` codes is
     /// dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+        let len = self.decoded_len(codes)?;
+        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
+        self.sum_codewords(codes, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Rvq::decode`] into `out`, which must hold `codes.len() / stages * d` floats;
+    /// everything is checked before anything is written.
+    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let len = self.decoded_len(codes)?;
+        crate::backend::check_len("the reconstructions", out.len(), len)?;
+        self.sum_codewords(codes, out)
+    }
+
+    /// The floats `codes` decode to, after checking the codes and the codebooks' length.
+    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
         check_codes(codes, self.k)?;
-        // Checked before the output is allocated (and again by `residual_decode`).
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
-        let (d, stages) = (self.d, self.stages);
-        if stages == 0 {
-            return Ok(Vec::new());
-        }
-        let n = codes.len() / stages;
-        let len = size("the reconstructions", &[n, d])?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        let shape = (stages, self.k, d);
-        residual_decode(
-            Isa::detect(),
-            &self.codebooks,
-            shape,
-            &codes[..n * stages],
-            &mut out,
-        )?;
-        Ok(out)
+        size(
+            "the reconstructions",
+            &[codes.len().checked_div(self.stages).unwrap_or(0), self.d],
+        )
+    }
+
+    fn sum_codewords(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let shape = (self.stages, self.k, self.d);
+        let whole = codes.len() - codes.len().checked_rem(self.stages).unwrap_or(codes.len());
+        residual_decode(Isa::detect(), &self.codebooks, shape, &codes[..whole], out)
     }
 
     /// Error after each stage, and each stage's perplexity and codebook usage.
