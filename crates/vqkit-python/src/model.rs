@@ -387,7 +387,8 @@ impl PyModel {
     /// Reconstructions (n, d) float32 from codes (n, width), uint32 (read in place; the
     /// package passes unsigned codes of up to 32 bits so) or int64. With `out`, a writable,
     /// C-contiguous float32 array of shape (n, d) that shares no memory with the codes, they
-    /// are written there and `out` is returned; it is untouched where the call fails.
+    /// are written there and `out` is returned; it is untouched where the call is refused
+    /// (after a KeyboardInterrupt or an internal error its contents are unspecified).
     #[pyo3(signature = (codes, out = None))]
     fn decode<'py>(
         &self,
@@ -433,15 +434,21 @@ impl PyModel {
                 if !o.is_c_contiguous() {
                     return Err(VqkitError::new_err("out must be C-contiguous"));
                 }
-                // numpy's borrow checker refuses a read-only array, and one that overlaps
-                // the codes (borrowed for reading above) (the decoders would read what they
-                // write). Written without the GIL: no other thread may use it meanwhile.
+                // numpy's borrow checker refuses a read-only array, and one borrowed
+                // elsewhere. Written without the GIL: no other thread may use it meanwhile.
                 let mut rw = o
                     .try_readwrite()
                     .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
                 let s = rw
                     .as_slice_mut()
                     .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
+                // The borrow checker compares arrays of one base object only; two arrays
+                // over the same buffer through different bases (`np.frombuffer` twice)
+                // pass it. The decoders would then read codes they are overwriting.
+                let (cr, sr) = (c.as_ptr_range(), s.as_ptr_range());
+                if (cr.start as usize) < sr.end as usize && (sr.start as usize) < cr.end as usize {
+                    return Err(VqkitError::new_err("out shares memory with the codes"));
+                }
                 crate::run::compute(py, move || model.decode_into(c, s))?;
                 Ok(o.clone())
             }

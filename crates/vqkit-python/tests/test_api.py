@@ -282,13 +282,15 @@ def test_decode_into_out(blobs):
         bad_codes = codes.astype(np.int64)
         bad_codes[5, 0] = 1 << 20
         cases = [
-            (np.zeros((300, 32), np.float64), codes, "float32"),
-            ([[0.0] * 32] * 300, codes, "float32 NumPy array"),
+            (np.zeros((300, 32), np.float64), codes, "2-D float32 NumPy array; got a 2-D float64"),
+            ([[0.0] * 32] * 300, codes, "2-D float32 NumPy array; got list"),
+            (np.zeros(300 * 32, np.float32), codes, "got a 1-D float32"),
+            (np.zeros((1, 300, 32), np.float32), codes, "got a 3-D float32"),
             (np.zeros((299, 32), np.float32), codes, r"shape \(300, 32\)"),
             (np.zeros((300, 33), np.float32), codes, r"shape \(300, 32\)"),
             (np.zeros((300, 32), np.float32, order="F"), codes, "C-contiguous"),
             (np.zeros((300, 64), np.float32)[:, ::2], codes, "C-contiguous"),
-            (ro, codes, "out"),
+            (ro, codes, "not writeable"),
             (np.full((300, 32), 7.0, np.float32), bad_codes, "out of range"),
         ]
         for out, c, match in cases:
@@ -297,14 +299,23 @@ def test_decode_into_out(blobs):
                 q.decode(c, out=out)
             np.testing.assert_array_equal(np.asarray(out), before)
     # Codes that share memory with out (PQ with one float per sub-vector: M = d codes a
-    # row, read in place as uint32) are refused, not read while they are overwritten.
+    # row, read in place as uint32) are refused, not read while they are overwritten:
+    # through one base object (numpy's borrow checker) or two (np.frombuffer twice).
     pq = vqkit.ProductQuantizer(8, 8, 4, niter=2)
     pq.train(x[:, :8].copy())
-    buf = np.zeros((50, 8), np.float32)
-    aliased = buf.view(np.uint32)
-    with pytest.raises(vqkit.VqkitError, match="out"):
-        pq.decode(aliased, out=buf)
-    assert not buf.any()
+    raw = bytearray(50 * 8 * 4)
+    buf = np.frombuffer(raw, np.float32).reshape(50, 8)
+    for codes, match in ((buf.view(np.uint32), "already borrowed|shares memory"),
+                         (np.frombuffer(raw, np.uint32).reshape(50, 8), "shares memory"),
+                         (np.frombuffer(raw, np.uint32)[8:].reshape(49, 8), "shares memory")):
+        with pytest.raises(vqkit.VqkitError, match=match):
+            pq.decode(codes, out=buf[:codes.shape[0]])
+        assert not buf.any()
+    # uint32 codes read in place, and no rows.
+    codes = pq.compute_codes(x[:40, :8].copy()).astype(np.uint32)
+    out = np.empty((40, 8), np.float32)
+    np.testing.assert_array_equal(pq.decode(codes, out=out), pq.decode(codes))
+    assert pq.decode(codes[:0], out=np.empty((0, 8), np.float32)).shape == (0, 8)
 
 
 def test_missing_and_corrupt_model_files_raise(tmp_path, blobs):

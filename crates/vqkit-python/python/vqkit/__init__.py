@@ -355,17 +355,20 @@ class _Codec:
         """Reconstructions (n, d) float32 of codes (n, M).
 
         With ``out``, a writable, C-contiguous float32 NumPy array of shape (n, d) that
-        shares no memory with ``codes``, they are written there and ``out`` is returned
-        (untouched where the call fails). For batch after batch into one buffer: a fresh
-        array's pages are zeroed by the kernel as they are first written, which at d = 128
-        costs about as much as decoding. No other thread may use ``out`` during the call.
+        shares no memory with ``codes``, they are written there and ``out`` is returned. It
+        is untouched where the call is refused (after a KeyboardInterrupt or an internal
+        error its contents are unspecified). For batch after batch into one buffer: a fresh
+        array's pages are zeroed by the kernel as they are first written, which costs about
+        half of a decode at d = 128 (docs/performance.md). No other thread may use ``out``
+        during the call.
         """
         c = _codes(codes, self.M)
         if out is None:
             return self._trained().decode(c)
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
-            what = f"a {out.dtype} array" if isinstance(out, np.ndarray) else type(out).__name__
-            raise VqkitError(f"out must be a float32 NumPy array; got {what}")
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2:
+            what = (f"a {out.ndim}-D {out.dtype} array" if isinstance(out, np.ndarray)
+                    else type(out).__name__)
+            raise VqkitError(f"out must be a 2-D float32 NumPy array; got {what}")
         return self._trained().decode(c, out)
 
     def save(self, path: PathLike) -> None:

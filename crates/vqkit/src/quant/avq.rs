@@ -25,7 +25,7 @@ use super::model_io::TensorFile;
 use super::rvq::{Rvq, RvqConfig};
 use super::{check_input, check_training, mse};
 use crate::backend::Backend;
-use crate::backend::cpu::{Isa, residual_decode, size};
+use crate::backend::cpu::{Isa, residual_decode, residual_decoded_len};
 use crate::error::{Error, Result};
 use crate::ops::check_codes;
 use crate::quant::kmeans::Init;
@@ -187,7 +187,6 @@ impl Avq {
         Ok(codes)
     }
 
-    /// `x^_i = sum_m C_m[codes[i, m]]`.
     /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in codebook order, as
     /// [`Rvq::decode`] (the same kernel). (A last row of fewer than `m` codes is dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
@@ -205,20 +204,15 @@ impl Avq {
         self.sum_codewords(codes, out)
     }
 
+    /// The floats `codes` decode to, after checking the codes and the codebooks' length.
     fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
         check_codes(codes, self.k)?;
-        let want = size("codebooks", &[self.m, self.k, self.d])?;
-        crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
-        size(
-            "the reconstructions",
-            &[codes.len().checked_div(self.m).unwrap_or(0), self.d],
-        )
+        residual_decoded_len(&self.codebooks, (self.m, self.k, self.d), codes)
     }
 
     fn sum_codewords(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
         let shape = (self.m, self.k, self.d);
-        let whole = codes.len() - codes.len().checked_rem(self.m).unwrap_or(codes.len());
-        residual_decode(Isa::detect(), &self.codebooks, shape, &codes[..whole], out)
+        residual_decode(Isa::detect(), &self.codebooks, shape, codes, out)
     }
 
     /// Replaces every codebook by the joint least-squares solution for fixed codes. Codewords

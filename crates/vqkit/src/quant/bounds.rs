@@ -605,7 +605,8 @@ enum RowPass<'a> {
 fn refresh_row(isa: Isa, pass: RowPass, row: &mut [f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match isa {
-        // SAFETY: `Isa::Avx512` and `Isa::Avx2` exist only after runtime detection.
+        // SAFETY: the crate passes only an `Isa` the CPU supports (a backend's or
+        // `Isa::detect`'s).
         Isa::Avx512 => return unsafe { refresh_row_avx512(pass, row) },
         Isa::Avx2 => return unsafe { refresh_row_avx2(pass, row) },
         Isa::Portable => {}
@@ -680,7 +681,7 @@ fn by_centroid(idx: &[u32], k: usize) -> Vec<u32> {
 fn shift_row(isa: Isa, row: &mut [f32], drift: &[f32], w: f32, skip: u32, out: &mut Vec<u32>) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        // SAFETY: `Isa::Avx512` exists only after runtime detection of AVX-512F.
+        // SAFETY: as in `refresh_row`: an `Isa` the CPU supports.
         return unsafe { shift_row_avx512(row, drift, w, skip, out) };
     }
     let _ = isa;

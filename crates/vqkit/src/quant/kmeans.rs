@@ -175,7 +175,8 @@ impl KMeans {
     }
 
     pub fn k(&self) -> usize {
-        self.centroids.len() / self.d
+        // `d` is a public field: 0 gives no centroids rather than a division by zero.
+        self.centroids.len().checked_div(self.d).unwrap_or(0)
     }
 
     /// Fits `cfg.k` centroids to `x` (rows of `d`).

@@ -27,7 +27,7 @@ use super::kmeans::{Init, IterLog, KMeans, KMeansConfig, subsample};
 use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
 use super::{check_input, check_training, code_stats, mean_sq_norm, sub_seed};
-use crate::backend::cpu::{Isa, residual_codes, residual_decode, size};
+use crate::backend::cpu::{Isa, residual_codes, residual_decode, residual_decoded_len, size};
 use crate::backend::{Backend, Shape, check_finite};
 use crate::error::{Error, Result};
 use crate::ops::{DeviceKMeans, assign, check_codes, rows};
@@ -379,18 +379,12 @@ impl Rvq {
     /// The floats `codes` decode to, after checking the codes and the codebooks' length.
     fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
         check_codes(codes, self.k)?;
-        let want = size("codebooks", &[self.stages, self.k, self.d])?;
-        crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
-        size(
-            "the reconstructions",
-            &[codes.len().checked_div(self.stages).unwrap_or(0), self.d],
-        )
+        residual_decoded_len(&self.codebooks, (self.stages, self.k, self.d), codes)
     }
 
     fn sum_codewords(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
         let shape = (self.stages, self.k, self.d);
-        let whole = codes.len() - codes.len().checked_rem(self.stages).unwrap_or(codes.len());
-        residual_decode(Isa::detect(), &self.codebooks, shape, &codes[..whole], out)
+        residual_decode(Isa::detect(), &self.codebooks, shape, codes, out)
     }
 
     /// Error after each stage, and each stage's perplexity and codebook usage.

@@ -148,7 +148,8 @@ impl Scan<'_> {
     fn block(&self, first: usize, dmin: &mut [f32], owner: &mut [u32]) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` other than Portable exists only after runtime detection.
+            // SAFETY: the crate passes only an `Isa` the CPU supports (a backend's or
+            // `Isa::detect`'s).
             Isa::Avx512 => unsafe { self.block_avx512(first, dmin, owner) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
@@ -208,7 +209,8 @@ impl Scan<'_> {
 fn distance(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
+        // SAFETY: the crate passes only an `Isa` the CPU supports (a backend's or
+        // `Isa::detect`'s).
         Isa::Avx512 => unsafe { distance_avx512(a, b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.

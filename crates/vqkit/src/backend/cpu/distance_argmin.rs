@@ -1362,8 +1362,8 @@ pub(crate) fn exact_scores(
         let scores = match isa {
             Isa::Portable => chains::<false, false>(x, &rows, norms, js),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` and `Isa::Avx512` exist only after runtime detection,
-            // and every CPU with either has FMA.
+            // SAFETY: the crate passes only an `Isa` the CPU supports (a backend's, checked by
+            // `CpuBackend::with_isa`, or `Isa::detect`'s), and every CPU with either has FMA.
             Isa::Avx2 | Isa::Avx512 => unsafe { chains_fma(folds(isa, d), x, &rows, norms, js) },
         };
         out.copy_from_slice(&scores[..out.len()]);
@@ -1417,11 +1417,11 @@ pub(crate) fn exact_lane_scores(
     match isa {
         Isa::Portable => lane_scores::<false, false, 2>(xt, codebook, norms, js, out),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` exists only after runtime detection of AVX-512F, which
-        // every CPU pairs with FMA.
+        // SAFETY: the crate passes only an `Isa` the CPU supports (see `exact_scores`), and
+        // every CPU with AVX-512F has FMA.
         Isa::Avx512 => unsafe { lane_scores_avx512(fold, xt, codebook, norms, js, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` exists only after runtime detection of AVX2 and FMA.
+        // SAFETY: as above; `Isa::Avx2` is detected with FMA.
         Isa::Avx2 => unsafe { lane_scores_avx2(fold, xt, codebook, norms, js, out) },
     }
 }

@@ -21,7 +21,9 @@ pub use isa::{Isa, has_avx};
 #[cfg(test)]
 pub(crate) use product::block_rows;
 pub(crate) use product::{product_codes, size};
-pub(crate) use residual::{DECODE_ROWS, residual_codes, residual_decode, subtract_codewords};
+pub(crate) use residual::{
+    DECODE_ROWS, residual_codes, residual_decode, residual_decoded_len, subtract_codewords,
+};
 
 pub(crate) use distance_argmin::{
     LANES, NARROW_K, exact_lane_scores, exact_scores, finished, pack_lanes, row_norms, sq_norm,

@@ -29,7 +29,8 @@ const PROBE_FMA_ITERS: usize = 1_000_000;
 const FMA_PIECES: usize = 8;
 
 /// Peak f32 GFLOP/s (an FMA counts 2) on `threads` threads with the given instruction set:
-/// the best of three passes. Where no pool of `threads` can be built, one thread's.
+/// the best of three passes. Where no pool of `threads` can be built, one thread's. An
+/// `isa` this CPU lacks measures the portable loop (check [`Isa::supported`] first).
 pub fn fma_gflops(isa: Isa, threads: usize) -> f64 {
     in_pool(threads, |parallel| {
         (0..3)
@@ -93,12 +94,14 @@ fn fma_pass(isa: Isa, parallel: bool, iters: usize) -> f64 {
 
 fn fma_chains(isa: Isa, iters: usize) -> f32 {
     match isa {
+        // An `Isa` this CPU lacks (the enum is public: safe code can name any) runs the
+        // portable loop.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-        Isa::Avx512 => unsafe { x86::chains_avx512(iters) },
+        // SAFETY: the CPU supports AVX-512F (the guard).
+        Isa::Avx512 if isa.supported() => unsafe { x86::chains_avx512(iters) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::chains_avx2(iters) },
+        // SAFETY: the CPU supports AVX2 and FMA (the guard).
+        Isa::Avx2 if isa.supported() => unsafe { x86::chains_avx2(iters) },
         _ => {
             // As the portable micro-kernels compute: `acc += b * a`, unfused (a scalar
             // `mul_add` without FMA in the target would call libm and measure nothing a
@@ -237,12 +240,14 @@ fn read_pass(isa: Isa, buf: &[f32], parallel: bool) -> (f64, f64) {
 /// what L2 and L3 deliver).
 fn sum(isa: Isa, c: &[f32]) -> f32 {
     match isa {
+        // An `Isa` this CPU lacks (the enum is public: safe code can name any) runs the
+        // portable loop.
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` other than Portable exists only after runtime detection.
-        Isa::Avx512 => unsafe { x86::sum_avx512(c) },
+        // SAFETY: the CPU supports AVX-512F (the guard).
+        Isa::Avx512 if isa.supported() => unsafe { x86::sum_avx512(c) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::sum_avx2(c) },
+        // SAFETY: the CPU supports AVX2 and FMA (the guard).
+        Isa::Avx2 if isa.supported() => unsafe { x86::sum_avx2(c) },
         _ => {
             let mut acc = [0.0f32; 64];
             let mut blocks = c.chunks_exact(64);
@@ -285,7 +290,8 @@ impl Probe {
     }
 
     /// f32 FMA GFLOP/s now with `isa`'s chains: one pass, on every thread of the current
-    /// rayon pool if `parallel`, else on this thread. Panics if this CPU lacks `isa`.
+    /// rayon pool if `parallel`, else on this thread. An `isa` this CPU lacks measures the
+    /// portable loop.
     pub fn fma_gflops(&self, isa: Isa, parallel: bool) -> f64 {
         fma_pass(isa, parallel, PROBE_FMA_ITERS)
     }

@@ -119,10 +119,25 @@ impl IsaLoop<(&mut [f32], &[u32])> for Subtract<'_> {
 /// output.
 pub(crate) const DECODE_ROWS: usize = 256;
 
+/// The floats [`residual_decode`] writes for `codes` (a last row of fewer than `stages`
+/// codes is dropped), after checking that `codebooks` holds (stages, k, d) floats.
+pub(crate) fn residual_decoded_len(
+    codebooks: &[f32],
+    (stages, k, d): (usize, usize, usize),
+    codes: &[u32],
+) -> Result<usize> {
+    let want = size("codebooks", &[stages, k, d])?;
+    super::check_len("codebooks", codebooks.len(), want)?;
+    let n = codes.len().checked_div(stages).unwrap_or(0);
+    size("the reconstructions", &[n, d])
+}
+
 /// `out_i = 0 + C_0[codes[i, 0]] + C_1[codes[i, 1]] + ...` (`codebooks` (stages, k, d),
 /// row-major), added in stage order: the same bits as adding stage after stage over all
 /// rows, whatever the instruction set, the block or the thread count. Rows in blocks of
-/// [`DECODE_ROWS`] on rayon's current pool. Every code is below `k` (the caller checks).
+/// [`DECODE_ROWS`] on rayon's current pool; a last row of fewer than `stages` codes is
+/// dropped. `out` holds [`residual_decoded_len`] floats. Every code is below `k` (the
+/// caller checks).
 pub(crate) fn residual_decode(
     isa: Isa,
     codebooks: &[f32],
@@ -130,18 +145,12 @@ pub(crate) fn residual_decode(
     codes: &[u32],
     out: &mut [f32],
 ) -> Result<()> {
-    super::check_len(
-        "codebooks",
-        codebooks.len(),
-        size("codebooks", &[stages, k, d])?,
-    )?;
+    let len = residual_decoded_len(codebooks, (stages, k, d), codes)?;
+    super::check_len("the reconstructions", out.len(), len)?;
     if stages == 0 || d == 0 {
         return Ok(());
     }
-    let n = codes.len() / stages;
-    super::check_len("codes", codes.len(), size("codes", &[n, stages])?)?;
-    let len = size("the reconstructions", &[n, d])?;
-    super::check_len("the reconstructions", out.len(), len)?;
+    let codes = &codes[..len / d * stages];
     let sum = SumRows {
         codebooks,
         k,
