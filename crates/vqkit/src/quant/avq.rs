@@ -22,10 +22,9 @@
 
 use super::linalg::{dots, smallest, solve_spd};
 use super::model_io::TensorFile;
-use super::rvq::{Rvq, RvqConfig};
+use super::rvq::{Rvq, RvqConfig, Sums};
 use super::{check_input, check_training, mse};
 use crate::backend::Backend;
-use crate::backend::cpu::{Isa, residual_decode, residual_decoded_len};
 use crate::error::{Error, Result};
 use crate::ops::check_codes;
 use crate::quant::kmeans::Init;
@@ -190,29 +189,13 @@ impl Avq {
     /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in codebook order, as
     /// [`Rvq::decode`] (the same kernel). (A last row of fewer than `m` codes is dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        let len = self.decoded_len(codes)?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        self.sum_codewords(codes, &mut out)?;
-        Ok(out)
+        Sums::of(&self.codebooks, (self.m, self.k, self.d)).decode(codes)
     }
 
     /// [`Avq::decode`] into `out`, which must hold `codes.len() / m * d` floats; everything
     /// is checked before anything is written.
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        let len = self.decoded_len(codes)?;
-        crate::backend::check_len("the reconstructions", out.len(), len)?;
-        self.sum_codewords(codes, out)
-    }
-
-    /// The floats `codes` decode to, after checking the codes and the codebooks' length.
-    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
-        check_codes(codes, self.k)?;
-        residual_decoded_len(&self.codebooks, (self.m, self.k, self.d), codes)
-    }
-
-    fn sum_codewords(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        let shape = (self.m, self.k, self.d);
-        residual_decode(Isa::detect(), &self.codebooks, shape, codes, out)
+        Sums::of(&self.codebooks, (self.m, self.k, self.d)).decode_into(codes, out)
     }
 
     /// Replaces every codebook by the joint least-squares solution for fixed codes. Codewords

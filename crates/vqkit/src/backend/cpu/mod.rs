@@ -22,7 +22,8 @@ pub use isa::{Isa, has_avx};
 pub(crate) use product::block_rows;
 pub(crate) use product::{product_codes, size};
 pub(crate) use residual::{
-    DECODE_ROWS, residual_codes, residual_decode, residual_decoded_len, subtract_codewords,
+    DECODE_ROWS, add_codewords, residual_codes, residual_decode, residual_decoded_len,
+    subtract_codewords,
 };
 
 pub(crate) use distance_argmin::{

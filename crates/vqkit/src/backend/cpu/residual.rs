@@ -78,7 +78,7 @@ pub(crate) fn residual_codes(
             if s + 1 == stages {
                 break;
             }
-            in_isa(isa, &Subtract { cb, d }, (&mut *r, &*idx));
+            in_isa(isa, &Shift::<true> { cb, d }, (&mut *r, &*idx));
         }
         codes_into_rows(&sc.idx, cstride, stages, out, stages);
         Ok(true)
@@ -90,26 +90,38 @@ pub(crate) fn residual_codes(
 /// `r_i -= c[idx_i]` (rows of `d`) on rayon's current pool, in the build of `isa`: the
 /// fit's and the device path's subtraction of each stage's codewords.
 pub(crate) fn subtract_codewords(isa: Isa, r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
-    let sub = Subtract { cb: c, d };
-    r.par_chunks_mut(d.max(1).saturating_mul(DECODE_ROWS))
-        .zip(idx.par_chunks(DECODE_ROWS))
-        .for_each(|(r, idx)| in_isa(isa, &sub, (r, idx)));
+    shift_rows(isa, &Shift::<true> { cb: c, d }, r, idx);
 }
 
-/// `r_i -= cb[idx_i]` for a block's residuals, in the build of the search's instruction
-/// set: compiled for the baseline, SSE2, it took about 15% of `compute_codes` at M = 16,
-/// nbits = 4 (`perf record`, one thread).
-struct Subtract<'a> {
+/// `r_i += c[idx_i]`, as [`subtract_codewords`]: the refinement's adding back of a stage.
+pub(crate) fn add_codewords(isa: Isa, r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
+    shift_rows(isa, &Shift::<false> { cb: c, d }, r, idx);
+}
+
+fn shift_rows<const SUB: bool>(isa: Isa, s: &Shift<SUB>, r: &mut [f32], idx: &[u32]) {
+    r.par_chunks_mut(s.d.max(1).saturating_mul(DECODE_ROWS))
+        .zip(idx.par_chunks(DECODE_ROWS))
+        .for_each(|(r, idx)| in_isa(isa, s, (r, idx)));
+}
+
+/// `r_i -= cb[idx_i]` (`SUB`) or `r_i += cb[idx_i]` for a block's rows, in the build of an
+/// instruction set: compiled for the baseline, SSE2, the subtraction took about 15% of
+/// `compute_codes` at M = 16, nbits = 4 (`perf record`, one thread).
+struct Shift<'a, const SUB: bool> {
     cb: &'a [f32],
     d: usize,
 }
 
-impl IsaLoop<(&mut [f32], &[u32])> for Subtract<'_> {
+impl<const SUB: bool> IsaLoop<(&mut [f32], &[u32])> for Shift<'_, SUB> {
     #[inline(always)]
     fn body(&self, (r, idx): (&mut [f32], &[u32])) {
         for (ri, &j) in r.chunks_exact_mut(self.d).zip(idx) {
             for (a, &b) in ri.iter_mut().zip(&self.cb[j as usize * self.d..][..self.d]) {
-                *a -= b;
+                if SUB {
+                    *a -= b;
+                } else {
+                    *a += b;
+                }
             }
         }
     }
