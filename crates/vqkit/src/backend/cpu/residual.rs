@@ -99,7 +99,10 @@ pub(crate) fn add_codewords(isa: Isa, r: &mut [f32], c: &[f32], idx: &[u32], d: 
 }
 
 fn shift_rows<const SUB: bool>(isa: Isa, s: &Shift<SUB>, r: &mut [f32], idx: &[u32]) {
-    r.par_chunks_mut(s.d.max(1).saturating_mul(DECODE_ROWS))
+    if s.d == 0 {
+        return;
+    }
+    r.par_chunks_mut(s.d.saturating_mul(DECODE_ROWS))
         .zip(idx.par_chunks(DECODE_ROWS))
         .for_each(|(r, idx)| in_isa(isa, s, (r, idx)));
 }
