@@ -649,28 +649,81 @@ mod tests {
 
     /// Refinement rounds (each stage refitted with the other stages' codes fixed, its
     /// codewords added back to the residuals and subtracted again on the host) lower the
-    /// greedy codes' error on clustered data, and give the same codebooks on 1 and 2
-    /// threads.
+    /// greedy codes' error on clustered data (0.572 -> 0.547 on the Zen 4 VM, AVX-512), and
+    /// give the same codebooks in pools of 1 and 3 threads, where the host's additions and
+    /// subtractions run.
     #[test]
-    fn refinement_lowers_the_error_on_any_thread_count() {
+    fn refinement_lowers_the_error_the_same_on_1_and_3_threads() {
         let (n, d) = (3000, 8);
         let x = crate::rng::clustered(n, d, 40, 0.3, 5);
         let mut cfg = RvqConfig::new(3, 16);
         cfg.iters = 8;
+        let fit = |cfg: &RvqConfig, threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let b = CpuBackend::new(None).unwrap();
+                Rvq::fit(&b, &x, d, cfg, &mut |_| {}).unwrap()
+            })
+        };
         let one = CpuBackend::new(Some(1)).unwrap();
         let error = |m: &Rvq| {
             let codes = m.encode(&one, &x, 1).unwrap();
             super::super::mse(&x, &m.decode(&codes).unwrap(), d)
         };
-        let plain = Rvq::fit(&one, &x, d, &cfg, &mut |_| {}).unwrap();
+        let plain = fit(&cfg, 1);
         cfg.refine_rounds = 2;
-        let refined = Rvq::fit(&one, &x, d, &cfg, &mut |_| {}).unwrap();
+        let refined = fit(&cfg, 1);
         let (before, after) = (error(&plain), error(&refined));
         assert!(after < 0.99 * before, "{before} -> {after}");
-        let two = CpuBackend::new(Some(2)).unwrap();
-        let on_two = Rvq::fit(&two, &x, d, &cfg, &mut |_| {}).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&on_two.codebooks), bits(&refined.codebooks));
+        assert_eq!(bits(&fit(&cfg, 3).codebooks), bits(&refined.codebooks));
+    }
+
+    /// The host's additions and subtractions of codewords, on every instruction set and in
+    /// pools of 1 and 3 threads, are the scalar loop's, bit for bit: widths around the
+    /// vectors', rows around the blocks (256), a partial last row and fewer codes than rows.
+    #[test]
+    fn codeword_shifts_are_the_scalar_loops() {
+        for d in [1, 7, 16, 17] {
+            for (rows, codes) in [(1, 1), (255, 255), (257, 257), (300, 290)] {
+                let mut rng = Rng::new((d * 1000 + rows) as u64);
+                let c = rng.normal_vec(5 * d);
+                let idx: Vec<u32> = (0..codes).map(|i| (i * 3 % 5) as u32).collect();
+                let r0 = rng.normal_vec(rows * d + d / 2);
+                for sub in [true, false] {
+                    let mut want = r0.clone();
+                    for (ri, &j) in want.chunks_exact_mut(d).zip(&idx) {
+                        for (a, &b) in ri.iter_mut().zip(&c[j as usize * d..][..d]) {
+                            *a = if sub { *a - b } else { *a + b };
+                        }
+                    }
+                    for isa in Isa::available() {
+                        for threads in [1, 3] {
+                            let pool = rayon::ThreadPoolBuilder::new()
+                                .num_threads(threads)
+                                .build()
+                                .unwrap();
+                            let mut got = r0.clone();
+                            pool.install(|| {
+                                if sub {
+                                    crate::backend::cpu::subtract_codewords(
+                                        isa, &mut got, &c, &idx, d,
+                                    )
+                                } else {
+                                    crate::backend::cpu::add_codewords(isa, &mut got, &c, &idx, d)
+                                }
+                            });
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!(bits(&got), bits(&want), "{isa:?} d {d} rows {rows}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The blocked greedy encoder gives the loop per stage's codes bit for bit, on every
