@@ -20,9 +20,10 @@
 //! squares is in [`crate::quant::nsvq`]. Beam search and least squares run on the host: the
 //! trait has no top-B or dense-solve kernel.
 
+use super::Decoder;
 use super::linalg::{dots, smallest, solve_spd};
 use super::model_io::TensorFile;
-use super::rvq::{Rvq, RvqConfig, Sums};
+use super::rvq::{Rvq, RvqConfig};
 use super::{check_input, check_training, mse};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -189,13 +190,13 @@ impl Avq {
     /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in codebook order, as
     /// [`Rvq::decode`] (the same kernel). (A last row of fewer than `m` codes is dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        Sums::of(&self.codebooks, (self.m, self.k, self.d)).decode(codes)
+        Decoder::sums(&self.codebooks, (self.m, self.k, self.d)).decode(codes)
     }
 
     /// [`Avq::decode`] into `out`, which must hold `codes.len() / m * d` floats; everything
     /// is checked before anything is written.
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        Sums::of(&self.codebooks, (self.m, self.k, self.d)).decode_into(codes, out)
+        Decoder::sums(&self.codebooks, (self.m, self.k, self.d)).decode_into(codes, out)
     }
 
     /// Replaces every codebook by the joint least-squares solution for fixed codes. Codewords

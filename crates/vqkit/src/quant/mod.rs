@@ -24,6 +24,7 @@ mod seeding;
 mod test_support;
 pub mod vq;
 
+use crate::backend::cpu::{Isa, residual_decode, residual_decoded_len, size};
 use crate::error::{Error, Result};
 use crate::ops::{check_finite, rows};
 
@@ -104,4 +105,76 @@ pub fn code_stats(codes: &[u32], k: usize) -> (f64, f64) {
         .sum();
     let used = counts.iter().filter(|&&c| c > 0).count();
     (h.exp(), used as f64 / k.max(1) as f64)
+}
+
+/// The decoding every quantizer shares: each code's codeword of `codebooks` (m, k, ds),
+/// row-major, either added from zero in codebook order into rows of ds floats (RQ, AQ:
+/// [`residual_decode`]) or laid side by side (PQ, and with m = 1 k-means and VQ:
+/// [`pvq::copy_codewords`]). Every check comes before the first write.
+pub(crate) struct Decoder<'a> {
+    /// The codebooks' name in errors.
+    what: &'static str,
+    codebooks: &'a [f32],
+    shape: (usize, usize, usize),
+    sum: bool,
+}
+
+impl<'a> Decoder<'a> {
+    /// Rows of `sum_s C_s[codes[i, s]]`; a last row of fewer than m codes is dropped.
+    pub(crate) fn sums(codebooks: &'a [f32], shape: (usize, usize, usize)) -> Self {
+        let what = "codebooks";
+        Decoder {
+            what,
+            codebooks,
+            shape,
+            sum: true,
+        }
+    }
+
+    /// Each code's codeword, side by side.
+    pub(crate) fn copies(
+        what: &'static str,
+        codebooks: &'a [f32],
+        shape: (usize, usize, usize),
+    ) -> Self {
+        Decoder {
+            what,
+            codebooks,
+            shape,
+            sum: false,
+        }
+    }
+
+    pub(crate) fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+        let len = self.decoded_len(codes)?;
+        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
+        self.fill(codes, &mut out)?;
+        Ok(out)
+    }
+
+    pub(crate) fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        let len = self.decoded_len(codes)?;
+        crate::backend::check_len("the reconstructions", out.len(), len)?;
+        self.fill(codes, out)
+    }
+
+    /// The floats `codes` decode to, after checking them and the codebooks' length.
+    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
+        let (m, k, ds) = self.shape;
+        crate::ops::check_codes(codes, k)?;
+        if self.sum {
+            return residual_decoded_len(self.codebooks, self.shape, codes);
+        }
+        let want = size(self.what, &[m, k, ds])?;
+        crate::backend::check_len(self.what, self.codebooks.len(), want)?;
+        size("the reconstructions", &[codes.len(), ds])
+    }
+
+    fn fill(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+        if self.sum {
+            return residual_decode(Isa::detect(), self.codebooks, self.shape, codes, out);
+        }
+        pvq::copy_codewords(self.codebooks, self.shape, codes, out);
+        Ok(())
+    }
 }

@@ -1,15 +1,14 @@
 //! Any trained model, as read from a file: one interface for `encode` and `decode`.
 
+use super::Decoder;
 use super::avq::Avq;
 use super::kmeans::KMeans;
 use super::model_io::TensorFile;
-use super::pvq::{Pvq, copy_codewords};
+use super::pvq::Pvq;
 use super::rvq::Rvq;
 use super::vq::VectorQuantizer;
 use crate::backend::Backend;
-use crate::backend::cpu::size;
 use crate::error::{Error, Result};
-use crate::ops::check_codes;
 use std::path::Path;
 
 /// A trained quantizer of any kind.
@@ -73,12 +72,7 @@ impl Model {
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
         self.check_width(codes)?;
         match self {
-            Model::KMeans(m) => {
-                let len = kmeans_decoded_len(m, codes)?;
-                let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-                copy_codewords(&m.centroids, (1, m.k(), m.d), codes, &mut out);
-                Ok(out)
-            }
+            Model::KMeans(m) => kmeans_decoder(m).decode(codes),
             Model::Rvq(m) => m.decode(codes),
             Model::Pvq(m) => m.decode(codes),
             Model::Avq(m) => m.decode(codes),
@@ -93,12 +87,7 @@ impl Model {
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
         self.check_width(codes)?;
         match self {
-            Model::KMeans(m) => {
-                let len = kmeans_decoded_len(m, codes)?;
-                crate::backend::check_len("the reconstructions", out.len(), len)?;
-                copy_codewords(&m.centroids, (1, m.k(), m.d), codes, out);
-                Ok(())
-            }
+            Model::KMeans(m) => kmeans_decoder(m).decode_into(codes, out),
             Model::Rvq(m) => m.decode_into(codes, out),
             Model::Pvq(m) => m.decode_into(codes, out),
             Model::Avq(m) => m.decode_into(codes, out),
@@ -158,12 +147,9 @@ impl Model {
     }
 }
 
-/// The floats a k-means model's codes decode to, after checking them and its centroids.
-fn kmeans_decoded_len(m: &KMeans, codes: &[u32]) -> Result<usize> {
-    check_codes(codes, m.k())?;
-    let want = size("centroids", &[m.k(), m.d])?;
-    crate::backend::check_len("centroids", m.centroids.len(), want)?;
-    size("the reconstructions", &[codes.len(), m.d])
+/// A k-means model's codes decoded: each code's centroid.
+fn kmeans_decoder(m: &KMeans) -> Decoder<'_> {
+    Decoder::copies("centroids", &m.centroids, (1, m.k(), m.d))
 }
 
 #[cfg(test)]

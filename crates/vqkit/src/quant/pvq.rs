@@ -8,6 +8,7 @@
 //! Each sub-space is an independent k-means on the backend (fit and assignment); the only
 //! host work is slicing the columns of each sub-space out of the rows.
 
+use super::Decoder;
 use super::kmeans::{Init, KMeans, KMeansConfig};
 use super::model_io::TensorFile;
 use super::{check_training, sub_seed};
@@ -15,7 +16,7 @@ use crate::backend::Shape;
 use crate::backend::cpu::{DECODE_ROWS, product_codes, size};
 use crate::backend::{Backend, check_finite};
 use crate::error::{Error, Result};
-use crate::ops::{assign, check_codes, rows};
+use crate::ops::{assign, rows};
 use rayon::prelude::*;
 
 /// Hyper-parameters of [`Pvq::fit`].
@@ -242,31 +243,19 @@ impl Pvq {
     /// `ProductQuantizer.decode` from Python take three to five times FAISS's at n =
     /// 200,000, M = 64, k = 16 (docs/performance.md).
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        let len = self.decoded_len(codes)?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        copy_codewords(
-            &self.codebooks,
-            (self.m, self.k, self.dsub()),
-            codes,
-            &mut out,
-        );
-        Ok(out)
+        self.check_model()?;
+        self.decoder().decode(codes)
     }
 
     /// [`Pvq::decode`] into `out`, which must hold `codes.len() * d / m` floats; everything
     /// is checked before anything is written.
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        let len = self.decoded_len(codes)?;
-        crate::backend::check_len("the reconstructions", out.len(), len)?;
-        copy_codewords(&self.codebooks, (self.m, self.k, self.dsub()), codes, out);
-        Ok(())
+        self.check_model()?;
+        self.decoder().decode_into(codes, out)
     }
 
-    /// The floats `codes` decode to, after checking the model and the codes.
-    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
-        self.check_model()?;
-        check_codes(codes, self.k)?;
-        size("the reconstructions", &[codes.len(), self.dsub()])
+    fn decoder(&self) -> Decoder<'_> {
+        Decoder::copies("codebooks", &self.codebooks, (self.m, self.k, self.dsub()))
     }
 
     pub fn to_file(&self, cfg: Option<&PvqConfig>) -> TensorFile {

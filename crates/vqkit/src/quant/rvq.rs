@@ -26,8 +26,8 @@
 use super::kmeans::{Init, IterLog, KMeans, KMeansConfig, subsample};
 use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
-use super::{check_input, check_training, code_stats, mean_sq_norm, sub_seed};
-use crate::backend::cpu::{Isa, residual_codes, residual_decode, residual_decoded_len, size};
+use super::{Decoder, check_input, check_training, code_stats, mean_sq_norm, sub_seed};
+use crate::backend::cpu::{Isa, residual_codes, size};
 use crate::backend::{Backend, Shape, check_finite};
 use crate::error::{Error, Result};
 use crate::ops::{DeviceKMeans, assign, check_codes, rows};
@@ -361,13 +361,13 @@ impl Rvq {
     /// one, rayon's global pool: every core). (A last row of fewer than `stages` codes is
     /// dropped.)
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        Sums::of(&self.codebooks, (self.stages, self.k, self.d)).decode(codes)
+        Decoder::sums(&self.codebooks, (self.stages, self.k, self.d)).decode(codes)
     }
 
     /// [`Rvq::decode`] into `out`, which must hold `codes.len() / stages * d` floats;
     /// everything is checked before anything is written.
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        Sums::of(&self.codebooks, (self.stages, self.k, self.d)).decode_into(codes, out)
+        Decoder::sums(&self.codebooks, (self.stages, self.k, self.d)).decode_into(codes, out)
     }
 
     /// Error after each stage, and each stage's perplexity and codebook usage.
@@ -550,38 +550,6 @@ impl BeamState {
     }
 }
 
-/// The decoding of codes that add one codeword per codebook (RQ's, AQ's): codebooks
-/// (stages, k, d), row-major.
-pub(crate) struct Sums<'a> {
-    codebooks: &'a [f32],
-    shape: (usize, usize, usize),
-}
-
-impl<'a> Sums<'a> {
-    pub(crate) fn of(codebooks: &'a [f32], shape: (usize, usize, usize)) -> Self {
-        Sums { codebooks, shape }
-    }
-
-    pub(crate) fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        let len = self.decoded_len(codes)?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        residual_decode(Isa::detect(), self.codebooks, self.shape, codes, &mut out)?;
-        Ok(out)
-    }
-
-    pub(crate) fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        let len = self.decoded_len(codes)?;
-        crate::backend::check_len("the reconstructions", out.len(), len)?;
-        residual_decode(Isa::detect(), self.codebooks, self.shape, codes, out)
-    }
-
-    /// The floats `codes` decode to, after checking the codes and the codebooks' length.
-    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
-        check_codes(codes, self.shape.1)?;
-        residual_decoded_len(self.codebooks, self.shape, codes)
-    }
-}
-
 /// `r_i -= c[idx_i]` on the host, on rayon's current pool.
 pub(crate) fn subtract_codewords(r: &mut [f32], c: &[f32], idx: &[u32], d: usize) {
     crate::backend::cpu::subtract_codewords(Isa::detect(), r, c, idx, d);
@@ -628,7 +596,7 @@ fn shared_round<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::{CacheSizes, CpuBackend, DECODE_ROWS, block_rows};
+    use crate::backend::cpu::{CacheSizes, CpuBackend, DECODE_ROWS, block_rows, residual_decode};
     use crate::quant::test_support::{cpu_backends, same_errors};
 
     fn model(d: usize, stages: usize, k: usize, seed: u64) -> Rvq {

@@ -32,14 +32,13 @@
 //!   fewer than a fraction `discard_threshold` of those batches become copies of randomly
 //!   chosen used codes plus small Gaussian noise (relative scale `noise`).
 
+use super::Decoder;
 use super::code_stats;
 use super::kmeans::{KMeans, KMeansConfig};
 use super::model_io::TensorFile;
-use super::pvq::copy_codewords;
-use crate::backend::cpu::size;
 use crate::backend::{Backend, EmaParams};
 use crate::error::{Error, Result};
-use crate::ops::{EmaState, assign, check_codes, check_finite, ema_update, rows};
+use crate::ops::{EmaState, assign, check_finite, ema_update, rows};
 use crate::rng::Rng;
 
 /// How codewords are compared with inputs.
@@ -276,26 +275,17 @@ impl VectorQuantizer {
 
     /// Codewords for codes, rows in blocks on rayon's current pool.
     pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
-        let len = self.decoded_len(codes)?;
-        let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
-        copy_codewords(&self.codebook, (1, self.cfg.k, self.cfg.d), codes, &mut out);
-        Ok(out)
+        self.decoder().decode(codes)
     }
 
     /// [`VectorQuantizer::decode`] into `out`, which must hold `codes.len() * d` floats;
     /// everything is checked before anything is written.
     pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
-        let len = self.decoded_len(codes)?;
-        crate::backend::check_len("the reconstructions", out.len(), len)?;
-        copy_codewords(&self.codebook, (1, self.cfg.k, self.cfg.d), codes, out);
-        Ok(())
+        self.decoder().decode_into(codes, out)
     }
 
-    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
-        check_codes(codes, self.cfg.k)?;
-        let want = size("codebook", &[self.cfg.k, self.cfg.d])?;
-        crate::backend::check_len("codebook", self.codebook.len(), want)?;
-        size("the reconstructions", &[codes.len(), self.cfg.d])
+    fn decoder(&self) -> Decoder<'_> {
+        Decoder::copies("codebook", &self.codebook, (1, self.cfg.k, self.cfg.d))
     }
 
     /// One forward pass over a batch `z` (n, d). With `train`, the first batch initialises
