@@ -24,12 +24,43 @@ pub(crate) enum ModelJob<'a> {
     Pvq(&'a [f32], usize, PvqConfig),
     Avq(&'a [f32], usize, AvqConfig),
     Nsvq(&'a [f32], usize, NsvqConfig),
-    Encode(&'a Model, &'a [f32], Option<usize>),
+    Encode(&'a Model, &'a [f32], Option<usize>, CodesOut<'a>),
+}
+
+/// Where `ModelJob::Encode` writes its codes: a NumPy array's memory, of the width the
+/// package returns.
+pub(crate) enum CodesOut<'a> {
+    U8(&'a mut [u8]),
+    U16(&'a mut [u16]),
+    U32(&'a mut [u32]),
+}
+
+/// The code types the package returns, each with its [`CodesOut`].
+pub(crate) trait PyCode: vqkit::Code + numpy::Element {
+    fn out(codes: &mut [Self]) -> CodesOut<'_>;
+}
+
+impl PyCode for u8 {
+    fn out(codes: &mut [u8]) -> CodesOut<'_> {
+        CodesOut::U8(codes)
+    }
+}
+
+impl PyCode for u16 {
+    fn out(codes: &mut [u16]) -> CodesOut<'_> {
+        CodesOut::U16(codes)
+    }
+}
+
+impl PyCode for u32 {
+    fn out(codes: &mut [u32]) -> CodesOut<'_> {
+        CodesOut::U32(codes)
+    }
 }
 
 pub(crate) enum ModelOut {
     Model(Model, Vec<f64>),
-    Codes(Vec<u32>),
+    Encoded,
 }
 
 impl ModelJob<'_> {
@@ -56,9 +87,13 @@ impl ModelJob<'_> {
                 };
                 ModelOut::Model(m, epochs)
             }
-            ModelJob::Encode(m, x, beam) => {
-                m.check_dim(m.d())?;
-                ModelOut::Codes(m.encode(b, x, beam)?)
+            ModelJob::Encode(m, x, beam, out) => {
+                match out {
+                    CodesOut::U8(o) => m.encode_into(b, x, beam, o)?,
+                    CodesOut::U16(o) => m.encode_into(b, x, beam, o)?,
+                    CodesOut::U32(o) => m.encode_into(b, x, beam, o)?,
+                }
+                ModelOut::Encoded
             }
         })
     }
@@ -76,7 +111,7 @@ pub struct PyModel {
 fn fitted(py: Python<'_>, backend: &str, job: ModelJob<'_>) -> PyResult<(Model, Vec<f64>)> {
     match on_backend(py, backend, Job(move |b: &dyn AnyBackend| b.model(job)))? {
         ModelOut::Model(m, log) => Ok((m, log)),
-        ModelOut::Codes(_) => Err(VqkitError::new_err("internal: a fit returned codes")),
+        ModelOut::Encoded => Err(VqkitError::new_err("internal: a fit returned codes")),
     }
 }
 
@@ -327,6 +362,34 @@ fn stage_stats(model: &Model, x: &[f32], codes: &[u32]) -> Vec<(f64, f64, f64)> 
     out
 }
 
+impl PyModel {
+    /// The codes of `xs` in a fresh (n, width) array of `C`, written in place by the
+    /// encoder, without the GIL. NumPy's zeroed arrays come from `calloc`, whose large
+    /// blocks are fresh pages: nothing is written to them before the encoder does.
+    fn encode_as<'py, C: PyCode>(
+        &self,
+        py: Python<'py>,
+        xs: &[f32],
+        shape: [usize; 2],
+        beam: Option<usize>,
+        backend: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let codes = PyArray2::<C>::zeros(py, shape, false);
+        {
+            let mut rw = codes.readwrite();
+            let out = C::out(
+                rw.as_slice_mut()
+                    .map_err(|e| VqkitError::new_err(format!("{e}")))?,
+            );
+            let model = &self.model;
+            let job =
+                Job(move |b: &dyn AnyBackend| b.model(ModelJob::Encode(model, xs, beam, out)));
+            on_backend(py, backend, job)?;
+        }
+        Ok(codes.into_any())
+    }
+}
+
 #[pymethods]
 impl PyModel {
     /// `kmeans`, `rvq`, `pvq`, `avq` or `vq`.
@@ -360,28 +423,30 @@ impl PyModel {
         PyArray1::from_vec(py, v).reshape(shape)
     }
 
-    /// Codes (n, width) as uint32; `beam` overrides the searching models' beam width.
-    #[pyo3(signature = (x, beam = None, backend = "cpu"))]
+    /// Codes (n, width): uint8 with `code_bytes` 1, uint16 with 2, uint32 with 4 (an error
+    /// where the model's codebooks hold more codewords than the type does). `beam`
+    /// overrides the searching models' beam width. PQ's and greedy RQ's codes are written
+    /// in that type as they are found, never as uint32 first.
+    #[pyo3(signature = (x, beam = None, backend = "cpu", code_bytes = 4))]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         x: PyReadonlyArray2<'py, f32>,
         beam: Option<usize>,
         backend: &str,
-    ) -> PyResult<Bound<'py, PyArray2<u32>>> {
+        code_bytes: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (xs, n, d) = matrix("x", &x)?;
         self.model.check_dim(d).map_err(to_py)?;
-        let model = &self.model;
-        let codes = match on_backend(
-            py,
-            backend,
-            Job(move |b: &dyn AnyBackend| b.model(ModelJob::Encode(model, xs, beam))),
-        )? {
-            ModelOut::Codes(c) => c,
-            ModelOut::Model(..) => return Err(VqkitError::new_err("internal: encode fitted")),
-        };
-        let w = self.model.code_shape().0;
-        PyArray1::from_vec(py, codes).reshape([n, w])
+        let shape = [n, self.model.code_shape().0];
+        match code_bytes {
+            1 => self.encode_as::<u8>(py, xs, shape, beam, backend),
+            2 => self.encode_as::<u16>(py, xs, shape, beam, backend),
+            4 => self.encode_as::<u32>(py, xs, shape, beam, backend),
+            b => Err(VqkitError::new_err(format!(
+                "code_bytes must be 1, 2 or 4, got {b}"
+            ))),
+        }
     }
 
     /// Reconstructions (n, d) float32 from codes (n, width), uint32 (read in place; the

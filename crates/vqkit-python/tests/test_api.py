@@ -258,6 +258,39 @@ def test_bad_codes_raise(blobs):
             rq.model.decode(c)
 
 
+def test_codes_written_in_their_width(blobs):
+    """The low-level ``encode`` writes uint8, uint16 or uint32 codes directly, the same codes
+    in each, for every kind of model; it refuses a width too narrow for the codebook and
+    widths other than 1, 2 and 4."""
+    x = blobs[:700]
+    small = [vqkit.ProductQuantizer(32, 4, 4, niter=2), vqkit.ResidualQuantizer(32, 2, 8, niter=2),
+             vqkit.AdditiveQuantizer(32, 2, 4, niter=2, ls_rounds=1)]
+    big = [vqkit.ProductQuantizer(32, 2, 9, niter=2), vqkit.ResidualQuantizer(32, 2, 9, niter=2)]
+    for q in small + big:
+        q.train(x)
+        wide = q.model.encode(x, None, "cpu", 4)
+        assert wide.dtype == np.uint32 and wide.shape == (700, q.M)
+        widths = (2, 4) if q in big else (1, 2, 4)
+        for b in widths:
+            c = q.model.encode(x, None, "cpu", b)
+            assert c.dtype == np.dtype(f"uint{8 * b}") and c.flags.c_contiguous
+            np.testing.assert_array_equal(c, wide)
+        np.testing.assert_array_equal(q.compute_codes(x), wide)
+        assert q.compute_codes(x).dtype == np.dtype(np.uint8 if q in small else np.uint16)
+        assert q.model.encode(x[:0], None, "cpu", 1 if q in small else 2).shape == (0, q.M)
+        if q in big:
+            with pytest.raises(vqkit.VqkitError, match="512 codewords do not fit u8 codes"):
+                q.model.encode(x, None, "cpu", 1)
+        with pytest.raises(vqkit.VqkitError, match="code_bytes must be 1, 2 or 4, got 3"):
+            q.model.encode(x, None, "cpu", 3)
+    # The points' errors are the same whatever the width.
+    bad = x[:10].copy()
+    bad[3, 5] = np.nan
+    for b in (1, 4):
+        with pytest.raises(vqkit.VqkitError, match="NaN"):
+            small[0].model.encode(bad, None, "cpu", b)
+
+
 def test_decode_into_out(blobs):
     """``decode(codes, out=)`` writes what ``decode`` returns into the caller's array, for
     each codec and codes of each dtype, and refuses a bad ``out``, leaving it untouched."""

@@ -25,7 +25,7 @@ pub mod reference;
 pub mod resources;
 pub mod rng;
 
-pub use backend::{Backend, BackendKind, EmaParams, Shape};
+pub use backend::{Backend, BackendKind, Code, EmaParams, Shape};
 pub use choice::Choice;
 pub use error::{Error, Result};
 /// The WGSL and PTX sources of the GPU kernels (the `vqkit-kernels` crate).

@@ -345,8 +345,8 @@ class _Codec:
     def compute_codes(self, x: ArrayLike) -> np.ndarray:
         """Codes (n, M), uint8 up to 8 bits, uint16 up to 16, uint32 beyond."""
         m = self._trained()
-        codes = m.encode(_matrix(x, "x", self.d), self._beam(), self.backend)
-        return codes.astype(_code_dtype(self.nbits))
+        width = _code_dtype(self.nbits).itemsize
+        return m.encode(_matrix(x, "x", self.d), self._beam(), self.backend, width)
 
     def _beam(self) -> Optional[int]:
         return getattr(self, "beam", None)

@@ -36,6 +36,75 @@ pub trait Element: bytemuck::Pod + Send + Sync + std::fmt::Debug + sealed::Seale
 impl Element for f32 {}
 impl Element for u32 {}
 
+mod sealed_code {
+    pub trait Sealed {}
+    impl Sealed for u8 {}
+    impl Sealed for u16 {}
+    impl Sealed for u32 {}
+}
+
+/// An unsigned integer type that codes are written in: `u8` for up to 256 codewords, `u16`
+/// up to 65,536, `u32` beyond. A user quantizing many vectors keeps codes of 8 bits in one
+/// byte each; written narrow by the encoders that write them in blocks (PQ's and greedy
+/// RQ's on the host), they never exist as `u32` (`Pvq::encode_into`, `Rvq::encode_into`).
+pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed {
+    /// The number of codewords whose indices the type holds.
+    const CODEWORDS: u64;
+    /// The type's name, for errors.
+    const NAME: &'static str;
+    /// `i`, which is below [`Code::CODEWORDS`] (the callers have checked the codebook's
+    /// size with [`check_code_type`]), in this type.
+    fn narrow(i: u32) -> Self;
+}
+
+impl Code for u8 {
+    const CODEWORDS: u64 = 1 << 8;
+    const NAME: &'static str = "u8";
+    fn narrow(i: u32) -> Self {
+        debug_assert!(i < 1 << 8);
+        i as u8
+    }
+}
+
+impl Code for u16 {
+    const CODEWORDS: u64 = 1 << 16;
+    const NAME: &'static str = "u16";
+    fn narrow(i: u32) -> Self {
+        debug_assert!(i < 1 << 16);
+        i as u16
+    }
+}
+
+impl Code for u32 {
+    const CODEWORDS: u64 = 1 << 32;
+    const NAME: &'static str = "u32";
+    fn narrow(i: u32) -> Self {
+        i
+    }
+}
+
+/// An error unless codes of type `C` hold every index of `k` codewords.
+pub fn check_code_type<C: Code>(k: usize) -> Result<()> {
+    if k as u64 > C::CODEWORDS {
+        return Err(Error::invalid(
+            "codes",
+            format!(
+                "{k} codewords do not fit {} codes (at most {})",
+                C::NAME,
+                C::CODEWORDS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `wide` narrowed into `out` (of the same length), after [`check_code_type`].
+pub(crate) fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) {
+    for (o, &c) in out.iter_mut().zip(wide) {
+        *o = C::narrow(c);
+    }
+}
+
 /// The sizes of one operation: `n` points, `k` codewords, `d` dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {

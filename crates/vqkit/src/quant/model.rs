@@ -7,7 +7,8 @@ use super::model_io::TensorFile;
 use super::pvq::Pvq;
 use super::rvq::Rvq;
 use super::vq::VectorQuantizer;
-use crate::backend::Backend;
+use crate::backend::cpu::size;
+use crate::backend::{Backend, Code, check_code_type, check_len, narrow_codes};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -65,6 +66,32 @@ impl Model {
             Model::Pvq(m) => m.encode(b, x),
             Model::Avq(m) => m.encode(x, beam.unwrap_or(m.beam)),
             Model::Vq(m) => m.encode(b, x),
+        }
+    }
+
+    /// [`Model::encode`] into `out`: n x width codes of type `C`, which must hold the
+    /// codebook's indices (`u8` up to 256 codewords). The model, the shapes and the type
+    /// are checked before anything is written; after an error from the points' values `out`'s
+    /// contents are unspecified. PQ's codes and greedy RQ's are written in `C` by the host's
+    /// encoders; the other models' are found as `u32` and then narrowed.
+    pub fn encode_into<B: Backend, C: Code>(
+        &self,
+        b: &B,
+        x: &[f32],
+        beam: Option<usize>,
+        out: &mut [C],
+    ) -> Result<()> {
+        match self {
+            Model::Rvq(m) => m.encode_into(b, x, beam.unwrap_or(m.beam), out),
+            Model::Pvq(m) => m.encode_into(b, x, out),
+            _ => {
+                let (width, k) = self.code_shape();
+                let n = crate::ops::rows("points", x, self.d())?;
+                check_len("codes", out.len(), size("codes", &[n, width])?)?;
+                check_code_type::<C>(k)?;
+                narrow_codes(&self.encode(b, x, beam)?, out);
+                Ok(())
+            }
         }
     }
 
@@ -155,7 +182,8 @@ fn kmeans_decoder(m: &KMeans) -> Decoder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::DECODE_ROWS;
+    use crate::backend::cpu::{CpuBackend, DECODE_ROWS};
+    use crate::quant::test_support::cpu_backends;
     use crate::quant::vq::VqConfig;
     use crate::rng::Rng;
 
@@ -222,6 +250,88 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// `encode_into` in u8, u16 and u32 gives `encode`'s codes for every kind of model, on
+    /// every CPU backend (ISA and 1 or 2 threads), greedy and with a beam, rows around the
+    /// blocked encoders' blocks and the largest codebook each type holds; it refuses a
+    /// type too narrow for the codebook and an output of the wrong length, leaving the
+    /// output as it was, and gives `encode`'s error for a NaN in the points.
+    #[test]
+    fn encode_into_writes_each_code_type() {
+        fn same<C: Code + Into<u32>>(b: &CpuBackend, m: &Model, x: &[f32], beam: Option<usize>) {
+            let want = m.encode(b, x, beam).unwrap();
+            let mut got = vec![C::default(); want.len()];
+            m.encode_into(b, x, beam, &mut got).unwrap();
+            let got: Vec<u32> = got.into_iter().map(Into::into).collect();
+            assert_eq!(got, want, "{} {} {beam:?} {}", m.kind(), C::NAME, x.len());
+        }
+        fn refused<C: Code + PartialEq>(b: &CpuBackend, m: &Model, x: &[f32], len: usize) {
+            let mut out = vec![C::narrow(1); len];
+            assert!(
+                m.encode_into(b, x, None, &mut out).is_err(),
+                "{} {}",
+                m.kind(),
+                C::NAME
+            );
+            assert!(
+                out.iter().all(|&c| c == C::narrow(1)),
+                "{} {}",
+                m.kind(),
+                C::NAME
+            );
+        }
+        let mut rng = Rng::new(9);
+        let mut all = models();
+        // PQ and greedy RQ write the codes in their type: codebooks of 256 codewords fill
+        // u8, 257 and 300 need u16.
+        for k in [256, 257, 300] {
+            let codebooks = rng.normal_vec(2 * k * 4);
+            all.push(Model::Pvq(Pvq {
+                d: 8,
+                m: 2,
+                k,
+                codebooks: codebooks.clone(),
+            }));
+            let (shared, beam) = (false, 1);
+            all.push(Model::Rvq(Rvq {
+                d: 4,
+                k,
+                stages: 2,
+                shared,
+                beam,
+                codebooks,
+            }));
+        }
+        for b in cpu_backends() {
+            for m in &all {
+                let (w, k) = m.code_shape();
+                let d = m.d();
+                for n in [0, 1, 4099] {
+                    let x = rng.normal_vec(n * d);
+                    for beam in [None, Some(2)] {
+                        if k <= 256 {
+                            same::<u8>(&b, m, &x, beam);
+                        }
+                        same::<u16>(&b, m, &x, beam);
+                        same::<u32>(&b, m, &x, beam);
+                    }
+                }
+                let x = rng.normal_vec(3 * d);
+                refused::<u32>(&b, m, &x, 3 * w - 1);
+                refused::<u32>(&b, m, &x, 3 * w + 1);
+                refused::<u16>(&b, m, &x[..3 * d - 1], 3 * w);
+                if k > 256 {
+                    refused::<u8>(&b, m, &x, 3 * w);
+                }
+                let mut bad = x.clone();
+                bad[d + 1] = f32::NAN;
+                let want = m.encode(&b, &bad, None).unwrap_err().to_string();
+                let mut out = vec![0u16; 3 * w];
+                let got = m.encode_into(&b, &bad, None, &mut out).unwrap_err();
+                assert_eq!(got.to_string(), want, "{}", m.kind());
+            }
+        }
     }
 
     /// `decode` and `decode_into` give the reference's bits for every kind of model, rows

@@ -14,7 +14,7 @@ use super::model_io::TensorFile;
 use super::{check_training, sub_seed};
 use crate::backend::Shape;
 use crate::backend::cpu::{DECODE_ROWS, product_codes, size};
-use crate::backend::{Backend, check_finite};
+use crate::backend::{Backend, Code, check_code_type, check_finite, check_len, narrow_codes};
 use crate::error::{Error, Result};
 use crate::ops::{assign, rows};
 use rayon::prelude::*;
@@ -190,24 +190,47 @@ impl Pvq {
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32]) -> Result<Vec<u32>> {
         self.check_model()?;
         let n = rows("points", x, self.d)?;
-        let len = size("codes", &[n, self.m])?;
+        let mut codes = crate::resources::zeroed_lazy("the codes", size("codes", &[n, self.m])?)?;
+        self.encode_checked(b, x, n, &mut codes)?;
+        Ok(codes)
+    }
+
+    /// [`Pvq::encode`] into `out`: n x m codes of type `C`, which must hold `k` indices
+    /// (`u8` up to 256 codewords). The model, the shapes and the type are checked before
+    /// anything is written, in that order; after an error from the points' values (a NaN,
+    /// an infinity, an overflow) `out`'s contents are unspecified. On the host the codes are
+    /// written in `C` as they are found: 8-bit codes of many vectors take a byte each, never
+    /// four, and a caller that encodes batch after batch into one buffer pays once for its
+    /// pages.
+    pub fn encode_into<B: Backend, C: Code>(&self, b: &B, x: &[f32], out: &mut [C]) -> Result<()> {
+        self.check_model()?;
+        let n = rows("points", x, self.d)?;
+        check_len("codes", out.len(), size("codes", &[n, self.m])?)?;
+        check_code_type::<C>(self.k)?;
+        self.encode_checked(b, x, n, out)
+    }
+
+    fn encode_checked<B: Backend, C: Code>(
+        &self,
+        b: &B,
+        x: &[f32],
+        n: usize,
+        out: &mut [C],
+    ) -> Result<()> {
         if let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) {
-            let mut codes = crate::resources::zeroed_lazy::<u32>("the codes", len)?;
             let (m, k) = (self.m, self.k);
-            let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), &mut codes);
+            let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), out);
             let work = n.saturating_mul(k).saturating_mul(self.d);
             if let Some(done) = b.run_on_host(work, run) {
                 // A point with a NaN or an infinity fails the search, and is then found
                 // first, as if checked before it: x is not read for one in a pass of its
                 // own.
-                return match done {
-                    Ok(()) => Ok(codes),
-                    Err(e) => Err(check_finite("points", x).err().unwrap_or(e)),
-                };
+                return done.map_err(|e| check_finite("points", x).err().unwrap_or(e));
             }
         }
         check_finite("points", x)?;
-        self.encode_each(b, x, n)
+        narrow_codes(&self.encode_each(b, x, n)?, out);
+        Ok(())
     }
 
     /// Errors for fields that disagree: `m` not dividing `d`, no codewords, codebooks of

@@ -28,7 +28,7 @@ use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
 use super::{Decoder, check_input, check_training, code_stats, mean_sq_norm, sub_seed};
 use crate::backend::cpu::{Isa, residual_codes, size};
-use crate::backend::{Backend, Shape, check_finite};
+use crate::backend::{Backend, Code, Shape, check_code_type, check_finite, narrow_codes};
 use crate::error::{Error, Result};
 use crate::ops::{DeviceKMeans, assign, check_codes, rows};
 use crate::rng::Rng;
@@ -292,29 +292,73 @@ impl Rvq {
     /// codebooks of another length than (stages, k, d)) is refused before the points are
     /// read; then come the points' errors, then the beam's.
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
+        let n = self.check_encode(x, beam)?;
+        let mut codes =
+            crate::resources::zeroed_lazy("the codes", size("codes", &[n, self.stages])?)?;
+        self.encode_checked(b, x, beam, n, &mut codes)?;
+        Ok(codes)
+    }
+
+    /// [`Rvq::encode`] into `out`: n x stages codes of type `C`, which must hold `k` indices
+    /// (`u8` up to 256 codewords). The model, the beam, the shapes and the type are checked
+    /// before anything is written, in that order; after an error from the points' values (a
+    /// NaN, an infinity, an overflow) `out`'s contents are unspecified. Greedy on the host,
+    /// the codes are written in `C` as they are found: 8-bit codes of many vectors take a
+    /// byte each, never four.
+    pub fn encode_into<B: Backend, C: Code>(
+        &self,
+        b: &B,
+        x: &[f32],
+        beam: usize,
+        out: &mut [C],
+    ) -> Result<()> {
+        let n = self.check_encode(x, beam)?;
+        crate::backend::check_len("codes", out.len(), size("codes", &[n, self.stages])?)?;
+        check_code_type::<C>(self.k)?;
+        self.encode_checked(b, x, beam, n, out)
+    }
+
+    /// The model's fields, then `beam`, then the points (all of them for a beam search,
+    /// their shape for greedy codes); the number of points.
+    fn check_encode(&self, x: &[f32], beam: usize) -> Result<usize> {
         Shape::new(0, self.k, self.d).validate()?;
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
         crate::backend::check_len("codebooks", self.codebooks.len(), want)?;
-        if beam == 0 {
-            check_input(x, self.d)?;
-            return Err(Error::invalid("beam", "must be at least 1"));
+        match beam {
+            0 => {
+                check_input(x, self.d)?;
+                Err(Error::invalid("beam", "must be at least 1"))
+            }
+            1 => rows("points", x, self.d),
+            _ => check_input(x, self.d),
         }
+    }
+
+    /// The codes of `n` points into `out`, after [`Rvq::check_encode`].
+    fn encode_checked<B: Backend, C: Code>(
+        &self,
+        b: &B,
+        x: &[f32],
+        beam: usize,
+        n: usize,
+        out: &mut [C],
+    ) -> Result<()> {
         if beam == 1 {
-            let n = rows("points", x, self.d)?;
             // All distances finite means all points finite there (`residual_codes`): the
             // points are read for a NaN or an infinity only when a search meets one.
-            if let Some(codes) = self.encode_blocked(b, x, n)? {
-                return Ok(codes);
+            if self.encode_blocked(b, x, n, out)? {
+                return Ok(());
             }
             check_finite("points", x)?;
-            return self.encode_each(b, x, n);
+            narrow_codes(&self.encode_each(b, x, n)?, out);
+            return Ok(());
         }
-        let n = check_input(x, self.d)?;
         let mut state = BeamState::new(n, beam, x);
         for s in 0..self.stages {
             state = self.beam_stage(x, &state, s, beam);
         }
-        Ok(state.best_codes().concat())
+        narrow_codes(&state.best_codes().concat(), out);
+        Ok(())
     }
 
     /// Greedy codes as a device computes them: per stage, the nearest codeword to every
@@ -334,24 +378,29 @@ impl Rvq {
 
     /// Greedy codes on a backend whose memory is the host's (the CPU), in blocks of rows,
     /// every stage run while a block is in cache (`residual_codes`): the codes of the loop
-    /// per stage, bit for bit. `None` on other backends, and where a value is not finite
-    /// (in x, a codebook, a residual or a distance): the loop per stage then gives its
-    /// first error. Where it returns codes, the points were finite: on the CPU a point with
-    /// a NaN or an infinity has a distance that is not finite (`flags_non_finite_points`).
-    fn encode_blocked<B: Backend>(&self, b: &B, x: &[f32], n: usize) -> Result<Option<Vec<u32>>> {
+    /// per stage, bit for bit. `false`, `out` then unspecified, on other backends, and where
+    /// a value is not finite (in x, a codebook, a residual or a distance): the loop per stage
+    /// then gives its first error. Where it returns `true`, the points were finite: on the
+    /// CPU a point with a NaN or an infinity has a distance that is not finite
+    /// (`flags_non_finite_points`).
+    fn encode_blocked<B: Backend, C: Code>(
+        &self,
+        b: &B,
+        x: &[f32],
+        n: usize,
+        out: &mut [C],
+    ) -> Result<bool> {
         let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) else {
-            return Ok(None);
+            return Ok(false);
         };
-        let len = size("codes", &[n, self.stages])?;
-        let mut codes = crate::resources::zeroed_lazy::<u32>("the codes", len)?;
         let shape = (self.stages, self.k);
-        let run = |par| residual_codes(isa, par, x, self.d, &self.codebooks, shape, &mut codes);
+        let run = |par| residual_codes(isa, par, x, self.d, &self.codebooks, shape, out);
         let work = [n, self.k, self.d, self.stages]
             .iter()
             .fold(1usize, |p, &v| p.saturating_mul(v));
         match b.run_on_host(work, run) {
-            Some(Ok(true)) => Ok(Some(codes)),
-            Some(Ok(false)) | None => Ok(None),
+            Some(Ok(done)) => Ok(done),
+            None => Ok(false),
             Some(Err(e)) => Err(e),
         }
     }

@@ -11,7 +11,7 @@
 //! norms: the same bits as the loop's, whatever the block and the thread count.
 
 use super::{Isa, distance_argmin::distance_argmin, sq_norms};
-use crate::backend::{Shape, check_finite};
+use crate::backend::{Code, Shape, check_finite};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -70,7 +70,8 @@ fn gather(x: &[f32], d: usize, s: usize, ds: usize, out: &mut [f32]) {
 
 /// `codes[i * m + s]` = the nearest of sub-space `s`'s `k` codewords (`codebooks`, (m, k,
 /// d / m), row-major) to columns `[s * ds, (s + 1) * ds)` of row `i` of `x` (rows of `d`).
-/// `m` must divide `d`.
+/// `m` must divide `d`. The codes are written in `C`, which must hold `k` indices (the
+/// callers check it with `check_code_type`).
 ///
 /// The errors are those of `ops::assign` run on each sub-space in turn, and the first of
 /// them in that order: [`check_finite`]'s for a codebook with a NaN or an infinity, or
@@ -79,14 +80,14 @@ fn gather(x: &[f32], d: usize, s: usize, ds: usize, out: &mut [f32]) {
 /// point makes its distance in that sub-space not finite too (as `flags_non_finite_points`
 /// says of the CPU's distance-argmin), so the caller need not read x for one first: on an
 /// error, [`check_finite`] of the points says whether one was the cause.
-pub(crate) fn product_codes(
+pub(crate) fn product_codes<C: Code>(
     isa: Isa,
     parallel: bool,
     x: &[f32],
     d: usize,
     codebooks: &[f32],
     (m, k): (usize, usize),
-    codes: &mut [u32],
+    codes: &mut [C],
 ) -> Result<()> {
     if m == 0 || !d.is_multiple_of(m) {
         return Err(Error::invalid(
@@ -110,7 +111,7 @@ pub(crate) fn product_codes(
     let searched = bad_codebook.as_ref().map_or(m, |(s, _)| *s);
     let rows = block_rows(super::CacheSizes::detect().l2, d);
     // Per task, the first overflow as (sub-space, row): the loop's order.
-    let task = |sc: &mut Scratch, (t, out): (usize, &mut [u32])| {
+    let task = |sc: &mut Scratch, (t, out): (usize, &mut [C])| {
         let len = out.len() / m;
         let xt = &x[t * rows * d..][..len * d];
         let cstride = skewed(len);
@@ -188,11 +189,11 @@ pub(super) fn codebook_norms(
 /// `task(scratch, (block, codes of the block))` on each block of `block` codes, in
 /// parallel or in order, each thread's run of tasks sharing one [`Scratch`]; the results
 /// in block order, or the error of the first block that failed (whatever the threads).
-pub(super) fn in_blocks<T: Send>(
+pub(super) fn in_blocks<C: Code, T: Send>(
     parallel: bool,
-    codes: &mut [u32],
+    codes: &mut [C],
     block: usize,
-    task: impl Fn(&mut Scratch, (usize, &mut [u32])) -> Result<T> + Send + Sync,
+    task: impl Fn(&mut Scratch, (usize, &mut [C])) -> Result<T> + Send + Sync,
 ) -> Result<Vec<T>> {
     let done: Vec<Result<T>> = if parallel {
         let blocks = codes.par_chunks_mut(block).enumerate();
@@ -206,21 +207,21 @@ pub(super) fn in_blocks<T: Send>(
 }
 
 /// Codes kept by codebook (`idx`, columns `cstride` apart) into rows of `m` (`out`), the
-/// first `searched` columns.
+/// first `searched` columns, narrowed to `C`.
 ///
 /// Each codebook's codes written into the rows after its search instead were 5% slower at
 /// M = 64, d / M = 2 (one thread, 5 alternating runs; the block's rows and codes then share
 /// L2).
-pub(super) fn codes_into_rows(
+pub(super) fn codes_into_rows<C: Code>(
     idx: &[u32],
     cstride: usize,
     searched: usize,
-    out: &mut [u32],
+    out: &mut [C],
     m: usize,
 ) {
     for (s, col) in idx.chunks(cstride).take(searched).enumerate() {
         for (row, &c) in out.chunks_exact_mut(m).zip(col) {
-            row[s] = c;
+            row[s] = C::narrow(c);
         }
     }
 }

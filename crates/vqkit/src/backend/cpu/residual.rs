@@ -19,26 +19,27 @@ use super::product::{
     Scratch, block_rows, codebook_norms, codes_into_rows, in_blocks, size, skewed,
 };
 use super::{Isa, distance_argmin::distance_argmin};
-use crate::backend::Shape;
+use crate::backend::{Code, Shape};
 use crate::error::Result;
 use rayon::prelude::*;
 
 /// `codes[i * stages + s]` = the nearest of stage `s`'s `k` codewords (`codebooks`,
-/// (stages, k, d), row-major) to `x_i - sum_{t < s} C_t[codes[i * stages + t]]`.
+/// (stages, k, d), row-major) to `x_i - sum_{t < s} C_t[codes[i * stages + t]]`, in `C`,
+/// which must hold `k` indices.
 ///
 /// Returns `Ok(false)`, the codes then unspecified, where a stage's codebook holds a NaN
 /// or an infinity or a residual's distance is not finite: from a NaN or an infinity in x,
 /// from finite values whose squares overflow, or from a residual that overflowed. The
 /// caller then runs the loop per stage, whose first error, in its order, is the answer. An
 /// `Err` is for what the loop would not meet (shapes, memory).
-pub(crate) fn residual_codes(
+pub(crate) fn residual_codes<C: Code>(
     isa: Isa,
     parallel: bool,
     x: &[f32],
     d: usize,
     codebooks: &[f32],
     (stages, k): (usize, usize),
-    codes: &mut [u32],
+    codes: &mut [C],
 ) -> Result<bool> {
     Shape::new(0, k, d).validate()?;
     super::check_len(
@@ -59,7 +60,7 @@ pub(crate) fn residual_codes(
         return Ok(false);
     }
     let rows = block_rows(super::CacheSizes::detect().l2, d);
-    let task = |sc: &mut Scratch, (t, out): (usize, &mut [u32])| {
+    let task = |sc: &mut Scratch, (t, out): (usize, &mut [C])| {
         let len = out.len() / stages;
         let cstride = skewed(len);
         sc.xs.clear();
