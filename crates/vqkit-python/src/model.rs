@@ -58,6 +58,10 @@ impl PyCode for u32 {
     }
 }
 
+fn slice_err(e: numpy::AsSliceError) -> PyErr {
+    VqkitError::new_err(format!("codes: {e}"))
+}
+
 pub(crate) enum ModelOut {
     Model(Model, Vec<f64>),
     Encoded,
@@ -363,6 +367,81 @@ fn stage_stats(model: &Model, x: &[f32], codes: &[u32]) -> Vec<(f64, f64, f64)> 
 }
 
 impl PyModel {
+    /// The rows of codes of `shape`, after checking their order and width.
+    fn code_rows(&self, shape: &[usize], c_order: bool) -> PyResult<usize> {
+        let w = self.model.code_shape().0;
+        // `as_slice` takes Fortran order too, and would read the codes transposed.
+        if !c_order {
+            return Err(VqkitError::new_err(
+                "codes must be C-contiguous (vqkit's Python functions convert them; this \
+                 is the low-level module)",
+            ));
+        }
+        if shape[1] != w {
+            return Err(VqkitError::new_err(format!(
+                "codes: expected {w} codes per vector for this {} model, got {}",
+                self.model.kind(),
+                shape[1]
+            )));
+        }
+        Ok(shape[0])
+    }
+
+    /// [`PyModel::decode_codes`] of codes read where they are, without the GIL, as
+    /// `matrix` reads points: no other thread may write them during the call.
+    fn decode_in_place<'py, C: PyCode>(
+        &self,
+        py: Python<'py>,
+        codes: &PyReadonlyArray2<'py, C>,
+        out: Option<&Bound<'py, PyArray2<f32>>>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let n = self.code_rows(codes.shape(), codes.is_c_contiguous())?;
+        self.decode_codes(py, codes.as_slice().map_err(slice_err)?, n, out)
+    }
+
+    /// The reconstructions of `n` rows of codes, into `out` or a fresh array, on a pool of
+    /// `set_num_threads`'s size (which the decoders' rayon loops then use). The decoder
+    /// checks the codes' range.
+    fn decode_codes<'py, C: PyCode>(
+        &self,
+        py: Python<'py>,
+        c: &[C],
+        n: usize,
+        out: Option<&Bound<'py, PyArray2<f32>>>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (model, d) = (&self.model, self.model.d());
+        let Some(o) = out else {
+            let v = crate::run::compute(py, move || model.decode(c))?;
+            return PyArray1::from_vec(py, v).reshape([n, d]);
+        };
+        if o.shape() != [n, d] {
+            return Err(VqkitError::new_err(format!(
+                "out: expected shape ({n}, {d}), got {:?}",
+                o.shape()
+            )));
+        }
+        if !o.is_c_contiguous() {
+            return Err(VqkitError::new_err("out must be C-contiguous"));
+        }
+        // numpy's borrow checker refuses a read-only array, and one borrowed elsewhere.
+        // Written without the GIL: no other thread may use it meanwhile.
+        let mut rw = o
+            .try_readwrite()
+            .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
+        let s = rw
+            .as_slice_mut()
+            .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
+        // The borrow checker compares arrays of one base object only; two arrays over the
+        // same buffer through different bases (`np.frombuffer` twice) pass it. The
+        // decoders would then read codes they are overwriting.
+        let (cr, sr) = (c.as_ptr_range(), s.as_ptr_range());
+        if (cr.start as usize) < sr.end as usize && (sr.start as usize) < cr.end as usize {
+            return Err(VqkitError::new_err("out shares memory with the codes"));
+        }
+        crate::run::compute(py, move || model.decode_into(c, s))?;
+        Ok(o.clone())
+    }
+
     /// The codes of `xs` in a fresh (n, width) array of `C`, written in place by the
     /// encoder, without the GIL. NumPy's zeroed arrays come from `calloc`, whose large
     /// blocks are fresh pages: nothing is written to them before the encoder does.
@@ -449,8 +528,8 @@ impl PyModel {
         }
     }
 
-    /// Reconstructions (n, d) float32 from codes (n, width), uint32 (read in place; the
-    /// package passes unsigned codes of up to 32 bits so) or int64. With `out`, a writable,
+    /// Reconstructions (n, d) float32 from codes (n, width): uint8, uint16 or uint32, read
+    /// in place (the package passes unsigned codes so), or int64. With `out`, a writable,
     /// C-contiguous float32 array of shape (n, d) that shares no memory with the codes, they
     /// are written there and `out` is returned; it is untouched where the call is refused
     /// (after a KeyboardInterrupt or an internal error its contents are unspecified).
@@ -461,70 +540,19 @@ impl PyModel {
         codes: &Bound<'py, PyAny>,
         out: Option<Bound<'py, PyArray2<f32>>>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (w, k) = self.model.code_shape();
-        let check = |shape: &[usize], c_order: bool| {
-            // `as_slice` takes Fortran order too, and would read the codes transposed.
-            if !c_order {
-                return Err(VqkitError::new_err(
-                    "codes must be C-contiguous (vqkit's Python functions convert them; this \
-                     is the low-level module)",
-                ));
-            }
-            if shape[1] != w {
-                return Err(VqkitError::new_err(format!(
-                    "codes: expected {w} codes per vector for this {} model, got {}",
-                    self.model.kind(),
-                    shape[1]
-                )));
-            }
-            Ok(shape[0])
-        };
-        let slice_err = |e: numpy::AsSliceError| VqkitError::new_err(format!("codes: {e}"));
-        let (model, d) = (&self.model, self.model.d());
-        // On a pool of `set_num_threads`'s size, which the decoders' rayon loops then use.
-        // uint32 codes are read where they are, without the GIL, as `matrix` reads points:
-        // no other thread may write them during the call. The decoder checks their range.
-        let run = |c: &[u32], n: usize| match &out {
-            None => {
-                let v = crate::run::compute(py, move || model.decode(c))?;
-                PyArray1::from_vec(py, v).reshape([n, d])
-            }
-            Some(o) => {
-                if o.shape() != [n, d] {
-                    return Err(VqkitError::new_err(format!(
-                        "out: expected shape ({n}, {d}), got {:?}",
-                        o.shape()
-                    )));
-                }
-                if !o.is_c_contiguous() {
-                    return Err(VqkitError::new_err("out must be C-contiguous"));
-                }
-                // numpy's borrow checker refuses a read-only array, and one borrowed
-                // elsewhere. Written without the GIL: no other thread may use it meanwhile.
-                let mut rw = o
-                    .try_readwrite()
-                    .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
-                let s = rw
-                    .as_slice_mut()
-                    .map_err(|e| VqkitError::new_err(format!("out: {e}")))?;
-                // The borrow checker compares arrays of one base object only; two arrays
-                // over the same buffer through different bases (`np.frombuffer` twice)
-                // pass it. The decoders would then read codes they are overwriting.
-                let (cr, sr) = (c.as_ptr_range(), s.as_ptr_range());
-                if (cr.start as usize) < sr.end as usize && (sr.start as usize) < cr.end as usize {
-                    return Err(VqkitError::new_err("out shares memory with the codes"));
-                }
-                crate::run::compute(py, move || model.decode_into(c, s))?;
-                Ok(o.clone())
-            }
-        };
-        if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
-            let n = check(c.shape(), c.is_c_contiguous())?;
-            run(c.as_slice().map_err(slice_err)?, n)
+        let out = out.as_ref();
+        if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u8>>() {
+            self.decode_in_place(py, &c, out)
+        } else if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u16>>() {
+            self.decode_in_place(py, &c, out)
+        } else if let Ok(c) = codes.extract::<PyReadonlyArray2<'py, u32>>() {
+            self.decode_in_place(py, &c, out)
         } else {
             let c = codes.extract::<PyReadonlyArray2<'py, i64>>()?;
-            let n = check(c.shape(), c.is_c_contiguous())?;
-            run(&codes_u32(c.as_slice().map_err(slice_err)?, k)?, n)
+            let n = self.code_rows(c.shape(), c.is_c_contiguous())?;
+            let k = self.model.code_shape().1;
+            let wide = codes_u32(c.as_slice().map_err(slice_err)?, k)?;
+            self.decode_codes(py, &wide, n, out)
         }
     }
 

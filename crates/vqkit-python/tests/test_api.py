@@ -276,6 +276,10 @@ def test_codes_written_in_their_width(blobs):
             assert c.dtype == np.dtype(f"uint{8 * b}") and c.flags.c_contiguous
             np.testing.assert_array_equal(c, wide)
         np.testing.assert_array_equal(q.compute_codes(x), wide)
+        # decode reads each width in place (and big-endian codes converted): the same rows.
+        want = q.decode(wide.astype(np.int64))
+        for c in [wide.astype(f"uint{8 * b}") for b in widths] + [wide.astype(">u2")]:
+            np.testing.assert_array_equal(q.decode(c), want)
         assert q.compute_codes(x).dtype == np.dtype(np.uint8 if q in small else np.uint16)
         assert q.model.encode(x[:0], None, "cpu", 1 if q in small else 2).shape == (0, q.M)
         if q in big:

@@ -4,7 +4,7 @@
 //! For iterative work, [`DeviceKMeans`] keeps the points and every working buffer on the
 //! device between steps and reads back only `k` counts and `k` distance sums per step.
 
-use crate::backend::{Backend, EmaParams, Shape, check_len};
+use crate::backend::{Backend, Code, EmaParams, Shape, check_len};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -26,19 +26,19 @@ pub fn rows(what: &'static str, v: &[f32], d: usize) -> Result<usize> {
 }
 
 /// Errors on a code outside `0..k`.
-pub fn check_codes(idx: &[u32], k: usize) -> Result<()> {
+pub fn check_codes<C: Code>(idx: &[C], k: usize) -> Result<()> {
     // A branch-free pass first, which vectorizes, then the search for the first bad code
     // only if there is one: `position` alone took 40 to 80 us for 100,000 codes against 7
     // to 11 (a standalone copy of both, `rustc -O`, 1000 calls, 3 runs), beside an EMA
     // step of about 450 us at k = 256, d = 32 on two threads.
-    if idx.iter().fold(true, |ok, &j| ok & ((j as usize) < k)) {
+    if idx.iter().fold(true, |ok, &j| ok & (j.index() < k)) {
         return Ok(());
     }
-    match idx.iter().position(|&j| j as usize >= k) {
+    match idx.iter().position(|&j| j.index() >= k) {
         None => Ok(()),
         Some(row) => Err(Error::CodeOutOfRange {
             row,
-            code: idx[row],
+            code: idx[row].index() as u32,
             k,
         }),
     }

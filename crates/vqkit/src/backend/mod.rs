@@ -47,6 +47,8 @@ mod sealed_code {
 /// up to 65,536, `u32` beyond. A user quantizing many vectors keeps codes of 8 bits in one
 /// byte each; written narrow by the encoders that write them in blocks (PQ's and greedy
 /// RQ's on the host), they never exist as `u32` (`Pvq::encode_into`, `Rvq::encode_into`).
+///
+/// The decoders read codes of any of these types in place.
 pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed {
     /// The number of codewords whose indices the type holds.
     const CODEWORDS: u64;
@@ -55,6 +57,8 @@ pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Se
     /// `i`, which is below [`Code::CODEWORDS`] (the callers have checked the codebook's
     /// size with [`check_code_type`]), in this type.
     fn narrow(i: u32) -> Self;
+    /// The code as an index.
+    fn index(self) -> usize;
 }
 
 impl Code for u8 {
@@ -63,6 +67,9 @@ impl Code for u8 {
     fn narrow(i: u32) -> Self {
         debug_assert!(i < 1 << 8);
         i as u8
+    }
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -73,6 +80,9 @@ impl Code for u16 {
         debug_assert!(i < 1 << 16);
         i as u16
     }
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 impl Code for u32 {
@@ -80,6 +90,9 @@ impl Code for u32 {
     const NAME: &'static str = "u32";
     fn narrow(i: u32) -> Self {
         i
+    }
+    fn index(self) -> usize {
+        self as usize
     }
 }
 

@@ -25,7 +25,7 @@ use super::linalg::{dots, smallest, solve_spd};
 use super::model_io::TensorFile;
 use super::rvq::{Rvq, RvqConfig};
 use super::{check_input, check_training, mse};
-use crate::backend::Backend;
+use crate::backend::{Backend, Code};
 use crate::error::{Error, Result};
 use crate::ops::check_codes;
 use crate::quant::kmeans::Init;
@@ -189,13 +189,13 @@ impl Avq {
 
     /// `x^_i = sum_s C_s[codes[i, s]]`, added to zero in codebook order, as
     /// [`Rvq::decode`] (the same kernel). (A last row of fewer than `m` codes is dropped.)
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         Decoder::sums(&self.codebooks, (self.m, self.k, self.d)).decode(codes)
     }
 
     /// [`Avq::decode`] into `out`, which must hold `codes.len() / m * d` floats; everything
     /// is checked before anything is written.
-    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         Decoder::sums(&self.codebooks, (self.m, self.k, self.d)).decode_into(codes, out)
     }
 

@@ -24,6 +24,7 @@ mod seeding;
 mod test_support;
 pub mod vq;
 
+use crate::backend::Code;
 use crate::backend::cpu::{Isa, residual_decode, residual_decoded_len, size};
 use crate::error::{Error, Result};
 use crate::ops::{check_finite, rows};
@@ -145,21 +146,21 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    pub(crate) fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub(crate) fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         let len = self.decoded_len(codes)?;
         let mut out = crate::resources::zeroed_lazy::<f32>("the reconstructions", len)?;
         self.fill(codes, &mut out)?;
         Ok(out)
     }
 
-    pub(crate) fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub(crate) fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         let len = self.decoded_len(codes)?;
         crate::backend::check_len("the reconstructions", out.len(), len)?;
         self.fill(codes, out)
     }
 
     /// The floats `codes` decode to, after checking them and the codebooks' length.
-    fn decoded_len(&self, codes: &[u32]) -> Result<usize> {
+    fn decoded_len<C: Code>(&self, codes: &[C]) -> Result<usize> {
         let (m, k, ds) = self.shape;
         crate::ops::check_codes(codes, k)?;
         if self.sum {
@@ -170,7 +171,7 @@ impl<'a> Decoder<'a> {
         size("the reconstructions", &[codes.len(), ds])
     }
 
-    fn fill(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    fn fill<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         if self.sum {
             return residual_decode(Isa::detect(), self.codebooks, self.shape, codes, out);
         }

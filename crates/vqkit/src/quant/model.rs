@@ -96,7 +96,7 @@ impl Model {
     }
 
     /// Reconstructions (n, d) from codes (n, width), row-major.
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         self.check_width(codes)?;
         match self {
             Model::KMeans(m) => kmeans_decoder(m).decode(codes),
@@ -111,7 +111,7 @@ impl Model {
     /// before anything is written. For callers that decode batch after batch: a fresh
     /// output's pages are zeroed by the kernel when first written, which can cost as much
     /// as the decoding (docs/performance.md).
-    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         self.check_width(codes)?;
         match self {
             Model::KMeans(m) => kmeans_decoder(m).decode_into(codes, out),
@@ -123,7 +123,7 @@ impl Model {
     }
 
     /// Whole rows of codes.
-    fn check_width(&self, codes: &[u32]) -> Result<()> {
+    fn check_width<C: Code>(&self, codes: &[C]) -> Result<()> {
         let (width, _) = self.code_shape();
         if !codes.len().is_multiple_of(width) {
             return Err(Error::invalid(
@@ -334,8 +334,8 @@ mod tests {
         }
     }
 
-    /// `decode` and `decode_into` give the reference's bits for every kind of model, rows
-    /// around the decoders' blocks; `decode_into` refuses an output of the wrong length, a
+    /// `decode` and `decode_into` give the reference's bits for every kind of model, from
+    /// u32, u16 and u8 codes, rows around the decoders' blocks; `decode_into` refuses an output of the wrong length, a
     /// code out of range and a partial row, and leaves the output as it was.
     #[test]
     fn decode_into_is_decode_and_checks_first() {
@@ -358,6 +358,17 @@ mod tests {
                 let mut got = vec![f32::NAN; n * d];
                 model.decode_into(&codes, &mut got).unwrap();
                 assert_eq!(bits(&got), bits(&want), "{kind} n {n}");
+                // Narrow codes, read as they are.
+                let narrow: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+                assert_eq!(
+                    bits(&model.decode(&narrow).unwrap()),
+                    bits(&want),
+                    "{kind} n {n}"
+                );
+                let narrow: Vec<u16> = codes.iter().map(|&c| c as u16).collect();
+                let mut got = vec![f32::NAN; n * d];
+                model.decode_into(&narrow, &mut got).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{kind} n {n}");
             }
             let codes = vec![1u32; 2 * w];
             let mut out_of_range = codes.clone();
@@ -372,7 +383,16 @@ mod tests {
                 let mut out = vec![7.0f32; len];
                 assert!(model.decode_into(c, &mut out).is_err(), "{kind} case {i}");
                 assert!(out.iter().all(|&v| v == 7.0), "{kind} case {i}");
+                let c: Vec<u8> = c.iter().map(|&c| c as u8).collect();
+                assert!(
+                    model.decode_into(&c, &mut out).is_err(),
+                    "{kind} case {i} u8"
+                );
+                assert!(out.iter().all(|&v| v == 7.0), "{kind} case {i} u8");
             }
+            // The error names the code as it was given.
+            let e = model.decode(&[k as u8; 8][..w]).unwrap_err().to_string();
+            assert!(e.contains(&format!("code {k} ")), "{kind}: {e}");
         }
     }
 }

@@ -33,7 +33,7 @@ use super::pvq::{Pvq, PvqConfig};
 use super::rvq::{Rvq, RvqConfig};
 use super::vq::replace_unused;
 use super::{check_training, mse, sub_seed};
-use crate::backend::Backend;
+use crate::backend::{Backend, Code};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
@@ -246,7 +246,7 @@ impl Trained {
         }
     }
 
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         match self {
             Trained::Rvq(m) => m.decode(codes),
             Trained::Pvq(m) => m.decode(codes),

@@ -76,26 +76,26 @@ pub struct Pvq {
 /// codes in blocks of [`DECODE_ROWS`] on rayon's current pool; codewords of 1, 2, 4, 8
 /// and 16 floats as fixed-size copies. The callers check the codes (below `k`) and that
 /// `codebooks` holds `m * k * ds` and `out` `codes.len() * ds` floats.
-pub(crate) fn copy_codewords(
+pub(crate) fn copy_codewords<C: Code>(
     codebooks: &[f32],
     (m, k, ds): (usize, usize, usize),
-    codes: &[u32],
+    codes: &[C],
     out: &mut [f32],
 ) {
     if m == 0 || ds == 0 {
         return;
     }
     let sz = k * ds;
-    let rows = |(o, c): (&mut [f32], &[u32])| match ds {
-        1 => copy_rows::<1>(codebooks, sz, m, c, o),
-        2 => copy_rows::<2>(codebooks, sz, m, c, o),
-        4 => copy_rows::<4>(codebooks, sz, m, c, o),
-        8 => copy_rows::<8>(codebooks, sz, m, c, o),
-        16 => copy_rows::<16>(codebooks, sz, m, c, o),
+    let rows = |(o, c): (&mut [f32], &[C])| match ds {
+        1 => copy_rows::<1, C>(codebooks, sz, m, c, o),
+        2 => copy_rows::<2, C>(codebooks, sz, m, c, o),
+        4 => copy_rows::<4, C>(codebooks, sz, m, c, o),
+        8 => copy_rows::<8, C>(codebooks, sz, m, c, o),
+        16 => copy_rows::<16, C>(codebooks, sz, m, c, o),
         _ => {
             for (o, c) in o.chunks_mut(m * ds).zip(c.chunks(m)) {
                 for (s, (o, &j)) in o.chunks_exact_mut(ds).zip(c).enumerate() {
-                    o.copy_from_slice(&codebooks[s * sz + j as usize * ds..][..ds]);
+                    o.copy_from_slice(&codebooks[s * sz + j.index() * ds..][..ds]);
                 }
             }
         }
@@ -108,17 +108,17 @@ pub(crate) fn copy_codewords(
 
 /// [`copy_codewords`] for codewords of `W` floats: `out`'s rows of `m * W` from `codes`'
 /// rows of `m`, sub-space `s`'s codebook at `codebooks[s * sz..]`.
-fn copy_rows<const W: usize>(
+fn copy_rows<const W: usize, C: Code>(
     codebooks: &[f32],
     sz: usize,
     m: usize,
-    codes: &[u32],
+    codes: &[C],
     out: &mut [f32],
 ) {
     for (o, c) in out.chunks_mut(m * W).zip(codes.chunks(m)) {
         for (s, (o, &j)) in o.chunks_exact_mut(W).zip(c).enumerate() {
             let o: &mut [f32; W] = o.try_into().expect("W floats");
-            *o = codebooks[s * sz + j as usize * W..][..W]
+            *o = codebooks[s * sz + j.index() * W..][..W]
                 .try_into()
                 .expect("W floats");
         }
@@ -265,14 +265,14 @@ impl Pvq {
     /// fixed-size copies. A copy per code through `extend_from_slice`, on one thread, made
     /// `ProductQuantizer.decode` from Python take three to five times FAISS's at n =
     /// 200,000, M = 64, k = 16 (docs/performance.md).
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         self.check_model()?;
         self.decoder().decode(codes)
     }
 
     /// [`Pvq::decode`] into `out`, which must hold `codes.len() * d / m` floats; everything
     /// is checked before anything is written.
-    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         self.check_model()?;
         self.decoder().decode_into(codes, out)
     }
@@ -477,14 +477,14 @@ mod decode_tests {
             k: 2,
             codebooks: vec![0.0; 4],
         };
-        assert!(pq.decode(&[0, 2]).is_err());
-        assert!(Pvq { m: 3, ..pq.clone() }.decode(&[0]).is_err());
+        assert!(pq.decode(&[0u32, 2]).is_err());
+        assert!(Pvq { m: 3, ..pq.clone() }.decode(&[0u32]).is_err());
         assert!(
             Pvq {
                 codebooks: vec![0.0; 3],
                 ..pq
             }
-            .decode(&[0])
+            .decode(&[0u32])
             .is_err()
         );
     }

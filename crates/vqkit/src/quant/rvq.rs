@@ -409,13 +409,13 @@ impl Rvq {
     /// after stage over all rows), rows in blocks on rayon's current pool (called outside
     /// one, rayon's global pool: every core). (A last row of fewer than `stages` codes is
     /// dropped.)
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         Decoder::sums(&self.codebooks, (self.stages, self.k, self.d)).decode(codes)
     }
 
     /// [`Rvq::decode`] into `out`, which must hold `codes.len() / stages * d` floats;
     /// everything is checked before anything is written.
-    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         Decoder::sums(&self.codebooks, (self.stages, self.k, self.d)).decode_into(codes, out)
     }
 
@@ -833,13 +833,13 @@ mod tests {
             }
         }
         let rq = model(2, 2, 3, 0);
-        assert!(rq.decode(&[0, 3]).is_err());
+        assert!(rq.decode(&[0u32, 3]).is_err());
         assert!(
             Rvq {
                 codebooks: vec![0.0; 3],
                 ..rq.clone()
             }
-            .decode(&[0, 0])
+            .decode(&[0u32, 0])
             .is_err()
         );
         assert_eq!(
@@ -848,7 +848,7 @@ mod tests {
                 codebooks: vec![],
                 ..rq
             }
-            .decode(&[])
+            .decode::<u32>(&[])
             .unwrap(),
             Vec::<f32>::new()
         );

@@ -36,7 +36,7 @@ use super::Decoder;
 use super::code_stats;
 use super::kmeans::{KMeans, KMeansConfig};
 use super::model_io::TensorFile;
-use crate::backend::{Backend, EmaParams};
+use crate::backend::{Backend, Code, EmaParams};
 use crate::error::{Error, Result};
 use crate::ops::{EmaState, assign, check_finite, ema_update, rows};
 use crate::rng::Rng;
@@ -274,13 +274,13 @@ impl VectorQuantizer {
     }
 
     /// Codewords for codes, rows in blocks on rayon's current pool.
-    pub fn decode(&self, codes: &[u32]) -> Result<Vec<f32>> {
+    pub fn decode<C: Code>(&self, codes: &[C]) -> Result<Vec<f32>> {
         self.decoder().decode(codes)
     }
 
     /// [`VectorQuantizer::decode`] into `out`, which must hold `codes.len() * d` floats;
     /// everything is checked before anything is written.
-    pub fn decode_into(&self, codes: &[u32], out: &mut [f32]) -> Result<()> {
+    pub fn decode_into<C: Code>(&self, codes: &[C], out: &mut [f32]) -> Result<()> {
         self.decoder().decode_into(codes, out)
     }
 

@@ -137,10 +137,10 @@ pub(crate) const DECODE_ROWS: usize = 256;
 
 /// The floats [`residual_decode`] writes for `codes` (a last row of fewer than `stages`
 /// codes is dropped), after checking that `codebooks` holds (stages, k, d) floats.
-pub(crate) fn residual_decoded_len(
+pub(crate) fn residual_decoded_len<C: Code>(
     codebooks: &[f32],
     (stages, k, d): (usize, usize, usize),
-    codes: &[u32],
+    codes: &[C],
 ) -> Result<usize> {
     let want = size("codebooks", &[stages, k, d])?;
     super::check_len("codebooks", codebooks.len(), want)?;
@@ -154,11 +154,11 @@ pub(crate) fn residual_decoded_len(
 /// [`DECODE_ROWS`] on rayon's current pool; a last row of fewer than `stages` codes is
 /// dropped. `out` holds [`residual_decoded_len`] floats. Every code is below `k` (the
 /// caller checks).
-pub(crate) fn residual_decode(
+pub(crate) fn residual_decode<C: Code>(
     isa: Isa,
     codebooks: &[f32],
     (stages, k, d): (usize, usize, usize),
-    codes: &[u32],
+    codes: &[C],
     out: &mut [f32],
 ) -> Result<()> {
     let len = residual_decoded_len(codebooks, (stages, k, d), codes)?;
@@ -195,9 +195,9 @@ const SUM_COLS: usize = 64;
 impl SumRows<'_> {
     /// `acc += C_s[codes[s]]` over columns `c0..c0 + acc.len()`, stage after stage.
     #[inline(always)]
-    fn sum(&self, codes: &[u32], c0: usize, acc: &mut [f32]) {
+    fn sum<C: Code>(&self, codes: &[C], c0: usize, acc: &mut [f32]) {
         for (s, &j) in codes.iter().enumerate() {
-            let w = &self.codebooks[(s * self.k + j as usize) * self.d + c0..][..acc.len()];
+            let w = &self.codebooks[(s * self.k + j.index()) * self.d + c0..][..acc.len()];
             for (a, &w) in acc.iter_mut().zip(w) {
                 *a += w;
             }
@@ -205,9 +205,9 @@ impl SumRows<'_> {
     }
 }
 
-impl IsaLoop<(&mut [f32], &[u32])> for SumRows<'_> {
+impl<C: Code> IsaLoop<(&mut [f32], &[C])> for SumRows<'_> {
     #[inline(always)]
-    fn body(&self, (out, codes): (&mut [f32], &[u32])) {
+    fn body(&self, (out, codes): (&mut [f32], &[C])) {
         for (o, c) in out
             .chunks_exact_mut(self.d)
             .zip(codes.chunks_exact(self.stages))
