@@ -442,30 +442,26 @@ impl PyModel {
         Ok(o.clone())
     }
 
-    /// The codes of `xs` in a fresh (n, width) array of `C`, written in place by the
-    /// encoder, without the GIL. NumPy's zeroed arrays come from `calloc`, whose large
-    /// blocks are fresh pages: nothing is written to them before the encoder does.
-    fn encode_as<'py, C: PyCode>(
+    /// The codes of `xs` as a fresh (n, width) array of `C`, written in place by the
+    /// encoder without the GIL. The codes are allocated as `vqkit::resources::zeroed_lazy`
+    /// allocates (refused with a typed error where they would not fit in memory; pages
+    /// the kernel clears as the encoder first writes them) and handed to NumPy as they are.
+    fn encode_as<'py, C: PyCode + vqkit::resources::ZeroBits>(
         &self,
         py: Python<'py>,
         xs: &[f32],
-        shape: [usize; 2],
+        [n, w]: [usize; 2],
         beam: Option<usize>,
         backend: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let codes = PyArray2::<C>::zeros(py, shape, false);
-        {
-            let mut rw = codes.readwrite();
-            let out = C::out(
-                rw.as_slice_mut()
-                    .map_err(|e| VqkitError::new_err(format!("{e}")))?,
-            );
-            let model = &self.model;
-            let job =
-                Job(move |b: &dyn AnyBackend| b.model(ModelJob::Encode(model, xs, beam, out)));
-            on_backend(py, backend, job)?;
-        }
-        Ok(codes.into_any())
+        let len = n.checked_mul(w).ok_or_else(|| {
+            VqkitError::new_err(format!("codes: ({n}, {w}) overflow the address space"))
+        })?;
+        let mut codes = vqkit::resources::zeroed_lazy::<C>("the codes", len).map_err(to_py)?;
+        let (model, out) = (&self.model, C::out(&mut codes));
+        let job = Job(move |b: &dyn AnyBackend| b.model(ModelJob::Encode(model, xs, beam, out)));
+        on_backend(py, backend, job)?;
+        Ok(PyArray1::from_vec(py, codes).reshape([n, w])?.into_any())
     }
 }
 

@@ -238,8 +238,8 @@ def test_bad_codes_raise(blobs):
         rq.decode(np.zeros((3, 3), np.int64))
     with pytest.raises(vqkit.VqkitError, match="integers"):
         rq.decode(np.zeros((3, 2), np.float32))
-    # Unsigned codes go to Rust as uint32, read in place: the same checks (the "row" is
-    # the code's flat index, as for int64), the same result.
+    # Unsigned codes of up to 32 bits go to Rust as they are, read in place: the same
+    # checks (the "row" is the code's flat index, as for int64), the same result.
     for dtype in (np.uint8, np.uint16, np.uint32, np.int64):
         with pytest.raises(vqkit.VqkitError, match="code 16 at row 2 is out of range"):
             rq.decode(np.array([[0, 1], [16, 0]], dtype))
@@ -344,7 +344,9 @@ def test_decode_into_out(blobs):
     buf = np.frombuffer(raw, np.float32).reshape(50, 8)
     for codes, match in ((buf.view(np.uint32), "already borrowed|shares memory"),
                          (np.frombuffer(raw, np.uint32).reshape(50, 8), "shares memory"),
-                         (np.frombuffer(raw, np.uint32)[8:].reshape(49, 8), "shares memory")):
+                         (np.frombuffer(raw, np.uint32)[8:].reshape(49, 8), "shares memory"),
+                         (np.frombuffer(raw, np.uint8)[:400].reshape(50, 8), "shares memory"),
+                         (np.frombuffer(raw, np.uint16)[4:404].reshape(50, 8), "shares memory")):
         with pytest.raises(vqkit.VqkitError, match=match):
             pq.decode(codes, out=buf[:codes.shape[0]])
         assert not buf.any()

@@ -92,6 +92,10 @@ pub unsafe trait ZeroBits: Copy {}
 unsafe impl ZeroBits for f32 {}
 // SAFETY: as above.
 unsafe impl ZeroBits for u32 {}
+// SAFETY: all-zero bits are 0, two bytes.
+unsafe impl ZeroBits for u16 {}
+// SAFETY: all-zero bits are 0, one byte.
+unsafe impl ZeroBits for u8 {}
 
 /// `len` zeros, or an error if they do not fit. Unlike [`zeroed`], nothing is written here:
 /// the allocator hands out memory already zeroed (for large buffers, fresh pages from the

@@ -362,7 +362,8 @@ class _Codec:
         error its contents are unspecified). For batch after batch into one buffer: a fresh
         array's pages are zeroed by the kernel as they are first written, which costs about
         half of a decode at d = 128 (docs/performance.md). No other thread may use ``out``
-        during the call.
+        during the call, nor write ``codes``: unsigned codes of up to 32 bits (those
+        ``compute_codes`` returns) are read where they lie, without the GIL.
         """
         c = _codes(codes, self.M)
         if out is None:

@@ -45,8 +45,9 @@ mod sealed_code {
 
 /// An unsigned integer type that codes are written in: `u8` for up to 256 codewords, `u16`
 /// up to 65,536, `u32` beyond. A user quantizing many vectors keeps codes of 8 bits in one
-/// byte each; written narrow by the encoders that write them in blocks (PQ's and greedy
-/// RQ's on the host), they never exist as `u32` (`Pvq::encode_into`, `Rvq::encode_into`).
+/// byte each. On the CPU, PQ's and greedy RQ's encoders write them in that type as they
+/// find them (`Pvq::encode_into`, `Rvq::encode_into`); the other encoders, and those of
+/// the GPU backends, find `u32` codes and narrow them.
 ///
 /// The decoders read codes of any of these types in place.
 pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed {
@@ -55,7 +56,8 @@ pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Se
     /// The type's name, for errors.
     const NAME: &'static str;
     /// `i`, which is below [`Code::CODEWORDS`] (the callers have checked the codebook's
-    /// size with [`check_code_type`]), in this type.
+    /// size with [`check_code_type`]), in this type; the bits above it are dropped.
+    #[doc(hidden)]
     fn narrow(i: u32) -> Self;
     /// The code as an index.
     fn index(self) -> usize;
@@ -111,11 +113,25 @@ pub fn check_code_type<C: Code>(k: usize) -> Result<()> {
     Ok(())
 }
 
-/// `wide` narrowed into `out` (of the same length), after [`check_code_type`].
-pub(crate) fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) {
+/// `wide` narrowed into `out` (of the same length), or an error naming the first code `C`
+/// does not hold (then nothing is written). The callers have checked the codebook's size
+/// with [`check_code_type`]; this check is for a model whose fields disagree (a VQ layer's
+/// codebook of more rows than its `k`), which would otherwise be truncated.
+pub(crate) fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) -> Result<()> {
+    // One branch-free pass, which vectorizes, as `ops::check_codes`.
+    let fits = |&c: &u32| u64::from(c) < C::CODEWORDS;
+    if !wide.iter().fold(true, |ok, c| ok & fits(c))
+        && let Some(row) = wide.iter().position(|c| !fits(c))
+    {
+        return Err(Error::invalid(
+            "codes",
+            format!("code {} at {row} does not fit {} codes", wide[row], C::NAME),
+        ));
+    }
     for (o, &c) in out.iter_mut().zip(wide) {
         *o = C::narrow(c);
     }
+    Ok(())
 }
 
 /// The sizes of one operation: `n` points, `k` codewords, `d` dimensions.

@@ -70,10 +70,12 @@ impl Model {
     }
 
     /// [`Model::encode`] into `out`: n x width codes of type `C`, which must hold the
-    /// codebook's indices (`u8` up to 256 codewords). The model, the shapes and the type
-    /// are checked before anything is written; after an error from the points' values `out`'s
-    /// contents are unspecified. PQ's codes and greedy RQ's are written in `C` by the host's
-    /// encoders; the other models' are found as `u32` and then narrowed.
+    /// codebook's indices (`u8` up to 256 codewords). The points' shape, the codes' length
+    /// and their type are checked before anything is written (PQ and RQ: see
+    /// [`Pvq::encode_into`], [`Rvq::encode_into`]); after an error from the values of the
+    /// points or the codebooks `out`'s contents are unspecified. On the CPU, PQ's codes and
+    /// greedy RQ's are written in `C` as they are found; the others are found as `u32` and
+    /// then narrowed (an error, before anything is written, for a code `C` does not hold).
     pub fn encode_into<B: Backend, C: Code>(
         &self,
         b: &B,
@@ -89,8 +91,7 @@ impl Model {
                 let n = crate::ops::rows("points", x, self.d())?;
                 check_len("codes", out.len(), size("codes", &[n, width])?)?;
                 check_code_type::<C>(k)?;
-                narrow_codes(&self.encode(b, x, beam)?, out);
-                Ok(())
+                narrow_codes(&self.encode(b, x, beam)?, out)
             }
         }
     }
@@ -303,6 +304,17 @@ mod tests {
                 codebooks,
             }));
         }
+        // The models that narrow u32 codes, past u8.
+        let centroids = rng.normal_vec(257 * 4);
+        all.push(Model::KMeans(KMeans::from_centroids(centroids, 4).unwrap()));
+        let codebooks = rng.normal_vec(2 * 300 * 4);
+        all.push(Model::Avq(Avq {
+            d: 4,
+            m: 2,
+            k: 300,
+            beam: 1,
+            codebooks,
+        }));
         for b in cpu_backends() {
             for m in &all {
                 let (w, k) = m.code_shape();
@@ -332,6 +344,22 @@ mod tests {
                 assert_eq!(got.to_string(), want, "{}", m.kind());
             }
         }
+        // A VQ layer whose codebook has more rows than its k: codes past u8 are refused,
+        // not truncated, and nothing is written.
+        let (d, k) = (4, 5);
+        let mut vq = VectorQuantizer::new(VqConfig::new(k, d)).unwrap();
+        vq.codebook = rng.normal_vec(300 * d);
+        let x = vq.codebook[280 * d..283 * d].to_vec();
+        let model = Model::Vq(Box::new(vq));
+        let b = CpuBackend::new(Some(1)).unwrap();
+        assert_eq!(model.encode(&b, &x, None).unwrap(), [280, 281, 282]);
+        let mut out = [7u8; 3];
+        let e = model
+            .encode_into(&b, &x, None, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("code 280 at 0 does not fit u8 codes"), "{e}");
+        assert_eq!(out, [7; 3]);
     }
 
     /// `decode` and `decode_into` give the reference's bits for every kind of model, from
@@ -393,6 +421,30 @@ mod tests {
             // The error names the code as it was given.
             let e = model.decode(&[k as u8; 8][..w]).unwrap_err().to_string();
             assert!(e.contains(&format!("code {k} ")), "{kind}: {e}");
+        }
+        // Codes past u8, read as u16, in models whose codebooks have 300 codewords.
+        let mut rng = Rng::new(5);
+        let codebooks = rng.normal_vec(2 * 300 * 3);
+        let pq = Pvq {
+            d: 6,
+            m: 2,
+            k: 300,
+            codebooks: codebooks.clone(),
+        };
+        let rq = Rvq {
+            d: 3,
+            k: 300,
+            stages: 2,
+            shared: false,
+            beam: 1,
+            codebooks,
+        };
+        for model in [Model::Pvq(pq), Model::Rvq(rq)] {
+            let wide: Vec<u32> = (0..600).map(|i| (i * 7 + 3) % 300).collect();
+            let narrow: Vec<u16> = wide.iter().map(|&c| c as u16).collect();
+            let want = reference(&model, &wide);
+            assert_eq!(bits(&model.decode(&narrow).unwrap()), bits(&want));
+            assert!(model.decode(&[300u16, 0]).is_err());
         }
     }
 }

@@ -190,47 +190,59 @@ impl Pvq {
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32]) -> Result<Vec<u32>> {
         self.check_model()?;
         let n = rows("points", x, self.d)?;
-        let mut codes = crate::resources::zeroed_lazy("the codes", size("codes", &[n, self.m])?)?;
-        self.encode_checked(b, x, n, &mut codes)?;
-        Ok(codes)
+        if Self::on_host(b) {
+            let len = size("codes", &[n, self.m])?;
+            let mut codes = crate::resources::zeroed_lazy("the codes", len)?;
+            if let Some(done) = self.encode_host(b, x, n, &mut codes) {
+                return done.map(|()| codes);
+            }
+        }
+        check_finite("points", x)?;
+        self.encode_each(b, x, n)
     }
 
     /// [`Pvq::encode`] into `out`: n x m codes of type `C`, which must hold `k` indices
-    /// (`u8` up to 256 codewords). The model, the shapes and the type are checked before
-    /// anything is written, in that order; after an error from the points' values (a NaN,
-    /// an infinity, an overflow) `out`'s contents are unspecified. On the host the codes are
-    /// written in `C` as they are found: 8-bit codes of many vectors take a byte each, never
-    /// four, and a caller that encodes batch after batch into one buffer pays once for its
-    /// pages.
+    /// (`u8` up to 256 codewords). The model's fields, the points' shape, the codes' length
+    /// and their type are checked, in that order, before anything is written; after an
+    /// error from the values of the points or the codebooks (a NaN, an infinity, an
+    /// overflow) `out`'s contents are unspecified. On the CPU the codes are written in `C`
+    /// as they are found: 8-bit codes of many vectors take a byte each, and a caller that
+    /// encodes batch after batch into one buffer pays once for its pages. A device's codes
+    /// are found as `u32`, then narrowed.
     pub fn encode_into<B: Backend, C: Code>(&self, b: &B, x: &[f32], out: &mut [C]) -> Result<()> {
         self.check_model()?;
         let n = rows("points", x, self.d)?;
         check_len("codes", out.len(), size("codes", &[n, self.m])?)?;
         check_code_type::<C>(self.k)?;
-        self.encode_checked(b, x, n, out)
+        if let Some(done) = self.encode_host(b, x, n, out) {
+            return done;
+        }
+        check_finite("points", x)?;
+        narrow_codes(&self.encode_each(b, x, n)?, out)
     }
 
-    fn encode_checked<B: Backend, C: Code>(
+    /// Whether [`Pvq::encode_host`] runs on `b`.
+    fn on_host<B: Backend>(b: &B) -> bool {
+        b.host_isa().is_some() && b.flags_non_finite_points()
+    }
+
+    /// The codes of `n` points into `out` in blocks of rows (`product_codes`) on a backend
+    /// whose memory is the host's; `None` on others.
+    fn encode_host<B: Backend, C: Code>(
         &self,
         b: &B,
         x: &[f32],
         n: usize,
         out: &mut [C],
-    ) -> Result<()> {
-        if let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) {
-            let (m, k) = (self.m, self.k);
-            let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), out);
-            let work = n.saturating_mul(k).saturating_mul(self.d);
-            if let Some(done) = b.run_on_host(work, run) {
-                // A point with a NaN or an infinity fails the search, and is then found
-                // first, as if checked before it: x is not read for one in a pass of its
-                // own.
-                return done.map_err(|e| check_finite("points", x).err().unwrap_or(e));
-            }
-        }
-        check_finite("points", x)?;
-        narrow_codes(&self.encode_each(b, x, n)?, out);
-        Ok(())
+    ) -> Option<Result<()>> {
+        let isa = b.host_isa().filter(|_| Self::on_host(b))?;
+        let (m, k) = (self.m, self.k);
+        let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), out);
+        let work = n.saturating_mul(k).saturating_mul(self.d);
+        let done = b.run_on_host(work, run)?;
+        // A point with a NaN or an infinity fails the search, and is then found first, as if
+        // checked before it: x is not read for one in a pass of its own.
+        Some(done.map_err(|e| check_finite("points", x).err().unwrap_or(e)))
     }
 
     /// Errors for fields that disagree: `m` not dividing `d`, no codewords, codebooks of

@@ -293,18 +293,27 @@ impl Rvq {
     /// read; then come the points' errors, then the beam's.
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32], beam: usize) -> Result<Vec<u32>> {
         let n = self.check_encode(x, beam)?;
-        let mut codes =
-            crate::resources::zeroed_lazy("the codes", size("codes", &[n, self.stages])?)?;
-        self.encode_checked(b, x, beam, n, &mut codes)?;
-        Ok(codes)
+        if beam > 1 {
+            return Ok(self.encode_beam(x, n, beam));
+        }
+        if let (Some(_), true) = (b.host_isa(), b.flags_non_finite_points()) {
+            let len = size("codes", &[n, self.stages])?;
+            let mut codes = crate::resources::zeroed_lazy("the codes", len)?;
+            if self.encode_blocked(b, x, n, &mut codes)? {
+                return Ok(codes);
+            }
+        }
+        check_finite("points", x)?;
+        self.encode_each(b, x, n)
     }
 
     /// [`Rvq::encode`] into `out`: n x stages codes of type `C`, which must hold `k` indices
-    /// (`u8` up to 256 codewords). The model, the beam, the shapes and the type are checked
-    /// before anything is written, in that order; after an error from the points' values (a
-    /// NaN, an infinity, an overflow) `out`'s contents are unspecified. Greedy on the host,
-    /// the codes are written in `C` as they are found: 8-bit codes of many vectors take a
-    /// byte each, never four.
+    /// (`u8` up to 256 codewords). Checked before anything is written, in this order: the
+    /// model's fields, the points' shape (with a beam wider than 1, their values too), the
+    /// beam, the codes' length, their type. After an error from the points' values (a NaN,
+    /// an infinity, an overflow) `out`'s contents are unspecified. Greedy on the CPU, the
+    /// codes are written in `C` as they are found: 8-bit codes of many vectors take a byte
+    /// each. A device's codes and a beam search's are found as `u32`, then narrowed.
     pub fn encode_into<B: Backend, C: Code>(
         &self,
         b: &B,
@@ -315,11 +324,18 @@ impl Rvq {
         let n = self.check_encode(x, beam)?;
         crate::backend::check_len("codes", out.len(), size("codes", &[n, self.stages])?)?;
         check_code_type::<C>(self.k)?;
-        self.encode_checked(b, x, beam, n, out)
+        if beam > 1 {
+            return narrow_codes(&self.encode_beam(x, n, beam), out);
+        }
+        if self.encode_blocked(b, x, n, out)? {
+            return Ok(());
+        }
+        check_finite("points", x)?;
+        narrow_codes(&self.encode_each(b, x, n)?, out)
     }
 
-    /// The model's fields, then `beam`, then the points (all of them for a beam search,
-    /// their shape for greedy codes); the number of points.
+    /// The model's fields, then the points (all of them for a beam search, their shape
+    /// for greedy codes), then `beam`; the number of points.
     fn check_encode(&self, x: &[f32], beam: usize) -> Result<usize> {
         Shape::new(0, self.k, self.d).validate()?;
         let want = size("codebooks", &[self.stages, self.k, self.d])?;
@@ -334,31 +350,13 @@ impl Rvq {
         }
     }
 
-    /// The codes of `n` points into `out`, after [`Rvq::check_encode`].
-    fn encode_checked<B: Backend, C: Code>(
-        &self,
-        b: &B,
-        x: &[f32],
-        beam: usize,
-        n: usize,
-        out: &mut [C],
-    ) -> Result<()> {
-        if beam == 1 {
-            // All distances finite means all points finite there (`residual_codes`): the
-            // points are read for a NaN or an infinity only when a search meets one.
-            if self.encode_blocked(b, x, n, out)? {
-                return Ok(());
-            }
-            check_finite("points", x)?;
-            narrow_codes(&self.encode_each(b, x, n)?, out);
-            return Ok(());
-        }
+    /// Beam search's codes of `n` checked points.
+    fn encode_beam(&self, x: &[f32], n: usize, beam: usize) -> Vec<u32> {
         let mut state = BeamState::new(n, beam, x);
         for s in 0..self.stages {
             state = self.beam_stage(x, &state, s, beam);
         }
-        narrow_codes(&state.best_codes().concat(), out);
-        Ok(())
+        state.best_codes().concat()
     }
 
     /// Greedy codes as a device computes them: per stage, the nearest codeword to every
