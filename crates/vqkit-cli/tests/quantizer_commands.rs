@@ -48,6 +48,12 @@ fn every_training_command_then_encode_and_decode() {
             2,
         ),
         ("pvq", vec!["pvq", "-m", "4", "-k", "8"], 4),
+        // Codes past one byte: written and read back as uint16.
+        (
+            "pvq-wide",
+            vec!["pvq", "-m", "2", "-k", "300", "--iters", "3"],
+            2,
+        ),
         ("avq", vec!["avq", "-m", "2", "-k", "8", "--beam", "3"], 2),
         (
             "nsvq-rvq",
@@ -111,6 +117,16 @@ fn every_training_command_then_encode_and_decode() {
         let enc = last_json(&out);
         let (shape, c) = npy::read_codes(&codes).unwrap();
         assert_eq!(shape, vec![400, width], "{name}");
+        let wide = name == "pvq-wide";
+        let want = if wide {
+            npy::Dtype::U16
+        } else {
+            npy::Dtype::U8
+        };
+        assert_eq!(npy::read(&codes).unwrap().dtype, want, "{name}");
+        let dtype = if wide { "uint16" } else { "uint8" };
+        assert_eq!(enc["code_dtype"], dtype, "{name}");
+        assert!(!wide || c.iter().any(|&c| c > 255), "{name}");
         assert_eq!(c.len(), 400 * width);
         let back = t.join(format!("{name}-x.npy"));
         let (ok, _, err) = run(&["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&back)]);

@@ -28,12 +28,17 @@ fn encoded_in_memory(model: &Path, x: &Path) -> (Vec<u8>, f64, f64) {
         .encode(&CpuBackend::new(Some(2)).unwrap(), &x.data, None)
         .unwrap();
     let e = mse(&x.data, &m.decode(&codes).unwrap(), x.cols);
-    let width = m.code_shape().0;
-    (
-        npy::u32_bytes(&[x.rows, width], &codes),
-        e,
-        relative_error(e, &x.data, x.cols),
-    )
+    let (width, k) = m.code_shape();
+    let shape = [x.rows, width];
+    // In the narrowest type that holds the codebook's indices, as `encode` writes them.
+    let bytes = match k {
+        0..=256 => npy::codes_bytes(&shape, &codes.iter().map(|&c| c as u8).collect::<Vec<_>>()),
+        257..=65536 => {
+            npy::codes_bytes(&shape, &codes.iter().map(|&c| c as u16).collect::<Vec<_>>())
+        }
+        _ => npy::u32_bytes(&shape, &codes),
+    };
+    (bytes, e, relative_error(e, &x.data, x.cols))
 }
 
 /// `.npy` bytes of `shape` (f32) in Fortran order: `data` is given in C order.

@@ -405,6 +405,7 @@ def test_models_move_between_the_cli_and_python(tmp_path, blobs, cli):
         subprocess.run([cli, "encode", "-m", str(path), "-i", str(tmp_path / "x.npy"), "-o",
                         str(out)], check=True, capture_output=True)
         theirs = np.load(out)
+        assert theirs.dtype == np.uint8, name  # 16 codewords: one byte a code
         ours = m.assign(x)[1][:, None] if name == "kmeans" else m.compute_codes(x)
         assert np.array_equal(theirs, ours.astype(theirs.dtype)), name
         back = vqkit.load(path)

@@ -5,7 +5,7 @@
 use super::Common;
 use std::path::PathBuf;
 use std::time::Instant;
-use vqkit::backend::{Backend, WithBackend};
+use vqkit::backend::{Backend, Code, WithBackend};
 use vqkit::io::npy;
 use vqkit::io::rows::RowReader;
 use vqkit::quant::model::Model;
@@ -18,7 +18,9 @@ pub struct EncodeArgs {
     /// Points: .npy (C or Fortran order), .fvecs, .bvecs or .ivecs, shape (n, d).
     #[arg(short, long)]
     input: PathBuf,
-    /// Output codes: .npy, u32, shape (n, codes per vector).
+    /// Output codes: .npy, shape (n, codes per vector), of the narrowest type that holds
+    /// the codebooks' indices: uint8 up to 256 codewords, uint16 up to 65,536, uint32
+    /// beyond (as the Python package's `compute_codes`).
     #[arg(short, long)]
     output: PathBuf,
     /// Beam width for models that search (RVQ, AVQ); default: the one they were trained with.
@@ -73,20 +75,45 @@ struct Sums {
 impl WithBackend for Job<'_> {
     type Output = (Sums, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
+        match code_bytes(self.model) {
+            1 => self.run_as::<B, u8>(b),
+            2 => self.run_as::<B, u16>(b),
+            _ => self.run_as::<B, u32>(b),
+        }
+    }
+}
+
+/// Bytes per code of the narrowest type that holds `model`'s codebook indices.
+fn code_bytes(model: &Model) -> usize {
+    match model.code_shape().1 {
+        0..=256 => 1,
+        257..=65536 => 2,
+        _ => 4,
+    }
+}
+
+impl Job<'_> {
+    /// The job with codes of type `C`, written by the encoder into one buffer reused
+    /// across chunks.
+    fn run_as<B: Backend, C: Code + vqkit::resources::ZeroBits>(
+        self,
+        b: &B,
+    ) -> vqkit::Result<(Sums, String)> {
         let d = self.x.d();
+        let width = self.model.code_shape().0;
         let mut sums = Sums::default();
-        let mut recon = Vec::new();
+        let (mut recon, mut codes) = (Vec::new(), Vec::<C>::new());
         // The next chunk is read while this one is encoded.
         self.x.for_each_chunk(self.chunk, |first, x| {
             let t = Instant::now();
-            let codes = self
-                .model
-                .encode(b, x, self.beam)
+            let codes = reuse(&mut codes, x.len() / d.max(1) * width, "the codes")?;
+            self.model
+                .encode_into(b, x, self.beam, codes)
                 .map_err(|e| e.after_rows(first, d))?;
             sums.seconds += t.elapsed().as_secs_f64();
-            self.out.push_u32(&codes)?;
-            let recon = reuse(&mut recon, x.len())?;
-            self.model.decode_into(&codes, recon)?;
+            self.out.push_codes(codes)?;
+            let recon = reuse(&mut recon, x.len(), "the reconstructions")?;
+            self.model.decode_into(codes, recon)?;
             for (&a, &r) in x.iter().zip(recon.iter()) {
                 let t = a as f64 - r as f64;
                 sums.sq_err += t * t;
@@ -98,12 +125,16 @@ impl WithBackend for Job<'_> {
     }
 }
 
-/// The first `len` floats of `buf`, which is replaced by a larger one where it is shorter:
-/// a buffer for every chunk of reconstructions, since a fresh one's pages are zeroed by
-/// the kernel as they are first written.
-fn reuse(buf: &mut Vec<f32>, len: usize) -> vqkit::Result<&mut [f32]> {
+/// The first `len` elements of `buf`, which is replaced by a larger one where it is
+/// shorter: a buffer for every chunk of codes or reconstructions, since a fresh one's pages
+/// are zeroed by the kernel as they are first written.
+fn reuse<'a, T: vqkit::resources::ZeroBits>(
+    buf: &'a mut Vec<T>,
+    len: usize,
+    what: &'static str,
+) -> vqkit::Result<&'a mut [T]> {
     if buf.len() < len {
-        *buf = vqkit::resources::zeroed_lazy("the reconstructions", len)?;
+        *buf = vqkit::resources::zeroed_lazy(what, len)?;
     }
     Ok(&mut buf[..len])
 }
@@ -116,7 +147,12 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     model.check_dim(x.d())?;
     let chunk = super::chunk_rows(args.chunk_rows, &x)?;
     let (width, _) = model.code_shape();
-    let mut out = npy::Writer::u32(&args.output, &[n, width])?;
+    let shape = [n, width];
+    let mut out = match code_bytes(&model) {
+        1 => npy::Writer::codes::<u8>(&args.output, &shape)?,
+        2 => npy::Writer::codes::<u16>(&args.output, &shape)?,
+        _ => npy::Writer::codes::<u32>(&args.output, &shape)?,
+    };
     let (sums, backend) = args.common.dispatch(Job {
         model: &model,
         x: &mut x,
@@ -135,7 +171,8 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     if args.common.json {
         let v = serde_json::json!({
             "command": "encode", "kind": model.kind(), "backend": backend, "n": n,
-            "codes_per_vector": width, "mse": e, "relative_error": rel, "seconds": seconds,
+            "codes_per_vector": width, "code_dtype": format!("uint{}", 8 * code_bytes(&model)),
+            "mse": e, "relative_error": rel, "seconds": seconds,
             "output": args.output,
         });
         println!("{v}");
@@ -182,7 +219,7 @@ pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
         if rows == 0 {
             break;
         }
-        let x = reuse(&mut x, rows * model.d())?;
+        let x = reuse(&mut x, rows * model.d(), "the reconstructions")?;
         model
             .decode_into(&c, x)
             .map_err(|e| e.after_rows(first, width))?;

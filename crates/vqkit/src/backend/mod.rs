@@ -50,7 +50,9 @@ mod sealed_code {
 /// the GPU backends, find `u32` codes and narrow them.
 ///
 /// The decoders read codes of any of these types in place.
-pub trait Code: Copy + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed {
+pub trait Code:
+    bytemuck::Pod + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed
+{
     /// The number of codewords whose indices the type holds.
     const CODEWORDS: u64;
     /// The type's name, for errors.

@@ -1,9 +1,11 @@
 //! NumPy `.npy`, versions 1.0 to 3.0, C order or Fortran order (transposed on read). Read:
-//! f32, f64, f16 and u8 matrices (converted to f32), and integer code arrays. Write: f32 and
-//! u32 arrays, whole ([`write_f32`], [`write_u32`]) or a header first and the rows after
-//! ([`header_f32`], [`header_u32`]).
+//! f32, f64, f16 and u8 matrices (converted to f32), and integer code arrays (8 to 64 bits,
+//! signed or not). Write: f32 and u32 arrays, whole ([`write_f32`], [`write_u32`]) or a
+//! header first and the rows after ([`header_f32`], [`header_u32`], [`Writer`], which also
+//! writes codes of any [`Code`] type).
 
 use super::{AtomicFile, Matrix, read_bytes, write_atomic};
+use crate::backend::Code;
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -16,6 +18,9 @@ pub enum Dtype {
     F32,
     F64,
     U8,
+    I8,
+    U16,
+    I16,
     I32,
     U32,
     I64,
@@ -40,6 +45,9 @@ impl Dtype {
             "f4" => Dtype::F32,
             "f8" => Dtype::F64,
             "u1" | "b1" => Dtype::U8,
+            "i1" => Dtype::I8,
+            "u2" => Dtype::U16,
+            "i2" => Dtype::I16,
             "i4" => Dtype::I32,
             "u4" => Dtype::U32,
             "i8" => Dtype::I64,
@@ -52,8 +60,8 @@ impl Dtype {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            Dtype::U8 => 1,
-            Dtype::F16 => 2,
+            Dtype::U8 | Dtype::I8 => 1,
+            Dtype::F16 | Dtype::U16 | Dtype::I16 => 2,
             Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
             Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
         }
@@ -86,9 +94,13 @@ impl Array {
                 .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
             Dtype::U8 => b.iter().map(|&v| v as f32).collect(),
-            Dtype::I32 | Dtype::U32 | Dtype::I64 | Dtype::U64 => {
-                self.to_i128().into_iter().map(|v| v as f32).collect()
-            }
+            Dtype::I8
+            | Dtype::U16
+            | Dtype::I16
+            | Dtype::I32
+            | Dtype::U32
+            | Dtype::I64
+            | Dtype::U64 => self.to_i128().into_iter().map(|v| v as f32).collect(),
         }
     }
 
@@ -101,6 +113,15 @@ impl Array {
         };
         match self.dtype {
             Dtype::U8 => b.iter().map(|&v| v as i128).collect(),
+            Dtype::I8 => b.iter().map(|&v| v as i8 as i128).collect(),
+            Dtype::U16 => b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i128)
+                .collect(),
+            Dtype::I16 => b
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i128)
+                .collect(),
             Dtype::I32 => b
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128)
@@ -367,6 +388,22 @@ pub fn f32_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     out
 }
 
+/// The `.npy` element type of codes of type `C`, and its `descr`.
+fn code_dtype<C: Code>() -> (Dtype, &'static str) {
+    match std::mem::size_of::<C>() {
+        1 => (Dtype::U8, "|u1"),
+        2 => (Dtype::U16, "<u2"),
+        _ => (Dtype::U32, "<u4"),
+    }
+}
+
+/// `.npy` bytes for codes of type `C`.
+pub fn codes_bytes<C: Code>(shape: &[usize], data: &[C]) -> Vec<u8> {
+    let mut out = header(code_dtype::<C>().1, shape);
+    out.extend_from_slice(bytemuck::cast_slice(data));
+    out
+}
+
 /// `.npy` bytes for a u32 array.
 pub fn u32_bytes(shape: &[usize], data: &[u32]) -> Vec<u8> {
     let mut out = header("<u4", shape);
@@ -405,6 +442,12 @@ impl Writer {
         Self::create(path, Dtype::U32, &header_u32(shape), shape)
     }
 
+    /// A `.npy` of `shape` holding codes of type `C` (`|u1`, `<u2` or `<u4`).
+    pub fn codes<C: Code>(path: &Path, shape: &[usize]) -> Result<Self> {
+        let (dtype, descr) = code_dtype::<C>();
+        Self::create(path, dtype, &header(descr, shape), shape)
+    }
+
     fn create(path: &Path, dtype: Dtype, header: &[u8], shape: &[usize]) -> Result<Self> {
         let expected = shape
             .iter()
@@ -440,6 +483,12 @@ impl Writer {
     /// Appends u32 elements (little-endian).
     pub fn push_u32(&mut self, data: &[u32]) -> Result<()> {
         self.push(Dtype::U32, data.len(), bytemuck::cast_slice(data))
+    }
+
+    /// Appends codes of type `C` (little-endian), to a writer made by [`Writer::codes`]
+    /// for `C`.
+    pub fn push_codes<C: Code>(&mut self, data: &[C]) -> Result<()> {
+        self.push(code_dtype::<C>().0, data.len(), bytemuck::cast_slice(data))
     }
 
     /// Renames the file into place, if every element the shape promised was written.
@@ -566,5 +615,107 @@ mod tests {
         b.extend_from_slice(&1.5f32.to_be_bytes());
         b.extend_from_slice(&(-3.0f32).to_be_bytes());
         assert_eq!(parse(&b).unwrap().to_f32(), vec![1.5, -3.0]);
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+    use crate::io::rows::RowReader;
+
+    /// Codes of 8 and 16 bits, signed or not, little- or big-endian, read by `read_codes`
+    /// and by the streaming reader (`vqkit decode`'s) as the same u32 values; a negative
+    /// code is an error naming it; `Writer::codes` and `codes_bytes` write what they read.
+    #[test]
+    fn narrow_integer_codes_are_read_in_every_byte_order() {
+        let dir = std::env::temp_dir().join(format!("vqkit-npy-codes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let values: Vec<u32> = vec![0, 1, 127, 200, 255, 3];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("|u1", values.iter().map(|&v| v as u8).collect()),
+            (
+                "<u2",
+                values
+                    .iter()
+                    .flat_map(|&v| (v as u16 + 300).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                ">u2",
+                values
+                    .iter()
+                    .flat_map(|&v| (v as u16 + 300).to_be_bytes())
+                    .collect(),
+            ),
+            (
+                "<i2",
+                values
+                    .iter()
+                    .flat_map(|&v| (v as i16).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                ">i2",
+                values
+                    .iter()
+                    .flat_map(|&v| (v as i16).to_be_bytes())
+                    .collect(),
+            ),
+            (
+                "|i1",
+                values
+                    .iter()
+                    .map(|&v| (v as u8 & 0x7f) as i8 as u8)
+                    .collect(),
+            ),
+        ];
+        for (descr, data) in cases {
+            let want: Vec<u32> = match descr {
+                "<u2" | ">u2" => values.iter().map(|v| v + 300).collect(),
+                "|i1" => values.iter().map(|v| v & 0x7f).collect(),
+                _ => values.clone(),
+            };
+            let mut bytes = header(descr, &[3, 2]);
+            bytes.extend(&data);
+            let path = dir.join("c.npy");
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(
+                read_codes(&path).unwrap(),
+                (vec![3, 2], want.clone()),
+                "{descr}"
+            );
+            let mut r = RowReader::open(&path).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(r.next_codes(2, &mut got).unwrap(), 2, "{descr}");
+            assert_eq!(got, want[..4], "{descr}");
+        }
+        // A negative code, in both readers.
+        let mut bytes = header("<i2", &[2]);
+        bytes.extend([5i16, -2].iter().flat_map(|v| v.to_le_bytes()));
+        let path = dir.join("neg.npy");
+        std::fs::write(&path, &bytes).unwrap();
+        let e = read_codes(&path).unwrap_err().to_string();
+        assert!(e.contains("code -2 is out of range"), "{e}");
+        let e = RowReader::open(&path)
+            .unwrap()
+            .next_codes(2, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("code -2 (row 1) is out of range"),
+            "{e}"
+        );
+        // Written by the streaming writer and whole: the same bytes, read back.
+        let codes: Vec<u16> = vec![0, 300, 65535, 7];
+        let path = dir.join("w.npy");
+        let mut w = Writer::codes::<u16>(&path, &[2, 2]).unwrap();
+        w.push_codes(&codes[..2]).unwrap();
+        assert!(w.push_codes(&[1u8, 2]).is_err(), "a u8 push to a u16 file");
+        w.push_codes(&codes[2..]).unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes, codes_bytes(&[2, 2], &codes));
+        let want: Vec<u32> = codes.iter().map(|&c| c.into()).collect();
+        assert_eq!(read_codes(&path).unwrap(), (vec![2, 2], want));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -270,7 +270,9 @@ impl RowReader {
                 b.chunks_exact(4)
                     .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
             ),
-            Dtype::U32 | Dtype::I64 | Dtype::U64 => unreachable!("refused above"),
+            Dtype::I8 | Dtype::U16 | Dtype::I16 | Dtype::U32 | Dtype::I64 | Dtype::U64 => {
+                unreachable!("refused above")
+            }
         }
         Ok(rows)
     }
@@ -337,6 +339,15 @@ impl RowReader {
         let wide = |c: &[u8]| -> [u8; 8] { c.try_into().unwrap_or([0; 8]) };
         let values: Box<dyn Iterator<Item = i128>> = match self.dtype {
             Dtype::U8 => Box::new(b.iter().map(|&v| v as i128)),
+            Dtype::I8 => Box::new(b.iter().map(|&v| v as i8 as i128)),
+            Dtype::U16 => Box::new(
+                b.chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as i128),
+            ),
+            Dtype::I16 => Box::new(
+                b.chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]) as i128),
+            ),
             Dtype::I32 => Box::new(
                 b.chunks_exact(4)
                     .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128),
