@@ -131,6 +131,20 @@ fn every_training_command_then_encode_and_decode() {
         let back = t.join(format!("{name}-x.npy"));
         let (ok, _, err) = run(&["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&back)]);
         assert!(ok, "{name} decode: {err}");
+        // On any number of threads the same bytes; none is refused.
+        let other = t.join(format!("{name}-x-threads.npy"));
+        for threads in ["1", "3"] {
+            let a = ["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&other)];
+            let (ok, _, err) = run(&[&a[..], &["--threads", threads]].concat());
+            assert!(ok, "{name} decode --threads {threads}: {err}");
+            assert_eq!(
+                std::fs::read(&other).unwrap(),
+                std::fs::read(&back).unwrap()
+            );
+        }
+        let a = ["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&other)];
+        let (ok, _, err) = run(&[&a[..], &["--threads", "0"]].concat());
+        assert!(!ok && err.contains("threads"), "{name}: {err}");
         let y = npy::read_matrix(&back).unwrap();
         assert_eq!((y.rows, y.cols), (400, 8));
         let xm = npy::read_matrix(&x).unwrap();

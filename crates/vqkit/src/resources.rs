@@ -70,6 +70,27 @@ pub(crate) fn reserve<T>(what: &'static str, len: usize) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// `v` resized to `len` values (new ones `T::default()`), or an error if they do not fit: a
+/// buffer kept from task to task grows through this rather than `Vec::resize`, whose failed
+/// allocation aborts the process.
+pub(crate) fn resized<T: Clone + Default>(
+    what: &'static str,
+    v: &mut Vec<T>,
+    len: usize,
+) -> Result<()> {
+    if len > v.len() {
+        ensure(what, bytes_of::<T>(len))?;
+        v.try_reserve_exact(len - v.len())
+            .map_err(|_| Error::OutOfMemory {
+                what,
+                needed: bytes_of::<T>(len),
+                available: available_bytes(),
+            })?;
+    }
+    v.resize(len, T::default());
+    Ok(())
+}
+
 /// `len` copies of `value`, or an error if they do not fit.
 pub fn filled<T: Clone>(what: &'static str, len: usize, value: T) -> Result<Vec<T>> {
     let mut v = reserve(what, len)?;
@@ -165,6 +186,23 @@ pub fn copied<T: Clone>(what: &'static str, src: &[T]) -> Result<Vec<T>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept buffer grows, shrinks and keeps its values; one too large for memory is an
+    /// error that leaves it as it was, not the allocator's abort.
+    #[test]
+    fn resized_buffers_refuse_what_does_not_fit() {
+        let mut v = vec![1.0f32, 2.0];
+        resized("a test buffer", &mut v, 4).unwrap();
+        assert_eq!(v, [1.0, 2.0, 0.0, 0.0]);
+        resized("a test buffer", &mut v, 1).unwrap();
+        assert_eq!(v, [1.0]);
+        for len in [usize::MAX / 4, usize::MAX / 64] {
+            let e = resized("a test buffer", &mut v, len).unwrap_err();
+            assert!(matches!(e, Error::OutOfMemory { .. }), "{e}");
+            assert!(e.to_string().contains("a test buffer"), "{e}");
+            assert_eq!(v, [1.0]);
+        }
+    }
 
     #[test]
     fn absurd_sizes_are_errors_with_the_sizes_in_them() {

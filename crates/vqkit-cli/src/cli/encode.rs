@@ -48,6 +48,9 @@ pub struct DecodeArgs {
     /// Rows per chunk (default: about 16 MiB of f32 reconstructions).
     #[arg(long, value_name = "ROWS")]
     chunk_rows: Option<usize>,
+    /// Threads that decode (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Print the figures as one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
@@ -212,19 +215,22 @@ pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
         None => (vqkit::io::rows::CHUNK_BYTES / (4 * model.d()).max(1)).max(1),
     };
     let mut out = npy::Writer::f32(&args.output, &[n, model.d()])?;
-    let (mut c, mut x) = (Vec::new(), Vec::new());
-    loop {
-        let first = codes.position();
-        let rows = codes.next_codes(chunk, &mut c)?;
-        if rows == 0 {
-            break;
+    // The decoders run on rayon's current pool: this one, of `--threads` threads.
+    super::with_threads(args.threads, || -> vqkit::Result<()> {
+        let (mut c, mut x) = (Vec::new(), Vec::new());
+        loop {
+            let first = codes.position();
+            let rows = codes.next_codes(chunk, &mut c)?;
+            if rows == 0 {
+                return Ok(());
+            }
+            let x = reuse(&mut x, rows * model.d(), "the reconstructions")?;
+            model
+                .decode_into(&c, x)
+                .map_err(|e| e.after_rows(first, width))?;
+            out.push_f32(x)?;
         }
-        let x = reuse(&mut x, rows * model.d(), "the reconstructions")?;
-        model
-            .decode_into(&c, x)
-            .map_err(|e| e.after_rows(first, width))?;
-        out.push_f32(x)?;
-    }
+    })??;
     out.finish()?;
     if args.json {
         let v = serde_json::json!({

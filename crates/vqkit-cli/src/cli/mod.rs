@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use log::TrainLog;
 use vqkit::Choice;
 use vqkit::backend::{BackendKind, BackendOptions, WithBackend, dispatch};
-use vqkit_nn::train::with_threads;
+pub(crate) use vqkit_nn::train::with_threads;
 
 #[derive(Parser)]
 #[command(

@@ -31,6 +31,17 @@ pub(super) struct Scratch {
     pub(super) dist: Vec<f32>,
 }
 
+impl Scratch {
+    /// The buffers resized to `xs`, `idx` and `dist` values, or an error where memory is
+    /// short (many stages or sub-spaces, or very long rows, make them large).
+    pub(super) fn size(&mut self, xs: usize, idx: usize, dist: usize) -> Result<()> {
+        use crate::resources::resized;
+        resized("a task's rows", &mut self.xs, xs)?;
+        resized("a task's codes", &mut self.idx, idx)?;
+        resized("a task's distances", &mut self.dist, dist)
+    }
+}
+
 /// Rows per task: the task's rows of x (read once for each sub-space) in half of L2, a
 /// multiple of 64 (the tall kernels' tile), 64 to 4096.
 pub(crate) fn block_rows(l2: usize, d: usize) -> usize {
@@ -116,9 +127,7 @@ pub(crate) fn product_codes<C: Code>(
         let xt = &x[t * rows * d..][..len * d];
         let cstride = skewed(len);
         // Sized by the first task of each thread's run of tasks, reused by the rest.
-        sc.xs.resize(len * ds, 0.0);
-        sc.idx.resize(m * cstride, 0);
-        sc.dist.resize(len, 0.0);
+        sc.size(len * ds, m * cstride, len)?;
         let (xs, dist) = (&mut sc.xs[..len * ds], &mut sc.dist[..len]);
         let mut overflow = None;
         for s in 0..searched {

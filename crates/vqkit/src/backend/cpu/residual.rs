@@ -63,11 +63,9 @@ pub(crate) fn residual_codes<C: Code>(
     let task = |sc: &mut Scratch, (t, out): (usize, &mut [C])| {
         let len = out.len() / stages;
         let cstride = skewed(len);
-        sc.xs.clear();
-        sc.xs.extend_from_slice(&x[t * rows * d..][..len * d]);
-        sc.idx.resize(stages * cstride, 0);
-        sc.dist.resize(len, 0.0);
-        let (r, dist) = (&mut sc.xs[..], &mut sc.dist[..len]);
+        sc.size(len * d, stages * cstride, len)?;
+        sc.xs[..len * d].copy_from_slice(&x[t * rows * d..][..len * d]);
+        let (r, dist) = (&mut sc.xs[..len * d], &mut sc.dist[..len]);
         for s in 0..stages {
             let (cb, nm) = (&codebooks[s * k * d..][..k * d], &norms[s * k..][..k]);
             let idx = &mut sc.idx[s * cstride..][..len];
