@@ -48,7 +48,13 @@ fn every_training_command_then_encode_and_decode() {
             2,
         ),
         ("pvq", vec!["pvq", "-m", "4", "-k", "8"], 4),
-        // Codes past one byte: written and read back as uint16.
+        // The largest codebook whose codes are one byte, and codes past one byte: written
+        // and read back as uint16.
+        (
+            "pvq-256",
+            vec!["pvq", "-m", "2", "-k", "256", "--iters", "2"],
+            2,
+        ),
         (
             "pvq-wide",
             vec!["pvq", "-m", "2", "-k", "300", "--iters", "3"],
@@ -127,24 +133,48 @@ fn every_training_command_then_encode_and_decode() {
         let dtype = if wide { "uint16" } else { "uint8" };
         assert_eq!(enc["code_dtype"], dtype, "{name}");
         assert!(!wide || c.iter().any(|&c| c > 255), "{name}");
+        // A type asked for: wider is written, narrower than the codebook refused before the
+        // file is touched.
+        let other = t.join(format!("{name}-codes-u32.npy"));
+        let a = ["encode", "-m", s(&model), "-i", s(&x), "-o", s(&other)];
+        let (ok, _, err) = run(&[&a[..], &["--code-dtype", "uint32"]].concat());
+        assert!(ok, "{name} encode --code-dtype uint32: {err}");
+        assert_eq!(npy::read(&other).unwrap().dtype, npy::Dtype::U32, "{name}");
+        assert_eq!(npy::read_codes(&other).unwrap().1, c, "{name}");
+        if wide {
+            let before = std::fs::read(&other).unwrap();
+            let (ok, _, err) = run(&[&a[..], &["--code-dtype", "uint8"]].concat());
+            assert!(!ok && err.contains("do not fit u8 codes"), "{name}: {err}");
+            assert_eq!(std::fs::read(&other).unwrap(), before, "{name}");
+        }
         assert_eq!(c.len(), 400 * width);
         let back = t.join(format!("{name}-x.npy"));
         let (ok, _, err) = run(&["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&back)]);
         assert!(ok, "{name} decode: {err}");
-        // On any number of threads the same bytes; none is refused.
+        // In a pool of the threads asked for, the same bytes; none is refused, and leaves
+        // the old output.
         let other = t.join(format!("{name}-x-threads.npy"));
+        let a = [
+            "decode",
+            "-m",
+            s(&model),
+            "-i",
+            s(&codes),
+            "-o",
+            s(&other),
+            "--json",
+        ];
         for threads in ["1", "3"] {
-            let a = ["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&other)];
-            let (ok, _, err) = run(&[&a[..], &["--threads", threads]].concat());
+            let (ok, out, err) = run(&[&a[..], &["--threads", threads]].concat());
             assert!(ok, "{name} decode --threads {threads}: {err}");
-            assert_eq!(
-                std::fs::read(&other).unwrap(),
-                std::fs::read(&back).unwrap()
-            );
+            assert_eq!(last_json(&out)["threads"].to_string(), threads, "{name}");
+            let same = std::fs::read(&other).unwrap() == std::fs::read(&back).unwrap();
+            assert!(same, "{name} --threads {threads}");
         }
-        let a = ["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&other)];
         let (ok, _, err) = run(&[&a[..], &["--threads", "0"]].concat());
         assert!(!ok && err.contains("threads"), "{name}: {err}");
+        let same = std::fs::read(&other).unwrap() == std::fs::read(&back).unwrap();
+        assert!(same, "{name}: the old output kept");
         let y = npy::read_matrix(&back).unwrap();
         assert_eq!((y.rows, y.cols), (400, 8));
         let xm = npy::read_matrix(&x).unwrap();

@@ -78,8 +78,8 @@ pub(crate) fn resized<T: Clone + Default>(
     v: &mut Vec<T>,
     len: usize,
 ) -> Result<()> {
-    if len > v.len() {
-        ensure(what, bytes_of::<T>(len))?;
+    if len > v.capacity() {
+        ensure(what, bytes_of::<T>(len - v.len()))?;
         v.try_reserve_exact(len - v.len())
             .map_err(|_| Error::OutOfMemory {
                 what,

@@ -18,11 +18,14 @@ pub struct EncodeArgs {
     /// Points: .npy (C or Fortran order), .fvecs, .bvecs or .ivecs, shape (n, d).
     #[arg(short, long)]
     input: PathBuf,
-    /// Output codes: .npy, shape (n, codes per vector), of the narrowest type that holds
-    /// the codebooks' indices: uint8 up to 256 codewords, uint16 up to 65,536, uint32
-    /// beyond (as the Python package's `compute_codes`).
+    /// Output codes: .npy, shape (n, codes per vector), of the type `--code-dtype` names.
     #[arg(short, long)]
     output: PathBuf,
+    /// The codes' type: `auto` is the narrowest that holds the codebooks' indices (uint8 up
+    /// to 256 codewords, uint16 up to 65,536, uint32 beyond, as the Python quantizers'
+    /// `compute_codes`); a type too narrow for the model is refused.
+    #[arg(long, value_enum, default_value_t = CodeDtype::Auto)]
+    code_dtype: CodeDtype,
     /// Beam width for models that search (RVQ, AVQ); default: the one they were trained with.
     #[arg(long)]
     beam: Option<usize>,
@@ -56,12 +59,39 @@ pub struct DecodeArgs {
     json: bool,
 }
 
-struct Job<'a> {
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CodeDtype {
+    Auto,
+    Uint8,
+    Uint16,
+    Uint32,
+}
+
+impl CodeDtype {
+    /// Bytes per code for `model`.
+    fn bytes(self, model: &Model) -> usize {
+        match self {
+            CodeDtype::Auto => match model.code_shape().1 {
+                0..=256 => 1,
+                257..=65536 => 2,
+                _ => 4,
+            },
+            CodeDtype::Uint8 => 1,
+            CodeDtype::Uint16 => 2,
+            CodeDtype::Uint32 => 4,
+        }
+    }
+}
+
+/// Encoding into codes of type `C`, written by the encoder into one buffer reused across
+/// chunks.
+struct Job<'a, C> {
     model: &'a Model,
     x: &'a mut RowReader,
     out: &'a mut npy::Writer,
     chunk: usize,
     beam: Option<usize>,
+    code: std::marker::PhantomData<C>,
 }
 
 /// What streaming encoding adds up, in f64 and in the order of the values in the file (the
@@ -75,33 +105,9 @@ struct Sums {
     seconds: f64,
 }
 
-impl WithBackend for Job<'_> {
+impl<C: Code + vqkit::resources::ZeroBits> WithBackend for Job<'_, C> {
     type Output = (Sums, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
-        match code_bytes(self.model) {
-            1 => self.run_as::<B, u8>(b),
-            2 => self.run_as::<B, u16>(b),
-            _ => self.run_as::<B, u32>(b),
-        }
-    }
-}
-
-/// Bytes per code of the narrowest type that holds `model`'s codebook indices.
-fn code_bytes(model: &Model) -> usize {
-    match model.code_shape().1 {
-        0..=256 => 1,
-        257..=65536 => 2,
-        _ => 4,
-    }
-}
-
-impl Job<'_> {
-    /// The job with codes of type `C`, written by the encoder into one buffer reused
-    /// across chunks.
-    fn run_as<B: Backend, C: Code + vqkit::resources::ZeroBits>(
-        self,
-        b: &B,
-    ) -> vqkit::Result<(Sums, String)> {
         let d = self.x.d();
         let width = self.model.code_shape().0;
         let mut sums = Sums::default();
@@ -128,6 +134,30 @@ impl Job<'_> {
     }
 }
 
+/// The output in codes of type `C` (refused before the file is created where they do not
+/// hold the model's indices), written as the chunks are encoded, then renamed into place.
+fn encode_as<C: Code + vqkit::resources::ZeroBits>(
+    args: &EncodeArgs,
+    model: &Model,
+    x: &mut RowReader,
+    chunk: usize,
+) -> vqkit::Result<(Sums, String)> {
+    let (width, k) = model.code_shape();
+    vqkit::backend::check_code_type::<C>(k)?;
+    let mut out = npy::Writer::codes::<C>(&args.output, &[x.rows(), width])?;
+    let job = Job::<C> {
+        model,
+        x,
+        out: &mut out,
+        chunk,
+        beam: args.beam,
+        code: std::marker::PhantomData,
+    };
+    let done = args.common.dispatch(job)?;
+    out.finish()?;
+    Ok(done)
+}
+
 /// The first `len` elements of `buf`, which is replaced by a larger one where it is
 /// shorter: a buffer for every chunk of codes or reconstructions, since a fresh one's pages
 /// are zeroed by the kernel as they are first written.
@@ -150,20 +180,12 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     model.check_dim(x.d())?;
     let chunk = super::chunk_rows(args.chunk_rows, &x)?;
     let (width, _) = model.code_shape();
-    let shape = [n, width];
-    let mut out = match code_bytes(&model) {
-        1 => npy::Writer::codes::<u8>(&args.output, &shape)?,
-        2 => npy::Writer::codes::<u16>(&args.output, &shape)?,
-        _ => npy::Writer::codes::<u32>(&args.output, &shape)?,
+    let bytes = args.code_dtype.bytes(&model);
+    let (sums, backend) = match bytes {
+        1 => encode_as::<u8>(&args, &model, &mut x, chunk)?,
+        2 => encode_as::<u16>(&args, &model, &mut x, chunk)?,
+        _ => encode_as::<u32>(&args, &model, &mut x, chunk)?,
     };
-    let (sums, backend) = args.common.dispatch(Job {
-        model: &model,
-        x: &mut x,
-        out: &mut out,
-        chunk,
-        beam: args.beam,
-    })?;
-    out.finish()?;
     let seconds = sums.seconds;
     // As vqkit::quant::mse and relative_error compute them over the whole input.
     let (e, norm) = match n {
@@ -174,7 +196,7 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     if args.common.json {
         let v = serde_json::json!({
             "command": "encode", "kind": model.kind(), "backend": backend, "n": n,
-            "codes_per_vector": width, "code_dtype": format!("uint{}", 8 * code_bytes(&model)),
+            "codes_per_vector": width, "code_dtype": format!("uint{}", 8 * bytes),
             "mse": e, "relative_error": rel, "seconds": seconds,
             "output": args.output,
         });
@@ -214,15 +236,16 @@ pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
         Some(r) => r,
         None => (vqkit::io::rows::CHUNK_BYTES / (4 * model.d()).max(1)).max(1),
     };
-    let mut out = npy::Writer::f32(&args.output, &[n, model.d()])?;
-    // The decoders run on rayon's current pool: this one, of `--threads` threads.
-    super::with_threads(args.threads, || -> vqkit::Result<()> {
+    // The decoders run on rayon's current pool: this one, of `--threads` threads (checked
+    // before the output is created).
+    let threads = super::with_threads(args.threads, || -> vqkit::Result<usize> {
+        let mut out = npy::Writer::f32(&args.output, &[n, model.d()])?;
         let (mut c, mut x) = (Vec::new(), Vec::new());
         loop {
             let first = codes.position();
             let rows = codes.next_codes(chunk, &mut c)?;
             if rows == 0 {
-                return Ok(());
+                break;
             }
             let x = reuse(&mut x, rows * model.d(), "the reconstructions")?;
             model
@@ -230,11 +253,12 @@ pub fn decode(args: DecodeArgs) -> vqkit::Result<()> {
                 .map_err(|e| e.after_rows(first, width))?;
             out.push_f32(x)?;
         }
+        out.finish()?;
+        Ok(rayon::current_num_threads())
     })??;
-    out.finish()?;
     if args.json {
         let v = serde_json::json!({
-            "command": "decode", "kind": model.kind(), "n": n, "d": model.d(),
+            "command": "decode", "kind": model.kind(), "n": n, "d": model.d(), "threads": threads,
             "output": args.output,
         });
         println!("{v}");

@@ -13,6 +13,7 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 /// The element types vqkit reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Dtype {
     F16,
     F32,
@@ -324,7 +325,9 @@ pub fn read_matrix(path: &Path) -> Result<Matrix> {
             ));
         }
     };
-    if matches!(a.dtype, Dtype::I32 | Dtype::U32 | Dtype::I64 | Dtype::U64) {
+    // Listed by what is allowed, as `RowReader::expect_points`: a new integer dtype is
+    // refused as points, not converted.
+    if !matches!(a.dtype, Dtype::F16 | Dtype::F32 | Dtype::F64 | Dtype::U8) {
         return Err(Error::format(
             path,
             format!("expected f32, f64, f16 or u8 points, got {:?}", a.dtype),
@@ -464,14 +467,24 @@ impl Writer {
     }
 
     fn push(&mut self, dtype: Dtype, len: usize, bytes: &[u8]) -> Result<()> {
-        if dtype != self.dtype || self.written + len > self.expected {
+        if dtype != self.dtype {
+            return Err(Error::invalid(
+                "a .npy's elements",
+                format!("{dtype:?} pushed to a file of {:?}", self.dtype),
+            ));
+        }
+        let written = self
+            .written
+            .checked_add(len)
+            .filter(|&w| w <= self.expected);
+        let Some(written) = written else {
             return Err(Error::ShapeMismatch {
                 what: "elements written to a .npy",
                 expected: self.expected,
-                got: self.written + len,
+                got: self.written.saturating_add(len),
             });
-        }
-        self.written += len;
+        };
+        self.written = written;
         self.file.write(bytes)
     }
 
@@ -689,21 +702,57 @@ mod code_tests {
             assert_eq!(r.next_codes(2, &mut got).unwrap(), 2, "{descr}");
             assert_eq!(got, want[..4], "{descr}");
         }
-        // A negative code, in both readers.
-        let mut bytes = header("<i2", &[2]);
-        bytes.extend([5i16, -2].iter().flat_map(|v| v.to_le_bytes()));
-        let path = dir.join("neg.npy");
+        // Negative codes (sign-extended, not read as large unsigned ones), in both readers.
+        let cases = [
+            (
+                "<i2",
+                [5i16, -2].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            ("|i1", vec![5u8, (-2i8) as u8]),
+        ];
+        for (descr, data) in cases {
+            let mut bytes = header(descr, &[2]);
+            bytes.extend::<Vec<u8>>(data);
+            let path = dir.join("neg.npy");
+            std::fs::write(&path, &bytes).unwrap();
+            let e = read_codes(&path).unwrap_err().to_string();
+            assert!(e.contains("code -2 is out of range"), "{descr}: {e}");
+            let mut r = RowReader::open(&path).unwrap();
+            let e = r.next_codes(2, &mut Vec::new()).unwrap_err().to_string();
+            assert!(
+                e.contains("code -2 (row 1) is out of range"),
+                "{descr}: {e}"
+            );
+        }
+        // Fortran order: the file's columns, read back as C-order rows.
+        let mut bytes = header("<u2", &[2, 3]);
+        let at = bytes.windows(5).position(|w| w == b"False").unwrap();
+        bytes[at..at + 5].copy_from_slice(b"True ");
+        bytes.extend([1u16, 4, 2, 5, 3, 600].iter().flat_map(|v| v.to_le_bytes()));
+        let path = dir.join("f.npy");
         std::fs::write(&path, &bytes).unwrap();
-        let e = read_codes(&path).unwrap_err().to_string();
-        assert!(e.contains("code -2 is out of range"), "{e}");
-        let e = RowReader::open(&path)
+        let want = vec![1, 2, 3, 4, 5, 600];
+        assert_eq!(read_codes(&path).unwrap(), (vec![2, 3], want.clone()));
+        let mut got = Vec::new();
+        RowReader::open(&path)
             .unwrap()
-            .next_codes(2, &mut Vec::new())
-            .unwrap_err();
-        assert!(
-            e.to_string().contains("code -2 (row 1) is out of range"),
-            "{e}"
-        );
+            .next_codes(2, &mut got)
+            .unwrap();
+        assert_eq!(got, want);
+        // Narrow integers other than u8 are codes, not points, in both readers.
+        for descr in ["<u2", "<i2", "|i1"] {
+            let mut bytes = header(descr, &[2, 1]);
+            bytes.extend([0u8; 4]);
+            let path = dir.join("p.npy");
+            std::fs::write(&path, &bytes).unwrap();
+            let e = read_matrix(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("expected f32, f64, f16 or u8 points"),
+                "{descr}: {e}"
+            );
+            let e = RowReader::open(&path).unwrap().expect_points().unwrap_err();
+            assert!(e.to_string().contains("points"), "{descr}: {e}");
+        }
         // Written by the streaming writer and whole: the same bytes, read back.
         let codes: Vec<u16> = vec![0, 300, 65535, 7];
         let path = dir.join("w.npy");

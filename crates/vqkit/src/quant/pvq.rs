@@ -241,8 +241,12 @@ impl Pvq {
         let work = n.saturating_mul(k).saturating_mul(self.d);
         let done = b.run_on_host(work, run)?;
         // A point with a NaN or an infinity fails the search, and is then found first, as if
-        // checked before it: x is not read for one in a pass of its own.
-        Some(done.map_err(|e| check_finite("points", x).err().unwrap_or(e)))
+        // checked before it: x is not read for one in a pass of its own. Memory's errors
+        // are not the points'.
+        Some(done.map_err(|e| match e {
+            Error::OutOfMemory { .. } => e,
+            e => check_finite("points", x).err().unwrap_or(e),
+        }))
     }
 
     /// Errors for fields that disagree: `m` not dividing `d`, no codewords, codebooks of
