@@ -65,40 +65,26 @@ pub trait Code:
     fn index(self) -> usize;
 }
 
-impl Code for u8 {
-    const CODEWORDS: u64 = 1 << 8;
-    const NAME: &'static str = "u8";
-    fn narrow(i: u32) -> Self {
-        debug_assert!(i < 1 << 8);
-        i as u8
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
+/// `Code` for an unsigned type of `bits` bits.
+macro_rules! code_type {
+    ($t:ty, $bits:literal) => {
+        impl Code for $t {
+            const CODEWORDS: u64 = 1 << $bits;
+            const NAME: &'static str = stringify!($t);
+            fn narrow(i: u32) -> Self {
+                debug_assert!(u64::from(i) < Self::CODEWORDS);
+                i as $t
+            }
+            fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
 }
 
-impl Code for u16 {
-    const CODEWORDS: u64 = 1 << 16;
-    const NAME: &'static str = "u16";
-    fn narrow(i: u32) -> Self {
-        debug_assert!(i < 1 << 16);
-        i as u16
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl Code for u32 {
-    const CODEWORDS: u64 = 1 << 32;
-    const NAME: &'static str = "u32";
-    fn narrow(i: u32) -> Self {
-        i
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+code_type!(u8, 8);
+code_type!(u16, 16);
+code_type!(u32, 32);
 
 /// An error unless codes of type `C` hold every index of `k` codewords.
 pub fn check_code_type<C: Code>(k: usize) -> Result<()> {
