@@ -363,8 +363,9 @@ mod tests {
     }
 
     /// `decode` and `decode_into` give the reference's bits for every kind of model, from
-    /// u32, u16 and u8 codes, rows around the decoders' blocks; `decode_into` refuses an output of the wrong length, a
-    /// code out of range and a partial row, and leaves the output as it was.
+    /// u32, u16 and u8 codes, rows around the decoders' blocks; `decode_into` refuses an
+    /// output of the wrong length, a code out of range and a partial row, and leaves the
+    /// output as it was.
     #[test]
     fn decode_into_is_decode_and_checks_first() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
