@@ -114,7 +114,17 @@ def test_rq_matches_one_machine_within_half_a_percent(client, data):
     assert dist.stage_errors[-1]["relative_error"] == pytest.approx(err_dist, rel=1e-4)
     # The codes as a single-machine model, in the CLI's format.
     q = dist.to_local()
-    assert np.array_equal(q.compute_codes(data), codes.compute())
+    got = codes.compute()
+    assert np.array_equal(q.compute_codes(data), got)
+    # The blocks' encoder is the loop per stage, bit for bit (nearest codeword, then the
+    # residual less it in float32), and the decoder the codewords added from zero in order.
+    r, want = data.copy(), np.zeros_like(data)
+    for s, c in enumerate(dist.codebooks):
+        i = vqkit.assign(r, c)[1]
+        assert np.array_equal(got[:, s], i), s
+        r -= c[i]
+        want += c[i]
+    assert np.array_equal(rec, want)
 
 
 def test_npy_shards_in_and_out(client, data, tmp_path):

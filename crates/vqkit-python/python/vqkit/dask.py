@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 
 from . import Kmeans as _LocalKmeans
-from . import VqkitError, _code_dtype, _nbits, _vqkit, assign, partial_stats
+from . import VqkitError, _code_dtype, _codes, _nbits, _vqkit, assign, partial_stats
 
 __all__ = ["Kmeans", "ResidualQuantizer", "read_npy", "read_zarr", "to_npy_shards"]
 
@@ -222,22 +222,25 @@ def _residual(block: np.ndarray, codebook: np.ndarray) -> np.ndarray:
 
 
 def _encode(block: np.ndarray, codebooks: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    r = np.array(block, dtype=np.float32)
-    codes = np.empty((len(r), len(codebooks)), dtype=dtype)
-    for s, c in enumerate(codebooks):
-        if len(r) == 0:
-            break
-        i = assign(r, c)[1]
-        codes[:, s] = i
-        r -= c[i]
-    return codes
+    # The single-machine encoder: every stage run on a block of rows while it is in cache,
+    # the codes written in their dtype; the codes of the loop per stage (assign, then the
+    # residual less its codeword, in float32), bit for bit.
+    x = _aligned(block)
+    return _model(codebooks).encode(x, None, "cpu", np.dtype(dtype).itemsize)
 
 
 def _decode(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(codes), codebooks.shape[2]), np.float32)
-    for s, c in enumerate(codebooks):
-        out += c[codes[:, s].astype(np.int64)]
-    return out
+    # Codes of up to 32 unsigned bits are read in place; others are checked and converted.
+    return _model(codebooks).decode(_codes(codes, len(codebooks)))
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    # Arrays unpickled on a worker can be misaligned: copied once then.
+    return np.require(a, dtype=np.float32, requirements=["C_CONTIGUOUS", "ALIGNED"])
+
+
+def _model(codebooks: np.ndarray) -> Any:
+    return _vqkit.rvq_model(_aligned(codebooks))
 
 
 class ResidualQuantizer:
