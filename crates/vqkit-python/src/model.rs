@@ -40,23 +40,19 @@ pub(crate) trait PyCode: vqkit::Code + numpy::Element {
     fn out(codes: &mut [Self]) -> CodesOut<'_>;
 }
 
-impl PyCode for u8 {
-    fn out(codes: &mut [u8]) -> CodesOut<'_> {
-        CodesOut::U8(codes)
-    }
+macro_rules! py_code {
+    ($t:ty, $variant:ident) => {
+        impl PyCode for $t {
+            fn out(codes: &mut [$t]) -> CodesOut<'_> {
+                CodesOut::$variant(codes)
+            }
+        }
+    };
 }
 
-impl PyCode for u16 {
-    fn out(codes: &mut [u16]) -> CodesOut<'_> {
-        CodesOut::U16(codes)
-    }
-}
-
-impl PyCode for u32 {
-    fn out(codes: &mut [u32]) -> CodesOut<'_> {
-        CodesOut::U32(codes)
-    }
-}
+py_code!(u8, U8);
+py_code!(u16, U16);
+py_code!(u32, U32);
 
 fn slice_err(e: numpy::AsSliceError) -> PyErr {
     VqkitError::new_err(format!("codes: {e}"))
@@ -446,7 +442,7 @@ impl PyModel {
     /// encoder without the GIL. The codes are allocated as `vqkit::resources::zeroed_lazy`
     /// allocates (refused with a typed error where they would not fit in memory; pages
     /// the kernel clears as the encoder first writes them) and handed to NumPy as they are.
-    fn encode_as<'py, C: PyCode + vqkit::resources::ZeroBits>(
+    fn encode_as<'py, C: PyCode>(
         &self,
         py: Python<'py>,
         xs: &[f32],
@@ -500,8 +496,9 @@ impl PyModel {
 
     /// Codes (n, width): uint8 with `code_bytes` 1, uint16 with 2, uint32 with 4 (an error
     /// where the model's codebooks hold more codewords than the type does). `beam`
-    /// overrides the searching models' beam width. PQ's and greedy RQ's codes are written
-    /// in that type as they are found, never as uint32 first.
+    /// overrides the searching models' beam width. On the CPU, PQ's and greedy RQ's codes
+    /// are written in that type as they are found; the others are found as uint32, then
+    /// narrowed.
     #[pyo3(signature = (x, beam = None, backend = "cpu", code_bytes = 4))]
     fn encode<'py>(
         &self,

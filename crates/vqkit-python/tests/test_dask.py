@@ -140,9 +140,22 @@ def test_npy_shards_in_and_out(client, data, tmp_path):
     np.testing.assert_allclose(km.obj, ref.obj, rtol=1e-9)
     rq = vd.ResidualQuantizer(16, 2, 4, niter=3)
     rq.train(X)
-    vd.to_npy_shards(rq.compute_codes(X), str(tmp_path / "codes"))
+    codes = rq.compute_codes(X)
+    vd.to_npy_shards(codes, str(tmp_path / "codes"))
     back = da.from_npy_stack(str(tmp_path / "codes")).compute()
     assert back.shape == (len(data), 2)
+    # The shards read back in their order (12 of them: 10.npy after 9.npy, not after 1.npy;
+    # read_npy gives float32), decode as the codes they hold.
+    want = rq.decode(codes).compute()
+    again = vd.read_npy(str(tmp_path / "codes"), rows_per_block=1000)
+    assert np.array_equal(again.compute(), codes.compute())
+    assert np.array_equal(rq.decode(again).compute(), want)
+    half = again.astype(np.float32) + 0.5
+    with pytest.raises(vqkit.VqkitError, match="codes must be integers"):
+        rq.decode(half).compute()
+    # Empty blocks encode and decode to empty rows.
+    empty = da.from_array(data[:0], chunks=(1000, 16))
+    assert rq.compute_codes(empty).compute().shape == (0, 2)
 
 
 def test_zarr_store(client, data, tmp_path):

@@ -105,7 +105,7 @@ struct Sums {
     seconds: f64,
 }
 
-impl<C: Code + vqkit::resources::ZeroBits> WithBackend for Job<'_, C> {
+impl<C: Code> WithBackend for Job<'_, C> {
     type Output = (Sums, String);
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
         let d = self.x.d();
@@ -136,7 +136,7 @@ impl<C: Code + vqkit::resources::ZeroBits> WithBackend for Job<'_, C> {
 
 /// The output in codes of type `C` (refused before the file is created where they do not
 /// hold the model's indices), written as the chunks are encoded, then renamed into place.
-fn encode_as<C: Code + vqkit::resources::ZeroBits>(
+fn encode_as<C: Code>(
     args: &EncodeArgs,
     model: &Model,
     x: &mut RowReader,

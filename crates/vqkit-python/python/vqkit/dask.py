@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import dask
@@ -231,7 +232,16 @@ def _encode(block: np.ndarray, codebooks: np.ndarray, dtype: np.dtype) -> np.nda
 
 def _decode(codes: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     # Codes of up to 32 unsigned bits are read in place; others are checked and converted.
-    return _model(codebooks).decode(_codes(codes, len(codebooks)))
+    # Codes read back through read_npy are float32: converted where they are integers.
+    c = np.asarray(codes)
+    if c.dtype.kind == "b":
+        c = c.astype(np.uint8)
+    elif c.dtype.kind == "f":
+        whole = c.astype(np.int64)
+        if not np.array_equal(whole, c):
+            raise VqkitError("codes must be integers; these floats are not")
+        c = whole
+    return _model(codebooks).decode(_codes(c, len(codebooks)))
 
 
 def _aligned(a: np.ndarray) -> np.ndarray:
@@ -325,6 +335,11 @@ class ResidualQuantizer:
         self.to_local().save(path)
 
 
+def _by_number(name: str) -> List[Union[int, str]]:
+    # Runs of digits compared as numbers: lexical order put 10.npy before 2.npy.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
     a = np.load(path, mmap_mode="r")
     return np.ascontiguousarray(a[start:stop], dtype=np.float32)
@@ -332,10 +347,12 @@ def _load_rows(path: str, start: int, stop: int) -> np.ndarray:
 
 def read_npy(paths: Union[str, Sequence[str]], rows_per_block: int = 65_536) -> da.Array:
     """A Dask array over ``.npy`` shards (a list, a glob pattern, or a directory of
-    ``*.npy``), concatenated in name order. Each block is a range of rows that the worker
+    ``*.npy``), concatenated in name order, numbers by value (``2.npy`` before ``10.npy``,
+    as :func:`to_npy_shards` numbers them). Each block is a range of rows that the worker
     computing it reads from a memory map of its shard: the client reads only headers."""
     if isinstance(paths, str):
-        paths = sorted(glob.glob(os.path.join(paths, "*.npy"))) if os.path.isdir(paths) else sorted(glob.glob(paths))
+        pattern = os.path.join(paths, "*.npy") if os.path.isdir(paths) else paths
+        paths = sorted(glob.glob(pattern), key=_by_number)
     if not paths:
         raise FileNotFoundError("no .npy shards found")
     blocks = []

@@ -38,9 +38,6 @@ impl Element for u32 {}
 
 mod sealed_code {
     pub trait Sealed {}
-    impl Sealed for u8 {}
-    impl Sealed for u16 {}
-    impl Sealed for u32 {}
 }
 
 /// An unsigned integer type that codes are written in: `u8` for up to 256 codewords, `u16`
@@ -51,7 +48,13 @@ mod sealed_code {
 ///
 /// The decoders read codes of any of these types in place.
 pub trait Code:
-    bytemuck::Pod + Default + Send + Sync + std::fmt::Debug + sealed_code::Sealed
+    bytemuck::Pod
+    + Default
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + crate::resources::ZeroBits
+    + sealed_code::Sealed
 {
     /// The number of codewords whose indices the type holds.
     const CODEWORDS: u64;
@@ -65,11 +68,12 @@ pub trait Code:
     fn index(self) -> usize;
 }
 
-/// `Code` for an unsigned type of `bits` bits.
+/// `Code` for an unsigned integer type.
 macro_rules! code_type {
-    ($t:ty, $bits:literal) => {
+    ($t:ty) => {
+        impl sealed_code::Sealed for $t {}
         impl Code for $t {
-            const CODEWORDS: u64 = 1 << $bits;
+            const CODEWORDS: u64 = 1 << <$t>::BITS;
             const NAME: &'static str = stringify!($t);
             fn narrow(i: u32) -> Self {
                 debug_assert!(u64::from(i) < Self::CODEWORDS);
@@ -82,9 +86,9 @@ macro_rules! code_type {
     };
 }
 
-code_type!(u8, 8);
-code_type!(u16, 16);
-code_type!(u32, 32);
+code_type!(u8);
+code_type!(u16);
+code_type!(u32);
 
 /// An error unless codes of type `C` hold every index of `k` codewords.
 pub fn check_code_type<C: Code>(k: usize) -> Result<()> {

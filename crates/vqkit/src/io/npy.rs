@@ -106,41 +106,27 @@ impl Array {
     }
 
     fn to_i128(&self) -> Vec<i128> {
-        let b = &self.bytes;
-        let w = |c: &[u8]| -> [u8; 8] {
-            let mut a = [0u8; 8];
-            a[..c.len()].copy_from_slice(c);
-            a
-        };
-        match self.dtype {
-            Dtype::U8 => b.iter().map(|&v| v as i128).collect(),
-            Dtype::I8 => b.iter().map(|&v| v as i8 as i128).collect(),
-            Dtype::U16 => b
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i128)
-                .collect(),
-            Dtype::I16 => b
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i128)
-                .collect(),
-            Dtype::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128)
-                .collect(),
-            Dtype::U32 => b
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128)
-                .collect(),
-            Dtype::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(w(c)) as i128)
-                .collect(),
-            Dtype::U64 => b
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(w(c)) as i128)
-                .collect(),
-            Dtype::F16 | Dtype::F32 | Dtype::F64 => Vec::new(),
-        }
+        int_values(self.dtype, &self.bytes).collect()
+    }
+}
+
+/// The integer elements of little-endian `bytes` of `dtype`, widened; none for a float
+/// dtype. One decoding for the whole-file reader and the streaming one.
+pub(crate) fn int_values(dtype: Dtype, bytes: &[u8]) -> Box<dyn Iterator<Item = i128> + '_> {
+    fn each<const N: usize>(b: &[u8], f: fn([u8; N]) -> i128) -> impl Iterator<Item = i128> {
+        b.chunks_exact(N)
+            .map(move |c| f(c.try_into().expect("N bytes")))
+    }
+    match dtype {
+        Dtype::U8 => Box::new(bytes.iter().map(|&v| v as i128)),
+        Dtype::I8 => Box::new(bytes.iter().map(|&v| v as i8 as i128)),
+        Dtype::U16 => Box::new(each(bytes, |c| u16::from_le_bytes(c) as i128)),
+        Dtype::I16 => Box::new(each(bytes, |c| i16::from_le_bytes(c) as i128)),
+        Dtype::U32 => Box::new(each(bytes, |c| u32::from_le_bytes(c) as i128)),
+        Dtype::I32 => Box::new(each(bytes, |c| i32::from_le_bytes(c) as i128)),
+        Dtype::U64 => Box::new(each(bytes, |c| u64::from_le_bytes(c) as i128)),
+        Dtype::I64 => Box::new(each(bytes, |c| i64::from_le_bytes(c) as i128)),
+        Dtype::F16 | Dtype::F32 | Dtype::F64 => Box::new(std::iter::empty()),
     }
 }
 

@@ -335,37 +335,7 @@ impl RowReader {
         out.clear();
         let rows = self.fill(max_rows)?;
         grow(out, rows * self.d)?;
-        let b = &self.raw;
-        let wide = |c: &[u8]| -> [u8; 8] { c.try_into().unwrap_or([0; 8]) };
-        let values: Box<dyn Iterator<Item = i128>> = match self.dtype {
-            Dtype::U8 => Box::new(b.iter().map(|&v| v as i128)),
-            Dtype::I8 => Box::new(b.iter().map(|&v| v as i8 as i128)),
-            Dtype::U16 => Box::new(
-                b.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as i128),
-            ),
-            Dtype::I16 => Box::new(
-                b.chunks_exact(2)
-                    .map(|c| i16::from_le_bytes([c[0], c[1]]) as i128),
-            ),
-            Dtype::I32 => Box::new(
-                b.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128),
-            ),
-            Dtype::U32 => Box::new(
-                b.chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i128),
-            ),
-            Dtype::I64 => Box::new(
-                b.chunks_exact(8)
-                    .map(move |c| i64::from_le_bytes(wide(c)) as i128),
-            ),
-            Dtype::U64 => Box::new(
-                b.chunks_exact(8)
-                    .map(move |c| u64::from_le_bytes(wide(c)) as i128),
-            ),
-            Dtype::F16 | Dtype::F32 | Dtype::F64 => unreachable!("refused above"),
-        };
+        let values = npy::int_values(self.dtype, &self.raw);
         for (at, v) in values.enumerate() {
             if !(0..=u32::MAX as i128).contains(&v) {
                 return Err(Error::format(
