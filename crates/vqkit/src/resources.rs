@@ -62,12 +62,19 @@ pub fn bytes_of<T>(len: usize) -> u128 {
 pub(crate) fn reserve<T>(what: &'static str, len: usize) -> Result<Vec<T>> {
     ensure(what, bytes_of::<T>(len))?;
     let mut v = Vec::new();
-    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-        what,
-        needed: bytes_of::<T>(len),
-        available: available_bytes(),
-    })?;
+    grow(what, &mut v, len)?;
     Ok(v)
+}
+
+/// Room for `additional` more values in `v`, or [`Error::OutOfMemory`] (instead of the
+/// allocator's abort) where the allocation is refused.
+pub(crate) fn grow<T>(what: &'static str, v: &mut Vec<T>, additional: usize) -> Result<()> {
+    v.try_reserve_exact(additional)
+        .map_err(|_| Error::OutOfMemory {
+            what,
+            needed: bytes_of::<T>(v.len().saturating_add(additional)),
+            available: available_bytes(),
+        })
 }
 
 /// `v` resized to `len` values (new ones `T::default()`), or an error if they do not fit: a
@@ -80,12 +87,7 @@ pub(crate) fn resized<T: Clone + Default>(
 ) -> Result<()> {
     if len > v.capacity() {
         ensure(what, bytes_of::<T>(len - v.len()))?;
-        v.try_reserve_exact(len - v.len())
-            .map_err(|_| Error::OutOfMemory {
-                what,
-                needed: bytes_of::<T>(len),
-                available: available_bytes(),
-            })?;
+        grow(what, v, len - v.len())?;
     }
     v.resize(len, T::default());
     Ok(())

@@ -71,9 +71,9 @@ impl CodeDtype {
     /// Bytes per code for `model`.
     fn bytes(self, model: &Model) -> usize {
         match self {
-            CodeDtype::Auto => match model.code_shape().1 {
-                0..=256 => 1,
-                257..=65536 => 2,
+            CodeDtype::Auto => match model.code_shape().1 as u64 {
+                k if k <= u8::CODEWORDS => 1,
+                k if k <= u16::CODEWORDS => 2,
                 _ => 4,
             },
             CodeDtype::Uint8 => 1,

@@ -126,6 +126,14 @@ pub(crate) fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) -> Result<()> {
     Ok(())
 }
 
+/// The instruction set for the quantizers' blocked encoders (`product_codes`,
+/// `residual_codes`) on `b`: its host ISA where its memory is the host's and a point with
+/// a NaN or an infinity makes a distance that is not finite (the encoders rely on that
+/// rather than read the points first); `None` elsewhere.
+pub(crate) fn blocked_host<B: Backend>(b: &B) -> Option<cpu::Isa> {
+    b.host_isa().filter(|_| b.flags_non_finite_points())
+}
+
 /// The sizes of one operation: `n` points, `k` codewords, `d` dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {

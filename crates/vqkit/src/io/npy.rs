@@ -367,7 +367,7 @@ pub fn header_f32(shape: &[usize]) -> Vec<u8> {
 
 /// The header of a u32 `.npy` of `shape`, for data written after it.
 pub fn header_u32(shape: &[usize]) -> Vec<u8> {
-    header("<u4", shape)
+    header(code_dtype::<u32>().1, shape)
 }
 
 /// `.npy` bytes for an f32 array.
@@ -395,9 +395,7 @@ pub fn codes_bytes<C: Code>(shape: &[usize], data: &[C]) -> Vec<u8> {
 
 /// `.npy` bytes for a u32 array.
 pub fn u32_bytes(shape: &[usize], data: &[u32]) -> Vec<u8> {
-    let mut out = header("<u4", shape);
-    out.extend_from_slice(bytemuck::cast_slice(data));
-    out
+    codes_bytes(shape, data)
 }
 
 /// Writes an f32 array.
@@ -428,7 +426,7 @@ impl Writer {
 
     /// A u32 `.npy` of `shape`.
     pub fn u32(path: &Path, shape: &[usize]) -> Result<Self> {
-        Self::create(path, Dtype::U32, &header_u32(shape), shape)
+        Self::codes::<u32>(path, shape)
     }
 
     /// A `.npy` of `shape` holding codes of type `C` (`|u1`, `<u2` or `<u4`).
@@ -481,7 +479,7 @@ impl Writer {
 
     /// Appends u32 elements (little-endian).
     pub fn push_u32(&mut self, data: &[u32]) -> Result<()> {
-        self.push(Dtype::U32, data.len(), bytemuck::cast_slice(data))
+        self.push_codes(data)
     }
 
     /// Appends codes of type `C` (little-endian), to a writer made by [`Writer::codes`]

@@ -542,11 +542,7 @@ fn sized<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> Result<()> {
 /// Room for `len` values in an empty `v`, or [`Error::OutOfMemory`] (instead of the
 /// allocator's abort) when a chunk does not fit.
 fn grow<T>(v: &mut Vec<T>, len: usize) -> Result<()> {
-    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
-        what: "a chunk of rows",
-        needed: crate::resources::bytes_of::<T>(len),
-        available: crate::resources::available_bytes(),
-    })
+    crate::resources::grow("a chunk of rows", v, len)
 }
 
 /// `m.min(n)` distinct indices below `n`, drawn uniformly and returned sorted (Floyd's

@@ -14,7 +14,9 @@ use super::model_io::TensorFile;
 use super::{check_training, sub_seed};
 use crate::backend::Shape;
 use crate::backend::cpu::{DECODE_ROWS, product_codes, size};
-use crate::backend::{Backend, Code, check_code_type, check_finite, check_len, narrow_codes};
+use crate::backend::{
+    Backend, Code, blocked_host, check_code_type, check_finite, check_len, narrow_codes,
+};
 use crate::error::{Error, Result};
 use crate::ops::{assign, rows};
 use rayon::prelude::*;
@@ -190,7 +192,7 @@ impl Pvq {
     pub fn encode<B: Backend>(&self, b: &B, x: &[f32]) -> Result<Vec<u32>> {
         self.check_model()?;
         let n = rows("points", x, self.d)?;
-        if Self::on_host(b) {
+        if blocked_host(b).is_some() {
             let len = size("codes", &[n, self.m])?;
             let mut codes = crate::resources::zeroed_lazy("the codes", len)?;
             if let Some(done) = self.encode_host(b, x, n, &mut codes) {
@@ -221,11 +223,6 @@ impl Pvq {
         narrow_codes(&self.encode_each(b, x, n)?, out)
     }
 
-    /// Whether [`Pvq::encode_host`] runs on `b`.
-    fn on_host<B: Backend>(b: &B) -> bool {
-        b.host_isa().is_some() && b.flags_non_finite_points()
-    }
-
     /// The codes of `n` points into `out` in blocks of rows (`product_codes`) on a backend
     /// whose memory is the host's; `None` on others.
     fn encode_host<B: Backend, C: Code>(
@@ -235,7 +232,7 @@ impl Pvq {
         n: usize,
         out: &mut [C],
     ) -> Option<Result<()>> {
-        let isa = b.host_isa().filter(|_| Self::on_host(b))?;
+        let isa = blocked_host(b)?;
         let (m, k) = (self.m, self.k);
         let run = |par| product_codes(isa, par, x, self.d, &self.codebooks, (m, k), out);
         let work = n.saturating_mul(k).saturating_mul(self.d);

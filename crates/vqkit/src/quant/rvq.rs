@@ -28,7 +28,9 @@ use super::linalg::{dots, smallest};
 use super::model_io::TensorFile;
 use super::{Decoder, check_input, check_training, code_stats, mean_sq_norm, sub_seed};
 use crate::backend::cpu::{Isa, residual_codes, size};
-use crate::backend::{Backend, Code, Shape, check_code_type, check_finite, narrow_codes};
+use crate::backend::{
+    Backend, Code, Shape, blocked_host, check_code_type, check_finite, narrow_codes,
+};
 use crate::error::{Error, Result};
 use crate::ops::{DeviceKMeans, assign, check_codes, rows};
 use crate::rng::Rng;
@@ -296,7 +298,7 @@ impl Rvq {
         if beam > 1 {
             return Ok(self.encode_beam(x, n, beam));
         }
-        if let (Some(_), true) = (b.host_isa(), b.flags_non_finite_points()) {
+        if blocked_host(b).is_some() {
             let len = size("codes", &[n, self.stages])?;
             let mut codes = crate::resources::zeroed_lazy("the codes", len)?;
             if self.encode_blocked(b, x, n, &mut codes)? {
@@ -388,7 +390,7 @@ impl Rvq {
         n: usize,
         out: &mut [C],
     ) -> Result<bool> {
-        let (Some(isa), true) = (b.host_isa(), b.flags_non_finite_points()) else {
+        let Some(isa) = blocked_host(b) else {
             return Ok(false);
         };
         let shape = (self.stages, self.k);
