@@ -552,11 +552,13 @@ fn streaming_encode_runs_in_an_address_space_half_the_size_of_its_input_and_surv
     assert!(codes(&rq_limited) == codes(&rq_free));
 
     // Killed halfway through writing the codes of another model: the codes of this run
-    // stay whole at the path; only the temporary file of the killed process is left.
+    // stay whole at the path; only the temporary file of the killed process is left. As
+    // u32 (4 MiB of codes): the output is written through a 1 MiB buffer, and the 1 MiB of
+    // u8 codes reached the file only at the end, just before the rename.
     let other = train(&dir, &small, "km8", &["kmeans", "-k", "8", "--iters", "2"]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_vqkit"))
         .args(["encode", "-m", s(&other), "-i", s(&x), "-o", s(&out)])
-        .args(["--chunk-rows", "1024"])
+        .args(["--chunk-rows", "1024", "--code-dtype", "uint32"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
