@@ -47,6 +47,54 @@ fn assign_npy_and_fvecs_agree_with_the_reference() {
     assert_eq!(codes, want);
 }
 
+/// `vqkit assign` writes its codes in the narrowest type that holds the codebook's indices
+/// (uint8 to 256 codewords, uint16 past it), or the type `--code-dtype` names; a type too
+/// narrow is refused before the output is touched.
+#[test]
+fn assign_writes_codes_in_their_width() {
+    let (n, d) = (500, 3);
+    let mut rng = Rng::new(21);
+    let x = rng.normal_vec(n * d);
+    let (xp, cp, out) = (tmp("w-x.npy"), tmp("w-c.npy"), tmp("w-codes.npy"));
+    npy::write_f32(&xp, &[n, d], &x).unwrap();
+    let assign = |extra: &[&str]| {
+        let args = [
+            &["assign", "-i", s(&xp), "-c", s(&cp), "-o", s(&out)],
+            extra,
+        ]
+        .concat();
+        vqkit(&[&args[..], &["--json"]].concat())
+    };
+    for (k, dtype) in [(256, "uint8"), (257, "uint16")] {
+        let mut c = rng.normal_vec(k * d);
+        // The last codeword is the first point: a code of k - 1 in the output.
+        c[(k - 1) * d..].copy_from_slice(&x[..d]);
+        npy::write_f32(&cp, &[k, d], &c).unwrap();
+        let (want, _) = vqkit::reference::distance_argmin(&x, &c, d);
+        assert_eq!(want[0] as usize, k - 1);
+        let o = assign(&[]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        assert_eq!(last_json(&o)["code_dtype"], dtype, "k = {k}");
+        let bytes = std::fs::read(&out).unwrap();
+        if k == 256 {
+            let narrow: Vec<u8> = want.iter().map(|&c| c as u8).collect();
+            assert_eq!(bytes, npy::codes_bytes(&[n], &narrow), "k = {k}");
+        } else {
+            let narrow: Vec<u16> = want.iter().map(|&c| c as u16).collect();
+            assert_eq!(bytes, npy::codes_bytes(&[n], &narrow), "k = {k}");
+        }
+        let o = assign(&["--code-dtype", "uint32"]);
+        assert!(o.status.success(), "{:?}", text(&o));
+        assert_eq!(last_json(&o)["code_dtype"], "uint32", "k = {k}");
+        assert_eq!(std::fs::read(&out).unwrap(), npy::u32_bytes(&[n], &want));
+    }
+    // uint8 for 257 codewords: refused, and the uint32 codes written last are kept.
+    let kept = std::fs::read(&out).unwrap();
+    let o = assign(&["--code-dtype", "uint8"]);
+    fails_with(&o, "257 codewords do not fit u8");
+    assert_eq!(std::fs::read(&out).unwrap(), kept);
+}
+
 #[test]
 fn assign_reads_f16_and_u8_points() {
     // u8 pixels and their f16 encoding (exact for small integers) give the same codes.

@@ -11,7 +11,8 @@ use vqkit::rng::Rng;
 #[test]
 fn a_write_beyond_the_file_size_limit_fails_and_keeps_the_old_file() {
     let dir = scratch("outputs");
-    let (n, k, d) = (20_000, 16, 4);
+    // 80 KB of codes: k = 16 makes them uint8.
+    let (n, k, d) = (80_000, 16, 4);
     let mut rng = Rng::new(5);
     let (xp, cp, out) = (dir.join("x.npy"), dir.join("c.npy"), dir.join("codes.npy"));
     npy::write_f32(&xp, &[n, d], &rng.normal_vec(n * d)).unwrap();

@@ -177,9 +177,11 @@ fn chunks_of_any_size_give_the_in_memory_codes_figures_and_reconstructions() {
             "--json",
         ]);
         ok(&o);
+        // 37 codewords: uint8 codes.
+        let narrow: Vec<u8> = a.indices.iter().map(|&c| c as u8).collect();
         assert_eq!(
             std::fs::read(&out).unwrap(),
-            npy::u32_bytes(&[n], &a.indices),
+            npy::codes_bytes(&[n], &narrow),
             "assign in chunks of {chunk}"
         );
         assert_eq!(last_json(&o)["mse"].as_f64(), Some(a.mse()), "{chunk}");

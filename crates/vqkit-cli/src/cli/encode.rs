@@ -2,7 +2,7 @@
 //! at a time: the input is never held whole, and the output is written as the chunks are
 //! done, into a temporary file renamed into place at the end.
 
-use super::Common;
+use super::{CodeDtype, Common};
 use std::path::PathBuf;
 use std::time::Instant;
 use vqkit::backend::{Backend, Code, WithBackend};
@@ -57,30 +57,6 @@ pub struct DecodeArgs {
     /// Print the figures as one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum CodeDtype {
-    Auto,
-    Uint8,
-    Uint16,
-    Uint32,
-}
-
-impl CodeDtype {
-    /// Bytes per code for `model`.
-    fn bytes(self, model: &Model) -> usize {
-        match self {
-            CodeDtype::Auto => match model.code_shape().1 as u64 {
-                k if k <= u8::CODEWORDS => 1,
-                k if k <= u16::CODEWORDS => 2,
-                _ => 4,
-            },
-            CodeDtype::Uint8 => 1,
-            CodeDtype::Uint16 => 2,
-            CodeDtype::Uint32 => 4,
-        }
-    }
 }
 
 /// Encoding into codes of type `C`, written by the encoder into one buffer reused across
@@ -161,7 +137,7 @@ fn encode_as<C: Code>(
 /// The first `len` elements of `buf`, which is replaced by a larger one where it is
 /// shorter: a buffer for every chunk of codes or reconstructions, since a fresh one's pages
 /// are zeroed by the kernel as they are first written.
-fn reuse<'a, T: vqkit::resources::ZeroBits>(
+pub(super) fn reuse<'a, T: vqkit::resources::ZeroBits>(
     buf: &'a mut Vec<T>,
     len: usize,
     what: &'static str,
@@ -180,7 +156,7 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     model.check_dim(x.d())?;
     let chunk = super::chunk_rows(args.chunk_rows, &x)?;
     let (width, _) = model.code_shape();
-    let bytes = args.code_dtype.bytes(&model);
+    let bytes = args.code_dtype.bytes(model.code_shape().1);
     let (sums, backend) = match bytes {
         1 => encode_as::<u8>(&args, &model, &mut x, chunk)?,
         2 => encode_as::<u16>(&args, &model, &mut x, chunk)?,

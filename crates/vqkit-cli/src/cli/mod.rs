@@ -16,7 +16,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use log::TrainLog;
 use vqkit::Choice;
-use vqkit::backend::{BackendKind, BackendOptions, WithBackend, dispatch};
+use vqkit::backend::{BackendKind, BackendOptions, Code, WithBackend, dispatch};
 pub(crate) use vqkit_nn::train::with_threads;
 
 #[derive(Parser)]
@@ -116,6 +116,33 @@ impl Common {
         W::Output: Send,
     {
         self.in_pool(|opts| log.guard(|| dispatch(self.backend, opts, job)))
+    }
+}
+
+/// The type of the codes a command writes (`--code-dtype`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CodeDtype {
+    Auto,
+    Uint8,
+    Uint16,
+    Uint32,
+}
+
+impl CodeDtype {
+    /// Bytes per code for indices into `k` codewords: `Auto`'s is the narrowest type that
+    /// holds them. A named type is returned as it is; the caller checks it against `k`
+    /// ([`vqkit::backend::check_code_type`]) before creating its output.
+    pub fn bytes(self, k: usize) -> usize {
+        match self {
+            CodeDtype::Auto => match k as u64 {
+                k if k <= u8::CODEWORDS => 1,
+                k if k <= u16::CODEWORDS => 2,
+                _ => 4,
+            },
+            CodeDtype::Uint8 => 1,
+            CodeDtype::Uint16 => 2,
+            CodeDtype::Uint32 => 4,
+        }
     }
 }
 

@@ -106,10 +106,12 @@ pub fn check_code_type<C: Code>(k: usize) -> Result<()> {
 }
 
 /// `wide` narrowed into `out` (of the same length), or an error naming the first code `C`
-/// does not hold (then nothing is written). The callers have checked the codebook's size
-/// with [`check_code_type`]; this check is for a model whose fields disagree (a VQ layer's
-/// codebook of more rows than its `k`), which would otherwise be truncated.
-pub(crate) fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) -> Result<()> {
+/// does not hold (then nothing is written): never a truncated code. The encoders call it
+/// after [`check_code_type`] has checked the codebook's size, for a model whose fields
+/// disagree (a VQ layer's codebook of more rows than its `k`); `vqkit assign` for the
+/// indices [`crate::ops::assign`] returns.
+pub fn narrow_codes<C: Code>(wide: &[u32], out: &mut [C]) -> Result<()> {
+    check_len("codes", out.len(), wide.len())?;
     // One branch-free pass, which vectorizes, as `ops::check_codes`.
     let fits = |&c: &u32| u64::from(c) < C::CODEWORDS;
     if !wide.iter().fold(true, |ok, c| ok & fits(c))
