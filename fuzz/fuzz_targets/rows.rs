@@ -1,7 +1,9 @@
 //! The chunked row reader (`io::rows::RowReader`) on any file: the first byte picks the
 //! format (`.npy`, `.fvecs`, `.bvecs`, `.ivecs`), the rest is the file. Opening, reading
 //! in chunks of 1 to 4 rows, and reading a sample of rows give rows or a typed error, never
-//! a panic, a hang or a huge allocation, and chunked reads agree with whole reads.
+//! a panic, a hang or a huge allocation, and chunked reads agree with whole reads. Files of
+//! integers are read as codes too (`next_codes`: every integer dtype, either byte order, C
+//! or Fortran order), in chunks that agree with the whole `.npy` reader's codes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
@@ -48,6 +50,31 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
+        if r.expect_codes().is_ok() && r.rewind().is_ok() {
+            codes(&mut r, chunk, ext == "npy", &path);
+        }
     }
     let _ = std::fs::remove_file(&path);
 });
+
+/// The file's codes in chunks of `chunk` rows: each chunk holds rows x d codes, and where
+/// every row reads, a `.npy`'s codes are those of `npy::read_codes`, which reads it whole.
+fn codes(r: &mut RowReader, chunk: usize, npy: bool, path: &std::path::Path) {
+    let (n, d) = (r.rows(), r.d());
+    let (mut part, mut all) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    while let Ok(got) = r.next_codes(chunk, &mut part) {
+        if got == 0 {
+            break;
+        }
+        assert_eq!(part.len(), got * d);
+        all.extend_from_slice(&part);
+        seen += got;
+    }
+    assert!(seen <= n);
+    if npy && seen == n {
+        if let Ok((_, whole)) = vqkit::io::npy::read_codes(path) {
+            assert_eq!(whole, all);
+        }
+    }
+}
