@@ -9,6 +9,7 @@ use vqkit::backend::{Backend, Code, WithBackend};
 use vqkit::io::npy;
 use vqkit::io::rows::RowReader;
 use vqkit::quant::model::Model;
+use vqkit::quant::sums::RowSums;
 
 #[derive(clap::Args)]
 pub struct EncodeArgs {
@@ -70,14 +71,15 @@ struct Job<'a, C> {
     code: std::marker::PhantomData<C>,
 }
 
-/// What streaming encoding adds up, in f64 and in the order of the values in the file (the
-/// order of [`vqkit::quant::mse`] and [`vqkit::quant::mean_sq_norm`] over the whole input,
-/// so the figures are those of encoding it at once): the squared error of the
-/// reconstructions, the squared norm of the points, the seconds spent encoding.
+/// What streaming encoding adds up: the squared error of the reconstructions and the
+/// squared norm of the points, in [`vqkit::quant::sums`]'s order (that of
+/// [`vqkit::quant::mse`] and [`vqkit::quant::mean_sq_norm`] over the whole input, so the
+/// figures are those of encoding it at once, whatever the chunks), and the seconds spent
+/// encoding.
 #[derive(Default)]
 struct Sums {
-    sq_err: f64,
-    sq_norm: f64,
+    sq_err: RowSums,
+    sq_norm: RowSums,
     seconds: f64,
 }
 
@@ -99,11 +101,8 @@ impl<C: Code> WithBackend for Job<'_, C> {
             self.out.push_codes(codes)?;
             let recon = reuse(&mut recon, x.len(), "the reconstructions")?;
             self.model.decode_into(codes, recon)?;
-            for (&a, &r) in x.iter().zip(recon.iter()) {
-                let t = a as f64 - r as f64;
-                sums.sq_err += t * t;
-                sums.sq_norm += a as f64 * a as f64;
-            }
+            sums.sq_err.add_sq_diff(x, recon, d);
+            sums.sq_norm.add_sq(x, d);
             Ok(())
         })?;
         Ok((sums, b.name()))
@@ -166,7 +165,10 @@ pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {
     // As vqkit::quant::mse and relative_error compute them over the whole input.
     let (e, norm) = match n {
         0 => (0.0, 0.0),
-        n => (sums.sq_err / n as f64, sums.sq_norm / n as f64),
+        n => (
+            sums.sq_err.total() / n as f64,
+            sums.sq_norm.total() / n as f64,
+        ),
     };
     let rel = if norm > 0.0 { e / norm } else { e };
     if args.common.json {

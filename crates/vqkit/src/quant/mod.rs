@@ -20,6 +20,7 @@ pub mod pca;
 pub mod pvq;
 pub mod rvq;
 mod seeding;
+pub mod sums;
 #[cfg(test)]
 mod test_support;
 pub mod vq;
@@ -29,29 +30,28 @@ use crate::backend::cpu::{Isa, residual_decode, residual_decoded_len, size};
 use crate::error::{Error, Result};
 use crate::ops::{check_finite, rows};
 
-/// `mean_i |x_i|^2`, the denominator of the relative error `mse / mean(|x|^2)`.
+/// `mean_i |x_i|^2`, the denominator of the relative error `mse / mean(|x|^2)`, summed in
+/// f64 in [`sums`]'s order (the same bits on any threads, and streamed in any chunks).
 pub fn mean_sq_norm(x: &[f32], d: usize) -> f64 {
     let n = x.len() / d.max(1);
     if n == 0 {
         return 0.0;
     }
-    x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64
+    let mut s = sums::RowSums::new();
+    s.add_sq(x, d);
+    s.total() / n as f64
 }
 
-/// Mean squared distance between two equally shaped sets of rows of width `d`.
+/// Mean squared distance between two equally shaped sets of rows of width `d`, summed in
+/// f64 in [`sums`]'s order.
 pub fn mse(x: &[f32], y: &[f32], d: usize) -> f64 {
-    let n = x.len() / d.max(1);
+    let n = x.len().min(y.len()) / d.max(1);
     if n == 0 {
         return 0.0;
     }
-    x.iter()
-        .zip(y)
-        .map(|(&a, &b)| {
-            let t = a as f64 - b as f64;
-            t * t
-        })
-        .sum::<f64>()
-        / n as f64
+    let mut s = sums::RowSums::new();
+    s.add_sq_diff(x, y, d);
+    s.total() / n as f64
 }
 
 /// `mse / mean(|x|^2)`, or the plain mse when the data is all zeros.
