@@ -16,6 +16,7 @@ use vqkit::quant::model::Model;
 use vqkit::quant::nsvq::{self, NsvqConfig, NsvqMethod, Trained};
 use vqkit::quant::pvq::{Pvq, PvqConfig};
 use vqkit::quant::rvq::{Rvq, RvqConfig};
+use vqkit::quant::sums::{RowSums, sq_diff};
 use vqkit::quant::{code_stats, mean_sq_norm};
 
 /// Work on models that needs a backend.
@@ -342,18 +343,12 @@ fn stage_stats(model: &Model, x: &[f32], codes: &[u32]) -> Vec<(f64, f64, f64)> 
             for s in 0..w {
                 let cb = p.codebook(s);
                 let col = column(s);
-                let err: f64 = x
-                    .chunks_exact(d)
-                    .zip(&col)
-                    .map(|(row, &c)| {
-                        row[s * ds..(s + 1) * ds]
-                            .iter()
-                            .zip(&cb[c as usize * ds..(c as usize + 1) * ds])
-                            .map(|(&a, &b)| ((a - b) as f64).powi(2))
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>()
-                    / n.max(1) as f64;
+                let mut err = RowSums::new();
+                err.add_rows(n, |i| {
+                    let c = col[i] as usize;
+                    sq_diff(&x[i * d + s * ds..][..ds], &cb[c * ds..][..ds])
+                });
+                let err = err.total() / n.max(1) as f64;
                 let (perp, usage) = code_stats(&col, k);
                 out.push((err, perp, usage));
             }

@@ -66,8 +66,9 @@ impl RowSums {
         self.add_rows(n, |i| sq_diff(&x[i * d..][..d], &y[i * d..][..d]));
     }
 
-    /// Adds `row(0)`, ..., `row(n - 1)`, the next `n` rows of the input.
-    fn add_rows(&mut self, n: usize, row: impl Fn(usize) -> f64 + Sync) {
+    /// Adds `row(0)`, ..., `row(n - 1)`, the sums of the next `n` rows of the input (each
+    /// computed in a fixed order of its own: [`sq`] or [`sq_diff`] of the row or a part of it).
+    pub fn add_rows(&mut self, n: usize, row: impl Fn(usize) -> f64 + Sync) {
         let mut i = 0;
         // Close the open block first.
         while self.open_rows > 0 && i < n {
@@ -105,7 +106,7 @@ fn lanes_sum(a: [f64; LANES]) -> f64 {
 
 /// `|x|^2` in f64, in [`LANES`] lanes.
 #[inline]
-fn sq(x: &[f32]) -> f64 {
+pub fn sq(x: &[f32]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let mut it = x.chunks_exact(LANES);
     for c in &mut it {
@@ -123,7 +124,7 @@ fn sq(x: &[f32]) -> f64 {
 
 /// `|x - y|^2` in f64 (each difference taken in f64), in [`LANES`] lanes.
 #[inline]
-fn sq_diff(x: &[f32], y: &[f32]) -> f64 {
+pub fn sq_diff(x: &[f32], y: &[f32]) -> f64 {
     let mut acc = [0.0f64; LANES];
     let (mut xs, mut ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
     for (cx, cy) in (&mut xs).zip(&mut ys) {

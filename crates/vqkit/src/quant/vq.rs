@@ -304,12 +304,9 @@ impl VectorQuantizer {
         let a = assign(b, &u, &self.codebook, d)?;
         let quantized = self.decode(&a.indices)?;
         let elems = (n * d).max(1) as f64;
-        let sq: f64 = u
-            .iter()
-            .zip(&quantized)
-            .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
-            .sum::<f64>()
-            / elems;
+        let mut sq = super::sums::RowSums::new();
+        sq.add_sq_diff(&u, &quantized, d);
+        let sq = sq.total() / elems;
         let (perplexity, usage) = code_stats(&a.indices, k);
         let mut out = VqOutput {
             quantized,
