@@ -335,18 +335,14 @@ impl RowReader {
         out.clear();
         let rows = self.fill(max_rows)?;
         grow(out, rows * self.d)?;
-        let values = npy::int_values(self.dtype, &self.raw);
-        for (at, v) in values.enumerate() {
-            if !(0..=u32::MAX as i128).contains(&v) {
-                return Err(Error::format(
-                    &self.path,
-                    format!(
-                        "code {v} (row {}) is out of range",
-                        first + at / self.d.max(1)
-                    ),
-                ));
-            }
-            out.push(v as u32);
+        if let Err((at, v)) = npy::extend_codes(self.dtype, &self.raw, out) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "code {v} (row {}) is out of range",
+                    first + at / self.d.max(1)
+                ),
+            ));
         }
         Ok(rows)
     }
