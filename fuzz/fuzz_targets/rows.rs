@@ -57,24 +57,33 @@ fuzz_target!(|data: &[u8]| {
     let _ = std::fs::remove_file(&path);
 });
 
-/// The file's codes in chunks of `chunk` rows: each chunk holds rows x d codes, and where
-/// every row reads, a `.npy`'s codes are those of `npy::read_codes`, which reads it whole.
+/// The file's codes in chunks of `chunk` rows: each chunk holds rows x d codes, and a
+/// `.npy` reads whole through `npy::read_codes` exactly when it reads to the end in
+/// chunks, to the same codes.
 fn codes(r: &mut RowReader, chunk: usize, npy: bool, path: &std::path::Path) {
     let (n, d) = (r.rows(), r.d());
     let (mut part, mut all) = (Vec::new(), Vec::new());
     let mut seen = 0;
-    while let Ok(got) = r.next_codes(chunk, &mut part) {
-        if got == 0 {
-            break;
+    let whole_file = loop {
+        match r.next_codes(chunk, &mut part) {
+            Ok(0) => break true,
+            Ok(got) => {
+                assert_eq!(part.len(), got * d);
+                all.extend_from_slice(&part);
+                seen += got;
+            }
+            Err(_) => break false,
         }
-        assert_eq!(part.len(), got * d);
-        all.extend_from_slice(&part);
-        seen += got;
-    }
+    };
     assert!(seen <= n);
-    if npy && seen == n {
-        if let Ok((_, whole)) = vqkit::io::npy::read_codes(path) {
-            assert_eq!(whole, all);
+    assert!(!whole_file || seen == n);
+    if npy {
+        match vqkit::io::npy::read_codes(path) {
+            Ok((_, whole)) => {
+                assert!(whole_file, "read whole, not in chunks");
+                assert_eq!(whole, all);
+            }
+            Err(e) => assert!(!whole_file, "read in chunks, not whole: {e}"),
         }
     }
 }

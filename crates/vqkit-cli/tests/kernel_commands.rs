@@ -93,6 +93,21 @@ fn assign_writes_codes_in_their_width() {
     let o = assign(&["--code-dtype", "uint8"]);
     fails_with(&o, "257 codewords do not fit u8");
     assert_eq!(std::fs::read(&out).unwrap(), kept);
+    // Refused before the output is created: into a directory that does not exist, the
+    // error is still the type's, not the file's.
+    let nowhere = tmp("missing-dir").join("codes.npy");
+    let o = vqkit(&[
+        "assign",
+        "-i",
+        s(&xp),
+        "-c",
+        s(&cp),
+        "-o",
+        s(&nowhere),
+        "--code-dtype",
+        "uint8",
+    ]);
+    fails_with(&o, "257 codewords do not fit u8");
 }
 
 #[test]

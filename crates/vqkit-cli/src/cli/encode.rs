@@ -76,11 +76,21 @@ struct Job<'a, C> {
 /// [`vqkit::quant::mse`] and [`vqkit::quant::mean_sq_norm`] over the whole input, so the
 /// figures are those of encoding it at once, whatever the chunks), and the seconds spent
 /// encoding.
-#[derive(Default)]
 struct Sums {
     sq_err: RowSums,
     sq_norm: RowSums,
     seconds: f64,
+}
+
+impl Sums {
+    /// Sums whose blocks are added on the current pool: the job's, of `--threads` threads.
+    fn new() -> Self {
+        Sums {
+            sq_err: RowSums::parallel(),
+            sq_norm: RowSums::parallel(),
+            seconds: 0.0,
+        }
+    }
 }
 
 impl<C: Code> WithBackend for Job<'_, C> {
@@ -88,7 +98,7 @@ impl<C: Code> WithBackend for Job<'_, C> {
     fn run<B: Backend>(self, b: &B) -> vqkit::Result<Self::Output> {
         let d = self.x.d();
         let width = self.model.code_shape().0;
-        let mut sums = Sums::default();
+        let mut sums = Sums::new();
         let (mut recon, mut codes) = (Vec::new(), Vec::<C>::new());
         // The next chunk is read while this one is encoded.
         self.x.for_each_chunk(self.chunk, |first, x| {

@@ -31,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::ops::{check_finite, rows};
 
 /// `mean_i |x_i|^2`, the denominator of the relative error `mse / mean(|x|^2)`, summed in
-/// f64 in [`sums`]'s order (the same bits on any threads, and streamed in any chunks).
+/// f64 in [`sums`]'s order (the bits of a stream in any chunks), on the calling thread;
+/// 0 where `x` holds no whole row (or `d` is 0).
 pub fn mean_sq_norm(x: &[f32], d: usize) -> f64 {
     let n = x.len() / d.max(1);
     if n == 0 {
@@ -43,7 +44,8 @@ pub fn mean_sq_norm(x: &[f32], d: usize) -> f64 {
 }
 
 /// Mean squared distance between two equally shaped sets of rows of width `d`, summed in
-/// f64 in [`sums`]'s order.
+/// f64 in [`sums`]'s order on the calling thread (over the rows both hold where their
+/// lengths differ); 0 where they hold no whole row (or `d` is 0).
 pub fn mse(x: &[f32], y: &[f32], d: usize) -> f64 {
     let n = x.len().min(y.len()) / d.max(1);
     if n == 0 {

@@ -7,10 +7,14 @@
 //!   `b * BLOCK..(b + 1) * BLOCK` of the whole input, from 0.0), and the blocks' sums in
 //!   block order.
 //!
-//! Blocks are summed in parallel on rayon's current pool, and a stream of chunks carries
-//! its open block from one chunk to the next, so the bits are those of the whole input at
-//! once. Each square is a multiply and then an add (Rust contracts neither into an FMA),
-//! so the bits do not depend on the instruction set either.
+//! A stream of chunks carries its open block from one chunk to the next, so the bits are
+//! those of the whole input at once. A sum made by [`RowSums::parallel`] adds its blocks
+//! on rayon's current pool (the same bits): for callers inside a pool of the threads they
+//! were asked for, as `vqkit encode`. [`super::mse`] and [`super::mean_sq_norm`] stay on
+//! the calling thread, since they are called from anywhere (outside a pool, rayon's
+//! would be the global one, of every core, and in a forked Python child one without
+//! threads). Each square is a multiply and then an add (Rust contracts neither into an
+//! FMA), so the bits do not depend on the instruction set either.
 //!
 //! Why: the plain `iter().sum::<f64>()` this replaced is one chain of dependent adds, a
 //! few cycles an element on one core. At 200,000 x 128 points it took 42% of a one-thread
@@ -28,18 +32,30 @@ pub const BLOCK: usize = 256;
 const PARALLEL_BLOCKS: usize = 16;
 
 /// A running sum of per-row sums in the order of the module docs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct RowSums {
     /// The sum of the completed blocks.
     done: f64,
     /// The open block's sum, and its rows so far (below [`BLOCK`]).
     open: f64,
     open_rows: usize,
+    /// Whether full blocks are added on rayon's current pool.
+    parallel: bool,
 }
 
 impl RowSums {
+    /// A sum added on the calling thread.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sum whose calls add their full blocks in parallel on rayon's current pool, where
+    /// they have [`PARALLEL_BLOCKS`] or more: the same bits as [`RowSums::new`]'s.
+    pub fn parallel() -> Self {
+        RowSums {
+            parallel: true,
+            ..Self::default()
+        }
     }
 
     /// The sum so far: the completed blocks', then the open block's.
@@ -67,7 +83,8 @@ impl RowSums {
     }
 
     /// Adds `row(0)`, ..., `row(n - 1)`, the sums of the next `n` rows of the input (each
-    /// computed in a fixed order of its own: [`sq`] or [`sq_diff`] of the row or a part of it).
+    /// computed in a fixed order of its own: [`sq`] or [`sq_diff`] of the row or a part of
+    /// it). `row` may be called from the pool's threads, in any order.
     pub fn add_rows(&mut self, n: usize, row: impl Fn(usize) -> f64 + Sync) {
         let mut i = 0;
         // Close the open block first.
@@ -85,7 +102,7 @@ impl RowSums {
             let first = i + b * BLOCK;
             (first..first + BLOCK).fold(0.0, |s, r| s + row(r))
         };
-        if blocks >= PARALLEL_BLOCKS {
+        if self.parallel && blocks >= PARALLEL_BLOCKS {
             let sums: Vec<f64> = (0..blocks).into_par_iter().map(block).collect();
             self.done = sums.iter().fold(self.done, |t, &s| t + s);
         } else {
@@ -195,20 +212,43 @@ mod tests {
                 let want_diff = by_hand(&x, Some(&y), d);
                 let plain: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
                 assert!((want_sq - plain).abs() <= 1e-10 * plain.abs(), "{d} {n}");
+                let plain: f64 = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(&u, &v)| (u as f64 - v as f64).powi(2))
+                    .sum();
+                assert!((want_diff - plain).abs() <= 1e-10 * plain.abs(), "{d} {n}");
                 for threads in [1, 2, 3] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    for chunk in [1, 5, BLOCK - 1, BLOCK + 3, 1000, n.max(1)] {
-                        let (mut a, mut b) = (RowSums::new(), RowSums::new());
+                    // Chunks of one length, and a first chunk of 77 rows then the rest (a
+                    // parallel call that starts by closing an open block).
+                    let lengths = [1, 5, BLOCK - 1, BLOCK + 3, 1000, n.max(1)];
+                    let cuts = lengths.iter().map(|&c| (c, c)).chain([(77, n.max(1))]);
+                    for ((first, rest), parallel) in cuts.flat_map(|c| [(c, false), (c, true)]) {
+                        let make = || {
+                            if parallel {
+                                RowSums::parallel()
+                            } else {
+                                RowSums::new()
+                            }
+                        };
+                        let (mut a, mut b) = (make(), make());
                         pool.install(|| {
-                            for (cx, cy) in x.chunks(chunk * d).zip(y.chunks(chunk * d)) {
+                            let split = (first * d).min(x.len());
+                            a.add_sq(&x[..split], d);
+                            b.add_sq_diff(&x[..split], &y[..split], d);
+                            let (xs, ys) = (&x[split..], &y[split..]);
+                            for (cx, cy) in xs.chunks(rest * d).zip(ys.chunks(rest * d)) {
                                 a.add_sq(cx, d);
                                 b.add_sq_diff(cx, cy, d);
                             }
                         });
-                        let case = format!("d {d} n {n} threads {threads} chunk {chunk}");
+                        let case = format!(
+                            "d {d} n {n} threads {threads} chunks {first}, {rest} {parallel}"
+                        );
                         assert_eq!(bits(a.total()), bits(want_sq), "{case}");
                         assert_eq!(bits(b.total()), bits(want_diff), "{case}");
                     }
