@@ -104,11 +104,6 @@ impl Array {
             | Dtype::U64 => int_values(self.dtype, b).map(|v| v as f32).collect(),
         }
     }
-
-    #[cfg(test)]
-    fn to_i128(&self) -> Vec<i128> {
-        int_values(self.dtype, &self.bytes).collect()
-    }
 }
 
 /// The integer elements of little-endian `bytes` of `dtype`, widened; none for a float
@@ -569,7 +564,10 @@ mod tests {
         assert_eq!(a.to_f32(), v);
         let c = parse(&u32_bytes(&[3], &[0, 5, u32::MAX])).unwrap();
         assert_eq!(c.shape, vec![3]);
-        assert_eq!(c.to_i128(), vec![0, 5, u32::MAX as i128]);
+        assert_eq!(
+            int_values(c.dtype, &c.bytes).collect::<Vec<_>>(),
+            vec![0, 5, u32::MAX as i128]
+        );
         // The header pads the data to a 64-byte boundary: 24 bytes of data follow.
         assert_eq!(f32_bytes(&[2, 3], &v).len() % 64, 24);
     }
