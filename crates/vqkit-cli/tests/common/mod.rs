@@ -14,9 +14,13 @@ pub fn vqkit(args: &[&str]) -> Output {
         .expect("the vqkit binary runs")
 }
 
-/// A fresh scratch directory of this process for test `tag`.
+/// A fresh scratch directory of this process for test `tag`, under the target directory's
+/// `tmp` (cargo's `CARGO_TARGET_TMPDIR`), where what a test leaves behind (the shared
+/// directories of a test binary, a failed test's files) goes with `cargo clean` instead of
+/// piling up in the system's temporary directory.
 pub fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vqkit-cli-{tag}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("vqkit-cli-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     dir
 }
