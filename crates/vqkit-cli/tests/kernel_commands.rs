@@ -79,6 +79,12 @@ fn assign_writes_codes_in_their_width() {
         if k == 256 {
             let narrow: Vec<u8> = want.iter().map(|&c| c as u8).collect();
             assert_eq!(bytes, npy::codes_bytes(&[n], &narrow), "k = {k}");
+            // A type wider than auto's, asked for, is written.
+            let o = assign(&["--code-dtype", "uint16"]);
+            assert!(o.status.success(), "{:?}", text(&o));
+            assert_eq!(last_json(&o)["code_dtype"], "uint16");
+            let wide: Vec<u16> = want.iter().map(|&c| c as u16).collect();
+            assert_eq!(std::fs::read(&out).unwrap(), npy::codes_bytes(&[n], &wide));
         } else {
             let narrow: Vec<u16> = want.iter().map(|&c| c as u16).collect();
             assert_eq!(bytes, npy::codes_bytes(&[n], &narrow), "k = {k}");

@@ -1,6 +1,6 @@
 //! `vqkit assign`: nearest codewords for a file of points, a chunk of rows at a time.
 
-use super::{CodeDtype, Common};
+use super::{CodeDtype, Common, reuse};
 use std::path::PathBuf;
 use std::time::Instant;
 use vqkit::backend::{Backend, Code, WithBackend, check_code_type, narrow_codes};
@@ -59,7 +59,7 @@ impl<C: Code> WithBackend for Job<'_, C> {
             let a = ops::assign(b, x, &self.c.data, d).map_err(|e| e.after_rows(first, d))?;
             seconds += t.elapsed().as_secs_f64();
             sse = a.distances.iter().fold(sse, |s, &v| s + v as f64);
-            let codes = super::encode::reuse(&mut codes, a.indices.len(), "the codes")?;
+            let codes = reuse(&mut codes, a.indices.len(), "the codes")?;
             narrow_codes(&a.indices, codes)?;
             self.out.push_codes(codes)
         })?;

@@ -2,7 +2,7 @@
 //! at a time: the input is never held whole, and the output is written as the chunks are
 //! done, into a temporary file renamed into place at the end.
 
-use super::{CodeDtype, Common};
+use super::{CodeDtype, Common, reuse};
 use std::path::PathBuf;
 use std::time::Instant;
 use vqkit::backend::{Backend, Code, WithBackend};
@@ -141,20 +141,6 @@ fn encode_as<C: Code>(
     let done = args.common.dispatch(job)?;
     out.finish()?;
     Ok(done)
-}
-
-/// The first `len` elements of `buf`, which is replaced by a larger one where it is
-/// shorter: a buffer for every chunk of codes or reconstructions, since a fresh one's pages
-/// are zeroed by the kernel as they are first written.
-pub(super) fn reuse<'a, T: vqkit::resources::ZeroBits>(
-    buf: &'a mut Vec<T>,
-    len: usize,
-    what: &'static str,
-) -> vqkit::Result<&'a mut [T]> {
-    if buf.len() < len {
-        *buf = vqkit::resources::zeroed_lazy(what, len)?;
-    }
-    Ok(&mut buf[..len])
 }
 
 pub fn encode(args: EncodeArgs) -> vqkit::Result<()> {

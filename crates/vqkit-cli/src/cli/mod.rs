@@ -146,6 +146,20 @@ impl CodeDtype {
     }
 }
 
+/// The first `len` elements of `buf`, which is replaced by a larger one where it is
+/// shorter: a buffer for every chunk of codes or reconstructions, since a fresh one's pages
+/// are zeroed by the kernel as they are first written.
+pub fn reuse<'a, T: vqkit::resources::ZeroBits>(
+    buf: &'a mut Vec<T>,
+    len: usize,
+    what: &'static str,
+) -> vqkit::Result<&'a mut [T]> {
+    if buf.len() < len {
+        *buf = vqkit::resources::zeroed_lazy(what, len)?;
+    }
+    Ok(&mut buf[..len])
+}
+
 pub fn main() -> vqkit::Result<()> {
     match Cli::parse().command {
         Command::Info(a) => info::run(a),

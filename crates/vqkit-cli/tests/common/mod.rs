@@ -14,13 +14,21 @@ pub fn vqkit(args: &[&str]) -> Output {
         .expect("the vqkit binary runs")
 }
 
-/// A fresh scratch directory of this process for test `tag`, under the target directory's
-/// `tmp` (cargo's `CARGO_TARGET_TMPDIR`), where what a test leaves behind (the shared
-/// directories of a test binary, a failed test's files) goes with `cargo clean` instead of
-/// piling up in the system's temporary directory.
+/// A scratch directory of this process for test `tag`, under the target directory's `tmp`
+/// (cargo's `CARGO_TARGET_TMPDIR`), where what a test leaves behind (the shared directories
+/// of a test binary, a failed test's files) goes with `cargo clean` instead of piling up in
+/// the system's temporary directory. Emptied on its first use in the process: a process
+/// id seen before (another run, another container) does not hand a test old files. The
+/// tests of one binary that share a tag share the directory.
 pub fn scratch(tag: &str) -> PathBuf {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("vqkit-cli-{tag}-{}", std::process::id()));
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|t| t == tag) {
+        let _ = std::fs::remove_dir_all(&dir);
+        seen.push(tag.to_string());
+    }
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     dir
 }

@@ -101,37 +101,55 @@ impl Array {
             | Dtype::I32
             | Dtype::U32
             | Dtype::I64
-            | Dtype::U64 => int_values(self.dtype, b).map(|v| v as f32).collect(),
+            | Dtype::U64 => {
+                let mut out = Vec::with_capacity(b.len() / self.dtype.size());
+                let Ok(()) = each_int::<std::convert::Infallible>(self.dtype, b, |_, v| {
+                    out.push(v as f32);
+                    Ok(())
+                });
+                out
+            }
         }
     }
 }
 
-/// The integer elements of little-endian `bytes` of `dtype`, widened; none for a float
-/// dtype. For integer arrays read as points ([`Array::to_f32`]); codes are read through
-/// [`extend_codes`].
-pub(crate) fn int_values(dtype: Dtype, bytes: &[u8]) -> Box<dyn Iterator<Item = i128> + '_> {
-    fn each<const N: usize>(b: &[u8], f: fn([u8; N]) -> i128) -> impl Iterator<Item = i128> {
-        b.chunks_exact(N)
-            .map(move |c| f(c.try_into().expect("N bytes")))
+/// Calls `f(i, v)` for each integer element `v` of little-endian `bytes` of `dtype`, `i`
+/// its index, in order, until `f` returns an error; nothing for a float dtype. The one
+/// decoding of every integer dtype, monomorphized per dtype and caller: an iterator behind
+/// a `Box<dyn>`, as this was, took 12% of a one-thread `vqkit decode` (`perf record`).
+pub(crate) fn each_int<E>(
+    dtype: Dtype,
+    bytes: &[u8],
+    mut f: impl FnMut(usize, i128) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    fn run<const N: usize, E>(
+        b: &[u8],
+        dec: impl Fn([u8; N]) -> i128,
+        f: &mut impl FnMut(usize, i128) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        for (at, c) in b.chunks_exact(N).enumerate() {
+            f(at, dec(c.try_into().expect("N bytes")))?;
+        }
+        Ok(())
     }
     match dtype {
-        Dtype::U8 => Box::new(bytes.iter().map(|&v| v as i128)),
-        Dtype::I8 => Box::new(bytes.iter().map(|&v| v as i8 as i128)),
-        Dtype::U16 => Box::new(each(bytes, |c| u16::from_le_bytes(c) as i128)),
-        Dtype::I16 => Box::new(each(bytes, |c| i16::from_le_bytes(c) as i128)),
-        Dtype::U32 => Box::new(each(bytes, |c| u32::from_le_bytes(c) as i128)),
-        Dtype::I32 => Box::new(each(bytes, |c| i32::from_le_bytes(c) as i128)),
-        Dtype::U64 => Box::new(each(bytes, |c| u64::from_le_bytes(c) as i128)),
-        Dtype::I64 => Box::new(each(bytes, |c| i64::from_le_bytes(c) as i128)),
-        Dtype::F16 | Dtype::F32 | Dtype::F64 => Box::new(std::iter::empty()),
+        Dtype::U8 => run::<1, E>(bytes, |c| c[0] as i128, &mut f),
+        Dtype::I8 => run::<1, E>(bytes, |c| c[0] as i8 as i128, &mut f),
+        Dtype::U16 => run::<2, E>(bytes, |c| u16::from_le_bytes(c) as i128, &mut f),
+        Dtype::I16 => run::<2, E>(bytes, |c| i16::from_le_bytes(c) as i128, &mut f),
+        Dtype::U32 => run::<4, E>(bytes, |c| u32::from_le_bytes(c) as i128, &mut f),
+        Dtype::I32 => run::<4, E>(bytes, |c| i32::from_le_bytes(c) as i128, &mut f),
+        Dtype::U64 => run::<8, E>(bytes, |c| u64::from_le_bytes(c) as i128, &mut f),
+        Dtype::I64 => run::<8, E>(bytes, |c| i64::from_le_bytes(c) as i128, &mut f),
+        Dtype::F16 | Dtype::F32 | Dtype::F64 => Ok(()),
     }
 }
 
 /// Appends the integer elements of little-endian `bytes` of `dtype` to `out` as codes, or
 /// stops at the first outside `0..2^32` and returns its index among `bytes`' elements and
-/// its value; nothing for a float dtype. Unsigned types of 32 bits or fewer are widened in
-/// a loop without a check (every value fits), which vectorizes; `int_values`' iterator
-/// behind a `Box<dyn>` took 12% of a one-thread `vqkit decode` (`perf record`).
+/// its value; nothing for a float dtype. Unsigned types of 32 bits or fewer, whose every
+/// value fits, are widened in a loop without a check, which vectorizes; the others go
+/// through [`each_int`] and its check.
 pub(crate) fn extend_codes(
     dtype: Dtype,
     bytes: &[u8],
@@ -140,30 +158,19 @@ pub(crate) fn extend_codes(
     fn widen<const N: usize>(b: &[u8], out: &mut Vec<u32>, f: impl Fn([u8; N]) -> u32) {
         out.extend(b.chunks_exact(N).map(|c| f(c.try_into().expect("N bytes"))));
     }
-    fn checked<const N: usize>(
-        b: &[u8],
-        out: &mut Vec<u32>,
-        f: impl Fn([u8; N]) -> i128,
-    ) -> std::result::Result<(), (usize, i128)> {
-        for (at, c) in b.chunks_exact(N).enumerate() {
-            let v = f(c.try_into().expect("N bytes"));
-            if !(0..=u32::MAX as i128).contains(&v) {
-                return Err((at, v));
-            }
-            out.push(v as u32);
-        }
-        Ok(())
-    }
     match dtype {
         Dtype::U8 => widen::<1>(bytes, out, |c| c[0] as u32),
         Dtype::U16 => widen::<2>(bytes, out, |c| u16::from_le_bytes(c) as u32),
         Dtype::U32 => widen::<4>(bytes, out, u32::from_le_bytes),
-        Dtype::I8 => return checked::<1>(bytes, out, |c| c[0] as i8 as i128),
-        Dtype::I16 => return checked::<2>(bytes, out, |c| i16::from_le_bytes(c) as i128),
-        Dtype::I32 => return checked::<4>(bytes, out, |c| i32::from_le_bytes(c) as i128),
-        Dtype::I64 => return checked::<8>(bytes, out, |c| i64::from_le_bytes(c) as i128),
-        Dtype::U64 => return checked::<8>(bytes, out, |c| u64::from_le_bytes(c) as i128),
-        Dtype::F16 | Dtype::F32 | Dtype::F64 => {}
+        _ => {
+            return each_int(dtype, bytes, |at, v| match u32::try_from(v) {
+                Ok(c) => {
+                    out.push(c);
+                    Ok(())
+                }
+                Err(_) => Err((at, v)),
+            });
+        }
     }
     Ok(())
 }
@@ -556,6 +563,16 @@ mod tests {
 
     use super::*;
 
+    /// An array's integer elements, widened.
+    fn ints(a: &Array) -> Vec<i128> {
+        let mut v = Vec::new();
+        let Ok(()) = each_int::<std::convert::Infallible>(a.dtype, &a.bytes, |_, x| {
+            v.push(x);
+            Ok(())
+        });
+        v
+    }
+
     #[test]
     fn round_trips_f32_and_u32() {
         let v = [1.5f32, -2.0, 0.0, 7.25, 3.0, 4.0];
@@ -564,10 +581,7 @@ mod tests {
         assert_eq!(a.to_f32(), v);
         let c = parse(&u32_bytes(&[3], &[0, 5, u32::MAX])).unwrap();
         assert_eq!(c.shape, vec![3]);
-        assert_eq!(
-            int_values(c.dtype, &c.bytes).collect::<Vec<_>>(),
-            vec![0, 5, u32::MAX as i128]
-        );
+        assert_eq!(ints(&c), vec![0, 5, u32::MAX as i128]);
         // The header pads the data to a 64-byte boundary: 24 bytes of data follow.
         assert_eq!(f32_bytes(&[2, 3], &v).len() % 64, 24);
     }

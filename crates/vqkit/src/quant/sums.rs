@@ -50,7 +50,7 @@ impl RowSums {
     }
 
     /// A sum whose calls add their full blocks in parallel on rayon's current pool, where
-    /// they have [`PARALLEL_BLOCKS`] or more: the same bits as [`RowSums::new`]'s.
+    /// they have 16 or more: the same bits as [`RowSums::new`]'s.
     pub fn parallel() -> Self {
         RowSums {
             parallel: true,
@@ -171,7 +171,10 @@ mod tests {
                 let t = x[i * d + j] as f64 - y.map_or(0.0, |y| y[i * d + j] as f64);
                 acc[j % LANES] += t * t;
             }
-            lanes_sum(acc)
+            // The tree, written out: lanes 0 + 4, 2 + 6, 1 + 5, 3 + 7, then pairs.
+            let (a, b) = (acc[0] + acc[4], acc[2] + acc[6]);
+            let (c, e) = (acc[1] + acc[5], acc[3] + acc[7]);
+            (a + b) + (c + e)
         };
         let mut total = 0.0;
         for b in 0..n.div_ceil(BLOCK) {
@@ -188,6 +191,12 @@ mod tests {
         v.to_bits()
     }
 
+    /// Rows enough that after a first chunk of 77 rows, the second call closes the open
+    /// block and still has [`PARALLEL_BLOCKS`] full blocks: its parallel branch starts at a
+    /// row past 0.
+    const LONG: usize = (PARALLEL_BLOCKS + 2) * BLOCK + 77;
+    const _: () = assert!((LONG - 77 - (BLOCK - 77)) / BLOCK >= PARALLEL_BLOCKS);
+
     /// Any chunking and any thread count give the bits of the order written out by hand,
     /// and that order agrees with the plain sum to rounding.
     #[test]
@@ -195,14 +204,7 @@ mod tests {
         let mut rng = Rng::new(4);
         // Widths around the lanes; row counts around a block and past the parallel cut.
         for d in [1, 2, 7, 8, 9, 16, 33, 128] {
-            for n in [
-                0,
-                1,
-                BLOCK - 1,
-                BLOCK,
-                BLOCK + 1,
-                PARALLEL_BLOCKS * BLOCK + 77,
-            ] {
+            for n in [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, LONG] {
                 // Magnitudes that spread over many binades, so that orders differ in bits.
                 let x: Vec<f32> = (0..n * d)
                     .map(|i| rng.normal() as f32 * (1 << (i % 20)) as f32)
