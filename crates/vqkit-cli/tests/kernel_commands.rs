@@ -57,14 +57,11 @@ fn assign_writes_codes_in_their_width() {
     let x = rng.normal_vec(n * d);
     let (xp, cp, out) = (tmp("w-x.npy"), tmp("w-c.npy"), tmp("w-codes.npy"));
     npy::write_f32(&xp, &[n, d], &x).unwrap();
-    let assign = |extra: &[&str]| {
-        let args = [
-            &["assign", "-i", s(&xp), "-c", s(&cp), "-o", s(&out)],
-            extra,
-        ]
-        .concat();
+    let assign_to = |out: &Path, extra: &[&str]| {
+        let args = [&["assign", "-i", s(&xp), "-c", s(&cp), "-o", s(out)], extra].concat();
         vqkit(&[&args[..], &["--json"]].concat())
     };
+    let assign = |extra: &[&str]| assign_to(&out, extra);
     for (k, dtype) in [(256, "uint8"), (257, "uint16")] {
         let mut c = rng.normal_vec(k * d);
         // The last codeword is the first point: a code of k - 1 in the output.
@@ -101,18 +98,10 @@ fn assign_writes_codes_in_their_width() {
     assert_eq!(std::fs::read(&out).unwrap(), kept);
     // Refused before the output is created: into a directory that does not exist, the
     // error is still the type's, not the file's.
-    let nowhere = tmp("missing-dir").join("codes.npy");
-    let o = vqkit(&[
-        "assign",
-        "-i",
-        s(&xp),
-        "-c",
-        s(&cp),
-        "-o",
-        s(&nowhere),
-        "--code-dtype",
-        "uint8",
-    ]);
+    let o = assign_to(
+        &tmp("missing-dir").join("codes.npy"),
+        &["--code-dtype", "uint8"],
+    );
     fails_with(&o, "257 codewords do not fit u8");
 }
 
