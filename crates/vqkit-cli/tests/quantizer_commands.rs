@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{s, scratch as dir, text, vqkit};
+use common::{decode_args, s, scratch as dir, text, vqkit};
 use std::path::Path;
 use vqkit::io::npy;
 
@@ -149,21 +149,12 @@ fn every_training_command_then_encode_and_decode() {
         }
         assert_eq!(c.len(), 400 * width);
         let back = t.join(format!("{name}-x.npy"));
-        let (ok, _, err) = run(&["decode", "-m", s(&model), "-i", s(&codes), "-o", s(&back)]);
+        let (ok, _, err) = run(&decode_args(&model, &codes, &back));
         assert!(ok, "{name} decode: {err}");
         // In a pool of the threads asked for, the same bytes; none is refused, and leaves
         // the old output.
         let other = t.join(format!("{name}-x-threads.npy"));
-        let a = [
-            "decode",
-            "-m",
-            s(&model),
-            "-i",
-            s(&codes),
-            "-o",
-            s(&other),
-            "--json",
-        ];
+        let a = [&decode_args(&model, &codes, &other)[..], &["--json"]].concat();
         for threads in ["1", "3"] {
             let (ok, out, err) = run(&[&a[..], &["--threads", threads]].concat());
             assert!(ok, "{name} decode --threads {threads}: {err}");
@@ -321,26 +312,10 @@ fn bad_input_gives_clear_errors() {
     assert!(!ok && err.contains("expects vectors of d = 4"), "{err}");
     // Codes out of range, and codes of the wrong width.
     npy::write_u32(&codes, &[2], &[0, 7]).unwrap();
-    let (ok, _, err) = run(&[
-        "decode",
-        "-m",
-        s(&model),
-        "-i",
-        s(&codes),
-        "-o",
-        s(&t.join("y.npy")),
-    ]);
+    let (ok, _, err) = run(&decode_args(&model, &codes, &t.join("y.npy")));
     assert!(!ok && err.contains("out of range"), "{err}");
     npy::write_u32(&codes, &[2, 2], &[0, 1, 1, 0]).unwrap();
-    let (ok, _, err) = run(&[
-        "decode",
-        "-m",
-        s(&model),
-        "-i",
-        s(&codes),
-        "-o",
-        s(&t.join("y.npy")),
-    ]);
+    let (ok, _, err) = run(&decode_args(&model, &codes, &t.join("y.npy")));
     assert!(!ok && err.contains("codes per vector"), "{err}");
     // A truncated model file.
     let bytes = std::fs::read(&model).unwrap();

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fails_with, last_json, s, scratch, text, vqkit};
+use common::{decode_args, fails_with, last_json, s, scratch, text, vqkit};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use vqkit::backend::cpu::CpuBackend;
@@ -132,17 +132,8 @@ fn chunks_of_any_size_give_the_in_memory_codes_figures_and_reconstructions() {
             assert_eq!(v["n"].as_u64(), Some(n as u64));
             // Decoding in chunks: the library's reconstructions of all the codes at once.
             let back = dir.join(format!("{name}-{chunk}-back.npy"));
-            ok(&vqkit(&[
-                "decode",
-                "-m",
-                s(&model),
-                "-i",
-                s(&codes),
-                "-o",
-                s(&back),
-                "--chunk-rows",
-                chunk,
-            ]));
+            let args = decode_args(&model, &codes, &back);
+            ok(&vqkit(&[&args[..], &["--chunk-rows", chunk]].concat()));
             let m = Model::load(&model).unwrap();
             let (_, all) = npy::read_codes(&codes).unwrap();
             assert_eq!(
@@ -268,15 +259,7 @@ fn bvecs_ivecs_and_fortran_order_npy_give_the_c_order_results() {
     .unwrap();
     let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
     for (input, out) in [(&dir.join("want.npy"), &a), (&iv, &b)] {
-        ok(&vqkit(&[
-            "decode",
-            "-m",
-            s(&model),
-            "-i",
-            s(input),
-            "-o",
-            s(out),
-        ]));
+        ok(&vqkit(&decode_args(&model, input, out)));
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -418,19 +401,10 @@ fn truncated_and_ragged_files_are_typed_errors_that_leave_the_old_output() {
     .unwrap();
     let y = dir.join("y.npy");
     npy::write_f32(&y, &[1], &[5.0]).unwrap();
-    let o = vqkit(&[
-        "decode",
-        "-m",
-        s(&model),
-        "-i",
-        s(&bad_codes),
-        "-o",
-        s(&y),
-        "--chunk-rows",
-        "2",
-    ]);
+    let args = decode_args(&model, &bad_codes, &y);
+    let o = vqkit(&[&args[..], &["--chunk-rows", "2"]].concat());
     fails_with(&o, "code 7 at row 3 is out of range");
-    let o = vqkit(&["decode", "-m", s(&model), "-i", s(&x), "-o", s(&y)]);
+    let o = vqkit(&decode_args(&model, &x, &y));
     fails_with(&o, "expected integer codes");
     assert_eq!(npy::read_matrix(&y).unwrap().data, [5.0]);
     assert_eq!(std::fs::read(&out).unwrap(), good);

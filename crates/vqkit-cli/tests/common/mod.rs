@@ -33,6 +33,11 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+/// `vqkit decode -m model -i codes -o out`'s arguments, for a test to extend.
+pub fn decode_args<'a>(model: &'a Path, codes: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    ["decode", "-m", s(model), "-i", s(codes), "-o", s(out)]
+}
+
 /// A path as the `&str` a command line takes.
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
